@@ -1,0 +1,219 @@
+//! Election settings and the timing inequality that makes master intervals disjoint.
+//!
+//! Notation: `ET_min` is the minimum election timeout, `ρ` the largest clock-rate drift
+//! between any node and real time, `stop_budget` the time reserved for a demoted master's
+//! drivers to stop. A leader's lease ends, in real time, at most `lease / (1 - ρ)` after
+//! the send time of the last heartbeat round a majority acknowledged; no other node can
+//! be elected before `ET_min / (1 + ρ)` after that send time, because one node of that
+//! majority is needed and it refuses votes for `ET_min` on its own clock after hearing the
+//! heartbeat. So master intervals never overlap when
+//!
+//! ```text
+//! lease / (1 - ρ) + stop_budget <= ET_min / (1 + ρ)
+//! ```
+//!
+//! [`Config::validate`] rejects configurations that break it and says what to change.
+
+use std::time::Duration;
+
+use crate::ids::NodeId;
+
+/// Everything a [`crate::Node`] needs to know about itself and the cluster.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// Every voter of the cluster, this node included. A majority of these is a quorum.
+    pub voters: Vec<NodeId>,
+    /// How often a leader sends heartbeats (and so renews its lease).
+    pub heartbeat_interval: Duration,
+    /// Smallest election timeout, `ET_min`.
+    pub election_timeout_min: Duration,
+    /// Largest election timeout.
+    pub election_timeout_max: Duration,
+    /// How long a majority-acknowledged heartbeat round keeps the leader master.
+    pub lease: Duration,
+    /// `ρ`: the largest clock-rate drift between a node and real time (0.05 = 5 %).
+    pub max_clock_drift: f64,
+    /// Time reserved for a demoted master's drivers to stop their service.
+    pub stop_budget: Duration,
+    /// Election priority; higher is preferred as leader.
+    pub priority: u8,
+    /// Take leadership from a reachable leader of lower priority.
+    pub preempt: bool,
+    /// A witness votes but never stands for election (a tie-breaker machine).
+    pub witness: bool,
+    /// Seed of the node's random number generator (election timeout jitter).
+    pub rng_seed: u64,
+}
+
+impl Config {
+    /// A configuration with the default timings: heartbeat 100 ms, election timeout
+    /// 1000–2000 ms, drift 5 %, stop budget 200 ms, and the longest safe lease.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
+        let mut config = Self {
+            id,
+            voters,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            lease: Duration::ZERO,
+            max_clock_drift: 0.05,
+            stop_budget: Duration::from_millis(200),
+            priority: 0,
+            preempt: false,
+            witness: false,
+            rng_seed: 0,
+        };
+        config.lease = config.max_safe_lease().unwrap_or(Duration::ZERO);
+        config
+    }
+
+    /// The longest lease that satisfies the inequality, rounded down to a millisecond,
+    /// or `None` when even a zero lease cannot (the stop budget is too large).
+    pub fn max_safe_lease(&self) -> Option<Duration> {
+        let rho = self.max_clock_drift;
+        let et_min = self.election_timeout_min.as_secs_f64();
+        let budget = self.stop_budget.as_secs_f64();
+        let seconds = (et_min / (1.0 + rho) - budget) * (1.0 - rho);
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return None;
+        }
+        Some(Duration::from_millis((seconds * 1000.0).floor() as u64))
+    }
+
+    /// The number of votes that makes a majority of [`Config::voters`].
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Checks every rule; the error says which value to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::SelfNotVoter(self.id.clone()));
+        }
+        let mut sorted = self.voters.clone();
+        sorted.sort();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ConfigError::DuplicateVoter(pair[0].clone()));
+        }
+        if !(0.0..0.5).contains(&self.max_clock_drift) {
+            return Err(ConfigError::Drift(self.max_clock_drift));
+        }
+        if self.election_timeout_min.is_zero()
+            || self.election_timeout_max < self.election_timeout_min
+        {
+            return Err(ConfigError::TimeoutRange {
+                min: self.election_timeout_min,
+                max: self.election_timeout_max,
+            });
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease {
+            return Err(ConfigError::Heartbeat {
+                heartbeat: self.heartbeat_interval,
+                lease: self.lease,
+            });
+        }
+        match self.max_safe_lease() {
+            Some(max) if self.lease <= max => Ok(()),
+            max => Err(ConfigError::UnsafeLease {
+                lease: self.lease,
+                max_safe: max,
+            }),
+        }
+    }
+}
+
+/// A configuration the core refuses to run with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The voter list does not contain the node itself.
+    #[error("the voter list must contain this node ({0})")]
+    SelfNotVoter(NodeId),
+    /// A node id appears twice in the voter list.
+    #[error("node id {0} appears more than once among the voters")]
+    DuplicateVoter(NodeId),
+    /// The clock drift bound is outside `[0, 0.5)`.
+    #[error("max clock drift must be at least 0 and below 0.5, got {0}")]
+    Drift(f64),
+    /// The election timeout range is empty or zero.
+    #[error("election timeout range [{min:?}, {max:?}] is invalid: min must be > 0 and <= max")]
+    TimeoutRange {
+        /// Configured minimum.
+        min: Duration,
+        /// Configured maximum.
+        max: Duration,
+    },
+    /// Heartbeats are too slow to renew the lease before it expires.
+    #[error(
+        "heartbeat interval {heartbeat:?} is too long for a lease of {lease:?}: \
+         it must be positive and at most half the lease; lower the heartbeat interval"
+    )]
+    Heartbeat {
+        /// Configured heartbeat interval.
+        heartbeat: Duration,
+        /// Configured lease.
+        lease: Duration,
+    },
+    /// The lease breaks `lease/(1-ρ) + stop_budget <= ET_min/(1+ρ)`.
+    #[error(
+        "lease {lease:?} is unsafe: it must satisfy lease/(1-drift) + stop_budget <= \
+         election_timeout_min/(1+drift) (largest safe lease: {max_safe:?}); shorten the lease, \
+         raise the minimum election timeout, or lower the stop budget or drift bound"
+    )]
+    UnsafeLease {
+        /// Configured lease.
+        lease: Duration,
+        /// The largest safe lease, if any lease is safe.
+        max_safe: Option<Duration>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|n| NodeId::new(n).expect("valid id")).collect()
+    }
+
+    fn base() -> Config {
+        let voters = ids(&["a", "b", "c"]);
+        Config::new(voters[0].clone(), voters)
+    }
+
+    #[test]
+    fn default_config_is_valid_and_lease_is_the_safe_maximum() {
+        let config = base();
+        config.validate().expect("defaults are valid");
+        // (1000/1.05 - 200) * 0.95 = 714.76 ms
+        assert_eq!(config.lease, Duration::from_millis(714));
+        let rho = config.max_clock_drift;
+        let lhs = config.lease.as_secs_f64() / (1.0 - rho) + config.stop_budget.as_secs_f64();
+        assert!(lhs <= config.election_timeout_min.as_secs_f64() / (1.0 + rho));
+    }
+
+    #[test]
+    fn table_of_invalid_configs() {
+        type Edit = fn(&mut Config);
+        let cases: &[(&str, Edit, &str)] = &[
+            ("self missing", |c| drop(c.voters.remove(0)), "must contain this node"),
+            ("duplicate voter", |c| c.voters.push(c.voters[1].clone()), "more than once"),
+            ("negative drift", |c| c.max_clock_drift = -0.1, "drift"),
+            ("huge drift", |c| c.max_clock_drift = 0.5, "drift"),
+            ("zero timeout", |c| c.election_timeout_min = Duration::ZERO, "timeout range"),
+            ("inverted range", |c| c.election_timeout_max = Duration::from_millis(900), "timeout range"),
+            ("slow heartbeat", |c| c.heartbeat_interval = Duration::from_millis(400), "heartbeat interval"),
+            ("long lease", |c| c.lease = Duration::from_millis(715), "lease"),
+            ("budget too big", |c| c.stop_budget = Duration::from_millis(960), "unsafe"),
+        ];
+        for (name, edit, needle) in cases {
+            let mut config = base();
+            edit(&mut config);
+            let err = config.validate().expect_err(name).to_string();
+            assert!(err.contains(needle), "{name}: {err:?} lacks {needle:?}");
+        }
+    }
+}

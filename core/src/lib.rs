@@ -1,0 +1,39 @@
+//! # clustd-core: sans-IO leader election with leases
+//!
+//! The election state machine of clustd, its messages and its wire codec.
+//!
+//! **This crate does no I/O, reads no clock and uses no OS randomness.** Time comes in as
+//! an argument ([`Instant`]) to every method that needs it; randomness comes from a seed in
+//! the [`Config`]; output is polled. That makes it embeddable in any runtime (tokio, plain
+//! threads, a simulator) and makes every run reproducible from its inputs.
+//!
+//! The protocol is Raft's leader election without a log, with pre-vote, check-quorum, a
+//! leader lease, leadership transfer, maintenance mode and priorities. A leader is *master*
+//! (may run the service) only while its lease is valid, and the timing rule checked by
+//! [`Config::validate`] ensures two master intervals never overlap under bounded clock drift.
+//!
+//! ```
+//! use clustd_core::{Config, Instant, Node, NodeId, PersistentState};
+//! let ids: Vec<NodeId> = ["a", "b", "c"].iter().map(|s| NodeId::new(s).unwrap()).collect();
+//! let mut node = Node::new(Config::new(ids[0].clone(), ids.clone()), PersistentState::default(), Instant::ZERO).unwrap();
+//! let now = node.poll_timeout();
+//! node.handle_timeout(now);
+//! while let Some(state) = node.poll_persist() { /* write durably first */ let _ = state; }
+//! while let Some((to, msg)) = node.poll_transmit() { /* then send */ let _ = (to, msg); }
+//! while let Some(event) = node.poll_event() { /* then tell drivers */ let _ = event; }
+//! ```
+
+pub mod codec;
+pub mod config;
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
+pub mod ids;
+pub mod message;
+pub mod node;
+pub mod time;
+
+pub use config::{Config, ConfigError};
+pub use ids::{InvalidNodeId, NodeId, Term};
+pub use message::{ActionResult, DriverRole, FromDriver, Message, ToDriver};
+pub use node::{Event, Node, PersistentState, Reason, Role};
+pub use time::Instant;

@@ -1,0 +1,165 @@
+//! Messages exchanged between election cores, and between a daemon and its drivers.
+//!
+//! The sender's identity is not inside a message: the transport authenticates the
+//! connection and tells the core who sent it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, Term};
+
+/// One election message between two daemons.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// "Could I win an election for `term`?" Sent before a real campaign so that a node
+    /// which was cut off cannot bump the term and depose a healthy leader.
+    PreVote {
+        /// The term the sender would campaign for (its current term + 1).
+        term: Term,
+    },
+    /// Answer to [`Message::PreVote`].
+    PreVoteResponse {
+        /// The term asked about (echoed).
+        term: Term,
+        /// Whether the sender would vote.
+        granted: bool,
+        /// When refused because the sender heard from a live leader recently: how long
+        /// (ms, on the sender's clock) until it would grant. Lets the asker retry exactly then.
+        retry_after_ms: Option<u32>,
+    },
+    /// A real vote request for `term`.
+    RequestVote {
+        /// The term the candidate campaigns in.
+        term: Term,
+        /// Set when the current leader asked this candidate to take over (leadership
+        /// transfer): voters then ignore the fact that they heard from a live leader.
+        transfer: bool,
+    },
+    /// Answer to [`Message::RequestVote`].
+    Vote {
+        /// The voter's current term.
+        term: Term,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// Leader → followers, every heartbeat interval.
+    Heartbeat {
+        /// The leader's term.
+        term: Term,
+        /// Round number, increasing within a term; acknowledgements name it.
+        round: u64,
+        /// The nodes that could take over, best first (priority, then id). Followers
+        /// use their rank here to stagger their election timeouts.
+        successors: Vec<NodeId>,
+    },
+    /// Follower → leader: acknowledgement of heartbeat `round`.
+    HeartbeatAck {
+        /// The follower's current term.
+        term: Term,
+        /// The round acknowledged.
+        round: u64,
+        /// The follower's election priority (higher is preferred).
+        priority: u8,
+        /// False while the follower is in maintenance or is a witness: it will not lead.
+        eligible: bool,
+        /// Whether the follower wants to preempt a lower-priority leader.
+        preempt: bool,
+    },
+    /// Leader → chosen successor: "campaign now" (leadership transfer). Sent only after
+    /// the leader has demoted itself.
+    TimeoutNow {
+        /// The leader's term.
+        term: Term,
+    },
+}
+
+impl Message {
+    /// The term carried by the message.
+    pub fn term(&self) -> Term {
+        match self {
+            Self::PreVote { term }
+            | Self::PreVoteResponse { term, .. }
+            | Self::RequestVote { term, .. }
+            | Self::Vote { term, .. }
+            | Self::Heartbeat { term, .. }
+            | Self::HeartbeatAck { term, .. }
+            | Self::TimeoutNow { term } => *term,
+        }
+    }
+}
+
+/// A node's role as drivers see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriverRole {
+    /// Run the service.
+    Master,
+    /// Do not run the service.
+    Backup,
+}
+
+impl DriverRole {
+    /// `"master"` or `"backup"`, as put in `CLUSTD_ROLE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Master => "master",
+            Self::Backup => "backup",
+        }
+    }
+}
+
+/// Daemon → driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ToDriver {
+    /// The node's role, sent at once on connect and on every change.
+    Role {
+        /// Master or backup.
+        role: DriverRole,
+        /// Current term: the fencing token.
+        term: Term,
+        /// The daemon's node id.
+        node: NodeId,
+        /// The known leader, if any.
+        leader: Option<NodeId>,
+        /// When master: how long (ms) the driver may consider itself master without
+        /// hearing a renewal. Already reduced by a delivery margin.
+        lease_remaining_ms: u32,
+        /// Why the role changed, for logs and scripts (`elected`, `lease-lost`, ...).
+        reason: String,
+        /// Sequence number of this transition, per daemon run; acknowledgements name it.
+        seq: u64,
+    },
+    /// While master: the lease was renewed.
+    LeaseRenewal {
+        /// Current term.
+        term: Term,
+        /// Remaining validity in ms, already reduced by a delivery margin.
+        lease_remaining_ms: u32,
+    },
+}
+
+/// The outcome of a driver's action for one transition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionResult {
+    /// The action succeeded.
+    Ok,
+    /// The action failed; a short reason.
+    Failed(String),
+    /// The action exceeded its time budget and was killed.
+    TimedOut,
+}
+
+/// Driver → daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FromDriver {
+    /// The driver finished acting on transition `seq`.
+    Ack {
+        /// The transition acknowledged.
+        seq: u64,
+        /// The role acted upon.
+        role: DriverRole,
+        /// What happened.
+        result: ActionResult,
+    },
+}

@@ -1,0 +1,1040 @@
+//! The election state machine.
+//!
+//! A [`Node`] is driven like quinn-proto's `Connection`: the caller passes every input in
+//! (`handle_message`, `handle_timeout`, commands) together with the current time, then
+//! drains the outputs in this order: [`Node::poll_persist`] (write it durably), then
+//! [`Node::poll_transmit`] (send), then [`Node::poll_event`] (tell drivers), and finally
+//! asks [`Node::poll_timeout`] when to call `handle_timeout` next.
+//! `poll_transmit` yields nothing while a persist is waiting to be taken, so a vote can
+//! never leave the node before the caller has seen the state that records it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ConfigError};
+use crate::ids::{NodeId, Term};
+use crate::message::Message;
+use crate::time::Instant;
+
+/// What must survive a restart: the term and the vote cast in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistentState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// Whom this node voted for in `term`, if anyone.
+    pub voted_for: Option<NodeId>,
+}
+
+/// The protocol role of a node. Being *master* is more than being leader: see [`Node::is_master`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Role {
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Asking whether it could win an election (pre-vote).
+    PreCandidate,
+    /// Campaigning in its current term.
+    Candidate,
+    /// Won the election of its current term.
+    Leader,
+}
+
+/// Why a node became master or stopped being master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Won an election and a majority acknowledged its first heartbeat.
+    Elected,
+    /// The lease was renewed again after it had run out.
+    LeaseRegained,
+    /// The lease ran out: a majority stopped acknowledging heartbeats.
+    LeaseExpired,
+    /// A majority was silent for a whole minimum election timeout.
+    QuorumLost,
+    /// Graceful step-down (command or preemption by a higher priority).
+    SteppedDown,
+    /// Entered maintenance mode.
+    Maintenance,
+    /// Another node has a higher term.
+    HigherTerm,
+}
+
+impl Reason {
+    /// A short kebab-case name, as given to drivers and scripts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Elected => "elected",
+            Self::LeaseRegained => "lease-regained",
+            Self::LeaseExpired => "lease-expired",
+            Self::QuorumLost => "quorum-lost",
+            Self::SteppedDown => "stepped-down",
+            Self::Maintenance => "maintenance",
+            Self::HigherTerm => "higher-term",
+        }
+    }
+}
+
+/// Something the caller should know about (tell drivers, update status, count metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub enum Event {
+    /// This node is now master until `lease_until` unless renewed.
+    BecameMaster {
+        /// The fencing token.
+        term: Term,
+        /// When mastership ends unless a [`Event::LeaseRenewed`] follows.
+        lease_until: Instant,
+        /// Why.
+        reason: Reason,
+    },
+    /// This node is no longer master. (A node starts as backup without this event.)
+    BecameBackup {
+        /// Current term.
+        term: Term,
+        /// The known leader, if any.
+        leader: Option<NodeId>,
+        /// Why.
+        reason: Reason,
+    },
+    /// While master: the lease now runs until `until`.
+    LeaseRenewed {
+        /// Current term.
+        term: Term,
+        /// New end of the lease.
+        until: Instant,
+    },
+    /// The node learned of a (different) leader, or lost it.
+    LeaderChanged {
+        /// Current term.
+        term: Term,
+        /// The new leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// This node started a real campaign (after winning pre-vote, or on transfer).
+    ElectionStarted {
+        /// The term campaigned in.
+        term: Term,
+    },
+    /// This node won the election of `term`.
+    ElectionWon {
+        /// The term won.
+        term: Term,
+    },
+    /// Leader only: a peer started or stopped acknowledging heartbeats within `ET_min`.
+    PeerReachability {
+        /// The peer.
+        peer: NodeId,
+        /// Whether it is acknowledging.
+        reachable: bool,
+    },
+}
+
+/// A leader's knowledge of one follower.
+#[derive(Clone, Debug, Default)]
+struct Follower {
+    acked_round: u64,
+    last_ack: Option<Instant>,
+    priority: u8,
+    eligible: bool,
+    preempt: bool,
+    reachable: Option<bool>,
+}
+
+/// A leader that has demoted itself and waits before handing over.
+#[derive(Clone, Debug)]
+struct Handoff {
+    /// Hand over at this time at the latest (when the last lease given out has run out).
+    at: Instant,
+    /// Preferred successor (preemption), else the best reachable eligible follower.
+    target: Option<NodeId>,
+    reason: Reason,
+}
+
+#[derive(Clone, Debug)]
+struct Leadership {
+    round: u64,
+    next_heartbeat: Instant,
+    /// Send time of each recent round, oldest first.
+    sent_at: VecDeque<(u64, Instant)>,
+    followers: BTreeMap<NodeId, Follower>,
+    /// End of the lease earned so far (may be in the past).
+    lease_until: Option<Instant>,
+    /// Send time of the latest round a majority acknowledged (or the election time).
+    majority_at: Instant,
+    handoff: Option<Handoff>,
+    /// Whether this leadership has already made the node master once.
+    was_master: bool,
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Follower,
+    PreCandidate {
+        granted: BTreeSet<NodeId>,
+        retry_at: Option<Instant>,
+    },
+    Candidate {
+        granted: BTreeSet<NodeId>,
+    },
+    Leader(Box<Leadership>),
+}
+
+/// One node's election state machine. See the module docs for the calling protocol.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    rng: StdRng,
+    term: Term,
+    voted_for: Option<NodeId>,
+    state: State,
+    leader: Option<NodeId>,
+    /// Last time this node heard from a live leader (or started): it refuses votes and
+    /// does not campaign for `ET_min` after it.
+    leader_contact: Instant,
+    /// Follower: start pre-vote at this time. (Pre)candidate: give up and retry.
+    election_deadline: Instant,
+    /// Successor ranking from the last heartbeat; used to stagger election timeouts.
+    successors: Vec<NodeId>,
+    maintenance: bool,
+    /// `Some(term)` while drivers have been told "master" in that term.
+    master_term: Option<Term>,
+    master_lease_until: Instant,
+    persist: Option<PersistentState>,
+    transmit: VecDeque<(NodeId, Message)>,
+    events: VecDeque<Event>,
+}
+
+impl Node {
+    /// Starts a node from its persisted state.
+    ///
+    /// A (re)started node acts as if it had just heard from a leader: it grants no vote and
+    /// starts no campaign for `ET_min`. It may have acknowledged a leader just before it
+    /// went down, and that leader's lease may still be running.
+    pub fn new(config: Config, persisted: PersistentState, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let rng = StdRng::seed_from_u64(config.rng_seed);
+        let mut node = Self {
+            rng,
+            term: persisted.term,
+            voted_for: persisted.voted_for,
+            state: State::Follower,
+            leader: None,
+            leader_contact: now,
+            election_deadline: now,
+            successors: Vec::new(),
+            maintenance: false,
+            master_term: None,
+            master_lease_until: now,
+            persist: None,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            config,
+        };
+        node.reset_election_deadline(now);
+        Ok(node)
+    }
+
+    // ----- getters -------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.config.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Whom this node voted for in the current term.
+    pub fn voted_for(&self) -> Option<&NodeId> {
+        self.voted_for.as_ref()
+    }
+
+    /// The current protocol role.
+    pub fn role(&self) -> Role {
+        match self.state {
+            State::Follower => Role::Follower,
+            State::PreCandidate { .. } => Role::PreCandidate,
+            State::Candidate { .. } => Role::Candidate,
+            State::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// The leader this node knows of in the current term.
+    pub fn leader(&self) -> Option<&NodeId> {
+        self.leader.as_ref()
+    }
+
+    /// Whether drivers have been told this node is master (and the lease has not run out
+    /// as of the last input). This is the only state in which a service may run.
+    pub fn is_master(&self) -> bool {
+        self.master_term.is_some()
+    }
+
+    /// While master: when the lease ends unless renewed.
+    pub fn lease_until(&self) -> Option<Instant> {
+        self.master_term.map(|_| self.master_lease_until)
+    }
+
+    /// Whether maintenance mode is on.
+    pub fn maintenance(&self) -> bool {
+        self.maintenance
+    }
+
+    /// The state that must be on disk.
+    pub fn persistent_state(&self) -> PersistentState {
+        PersistentState {
+            term: self.term,
+            voted_for: self.voted_for.clone(),
+        }
+    }
+
+    /// Leader only: followers that acknowledged a heartbeat within `ET_min`.
+    pub fn reachable_followers(&self, now: Instant) -> Vec<NodeId> {
+        match &self.state {
+            State::Leader(l) => l
+                .followers
+                .iter()
+                .filter(|(_, f)| self.is_recent(f.last_ack, now))
+                .map(|(id, _)| id.clone())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    // ----- handle_* --------------------------------------------------------------------
+
+    /// Feeds one message from an authenticated peer. Messages from ids that are not
+    /// voters (or from the node itself) are ignored.
+    pub fn handle_message(&mut self, now: Instant, from: &NodeId, msg: Message) {
+        if from == &self.config.id || !self.config.voters.contains(from) {
+            return;
+        }
+        match msg {
+            Message::PreVote { term } => self.on_pre_vote(now, from, term),
+            Message::PreVoteResponse {
+                term,
+                granted,
+                retry_after_ms,
+            } => self.on_pre_vote_response(now, from, term, granted, retry_after_ms),
+            Message::RequestVote { term, transfer } => self.on_request_vote(now, from, term, transfer),
+            Message::Vote { term, granted } => self.on_vote(now, from, term, granted),
+            Message::Heartbeat {
+                term,
+                round,
+                successors,
+            } => self.on_heartbeat(now, from, term, round, successors),
+            Message::HeartbeatAck {
+                term,
+                round,
+                priority,
+                eligible,
+                preempt,
+            } => {
+                let info = Follower {
+                    acked_round: round,
+                    last_ack: Some(now),
+                    priority,
+                    eligible,
+                    preempt,
+                    reachable: None,
+                };
+                self.on_heartbeat_ack(now, from, term, info);
+            }
+            Message::TimeoutNow { term } => self.on_timeout_now(now, from, term),
+        }
+        self.refresh_master(now);
+    }
+
+    /// Advances timers. Call at (or after) [`Node::poll_timeout`]; calling early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let State::Leader(_) = self.state {
+            self.leader_timeouts(now);
+        } else {
+            if let State::PreCandidate {
+                retry_at: Some(at), ..
+            } = self.state
+            {
+                if now >= at {
+                    self.start_pre_vote(now);
+                }
+            }
+            if now >= self.election_deadline {
+                if self.can_campaign(now) {
+                    self.start_pre_vote(now);
+                } else {
+                    self.become_follower(None);
+                    self.reset_election_deadline(now);
+                }
+            }
+        }
+        self.refresh_master(now);
+    }
+
+    // ----- commands --------------------------------------------------------------------
+
+    /// Graceful step-down: if master, stop being master *now* (the caller tells drivers),
+    /// keep followers quiet with heartbeats, and hand leadership to the best reachable
+    /// follower once the drivers confirmed ([`Node::confirm_demoted`]) or the last lease
+    /// given out has run out. Does nothing unless leader.
+    pub fn step_down(&mut self, now: Instant) {
+        self.begin_handoff(now, None, Reason::SteppedDown);
+        self.refresh_master(now);
+    }
+
+    /// Maintenance on: never stand for election, and hand over if leader. Off: stand again.
+    pub fn set_maintenance(&mut self, now: Instant, on: bool) {
+        if self.maintenance == on {
+            return;
+        }
+        self.maintenance = on;
+        if on {
+            match self.state {
+                State::Leader(_) => self.begin_handoff(now, None, Reason::Maintenance),
+                State::PreCandidate { .. } | State::Candidate { .. } => {
+                    self.become_follower(None);
+                    self.reset_election_deadline(now);
+                }
+                State::Follower => {}
+            }
+        } else if !matches!(self.state, State::Leader(_)) {
+            self.reset_election_deadline(now);
+        }
+        self.refresh_master(now);
+    }
+
+    /// The caller's drivers have acknowledged the demotion that a step-down started:
+    /// hand leadership over now instead of waiting for the lease to run out.
+    pub fn confirm_demoted(&mut self, now: Instant) {
+        if let State::Leader(l) = &mut self.state {
+            if let Some(handoff) = &mut l.handoff {
+                handoff.at = handoff.at.min(now);
+            }
+        }
+        self.handle_timeout(now);
+    }
+
+    // ----- poll_* ----------------------------------------------------------------------
+
+    /// State to write durably before anything from [`Node::poll_transmit`] is sent.
+    #[must_use]
+    pub fn poll_persist(&mut self) -> Option<PersistentState> {
+        self.persist.take()
+    }
+
+    /// The next message to send. `None` while a persist is waiting to be taken.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, Message)> {
+        if self.persist.is_some() {
+            return None;
+        }
+        self.transmit.pop_front()
+    }
+
+    /// The next event for drivers and status.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Instant {
+        match &self.state {
+            State::Leader(l) => {
+                let mut next = l.next_heartbeat.min(l.majority_at + self.config.election_timeout_min);
+                if let Some(h) = &l.handoff {
+                    next = next.min(h.at);
+                }
+                if self.master_term.is_some() {
+                    next = next.min(self.master_lease_until);
+                }
+                next
+            }
+            State::PreCandidate {
+                retry_at: Some(at), ..
+            } => self.election_deadline.min(*at),
+            _ => self.election_deadline,
+        }
+    }
+
+    // ----- internals: message handlers -------------------------------------------------
+
+    fn on_pre_vote(&mut self, now: Instant, from: &NodeId, term: Term) {
+        let (granted, retry_after_ms) = if term <= self.term {
+            (false, None)
+        } else if let State::Leader(_) = self.state {
+            (false, None)
+        } else if let Some(wait) = self.stickiness_left(now) {
+            let ms = u32::try_from(wait.as_millis().saturating_add(1)).unwrap_or(u32::MAX);
+            (false, Some(ms))
+        } else {
+            (true, None)
+        };
+        // A grant echoes the term asked about; a refusal carries our own term, so an asker
+        // that is behind can catch up (never ahead: that would let a pre-vote bump terms).
+        let reply_term = if granted { term } else { self.term };
+        self.send(
+            from,
+            Message::PreVoteResponse {
+                term: reply_term,
+                granted,
+                retry_after_ms,
+            },
+        );
+    }
+
+    fn on_pre_vote_response(
+        &mut self,
+        now: Instant,
+        from: &NodeId,
+        term: Term,
+        granted: bool,
+        retry_after_ms: Option<u32>,
+    ) {
+        let proposed = self.term.next();
+        let State::PreCandidate { granted: votes, retry_at } = &mut self.state else {
+            return;
+        };
+        if granted && term == proposed {
+            votes.insert(from.clone());
+            if votes.len() >= self.config.quorum() {
+                self.start_campaign(now, false);
+            }
+        } else if !granted && term >= proposed {
+            // Someone is ahead of us: adopt its term (no vote), then try again later.
+            self.observe_term(term);
+            self.become_follower(None);
+            self.reset_election_deadline(now);
+        } else if let Some(ms) = retry_after_ms {
+            // Refused only because it heard from a leader recently: ask again right after.
+            let at = now + Duration::from_millis(u64::from(ms));
+            if at < self.election_deadline {
+                *retry_at = Some(retry_at.map_or(at, |r| r.min(at)));
+            }
+        }
+    }
+
+    fn on_request_vote(&mut self, now: Instant, from: &NodeId, term: Term, transfer: bool) {
+        if term < self.term {
+            self.send(from, Message::Vote { term: self.term, granted: false });
+            return;
+        }
+        if !transfer && self.stickiness_left(now).is_some() {
+            // A live leader exists as far as we know: neither adopt the term nor vote, so a
+            // node that was cut off cannot disrupt the cluster.
+            self.send(from, Message::Vote { term: self.term, granted: false });
+            return;
+        }
+        if term > self.term {
+            self.observe_term(term);
+            self.become_follower(None);
+        }
+        let granted = match &self.voted_for {
+            None => true,
+            Some(v) => v == from,
+        };
+        if granted {
+            if self.voted_for.is_none() {
+                self.voted_for = Some(from.clone());
+                self.persist_state();
+            }
+            self.reset_election_deadline(now);
+        }
+        self.send(from, Message::Vote { term: self.term, granted });
+    }
+
+    fn on_vote(&mut self, now: Instant, from: &NodeId, term: Term, granted: bool) {
+        if term > self.term {
+            self.observe_term(term);
+            self.become_follower(None);
+            self.reset_election_deadline(now);
+            return;
+        }
+        let State::Candidate { granted: votes } = &mut self.state else {
+            return;
+        };
+        if granted && term == self.term {
+            votes.insert(from.clone());
+            if votes.len() >= self.config.quorum() {
+                self.become_leader(now);
+            }
+        }
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        now: Instant,
+        from: &NodeId,
+        term: Term,
+        round: u64,
+        successors: Vec<NodeId>,
+    ) {
+        if term < self.term {
+            // A deposed leader: our ack carries the higher term and makes it step down.
+            let ack = self.ack(round);
+            self.send(from, ack);
+            return;
+        }
+        if term > self.term {
+            self.observe_term(term);
+        }
+        if !matches!(self.state, State::Follower) {
+            self.become_follower(None);
+        }
+        if self.leader.as_ref() != Some(from) {
+            self.leader = Some(from.clone());
+            self.events.push_back(Event::LeaderChanged {
+                term: self.term,
+                leader: self.leader.clone(),
+            });
+        }
+        self.leader_contact = now;
+        self.successors = successors;
+        self.reset_election_deadline(now);
+        let ack = self.ack(round);
+        self.send(from, ack);
+    }
+
+    fn on_heartbeat_ack(&mut self, now: Instant, from: &NodeId, term: Term, info: Follower) {
+        if term > self.term {
+            self.observe_term(term);
+            self.become_follower(None);
+            self.reset_election_deadline(now);
+            return;
+        }
+        if term < self.term {
+            return;
+        }
+        let quorum = self.config.quorum();
+        let lease = self.config.lease;
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
+        let entry = l.followers.entry(from.clone()).or_default();
+        entry.acked_round = entry.acked_round.max(info.acked_round);
+        entry.last_ack = info.last_ack;
+        entry.priority = info.priority;
+        entry.eligible = info.eligible;
+        entry.preempt = info.preempt;
+        if !matches!(entry.reachable, Some(true)) {
+            entry.reachable = Some(true);
+            self.events.push_back(Event::PeerReachability {
+                peer: from.clone(),
+                reachable: true,
+            });
+        }
+
+        // The lease runs from the send time of the newest round a majority has acked.
+        let mut acked: Vec<u64> = l.followers.values().map(|f| f.acked_round).collect();
+        acked.push(l.round); // the leader acks its own rounds as it sends them
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let majority_round = acked.get(quorum - 1).copied().unwrap_or(0);
+        if let Some(&(_, sent)) = l.sent_at.iter().find(|(r, _)| *r == majority_round) {
+            l.majority_at = l.majority_at.max(sent);
+            let until = sent + lease;
+            if l.lease_until.is_none_or(|u| until > u) {
+                l.lease_until = Some(until);
+            }
+            while l.sent_at.front().is_some_and(|(r, _)| *r < majority_round) {
+                l.sent_at.pop_front();
+            }
+        }
+
+        // Preemption: a reachable, eligible follower of higher priority that asks for it.
+        if l.handoff.is_none() {
+            let preferred = l
+                .followers
+                .iter()
+                .filter(|(_, f)| f.eligible && f.preempt && f.priority > self.config.priority)
+                .filter(|(_, f)| f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < self.config.heartbeat_interval * 2))
+                .max_by(|(a_id, a), (b_id, b)| a.priority.cmp(&b.priority).then(b_id.cmp(a_id)))
+                .map(|(id, _)| id.clone());
+            if let Some(target) = preferred {
+                self.begin_handoff(now, Some(target), Reason::SteppedDown);
+            }
+        }
+    }
+
+    fn on_timeout_now(&mut self, now: Instant, from: &NodeId, term: Term) {
+        if term == self.term
+            && self.leader.as_ref() == Some(from)
+            && matches!(self.state, State::Follower)
+            && self.eligible()
+        {
+            self.start_campaign(now, true);
+        }
+    }
+
+    // ----- internals: timers -------------------------------------------------------------
+
+    fn leader_timeouts(&mut self, now: Instant) {
+        let et_min = self.config.election_timeout_min;
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
+        if l.handoff.as_ref().is_some_and(|h| now >= h.at) {
+            self.complete_handoff(now);
+            return;
+        }
+        if now >= l.majority_at + et_min {
+            // Check-quorum: a majority has been silent for a whole election timeout.
+            self.become_follower(Some(Reason::QuorumLost));
+            self.reset_election_deadline(now);
+            return;
+        }
+        if now >= l.next_heartbeat {
+            let mut changes = Vec::new();
+            for (id, f) in &mut l.followers {
+                let reachable = f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < et_min);
+                if f.reachable != Some(reachable) && (f.reachable.is_some() || !reachable) {
+                    changes.push((id.clone(), reachable));
+                }
+                f.reachable = Some(reachable);
+            }
+            for (peer, reachable) in changes {
+                self.events.push_back(Event::PeerReachability { peer, reachable });
+            }
+            self.broadcast_heartbeat(now);
+        }
+    }
+
+    // ----- internals: transitions ---------------------------------------------------------
+
+    fn start_pre_vote(&mut self, now: Instant) {
+        if !self.can_campaign(now) {
+            return;
+        }
+        if self.leader.take().is_some() {
+            self.events.push_back(Event::LeaderChanged {
+                term: self.term,
+                leader: None,
+            });
+        }
+        let mut granted = BTreeSet::new();
+        granted.insert(self.config.id.clone());
+        self.state = State::PreCandidate {
+            granted,
+            retry_at: None,
+        };
+        self.reset_election_deadline(now);
+        if self.config.quorum() == 1 {
+            self.start_campaign(now, false);
+            return;
+        }
+        let proposed = self.term.next();
+        for peer in self.peers() {
+            self.send(&peer, Message::PreVote { term: proposed });
+        }
+    }
+
+    fn start_campaign(&mut self, now: Instant, transfer: bool) {
+        self.term = self.term.next();
+        self.voted_for = Some(self.config.id.clone());
+        self.leader = None;
+        self.persist_state();
+        let mut granted = BTreeSet::new();
+        granted.insert(self.config.id.clone());
+        self.state = State::Candidate { granted };
+        self.events.push_back(Event::ElectionStarted { term: self.term });
+        self.reset_election_deadline(now);
+        if self.config.quorum() == 1 {
+            self.become_leader(now);
+            return;
+        }
+        let term = self.term;
+        for peer in self.peers() {
+            self.send(&peer, Message::RequestVote { term, transfer });
+        }
+    }
+
+    fn become_leader(&mut self, now: Instant) {
+        self.state = State::Leader(Box::new(Leadership {
+            round: 0,
+            next_heartbeat: now,
+            sent_at: VecDeque::new(),
+            followers: self
+                .peers()
+                .into_iter()
+                .map(|p| (p, Follower::default()))
+                .collect(),
+            lease_until: None,
+            majority_at: now,
+            handoff: None,
+            was_master: false,
+        }));
+        self.leader = Some(self.config.id.clone());
+        self.events.push_back(Event::ElectionWon { term: self.term });
+        self.events.push_back(Event::LeaderChanged {
+            term: self.term,
+            leader: self.leader.clone(),
+        });
+        self.broadcast_heartbeat(now);
+        if self.config.quorum() == 1 {
+            // A single-voter cluster: the leader's own ack is the majority.
+            let lease = self.config.lease;
+            if let State::Leader(l) = &mut self.state {
+                l.lease_until = Some(now + lease);
+            }
+        }
+        if self.maintenance || self.config.witness {
+            self.begin_handoff(now, None, Reason::Maintenance);
+        }
+    }
+
+    /// Leaves candidacy or leadership; `reason` is used if this ends mastership.
+    fn become_follower(&mut self, reason: Option<Reason>) {
+        let was_leader = matches!(self.state, State::Leader(_));
+        self.state = State::Follower;
+        if was_leader {
+            self.leader = None;
+            self.events.push_back(Event::LeaderChanged {
+                term: self.term,
+                leader: None,
+            });
+        }
+        if self.master_term.is_some() {
+            self.demote(reason.unwrap_or(Reason::HigherTerm));
+        }
+    }
+
+    fn begin_handoff(&mut self, now: Instant, target: Option<NodeId>, reason: Reason) {
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
+        if l.handoff.is_some() {
+            return;
+        }
+        // Drivers holding a lease may run until it ends; hand over no earlier unless the
+        // caller confirms they stopped.
+        let at = l.lease_until.map_or(now, |u| u.max(now));
+        l.handoff = Some(Handoff { at, target, reason });
+        if self.master_term.is_some() {
+            self.demote(reason);
+        }
+    }
+
+    fn complete_handoff(&mut self, now: Instant) {
+        let et_min = self.config.election_timeout_min;
+        let hb = self.config.heartbeat_interval;
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
+        let Some(handoff) = l.handoff.take() else {
+            return;
+        };
+        let recent = |f: &Follower| f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < et_min);
+        let target = handoff
+            .target
+            .filter(|t| l.followers.get(t).is_some_and(|f| f.eligible && recent(f)))
+            .or_else(|| best_successor(&l.followers, now, hb * 2));
+        let term = self.term;
+        self.become_follower(Some(handoff.reason));
+        if let Some(target) = target {
+            self.send(&target, Message::TimeoutNow { term });
+        }
+        // Do not compete with the successor: stand again only after a full maximum timeout.
+        self.leader_contact = now;
+        self.election_deadline = now + self.config.election_timeout_max + self.config.election_timeout_min;
+    }
+
+    fn demote(&mut self, reason: Reason) {
+        self.master_term = None;
+        self.events.push_back(Event::BecameBackup {
+            term: self.term,
+            leader: self.leader.clone(),
+            reason,
+        });
+    }
+
+    /// Brings `master_term` in line with the leadership and lease, emitting events.
+    fn refresh_master(&mut self, now: Instant) {
+        let (lease, was_master) = match &mut self.state {
+            State::Leader(l) if l.handoff.is_none() => {
+                let lease = l.lease_until.filter(|u| *u > now);
+                let was_master = l.was_master;
+                l.was_master |= lease.is_some();
+                (lease, was_master)
+            }
+            _ => (None, false),
+        };
+        match (self.master_term, lease) {
+            (None, Some(until)) => {
+                let reason = if was_master {
+                    Reason::LeaseRegained
+                } else {
+                    Reason::Elected
+                };
+                self.master_term = Some(self.term);
+                self.master_lease_until = until;
+                self.events.push_back(Event::BecameMaster {
+                    term: self.term,
+                    lease_until: until,
+                    reason,
+                });
+            }
+            (Some(_), Some(until)) => {
+                if until > self.master_lease_until {
+                    self.master_lease_until = until;
+                    self.events.push_back(Event::LeaseRenewed {
+                        term: self.term,
+                        until,
+                    });
+                }
+            }
+            (Some(_), None) => self.demote(Reason::LeaseExpired),
+            (None, None) => {}
+        }
+    }
+
+    // ----- internals: helpers -------------------------------------------------------------
+
+    fn broadcast_heartbeat(&mut self, now: Instant) {
+        let hb = self.config.heartbeat_interval;
+        let term = self.term;
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
+        l.round += 1;
+        l.sent_at.push_back((l.round, now));
+        // Keep the window bounded even if nobody acks: older rounds can no longer give a
+        // lease that has not already expired.
+        let window = usize::try_from(
+            self.config.election_timeout_min.as_nanos() / hb.as_nanos().max(1) + 2,
+        )
+        .unwrap_or(usize::MAX);
+        while l.sent_at.len() > window {
+            l.sent_at.pop_front();
+        }
+        l.next_heartbeat = now + hb;
+        let round = l.round;
+        let successors = ranked_successors(&l.followers, now, self.config.election_timeout_min);
+        let peers: Vec<NodeId> = l.followers.keys().cloned().collect();
+        for peer in peers {
+            self.send(
+                &peer,
+                Message::Heartbeat {
+                    term,
+                    round,
+                    successors: successors.clone(),
+                },
+            );
+        }
+        if self.config.quorum() == 1 {
+            if let State::Leader(l) = &mut self.state {
+                l.lease_until = Some(now + self.config.lease);
+                l.majority_at = now;
+            }
+        }
+    }
+
+    fn ack(&self, round: u64) -> Message {
+        Message::HeartbeatAck {
+            term: self.term,
+            round,
+            priority: self.config.priority,
+            eligible: self.eligible(),
+            preempt: self.config.preempt,
+        }
+    }
+
+    fn observe_term(&mut self, term: Term) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            if self.leader.take().is_some() {
+                self.events.push_back(Event::LeaderChanged { term, leader: None });
+            }
+            self.persist_state();
+            if self.master_term.is_some() {
+                self.demote(Reason::HigherTerm);
+            }
+        }
+    }
+
+    fn persist_state(&mut self) {
+        self.persist = Some(self.persistent_state());
+    }
+
+    fn send(&mut self, to: &NodeId, msg: Message) {
+        self.transmit.push_back((to.clone(), msg));
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.config
+            .voters
+            .iter()
+            .filter(|v| **v != self.config.id)
+            .cloned()
+            .collect()
+    }
+
+    fn eligible(&self) -> bool {
+        !self.maintenance && !self.config.witness
+    }
+
+    fn can_campaign(&self, now: Instant) -> bool {
+        self.eligible() && self.stickiness_left(now).is_none()
+    }
+
+    fn is_recent(&self, t: Option<Instant>, now: Instant) -> bool {
+        t.is_some_and(|t| now.saturating_duration_since(t) < self.config.election_timeout_min)
+    }
+
+    /// `Some(time left)` while this node must refuse votes: it is the leader, or it heard
+    /// from a live leader (or started) less than `ET_min` ago.
+    fn stickiness_left(&self, now: Instant) -> Option<Duration> {
+        if let State::Leader(_) = self.state {
+            return Some(self.config.election_timeout_min);
+        }
+        let until = self.leader_contact + self.config.election_timeout_min;
+        (now < until).then(|| until.saturating_duration_since(now))
+    }
+
+    /// Sets the next election deadline: `ET_min` plus a slot by rank among the successors
+    /// the leader advertised (so the best candidate times out first and alone), plus jitter.
+    fn reset_election_deadline(&mut self, now: Instant) {
+        let min = self.config.election_timeout_min;
+        let span = self.config.election_timeout_max.saturating_sub(min);
+        let rank = self.successors.iter().position(|s| *s == self.config.id);
+        let offset = match rank {
+            Some(rank) => {
+                let slot = span / u32::try_from(self.successors.len()).unwrap_or(u32::MAX).max(1);
+                let jitter = slot / 4;
+                slot * u32::try_from(rank).unwrap_or(u32::MAX) + self.random_up_to(jitter)
+            }
+            None => self.random_up_to(span),
+        };
+        self.election_deadline = now + min + offset;
+    }
+
+    fn random_up_to(&mut self, max: Duration) -> Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(self.rng.random_range(0..=nanos))
+    }
+}
+
+/// Eligible followers that acked within `recent`, best first: priority, then id.
+fn ranked_successors(followers: &BTreeMap<NodeId, Follower>, now: Instant, recent: Duration) -> Vec<NodeId> {
+    let mut ranked: Vec<(&NodeId, &Follower)> = followers
+        .iter()
+        .filter(|(_, f)| f.eligible && f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < recent))
+        .collect();
+    ranked.sort_by(|(a_id, a), (b_id, b)| b.priority.cmp(&a.priority).then(a_id.cmp(b_id)));
+    ranked.into_iter().map(|(id, _)| id.clone()).collect()
+}
+
+fn best_successor(followers: &BTreeMap<NodeId, Follower>, now: Instant, recent: Duration) -> Option<NodeId> {
+    ranked_successors(followers, now, recent).into_iter().next()
+}

@@ -1,0 +1,1 @@
+//! clustd (work in progress).

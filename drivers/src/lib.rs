@@ -1,0 +1,1 @@
+//! clustd-drivers (work in progress).

@@ -1,0 +1,1 @@
+//! clustd-transport (work in progress).
