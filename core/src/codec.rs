@@ -71,11 +71,10 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
     if version != WIRE_VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| match e {
-            bincode::error::DecodeError::UnexpectedEnd { .. } => DecodeError::Truncated,
-            other => DecodeError::Malformed(other.to_string()),
-        })?;
+    let (value, used) = bincode::serde::decode_from_slice(body, config()).map_err(|e| match e {
+        bincode::error::DecodeError::UnexpectedEnd { .. } => DecodeError::Truncated,
+        other => DecodeError::Malformed(other.to_string()),
+    })?;
     if used != body.len() {
         return Err(DecodeError::TrailingBytes(body.len() - used));
     }
@@ -106,23 +105,34 @@ mod tests {
             ),
             (term.clone(), any::<bool>())
                 .prop_map(|(term, transfer)| Message::RequestVote { term, transfer }),
-            (term.clone(), any::<bool>()).prop_map(|(term, granted)| Message::Vote { term, granted }),
-            (term.clone(), any::<u64>(), proptest::collection::vec(node_id(), 0..8)).prop_map(
-                |(term, round, successors)| Message::Heartbeat {
+            (term.clone(), any::<bool>())
+                .prop_map(|(term, granted)| Message::Vote { term, granted }),
+            (
+                term.clone(),
+                any::<u64>(),
+                proptest::collection::vec(node_id(), 0..8)
+            )
+                .prop_map(|(term, round, successors)| Message::Heartbeat {
                     term,
                     round,
                     successors
-                }
-            ),
-            (term.clone(), any::<u64>(), any::<u8>(), any::<bool>(), any::<bool>()).prop_map(
-                |(term, round, priority, eligible, preempt)| Message::HeartbeatAck {
-                    term,
-                    round,
-                    priority,
-                    eligible,
-                    preempt
-                }
-            ),
+                }),
+            (
+                term.clone(),
+                any::<u64>(),
+                any::<u8>(),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(term, round, priority, eligible, preempt)| {
+                    Message::HeartbeatAck {
+                        term,
+                        round,
+                        priority,
+                        eligible,
+                        preempt,
+                    }
+                }),
             term.prop_map(|term| Message::TimeoutNow { term }),
         ]
     }
@@ -169,17 +179,32 @@ mod tests {
         assert_eq!(decode::<Message>(&frame[..1]), Err(DecodeError::Truncated));
         let mut wrong_version = frame.clone();
         wrong_version[0] = 99;
-        assert_eq!(decode::<Message>(&wrong_version), Err(DecodeError::UnknownVersion(99)));
+        assert_eq!(
+            decode::<Message>(&wrong_version),
+            Err(DecodeError::UnknownVersion(99))
+        );
         let mut trailing = frame.clone();
         trailing.push(0);
-        assert_eq!(decode::<Message>(&trailing), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            decode::<Message>(&trailing),
+            Err(DecodeError::TrailingBytes(1))
+        );
         let huge = vec![WIRE_VERSION; MAX_FRAME_LEN + 1];
-        assert_eq!(decode::<Message>(&huge), Err(DecodeError::Oversized(MAX_FRAME_LEN + 1)));
+        assert_eq!(
+            decode::<Message>(&huge),
+            Err(DecodeError::Oversized(MAX_FRAME_LEN + 1))
+        );
         // Variant index far out of range.
-        assert!(matches!(decode::<Message>(&[WIRE_VERSION, 200]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<Message>(&[WIRE_VERSION, 200]),
+            Err(DecodeError::Malformed(_))
+        ));
         // An invalid node id is rejected by the decoder itself.
         let bad_id = encode(&("bad id!".to_string(),)).expect("encodes");
-        assert!(matches!(decode::<(NodeId,)>(&bad_id), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<(NodeId,)>(&bad_id),
+            Err(DecodeError::Malformed(_))
+        ));
         let big = ToDriver::Role {
             role: DriverRole::Master,
             term: Term(1),
@@ -189,6 +214,9 @@ mod tests {
             reason: "x".repeat(MAX_FRAME_LEN),
             seq: 0,
         };
-        assert!(matches!(encode(&big), Err(EncodeError::Oversized(_) | EncodeError::Serialize(_))));
+        assert!(matches!(
+            encode(&big),
+            Err(EncodeError::Oversized(_) | EncodeError::Serialize(_))
+        ));
     }
 }

@@ -70,6 +70,20 @@ impl Config {
         config
     }
 
+    /// Sets heartbeat interval and election timeout range, and the lease to the longest
+    /// safe value for them (see [`Config::max_safe_lease`]).
+    pub fn set_timings(
+        &mut self,
+        heartbeat: Duration,
+        election_timeout_min: Duration,
+        election_timeout_max: Duration,
+    ) {
+        self.heartbeat_interval = heartbeat;
+        self.election_timeout_min = election_timeout_min;
+        self.election_timeout_max = election_timeout_max;
+        self.lease = self.max_safe_lease().unwrap_or(Duration::ZERO);
+    }
+
     /// The longest lease that satisfies the inequality, rounded down to a millisecond,
     /// or `None` when even a zero lease cannot (the stop budget is too large).
     pub fn max_safe_lease(&self) -> Option<Duration> {
@@ -176,7 +190,10 @@ mod tests {
     use super::*;
 
     fn ids(names: &[&str]) -> Vec<NodeId> {
-        names.iter().map(|n| NodeId::new(n).expect("valid id")).collect()
+        names
+            .iter()
+            .map(|n| NodeId::new(n).expect("valid id"))
+            .collect()
     }
 
     fn base() -> Config {
@@ -199,15 +216,43 @@ mod tests {
     fn table_of_invalid_configs() {
         type Edit = fn(&mut Config);
         let cases: &[(&str, Edit, &str)] = &[
-            ("self missing", |c| drop(c.voters.remove(0)), "must contain this node"),
-            ("duplicate voter", |c| c.voters.push(c.voters[1].clone()), "more than once"),
+            (
+                "self missing",
+                |c| drop(c.voters.remove(0)),
+                "must contain this node",
+            ),
+            (
+                "duplicate voter",
+                |c| c.voters.push(c.voters[1].clone()),
+                "more than once",
+            ),
             ("negative drift", |c| c.max_clock_drift = -0.1, "drift"),
             ("huge drift", |c| c.max_clock_drift = 0.5, "drift"),
-            ("zero timeout", |c| c.election_timeout_min = Duration::ZERO, "timeout range"),
-            ("inverted range", |c| c.election_timeout_max = Duration::from_millis(900), "timeout range"),
-            ("slow heartbeat", |c| c.heartbeat_interval = Duration::from_millis(400), "heartbeat interval"),
-            ("long lease", |c| c.lease = Duration::from_millis(715), "lease"),
-            ("budget too big", |c| c.stop_budget = Duration::from_millis(960), "unsafe"),
+            (
+                "zero timeout",
+                |c| c.election_timeout_min = Duration::ZERO,
+                "timeout range",
+            ),
+            (
+                "inverted range",
+                |c| c.election_timeout_max = Duration::from_millis(900),
+                "timeout range",
+            ),
+            (
+                "slow heartbeat",
+                |c| c.heartbeat_interval = Duration::from_millis(400),
+                "heartbeat interval",
+            ),
+            (
+                "long lease",
+                |c| c.lease = Duration::from_millis(715),
+                "lease",
+            ),
+            (
+                "budget too big",
+                |c| c.stop_budget = Duration::from_millis(960),
+                "unsafe",
+            ),
         ];
         for (name, edit, needle) in cases {
             let mut config = base();

@@ -1,0 +1,737 @@
+//! A deterministic in-memory cluster for tests, fuzzing and benchmarks.
+//!
+//! Virtual global time, a network of in-flight messages with per-link cuts, delay and
+//! loss, per-node clock drift, crashes that keep the disk, restarts — and a [`Checker`]
+//! that watches every output for the safety invariants. Modelled on quinn-proto's test
+//! `Pair` (`step` jumps to the next deadline) and raft-rs's `Network` (`cut`, `isolate`,
+//! `recover`). Enabled in tests and with the `harness` feature.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::ids::{NodeId, Term};
+use crate::message::Message;
+use crate::node::{Event, Node, PersistentState};
+use crate::time::Instant;
+
+/// A safety or liveness violation found by the [`Checker`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Watches outputs and records the first violation of each invariant:
+/// one leader per term, disjoint master intervals (in global time, with drift), terms never
+/// decreasing (across restarts), at most one vote per term (across restarts).
+#[derive(Debug, Default)]
+pub struct Checker {
+    leaders: BTreeMap<Term, NodeId>,
+    votes: BTreeMap<(NodeId, Term), NodeId>,
+    cast: BTreeMap<(NodeId, Term), NodeId>,
+    max_term: BTreeMap<NodeId, Term>,
+    /// Per node: global time at which its current (or last) master interval ends, at the
+    /// latest. While master that is the lease end; after demotion, the demotion time.
+    master_until: BTreeMap<NodeId, Duration>,
+    /// Closed master intervals `(node, term, start, end)` in global time.
+    pub intervals: Vec<(NodeId, Term, Duration, Duration)>,
+    open: BTreeMap<NodeId, (Term, Duration)>,
+    /// Everything found so far.
+    pub violations: Vec<Violation>,
+    /// Number of elections won.
+    pub elections: u64,
+}
+
+impl Checker {
+    fn violation(&mut self, text: String) {
+        self.violations.push(Violation(text));
+    }
+
+    fn on_persist(&mut self, node: &NodeId, state: &PersistentState) {
+        let previous = self.max_term.get(node).copied().unwrap_or_default();
+        if state.term < previous {
+            self.violation(format!(
+                "{node}: term went back from {previous} to {}",
+                state.term
+            ));
+        }
+        self.max_term.insert(node.clone(), state.term.max(previous));
+        if let Some(vote) = &state.voted_for {
+            let key = (node.clone(), state.term);
+            match self.votes.get(&key) {
+                Some(earlier) if earlier != vote => self.violation(format!(
+                    "{node}: voted twice in term {}: for {earlier} and for {vote}",
+                    state.term
+                )),
+                _ => {
+                    self.votes.insert(key, vote.clone());
+                }
+            }
+        }
+    }
+
+    /// A vote as it leaves the node: what voters actually did, whatever they persisted.
+    fn on_vote_cast(&mut self, node: &NodeId, term: Term, candidate: &NodeId) {
+        let key = (node.clone(), term);
+        match self.cast.get(&key) {
+            Some(earlier) if earlier != candidate => self.violation(format!(
+                "{node}: cast votes for {earlier} and for {candidate} in term {term}"
+            )),
+            _ => {
+                self.cast.insert(key, candidate.clone());
+            }
+        }
+    }
+
+    fn on_term_observed(&mut self, node: &NodeId, term: Term) {
+        let previous = self.max_term.get(node).copied().unwrap_or_default();
+        if term < previous {
+            self.violation(format!(
+                "{node}: runs in term {term} after having seen {previous}"
+            ));
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        node: &NodeId,
+        event: &Event,
+        global: Duration,
+        lease_end: impl Fn(Instant) -> Duration,
+    ) {
+        match event {
+            Event::ElectionWon { term } => {
+                self.elections += 1;
+                if let Some(other) = self.leaders.insert(*term, node.clone())
+                    && &other != node
+                {
+                    self.violation(format!("two leaders in term {term}: {other} and {node}"));
+                }
+            }
+            Event::BecameMaster {
+                term, lease_until, ..
+            } => {
+                for (other, until) in &self.master_until {
+                    if other != node && *until > global {
+                        let text = format!(
+                            "overlapping masters: {node} became master (term {term}) at {global:?} \
+                             while {other} is master until {until:?}"
+                        );
+                        self.violations.push(Violation(text));
+                    }
+                }
+                self.master_until
+                    .insert(node.clone(), lease_end(*lease_until));
+                self.open.insert(node.clone(), (*term, global));
+            }
+            Event::LeaseRenewed { until, .. } => {
+                self.master_until.insert(node.clone(), lease_end(*until));
+            }
+            Event::BecameBackup { .. } => {
+                self.master_until.insert(node.clone(), global);
+                if let Some((term, start)) = self.open.remove(node) {
+                    self.close(node, term, start, global);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records a finished master interval and checks it against every other one, using the
+    /// actual end (so a clock that changed speed after the lease was granted is accounted for).
+    fn close(&mut self, node: &NodeId, term: Term, start: Duration, end: Duration) {
+        let overlapping: Vec<String> = self
+            .intervals
+            .iter()
+            .filter(|(other, _, s, e)| other != node && *s < end && start < *e)
+            .map(|(other, t, s, e)| format!("{other} (term {t}) {s:?}..{e:?}"))
+            .chain(
+                self.open
+                    .iter()
+                    .filter(|(other, (_, s))| *other != node && *s < end)
+                    .map(|(other, (t, s))| format!("{other} (term {t}) from {s:?}")),
+            )
+            .collect();
+        for other in overlapping {
+            self.violation(format!(
+                "overlapping masters: {node} (term {term}) {start:?}..{end:?} and {other}"
+            ));
+        }
+        self.intervals.push((node.clone(), term, start, end));
+    }
+
+    /// A crashed node's drivers keep the service until the lease they were given ends.
+    fn on_crash(&mut self, node: &NodeId) {
+        if let Some((term, start)) = self.open.remove(node) {
+            let end = self.master_until.get(node).copied().unwrap_or(start);
+            self.close(node, term, start, end);
+        }
+    }
+}
+
+/// One message on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    deliver_at: Duration,
+    seq: u64,
+    from: NodeId,
+    to: NodeId,
+    msg: MessageOrd,
+}
+
+/// `Message` wrapped so that `InFlight` can be ordered (ordering by `seq` decides first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MessageOrd(Message);
+
+impl PartialOrd for MessageOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageOrd {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+struct Slot {
+    config: Config,
+    node: Option<Node>,
+    disk: PersistentState,
+    clock: Clock,
+}
+
+/// A node's clock: continuous, piecewise linear in global time, `rate_ppm` parts per
+/// million of real time since the last rate change at global `base_global`.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    base_global: Duration,
+    base_local: Duration,
+    rate_ppm: u64,
+}
+
+impl Clock {
+    fn local(&self, global: Duration) -> Instant {
+        let since = global.saturating_sub(self.base_global).as_nanos() * u128::from(self.rate_ppm)
+            / 1_000_000;
+        Instant::from_elapsed(
+            self.base_local + Duration::from_nanos(u64::try_from(since).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// The first global time at which the local clock reads at least `local`.
+    fn global(&self, local: Instant) -> Duration {
+        let since = local
+            .elapsed_since_origin()
+            .saturating_sub(self.base_local)
+            .as_nanos()
+            * 1_000_000;
+        let since = since.div_ceil(u128::from(self.rate_ppm));
+        self.base_global + Duration::from_nanos(u64::try_from(since).unwrap_or(u64::MAX))
+    }
+}
+
+impl Slot {
+    fn local(&self, global: Duration) -> Instant {
+        self.clock.local(global)
+    }
+
+    fn global(&self, local: Instant) -> Duration {
+        self.clock.global(local)
+    }
+}
+
+/// A cluster of [`Node`]s on a simulated network with a virtual clock.
+pub struct Cluster {
+    slots: BTreeMap<NodeId, Slot>,
+    now: Duration,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
+    seq: u64,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    delay: (Duration, Duration),
+    loss_per_million: u32,
+    rng: StdRng,
+    /// The invariant checker; read its `violations`.
+    pub checker: Checker,
+    /// Messages delivered so far.
+    pub delivered: u64,
+    /// When true, every event is appended to `log` as `time node event`.
+    pub trace: bool,
+    /// The event log (see `trace`).
+    pub log: Vec<String>,
+}
+
+impl Cluster {
+    /// `n` nodes named `n1..nN` with `configure` applied to each default config; network
+    /// delay 1–5 ms, no loss, exact clocks. `seed` decides everything random.
+    pub fn new(n: usize, seed: u64, configure: impl Fn(&mut Config)) -> Self {
+        let ids: Vec<NodeId> = (1..=n)
+            .map(|i| {
+                NodeId::new(format!("n{i}"))
+                    .unwrap_or_else(|_| unreachable!("n<digits> is a valid id"))
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut slots = BTreeMap::new();
+        for id in &ids {
+            let mut config = Config::new(id.clone(), ids.clone());
+            config.rng_seed = rng.random();
+            configure(&mut config);
+            let node = Node::new(config.clone(), PersistentState::default(), Instant::ZERO)
+                .unwrap_or_else(|e| panic!("test config must be valid: {e}"));
+            slots.insert(
+                id.clone(),
+                Slot {
+                    config,
+                    node: Some(node),
+                    disk: PersistentState::default(),
+                    clock: Clock {
+                        base_global: Duration::ZERO,
+                        base_local: Duration::ZERO,
+                        rate_ppm: 1_000_000,
+                    },
+                },
+            );
+        }
+        Self {
+            slots,
+            now: Duration::ZERO,
+            in_flight: BinaryHeap::new(),
+            seq: 0,
+            cut: BTreeSet::new(),
+            delay: (Duration::from_millis(1), Duration::from_millis(5)),
+            loss_per_million: 0,
+            rng,
+            checker: Checker::default(),
+            delivered: 0,
+            trace: false,
+            log: Vec::new(),
+        }
+    }
+
+    /// Node ids, in order.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// The id of the `i`-th node (0-based).
+    pub fn id(&self, i: usize) -> NodeId {
+        self.ids()[i].clone()
+    }
+
+    /// Global virtual time.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// The node, if running.
+    pub fn node(&self, id: &NodeId) -> Option<&Node> {
+        self.slots.get(id).and_then(|s| s.node.as_ref())
+    }
+
+    /// The node's durable state.
+    pub fn disk(&self, id: &NodeId) -> &PersistentState {
+        &self.slots[id].disk
+    }
+
+    /// Nodes that currently consider themselves master.
+    pub fn masters(&self) -> Vec<NodeId> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.node.as_ref().is_some_and(Node::is_master))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Sets the one-way message delay range.
+    pub fn set_delay(&mut self, min: Duration, max: Duration) {
+        self.delay = (min, max.max(min));
+    }
+
+    /// Sets message loss, in parts per million.
+    pub fn set_loss(&mut self, per_million: u32) {
+        self.loss_per_million = per_million.min(1_000_000);
+    }
+
+    /// Sets a node's clock rate from now on, in parts per million of real time. The clock
+    /// stays continuous: it only runs faster or slower.
+    pub fn set_clock_rate(&mut self, id: &NodeId, rate_ppm: u64) {
+        let now = self.now;
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.clock = Clock {
+                base_global: now,
+                base_local: slot.clock.local(now).elapsed_since_origin(),
+                rate_ppm: rate_ppm.max(1),
+            };
+        }
+    }
+
+    /// Cuts the link `from → to` (one way).
+    pub fn cut_one_way(&mut self, from: &NodeId, to: &NodeId) {
+        self.cut.insert((from.clone(), to.clone()));
+    }
+
+    /// Cuts both directions between `a` and `b`.
+    pub fn cut(&mut self, a: &NodeId, b: &NodeId) {
+        self.cut_one_way(a, b);
+        self.cut_one_way(b, a);
+    }
+
+    /// Cuts `id` off from everyone.
+    pub fn isolate(&mut self, id: &NodeId) {
+        for other in self.ids() {
+            if &other != id {
+                self.cut(id, &other);
+            }
+        }
+    }
+
+    /// Splits the cluster into two groups that cannot talk to each other.
+    pub fn partition(&mut self, left: &[NodeId], right: &[NodeId]) {
+        for a in left {
+            for b in right {
+                self.cut(a, b);
+            }
+        }
+    }
+
+    /// Heals every cut.
+    pub fn recover(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Stops a node; its disk survives; messages to it are lost.
+    pub fn crash(&mut self, id: &NodeId) {
+        if let Some(slot) = self.slots.get_mut(id)
+            && slot.node.take().is_some()
+        {
+            self.checker.on_crash(id);
+        }
+    }
+
+    /// Starts a crashed node again from its disk.
+    pub fn restart(&mut self, id: &NodeId) {
+        let now = self.now;
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if slot.node.is_some() {
+            return;
+        }
+        let local = slot.local(now);
+        let mut config = slot.config.clone();
+        config.rng_seed = self.rng.random();
+        let node = Node::new(config, slot.disk.clone(), local)
+            .unwrap_or_else(|e| panic!("valid config: {e}"));
+        self.checker.on_term_observed(id, node.term());
+        slot.node = Some(node);
+    }
+
+    /// Runs a command on a running node, then processes its outputs.
+    pub fn with_node(&mut self, id: &NodeId, command: impl FnOnce(&mut Node, Instant)) {
+        let now = self.now;
+        if let Some(slot) = self.slots.get_mut(id) {
+            let local = slot.local(now);
+            if let Some(node) = slot.node.as_mut() {
+                command(node, local);
+            }
+        }
+        self.flush(id);
+    }
+
+    /// Graceful step-down of `id`.
+    pub fn step_down(&mut self, id: &NodeId) {
+        self.with_node(id, |node, now| node.step_down(now));
+    }
+
+    /// Maintenance mode on/off for `id`.
+    pub fn set_maintenance(&mut self, id: &NodeId, on: bool) {
+        self.with_node(id, |node, now| node.set_maintenance(now, on));
+    }
+
+    /// Processes the next timer or delivery, whichever comes first, up to `limit`.
+    /// Returns false when nothing is due before `limit` (time is then advanced to it).
+    pub fn step(&mut self, limit: Duration) -> bool {
+        let next_timer = self
+            .slots
+            .iter()
+            .filter_map(|(id, s)| {
+                s.node
+                    .as_ref()
+                    .map(|n| (s.global(n.poll_timeout()), id.clone()))
+            })
+            .min();
+        let next_delivery = self.in_flight.peek().map(|Reverse(m)| m.deliver_at);
+        let deliver_first = match (&next_timer, next_delivery) {
+            (Some((t, _)), Some(d)) => d <= *t,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if deliver_first {
+            let Some(Reverse(m)) = self.in_flight.peek().cloned() else {
+                return false;
+            };
+            if m.deliver_at > limit {
+                self.now = self.now.max(limit);
+                return false;
+            }
+            self.in_flight.pop();
+            self.now = self.now.max(m.deliver_at);
+            self.deliver(m);
+            return true;
+        }
+        match next_timer {
+            Some((t, id)) if t <= limit => {
+                self.now = self.now.max(t);
+                let now = self.now;
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    let local = slot.local(now);
+                    if let Some(node) = slot.node.as_mut() {
+                        node.handle_timeout(local);
+                    }
+                }
+                self.flush(&id);
+                true
+            }
+            _ => {
+                self.now = self.now.max(limit);
+                false
+            }
+        }
+    }
+
+    /// Runs for `duration` of global time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let limit = self.now + duration;
+        while self.step(limit) {}
+    }
+
+    /// Runs until `condition` holds or `timeout` passes; returns the time it took, if it held.
+    pub fn run_until(
+        &mut self,
+        timeout: Duration,
+        mut condition: impl FnMut(&Self) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        let limit = start + timeout;
+        loop {
+            if condition(self) {
+                return Some(self.now - start);
+            }
+            if !self.step(limit) {
+                return condition(self).then(|| self.now - start);
+            }
+        }
+    }
+
+    fn deliver(&mut self, m: InFlight) {
+        // A cut made while the message was in flight drops it too (as turmoil does).
+        if self.cut.contains(&(m.from.clone(), m.to.clone())) {
+            return;
+        }
+        let now = self.now;
+        let Some(slot) = self.slots.get_mut(&m.to) else {
+            return;
+        };
+        let local = slot.local(now);
+        let Some(node) = slot.node.as_mut() else {
+            return;
+        };
+        node.handle_message(local, &m.from, m.msg.0);
+        self.delivered += 1;
+        self.flush(&m.to);
+    }
+
+    /// Carries out a node's outputs in order: persist, send, events.
+    fn flush(&mut self, id: &NodeId) {
+        let now = self.now;
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let Some(node) = slot.node.as_mut() else {
+            return;
+        };
+        let mut outgoing = Vec::new();
+        let mut events = Vec::new();
+        loop {
+            if let Some(state) = node.poll_persist() {
+                self.checker.on_persist(id, &state);
+                slot.disk = state;
+                continue;
+            }
+            if let Some(out) = node.poll_transmit() {
+                outgoing.push(out);
+                continue;
+            }
+            if let Some(event) = node.poll_event() {
+                events.push(event);
+                continue;
+            }
+            break;
+        }
+        let term = node.term();
+        self.checker.on_term_observed(id, term);
+        let clock = slot.clock;
+        let to_global = |local: Instant| clock.global(local);
+        for (to, msg) in &outgoing {
+            if let Message::Vote {
+                term,
+                granted: true,
+            } = msg
+            {
+                self.checker.on_vote_cast(id, *term, to);
+            }
+        }
+        for event in &events {
+            if let Event::ElectionStarted { term } = event {
+                self.checker.on_vote_cast(id, *term, id);
+            }
+            self.checker.on_event(id, event, now, to_global);
+            if self.trace {
+                self.log.push(format!("{now:?} {id} {event:?}"));
+            }
+        }
+        for (to, msg) in outgoing {
+            if self.cut.contains(&(id.clone(), to.clone())) {
+                continue;
+            }
+            if self.loss_per_million > 0
+                && self.rng.random_range(0..1_000_000) < self.loss_per_million
+            {
+                continue;
+            }
+            let (min, max) = self.delay;
+            let delay = min
+                + Duration::from_nanos(
+                    self.rng
+                        .random_range(0..=u64::try_from((max - min).as_nanos()).unwrap_or(0)),
+                );
+            self.seq += 1;
+            self.in_flight.push(Reverse(InFlight {
+                deliver_at: now + delay,
+                seq: self.seq,
+                from: id.clone(),
+                to,
+                msg: MessageOrd(msg),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).expect("valid id")
+    }
+
+    fn master(term: u64, until_ms: u64) -> Event {
+        Event::BecameMaster {
+            term: Term(term),
+            lease_until: Instant::from_millis(until_ms),
+            reason: crate::node::Reason::Elected,
+        }
+    }
+
+    fn exact(local: Instant) -> Duration {
+        local.elapsed_since_origin()
+    }
+
+    #[test]
+    fn checker_catches_overlapping_masters() {
+        let mut checker = Checker::default();
+        checker.on_event(&id("a"), &master(1, 700), Duration::from_millis(0), exact);
+        checker.on_event(
+            &id("b"),
+            &master(2, 1200),
+            Duration::from_millis(500),
+            exact,
+        );
+        assert_eq!(checker.violations.len(), 1, "{:?}", checker.violations);
+        assert!(checker.violations[0].0.contains("overlapping masters"));
+    }
+
+    #[test]
+    fn checker_counts_a_crashed_masters_lease() {
+        let mut checker = Checker::default();
+        checker.on_event(&id("a"), &master(1, 700), Duration::from_millis(0), exact);
+        checker.on_crash(&id("a"));
+        // b becomes master after a crashed but before a's drivers' lease ran out.
+        checker.on_event(
+            &id("b"),
+            &master(2, 1200),
+            Duration::from_millis(650),
+            exact,
+        );
+        assert_eq!(checker.violations.len(), 1);
+        // After the lease it is fine.
+        let mut checker = Checker::default();
+        checker.on_event(&id("a"), &master(1, 700), Duration::from_millis(0), exact);
+        checker.on_crash(&id("a"));
+        checker.on_event(
+            &id("b"),
+            &master(2, 1200),
+            Duration::from_millis(700),
+            exact,
+        );
+        assert!(checker.violations.is_empty());
+    }
+
+    #[test]
+    fn checker_catches_double_votes_terms_going_back_and_two_leaders() {
+        let mut checker = Checker::default();
+        let vote = |term, who: &str| PersistentState {
+            term: Term(term),
+            voted_for: Some(id(who)),
+        };
+        checker.on_persist(&id("a"), &vote(3, "b"));
+        checker.on_persist(&id("a"), &vote(3, "b"));
+        assert!(checker.violations.is_empty(), "the same vote twice is fine");
+        checker.on_persist(&id("a"), &vote(3, "c"));
+        assert!(checker.violations[0].0.contains("voted twice"));
+        checker.on_persist(&id("a"), &vote(2, "c"));
+        assert!(checker.violations[1].0.contains("term went back"));
+        checker.on_event(
+            &id("a"),
+            &Event::ElectionWon { term: Term(5) },
+            Duration::ZERO,
+            exact,
+        );
+        checker.on_event(
+            &id("b"),
+            &Event::ElectionWon { term: Term(5) },
+            Duration::ZERO,
+            exact,
+        );
+        assert!(checker.violations[2].0.contains("two leaders in term 5"));
+    }
+
+    #[test]
+    fn same_seed_same_run() {
+        let run = |seed| {
+            let mut cluster = Cluster::new(5, seed, |_| {});
+            cluster.trace = true;
+            cluster.set_loss(100_000);
+            cluster.run_for(Duration::from_secs(5));
+            let first = cluster.masters();
+            for id in first {
+                cluster.crash(&id);
+            }
+            cluster.run_for(Duration::from_secs(5));
+            cluster.log
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+}

@@ -215,7 +215,11 @@ impl Node {
     /// A (re)started node acts as if it had just heard from a leader: it grants no vote and
     /// starts no campaign for `ET_min`. It may have acknowledged a leader just before it
     /// went down, and that leader's lease may still be running.
-    pub fn new(config: Config, persisted: PersistentState, now: Instant) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: Config,
+        persisted: PersistentState,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let rng = StdRng::seed_from_u64(config.rng_seed);
         let mut node = Self {
@@ -328,7 +332,9 @@ impl Node {
                 granted,
                 retry_after_ms,
             } => self.on_pre_vote_response(now, from, term, granted, retry_after_ms),
-            Message::RequestVote { term, transfer } => self.on_request_vote(now, from, term, transfer),
+            Message::RequestVote { term, transfer } => {
+                self.on_request_vote(now, from, term, transfer)
+            }
             Message::Vote { term, granted } => self.on_vote(now, from, term, granted),
             Message::Heartbeat {
                 term,
@@ -365,10 +371,9 @@ impl Node {
             if let State::PreCandidate {
                 retry_at: Some(at), ..
             } = self.state
+                && now >= at
             {
-                if now >= at {
-                    self.start_pre_vote(now);
-                }
+                self.start_pre_vote(now);
             }
             if now >= self.election_deadline {
                 if self.can_campaign(now) {
@@ -417,10 +422,10 @@ impl Node {
     /// The caller's drivers have acknowledged the demotion that a step-down started:
     /// hand leadership over now instead of waiting for the lease to run out.
     pub fn confirm_demoted(&mut self, now: Instant) {
-        if let State::Leader(l) = &mut self.state {
-            if let Some(handoff) = &mut l.handoff {
-                handoff.at = handoff.at.min(now);
-            }
+        if let State::Leader(l) = &mut self.state
+            && let Some(handoff) = &mut l.handoff
+        {
+            handoff.at = handoff.at.min(now);
         }
         self.handle_timeout(now);
     }
@@ -453,7 +458,9 @@ impl Node {
     pub fn poll_timeout(&self) -> Instant {
         match &self.state {
             State::Leader(l) => {
-                let mut next = l.next_heartbeat.min(l.majority_at + self.config.election_timeout_min);
+                let mut next = l
+                    .next_heartbeat
+                    .min(l.majority_at + self.config.election_timeout_min);
                 if let Some(h) = &l.handoff {
                     next = next.min(h.at);
                 }
@@ -504,7 +511,11 @@ impl Node {
         retry_after_ms: Option<u32>,
     ) {
         let proposed = self.term.next();
-        let State::PreCandidate { granted: votes, retry_at } = &mut self.state else {
+        let State::PreCandidate {
+            granted: votes,
+            retry_at,
+        } = &mut self.state
+        else {
             return;
         };
         if granted && term == proposed {
@@ -528,13 +539,25 @@ impl Node {
 
     fn on_request_vote(&mut self, now: Instant, from: &NodeId, term: Term, transfer: bool) {
         if term < self.term {
-            self.send(from, Message::Vote { term: self.term, granted: false });
+            self.send(
+                from,
+                Message::Vote {
+                    term: self.term,
+                    granted: false,
+                },
+            );
             return;
         }
         if !transfer && self.stickiness_left(now).is_some() {
             // A live leader exists as far as we know: neither adopt the term nor vote, so a
             // node that was cut off cannot disrupt the cluster.
-            self.send(from, Message::Vote { term: self.term, granted: false });
+            self.send(
+                from,
+                Message::Vote {
+                    term: self.term,
+                    granted: false,
+                },
+            );
             return;
         }
         if term > self.term {
@@ -552,7 +575,13 @@ impl Node {
             }
             self.reset_election_deadline(now);
         }
-        self.send(from, Message::Vote { term: self.term, granted });
+        self.send(
+            from,
+            Message::Vote {
+                term: self.term,
+                granted,
+            },
+        );
     }
 
     fn on_vote(&mut self, now: Instant, from: &NodeId, term: Term, granted: bool) {
@@ -658,7 +687,11 @@ impl Node {
                 .followers
                 .iter()
                 .filter(|(_, f)| f.eligible && f.preempt && f.priority > self.config.priority)
-                .filter(|(_, f)| f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < self.config.heartbeat_interval * 2))
+                .filter(|(_, f)| {
+                    f.last_ack.is_some_and(|t| {
+                        now.saturating_duration_since(t) < self.config.heartbeat_interval * 2
+                    })
+                })
                 .max_by(|(a_id, a), (b_id, b)| a.priority.cmp(&b.priority).then(b_id.cmp(a_id)))
                 .map(|(id, _)| id.clone());
             if let Some(target) = preferred {
@@ -697,14 +730,17 @@ impl Node {
         if now >= l.next_heartbeat {
             let mut changes = Vec::new();
             for (id, f) in &mut l.followers {
-                let reachable = f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < et_min);
+                let reachable = f
+                    .last_ack
+                    .is_some_and(|t| now.saturating_duration_since(t) < et_min);
                 if f.reachable != Some(reachable) && (f.reachable.is_some() || !reachable) {
                     changes.push((id.clone(), reachable));
                 }
                 f.reachable = Some(reachable);
             }
             for (peer, reachable) in changes {
-                self.events.push_back(Event::PeerReachability { peer, reachable });
+                self.events
+                    .push_back(Event::PeerReachability { peer, reachable });
             }
             self.broadcast_heartbeat(now);
         }
@@ -747,7 +783,8 @@ impl Node {
         let mut granted = BTreeSet::new();
         granted.insert(self.config.id.clone());
         self.state = State::Candidate { granted };
-        self.events.push_back(Event::ElectionStarted { term: self.term });
+        self.events
+            .push_back(Event::ElectionStarted { term: self.term });
         self.reset_election_deadline(now);
         if self.config.quorum() == 1 {
             self.become_leader(now);
@@ -775,7 +812,8 @@ impl Node {
             was_master: false,
         }));
         self.leader = Some(self.config.id.clone());
-        self.events.push_back(Event::ElectionWon { term: self.term });
+        self.events
+            .push_back(Event::ElectionWon { term: self.term });
         self.events.push_back(Event::LeaderChanged {
             term: self.term,
             leader: self.leader.clone(),
@@ -834,7 +872,10 @@ impl Node {
         let Some(handoff) = l.handoff.take() else {
             return;
         };
-        let recent = |f: &Follower| f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < et_min);
+        let recent = |f: &Follower| {
+            f.last_ack
+                .is_some_and(|t| now.saturating_duration_since(t) < et_min)
+        };
         let target = handoff
             .target
             .filter(|t| l.followers.get(t).is_some_and(|f| f.eligible && recent(f)))
@@ -846,7 +887,8 @@ impl Node {
         }
         // Do not compete with the successor: stand again only after a full maximum timeout.
         self.leader_contact = now;
-        self.election_deadline = now + self.config.election_timeout_max + self.config.election_timeout_min;
+        self.election_deadline =
+            now + self.config.election_timeout_max + self.config.election_timeout_min;
     }
 
     fn demote(&mut self, reason: Reason) {
@@ -910,10 +952,9 @@ impl Node {
         l.sent_at.push_back((l.round, now));
         // Keep the window bounded even if nobody acks: older rounds can no longer give a
         // lease that has not already expired.
-        let window = usize::try_from(
-            self.config.election_timeout_min.as_nanos() / hb.as_nanos().max(1) + 2,
-        )
-        .unwrap_or(usize::MAX);
+        let window =
+            usize::try_from(self.config.election_timeout_min.as_nanos() / hb.as_nanos().max(1) + 2)
+                .unwrap_or(usize::MAX);
         while l.sent_at.len() > window {
             l.sent_at.pop_front();
         }
@@ -931,11 +972,11 @@ impl Node {
                 },
             );
         }
-        if self.config.quorum() == 1 {
-            if let State::Leader(l) = &mut self.state {
-                l.lease_until = Some(now + self.config.lease);
-                l.majority_at = now;
-            }
+        if self.config.quorum() == 1
+            && let State::Leader(l) = &mut self.state
+        {
+            l.lease_until = Some(now + self.config.lease);
+            l.majority_at = now;
         }
     }
 
@@ -954,7 +995,8 @@ impl Node {
             self.term = term;
             self.voted_for = None;
             if self.leader.take().is_some() {
-                self.events.push_back(Event::LeaderChanged { term, leader: None });
+                self.events
+                    .push_back(Event::LeaderChanged { term, leader: None });
             }
             self.persist_state();
             if self.master_term.is_some() {
@@ -1010,7 +1052,10 @@ impl Node {
         let rank = self.successors.iter().position(|s| *s == self.config.id);
         let offset = match rank {
             Some(rank) => {
-                let slot = span / u32::try_from(self.successors.len()).unwrap_or(u32::MAX).max(1);
+                let slot = span
+                    / u32::try_from(self.successors.len())
+                        .unwrap_or(u32::MAX)
+                        .max(1);
                 let jitter = slot / 4;
                 slot * u32::try_from(rank).unwrap_or(u32::MAX) + self.random_up_to(jitter)
             }
@@ -1026,15 +1071,619 @@ impl Node {
 }
 
 /// Eligible followers that acked within `recent`, best first: priority, then id.
-fn ranked_successors(followers: &BTreeMap<NodeId, Follower>, now: Instant, recent: Duration) -> Vec<NodeId> {
+fn ranked_successors(
+    followers: &BTreeMap<NodeId, Follower>,
+    now: Instant,
+    recent: Duration,
+) -> Vec<NodeId> {
     let mut ranked: Vec<(&NodeId, &Follower)> = followers
         .iter()
-        .filter(|(_, f)| f.eligible && f.last_ack.is_some_and(|t| now.saturating_duration_since(t) < recent))
+        .filter(|(_, f)| {
+            f.eligible
+                && f.last_ack
+                    .is_some_and(|t| now.saturating_duration_since(t) < recent)
+        })
         .collect();
     ranked.sort_by(|(a_id, a), (b_id, b)| b.priority.cmp(&a.priority).then(a_id.cmp(b_id)));
     ranked.into_iter().map(|(id, _)| id.clone()).collect()
 }
 
-fn best_successor(followers: &BTreeMap<NodeId, Follower>, now: Instant, recent: Duration) -> Option<NodeId> {
+fn best_successor(
+    followers: &BTreeMap<NodeId, Follower>,
+    now: Instant,
+    recent: Duration,
+) -> Option<NodeId> {
     ranked_successors(followers, now, recent).into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::Cluster;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).expect("valid id")
+    }
+
+    fn ms(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    /// `n1` of a 3-node cluster, started at t=0 from `state`.
+    fn node_with(state: PersistentState) -> Node {
+        let voters = vec![id("n1"), id("n2"), id("n3")];
+        Node::new(Config::new(voters[0].clone(), voters), state, ms(0)).expect("valid config")
+    }
+
+    fn fresh() -> Node {
+        node_with(PersistentState::default())
+    }
+
+    /// Drains outputs, checking that persist comes before any message.
+    fn outputs(node: &mut Node) -> (Option<PersistentState>, Vec<(NodeId, Message)>) {
+        let persisted = node.poll_persist();
+        let mut sent = Vec::new();
+        while let Some(out) = node.poll_transmit() {
+            sent.push(out);
+        }
+        (persisted, sent)
+    }
+
+    fn heartbeat(term: u64) -> Message {
+        Message::Heartbeat {
+            term: Term(term),
+            round: 1,
+            successors: vec![],
+        }
+    }
+
+    #[test]
+    fn vote_granting_rules() {
+        struct Case {
+            name: &'static str,
+            state: PersistentState,
+            /// Heartbeat from n3 at this time (term = state.term), if any.
+            heard_leader_at: Option<u64>,
+            at: u64,
+            request: Message,
+            granted: bool,
+            term_after: u64,
+        }
+        let voted = |term, who: &str| PersistentState {
+            term: Term(term),
+            voted_for: Some(id(who)),
+        };
+        let at_term = |term| PersistentState {
+            term: Term(term),
+            voted_for: None,
+        };
+        let request = |term, transfer| Message::RequestVote {
+            term: Term(term),
+            transfer,
+        };
+        let cases = [
+            Case {
+                name: "just started: sticky",
+                state: at_term(0),
+                heard_leader_at: None,
+                at: 500,
+                request: request(1, false),
+                granted: false,
+                term_after: 0,
+            },
+            Case {
+                name: "after ET_min: granted",
+                state: at_term(0),
+                heard_leader_at: None,
+                at: 1001,
+                request: request(1, false),
+                granted: true,
+                term_after: 1,
+            },
+            Case {
+                name: "already voted for another",
+                state: voted(1, "n3"),
+                heard_leader_at: None,
+                at: 1001,
+                request: request(1, false),
+                granted: false,
+                term_after: 1,
+            },
+            Case {
+                name: "repeat for same candidate",
+                state: voted(1, "n2"),
+                heard_leader_at: None,
+                at: 1001,
+                request: request(1, false),
+                granted: true,
+                term_after: 1,
+            },
+            Case {
+                name: "stale term",
+                state: at_term(5),
+                heard_leader_at: None,
+                at: 1001,
+                request: request(4, false),
+                granted: false,
+                term_after: 5,
+            },
+            Case {
+                name: "higher term clears old vote",
+                state: voted(1, "n3"),
+                heard_leader_at: None,
+                at: 1001,
+                request: request(2, false),
+                granted: true,
+                term_after: 2,
+            },
+            Case {
+                name: "live leader: refused, term kept",
+                state: at_term(1),
+                heard_leader_at: Some(1500),
+                at: 2000,
+                request: request(2, false),
+                granted: false,
+                term_after: 1,
+            },
+            Case {
+                name: "live leader but transfer",
+                state: at_term(1),
+                heard_leader_at: Some(1500),
+                at: 2000,
+                request: request(2, true),
+                granted: true,
+                term_after: 2,
+            },
+            Case {
+                name: "leader silent for ET_min",
+                state: at_term(1),
+                heard_leader_at: Some(1500),
+                at: 2501,
+                request: request(2, false),
+                granted: true,
+                term_after: 2,
+            },
+        ];
+        for case in cases {
+            let term_before = case.state.term;
+            let mut node = node_with(case.state);
+            if let Some(t) = case.heard_leader_at {
+                node.handle_message(ms(t), &id("n3"), heartbeat(term_before.0));
+                let _ = outputs(&mut node);
+            }
+            node.handle_message(ms(case.at), &id("n2"), case.request);
+            let (persisted, sent) = outputs(&mut node);
+            let reply = sent
+                .iter()
+                .find(|(to, _)| *to == id("n2"))
+                .map(|(_, m)| m.clone());
+            let Some(Message::Vote { term, granted }) = reply else {
+                panic!("{}: expected a vote reply, got {sent:?}", case.name);
+            };
+            assert_eq!(granted, case.granted, "{}", case.name);
+            assert_eq!(node.term(), Term(case.term_after), "{}", case.name);
+            assert_eq!(term, Term(case.term_after), "{}", case.name);
+            if case.granted {
+                assert_eq!(node.voted_for(), Some(&id("n2")), "{}", case.name);
+                if node.term() != term_before || persisted.is_some() {
+                    let p = persisted.expect("a new vote is persisted");
+                    assert_eq!(p.voted_for, Some(id("n2")), "{}", case.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pre_vote_rules() {
+        // (name, heard leader at, now, asked term, granted, retry hint present)
+        let cases = [
+            ("sticky after start", None, 400, 1, false, true),
+            ("free after ET_min", None, 1000, 1, true, false),
+            ("not ahead of our term", None, 1000, 0, false, false),
+            ("live leader", Some(1200), 1500, 1, false, true),
+        ];
+        for (name, heard, now, asked, granted, hint) in cases {
+            let mut node = fresh();
+            if let Some(t) = heard {
+                node.handle_message(ms(t), &id("n3"), heartbeat(0));
+                let _ = outputs(&mut node);
+            }
+            node.handle_message(ms(now), &id("n2"), Message::PreVote { term: Term(asked) });
+            let (persisted, sent) = outputs(&mut node);
+            assert!(persisted.is_none(), "{name}: pre-vote never persists");
+            assert_eq!(
+                node.term(),
+                Term(0),
+                "{name}: pre-vote never changes the term"
+            );
+            match &sent[..] {
+                [
+                    (
+                        to,
+                        Message::PreVoteResponse {
+                            granted: g,
+                            retry_after_ms,
+                            ..
+                        },
+                    ),
+                ] => {
+                    assert_eq!(to, &id("n2"));
+                    assert_eq!(*g, granted, "{name}");
+                    assert_eq!(retry_after_ms.is_some(), hint, "{name}");
+                }
+                other => panic!("{name}: unexpected output {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn stale_leader_learns_higher_term_from_ack() {
+        let mut node = fresh();
+        node.handle_message(ms(10), &id("n2"), heartbeat(3));
+        let (persisted, sent) = outputs(&mut node);
+        assert_eq!(persisted.expect("term change persisted").term, Term(3));
+        assert!(matches!(
+            sent[..],
+            [(_, Message::HeartbeatAck { term: Term(3), .. })]
+        ));
+        // A heartbeat from an older term is answered with our term, not obeyed.
+        node.handle_message(ms(20), &id("n3"), heartbeat(2));
+        let (_, sent) = outputs(&mut node);
+        assert!(matches!(
+            sent[..],
+            [(_, Message::HeartbeatAck { term: Term(3), .. })]
+        ));
+        assert_eq!(node.leader(), Some(&id("n2")));
+    }
+
+    #[test]
+    fn messages_from_strangers_are_ignored() {
+        let mut node = fresh();
+        node.handle_message(
+            ms(2000),
+            &id("intruder"),
+            Message::RequestVote {
+                term: Term(9),
+                transfer: true,
+            },
+        );
+        node.handle_message(
+            ms(2000),
+            &id("n1"),
+            Message::RequestVote {
+                term: Term(9),
+                transfer: true,
+            },
+        );
+        let (persisted, sent) = outputs(&mut node);
+        assert!(persisted.is_none() && sent.is_empty());
+        assert_eq!(node.term(), Term(0));
+    }
+
+    #[test]
+    fn persist_gates_transmit() {
+        let mut node = fresh();
+        node.handle_message(
+            ms(1500),
+            &id("n2"),
+            Message::RequestVote {
+                term: Term(1),
+                transfer: false,
+            },
+        );
+        assert!(
+            node.poll_transmit().is_none(),
+            "the vote must wait for the persist"
+        );
+        assert!(node.poll_persist().is_some());
+        assert!(matches!(
+            node.poll_transmit(),
+            Some((_, Message::Vote { granted: true, .. }))
+        ));
+    }
+
+    #[test]
+    fn restarted_node_never_votes_twice_in_a_term() {
+        let state = PersistentState {
+            term: Term(4),
+            voted_for: Some(id("n3")),
+        };
+        let mut node = node_with(state);
+        node.handle_message(
+            ms(5000),
+            &id("n2"),
+            Message::RequestVote {
+                term: Term(4),
+                transfer: false,
+            },
+        );
+        let (_, sent) = outputs(&mut node);
+        assert!(matches!(
+            sent[..],
+            [(
+                _,
+                Message::Vote {
+                    granted: false,
+                    term: Term(4)
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn a_vote_is_persisted_before_it_is_sent_and_survives_restart() {
+        let mut node = fresh();
+        let mut disk = PersistentState::default();
+        node.handle_message(
+            ms(1500),
+            &id("n2"),
+            Message::RequestVote {
+                term: Term(1),
+                transfer: false,
+            },
+        );
+        while let Some(state) = node.poll_persist() {
+            disk = state;
+        }
+        assert!(matches!(
+            node.poll_transmit(),
+            Some((_, Message::Vote { granted: true, .. }))
+        ));
+        // Crash and restart from what reached the disk; n3 asks in the same term.
+        let mut restarted = node_with(disk);
+        restarted.handle_message(
+            ms(1500),
+            &id("n3"),
+            Message::RequestVote {
+                term: Term(1),
+                transfer: false,
+            },
+        );
+        let (_, sent) = outputs(&mut restarted);
+        assert!(sent.is_empty() || matches!(sent[..], [(_, Message::Vote { granted: false, .. })]));
+        restarted.handle_message(
+            ms(2600),
+            &id("n3"),
+            Message::RequestVote {
+                term: Term(1),
+                transfer: false,
+            },
+        );
+        let (_, sent) = outputs(&mut restarted);
+        assert!(
+            matches!(sent[..], [(_, Message::Vote { granted: false, .. })]),
+            "{sent:?}"
+        );
+    }
+
+    // ----- scenarios on the harness -------------------------------------------------
+
+    fn elect(cluster: &mut Cluster) -> NodeId {
+        cluster
+            .run_until(Duration::from_secs(10), |c| c.masters().len() == 1)
+            .expect("a master within 10 s");
+        cluster.masters()[0].clone()
+    }
+
+    fn assert_safe(cluster: &Cluster) {
+        assert!(
+            cluster.checker.violations.is_empty(),
+            "{:?}",
+            cluster.checker.violations
+        );
+    }
+
+    #[test]
+    fn a_cluster_elects_one_master_and_keeps_it() {
+        let mut cluster = Cluster::new(3, 1, |_| {});
+        let master = elect(&mut cluster);
+        let elections = cluster.checker.elections;
+        cluster.run_for(Duration::from_secs(30));
+        assert_eq!(cluster.masters(), vec![master]);
+        assert_eq!(
+            cluster.checker.elections, elections,
+            "no needless elections"
+        );
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn failover_after_crash_takes_about_one_election_timeout() {
+        let mut cluster = Cluster::new(3, 2, |_| {});
+        let old = elect(&mut cluster);
+        cluster.run_for(Duration::from_secs(2));
+        cluster.crash(&old);
+        let took = cluster
+            .run_until(Duration::from_secs(10), |c| c.masters().len() == 1)
+            .expect("new master");
+        // ET_min is 1000 ms; rank 0 times out within 1000 + 125 ms of the last heartbeat,
+        // and the lease of the old master must have ended first.
+        assert!(
+            took >= Duration::from_millis(800) && took <= Duration::from_millis(1300),
+            "{took:?}"
+        );
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn check_quorum_and_lease_expiry_when_leader_is_isolated() {
+        let mut cluster = Cluster::new(3, 3, |_| {});
+        let old = elect(&mut cluster);
+        cluster.isolate(&old);
+        let lost = cluster
+            .run_until(Duration::from_secs(3), |c| {
+                !c.node(&old).is_some_and(Node::is_master)
+            })
+            .expect("isolated master loses its lease");
+        assert!(
+            lost <= cluster
+                .node(&old)
+                .map_or(Duration::ZERO, |n| n.config().lease)
+                + Duration::from_millis(1)
+        );
+        cluster
+            .run_until(Duration::from_secs(3), |c| {
+                c.node(&old).is_some_and(|n| n.role() != Role::Leader)
+            })
+            .expect("check-quorum makes it step down");
+        let new = cluster
+            .run_until(Duration::from_secs(10), |c| c.masters().len() == 1)
+            .map(|_| cluster.masters()[0].clone())
+            .expect("majority elects");
+        assert_ne!(new, old);
+        // Healing does not disturb the new master: pre-vote keeps the old node quiet.
+        let term = cluster.node(&new).map(Node::term);
+        cluster.recover();
+        cluster.run_for(Duration::from_secs(10));
+        assert_eq!(cluster.masters(), vec![new.clone()]);
+        assert_eq!(cluster.node(&new).map(Node::term), term);
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn minority_never_has_a_master() {
+        let mut cluster = Cluster::new(5, 4, |_| {});
+        let master = elect(&mut cluster);
+        let others: Vec<NodeId> = cluster.ids().into_iter().filter(|i| *i != master).collect();
+        let minority = vec![master.clone(), others[0].clone()];
+        let majority = others[1..].to_vec();
+        cluster.partition(&minority, &majority);
+        cluster.run_for(Duration::from_secs(20));
+        let masters = cluster.masters();
+        assert_eq!(masters.len(), 1);
+        assert!(majority.contains(&masters[0]));
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn step_down_demotes_first_then_transfers() {
+        let mut cluster = Cluster::new(3, 5, |_| {});
+        let old = elect(&mut cluster);
+        cluster.run_for(Duration::from_secs(1));
+        cluster.step_down(&old);
+        assert!(cluster.masters().is_empty(), "demoted at once");
+        let took = cluster
+            .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
+            .expect("a successor");
+        assert_ne!(cluster.masters()[0], old);
+        // Waits for the last lease to expire (no driver confirmation here), not for ET.
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn confirmed_demotion_hands_over_at_once() {
+        let mut cluster = Cluster::new(3, 6, |_| {});
+        let old = elect(&mut cluster);
+        cluster.run_for(Duration::from_secs(1));
+        cluster.step_down(&old);
+        cluster.with_node(&old, |n, now| n.confirm_demoted(now));
+        let took = cluster
+            .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
+            .expect("successor");
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn maintenance_node_hands_off_and_never_stands() {
+        let mut cluster = Cluster::new(3, 7, |_| {});
+        let old = elect(&mut cluster);
+        cluster.set_maintenance(&old, true);
+        let new = cluster
+            .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
+            .map(|_| cluster.masters()[0].clone())
+            .expect("successor");
+        assert_ne!(new, old);
+        // Even when every other node is gone, the maintenance node does not take over.
+        cluster.crash(&new);
+        cluster.run_for(Duration::from_secs(20));
+        assert!(!cluster.masters().contains(&old));
+        cluster.set_maintenance(&old, false);
+        let back = cluster.run_until(Duration::from_secs(10), |c| c.masters().len() == 1);
+        assert!(back.is_some());
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn witness_votes_but_never_leads() {
+        let mut cluster = Cluster::new(3, 8, |c| c.witness = c.id.as_str() == "n3");
+        let witness = cluster.id(2);
+        for _ in 0..5 {
+            let master = elect(&mut cluster);
+            assert_ne!(master, witness);
+            cluster.crash(&master);
+            // Two voters remain (one witness): still a majority, so the other real node wins.
+            let next = elect(&mut cluster);
+            assert_ne!(next, witness);
+            cluster.restart(&master);
+            cluster.run_for(Duration::from_secs(3));
+        }
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn priority_with_preemption_takes_over_when_back() {
+        let mut cluster = Cluster::new(3, 9, |c| {
+            if c.id.as_str() == "n1" {
+                c.priority = 10;
+                c.preempt = true;
+            }
+        });
+        let preferred = cluster.id(0);
+        let first = elect(&mut cluster);
+        cluster
+            .run_until(Duration::from_secs(5), |c| {
+                c.masters() == vec![preferred.clone()]
+            })
+            .unwrap_or_else(|| panic!("n1 preempts {first}"));
+        cluster.crash(&preferred);
+        let other = elect(&mut cluster);
+        assert_ne!(other, preferred);
+        cluster.restart(&preferred);
+        cluster
+            .run_until(Duration::from_secs(10), |c| {
+                c.masters() == vec![preferred.clone()]
+            })
+            .expect("preferred node takes mastership back");
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn priority_without_preemption_stays_put() {
+        let mut cluster = Cluster::new(3, 10, |c| {
+            if c.id.as_str() == "n1" {
+                c.priority = 10;
+            }
+        });
+        let preferred = cluster.id(0);
+        cluster.crash(&preferred);
+        let other = elect(&mut cluster);
+        cluster.restart(&preferred);
+        cluster.run_for(Duration::from_secs(10));
+        assert_eq!(cluster.masters(), vec![other.clone()]);
+        // But it is ranked first as successor: when the master dies, it takes over.
+        cluster.crash(&other);
+        assert_eq!(elect(&mut cluster), preferred);
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn lease_never_overlaps_with_maximum_drift() {
+        // Old master's clock slow, the others fast: the worst case of the inequality.
+        let mut cluster = Cluster::new(3, 11, |_| {});
+        let old = elect(&mut cluster);
+        for other in cluster.ids() {
+            let rate = if other == old { 950_000 } else { 1_050_000 };
+            cluster.set_clock_rate(&other, rate);
+        }
+        cluster.run_for(Duration::from_secs(2));
+        cluster.isolate(&old);
+        cluster
+            .run_until(Duration::from_secs(10), |c| {
+                c.masters().iter().any(|m| *m != old)
+            })
+            .expect("new master");
+        assert_safe(&cluster);
+    }
 }
