@@ -1,0 +1,204 @@
+//! What an endpoint is configured with: identity, secret, peers, limits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clustd_core::NodeId;
+use clustd_core::codec::MAX_FRAME_LEN;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Which transport carries the frames (`cluster.transport` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// QUIC (quinn, rustls with ring); heartbeats as datagrams.
+    Quic,
+    /// WebSocket over TCP (`ws://`, or `wss://` with [`TlsFiles`]).
+    #[serde(rename = "websocket")]
+    WebSocket,
+}
+
+/// What the other end of a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PeerKind {
+    /// Another daemon of the cluster.
+    Peer,
+    /// A driver attached to a daemon.
+    Driver,
+}
+
+/// The cluster secret. Never printed; zeroized on drop.
+///
+/// Any length of at least [`Secret::MIN_LEN`] bytes; the Noise pre-shared key is
+/// SHA-256 of a label and the secret, so text and binary secrets both work.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    /// The shortest secret accepted, in bytes.
+    pub const MIN_LEN: usize = 16;
+
+    /// Wraps secret bytes, refusing secrets shorter than [`Secret::MIN_LEN`].
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<Self, crate::TransportError> {
+        let bytes = Zeroizing::new(bytes.into());
+        if bytes.len() < Self::MIN_LEN {
+            return Err(crate::TransportError::Config(format!(
+                "the cluster secret must be at least {} bytes, got {}",
+                Self::MIN_LEN,
+                bytes.len()
+            )));
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The 32-byte Noise pre-shared key derived from the secret.
+    pub(crate) fn psk(&self) -> Zeroizing<[u8; 32]> {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"clustd noise psk v1\0");
+        ctx.update(&self.0);
+        let digest = ctx.finish();
+        let mut psk = Zeroizing::new([0u8; 32]);
+        psk.copy_from_slice(digest.as_ref());
+        psk
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Certificate and private key (PEM files) for serving `wss://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How urgent and how lossy a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendClass {
+    /// Superseded by the next one: at most one waits per connection (a newer one replaces
+    /// it), and over QUIC it travels as a datagram, so it is never retransmitted late.
+    Heartbeat,
+    /// Delivered in order unless the connection breaks; never dropped silently.
+    Reliable,
+}
+
+/// Limits and timers. The defaults suit a LAN cluster with 100 ms heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest frame sent or accepted; a larger one closes the connection.
+    pub max_frame_len: usize,
+    /// Time allowed from accepting a socket (or dialing) to an authenticated session.
+    pub handshake_timeout: Duration,
+    /// Connections still in the handshake at once (accepted side); more are dropped at once.
+    pub max_unauthenticated: usize,
+    /// Reliable frames waiting per connection before it is considered too slow and closed.
+    pub send_queue: usize,
+    /// First reconnect delay (before jitter).
+    pub backoff_min: Duration,
+    /// Largest reconnect delay (before jitter).
+    pub backoff_max: Duration,
+    /// A keepalive is sent after this long without sending anything.
+    pub keepalive_interval: Duration,
+    /// The connection is closed after this long without receiving anything.
+    pub idle_timeout: Duration,
+    /// Capacity of the event channel returned by [`crate::Endpoint::start`].
+    pub event_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_len: MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(5),
+            max_unauthenticated: 64,
+            send_queue: 1024,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            event_queue: 4096,
+        }
+    }
+}
+
+/// Everything an [`crate::Endpoint`] needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// QUIC or WebSocket.
+    pub kind: TransportKind,
+    /// Our node id (a daemon's id, or a driver's id).
+    pub local_id: NodeId,
+    /// Whether we are a daemon (`Peer`) or a driver.
+    pub local_kind: PeerKind,
+    /// The cluster secret.
+    pub secret: Secret,
+    /// Where to listen; daemons listen, drivers do not.
+    pub listen: Option<SocketAddr>,
+    /// Peers to dial and keep connected; also the only peer ids accepted inbound.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Accept `Driver` connections with any valid id (that is not a peer's or ours).
+    pub accept_drivers: bool,
+    /// Serve `wss://` with this certificate (WebSocket only; QUIC makes its own certificate).
+    pub tls: Option<TlsFiles>,
+    /// Dial peers with `wss://` (the server certificate is not checked: the Noise
+    /// handshake authenticates). Defaults to `tls.is_some()` in [`EndpointConfig::new`].
+    pub dial_tls: bool,
+    /// Limits and timers.
+    pub limits: Limits,
+}
+
+impl EndpointConfig {
+    /// A config with no listener, no peers, no drivers accepted and default limits.
+    pub fn new(
+        kind: TransportKind,
+        local_id: NodeId,
+        local_kind: PeerKind,
+        secret: Secret,
+    ) -> Self {
+        Self {
+            kind,
+            local_id,
+            local_kind,
+            secret,
+            listen: None,
+            peers: BTreeMap::new(),
+            accept_drivers: false,
+            tls: None,
+            dial_tls: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_redacted_and_checked() {
+        let secret = Secret::from_bytes(b"very secret cluster key".to_vec()).expect("long enough");
+        assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+        assert!(Secret::from_bytes(b"short".to_vec()).is_err());
+    }
+
+    #[test]
+    fn transport_kind_from_config_strings() {
+        use serde::de::value::{Error, StrDeserializer};
+        let parse = |s: &str| TransportKind::deserialize(StrDeserializer::<Error>::new(s));
+        assert_eq!(parse("quic").ok(), Some(TransportKind::Quic));
+        assert_eq!(parse("websocket").ok(), Some(TransportKind::WebSocket));
+        assert!(parse("tcp").is_err());
+    }
+}

@@ -1,0 +1,514 @@
+//! The endpoint: the registry of authenticated connections keyed by node id, the dial loops
+//! that keep configured peers connected, events to the daemon, and shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use clustd_core::NodeId;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::error::{RefuseReason, SendError};
+use crate::link::inbound_allowed;
+use crate::net::Net;
+use crate::queue::{Pushed, SendQueue};
+use crate::session::Hello;
+use crate::{EndpointConfig, PeerKind, SendClass, TransportError, TransportKind};
+
+/// What the endpoint tells the daemon.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// An authenticated connection to `id` now exists (after a `Disconnected`, or the first).
+    Connected {
+        /// Authenticated node id.
+        id: NodeId,
+        /// Daemon or driver.
+        kind: PeerKind,
+    },
+    /// The connection to `id` is gone (or was replaced; a `Connected` follows then).
+    Disconnected {
+        /// Authenticated node id.
+        id: NodeId,
+        /// Daemon or driver.
+        kind: PeerKind,
+    },
+    /// A frame from an authenticated connection.
+    Frame {
+        /// Sender.
+        from: NodeId,
+        /// Daemon or driver.
+        kind: PeerKind,
+        /// The frame as the sender passed it to [`Endpoint::send`].
+        frame: Vec<u8>,
+    },
+    /// A connection failed before it was authenticated (wrong secret, refused, timeout...).
+    /// Best effort: dropped when the event queue is full, so a flood cannot fill it.
+    HandshakeFailed {
+        /// Remote address.
+        addr: SocketAddr,
+        /// What went wrong (never contains the secret).
+        error: TransportError,
+    },
+}
+
+struct Conn {
+    generation: u64,
+    kind: PeerKind,
+    dialer: NodeId,
+    queue: Arc<SendQueue>,
+}
+
+/// State shared by the endpoint handle and its tasks; not generic over the transport.
+pub(crate) struct Shared {
+    pub(crate) config: EndpointConfig,
+    events: mpsc::Sender<TransportEvent>,
+    conns: Mutex<BTreeMap<NodeId, Conn>>,
+    /// Serializes registry changes with the events announcing them, so a `Disconnected`
+    /// and the `Connected` of a replacement are always seen in that order.
+    status_order: tokio::sync::Mutex<()>,
+    /// Bumped on every registry change; dial loops wait on it.
+    changed: watch::Sender<u64>,
+    shutdown: watch::Sender<bool>,
+    rng: Mutex<StdRng>,
+    next_generation: AtomicU64,
+    pub(crate) unauthenticated: Arc<Semaphore>,
+    /// Every task holds a clone; shutdown waits until all are dropped.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are short and leave the data consistent, so poisoning is ignored.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn hello(&self) -> Hello {
+        Hello {
+            id: self.config.local_id.clone(),
+            kind: self.config.local_kind,
+        }
+    }
+
+    /// A fresh seed from the endpoint's rng (Noise ephemeral keys).
+    pub(crate) fn seed(&self) -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        lock(&self.rng).fill_bytes(&mut seed);
+        seed
+    }
+
+    pub(crate) fn check_inbound(&self, remote: &Hello) -> Result<(), RefuseReason> {
+        inbound_allowed(&self.config, remote)
+    }
+
+    pub(crate) fn check_outbound(
+        &self,
+        remote: &Hello,
+        expected: Option<&NodeId>,
+    ) -> Result<(), TransportError> {
+        if let Some(expected) = expected {
+            if *expected != remote.id {
+                return Err(TransportError::UnexpectedNode {
+                    expected: expected.clone(),
+                    got: remote.id.clone(),
+                });
+            }
+        }
+        let reason = if remote.kind != PeerKind::Peer {
+            Some(RefuseReason::KindNotAccepted)
+        } else if remote.id == self.config.local_id {
+            Some(RefuseReason::SameId)
+        } else if self.config.local_kind == PeerKind::Peer
+            && !self.config.peers.contains_key(&remote.id)
+        {
+            Some(RefuseReason::UnknownNode)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(TransportError::RefusedRemote {
+                id: remote.id.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let Some(token) = lock(&self.alive).clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            task.await;
+            drop(token);
+        });
+    }
+
+    pub(crate) fn handshake_failed(&self, addr: SocketAddr, error: TransportError) {
+        tracing::debug!(%addr, %error, "handshake failed");
+        let _ = self
+            .events
+            .try_send(TransportEvent::HandshakeFailed { addr, error });
+    }
+
+    fn is_connected(&self, id: &NodeId) -> bool {
+        lock(&self.conns).contains_key(id)
+    }
+
+    /// Adds an authenticated connection. When one with the same id exists, exactly one is
+    /// kept: if both were dialed by the same side the newer wins (the older is most likely
+    /// dead: the remote restarted); otherwise the one dialed by the lower node id wins, which
+    /// both ends compute alike.
+    pub(crate) async fn register(
+        &self,
+        remote: &Hello,
+        dialer: NodeId,
+    ) -> Option<(u64, Arc<SendQueue>)> {
+        let _order = self.status_order.lock().await;
+        if self.is_stopped() {
+            return None;
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(SendQueue::new(self.config.limits.send_queue));
+        let replaced = {
+            let mut conns = lock(&self.conns);
+            if let Some(existing) = conns.get(&remote.id) {
+                let lower = std::cmp::min(&self.config.local_id, &remote.id);
+                let keep_new = existing.dialer == dialer || dialer == *lower;
+                if !keep_new {
+                    tracing::debug!(peer = %remote.id, "duplicate connection refused");
+                    return None;
+                }
+            }
+            let conn = Conn {
+                generation,
+                kind: remote.kind,
+                dialer,
+                queue: queue.clone(),
+            };
+            conns.insert(remote.id.clone(), conn)
+        };
+        if let Some(old) = replaced {
+            old.queue.close();
+            tracing::info!(peer = %remote.id, "connection replaced by a newer one");
+            let _ = self
+                .events
+                .send(TransportEvent::Disconnected {
+                    id: remote.id.clone(),
+                    kind: old.kind,
+                })
+                .await;
+        }
+        tracing::info!(peer = %remote.id, kind = ?remote.kind, "connected");
+        let _ = self
+            .events
+            .send(TransportEvent::Connected {
+                id: remote.id.clone(),
+                kind: remote.kind,
+            })
+            .await;
+        self.changed.send_modify(|v| *v += 1);
+        Some((generation, queue))
+    }
+
+    pub(crate) async fn deregister(&self, remote: &Hello, generation: u64) {
+        let _order = self.status_order.lock().await;
+        let removed = {
+            let mut conns = lock(&self.conns);
+            match conns.get(&remote.id) {
+                Some(conn) if conn.generation == generation => conns.remove(&remote.id),
+                _ => None,
+            }
+        };
+        if let Some(conn) = removed {
+            tracing::info!(peer = %remote.id, "disconnected");
+            let _ = self
+                .events
+                .send(TransportEvent::Disconnected {
+                    id: remote.id.clone(),
+                    kind: conn.kind,
+                })
+                .await;
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Hands a frame to the daemon if the connection is still the registered one.
+    pub(crate) async fn deliver(
+        &self,
+        remote: &Hello,
+        generation: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        let current = lock(&self.conns)
+            .get(&remote.id)
+            .is_some_and(|c| c.generation == generation);
+        if !current {
+            return Err(TransportError::Closed);
+        }
+        let event = TransportEvent::Frame {
+            from: remote.id.clone(),
+            kind: remote.kind,
+            frame,
+        };
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+
+    fn backoff_delay(&self, backoff: Duration) -> Duration {
+        // Equal jitter: between half and all of the current backoff.
+        let half = backoff / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_nanos(lock(&self.rng).random_range(0..nanos))
+    }
+}
+
+/// The transport-specific half: how to dial and how to serve.
+pub(crate) enum Backend<N: Net> {
+    WebSocket(crate::ws::WsBackend<N>),
+    Quic(crate::quic::QuicBackend),
+}
+
+impl<N: Net> Backend<N> {
+    async fn dial_once(
+        &self,
+        shared: &Arc<Shared>,
+        addr: SocketAddr,
+        expected: Option<&NodeId>,
+    ) -> Result<(), TransportError> {
+        match self {
+            Self::WebSocket(ws) => ws.dial_once(shared, addr, expected).await,
+            Self::Quic(quic) => quic.dial_once(shared, addr, expected).await,
+        }
+    }
+}
+
+/// Keeps one remote connected: dial, run the session, back off with jitter, repeat.
+async fn dial_loop<N: Net>(
+    shared: Arc<Shared>,
+    backend: Arc<Backend<N>>,
+    addr: SocketAddr,
+    expected: Option<NodeId>,
+) {
+    let limits = shared.config.limits.clone();
+    let mut backoff = limits.backoff_min;
+    let mut changed = shared.changed.subscribe();
+    let stopped = shared.stopped();
+    tokio::pin!(stopped);
+    loop {
+        // The remote may have dialed us: no second connection while one exists.
+        if let Some(id) = &expected {
+            loop {
+                changed.borrow_and_update();
+                if !shared.is_connected(id) {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut stopped => return,
+                    _ = changed.changed() => {}
+                }
+            }
+        }
+        if shared.is_stopped() {
+            return;
+        }
+        let attempt = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            result = backend.dial_once(&shared, addr, expected.as_ref()) => result,
+        };
+        match attempt {
+            Ok(()) => backoff = limits.backoff_min,
+            Err(error) => {
+                tracing::debug!(%addr, %error, "dial failed");
+                shared.handshake_failed(addr, error);
+            }
+        }
+        let delay = shared.backoff_delay(backoff);
+        backoff = (backoff * 2).min(limits.backoff_max);
+        tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// A running transport endpoint. Cheap to clone; all clones drive the same endpoint.
+#[derive(Clone)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    local_addr: Option<SocketAddr>,
+    dial: Arc<dyn Fn(SocketAddr) + Send + Sync>,
+    finished: Arc<tokio::sync::Mutex<mpsc::Receiver<()>>>,
+    quic: Option<quinn::Endpoint>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("local_id", &self.shared.config.local_id)
+            .field("kind", &self.shared.config.kind)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Starts the endpoint: binds `listen` (if any), starts dialing every configured peer,
+    /// and returns the handle and the event stream.
+    pub async fn start<N: Net>(
+        net: N,
+        config: EndpointConfig,
+    ) -> Result<(Self, mpsc::Receiver<TransportEvent>), TransportError> {
+        if config.peers.contains_key(&config.local_id) {
+            return Err(TransportError::Config(
+                "peers must not contain the local id".into(),
+            ));
+        }
+        if config.local_kind == PeerKind::Driver
+            && (config.listen.is_some() || config.accept_drivers)
+        {
+            return Err(TransportError::Config(
+                "a driver neither listens nor accepts".into(),
+            ));
+        }
+        let mut rng = StdRng::from_seed(net.random_seed());
+        let mut quic_seed = [0u8; 32];
+        rng.fill_bytes(&mut quic_seed);
+        let (events_tx, events_rx) = mpsc::channel(config.limits.event_queue.max(1));
+        let (alive_tx, alive_rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated.max(1))),
+            config,
+            events: events_tx,
+            conns: Mutex::new(BTreeMap::new()),
+            status_order: tokio::sync::Mutex::new(()),
+            changed: watch::Sender::new(0),
+            shutdown: watch::Sender::new(false),
+            rng: Mutex::new(rng),
+            next_generation: AtomicU64::new(0),
+            alive: Mutex::new(Some(alive_tx)),
+        });
+        let (backend, local_addr, quic) = match shared.config.kind {
+            TransportKind::WebSocket => {
+                let (ws, local_addr) = crate::ws::WsBackend::start(net, &shared).await?;
+                (Backend::WebSocket(ws), local_addr, None)
+            }
+            TransportKind::Quic => {
+                let (quic, local_addr) =
+                    crate::quic::QuicBackend::start(&net, &shared, quic_seed).await?;
+                let endpoint = quic.endpoint().clone();
+                (Backend::Quic(quic), local_addr, Some(endpoint))
+            }
+        };
+        let backend = Arc::new(backend);
+        for (id, addr) in &shared.config.peers {
+            shared.spawn(dial_loop(
+                shared.clone(),
+                backend.clone(),
+                *addr,
+                Some(id.clone()),
+            ));
+        }
+        let dial = {
+            let shared = shared.clone();
+            Arc::new(move |addr| {
+                shared.spawn(dial_loop(shared.clone(), backend.clone(), addr, None));
+            })
+        };
+        let endpoint = Self {
+            shared,
+            local_addr,
+            dial,
+            finished: Arc::new(tokio::sync::Mutex::new(alive_rx)),
+            quic,
+        };
+        Ok((endpoint, events_rx))
+    }
+
+    /// The address we listen on (with the real port when `listen` had port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Our node id.
+    pub fn local_id(&self) -> &NodeId {
+        &self.shared.config.local_id
+    }
+
+    /// Dials `addr` without knowing the remote id (drivers reaching their daemon) and keeps
+    /// it connected, with backoff, until shutdown. The remote id arrives in `Connected`.
+    pub fn dial(&self, addr: SocketAddr) {
+        (self.dial)(addr);
+    }
+
+    /// Queues `frame` for `to`; never blocks. See [`SendClass`] for what may be dropped.
+    pub fn send(&self, to: &NodeId, frame: Vec<u8>, class: SendClass) -> Result<(), SendError> {
+        let limit = self.shared.config.limits.max_frame_len;
+        if frame.len() > limit {
+            return Err(SendError::Oversized {
+                len: frame.len(),
+                limit,
+            });
+        }
+        let queue = lock(&self.shared.conns)
+            .get(to)
+            .map(|conn| conn.queue.clone());
+        let Some(queue) = queue else {
+            return Err(SendError::NotConnected(to.clone()));
+        };
+        match queue.push(class, frame) {
+            Pushed::Queued => Ok(()),
+            Pushed::Closed => Err(SendError::NotConnected(to.clone())),
+            Pushed::Full => {
+                tracing::warn!(peer = %to, "send queue full: closing the slow connection");
+                Err(SendError::Congested(to.clone()))
+            }
+        }
+    }
+
+    /// The authenticated connections right now, ordered by id.
+    pub fn connected(&self) -> Vec<(NodeId, PeerKind)> {
+        lock(&self.shared.conns)
+            .iter()
+            .map(|(id, conn)| (id.clone(), conn.kind))
+            .collect()
+    }
+
+    /// Closes every connection and listener and waits for the endpoint's tasks to end.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.send_replace(true);
+        for conn in lock(&self.shared.conns).values() {
+            conn.queue.close();
+        }
+        drop(lock(&self.shared.alive).take());
+        if let Some(quic) = &self.quic {
+            quic.close(0u32.into(), b"shutdown");
+        }
+        let mut finished = self.finished.lock().await;
+        while finished.recv().await.is_some() {}
+        if let Some(quic) = &self.quic {
+            let _ = tokio::time::timeout(Duration::from_secs(1), quic.wait_idle()).await;
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Error types. Messages never contain key material: the secret is not reachable from here.
+
+use std::io;
+
+use clustd_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Why a connection, handshake or endpoint failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The other side does not know the cluster secret (or is not speaking our protocol).
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    /// A sealed frame did not verify: altered, forged or truncated.
+    #[error("frame failed authentication (altered or forged)")]
+    BadFrame,
+    /// A sealed frame carried a nonce that was already used or is out of order.
+    #[error("replayed or reordered frame")]
+    Replay,
+    /// The other side authenticated but refused us.
+    #[error("refused by the remote: {0}")]
+    Refused(RefuseReason),
+    /// We refused the other side.
+    #[error("refused {id} ({reason})")]
+    RefusedRemote {
+        /// The id the remote claimed.
+        id: NodeId,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// We dialed a known node id and another one answered.
+    #[error("expected node {expected}, got {got}")]
+    UnexpectedNode {
+        /// The id we dialed.
+        expected: NodeId,
+        /// The id that answered.
+        got: NodeId,
+    },
+    /// The handshake did not finish within the handshake timeout.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// Nothing was received for the idle timeout.
+    #[error("connection idle for too long")]
+    IdleTimeout,
+    /// A message larger than the frame limit.
+    #[error("message of {len} bytes exceeds the limit of {limit}")]
+    Oversized {
+        /// Size received or to be sent.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A message that does not follow the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The connection was closed.
+    #[error("connection closed")]
+    Closed,
+    /// Too many connections are in the handshake already.
+    #[error("too many unauthenticated connections")]
+    Busy,
+    /// Socket error.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// WebSocket protocol error.
+    #[error("websocket: {0}")]
+    WebSocket(String),
+    /// QUIC error.
+    #[error("quic: {0}")]
+    Quic(String),
+    /// TLS setup error (certificates, keys).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Invalid configuration.
+    #[error("invalid transport config: {0}")]
+    Config(String),
+}
+
+/// Why an authenticated remote was refused. Travels (encrypted) in the handshake reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The node id is not in the configured peers.
+    UnknownNode,
+    /// This endpoint does not accept that kind (e.g. drivers at a node without `accept_drivers`).
+    KindNotAccepted,
+    /// The node id is our own.
+    SameId,
+    /// A connection with this id already exists and is kept instead.
+    Duplicate,
+}
+
+impl std::fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::UnknownNode => "unknown node id",
+            Self::KindNotAccepted => "kind not accepted",
+            Self::SameId => "same node id as ours",
+            Self::Duplicate => "duplicate connection",
+        })
+    }
+}
+
+/// Why [`crate::Endpoint::send`] did not queue a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No authenticated connection to that node id right now.
+    #[error("not connected to {0}")]
+    NotConnected(NodeId),
+    /// The frame exceeds the frame limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    Oversized {
+        /// Frame size.
+        len: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The reliable queue to that node was full: the connection was closed (it will be
+    /// re-established) rather than dropping the frame silently or blocking.
+    #[error("send queue to {0} full; connection closed")]
+    Congested(NodeId),
+}

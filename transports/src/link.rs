@@ -1,0 +1,302 @@
+//! What both transports share: a link is an ordered, reliable message pipe (a WebSocket, or a
+//! length-prefixed QUIC stream) plus, optionally, unreliable datagrams. The Noise handshake,
+//! the sealing, keepalives, idle timeout, frame limits and the connection's life in the
+//! endpoint's registry are written once here, against the [`LinkTx`]/[`LinkRx`] traits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::endpoint::Shared;
+use crate::error::RefuseReason;
+use crate::queue::Outgoing;
+use crate::session::{
+    Body, Hello, Initiator, Opener, Reply, Responder, Sealer, Session, sealed_len,
+};
+use crate::{PeerKind, TransportError};
+
+/// A message received from a link.
+pub enum Inbound {
+    /// From the ordered, reliable channel.
+    Reliable(Vec<u8>),
+    /// An unreliable datagram (QUIC only).
+    Datagram(Vec<u8>),
+}
+
+/// Sending side of a link.
+pub(crate) trait LinkTx: Send + 'static {
+    /// Sends one message on the reliable channel.
+    fn send(&mut self, msg: Vec<u8>) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Largest datagram the link can send now, if it has datagrams.
+    fn datagram_room(&self) -> Option<usize> {
+        None
+    }
+    /// Sends one datagram; only called when [`LinkTx::datagram_room`] allowed it.
+    fn send_datagram(&mut self, _msg: Vec<u8>) -> Result<(), TransportError> {
+        Err(TransportError::Protocol(
+            "this link has no datagrams".into(),
+        ))
+    }
+}
+
+/// Receiving side of a link. `recv` must be cancel-safe.
+pub(crate) trait LinkRx: Send + 'static {
+    /// The next message; `Err(Closed)` when the link ended cleanly.
+    fn recv(&mut self) -> impl Future<Output = Result<Inbound, TransportError>> + Send;
+}
+
+/// Largest link message accepted for a given frame limit.
+pub(crate) fn max_link_msg(max_frame_len: usize) -> usize {
+    sealed_len(max_frame_len).max(crate::session::MAX_HANDSHAKE_MSG)
+}
+
+async fn recv_reliable<R: LinkRx>(rx: &mut R) -> Result<Vec<u8>, TransportError> {
+    match rx.recv().await? {
+        Inbound::Reliable(msg) => Ok(msg),
+        Inbound::Datagram(_) => Err(TransportError::Protocol("datagram during handshake".into())),
+    }
+}
+
+/// Initiator side of the handshake over a link. `check` vets the responder's hello before
+/// we confirm (and so before the responder accepts us).
+pub(crate) async fn handshake_initiator<T: LinkTx, R: LinkRx>(
+    tx: &mut T,
+    rx: &mut R,
+    secret: &crate::Secret,
+    binding: &[u8],
+    seed: [u8; 32],
+    local: &Hello,
+    check: impl FnOnce(&Hello) -> Result<(), TransportError>,
+) -> Result<(Hello, Session), TransportError> {
+    let (initiator, msg1) = Initiator::start(secret, binding, seed, local)?;
+    tx.send(msg1).await?;
+    let msg2 = recv_reliable(rx).await?;
+    let (reply, session, confirm) = initiator.finish(&msg2)?;
+    match reply {
+        Reply::Refused(reason) => Err(TransportError::Refused(reason)),
+        Reply::Accepted(remote) => {
+            check(&remote)?;
+            tx.send(confirm).await?;
+            Ok((remote, session))
+        }
+    }
+}
+
+/// Responder side of the handshake over a link.
+pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
+    tx: &mut T,
+    rx: &mut R,
+    shared: &Shared,
+    binding: &[u8],
+) -> Result<(Hello, Session), TransportError> {
+    let msg1 = recv_reliable(rx).await?;
+    let (responder, remote) =
+        Responder::read_hello(&shared.config.secret, binding, shared.seed(), &msg1)?;
+    if let Err(reason) = shared.check_inbound(&remote) {
+        let (msg2, _) = responder.reply(&Reply::Refused(reason))?;
+        // Best effort: the remote holds the secret, so it may learn why.
+        let _ = tx.send(msg2).await;
+        return Err(TransportError::RefusedRemote {
+            id: remote.id,
+            reason,
+        });
+    }
+    let (msg2, mut session) = responder.reply(&Reply::Accepted(shared.hello()))?;
+    tx.send(msg2).await?;
+    let confirm = recv_reliable(rx).await?;
+    match session.open(&confirm) {
+        Ok((Body::Confirm, _)) => Ok((remote, session)),
+        Ok(_) => Err(TransportError::Protocol("expected key confirmation".into())),
+        // Message 1 may have been a recording: only the confirmation proves the secret.
+        Err(_) => Err(TransportError::AuthenticationFailed),
+    }
+}
+
+/// Dials: establishes the link and runs the handshake within the handshake timeout, then
+/// runs the session until it ends. `Err` only for failures before the session started.
+pub(crate) async fn dial_flow<T, R, F>(
+    shared: &Arc<Shared>,
+    expected: Option<&clustd_core::NodeId>,
+    establish: F,
+) -> Result<(), TransportError>
+where
+    T: LinkTx,
+    R: LinkRx,
+    F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
+{
+    let handshake = async {
+        let (mut tx, mut rx, binding) = establish.await?;
+        let (remote, session) = handshake_initiator(
+            &mut tx,
+            &mut rx,
+            &shared.config.secret,
+            &binding,
+            shared.seed(),
+            &shared.hello(),
+            |remote| shared.check_outbound(remote, expected),
+        )
+        .await?;
+        Ok::<_, TransportError>((tx, rx, remote, session))
+    };
+    let (tx, rx, remote, session) =
+        match tokio::time::timeout(shared.config.limits.handshake_timeout, handshake).await {
+            Ok(result) => result?,
+            Err(_) => return Err(TransportError::HandshakeTimeout),
+        };
+    let dialer = shared.config.local_id.clone();
+    run_session(shared, tx, rx, session, remote, dialer).await;
+    Ok(())
+}
+
+/// Accepts: the link is established by `establish`, everything within the handshake
+/// timeout, while holding one of the unauthenticated-connection permits.
+pub(crate) async fn accept_flow<T, R, F>(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    establish: F,
+) where
+    T: LinkTx,
+    R: LinkRx,
+    F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
+{
+    let handshake = async {
+        let (mut tx, mut rx, binding) = establish.await?;
+        let (remote, session) = handshake_responder(&mut tx, &mut rx, &shared, &binding).await?;
+        Ok::<_, TransportError>((tx, rx, remote, session))
+    };
+    let result = match tokio::time::timeout(shared.config.limits.handshake_timeout, handshake).await
+    {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::HandshakeTimeout),
+    };
+    drop(permit);
+    match result {
+        Ok((tx, rx, remote, session)) => {
+            let dialer = remote.id.clone();
+            run_session(&shared, tx, rx, session, remote, dialer).await;
+        }
+        Err(error) => shared.handshake_failed(addr, error),
+    }
+}
+
+/// Runs an authenticated session: registers it (maybe replacing or losing to another
+/// connection with the same id), then pumps frames both ways until either side ends.
+pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
+    shared: &Arc<Shared>,
+    tx: T,
+    rx: R,
+    session: Session,
+    remote: Hello,
+    dialer: clustd_core::NodeId,
+) {
+    let Some((generation, queue)) = shared.register(&remote, dialer).await else {
+        return;
+    };
+    let Session { sealer, opener } = session;
+    let writer = write_loop(tx, sealer, &queue, shared);
+    let reader = read_loop(rx, opener, shared, &remote, generation);
+    let result = tokio::select! {
+        biased;
+        () = shared.stopped() => Ok(()),
+        () = queue.wait_closed() => Ok(()),
+        result = writer => result,
+        result = reader => result,
+    };
+    queue.close();
+    if let Err(error) = result {
+        tracing::info!(peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
+    }
+    shared.deregister(&remote, generation).await;
+}
+
+async fn write_loop<T: LinkTx>(
+    mut tx: T,
+    mut sealer: Sealer,
+    queue: &crate::queue::SendQueue,
+    shared: &Shared,
+) -> Result<(), TransportError> {
+    let keepalive = shared.config.limits.keepalive_interval;
+    loop {
+        let next = match tokio::time::timeout(keepalive, queue.pop()).await {
+            Ok(Some(next)) => Some(next),
+            Ok(None) => return Ok(()),
+            Err(_) => None,
+        };
+        let msg = match next {
+            None => sealer.seal(Body::Keepalive, &[])?,
+            Some(Outgoing::Heartbeat(frame))
+                if tx
+                    .datagram_room()
+                    .is_some_and(|room| sealed_len(frame.len()) <= room) =>
+            {
+                let msg = sealer.seal_datagram(Body::Frame, &frame)?;
+                tx.send_datagram(msg)?;
+                continue;
+            }
+            Some(Outgoing::Heartbeat(frame) | Outgoing::Reliable(frame)) => {
+                sealer.seal(Body::Frame, &frame)?
+            }
+        };
+        tx.send(msg).await?;
+    }
+}
+
+async fn read_loop<R: LinkRx>(
+    mut rx: R,
+    mut opener: Opener,
+    shared: &Shared,
+    remote: &Hello,
+    generation: u64,
+) -> Result<(), TransportError> {
+    let limits = &shared.config.limits;
+    loop {
+        let inbound = tokio::time::timeout(limits.idle_timeout, rx.recv())
+            .await
+            .map_err(|_| TransportError::IdleTimeout)??;
+        let (body, frame) = match inbound {
+            Inbound::Reliable(msg) => opener.open(&msg)?,
+            Inbound::Datagram(msg) => opener.open_datagram(&msg)?,
+        };
+        match body {
+            Body::Frame => {
+                if frame.len() > limits.max_frame_len {
+                    return Err(TransportError::Oversized {
+                        len: frame.len(),
+                        limit: limits.max_frame_len,
+                    });
+                }
+                shared.deliver(remote, generation, frame).await?;
+            }
+            Body::Keepalive => {}
+            Body::Confirm => {
+                return Err(TransportError::Protocol(
+                    "unexpected key confirmation".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Who may connect to us, by the hello they sent.
+pub(crate) fn inbound_allowed(
+    config: &crate::EndpointConfig,
+    remote: &Hello,
+) -> Result<(), RefuseReason> {
+    if remote.id == config.local_id {
+        return Err(RefuseReason::SameId);
+    }
+    if config.local_kind != PeerKind::Peer {
+        return Err(RefuseReason::KindNotAccepted);
+    }
+    match remote.kind {
+        PeerKind::Peer if config.peers.contains_key(&remote.id) => Ok(()),
+        PeerKind::Peer => Err(RefuseReason::UnknownNode),
+        // A driver may not take a peer's id: ids are unique per endpoint.
+        PeerKind::Driver if config.peers.contains_key(&remote.id) => Err(RefuseReason::UnknownNode),
+        PeerKind::Driver if config.accept_drivers => Ok(()),
+        PeerKind::Driver => Err(RefuseReason::KindNotAccepted),
+    }
+}

@@ -1,0 +1,149 @@
+//! The per-connection send queue: never blocks the caller. Reliable frames wait in a
+//! bounded FIFO; at most one heartbeat waits (a newer one replaces it, so a stale heartbeat
+//! is never sent late) and it goes out first.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::SendClass;
+
+/// What the writer takes next.
+pub(crate) enum Outgoing {
+    Heartbeat(Vec<u8>),
+    Reliable(Vec<u8>),
+}
+
+/// Result of [`SendQueue::push`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// The reliable FIFO is full; the queue is now closed.
+    Full,
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    reliable: VecDeque<Vec<u8>>,
+    heartbeat: Option<Vec<u8>>,
+    closed: bool,
+}
+
+pub(crate) struct SendQueue {
+    state: Mutex<State>,
+    /// Wakes the single writer. `notify_one` keeps a permit, so no wakeup is lost.
+    writer: Notify,
+    /// Wakes the reader side when the queue is closed from outside.
+    closed: Notify,
+    capacity: usize,
+}
+
+impl SendQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            writer: Notify::new(),
+            closed: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every critical section is a single push/pop), so poisoning is ignored.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn push(&self, class: SendClass, frame: Vec<u8>) -> Pushed {
+        let mut state = self.lock();
+        if state.closed {
+            return Pushed::Closed;
+        }
+        match class {
+            SendClass::Heartbeat => state.heartbeat = Some(frame),
+            SendClass::Reliable => {
+                if state.reliable.len() >= self.capacity {
+                    state.closed = true;
+                    drop(state);
+                    self.wake_all();
+                    return Pushed::Full;
+                }
+                state.reliable.push_back(frame);
+            }
+        }
+        drop(state);
+        self.writer.notify_one();
+        Pushed::Queued
+    }
+
+    /// The next frame to send, or `None` once closed.
+    pub(crate) async fn pop(&self) -> Option<Outgoing> {
+        loop {
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return None;
+                }
+                if let Some(frame) = state.heartbeat.take() {
+                    return Some(Outgoing::Heartbeat(frame));
+                }
+                if let Some(frame) = state.reliable.pop_front() {
+                    return Some(Outgoing::Reliable(frame));
+                }
+            }
+            self.writer.notified().await;
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake_all();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Resolves once the queue is closed.
+    pub(crate) async fn wait_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn wake_all(&self) {
+        self.writer.notify_one();
+        self.closed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn heartbeats_replace_and_go_first_reliable_overflow_closes() {
+        let q = SendQueue::new(2);
+        assert_eq!(q.push(SendClass::Reliable, vec![1]), Pushed::Queued);
+        assert_eq!(q.push(SendClass::Heartbeat, vec![10]), Pushed::Queued);
+        assert_eq!(q.push(SendClass::Heartbeat, vec![11]), Pushed::Queued);
+        assert!(matches!(q.pop().await, Some(Outgoing::Heartbeat(f)) if f == [11]));
+        assert!(matches!(q.pop().await, Some(Outgoing::Reliable(f)) if f == [1]));
+        assert_eq!(q.push(SendClass::Reliable, vec![2]), Pushed::Queued);
+        assert_eq!(q.push(SendClass::Reliable, vec![3]), Pushed::Queued);
+        assert_eq!(q.push(SendClass::Reliable, vec![4]), Pushed::Full);
+        assert!(q.pop().await.is_none());
+        assert_eq!(q.push(SendClass::Heartbeat, vec![5]), Pushed::Closed);
+        q.wait_closed().await;
+    }
+}

@@ -1,0 +1,310 @@
+//! QUIC transport: one bidirectional stream per connection carrying length-prefixed link
+//! messages (u32, big endian), and QUIC datagrams for heartbeats. The Noise prologue binds
+//! the handshake to this QUIC connection through a TLS exporter value.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clustd_core::NodeId;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::endpoint::Shared;
+use crate::link::{Inbound, LinkRx, LinkTx, accept_flow, dial_flow, max_link_msg};
+use crate::net::Net;
+use crate::{Limits, TransportError, tls};
+
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-clustd-noise-binding";
+
+fn quic_err(error: impl std::fmt::Display) -> TransportError {
+    TransportError::Quic(error.to_string())
+}
+
+/// The exporter value both ends of one QUIC connection agree on, and nobody else knows.
+pub(crate) fn binding(conn: &quinn::Connection) -> Result<Vec<u8>, TransportError> {
+    let mut out = vec![0u8; 32];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .map_err(|_| TransportError::Quic("TLS exporter unavailable".into()))?;
+    Ok(out)
+}
+
+pub(crate) struct QuicTx {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+}
+
+type ReadFuture =
+    Pin<Box<dyn Future<Output = (quinn::RecvStream, Result<Vec<u8>, TransportError>)> + Send>>;
+
+pub(crate) struct QuicRx {
+    conn: quinn::Connection,
+    stream: Option<quinn::RecvStream>,
+    /// A stream read in progress survives a datagram arriving first (cancel safety).
+    pending: Option<ReadFuture>,
+    max_len: usize,
+}
+
+impl Drop for QuicRx {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"closed");
+    }
+}
+
+impl LinkTx for QuicTx {
+    async fn send(&mut self, msg: Vec<u8>) -> Result<(), TransportError> {
+        let len = u32::try_from(msg.len()).map_err(|_| TransportError::Oversized {
+            len: msg.len(),
+            limit: u32::MAX as usize,
+        })?;
+        let mut buf = Vec::with_capacity(4 + msg.len());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&msg);
+        self.send.write_all(&buf).await.map_err(quic_err)
+    }
+
+    fn datagram_room(&self) -> Option<usize> {
+        self.conn.max_datagram_size()
+    }
+
+    fn send_datagram(&mut self, msg: Vec<u8>) -> Result<(), TransportError> {
+        self.conn.send_datagram(Bytes::from(msg)).map_err(quic_err)
+    }
+}
+
+async fn read_message(
+    mut stream: quinn::RecvStream,
+    max_len: usize,
+) -> (quinn::RecvStream, Result<Vec<u8>, TransportError>) {
+    let mut len = [0u8; 4];
+    if let Err(error) = stream.read_exact(&mut len).await {
+        return (stream, Err(read_err(error)));
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max_len {
+        return (
+            stream,
+            Err(TransportError::Oversized {
+                len,
+                limit: max_len,
+            }),
+        );
+    }
+    let mut msg = vec![0u8; len];
+    let result = stream
+        .read_exact(&mut msg)
+        .await
+        .map(|()| msg)
+        .map_err(read_err);
+    (stream, result)
+}
+
+fn read_err(error: quinn::ReadExactError) -> TransportError {
+    match error {
+        quinn::ReadExactError::FinishedEarly(_) => TransportError::Closed,
+        quinn::ReadExactError::ReadError(e) => quic_err(e),
+    }
+}
+
+enum Got {
+    Stream(quinn::RecvStream, Result<Vec<u8>, TransportError>),
+    Datagram(Result<Bytes, quinn::ConnectionError>),
+}
+
+impl LinkRx for QuicRx {
+    async fn recv(&mut self) -> Result<Inbound, TransportError> {
+        if self.pending.is_none() {
+            let stream = self.stream.take().ok_or(TransportError::Closed)?;
+            self.pending = Some(Box::pin(read_message(stream, self.max_len)));
+        }
+        let got = {
+            let Some(pending) = self.pending.as_mut() else {
+                return Err(TransportError::Closed);
+            };
+            tokio::select! {
+                biased;
+                (stream, result) = pending => Got::Stream(stream, result),
+                datagram = self.conn.read_datagram() => Got::Datagram(datagram),
+            }
+        };
+        match got {
+            Got::Stream(stream, result) => {
+                self.pending = None;
+                self.stream = Some(stream);
+                result.map(Inbound::Reliable)
+            }
+            Got::Datagram(datagram) => {
+                let datagram = datagram.map_err(quic_err)?;
+                if datagram.len() > self.max_len {
+                    return Err(TransportError::Oversized {
+                        len: datagram.len(),
+                        limit: self.max_len,
+                    });
+                }
+                Ok(Inbound::Datagram(datagram.into()))
+            }
+        }
+    }
+}
+
+fn link(
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    max_frame_len: usize,
+) -> Result<(QuicTx, QuicRx, Vec<u8>), TransportError> {
+    let binding = binding(&conn)?;
+    let rx = QuicRx {
+        conn: conn.clone(),
+        stream: Some(recv),
+        pending: None,
+        max_len: max_link_msg(max_frame_len),
+    };
+    Ok((QuicTx { conn, send }, rx, binding))
+}
+
+fn transport_config(limits: &Limits) -> Result<quinn::TransportConfig, TransportError> {
+    let mut transport = quinn::TransportConfig::default();
+    // Our own keepalives and idle timeout run on the stream (shared with WebSocket);
+    // QUIC's idle timeout is a backstop for a connection whose stream never opened.
+    let idle = quinn::IdleTimeout::try_from(limits.idle_timeout * 2).map_err(quic_err)?;
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(idle))
+        .datagram_receive_buffer_size(Some(64 * 1024));
+    Ok(transport)
+}
+
+/// A client config for dialing clustd QUIC endpoints (certificate not checked).
+pub(crate) fn client_config(limits: &Limits) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto = QuicClientConfig::try_from(tls::client_config(true)?).map_err(quic_err)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config(limits)?));
+    Ok(client)
+}
+
+/// Opens a QUIC link to `addr` from `endpoint` (connection + the one bidirectional stream).
+pub(crate) async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    max_frame_len: usize,
+) -> Result<(QuicTx, QuicRx, Vec<u8>), TransportError> {
+    let conn = endpoint
+        .connect(addr, tls::SERVER_NAME)
+        .map_err(quic_err)?
+        .await
+        .map_err(quic_err)?;
+    let (send, recv) = conn.open_bi().await.map_err(quic_err)?;
+    link(conn, send, recv, max_frame_len)
+}
+
+/// Binds a quinn endpoint on `net` (a server too when `listen` is set).
+pub(crate) async fn bind<N: Net>(
+    net: &N,
+    listen: Option<SocketAddr>,
+    limits: &Limits,
+    seed: [u8; 32],
+) -> Result<quinn::Endpoint, TransportError> {
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config.rng_seed(Some(seed));
+    let server = match listen {
+        Some(_) => {
+            let (cert, key) = tls::self_signed(seed)?;
+            let crypto = tls::server_config(vec![cert], key, true)?;
+            let crypto = QuicServerConfig::try_from(crypto).map_err(quic_err)?;
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            server.transport_config(Arc::new(transport_config(limits)?));
+            Some(server)
+        }
+        None => None,
+    };
+    let addr = listen.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    let socket = net.udp_bind(addr).await?;
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config,
+        server,
+        socket,
+        net.quic_runtime(),
+    )?;
+    endpoint.set_default_client_config(client_config(limits)?);
+    Ok(endpoint)
+}
+
+pub(crate) struct QuicBackend {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicBackend {
+    pub(crate) async fn start<N: Net>(
+        net: &N,
+        shared: &Arc<Shared>,
+        seed: [u8; 32],
+    ) -> Result<(Self, Option<SocketAddr>), TransportError> {
+        let config = &shared.config;
+        // A dialing-only endpoint still needs a UDP socket, in the peers' address family.
+        let bind_addr = match (
+            config.listen,
+            config.peers.values().any(SocketAddr::is_ipv6),
+        ) {
+            (Some(addr), _) => Some(addr),
+            (None, true) => Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
+            (None, false) => None,
+        };
+        let endpoint = bind(net, bind_addr, &config.limits, seed).await?;
+        let local_addr = match config.listen {
+            Some(_) => Some(endpoint.local_addr()?),
+            None => None,
+        };
+        if config.listen.is_some() {
+            shared.spawn(serve(shared.clone(), endpoint.clone()));
+        }
+        Ok((Self { endpoint }, local_addr))
+    }
+
+    pub(crate) fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    pub(crate) async fn dial_once(
+        &self,
+        shared: &Arc<Shared>,
+        addr: SocketAddr,
+        expected: Option<&NodeId>,
+    ) -> Result<(), TransportError> {
+        let max_frame_len = shared.config.limits.max_frame_len;
+        dial_flow(
+            shared,
+            expected,
+            connect(&self.endpoint, addr, max_frame_len),
+        )
+        .await
+    }
+}
+
+async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let stopped = shared.stopped();
+    tokio::pin!(stopped);
+    let max_frame_len = shared.config.limits.max_frame_len;
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        let addr = incoming.remote_address();
+        let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
+            tracing::debug!(%addr, "too many unauthenticated connections; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let establish = async move {
+            let conn = incoming.await.map_err(quic_err)?;
+            let (send, recv) = conn.accept_bi().await.map_err(quic_err)?;
+            link(conn, send, recv, max_frame_len)
+        };
+        shared.spawn(accept_flow(shared.clone(), addr, permit, establish));
+    }
+}

@@ -1,0 +1,530 @@
+//! The secure channel shared by both transports, sans-IO: the Noise handshake that
+//! authenticates a connection with the cluster secret, and the sealing of frames after it.
+//!
+//! Handshake (`Noise_NNpsk0_25519_ChaChaPoly_SHA256`, prologue = protocol label + transport
+//! binding, e.g. a QUIC TLS exporter value):
+//! 1. initiator → responder: `psk, e` + encrypted [`Hello`] (id, kind);
+//! 2. responder → initiator: `e, ee` + encrypted [`Reply`] (its own hello, or a refusal);
+//! 3. initiator → responder: first sealed message, a key confirmation. Only this proves to
+//!    the responder that the initiator holds the secret *now* (message 1 alone could be a
+//!    recording), so the responder accepts nobody before it.
+//!
+//! A party without the secret cannot decrypt messages 1 or 2 (the payload keys mix in the
+//! PSK), so it learns nothing, not even node ids. Wire messages after the handshake:
+//! `nonce (u64, big endian) || ciphertext chunks`, each chunk at most 65535 bytes, chunk *i*
+//! sealed with nonce + *i*. Reliable messages must carry exactly the next expected nonce;
+//! datagrams use nonces with the top bit set and a 64-entry sliding replay window.
+
+use std::sync::Arc;
+
+use clustd_core::NodeId;
+use clustd_core::codec;
+use rand::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use snow::params::NoiseParams;
+use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
+
+use crate::error::RefuseReason;
+use crate::{PeerKind, Secret, TransportError};
+
+const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_SHA256";
+const PROLOGUE_LABEL: &[u8] = b"clustd transport v1\0";
+const TAG_LEN: usize = 16;
+const MAX_NOISE_MSG: usize = 65535;
+const CHUNK_PLAIN: usize = MAX_NOISE_MSG - TAG_LEN;
+const NONCE_LEN: usize = 8;
+const DATAGRAM_BIT: u64 = 1 << 63;
+/// Largest handshake message accepted (a hello is tiny).
+pub const MAX_HANDSHAKE_MSG: usize = 1024;
+
+/// What a sealed message carries, in its first plaintext byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Body {
+    /// The initiator's key confirmation (first message after the handshake).
+    Confirm = 0,
+    /// An application frame.
+    Frame = 1,
+    /// Nothing; keeps an idle connection alive.
+    Keepalive = 2,
+}
+
+impl Body {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::Confirm),
+            1 => Some(Self::Frame),
+            2 => Some(Self::Keepalive),
+            _ => None,
+        }
+    }
+}
+
+/// Who is speaking: sent encrypted in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's node id.
+    pub id: NodeId,
+    /// Daemon or driver.
+    pub kind: PeerKind,
+}
+
+/// The responder's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Accepted; this is who the responder is.
+    Accepted(Hello),
+    /// Refused; the responder closes after sending this.
+    Refused(RefuseReason),
+}
+
+/// Snow resolver: ring for ChaCha20-Poly1305 and SHA-256, snow's own X25519, and our seeded
+/// rng for the ephemeral key so simulated runs are reproducible.
+struct SeededResolver {
+    seed: [u8; 32],
+}
+
+struct SeededRandom(rand::rngs::StdRng);
+
+impl snow::types::Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoResolver for SeededResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        Some(Box::new(SeededRandom(rand::rngs::StdRng::from_seed(
+            self.seed,
+        ))))
+    }
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+    fn resolve_hash(
+        &self,
+        choice: &snow::params::HashChoice,
+    ) -> Option<Box<dyn snow::types::Hash>> {
+        RingResolver.resolve_hash(choice)
+    }
+    fn resolve_cipher(
+        &self,
+        choice: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        RingResolver.resolve_cipher(choice)
+    }
+}
+
+fn build(
+    secret: &Secret,
+    binding: &[u8],
+    seed: [u8; 32],
+    initiator: bool,
+) -> Result<snow::HandshakeState, TransportError> {
+    let params: NoiseParams = NOISE_PATTERN
+        .parse()
+        .map_err(|e| TransportError::Protocol(format!("noise params: {e}")))?;
+    let psk = secret.psk();
+    let mut prologue = PROLOGUE_LABEL.to_vec();
+    prologue.extend_from_slice(binding);
+    let builder = snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
+        .psk(0, &psk)
+        .and_then(|b| b.prologue(&prologue))
+        .map_err(|e| TransportError::Protocol(format!("noise setup: {e}")))?;
+    let state = if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    };
+    state.map_err(|e| TransportError::Protocol(format!("noise setup: {e}")))
+}
+
+/// The initiator's side of the handshake.
+pub struct Initiator {
+    state: snow::HandshakeState,
+}
+
+impl Initiator {
+    /// Starts a handshake; returns the state and message 1 to send.
+    ///
+    /// `binding` goes into the Noise prologue: both sides must pass the same bytes
+    /// (for QUIC, a TLS exporter value of the connection).
+    pub fn start(
+        secret: &Secret,
+        binding: &[u8],
+        seed: [u8; 32],
+        hello: &Hello,
+    ) -> Result<(Self, Vec<u8>), TransportError> {
+        let mut state = build(secret, binding, seed, true)?;
+        let payload = codec::encode(hello).map_err(|e| TransportError::Protocol(e.to_string()))?;
+        let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
+        let len = state
+            .write_message(&payload, &mut msg)
+            .map_err(|e| TransportError::Protocol(format!("noise write: {e}")))?;
+        msg.truncate(len);
+        Ok((Self { state }, msg))
+    }
+
+    /// Reads message 2. On success returns the reply, the session, and the key-confirmation
+    /// message to send (even when the reply is a refusal the session is returned unused).
+    pub fn finish(mut self, msg2: &[u8]) -> Result<(Reply, Session, Vec<u8>), TransportError> {
+        if msg2.len() > MAX_HANDSHAKE_MSG {
+            return Err(TransportError::AuthenticationFailed);
+        }
+        let mut payload = vec![0u8; MAX_HANDSHAKE_MSG];
+        let len = self
+            .state
+            .read_message(msg2, &mut payload)
+            .map_err(|_| TransportError::AuthenticationFailed)?;
+        let reply: Reply = codec::decode(&payload[..len])
+            .map_err(|e| TransportError::Protocol(format!("handshake reply: {e}")))?;
+        let mut session = Session::new(self.state)?;
+        let confirm = session.seal(Body::Confirm, &[])?;
+        Ok((reply, session, confirm))
+    }
+}
+
+/// The responder's side of the handshake.
+pub struct Responder {
+    state: snow::HandshakeState,
+}
+
+impl Responder {
+    /// Reads message 1. An error means the sender does not hold the secret (or sent garbage).
+    pub fn read_hello(
+        secret: &Secret,
+        binding: &[u8],
+        seed: [u8; 32],
+        msg1: &[u8],
+    ) -> Result<(Self, Hello), TransportError> {
+        if msg1.len() > MAX_HANDSHAKE_MSG {
+            return Err(TransportError::AuthenticationFailed);
+        }
+        let mut state = build(secret, binding, seed, false)?;
+        let mut payload = vec![0u8; MAX_HANDSHAKE_MSG];
+        let len = state
+            .read_message(msg1, &mut payload)
+            .map_err(|_| TransportError::AuthenticationFailed)?;
+        let hello: Hello = codec::decode(&payload[..len])
+            .map_err(|e| TransportError::Protocol(format!("handshake hello: {e}")))?;
+        Ok((Self { state }, hello))
+    }
+
+    /// Writes message 2 with `reply`; returns it and the session. The session is not yet
+    /// authenticated: the caller must [`Session::open`] the initiator's first message and
+    /// check it is a [`Body::Confirm`] before trusting the peer.
+    pub fn reply(mut self, reply: &Reply) -> Result<(Vec<u8>, Session), TransportError> {
+        let payload = codec::encode(reply).map_err(|e| TransportError::Protocol(e.to_string()))?;
+        let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
+        let len = self
+            .state
+            .write_message(&payload, &mut msg)
+            .map_err(|e| TransportError::Protocol(format!("noise write: {e}")))?;
+        msg.truncate(len);
+        Ok((msg, Session::new(self.state)?))
+    }
+}
+
+/// The sending half of a session.
+pub struct Sealer {
+    keys: Arc<snow::StatelessTransportState>,
+    next_nonce: u64,
+    next_datagram_nonce: u64,
+}
+
+/// The receiving half of a session.
+pub struct Opener {
+    keys: Arc<snow::StatelessTransportState>,
+    expected_nonce: u64,
+    datagram_top: u64,
+    datagram_seen: u64,
+}
+
+/// An established session: per-direction keys and nonces.
+pub struct Session {
+    /// Seals outgoing messages.
+    pub sealer: Sealer,
+    /// Opens incoming messages.
+    pub opener: Opener,
+}
+
+impl Session {
+    fn new(state: snow::HandshakeState) -> Result<Self, TransportError> {
+        let keys = Arc::new(
+            state
+                .into_stateless_transport_mode()
+                .map_err(|e| TransportError::Protocol(format!("noise split: {e}")))?,
+        );
+        Ok(Self {
+            sealer: Sealer {
+                keys: keys.clone(),
+                next_nonce: 0,
+                next_datagram_nonce: DATAGRAM_BIT,
+            },
+            opener: Opener {
+                keys,
+                expected_nonce: 0,
+                datagram_top: 0,
+                datagram_seen: 0,
+            },
+        })
+    }
+
+    /// Seals a reliable message (see [`Sealer::seal`]).
+    pub fn seal(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.sealer.seal(body, payload)
+    }
+
+    /// Opens a reliable message (see [`Opener::open`]).
+    pub fn open(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), TransportError> {
+        self.opener.open(wire)
+    }
+}
+
+/// Bytes on the wire for a payload of `len` bytes (body byte, nonce and tags included).
+pub fn sealed_len(len: usize) -> usize {
+    let plain = len + 1;
+    NONCE_LEN + plain + plain.div_ceil(CHUNK_PLAIN).max(1) * TAG_LEN
+}
+
+impl Sealer {
+    /// Seals a reliable, in-order message.
+    pub fn seal(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let nonce = self.next_nonce;
+        let (wire, chunks) = self.seal_with(nonce, body, payload)?;
+        self.next_nonce += chunks;
+        Ok(wire)
+    }
+
+    /// Seals a datagram (own nonce space, may arrive out of order or not at all).
+    pub fn seal_datagram(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let nonce = self.next_datagram_nonce;
+        let (wire, chunks) = self.seal_with(nonce, body, payload)?;
+        if chunks != 1 {
+            return Err(TransportError::Oversized {
+                len: payload.len(),
+                limit: CHUNK_PLAIN - 1,
+            });
+        }
+        self.next_datagram_nonce += 1;
+        Ok(wire)
+    }
+
+    fn seal_with(
+        &self,
+        nonce: u64,
+        body: Body,
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, u64), TransportError> {
+        let mut plain = Vec::with_capacity(payload.len() + 1);
+        plain.push(body as u8);
+        plain.extend_from_slice(payload);
+        let mut wire = vec![0u8; sealed_len(payload.len())];
+        wire[..NONCE_LEN].copy_from_slice(&nonce.to_be_bytes());
+        let mut at = NONCE_LEN;
+        let mut chunks = 0u64;
+        for chunk in plain.chunks(CHUNK_PLAIN) {
+            let written = self
+                .keys
+                .write_message(nonce + chunks, chunk, &mut wire[at..])
+                .map_err(|e| TransportError::Protocol(format!("seal: {e}")))?;
+            at += written;
+            chunks += 1;
+        }
+        wire.truncate(at);
+        Ok((wire, chunks))
+    }
+}
+
+impl Opener {
+    /// Opens a reliable message: it must carry exactly the next nonce and verify.
+    pub fn open(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), TransportError> {
+        let nonce = read_nonce(wire)?;
+        if nonce != self.expected_nonce {
+            return Err(TransportError::Replay);
+        }
+        let (body, payload, chunks) = self.open_with(nonce, wire)?;
+        self.expected_nonce += chunks;
+        Ok((body, payload))
+    }
+
+    /// Opens a datagram: fresh nonce (sliding window of 64) and a valid tag.
+    pub fn open_datagram(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), TransportError> {
+        let nonce = read_nonce(wire)?;
+        if nonce & DATAGRAM_BIT == 0 {
+            return Err(TransportError::Replay);
+        }
+        let seq = nonce & !DATAGRAM_BIT;
+        // seq is 0-based; datagram_top is (highest seen + 1), 0 when none was seen.
+        if seq + 1 <= self.datagram_top {
+            let age = self.datagram_top - 1 - seq;
+            if age >= 64 || self.datagram_seen & (1 << age) != 0 {
+                return Err(TransportError::Replay);
+            }
+        }
+        let (body, payload, chunks) = self.open_with(nonce, wire)?;
+        if chunks != 1 {
+            return Err(TransportError::BadFrame);
+        }
+        if seq + 1 > self.datagram_top {
+            let shift = seq + 1 - self.datagram_top;
+            self.datagram_seen = if shift >= 64 {
+                0
+            } else {
+                self.datagram_seen << shift
+            };
+            self.datagram_seen |= 1;
+            self.datagram_top = seq + 1;
+        } else {
+            let age = self.datagram_top - 1 - seq;
+            self.datagram_seen |= 1 << age;
+        }
+        Ok((body, payload))
+    }
+
+    fn open_with(&self, nonce: u64, wire: &[u8]) -> Result<(Body, Vec<u8>, u64), TransportError> {
+        let sealed = &wire[NONCE_LEN..];
+        if sealed.is_empty() {
+            return Err(TransportError::BadFrame);
+        }
+        let mut plain = vec![0u8; sealed.len()];
+        let mut at = 0;
+        let mut chunks = 0u64;
+        for chunk in sealed.chunks(MAX_NOISE_MSG) {
+            if chunk.len() <= TAG_LEN {
+                return Err(TransportError::BadFrame);
+            }
+            let n = nonce.checked_add(chunks).ok_or(TransportError::Replay)?;
+            let read = self
+                .keys
+                .read_message(n, chunk, &mut plain[at..])
+                .map_err(|_| TransportError::BadFrame)?;
+            at += read;
+            chunks += 1;
+        }
+        plain.truncate(at);
+        let (&first, _) = plain.split_first().ok_or(TransportError::BadFrame)?;
+        let body = Body::from_byte(first)
+            .ok_or_else(|| TransportError::Protocol(format!("unknown body type {first}")))?;
+        plain.remove(0);
+        Ok((body, plain, chunks))
+    }
+}
+
+fn read_nonce(wire: &[u8]) -> Result<u64, TransportError> {
+    let bytes: [u8; NONCE_LEN] = wire
+        .get(..NONCE_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(TransportError::BadFrame)?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn secret(s: &str) -> Secret {
+        Secret::from_bytes(format!("{s}-padding-to-sixteen").into_bytes()).expect("long enough")
+    }
+
+    fn hello(id: &str, kind: PeerKind) -> Hello {
+        Hello {
+            id: NodeId::new(id).expect("valid"),
+            kind,
+        }
+    }
+
+    /// Runs the whole handshake in memory; returns (initiator session, responder session).
+    fn pair(binding_i: &[u8], binding_r: &[u8]) -> Result<(Session, Session), TransportError> {
+        let s = secret("k");
+        let (init, msg1) = Initiator::start(&s, binding_i, [1; 32], &hello("a", PeerKind::Peer))?;
+        let (resp, got) = Responder::read_hello(&s, binding_r, [2; 32], &msg1)?;
+        assert_eq!(got, hello("a", PeerKind::Peer));
+        let (msg2, mut rs) = resp.reply(&Reply::Accepted(hello("b", PeerKind::Peer)))?;
+        let (reply, is, confirm) = init.finish(&msg2)?;
+        assert_eq!(reply, Reply::Accepted(hello("b", PeerKind::Peer)));
+        assert_eq!(rs.open(&confirm)?.0, Body::Confirm);
+        Ok((is, rs))
+    }
+
+    #[test]
+    fn wrong_secret_fails_on_both_sides() {
+        let (_, msg1) = Initiator::start(&secret("x"), b"", [1; 32], &hello("a", PeerKind::Peer))
+            .expect("start");
+        let err = Responder::read_hello(&secret("y"), b"", [2; 32], &msg1)
+            .err()
+            .expect("fails");
+        assert_eq!(err.to_string(), "authentication failed");
+        // And an initiator reading a reply made with another secret fails too.
+        let (init, msg1) =
+            Initiator::start(&secret("x"), b"", [1; 32], &hello("a", PeerKind::Peer))
+                .expect("start");
+        let (resp, _) = Responder::read_hello(&secret("x"), b"", [2; 32], &msg1).expect("same");
+        let (msg2, _) = resp
+            .reply(&Reply::Refused(RefuseReason::UnknownNode))
+            .expect("reply");
+        let mut forged = msg2.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            init.finish(&forged),
+            Err(TransportError::AuthenticationFailed)
+        ));
+    }
+
+    #[test]
+    fn different_binding_fails() {
+        assert!(pair(b"exporter-1", b"exporter-2").is_err());
+    }
+
+    #[test]
+    fn replay_flip_and_datagrams() {
+        let (mut a, mut b) = pair(b"", b"").expect("handshake");
+        let m1 = a.seal(Body::Frame, b"one").expect("seal");
+        let m2 = a.seal(Body::Frame, b"two").expect("seal");
+        assert_eq!(b.open(&m1).expect("open"), (Body::Frame, b"one".to_vec()));
+        assert!(matches!(b.open(&m1), Err(TransportError::Replay)));
+        let mut flipped = m2.clone();
+        flipped[12] ^= 0x40;
+        assert!(matches!(b.open(&flipped), Err(TransportError::BadFrame)));
+        assert_eq!(b.open(&m2).expect("open").1, b"two");
+        let d1 = a.sealer.seal_datagram(Body::Frame, b"hb1").expect("seal");
+        let d2 = a.sealer.seal_datagram(Body::Frame, b"hb2").expect("seal");
+        assert_eq!(b.opener.open_datagram(&d2).expect("newer first").1, b"hb2");
+        assert_eq!(b.opener.open_datagram(&d1).expect("older once").1, b"hb1");
+        assert!(matches!(
+            b.opener.open_datagram(&d1),
+            Err(TransportError::Replay)
+        ));
+        assert!(matches!(b.open(&d1), Err(TransportError::Replay)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn handshake_and_framing_round_trip(frames in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..70_000), 1..4)) {
+            let (mut a, mut b) = pair(b"bind", b"bind").expect("handshake");
+            for frame in &frames {
+                let wire = a.seal(Body::Frame, frame).expect("seal");
+                prop_assert_eq!(wire.len(), sealed_len(frame.len()));
+                prop_assert_eq!(b.open(&wire).expect("open"), (Body::Frame, frame.clone()));
+                let back = b.seal(Body::Frame, frame).expect("seal");
+                prop_assert_eq!(a.open(&back).expect("open").1, frame.clone());
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let s = secret("k");
+            let _ = Responder::read_hello(&s, b"", [3; 32], &bytes);
+            let (init, _) = Initiator::start(&s, b"", [4; 32], &hello("a", PeerKind::Peer)).expect("start");
+            let _ = init.finish(&bytes);
+            let (mut a, _) = pair(b"", b"").expect("handshake");
+            let _ = a.open(&bytes);
+            let _ = a.opener.open_datagram(&bytes);
+        }
+    }
+}
