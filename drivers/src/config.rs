@@ -1,0 +1,168 @@
+//! Loading driver configs (TOML) with errors that name the file, the key and what is wrong,
+//! and the settings every driver shares: how to reach the daemon.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::session::{DriverConfig, TransportKind};
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file (or a file it names) could not be read.
+    #[error("{file}: cannot read {what}: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// What was being read (`the config file`, or the key naming another file).
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A key is missing, unknown, of the wrong type or has a bad value.
+    #[error("{file}{}: key `{key}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The key, dotted from the root (`script.timeout_ms`); `(syntax)` for a TOML syntax error.
+        key: String,
+        /// The line in the file, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            Self::Read { .. } => None,
+        }
+    }
+
+    pub(crate) fn invalid(file: &Path, key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and parses `file`.
+pub(crate) fn load_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_owned(),
+        what: "the config file".into(),
+        source,
+    })?;
+    parse_toml(file, &text)
+}
+
+/// Parses `text` (from `file`, for messages), naming the failing key.
+pub(crate) fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
+        file: file.to_owned(),
+        key: "(syntax)".into(),
+        line: line_of(e.span()),
+        message: e.message().trim().to_owned(),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let mut key = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_owned();
+        // serde reports unknown and missing fields at the table that holds them: name the key itself.
+        for prefix in ["unknown field `", "missing field `"] {
+            if let Some(rest) = message.strip_prefix(prefix) {
+                if let Some(field) = rest.split('`').next() {
+                    key = if key == "." || key.is_empty() {
+                        field.to_owned()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                }
+            }
+        }
+        if key == "." || key.is_empty() {
+            key = "(root)".into();
+        }
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            line: line_of(inner.span()),
+            message,
+        }
+    })
+}
+
+/// How a driver reaches its daemon: the top-level keys shared by both driver configs.
+#[derive(Clone, Debug)]
+pub(crate) struct DaemonKeys {
+    pub(crate) daemon: String,
+    pub(crate) transport: TransportKind,
+    pub(crate) secret_file: PathBuf,
+    pub(crate) driver_id: Option<String>,
+    pub(crate) startup_wait_ms: Option<u64>,
+}
+
+impl DaemonKeys {
+    /// Checks the values and reads the secret file.
+    pub(crate) fn to_driver_config(
+        &self,
+        file: &Path,
+        kind: &str,
+    ) -> Result<DriverConfig, ConfigError> {
+        let daemon = self.daemon.parse().map_err(|e| {
+            ConfigError::invalid(
+                file,
+                "daemon",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:7400: {e}",
+                    self.daemon
+                ),
+            )
+        })?;
+        let secret_path = resolve(file, &self.secret_file);
+        let secret = std::fs::read_to_string(&secret_path).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            what: format!("`secret_file` {}", secret_path.display()),
+            source,
+        })?;
+        let secret = secret.trim().to_owned();
+        if secret.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "secret_file",
+                format!("{} is empty", secret_path.display()),
+            ));
+        }
+        let mut config = DriverConfig::new(daemon, self.transport, secret, kind);
+        if let Some(id) = &self.driver_id {
+            config = config
+                .with_driver_id(id.clone())
+                .map_err(|e| ConfigError::invalid(file, "driver_id", e.to_string()))?;
+        }
+        if let Some(ms) = self.startup_wait_ms {
+            config.startup_wait = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+/// Paths in a config are relative to the config file's folder.
+pub(crate) fn resolve(config_file: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        config_file.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}

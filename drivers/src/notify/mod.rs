@@ -1,0 +1,673 @@
+//! The notify driver: tells people about role changes and cluster events through webhooks,
+//! email and SMS, with templates, retries and flap protection.
+//!
+//! Acting is only queueing: [`NotifyDriver::on_role_change`] returns at once, so a slow mail
+//! server never delays the daemon's view of its drivers. One dispatcher task applies the
+//! flap limiter and fans each message out to one task per sink.
+
+mod limit;
+mod sinks;
+mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clustd_core::{ActionResult, DriverRole, NodeId};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+pub use sinks::SmtpSecurity;
+pub use template::{FIELDS as TEMPLATE_FIELDS, Template};
+
+use crate::config::{ConfigError, DaemonKeys, load_toml, parse_toml, resolve};
+use crate::driver::{ChangeSource, Driver, RoleChange};
+use crate::session::{DriverConfig, TransportKind};
+use limit::{FlapLimiter, Verdict};
+use sinks::{Rendered, Retry, Sink, spawn_sink};
+
+/// What happened, as named in configs (`events = [...]`) and in the `{event}` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// This node became master.
+    BecameMaster,
+    /// This node stopped being master (including a fail-safe self-demotion).
+    LostMaster,
+    /// The cluster has no known master any more.
+    MasterLost,
+    /// Another node was elected master.
+    NewMaster,
+    /// A peer went down. (Needs peer events from the daemon: not sent by the current protocol.)
+    PeerDown,
+    /// A peer came back. (Needs peer events from the daemon: not sent by the current protocol.)
+    PeerUp,
+}
+
+impl EventKind {
+    /// The config name (`became-master`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BecameMaster => "became-master",
+            Self::LostMaster => "lost-master",
+            Self::MasterLost => "master-lost",
+            Self::NewMaster => "new-master",
+            Self::PeerDown => "peer-down",
+            Self::PeerUp => "peer-up",
+        }
+    }
+
+    const ALL: [EventKind; 6] = [
+        Self::BecameMaster,
+        Self::LostMaster,
+        Self::MasterLost,
+        Self::NewMaster,
+        Self::PeerDown,
+        Self::PeerUp,
+    ];
+}
+
+/// The events a role change means for people.
+pub fn events_for(change: &RoleChange) -> Vec<EventKind> {
+    let mut events = Vec::new();
+    let was_master = change.previous_role == Some(DriverRole::Master);
+    match change.role {
+        DriverRole::Master if !was_master => events.push(EventKind::BecameMaster),
+        DriverRole::Backup if was_master => events.push(EventKind::LostMaster),
+        _ => {}
+    }
+    // On the first change there is no "before" to compare the leader with.
+    if change.previous_role.is_some()
+        && change.role == DriverRole::Backup
+        && change.leader != change.previous_leader
+    {
+        match &change.leader {
+            None if change.previous_leader.is_some() => events.push(EventKind::MasterLost),
+            Some(leader) if change.node.as_ref() != Some(leader) => {
+                events.push(EventKind::NewMaster)
+            }
+            _ => {}
+        }
+    }
+    events
+}
+
+fn event_text(kind: EventKind, change: &RoleChange) -> String {
+    let leader = change.leader.as_ref().map_or("none", NodeId::as_str);
+    match kind {
+        EventKind::BecameMaster => "became master".into(),
+        EventKind::LostMaster if change.source == ChangeSource::LeaseExpired => {
+            "stopped being master: its lease ran out without renewal (fail-safe)".into()
+        }
+        EventKind::LostMaster => "stopped being master".into(),
+        EventKind::MasterLost => "the cluster has no master".into(),
+        EventKind::NewMaster => format!("new master elected: {leader}"),
+        EventKind::PeerDown => "a peer went down".into(),
+        EventKind::PeerUp => "a peer came back".into(),
+    }
+}
+
+fn fields(
+    kind: &str,
+    text: String,
+    change: &RoleChange,
+    time: SystemTime,
+) -> BTreeMap<&'static str, String> {
+    let id = |n: &Option<NodeId>| n.as_ref().map(ToString::to_string).unwrap_or_default();
+    BTreeMap::from([
+        ("event", kind.to_owned()),
+        ("event_text", text),
+        ("node", id(&change.node)),
+        ("role", change.role.as_str().to_owned()),
+        (
+            "previous_role",
+            change
+                .previous_role
+                .map(DriverRole::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        ("term", change.term.0.to_string()),
+        ("leader", id(&change.leader)),
+        ("previous_leader", id(&change.previous_leader)),
+        ("reason", change.reason.clone()),
+        ("time", humantime::format_rfc3339_seconds(time).to_string()),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------
+// Config
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyFile {
+    daemon: String,
+    #[serde(default)]
+    transport: TransportKind,
+    secret_file: PathBuf,
+    #[serde(default)]
+    driver_id: Option<String>,
+    #[serde(default)]
+    startup_wait_ms: Option<u64>,
+    #[serde(default)]
+    events: Option<Vec<EventKind>>,
+    #[serde(default)]
+    templates: TemplatesSection,
+    #[serde(default)]
+    rate_limit: RateLimitSection,
+    #[serde(default)]
+    retry: RetrySection,
+    #[serde(default)]
+    webhook: Vec<WebhookSection>,
+    #[serde(default)]
+    email: Vec<EmailSection>,
+    #[serde(default)]
+    sms: Vec<SmsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TemplatesSection {
+    text: String,
+    subject: String,
+}
+
+const DEFAULT_TEXT: &str = "[clustd] {node}: {event_text} (role {role}, term {term}, leader {leader}, reason {reason}) at {time}";
+const DEFAULT_SUBJECT: &str = "[clustd] {node}: {event}";
+
+impl Default for TemplatesSection {
+    fn default() -> Self {
+        Self {
+            text: DEFAULT_TEXT.into(),
+            subject: DEFAULT_SUBJECT.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RateLimitSection {
+    window_ms: u64,
+    max_messages: usize,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        Self {
+            window_ms: 60_000,
+            max_messages: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RetrySection {
+    attempts: u32,
+    initial_backoff_ms: u64,
+    max_backoff_ms: u64,
+    timeout_ms: u64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSection {
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailSection {
+    server: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default = "default_security")]
+    security: SmtpSecurity,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    from: String,
+    to: Vec<String>,
+}
+
+fn default_security() -> SmtpSecurity {
+    SmtpSecurity::Starttls
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmsSection {
+    #[serde(default = "default_sms_base")]
+    base_url: String,
+    account_sid: String,
+    auth_token_file: PathBuf,
+    from: String,
+    to: Vec<String>,
+}
+
+fn default_sms_base() -> String {
+    "https://api.twilio.com".into()
+}
+
+/// A loaded and checked notify driver config.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NotifyConfig {
+    /// How to reach the daemon.
+    pub connection: DriverConfig,
+    /// The events that are sent.
+    pub events: Vec<EventKind>,
+    /// Message text (webhook `text`, email body, SMS).
+    pub text: Template,
+    /// Email subject.
+    pub subject: Template,
+    /// Flap protection: at most `max_messages` per window.
+    pub rate_window: Duration,
+    /// See `rate_window`.
+    pub rate_max: usize,
+    sinks: Vec<(String, Sink)>,
+    retry: Retry,
+}
+
+fn read_secret_file(file: &Path, key: &str, path: &Path) -> Result<String, ConfigError> {
+    let path = resolve(file, path);
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        file: file.to_owned(),
+        what: format!("`{key}` {}", path.display()),
+        source,
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+impl NotifyConfig {
+    /// Loads `file`; errors name the file and the key.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::check(file, load_toml(file)?)
+    }
+
+    /// Parses `text` as if read from `file` (paths resolve against `file`'s folder).
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::check(file, parse_toml(file, text)?)
+    }
+
+    /// The sink names, in order (`webhook[0]`, `email[0]`, `sms[0]`, ...).
+    pub fn sink_names(&self) -> Vec<&str> {
+        self.sinks.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn check(file: &Path, raw: NotifyFile) -> Result<Self, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError::invalid(file, key, msg);
+        let text = Template::new(&raw.templates.text).map_err(|e| bad("templates.text", e))?;
+        let subject =
+            Template::new(&raw.templates.subject).map_err(|e| bad("templates.subject", e))?;
+        if raw.rate_limit.max_messages == 0 {
+            return Err(bad("rate_limit.max_messages", "must be at least 1".into()));
+        }
+        if raw.rate_limit.window_ms == 0 {
+            return Err(bad("rate_limit.window_ms", "must be at least 1".into()));
+        }
+        if raw.retry.attempts == 0 {
+            return Err(bad("retry.attempts", "must be at least 1".into()));
+        }
+        if raw.retry.timeout_ms == 0 {
+            return Err(bad("retry.timeout_ms", "must be at least 1".into()));
+        }
+        let mut sinks = Vec::new();
+        for (i, w) in raw.webhook.into_iter().enumerate() {
+            let key = format!("webhook[{i}]");
+            let url = parse_http_url(&w.url).map_err(|e| bad(&format!("{key}.url"), e))?;
+            for (name, value) in &w.headers {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(value).is_err()
+                {
+                    return Err(bad(
+                        &format!("{key}.headers.{name}"),
+                        "not a valid HTTP header".into(),
+                    ));
+                }
+            }
+            sinks.push((
+                key,
+                Sink::Webhook {
+                    url,
+                    headers: w.headers,
+                },
+            ));
+        }
+        for (i, e) in raw.email.into_iter().enumerate() {
+            let key = format!("email[{i}]");
+            let mailbox = |k: &str, s: &str| {
+                s.parse::<lettre::message::Mailbox>().map_err(|err| {
+                    bad(
+                        &format!("{key}.{k}"),
+                        format!("`{s}` is not an email address: {err}"),
+                    )
+                })
+            };
+            let from = mailbox("from", &e.from)?;
+            if e.to.is_empty() {
+                return Err(bad(
+                    &format!("{key}.to"),
+                    "needs at least one address".into(),
+                ));
+            }
+            let to =
+                e.to.iter()
+                    .map(|s| mailbox("to", s))
+                    .collect::<Result<Vec<_>, _>>()?;
+            if e.server.trim().is_empty() {
+                return Err(bad(&format!("{key}.server"), "must not be empty".into()));
+            }
+            let credentials = match (e.username, e.password_file) {
+                (Some(user), Some(path)) => Some((
+                    user,
+                    read_secret_file(file, &format!("{key}.password_file"), &path)?,
+                )),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(bad(
+                        &format!("{key}.password_file"),
+                        "is needed with `username`".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        &format!("{key}.username"),
+                        "is needed with `password_file`".into(),
+                    ));
+                }
+            };
+            let port = e.port.unwrap_or(match e.security {
+                SmtpSecurity::Starttls => 587,
+                SmtpSecurity::Tls => 465,
+                SmtpSecurity::Plain => 25,
+            });
+            sinks.push((
+                key,
+                Sink::Email {
+                    host: e.server,
+                    port,
+                    security: e.security,
+                    credentials,
+                    from,
+                    to,
+                },
+            ));
+        }
+        for (i, s) in raw.sms.into_iter().enumerate() {
+            let key = format!("sms[{i}]");
+            let base =
+                parse_http_url(&s.base_url).map_err(|e| bad(&format!("{key}.base_url"), e))?;
+            if s.account_sid.is_empty() || !s.account_sid.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                return Err(bad(
+                    &format!("{key}.account_sid"),
+                    "must be letters and digits".into(),
+                ));
+            }
+            if s.to.is_empty() {
+                return Err(bad(
+                    &format!("{key}.to"),
+                    "needs at least one number".into(),
+                ));
+            }
+            let path = format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                base.path().trim_end_matches('/'),
+                s.account_sid
+            );
+            let mut messages_url = base.clone();
+            messages_url.set_path(&path);
+            let auth_token =
+                read_secret_file(file, &format!("{key}.auth_token_file"), &s.auth_token_file)?;
+            sinks.push((
+                key,
+                Sink::Sms {
+                    messages_url,
+                    account_sid: s.account_sid,
+                    auth_token,
+                    from: s.from,
+                    to: s.to,
+                },
+            ));
+        }
+        let keys = DaemonKeys {
+            daemon: raw.daemon,
+            transport: raw.transport,
+            secret_file: raw.secret_file,
+            driver_id: raw.driver_id,
+            startup_wait_ms: raw.startup_wait_ms,
+        };
+        Ok(Self {
+            connection: keys.to_driver_config(file, "notify")?,
+            events: raw.events.unwrap_or_else(|| EventKind::ALL.to_vec()),
+            text,
+            subject,
+            rate_window: Duration::from_millis(raw.rate_limit.window_ms),
+            rate_max: raw.rate_limit.max_messages,
+            sinks,
+            retry: Retry {
+                attempts: raw.retry.attempts,
+                initial: Duration::from_millis(raw.retry.initial_backoff_ms),
+                max: Duration::from_millis(raw.retry.max_backoff_ms),
+                timeout: Duration::from_millis(raw.retry.timeout_ms),
+            },
+        })
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("`{s}` must be an http:// or https:// URL"));
+    }
+    Ok(url)
+}
+
+// ---------------------------------------------------------------------------------------
+// The driver
+
+/// Sends notifications on role changes.
+#[derive(Debug)]
+pub struct NotifyDriver {
+    events: Vec<EventKind>,
+    text: Template,
+    subject: Template,
+    queue: mpsc::UnboundedSender<Rendered>,
+}
+
+impl NotifyDriver {
+    /// Starts the dispatcher and sink tasks for `config` (needs a tokio runtime).
+    pub fn new(config: &NotifyConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("clustd-notify-driver/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        let sinks: Vec<_> = config
+            .sinks
+            .iter()
+            .map(|(name, sink)| {
+                (
+                    name.clone(),
+                    spawn_sink(name.clone(), sink.clone(), config.retry, http.clone()),
+                )
+            })
+            .collect();
+        let (queue, rx) = mpsc::unbounded_channel();
+        let limiter = FlapLimiter::new(config.rate_window, config.rate_max);
+        tokio::spawn(dispatch(
+            rx,
+            limiter,
+            config.rate_window,
+            config.text.clone(),
+            config.subject.clone(),
+            sinks,
+        ));
+        Self {
+            events: config.events.clone(),
+            text: config.text.clone(),
+            subject: config.subject.clone(),
+            queue,
+        }
+    }
+}
+
+impl Driver for NotifyDriver {
+    async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
+        let now = SystemTime::now();
+        for kind in events_for(&change) {
+            if !self.events.contains(&kind) {
+                continue;
+            }
+            let fields = fields(kind.as_str(), event_text(kind, &change), &change, now);
+            let rendered = Rendered {
+                text: self.text.render(&fields),
+                subject: self.subject.render(&fields),
+                fields,
+            };
+            if self.queue.send(rendered).is_err() {
+                return ActionResult::Failed("the notification dispatcher stopped".into());
+            }
+        }
+        ActionResult::Ok
+    }
+}
+
+/// Applies the flap limiter and fans out to the sinks.
+async fn dispatch(
+    mut rx: mpsc::UnboundedReceiver<Rendered>,
+    mut limiter: FlapLimiter,
+    window: Duration,
+    text: Template,
+    subject: Template,
+    sinks: Vec<(String, mpsc::Sender<Rendered>)>,
+) {
+    let fan_out = |msg: Rendered| {
+        for (name, sink) in &sinks {
+            // A full queue means the sink is far behind (down for long): drop rather than block the others.
+            if sink.try_send(msg.clone()).is_err() {
+                tracing::error!(sink = %name, "sink queue full or closed: notification dropped");
+            }
+        }
+    };
+    let mut summary_at: Option<Instant> = None;
+    let mut latest_held: Option<Rendered> = None;
+    let mut held_kinds: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = sleep_until(summary_at.unwrap_or_else(Instant::now)), if summary_at.is_some() => {
+                let now = Instant::now();
+                match limiter.take_summary(now) {
+                    Some(count) => {
+                        summary_at = None;
+                        let latest = latest_held.take();
+                        let kinds: Vec<String> = std::mem::take(&mut held_kinds)
+                            .into_iter()
+                            .map(|(k, n)| format!("{k} x{n}"))
+                            .collect();
+                        let mut fields = latest.map(|m| m.fields).unwrap_or_default();
+                        let latest_text = fields.get("event_text").cloned().unwrap_or_default();
+                        fields.insert("event", "flapping".into());
+                        fields.insert(
+                            "event_text",
+                            format!(
+                                "flapping: {count} notifications held back in the last {} s ({}); latest: {latest_text}",
+                                window.as_secs_f64(),
+                                kinds.join(", ")
+                            ),
+                        );
+                        tracing::warn!(count, "flapping: sending one summary for the held-back notifications");
+                        fan_out(Rendered { text: text.render(&fields), subject: subject.render(&fields), fields });
+                    }
+                    None => summary_at = limiter.holding().then(|| limiter.summary_due()),
+                }
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { return };
+                match limiter.offer(Instant::now()) {
+                    Verdict::Send => fan_out(msg),
+                    Verdict::Held { summary_at: at } => {
+                        tracing::info!("rate limit reached: notification held for the flapping summary");
+                        *held_kinds.entry(msg.fields.get("event").cloned().unwrap_or_default()).or_default() += 1;
+                        latest_held = Some(msg);
+                        summary_at = Some(at);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the notify driver for `config` until `shutdown` completes.
+pub async fn run_notify_driver(
+    config: NotifyConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), crate::SessionError> {
+    let driver = NotifyDriver::new(&config);
+    crate::session::run(config.connection, driver, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clustd_core::Term;
+
+    use super::*;
+
+    fn id(s: &str) -> Option<NodeId> {
+        Some(NodeId::new(s).expect("valid"))
+    }
+
+    #[test]
+    fn events_follow_the_role_and_the_leader() {
+        use DriverRole::{Backup, Master};
+        let c = |role, prev, leader: Option<NodeId>, prev_leader: Option<NodeId>| {
+            let mut c = RoleChange::new(role, Term(2), id("a"))
+                .with_leader(leader)
+                .with_previous_role(prev);
+            c.previous_leader = prev_leader;
+            events_for(&c)
+        };
+        assert_eq!(
+            c(Master, Some(Backup), id("a"), id("b")),
+            vec![EventKind::BecameMaster]
+        );
+        assert_eq!(
+            c(Master, None, id("a"), None),
+            vec![EventKind::BecameMaster]
+        );
+        assert_eq!(
+            c(Backup, Some(Master), None, id("a")),
+            vec![EventKind::LostMaster, EventKind::MasterLost]
+        );
+        assert_eq!(
+            c(Backup, Some(Backup), id("c"), id("b")),
+            vec![EventKind::NewMaster]
+        );
+        assert_eq!(
+            c(Backup, Some(Backup), None, id("b")),
+            vec![EventKind::MasterLost]
+        );
+        assert_eq!(c(Backup, None, id("b"), None), Vec::<EventKind>::new());
+        assert_eq!(
+            c(Backup, Some(Backup), id("b"), id("b")),
+            Vec::<EventKind>::new()
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! Message templates: `{field}` placeholders filled from a notification's fields; `{{` and
+//! `}}` stand for literal braces. Templates are checked when the config loads.
+
+use std::collections::BTreeMap;
+
+/// The fields a template may use.
+pub const FIELDS: &[&str] = &[
+    "event",
+    "event_text",
+    "node",
+    "role",
+    "previous_role",
+    "term",
+    "leader",
+    "previous_leader",
+    "reason",
+    "time",
+];
+
+/// A checked template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template(String);
+
+impl Template {
+    /// Checks `text`: every placeholder must be one of [`FIELDS`], braces balanced.
+    pub fn new(text: &str) -> Result<Self, String> {
+        render_with(text, &mut |name| {
+            if FIELDS.contains(&name) {
+                Ok(String::new())
+            } else {
+                Err(format!(
+                    "unknown placeholder {{{name}}}; known: {}",
+                    FIELDS.join(", ")
+                ))
+            }
+        })?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Fills the placeholders from `fields` (missing ones render empty).
+    pub fn render(&self, fields: &BTreeMap<&'static str, String>) -> String {
+        render_with(&self.0, &mut |name| {
+            Ok(fields.get(name).cloned().unwrap_or_default())
+        })
+        .unwrap_or_else(|_| self.0.clone())
+    }
+}
+
+fn render_with(
+    text: &str,
+    field: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") {
+            out.push('{');
+            rest = &tail[2..];
+        } else if tail.starts_with("}}") {
+            out.push('}');
+            rest = &tail[2..];
+        } else if tail.starts_with('}') {
+            return Err("unmatched `}` (write `}}` for a literal brace)".into());
+        } else {
+            let Some(end) = tail.find('}') else {
+                return Err("unclosed `{` (write `{{` for a literal brace)".into());
+            };
+            out.push_str(&field(&tail[1..end])?);
+            rest = &tail[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_fields_and_escapes() {
+        let t = Template::new("{{{node}}} is {role} in term {term}").expect("valid");
+        let fields = BTreeMap::from([("node", "n1".to_owned()), ("role", "master".to_owned())]);
+        assert_eq!(t.render(&fields), "{n1} is master in term ");
+    }
+
+    #[test]
+    fn rejects_unknown_and_unbalanced() {
+        assert!(
+            Template::new("{nope}")
+                .unwrap_err()
+                .contains("unknown placeholder {nope}")
+        );
+        assert!(Template::new("a { b").unwrap_err().contains("unclosed"));
+        assert!(Template::new("a } b").unwrap_err().contains("unmatched"));
+    }
+}

@@ -1,0 +1,405 @@
+//! Connecting to the daemon: the driver's config, the reconnect loop, and the handle an
+//! in-process user holds ([`DriverSession`]).
+//!
+//! The loop dials forever with exponential backoff and jitter; it logs once per *kind* of
+//! failure (not once per attempt) so a daemon that is down for an hour does not flood the
+//! log. The engine behind it keeps the fail-safe lease running while disconnected.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clustd_core::codec::{decode, encode};
+use clustd_core::{InvalidNodeId, NodeId, ToDriver};
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::driver::Driver;
+use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
+
+/// Which transport the daemon's cluster endpoint speaks (`transport` in driver configs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// QUIC (the daemon's default).
+    #[default]
+    Quic,
+    /// WebSocket over TCP.
+    #[serde(rename = "websocket")]
+    WebSocket,
+}
+
+/// How a driver reaches its daemon, and how patient it is.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// The daemon's cluster address (`cluster.listen` of the local daemon).
+    pub daemon: SocketAddr,
+    /// The daemon's transport.
+    pub transport: TransportKind,
+    /// This driver's id, unique among the daemon's drivers.
+    pub driver_id: NodeId,
+    /// How long to wait for the first role before settling into backup (default 5 s).
+    pub startup_wait: Duration,
+    /// First reconnect delay (default 100 ms); doubles per failure.
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay (default 5 s).
+    pub reconnect_max: Duration,
+    /// How long one connection attempt (dial + handshake) may take (default 5 s).
+    pub connect_timeout: Duration,
+    secret: Vec<u8>,
+}
+
+impl fmt::Debug for DriverConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DriverConfig")
+            .field("daemon", &self.daemon)
+            .field("transport", &self.transport)
+            .field("driver_id", &self.driver_id)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl DriverConfig {
+    /// A config with a generated driver id (`{kind}-{8 hex digits}`) and default timings.
+    pub fn new(
+        daemon: SocketAddr,
+        transport: TransportKind,
+        secret: impl Into<Vec<u8>>,
+        kind: &str,
+    ) -> Self {
+        Self {
+            daemon,
+            transport,
+            driver_id: generate_driver_id(kind),
+            startup_wait: Duration::from_secs(5),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            secret: secret.into(),
+        }
+    }
+
+    /// Uses `id` instead of a generated id.
+    pub fn with_driver_id(mut self, id: impl AsRef<str>) -> Result<Self, InvalidNodeId> {
+        self.driver_id = NodeId::new(id)?;
+        Ok(self)
+    }
+
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+}
+
+/// A fresh, unique-enough driver id: `kind` (reduced to valid id characters) and 32 random bits.
+pub fn generate_driver_id(kind: &str) -> NodeId {
+    let kind: String = kind
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(40)
+        .collect();
+    let kind = if kind.is_empty() {
+        "driver".to_owned()
+    } else {
+        kind
+    };
+    let suffix: u32 = rand::rngs::StdRng::from_os_rng().random();
+    // Valid by construction: filtered characters, at most 40 + 1 + 8 long.
+    NodeId::new(format!("{kind}-{suffix:08x}")).expect("generated ids are valid")
+}
+
+/// Why a session could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The transport refused the configuration (e.g. a secret that is too short).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The engine stopped by itself.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A task of the session died unexpectedly.
+    #[error("session task failed: {0}")]
+    Task(String),
+}
+
+/// One failed connection attempt, with a class so the log says each kind of failure once.
+#[derive(Debug)]
+pub(crate) struct DialError {
+    /// `refused`, `timeout`, `handshake`, ... : attempts of the same class are logged once.
+    pub(crate) class: &'static str,
+    pub(crate) message: String,
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.class)
+    }
+}
+
+/// Opens connections to the daemon.
+pub(crate) trait Dialer: Send + 'static {
+    /// An open connection.
+    type Link: Link;
+    /// Dials once (with its own timeout).
+    fn dial(&mut self) -> impl Future<Output = Result<Self::Link, DialError>> + Send;
+}
+
+/// One open connection to the daemon; closed when dropped.
+pub(crate) trait Link: Send {
+    /// The next frame; `None` once the connection is gone. Must be cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    /// Queues one frame without blocking.
+    fn send(&mut self, frame: Vec<u8>) -> Result<(), String>;
+}
+
+/// A running driver: connected (or reconnecting) to its daemon, acting on role changes.
+/// Dropping it does not stop it; call [`DriverSession::shutdown`].
+#[derive(Debug)]
+pub struct DriverSession {
+    driver_id: NodeId,
+    status: watch::Receiver<SessionStatus>,
+    shutdown: watch::Sender<bool>,
+    engine: JoinHandle<Result<(), EngineError>>,
+    connection: JoinHandle<()>,
+}
+
+impl DriverSession {
+    /// This driver's id (configured or generated).
+    pub fn driver_id(&self) -> &NodeId {
+        &self.driver_id
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SessionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change (`wait_for` on it to wait for a condition).
+    pub fn watch_status(&self) -> watch::Receiver<SessionStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the session stops by itself (the driver panicked); it never does otherwise.
+    pub async fn wait(&mut self) -> Result<(), SessionError> {
+        let result = (&mut self.engine)
+            .await
+            .map_err(|e| SessionError::Task(e.to_string()))?;
+        result.map_err(SessionError::from)
+    }
+
+    /// Stops the session: closes the connection and stops acting. No action is taken on the
+    /// way out (the service stays as it is); a master that exits is no longer supervised.
+    pub async fn shutdown(self) -> Result<(), SessionError> {
+        if self.status.borrow().target_role == Some(clustd_core::DriverRole::Master) {
+            tracing::warn!(
+                "driver exiting while master: the service keeps running and is no longer covered by the fail-safe lease"
+            );
+        }
+        let _ = self.shutdown.send(true);
+        let _ = self.connection.await;
+        let result = self
+            .engine
+            .await
+            .map_err(|e| SessionError::Task(e.to_string()))?;
+        result.map_err(SessionError::from)
+    }
+}
+
+/// Starts a driver session in the background (on the current tokio runtime): connects to
+/// the daemon in `config`, reconnects forever, and hands role changes to `driver`.
+pub fn connect<D: Driver>(config: DriverConfig, driver: D) -> Result<DriverSession, SessionError> {
+    let dialer = crate::link::TransportDialer::new(&config)?;
+    Ok(spawn_session(&config, dialer, driver))
+}
+
+/// Runs a driver until `shutdown` completes (or the driver panics).
+pub async fn run<D: Driver>(
+    config: DriverConfig,
+    driver: D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SessionError> {
+    let mut session = connect(config, driver)?;
+    tracing::info!(driver_id = %session.driver_id(), "driver started");
+    tokio::select! {
+        result = session.wait() => result,
+        () = shutdown => {
+            tracing::info!("shutting down");
+            session.shutdown().await
+        }
+    }
+}
+
+pub(crate) fn spawn_session<D: Driver, L: Dialer>(
+    config: &DriverConfig,
+    dialer: L,
+    driver: D,
+) -> DriverSession {
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (status_tx, status_rx) = watch::channel(SessionStatus::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let options = EngineOptions {
+        startup_wait: config.startup_wait,
+    };
+    let engine = tokio::spawn(run_engine(
+        driver,
+        options,
+        in_rx,
+        out_tx,
+        status_tx,
+        shutdown_rx.clone(),
+    ));
+    let backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    let connection = tokio::spawn(connection_loop(
+        dialer,
+        format!("{} ({:?})", config.daemon, config.transport),
+        in_tx,
+        out_rx,
+        backoff,
+        shutdown_rx,
+    ));
+    DriverSession {
+        driver_id: config.driver_id.clone(),
+        status: status_rx,
+        shutdown: shutdown_tx,
+        engine,
+        connection,
+    }
+}
+
+async fn connection_loop<L: Dialer>(
+    mut dialer: L,
+    daemon: String,
+    inbound: mpsc::Sender<Inbound>,
+    mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    mut backoff: Backoff,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = 0u64;
+    let mut failures = 0u64;
+    let mut last_class: Option<&'static str> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let dialed = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            dialed = dialer.dial() => dialed,
+        };
+        match dialed {
+            Ok(mut link) => {
+                conn += 1;
+                if failures > 0 {
+                    tracing::info!(
+                        "connected to the daemon at {daemon} after {failures} failed attempts"
+                    );
+                } else {
+                    tracing::info!("connected to the daemon at {daemon}");
+                }
+                failures = 0;
+                last_class = None;
+                if inbound.send(Inbound::Connected { conn }).await.is_err() {
+                    return;
+                }
+                let (reason, heard_role) =
+                    serve(&mut link, conn, &inbound, &mut outbound, &mut shutdown).await;
+                drop(link);
+                if inbound.send(Inbound::Disconnected { conn }).await.is_err() {
+                    return;
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                tracing::warn!(
+                    "lost the connection to the daemon at {daemon}: {reason}; reconnecting"
+                );
+                // A daemon that accepts and drops at once must not make us spin: the backoff
+                // only starts over after a connection that carried a role.
+                if heard_role {
+                    backoff.reset();
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if last_class == Some(e.class) {
+                    tracing::debug!(
+                        attempt = failures,
+                        "still cannot reach the daemon at {daemon}: {e}"
+                    );
+                } else {
+                    tracing::warn!(
+                        "cannot reach the daemon at {daemon}: {e}; retrying forever with backoff (further failures of this kind are logged at debug level)"
+                    );
+                    last_class = Some(e.class);
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Carries frames on one connection until it ends; returns why, and whether a role came.
+async fn serve<K: Link>(
+    link: &mut K,
+    conn: u64,
+    inbound: &mpsc::Sender<Inbound>,
+    outbound: &mut mpsc::UnboundedReceiver<Outbound>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> (String, bool) {
+    let mut heard_role = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return ("shutting down".into(), heard_role),
+            out = outbound.recv() => match out {
+                None => return ("the engine stopped".into(), heard_role),
+                Some(Outbound::Send { conn: c, msg }) if c == conn => {
+                    let frame = match encode(&msg) {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            tracing::error!("cannot encode {msg:?}: {e}");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = link.send(frame) {
+                        return (format!("send failed: {e}"), heard_role);
+                    }
+                }
+                Some(Outbound::Resync { conn: c }) if c == conn => {
+                    return ("resynchronizing".into(), heard_role);
+                }
+                // Acknowledgements meant for an earlier connection: the daemon that sent those
+                // roles is not listening for them any more.
+                Some(_) => {}
+            },
+            frame = link.recv() => {
+                let Some(frame) = frame else {
+                    return ("connection closed".into(), heard_role);
+                };
+                let received_at = Instant::now();
+                match decode::<ToDriver>(&frame) {
+                    Ok(msg) => {
+                        heard_role |= matches!(msg, ToDriver::Role { .. });
+                        if inbound.send(Inbound::Message { conn, msg, received_at }).await.is_err() {
+                            return ("the engine stopped".into(), heard_role);
+                        }
+                    }
+                    Err(e) => return (format!("undecodable frame from the daemon: {e}"), heard_role),
+                }
+            }
+        }
+    }
+}

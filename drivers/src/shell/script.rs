@@ -1,0 +1,219 @@
+//! Running one script: `shell -c SCRIPT` in its own process group, output to the log line by
+//! line, and on timeout the whole group is killed (SIGTERM, then SIGKILL after a grace period),
+//! so a hanging script cannot leave children behind.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use clustd_core::ActionResult;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+/// The longest line logged; longer lines are cut (a script cannot flood one log record).
+const MAX_LOG_LINE: usize = 4096;
+
+/// How a script ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScriptOutcome {
+    /// Exit status 0.
+    Success,
+    /// Non-zero exit status, or killed by a signal.
+    Failed {
+        /// The exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
+    /// It ran past its timeout; its process group was killed.
+    TimedOut,
+    /// It could not be started (shell missing, bad `cwd`, ...).
+    SpawnFailed(String),
+}
+
+impl From<ScriptOutcome> for ActionResult {
+    fn from(outcome: ScriptOutcome) -> Self {
+        match outcome {
+            ScriptOutcome::Success => ActionResult::Ok,
+            ScriptOutcome::Failed {
+                code: Some(code), ..
+            } => ActionResult::Failed(format!("exit status {code}")),
+            ScriptOutcome::Failed {
+                signal: Some(signal),
+                ..
+            } => ActionResult::Failed(format!("killed by signal {signal}")),
+            ScriptOutcome::Failed { .. } => ActionResult::Failed("failed".into()),
+            ScriptOutcome::TimedOut => ActionResult::TimedOut,
+            ScriptOutcome::SpawnFailed(why) => ActionResult::Failed(format!("cannot start: {why}")),
+        }
+    }
+}
+
+/// Runs scripts with a fixed shell, working directory, environment and time limits.
+#[derive(Clone, Debug)]
+pub struct ScriptRunner {
+    /// The shell; scripts run as `shell -c SCRIPT`.
+    pub shell: PathBuf,
+    /// Working directory (default: the driver's).
+    pub cwd: Option<PathBuf>,
+    /// Extra environment, on top of the driver's own.
+    pub env: BTreeMap<String, String>,
+    /// Time limit for one script.
+    pub timeout: Duration,
+    /// After SIGTERM on timeout, how long before SIGKILL.
+    pub kill_grace: Duration,
+}
+
+impl ScriptRunner {
+    /// A runner with `/bin/bash`, no cwd, no extra env, 30 s timeout and 5 s grace.
+    pub fn new() -> Self {
+        Self {
+            shell: PathBuf::from("/bin/bash"),
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Runs `script` (named `name` in the log) with `vars` added to the environment.
+    pub async fn run(&self, name: &str, script: &str, vars: &[(String, String)]) -> ScriptOutcome {
+        let mut command = Command::new(&self.shell);
+        command
+            .arg("-c")
+            .arg(script)
+            .envs(&self.env)
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that a timeout kills whatever it started too.
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(cwd) = &self.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(script = name, shell = %self.shell.display(), "cannot start script: {e}");
+                return ScriptOutcome::SpawnFailed(e.to_string());
+            }
+        };
+        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+            return ScriptOutcome::SpawnFailed(
+                "the script exited before it could be watched".into(),
+            );
+        };
+        let group = Pid::from_raw(pid);
+        tracing::info!(script = name, pid, "running script");
+        // Readers are not awaited after exit: a service the script left running in the
+        // background may keep the pipes open, and its output keeps going to the log.
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(log_lines(out, name.to_owned(), false));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(log_lines(err, name.to_owned(), true));
+        }
+        let started = Instant::now();
+        match timeout(self.timeout, child.wait()).await {
+            Ok(Ok(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                let elapsed_ms = started.elapsed().as_millis();
+                if status.success() {
+                    tracing::info!(script = name, elapsed_ms, "script succeeded");
+                    ScriptOutcome::Success
+                } else {
+                    tracing::error!(script = name, elapsed_ms, "script failed: {status}");
+                    ScriptOutcome::Failed {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(script = name, "cannot wait for script: {e}");
+                ScriptOutcome::Failed {
+                    code: None,
+                    signal: None,
+                }
+            }
+            Err(_) => {
+                self.kill_group(name, group, &mut child).await;
+                ScriptOutcome::TimedOut
+            }
+        }
+    }
+
+    /// SIGTERM to the group; SIGKILL to whatever is left after the grace period.
+    async fn kill_group(&self, name: &str, group: Pid, child: &mut Child) {
+        tracing::error!(
+            script = name,
+            timeout_ms = self.timeout.as_millis(),
+            "script exceeded its timeout: sending SIGTERM to its process group {group}"
+        );
+        if killpg(group, Signal::SIGTERM) == Err(Errno::ESRCH) {
+            let _ = child.wait().await;
+            return;
+        }
+        let deadline = Instant::now() + self.kill_grace;
+        let mut leader_done = false;
+        while Instant::now() < deadline {
+            if !leader_done {
+                leader_done = matches!(child.try_wait(), Ok(Some(_)));
+            }
+            // Signal 0 checks whether any member is left (the reaped leader no longer counts).
+            if leader_done && killpg(group, None) == Err(Errno::ESRCH) {
+                tracing::info!(script = name, "process group ended after SIGTERM");
+                return;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        tracing::error!(
+            script = name,
+            "process group {group} still alive after the grace period: sending SIGKILL"
+        );
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+impl Default for ScriptRunner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn log_lines(stream: impl AsyncRead + Unpin, script: String, stderr: bool) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let mut line = text.trim_end_matches(['\n', '\r']).to_owned();
+                if line.len() > MAX_LOG_LINE {
+                    let mut cut = MAX_LOG_LINE;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                    line.push_str(" [...]");
+                }
+                if stderr {
+                    tracing::warn!(script = %script, stream = "stderr", "{line}");
+                } else {
+                    tracing::info!(script = %script, stream = "stdout", "{line}");
+                }
+            }
+        }
+    }
+}
