@@ -1,35 +1,145 @@
-//! The daemon connection over clustd-transport.
-//! (Placeholder until clustd-transport's API is committed.)
+//! The daemon connection over clustd-transport: one driver [`Endpoint`] per connection
+//! attempt, so that a failed or dropped connection is closed for good and the reconnect
+//! policy (backoff, jitter, log once per kind of failure) stays in one place, the session.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clustd_core::NodeId;
+use clustd_transport::{
+    Endpoint, EndpointConfig, PeerKind, Secret, SendClass, TokioNet, TransportError, TransportEvent,
+};
+use tokio::sync::mpsc;
 
 use crate::session::{DialError, Dialer, DriverConfig, Link, SessionError};
 
 /// Dials the daemon over clustd-transport.
-pub(crate) struct TransportDialer;
+pub(crate) struct TransportDialer {
+    daemon: SocketAddr,
+    config: EndpointConfig,
+    timeout: Duration,
+}
 
 impl TransportDialer {
-    pub(crate) fn new(_config: &DriverConfig) -> Result<Self, SessionError> {
-        Ok(Self)
+    /// Checks the secret and prepares the endpoint config.
+    pub(crate) fn new(config: &DriverConfig) -> Result<Self, SessionError> {
+        let secret = Secret::from_bytes(config.secret().to_vec())
+            .map_err(|e| SessionError::Transport(e.to_string()))?;
+        let mut endpoint = EndpointConfig::new(
+            config.transport,
+            config.driver_id.clone(),
+            PeerKind::Driver,
+            secret,
+        );
+        endpoint.limits.handshake_timeout = config.connect_timeout;
+        Ok(Self {
+            daemon: config.daemon,
+            config: endpoint,
+            timeout: config.connect_timeout,
+        })
     }
 }
 
-/// A connection to the daemon.
-pub(crate) struct TransportLink;
+/// One authenticated connection to the daemon.
+pub(crate) struct TransportLink {
+    endpoint: Endpoint,
+    events: mpsc::Receiver<TransportEvent>,
+    daemon: NodeId,
+}
 
-impl Link for TransportLink {
-    async fn recv(&mut self) -> Option<Vec<u8>> {
-        None
-    }
-    fn send(&mut self, _frame: Vec<u8>) -> Result<(), String> {
-        Err("not connected".into())
+/// Sorts failures into kinds, so each kind is logged once while it lasts.
+fn classify(error: &TransportError) -> &'static str {
+    match error {
+        TransportError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused"
+        }
+        TransportError::Io(_) => "network error",
+        TransportError::AuthenticationFailed => {
+            "authentication failed: is the secret the daemon's?"
+        }
+        TransportError::Refused(_) | TransportError::RefusedRemote { .. } => {
+            "refused by the daemon"
+        }
+        TransportError::HandshakeTimeout => "no answer",
+        TransportError::Config(_) | TransportError::Tls(_) => "local transport setup",
+        _ => "handshake or protocol error",
     }
 }
 
 impl Dialer for TransportDialer {
     type Link = TransportLink;
+
     async fn dial(&mut self) -> Result<TransportLink, DialError> {
-        Err(DialError {
-            class: "unavailable",
-            message: "transport not built yet".into(),
+        let (endpoint, mut events) = Endpoint::start(TokioNet, self.config.clone())
+            .await
+            .map_err(|e| DialError {
+                class: classify(&e),
+                message: e.to_string(),
+            })?;
+        endpoint.dial(self.daemon);
+        let waited = tokio::time::timeout(self.timeout, async {
+            while let Some(event) = events.recv().await {
+                match event {
+                    TransportEvent::Connected {
+                        id,
+                        kind: PeerKind::Peer,
+                    } => return Ok(id),
+                    TransportEvent::HandshakeFailed { error, .. } => {
+                        return Err(DialError {
+                            class: classify(&error),
+                            message: error.to_string(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            Err(DialError {
+                class: "endpoint stopped",
+                message: "the transport endpoint stopped".into(),
+            })
         })
+        .await;
+        match waited {
+            Ok(Ok(daemon)) => Ok(TransportLink {
+                endpoint,
+                events,
+                daemon,
+            }),
+            Ok(Err(e)) => {
+                endpoint.shutdown().await;
+                Err(e)
+            }
+            Err(_) => {
+                endpoint.shutdown().await;
+                Err(DialError {
+                    class: "no answer",
+                    message: format!("no connection within {} ms", self.timeout.as_millis()),
+                })
+            }
+        }
+    }
+}
+
+impl Link for TransportLink {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match self.events.recv().await? {
+                TransportEvent::Frame { from, frame, .. } if from == self.daemon => {
+                    return Some(frame);
+                }
+                TransportEvent::Disconnected { id, .. } if id == self.daemon => return None,
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        self.endpoint
+            .send(&self.daemon, frame, SendClass::Reliable)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn close(self) {
+        self.endpoint.shutdown().await;
     }
 }

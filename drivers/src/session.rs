@@ -13,7 +13,6 @@ use std::time::Duration;
 use clustd_core::codec::{decode, encode};
 use clustd_core::{InvalidNodeId, NodeId, ToDriver};
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,16 +21,13 @@ use crate::backoff::Backoff;
 use crate::driver::Driver;
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
 
-/// Which transport the daemon's cluster endpoint speaks (`transport` in driver configs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    /// QUIC (the daemon's default).
-    #[default]
-    Quic,
-    /// WebSocket over TCP.
-    #[serde(rename = "websocket")]
-    WebSocket,
+/// Which transport the daemon's cluster endpoint speaks (`transport` in driver configs:
+/// `"quic"` or `"websocket"`).
+pub use clustd_transport::TransportKind;
+
+/// The transport when a config names none: QUIC, the daemon's default.
+pub(crate) fn default_transport() -> TransportKind {
+    TransportKind::Quic
 }
 
 /// How a driver reaches its daemon, and how patient it is.
@@ -157,6 +153,8 @@ pub(crate) trait Link: Send {
     fn recv(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
     /// Queues one frame without blocking.
     fn send(&mut self, frame: Vec<u8>) -> Result<(), String>;
+    /// Closes the connection.
+    fn close(self) -> impl Future<Output = ()> + Send;
 }
 
 /// A running driver: connected (or reconnecting) to its daemon, acting on role changes.
@@ -311,7 +309,7 @@ async fn connection_loop<L: Dialer>(
                 }
                 let (reason, heard_role) =
                     serve(&mut link, conn, &inbound, &mut outbound, &mut shutdown).await;
-                drop(link);
+                link.close().await;
                 if inbound.send(Inbound::Disconnected { conn }).await.is_err() {
                     return;
                 }

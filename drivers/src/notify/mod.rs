@@ -144,7 +144,7 @@ fn fields(
 #[serde(deny_unknown_fields)]
 struct NotifyFile {
     daemon: String,
-    #[serde(default)]
+    #[serde(default = "crate::session::default_transport")]
     transport: TransportKind,
     secret_file: PathBuf,
     #[serde(default)]

@@ -25,7 +25,7 @@ use crate::session::DriverConfig;
 #[serde(deny_unknown_fields)]
 struct ShellFile {
     daemon: String,
-    #[serde(default)]
+    #[serde(default = "crate::session::default_transport")]
     transport: crate::session::TransportKind,
     secret_file: PathBuf,
     #[serde(default)]
