@@ -1,1 +1,20 @@
-//! clustd (work in progress).
+//! # clustd: the cluster failover daemon
+//!
+//! The node runtime ([`runtime`]) drives the sans-IO election core with a transport, a
+//! clock and a disk; around it sit the config loader ([`config`]), durable state
+//! ([`store`]), the admin HTTP API ([`admin`]), status and metrics, and the in-process
+//! demo ([`demo`]). The `clustd` binary is a thin command-line layer over this library.
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod runtime;
+pub mod status;
+pub mod store;
+
+pub use clock::{Clock, TokioClock};
+pub use config::{ConfigError, Settings};
+pub use runtime::{Command, Handle, RoleNotice, RuntimeError, Shutdown, control, run};
+pub use store::{FileStore, StateStore};

@@ -1,0 +1,443 @@
+//! The daemon's TOML configuration: parsing, defaults and validation.
+//!
+//! Every error names the file, the key (and the line, when the parser knows it) and what to
+//! do. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clustd_core::{Config as CoreConfig, NodeId};
+use clustd_transport::{Secret, TransportKind};
+use serde::Deserialize;
+
+/// The shortest cluster secret accepted, in bytes (`clustd keygen` makes 64 hex characters).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The default admin API address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7401";
+
+/// A configuration problem, with where it is and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The config file (or `<inline>`).
+    pub file: String,
+    /// The dotted key path, e.g. `election.election_timeout_ms`, with the line when known.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// A warning that does not stop the daemon (e.g. a world-readable secret file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning(pub String);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    node: RawNode,
+    cluster: RawCluster,
+    #[serde(default)]
+    election: RawElection,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    witness: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default = "default_transport")]
+    transport: TransportKind,
+    listen: SocketAddr,
+    secret_file: Option<PathBuf>,
+    secret: Option<String>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+fn default_transport() -> TransportKind {
+    TransportKind::Quic
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: String,
+    addr: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawElection {
+    #[serde(default = "default_heartbeat")]
+    heartbeat_ms: u64,
+    #[serde(default = "default_timeout")]
+    election_timeout_ms: [u64; 2],
+    #[serde(default)]
+    priority: u8,
+    #[serde(default)]
+    preempt: bool,
+    #[serde(default = "default_drift")]
+    max_clock_drift: f64,
+    #[serde(default = "default_stop_budget")]
+    stop_budget_ms: u64,
+    lease_ms: Option<u64>,
+    #[serde(default = "default_margin")]
+    driver_lease_margin_ms: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    100
+}
+fn default_timeout() -> [u64; 2] {
+    [1000, 2000]
+}
+fn default_drift() -> f64 {
+    0.05
+}
+fn default_stop_budget() -> u64 {
+    200
+}
+fn default_margin() -> u64 {
+    20
+}
+
+impl Default for RawElection {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: default_heartbeat(),
+            election_timeout_ms: default_timeout(),
+            priority: 0,
+            preempt: false,
+            max_clock_drift: default_drift(),
+            stop_budget_ms: default_stop_budget(),
+            lease_ms: None,
+            driver_lease_margin_ms: default_margin(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin")]
+    listen: SocketAddr,
+}
+
+fn default_admin() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+        .parse()
+        .unwrap_or_else(|_| unreachable!("the default admin address is a valid socket address"))
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin(),
+        }
+    }
+}
+
+/// A validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node.
+    pub id: NodeId,
+    /// Where `(term, vote)` is kept.
+    pub data_dir: PathBuf,
+    /// QUIC or WebSocket.
+    pub transport: TransportKind,
+    /// Cluster listen address (peers and drivers).
+    pub listen: SocketAddr,
+    /// The cluster secret.
+    pub secret: Secret,
+    /// The other voters and their addresses, by id.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Certificate and key for `wss://`.
+    pub tls: Option<clustd_transport::TlsFiles>,
+    /// The election core's settings (timings, priority, witness...).
+    pub core: CoreConfig,
+    /// Subtracted from the remaining lease sent to drivers, for delivery time.
+    pub driver_lease_margin: Duration,
+    /// Admin API address.
+    pub admin_listen: SocketAddr,
+}
+
+impl Settings {
+    /// Reads and validates a config file. Warnings are returned beside the settings.
+    pub fn load(path: &Path) -> Result<(Self, Vec<ConfigWarning>), ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &file, base)
+    }
+
+    /// Parses config text; `file` names it in errors; relative paths are relative to `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<(Self, Vec<ConfigWarning>), ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let raw: RawFile = parse_toml(text, file)?;
+        let mut warnings = Vec::new();
+
+        let id = NodeId::new(&raw.node.id).map_err(|e| err("node.id", e.to_string()))?;
+        let data_dir = base.join(&raw.node.data_dir);
+
+        let secret_bytes = match (&raw.cluster.secret_file, &raw.cluster.secret) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "cluster.secret_file",
+                    "set either cluster.secret_file or cluster.secret, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    "cluster.secret_file",
+                    "missing: point it at a file holding the cluster secret (make one with `clustd keygen`)"
+                        .into(),
+                ));
+            }
+            (Some(path), None) => {
+                let path = base.join(path);
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    err("cluster.secret_file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                if let Some(w) = world_readable_warning(&path) {
+                    warnings.push(w);
+                }
+                trim_ascii(&bytes).to_vec()
+            }
+            (None, Some(secret)) => {
+                warnings.push(ConfigWarning(format!(
+                    "{file}: cluster.secret is inline; prefer cluster.secret_file with mode 0600"
+                )));
+                secret.trim().as_bytes().to_vec()
+            }
+        };
+        let secret_key = if raw.cluster.secret_file.is_some() { "cluster.secret_file" } else { "cluster.secret" };
+        if secret_bytes.len() < MIN_SECRET_LEN {
+            return Err(err(
+                secret_key,
+                format!(
+                    "the secret is {} bytes; at least {MIN_SECRET_LEN} are required (make one with `clustd keygen`)",
+                    secret_bytes.len()
+                ),
+            ));
+        }
+        let secret = Secret::from_bytes(secret_bytes).map_err(|e| err(secret_key, e.to_string()))?;
+
+        let mut peers = BTreeMap::new();
+        for (i, peer) in raw.cluster.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{i}].id");
+            let peer_id = NodeId::new(&peer.id).map_err(|e| err(&key, e.to_string()))?;
+            if peer_id == id {
+                return Err(err(
+                    &key,
+                    format!("{peer_id} is this node (node.id); list only the other nodes"),
+                ));
+            }
+            if peers.insert(peer_id.clone(), peer.addr).is_some() {
+                return Err(err(&key, format!("{peer_id} is listed twice")));
+            }
+        }
+
+        let tls = match (&raw.cluster.tls_cert, &raw.cluster.tls_key) {
+            (Some(cert), Some(key)) => Some(clustd_transport::TlsFiles {
+                cert: base.join(cert),
+                key: base.join(key),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("cluster.tls_key", "tls_cert is set, so tls_key is required".into())),
+            (None, Some(_)) => return Err(err("cluster.tls_cert", "tls_key is set, so tls_cert is required".into())),
+        };
+        if tls.is_some() && raw.cluster.transport == TransportKind::Quic {
+            warnings.push(ConfigWarning(format!(
+                "{file}: cluster.tls_cert/tls_key are used by the websocket transport only; QUIC makes its own certificate"
+            )));
+        }
+
+        let e = &raw.election;
+        let [min, max] = e.election_timeout_ms;
+        if min == 0 || max < min {
+            return Err(err(
+                "election.election_timeout_ms",
+                format!("[{min}, {max}] is not a range: write [min, max] with 0 < min <= max, e.g. [1000, 2000]"),
+            ));
+        }
+        if e.heartbeat_ms == 0 {
+            return Err(err("election.heartbeat_ms", "must be positive".into()));
+        }
+        let mut voters: Vec<NodeId> = peers.keys().cloned().collect();
+        voters.push(id.clone());
+        voters.sort();
+        let mut core = CoreConfig::new(id.clone(), voters);
+        core.max_clock_drift = e.max_clock_drift;
+        core.stop_budget = Duration::from_millis(e.stop_budget_ms);
+        core.set_timings(
+            Duration::from_millis(e.heartbeat_ms),
+            Duration::from_millis(min),
+            Duration::from_millis(max),
+        );
+        if let Some(lease) = e.lease_ms {
+            core.lease = Duration::from_millis(lease);
+        }
+        core.priority = e.priority;
+        core.preempt = e.preempt;
+        core.witness = raw.node.witness;
+        // Jitter seed: OS randomness, with the id mixed in so nodes differ even without it.
+        core.rng_seed = random_u64() ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        core.validate().map_err(|ce| {
+            use clustd_core::ConfigError as C;
+            let key = match &ce {
+                C::Drift(_) => "election.max_clock_drift",
+                C::TimeoutRange { .. } => "election.election_timeout_ms",
+                C::Heartbeat { .. } => "election.heartbeat_ms",
+                C::UnsafeLease { .. } if e.lease_ms.is_some() => "election.lease_ms",
+                C::UnsafeLease { .. } => "election.stop_budget_ms",
+                _ => "cluster.peers",
+            };
+            err(key, ce.to_string())
+        })?;
+        let margin = Duration::from_millis(e.driver_lease_margin_ms);
+        if margin >= core.lease {
+            return Err(err(
+                "election.driver_lease_margin_ms",
+                format!("must be below the lease ({} ms)", core.lease.as_millis()),
+            ));
+        }
+        if peers.len() == 1 && !raw.node.witness {
+            warnings.push(ConfigWarning(format!(
+                "{file}: a 2-node cluster has no majority when either node is down; add a third node (node.witness = true on a small machine will do)"
+            )));
+        }
+
+        Ok((
+            Self {
+                id,
+                data_dir,
+                transport: raw.cluster.transport,
+                listen: raw.cluster.listen,
+                secret,
+                peers,
+                tls,
+                core,
+                driver_lease_margin: margin,
+                admin_listen: raw.admin.listen,
+            },
+            warnings,
+        ))
+    }
+}
+
+/// Parses TOML into `T`, turning errors into "key (line N): message".
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+    let located = |key: String, e: &toml::de::Error| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        ConfigError {
+            file: file.to_string(),
+            key: match line {
+                Some(line) => format!("{key} (line {line})"),
+                None => key,
+            },
+            message: e.message().trim().to_string(),
+        }
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| located("(syntax)".into(), &e))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() { "(top level)".to_string() } else { path };
+        located(key, e.inner())
+    })
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+#[cfg(unix)]
+fn world_readable_warning(path: &Path) -> Option<ConfigWarning> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o007 != 0).then(|| {
+        ConfigWarning(format!(
+            "cluster.secret_file {} is accessible to other users (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ))
+    })
+}
+
+#[cfg(not(unix))]
+fn world_readable_warning(_: &Path) -> Option<ConfigWarning> {
+    None
+}
+
+/// A random u64 from the OS (seeds the election core's jitter).
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Zero only if the OS has no randomness at all; the caller mixes in the node id.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// A new random cluster secret: 32 bytes as 64 hex characters.
+pub fn keygen() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[derive(Debug, Deserialize)]
+struct AdminOnly {
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+/// Reads only `admin.listen` from a config file (for `clustd status` and friends, which do
+/// not need the secret). Falls back to [`DEFAULT_ADMIN_LISTEN`] when the key is absent.
+pub fn admin_listen(path: &Path) -> Result<SocketAddr, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        key: "(file)".into(),
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    let parsed: AdminOnly = parse_toml(&text, &file)?;
+    Ok(parsed.admin.listen)
+}
+
+/// The default admin address as a socket address.
+pub fn default_admin_listen() -> SocketAddr {
+    default_admin()
+}

@@ -1,0 +1,91 @@
+//! Prometheus metrics (`GET /metrics`), with the prometheus-client crate.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Label for per-peer metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// Peer node id.
+    pub peer: String,
+}
+
+/// Label for driver results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok`, `failed` or `timed_out`.
+    pub result: String,
+}
+
+/// Every metric the daemon exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// 1 while master, else 0.
+    pub master: Gauge,
+    /// Current term.
+    pub term: Gauge,
+    /// Leader changes seen.
+    pub leader_changes: Counter,
+    /// Elections started by this node.
+    pub elections_started: Counter,
+    /// Elections won by this node.
+    pub elections_won: Counter,
+    /// 1 while the peer is connected.
+    pub peer_up: Family<PeerLabel, Gauge>,
+    /// Heartbeat round-trip time (leader only), seconds.
+    pub heartbeat_rtt: Histogram,
+    /// Driver action results.
+    pub driver_results: Family<ResultLabel, Counter>,
+}
+
+impl Metrics {
+    /// Registers everything under the `clustd_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("clustd");
+        let master = Gauge::default();
+        let term = Gauge::default();
+        let leader_changes = Counter::default();
+        let elections_started = Counter::default();
+        let elections_won = Counter::default();
+        let peer_up = Family::<PeerLabel, Gauge>::default();
+        let heartbeat_rtt = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]);
+        let driver_results = Family::<ResultLabel, Counter>::default();
+        registry.register("master", "1 while this node is master", master.clone());
+        registry.register("term", "Current election term", term.clone());
+        registry.register("leader_changes", "Leader changes seen", leader_changes.clone());
+        registry.register("elections_started", "Elections started by this node", elections_started.clone());
+        registry.register("elections_won", "Elections won by this node", elections_won.clone());
+        registry.register("peer_up", "1 while the peer is connected", peer_up.clone());
+        registry.register("heartbeat_rtt_seconds", "Heartbeat round-trip time measured by the leader", heartbeat_rtt.clone());
+        registry.register("driver_results", "Driver action results", driver_results.clone());
+        Self {
+            registry,
+            master,
+            term,
+            leader_changes,
+            elections_started,
+            elections_won,
+            peer_up,
+            heartbeat_rtt,
+            driver_results,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,161 @@
+//! What the admin API and `clustd status` show: a snapshot the runtime keeps up to date.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// How many role changes the history keeps.
+pub const HISTORY_LEN: usize = 32;
+
+/// The node as the admin API reports it (`GET /status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// This node's id.
+    pub node_id: String,
+    /// `master` or `backup`: what drivers act on.
+    pub role: String,
+    /// Protocol role: `leader`, `follower`, `pre-candidate`, `candidate`.
+    pub protocol_role: String,
+    /// Current term (fencing token).
+    pub term: u64,
+    /// The known leader.
+    pub leader: Option<String>,
+    /// While master: milliseconds of lease left.
+    pub lease_remaining_ms: Option<u64>,
+    /// Maintenance mode.
+    pub maintenance: bool,
+    /// Witness node (votes, never leads).
+    pub witness: bool,
+    /// `quic` or `websocket`.
+    pub transport: String,
+    /// Cluster listen address.
+    pub listen: String,
+    /// The other voters.
+    pub peers: Vec<PeerStatus>,
+    /// Drivers connected now or recently.
+    pub drivers: Vec<DriverStatus>,
+    /// Recent role changes, oldest first.
+    pub history: VecDeque<RoleChange>,
+    /// Elections this node started.
+    pub elections_started: u64,
+    /// Elections this node won.
+    pub elections_won: u64,
+    /// Leader changes seen.
+    pub leader_changes: u64,
+}
+
+/// One peer daemon.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    /// Node id.
+    pub id: String,
+    /// Configured address.
+    pub addr: String,
+    /// An authenticated connection exists.
+    pub connected: bool,
+    /// Milliseconds since the last message from it, if any.
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+/// One driver.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DriverStatus {
+    /// Driver id.
+    pub id: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Role last sent to it.
+    pub last_role: Option<String>,
+    /// Result of its last acknowledged action: `ok`, `failed: ...`, `timed-out`, or none yet.
+    pub last_result: Option<String>,
+    /// Whether the last role sent has been acknowledged.
+    pub acknowledged: bool,
+}
+
+/// One role change in the history.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RoleChange {
+    /// Unix time in milliseconds.
+    pub at_unix_ms: u64,
+    /// `master` or `backup`.
+    pub role: String,
+    /// Term.
+    pub term: u64,
+    /// Why (`elected`, `lease-expired`, `stepped-down`, ...).
+    pub reason: String,
+}
+
+impl Status {
+    /// Appends to the history, keeping the last [`HISTORY_LEN`].
+    pub fn record(&mut self, change: RoleChange) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(change);
+    }
+
+    /// A human-readable table, as `clustd status` prints it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let lease = self.lease_remaining_ms.map(|ms| format!(", lease {ms} ms")).unwrap_or_default();
+        let flags = match (self.maintenance, self.witness) {
+            (true, _) => " [maintenance]",
+            (_, true) => " [witness]",
+            _ => "",
+        };
+        let _ = writeln!(
+            out,
+            "node {} is {} ({}), term {}, leader {}{}{}",
+            self.node_id,
+            self.role.to_uppercase(),
+            self.protocol_role,
+            self.term,
+            self.leader.as_deref().unwrap_or("-"),
+            lease,
+            flags
+        );
+        let _ = writeln!(out, "transport {} on {}", self.transport, self.listen);
+        let _ = writeln!(out, "\n{:<20} {:<24} {:<10} {}", "PEER", "ADDRESS", "CONNECTED", "LAST HEARD");
+        for p in &self.peers {
+            let heard = p.last_heard_ms_ago.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
+            let _ = writeln!(out, "{:<20} {:<24} {:<10} {}", p.id, p.addr, if p.connected { "yes" } else { "no" }, heard);
+        }
+        if !self.drivers.is_empty() {
+            let _ = writeln!(out, "\n{:<28} {:<10} {:<8} {}", "DRIVER", "CONNECTED", "ROLE", "LAST RESULT");
+            for d in &self.drivers {
+                let result = match (&d.last_result, d.acknowledged) {
+                    (Some(r), true) => r.clone(),
+                    (Some(r), false) => format!("{r} (waiting for the latest)"),
+                    (None, _) => "-".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<10} {:<8} {}",
+                    d.id,
+                    if d.connected { "yes" } else { "no" },
+                    d.last_role.as_deref().unwrap_or("-"),
+                    result
+                );
+            }
+        }
+        if !self.history.is_empty() {
+            let _ = writeln!(out, "\nRECENT ROLE CHANGES");
+            for h in self.history.iter().rev().take(10) {
+                let _ = writeln!(out, "  {}  {:<7} term {:<5} {}", format_unix_ms(h.at_unix_ms), h.role, h.term, h.reason);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nelections started {}, won {}; leader changes {}",
+            self.elections_started, self.elections_won, self.leader_changes
+        );
+        out
+    }
+}
+
+/// `HH:MM:SS.mmm` UTC, for compact human output.
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!("{:02}:{:02}:{:02}.{:03} UTC", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, ms % 1000)
+}

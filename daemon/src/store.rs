@@ -1,0 +1,158 @@
+//! Durable `(term, voted_for)`: the only state a node must not forget.
+//!
+//! File format: `clustd_core::codec` frame of the state, then a CRC-32 of that frame
+//! (4 bytes, little endian). Writes go to a temporary file that is fsynced and renamed
+//! over the old one, then the directory is fsynced, so a crash leaves either the old or
+//! the new state, never a mix. A corrupt file stops the daemon: starting from zero could
+//! make it vote twice in a term.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clustd_core::PersistentState;
+use clustd_core::codec;
+
+/// The file name inside `data_dir`.
+pub const STATE_FILE: &str = "state";
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file system refused.
+    #[error("{path}: {action}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file exists but its contents are damaged.
+    #[error(
+        "{path} is corrupt ({reason}); refusing to start, because forgetting this node's vote \
+         could let it vote twice in a term. Restore the file from a backup, or, if this node \
+         has been down for longer than the election timeout, move it away to start fresh"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where the runtime keeps its persistent state. The simulation implements it in memory.
+pub trait StateStore: Send + 'static {
+    /// Reads the state; a missing state is the default (a brand new node).
+    fn load(&mut self) -> Result<PersistentState, StoreError>;
+    /// Writes the state durably; returns only when it would survive a power cut.
+    fn save(&mut self, state: &PersistentState) -> Result<(), StoreError>;
+}
+
+/// The state in `data_dir/state`.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store in `dir` (created on first save if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+}
+
+fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { path, action, source }
+}
+
+/// Encodes a state as the file's bytes.
+pub fn encode_state(state: &PersistentState) -> Vec<u8> {
+    let mut bytes = codec::encode(state).unwrap_or_else(|_| unreachable!("a term and a node id always fit a frame"));
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Decodes the file's bytes; `Err(reason)` when damaged.
+pub fn decode_state(bytes: &[u8]) -> Result<PersistentState, String> {
+    if bytes.len() < 5 {
+        return Err(format!("only {} bytes", bytes.len()));
+    }
+    let (frame, crc) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(frame) != stored {
+        return Err("checksum mismatch".into());
+    }
+    codec::decode(frame).map_err(|e| e.to_string())
+}
+
+impl StateStore for FileStore {
+    fn load(&mut self) -> Result<PersistentState, StoreError> {
+        let path = self.path();
+        match fs::read(&path) {
+            Ok(bytes) => decode_state(&bytes).map_err(|reason| StoreError::Corrupt { path, reason }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PersistentState::default()),
+            Err(e) => Err(io(&path, "read")(e)),
+        }
+    }
+
+    fn save(&mut self, state: &PersistentState) -> Result<(), StoreError> {
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir, "create directory"))?;
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let path = self.path();
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io(&tmp, "create"))?;
+        file.write_all(&encode_state(state)).map_err(io(&tmp, "write"))?;
+        file.sync_all().map_err(io(&tmp, "fsync"))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir, "fsync directory"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clustd_core::{NodeId, Term};
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = FileStore::new(dir.path().join("data"));
+        assert_eq!(store.load().expect("missing is fresh"), PersistentState::default());
+        let state = PersistentState { term: Term(42), voted_for: Some(NodeId::new("node-2").expect("valid")) };
+        store.save(&state).expect("save");
+        assert_eq!(store.load().expect("load"), state);
+        assert!(!dir.path().join("data/state.tmp").exists());
+    }
+
+    #[test]
+    fn corruption_is_reported_not_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = FileStore::new(dir.path());
+        store.save(&PersistentState { term: Term(7), voted_for: None }).expect("save");
+        let mut bytes = fs::read(store.path()).expect("read");
+        bytes[1] ^= 0x40;
+        fs::write(store.path(), &bytes).expect("write");
+        let err = store.load().expect_err("corrupt").to_string();
+        assert!(err.contains("corrupt") && err.contains("checksum mismatch"), "{err}");
+        fs::write(store.path(), b"xy").expect("write");
+        assert!(store.load().expect_err("truncated").to_string().contains("only 2 bytes"));
+    }
+}
