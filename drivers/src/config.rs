@@ -84,6 +84,9 @@ pub(crate) fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result
         for prefix in ["unknown field `", "missing field `"] {
             if let Some(rest) = message.strip_prefix(prefix) {
                 if let Some(field) = rest.split('`').next() {
+                    if key == field || key.ends_with(&format!(".{field}")) {
+                        continue;
+                    }
                     key = if key == "." || key.is_empty() {
                         field.to_owned()
                     } else {
