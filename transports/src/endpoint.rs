@@ -192,8 +192,11 @@ impl Shared {
                 let lower = std::cmp::min(&self.config.local_id, &remote.id);
                 let keep_new = existing.dialer == dialer || dialer == *lower;
                 if !keep_new {
-                    tracing::debug!(peer = %remote.id, "duplicate connection refused");
-                    return None;
+                    // Not registered, but drained like a replaced one: the remote may have
+                    // registered it and sent frames on it before learning of ours.
+                    tracing::debug!(peer = %remote.id, "duplicate connection: keeping the other");
+                    let _ = queue.replace();
+                    return Some((generation, queue));
                 }
             }
             let conn = Conn {
@@ -205,7 +208,7 @@ impl Shared {
             conns.insert(remote.id.clone(), conn)
         };
         if let Some(old) = replaced {
-            old.queue.close();
+            queue.adopt(old.queue.replace());
             tracing::info!(peer = %remote.id, "connection replaced by a newer one");
             let _ = self
                 .events
@@ -249,19 +252,13 @@ impl Shared {
         }
     }
 
-    /// Hands a frame to the daemon if the connection is still the registered one.
+    /// Hands a frame to the daemon. A replaced connection still delivers until the remote's
+    /// goodbye: its frames are authenticated and were sent before the switch.
     pub(crate) async fn deliver(
         &self,
         remote: &Hello,
-        generation: u64,
         frame: Vec<u8>,
     ) -> Result<(), TransportError> {
-        let current = lock(&self.conns)
-            .get(&remote.id)
-            .is_some_and(|c| c.generation == generation);
-        if !current {
-            return Err(TransportError::Closed);
-        }
         let event = TransportEvent::Frame {
             from: remote.id.clone(),
             kind: remote.kind,

@@ -33,6 +33,11 @@ pub(crate) trait LinkTx: Send + 'static {
     fn datagram_room(&self) -> Option<usize> {
         None
     }
+    /// Makes sure what was sent reaches the remote before the link is dropped
+    /// (QUIC discards unacknowledged stream data on close). Bounded in time.
+    fn linger(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Sends one datagram; only called when [`LinkTx::datagram_room`] allowed it.
     fn send_datagram(&mut self, _msg: Vec<u8>) -> Result<(), TransportError> {
         Err(TransportError::Protocol(
@@ -97,7 +102,9 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
     if let Err(reason) = shared.check_inbound(&remote) {
         let (msg2, _) = responder.reply(&Reply::Refused(reason))?;
         // Best effort: the remote holds the secret, so it may learn why.
-        let _ = tx.send(msg2).await;
+        if tx.send(msg2).await.is_ok() {
+            tx.linger().await;
+        }
         return Err(TransportError::RefusedRemote {
             id: remote.id,
             reason,
@@ -197,13 +204,42 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     };
     let Session { sealer, opener } = session;
     let writer = write_loop(tx, sealer, &queue, shared);
-    let reader = read_loop(rx, opener, shared, &remote, generation);
-    let result = tokio::select! {
-        biased;
-        () = shared.stopped() => Ok(()),
-        () = queue.wait_closed() => Ok(()),
-        result = writer => result,
-        result = reader => result,
+    let reader = read_loop(rx, opener, shared, &remote);
+    tokio::pin!(writer, reader);
+    let stopped = shared.stopped();
+    tokio::pin!(stopped);
+    // A replaced connection ends with a goodbye each way: each side reads until the other's
+    // goodbye, so no frame sent before the switch is lost. Bounded by `drain_deadline`.
+    let drain = shared.config.limits.handshake_timeout;
+    let drain_deadline = tokio::time::sleep(drain);
+    tokio::pin!(drain_deadline);
+    let (mut writer_done, mut reader_done, mut draining) = (false, false, false);
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = &mut stopped => break Ok(()),
+            () = &mut drain_deadline, if draining => break Err(TransportError::IdleTimeout),
+            result = &mut writer, if !writer_done => {
+                writer_done = true;
+                if result.is_err() || reader_done || !queue.was_replaced() {
+                    break result;
+                }
+            }
+            result = &mut reader, if !reader_done => {
+                // Ok means the remote said goodbye: it has a newer connection, which we
+                // are about to register too (then our writer says goodbye as well).
+                reader_done = true;
+                if result.is_err() || writer_done {
+                    break result;
+                }
+            }
+        }
+        if !draining {
+            draining = true;
+            drain_deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + drain);
+        }
     };
     queue.close();
     if let Err(error) = result {
@@ -222,6 +258,12 @@ async fn write_loop<T: LinkTx>(
     loop {
         let next = match tokio::time::timeout(keepalive, queue.pop()).await {
             Ok(Some(next)) => Some(next),
+            Ok(None) if queue.was_replaced() => {
+                let goodbye = sealer.seal(Body::Goodbye, &[])?;
+                tx.send(goodbye).await?;
+                tx.linger().await;
+                return Ok(());
+            }
             Ok(None) => return Ok(()),
             Err(_) => None,
         };
@@ -249,7 +291,6 @@ async fn read_loop<R: LinkRx>(
     mut opener: Opener,
     shared: &Shared,
     remote: &Hello,
-    generation: u64,
 ) -> Result<(), TransportError> {
     let limits = &shared.config.limits;
     loop {
@@ -268,9 +309,10 @@ async fn read_loop<R: LinkRx>(
                         limit: limits.max_frame_len,
                     });
                 }
-                shared.deliver(remote, generation, frame).await?;
+                shared.deliver(remote, frame).await?;
             }
             Body::Keepalive => {}
+            Body::Goodbye => return Ok(()),
             Body::Confirm => {
                 return Err(TransportError::Protocol(
                     "unexpected key confirmation".into(),

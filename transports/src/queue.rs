@@ -29,14 +29,14 @@ struct State {
     reliable: VecDeque<Vec<u8>>,
     heartbeat: Option<Vec<u8>>,
     closed: bool,
+    /// Closed because another connection replaced this one: say goodbye, then drain.
+    replaced: bool,
 }
 
 pub(crate) struct SendQueue {
     state: Mutex<State>,
     /// Wakes the single writer. `notify_one` keeps a permit, so no wakeup is lost.
     writer: Notify,
-    /// Wakes the reader side when the queue is closed from outside.
-    closed: Notify,
     capacity: usize,
 }
 
@@ -45,7 +45,6 @@ impl SendQueue {
         Self {
             state: Mutex::new(State::default()),
             writer: Notify::new(),
-            closed: Notify::new(),
             capacity: capacity.max(1),
         }
     }
@@ -104,26 +103,42 @@ impl SendQueue {
         self.wake_all();
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.lock().closed
+    /// Closes the queue because a newer connection replaces this one; returns the reliable
+    /// frames not yet sent so they move to the new connection, in order.
+    pub(crate) fn replace(&self) -> VecDeque<Vec<u8>> {
+        let mut state = self.lock();
+        state.closed = true;
+        state.replaced = true;
+        state.heartbeat = None;
+        let pending = std::mem::take(&mut state.reliable);
+        drop(state);
+        self.wake_all();
+        pending
     }
 
-    /// Resolves once the queue is closed.
-    pub(crate) async fn wait_closed(&self) {
-        loop {
-            let notified = self.closed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_closed() {
-                return;
-            }
-            notified.await;
+    /// Takes frames handed over from a replaced connection, ahead of anything queued.
+    pub(crate) fn adopt(&self, mut pending: VecDeque<Vec<u8>>) {
+        if pending.is_empty() {
+            return;
         }
+        let mut state = self.lock();
+        pending.append(&mut state.reliable);
+        state.reliable = pending;
+        drop(state);
+        self.writer.notify_one();
+    }
+
+    pub(crate) fn was_replaced(&self) -> bool {
+        self.lock().replaced
+    }
+
+    #[cfg(test)]
+    fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     fn wake_all(&self) {
         self.writer.notify_one();
-        self.closed.notify_waiters();
     }
 }
 
@@ -144,6 +159,6 @@ mod tests {
         assert_eq!(q.push(SendClass::Reliable, vec![4]), Pushed::Full);
         assert!(q.pop().await.is_none());
         assert_eq!(q.push(SendClass::Heartbeat, vec![5]), Pushed::Closed);
-        q.wait_closed().await;
+        assert!(q.is_closed());
     }
 }

@@ -64,6 +64,16 @@ impl LinkTx for QuicTx {
         self.send.write_all(&buf).await.map_err(quic_err)
     }
 
+    async fn linger(&mut self) {
+        // Closing a QUIC connection discards stream data the remote has not read yet, so
+        // finish the stream and let the remote close first (it does once it has read our
+        // last message), within a bound.
+        if self.send.finish().is_ok() {
+            let wait = std::time::Duration::from_secs(2);
+            let _ = tokio::time::timeout(wait, self.conn.closed()).await;
+        }
+    }
+
     fn datagram_room(&self) -> Option<usize> {
         self.conn.max_datagram_size()
     }

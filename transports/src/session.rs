@@ -47,6 +47,9 @@ pub enum Body {
     Frame = 1,
     /// Nothing; keeps an idle connection alive.
     Keepalive = 2,
+    /// The sender will send nothing more on this connection (it was replaced by another
+    /// one); the receiver reads until this, so no frame is lost in the switch.
+    Goodbye = 3,
 }
 
 impl Body {
@@ -55,6 +58,7 @@ impl Body {
             0 => Some(Self::Confirm),
             1 => Some(Self::Frame),
             2 => Some(Self::Keepalive),
+            3 => Some(Self::Goodbye),
             _ => None,
         }
     }

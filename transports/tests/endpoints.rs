@@ -1,0 +1,680 @@
+//! End-to-end tests over real loopback sockets. Every test body is written once, as an
+//! `async fn(TransportKind)`, and run for both transports by `both_transports!`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clustd_core::NodeId;
+use clustd_transport::raw::RawConn;
+use clustd_transport::session::Hello;
+use clustd_transport::{
+    Endpoint, EndpointConfig, PeerKind, RefuseReason, Secret, SendClass, SendError, TokioNet,
+    TransportError, TransportEvent, TransportKind,
+};
+use tokio::sync::mpsc::Receiver;
+
+const SECRET: &str = "test-cluster-secret-0123456789";
+const WRONG_SECRET: &str = "wrong-cluster-secret-9876543210";
+/// Generous: the machine is busy; nothing here measures speed.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).expect("valid test id")
+}
+
+fn secret(s: &str) -> Secret {
+    Secret::from_bytes(s.as_bytes().to_vec()).expect("long enough")
+}
+
+/// A loopback address with a port that was free a moment ago (TCP or UDP per transport).
+fn free_addr(kind: TransportKind) -> SocketAddr {
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    match kind {
+        TransportKind::WebSocket => std::net::TcpListener::bind(any).and_then(|l| l.local_addr()),
+        TransportKind::Quic => std::net::UdpSocket::bind(any).and_then(|s| s.local_addr()),
+    }
+    .expect("bind loopback")
+}
+
+fn config(
+    kind: TransportKind,
+    me: &str,
+    listen: Option<SocketAddr>,
+    peers: &[(&str, SocketAddr)],
+) -> EndpointConfig {
+    let mut config = EndpointConfig::new(kind, id(me), PeerKind::Peer, secret(SECRET));
+    config.listen = listen;
+    config.peers = peers
+        .iter()
+        .map(|(p, a)| (id(p), *a))
+        .collect::<BTreeMap<_, _>>();
+    config.limits.backoff_min = Duration::from_millis(20);
+    config.limits.backoff_max = Duration::from_millis(300);
+    config.limits.handshake_timeout = Duration::from_secs(3);
+    config
+}
+
+async fn start(config: EndpointConfig) -> (Endpoint, Receiver<TransportEvent>) {
+    // Logs only when RUST_LOG is set.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    // A just-closed UDP port can stay busy for a moment while quinn drains (restart test).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Endpoint::start(TokioNet, config.clone()).await {
+            Ok(started) => return started,
+            Err(TransportError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("endpoint does not start: {e}"),
+        }
+    }
+}
+
+/// Waits for the first event matching `pred`; returns it and every event seen before it.
+async fn wait_for(
+    events: &mut Receiver<TransportEvent>,
+    what: &str,
+    pred: impl Fn(&TransportEvent) -> bool,
+) -> (TransportEvent, Vec<TransportEvent>) {
+    let mut skipped = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) if pred(&event) => return (event, skipped),
+            Ok(Some(event)) => skipped.push(event),
+            Ok(None) => panic!("event stream ended while waiting for {what}; saw {skipped:?}"),
+            Err(_) => panic!("timed out waiting for {what}; saw {skipped:?}"),
+        }
+    }
+}
+
+async fn connected(events: &mut Receiver<TransportEvent>, who: &str) {
+    let who = id(who);
+    wait_for(
+        events,
+        &format!("Connected({who})"),
+        |e| matches!(e, TransportEvent::Connected { id, .. } if *id == who),
+    )
+    .await;
+}
+
+async fn frame_from(
+    events: &mut Receiver<TransportEvent>,
+    who: &str,
+) -> (Vec<u8>, Vec<TransportEvent>) {
+    let who = id(who);
+    let (event, skipped) = wait_for(
+        events,
+        &format!("Frame from {who}"),
+        |e| matches!(e, TransportEvent::Frame { from, .. } if *from == who),
+    )
+    .await;
+    match event {
+        TransportEvent::Frame { frame, .. } => (frame, skipped),
+        _ => unreachable!("matched a frame"),
+    }
+}
+
+/// Sends until accepted (the sender may learn of the connection a moment after the receiver).
+async fn send_when_connected(endpoint: &Endpoint, to: &str, frame: &[u8], class: SendClass) {
+    let to = id(to);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match endpoint.send(&to, frame.to_vec(), class) {
+            Ok(()) => return,
+            Err(SendError::NotConnected(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("send to {to} failed: {e}"),
+        }
+    }
+}
+
+fn no_frames(events: &[TransportEvent]) -> bool {
+    !events
+        .iter()
+        .any(|e| matches!(e, TransportEvent::Frame { .. }))
+}
+
+fn drain(events: &mut Receiver<TransportEvent>) -> Vec<TransportEvent> {
+    let mut out = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        out.push(event);
+    }
+    out
+}
+
+/// One listening daemon `n1` that knows peer `n2` at an address where nobody listens, so a
+/// raw client can pose as `n2`.
+async fn lone_daemon(
+    kind: TransportKind,
+    tweak: impl FnOnce(&mut EndpointConfig),
+) -> (Endpoint, Receiver<TransportEvent>, SocketAddr) {
+    let mut cfg = config(
+        kind,
+        "n1",
+        Some(free_addr(kind)),
+        &[("n2", free_addr(kind))],
+    );
+    tweak(&mut cfg);
+    let (endpoint, events) = start(cfg).await;
+    let addr = endpoint.local_addr().expect("listening");
+    (endpoint, events, addr)
+}
+
+async fn raw_peer(kind: TransportKind, addr: SocketAddr, as_id: &str) -> RawConn {
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let remote = raw
+        .handshake(
+            &secret(SECRET),
+            &Hello {
+                id: id(as_id),
+                kind: PeerKind::Peer,
+            },
+        )
+        .await
+        .expect("handshake");
+    assert_eq!(
+        remote,
+        Hello {
+            id: id("n1"),
+            kind: PeerKind::Peer
+        }
+    );
+    raw
+}
+
+/// Whether `f` ends (Err or Ok) within the wait; the raw side must see the close.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn two_endpoints_exchange_frames(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let (n1, mut e1) = start(config(kind, "n1", Some(a1), &[("n2", a2)])).await;
+    let (n2, mut e2) = start(config(kind, "n2", Some(a2), &[("n1", a1)])).await;
+    connected(&mut e1, "n2").await;
+    connected(&mut e2, "n1").await;
+    send_when_connected(&n1, "n2", b"hello n2", SendClass::Reliable).await;
+    send_when_connected(&n2, "n1", b"hello n1", SendClass::Reliable).await;
+    assert_eq!(frame_from(&mut e2, "n1").await.0, b"hello n2");
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"hello n1");
+    // Heartbeat class (a datagram over QUIC) and a frame at the size limit.
+    send_when_connected(&n1, "n2", b"heartbeat", SendClass::Heartbeat).await;
+    assert_eq!(frame_from(&mut e2, "n1").await.0, b"heartbeat");
+    let big = vec![0xA5; clustd_core::codec::MAX_FRAME_LEN];
+    send_when_connected(&n2, "n1", &big, SendClass::Reliable).await;
+    assert_eq!(frame_from(&mut e1, "n2").await.0, big);
+    assert_eq!(n1.connected(), vec![(id("n2"), PeerKind::Peer)]);
+    assert_eq!(n2.connected(), vec![(id("n1"), PeerKind::Peer)]);
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+async fn three_endpoints_exchange_frames(kind: TransportKind) {
+    let names = ["n1", "n2", "n3"];
+    let addrs: Vec<SocketAddr> = names.iter().map(|_| free_addr(kind)).collect();
+    let mut nodes = Vec::new();
+    for (i, me) in names.iter().enumerate() {
+        let peers: Vec<(&str, SocketAddr)> = names
+            .iter()
+            .zip(&addrs)
+            .filter(|(n, _)| *n != me)
+            .map(|(n, a)| (*n, *a))
+            .collect();
+        nodes.push(start(config(kind, me, Some(addrs[i]), &peers)).await);
+    }
+    for (i, me) in names.iter().enumerate() {
+        for other in names.iter().filter(|n| *n != me) {
+            send_when_connected(
+                &nodes[i].0,
+                other,
+                format!("{me}->{other}").as_bytes(),
+                SendClass::Reliable,
+            )
+            .await;
+        }
+    }
+    for (i, me) in names.iter().enumerate() {
+        for other in names.iter().filter(|n| *n != me) {
+            let (frame, _) = frame_from(&mut nodes[i].1, other).await;
+            assert_eq!(frame, format!("{other}->{me}").as_bytes());
+        }
+        let peers: Vec<NodeId> = nodes[i]
+            .0
+            .connected()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            peers.len(),
+            2,
+            "{me} keeps exactly one connection per peer: {peers:?}"
+        );
+    }
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+async fn driver_dials_by_address(kind: TransportKind) {
+    let mut daemon_cfg = config(kind, "n1", Some(free_addr(kind)), &[]);
+    daemon_cfg.accept_drivers = true;
+    let (daemon, mut de) = start(daemon_cfg).await;
+    let addr = daemon.local_addr().expect("listening");
+    let driver_cfg = EndpointConfig::new(kind, id("shell-1"), PeerKind::Driver, secret(SECRET));
+    let (driver, mut dre) = start(driver_cfg).await;
+    driver.dial(addr);
+    let (event, _) = wait_for(&mut dre, "driver connected", |e| {
+        matches!(e, TransportEvent::Connected { .. })
+    })
+    .await;
+    assert!(
+        matches!(event, TransportEvent::Connected { ref id, kind: PeerKind::Peer } if id.as_str() == "n1")
+    );
+    let (event, _) = wait_for(&mut de, "daemon sees driver", |e| {
+        matches!(e, TransportEvent::Connected { .. })
+    })
+    .await;
+    assert!(
+        matches!(event, TransportEvent::Connected { ref id, kind: PeerKind::Driver } if id.as_str() == "shell-1")
+    );
+    send_when_connected(&daemon, "shell-1", b"role", SendClass::Reliable).await;
+    send_when_connected(&driver, "n1", b"ack", SendClass::Reliable).await;
+    assert_eq!(frame_from(&mut dre, "n1").await.0, b"role");
+    assert_eq!(frame_from(&mut de, "shell-1").await.0, b"ack");
+    driver.shutdown().await;
+    let (event, _) = wait_for(&mut de, "driver gone", |e| {
+        matches!(e, TransportEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(matches!(
+        event,
+        TransportEvent::Disconnected {
+            kind: PeerKind::Driver,
+            ..
+        }
+    ));
+    daemon.shutdown().await;
+}
+
+async fn reconnects_after_remote_restart(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let (n1, mut e1) = start(config(kind, "n1", Some(a1), &[("n2", a2)])).await;
+    let (n2, mut e2) = start(config(kind, "n2", Some(a2), &[("n1", a1)])).await;
+    connected(&mut e1, "n2").await;
+    connected(&mut e2, "n1").await;
+    n2.shutdown().await;
+    drop(e2);
+    wait_for(&mut e1, "n2 disconnected", |e| {
+        matches!(e, TransportEvent::Disconnected { .. })
+    })
+    .await;
+    // Same address, new process state.
+    let (n2, mut e2) = start(config(kind, "n2", Some(a2), &[("n1", a1)])).await;
+    connected(&mut e1, "n2").await;
+    connected(&mut e2, "n1").await;
+    send_when_connected(&n1, "n2", b"welcome back", SendClass::Reliable).await;
+    assert_eq!(frame_from(&mut e2, "n1").await.0, b"welcome back");
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+async fn wrong_secret_is_rejected(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let (n1, mut e1) = start(config(kind, "n1", Some(a1), &[("n2", a2)])).await;
+    let mut bad = config(kind, "n2", Some(a2), &[("n1", a1)]);
+    bad.secret = secret(WRONG_SECRET);
+    let (n2, mut e2) = start(bad).await;
+    // Both directions fail: n2 dials n1 and n1 dials n2.
+    let (event, before) = wait_for(&mut e1, "n1 rejects n2", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::AuthenticationFailed,
+                ..
+            }
+        )
+    })
+    .await;
+    let TransportEvent::HandshakeFailed { error, .. } = event else {
+        unreachable!("matched")
+    };
+    let message = error.to_string();
+    assert_eq!(message, "authentication failed");
+    assert!(!message.contains(SECRET) && !message.contains(WRONG_SECRET));
+    wait_for(&mut e2, "n2 rejects n1", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::AuthenticationFailed,
+                ..
+            }
+        )
+    })
+    .await;
+    // A raw client with the wrong secret gets nothing back, and its link is closed.
+    let mut raw = RawConn::connect(kind, a1).await.expect("raw link");
+    let result = raw
+        .handshake(
+            &secret(WRONG_SECRET),
+            &Hello {
+                id: id("n2"),
+                kind: PeerKind::Peer,
+            },
+        )
+        .await;
+    assert!(result.is_err(), "handshake with a wrong secret must fail");
+    let shown = format!(
+        "{:?} {}",
+        result,
+        result
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(!shown.contains(SECRET) && !shown.contains(WRONG_SECRET));
+    within("raw link closed", raw.closed()).await;
+    let mut seen = before;
+    seen.extend(drain(&mut e1));
+    seen.extend(drain(&mut e2));
+    assert!(no_frames(&seen));
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, TransportEvent::Connected { .. })),
+        "{seen:?}"
+    );
+    assert!(n1.connected().is_empty() && n2.connected().is_empty());
+    assert!(format!("{:?}", secret(SECRET)).contains("redacted"));
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+async fn replayed_frame_is_rejected(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |_| {}).await;
+    let mut raw = raw_peer(kind, addr, "n2").await;
+    let first = raw.seal(b"once").expect("seal");
+    raw.send_raw(first.clone()).await.expect("send");
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"once");
+    raw.send_raw(first).await.expect("send replay");
+    within("replay closes the link", raw.closed()).await;
+    let (_, between) = wait_for(&mut e1, "n2 disconnected", |e| {
+        matches!(e, TransportEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(
+        no_frames(&between),
+        "the replayed frame was delivered: {between:?}"
+    );
+    n1.shutdown().await;
+}
+
+async fn flipped_bits_are_rejected(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |_| {}).await;
+    // A bit in the nonce, in the ciphertext, and in the tag.
+    for position in [3usize, 9, usize::MAX] {
+        let mut raw = raw_peer(kind, addr, "n2").await;
+        let mut sealed = raw.seal(b"sixteen byte msg").expect("seal");
+        let at = position.min(sealed.len() - 1);
+        sealed[at] ^= 0x10;
+        raw.send_raw(sealed).await.expect("send");
+        within("tampering closes the link", raw.closed()).await;
+        let (_, between) = wait_for(&mut e1, "n2 disconnected", |e| {
+            matches!(e, TransportEvent::Disconnected { .. })
+        })
+        .await;
+        assert!(
+            no_frames(&between),
+            "a tampered frame was delivered: {between:?}"
+        );
+    }
+    n1.shutdown().await;
+}
+
+async fn oversized_frame_closes_connection(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| c.limits.max_frame_len = 1024).await;
+    assert!(matches!(
+        n1.send(&id("n2"), vec![0; 2048], SendClass::Reliable),
+        Err(SendError::Oversized {
+            len: 2048,
+            limit: 1024
+        })
+    ));
+    let mut raw = raw_peer(kind, addr, "n2").await;
+    let sealed = raw.seal(&vec![7u8; 4096]).expect("seal");
+    raw.send_raw(sealed).await.expect("send");
+    within("oversized closes the link", raw.closed()).await;
+    let (_, between) = wait_for(&mut e1, "n2 disconnected", |e| {
+        matches!(e, TransportEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(no_frames(&between));
+    // A frame within the limit still works on a new connection.
+    let mut raw = raw_peer(kind, addr, "n2").await;
+    let sealed = raw.seal(&[1u8; 1024]).expect("seal");
+    raw.send_raw(sealed).await.expect("send");
+    assert_eq!(frame_from(&mut e1, "n2").await.0, vec![1u8; 1024]);
+    n1.shutdown().await;
+}
+
+async fn garbage_never_panics(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |_| {}).await;
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        (0..=255u8).collect(),
+        vec![0xFF; 5000],
+    ];
+    // Below the link: raw bytes on the socket.
+    for bytes in &garbage {
+        match kind {
+            TransportKind::WebSocket => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+                let _ = tcp.write_all(bytes).await;
+                let mut sink = Vec::new();
+                let _ = within("server closes garbage tcp", tcp.read_to_end(&mut sink)).await;
+            }
+            TransportKind::Quic => {
+                let udp = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                    .await
+                    .expect("udp");
+                let _ = udp.send_to(bytes, addr).await;
+            }
+        }
+    }
+    // Before the handshake: garbage as the first link message.
+    for bytes in &garbage {
+        let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+        let _ = raw.send_raw(bytes.clone()).await;
+        within("garbage hello closes the link", raw.closed()).await;
+    }
+    // After the handshake: garbage as a sealed message.
+    for bytes in &garbage {
+        let mut raw = raw_peer(kind, addr, "n2").await;
+        let _ = raw.send_raw(bytes.clone()).await;
+        within("garbage frame closes the link", raw.closed()).await;
+    }
+    // Still serving.
+    let mut raw = raw_peer(kind, addr, "n2").await;
+    let sealed = raw.seal(b"still alive").expect("seal");
+    raw.send_raw(sealed).await.expect("send");
+    let (frame, before) = frame_from(&mut e1, "n2").await;
+    assert_eq!(frame, b"still alive");
+    assert!(
+        no_frames(&before),
+        "garbage was delivered as a frame: {before:?}"
+    );
+    n1.shutdown().await;
+}
+
+async fn silent_connection_times_out(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| {
+        c.limits.handshake_timeout = Duration::from_millis(300)
+    })
+    .await;
+    if kind == TransportKind::WebSocket {
+        use tokio::io::AsyncReadExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let mut sink = Vec::new();
+        let read = within("silent tcp closed", tcp.read_to_end(&mut sink)).await;
+        assert!(read.is_ok() || read.is_err());
+        assert!(sink.is_empty(), "nothing is sent to a silent client");
+    }
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    within("silent link closed by the handshake timeout", raw.closed()).await;
+    wait_for(&mut e1, "handshake timeout reported", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::HandshakeTimeout,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(n1.connected().is_empty());
+    n1.shutdown().await;
+}
+
+async fn unknown_node_id_is_refused(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |_| {}).await;
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let result = raw
+        .handshake(
+            &secret(SECRET),
+            &Hello {
+                id: id("stranger"),
+                kind: PeerKind::Peer,
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::UnknownNode))
+        ),
+        "{result:?}"
+    );
+    within("refused link closed", raw.closed()).await;
+    // Drivers are refused by a daemon that does not accept them.
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let result = raw
+        .handshake(
+            &secret(SECRET),
+            &Hello {
+                id: id("drv"),
+                kind: PeerKind::Driver,
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::KindNotAccepted))
+        ),
+        "{result:?}"
+    );
+    let (_, before) = wait_for(&mut e1, "refusal reported", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::RefusedRemote { .. },
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        !before
+            .iter()
+            .any(|e| matches!(e, TransportEvent::Connected { .. }))
+    );
+    assert!(n1.connected().is_empty());
+    n1.shutdown().await;
+}
+
+async fn second_driver_with_same_id_replaces_first(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| c.accept_drivers = true).await;
+    let hello = Hello {
+        id: id("drv"),
+        kind: PeerKind::Driver,
+    };
+    let mut first = RawConn::connect(kind, addr).await.expect("raw link");
+    first
+        .handshake(&secret(SECRET), &hello)
+        .await
+        .expect("handshake");
+    connected(&mut e1, "drv").await;
+    let mut second = RawConn::connect(kind, addr).await.expect("raw link");
+    second
+        .handshake(&secret(SECRET), &hello)
+        .await
+        .expect("handshake");
+    wait_for(&mut e1, "old one disconnected", |e| {
+        matches!(e, TransportEvent::Disconnected { .. })
+    })
+    .await;
+    connected(&mut e1, "drv").await;
+    within("first connection closed", first.closed()).await;
+    assert_eq!(n1.connected(), vec![(id("drv"), PeerKind::Driver)]);
+    n1.send(&id("drv"), b"to the new one".to_vec(), SendClass::Reliable)
+        .expect("queued");
+    assert_eq!(
+        within("frame on second", second.recv_frame())
+            .await
+            .expect("frame"),
+        b"to the new one"
+    );
+    n1.shutdown().await;
+}
+
+macro_rules! both_transports {
+    ($($test:ident),* $(,)?) => {
+        mod websocket {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(clustd_transport::TransportKind::WebSocket).await;
+                }
+            )*
+        }
+        mod quic {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(clustd_transport::TransportKind::Quic).await;
+                }
+            )*
+        }
+    };
+}
+
+both_transports!(
+    two_endpoints_exchange_frames,
+    three_endpoints_exchange_frames,
+    driver_dials_by_address,
+    reconnects_after_remote_restart,
+    wrong_secret_is_rejected,
+    replayed_frame_is_rejected,
+    flipped_bits_are_rejected,
+    oversized_frame_closes_connection,
+    garbage_never_panics,
+    silent_connection_times_out,
+    unknown_node_id_is_refused,
+    second_driver_with_same_id_replaces_first,
+);
