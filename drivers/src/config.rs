@@ -82,17 +82,18 @@ pub(crate) fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result
         let message = inner.message().trim().to_owned();
         // serde reports unknown and missing fields at the table that holds them: name the key itself.
         for prefix in ["unknown field `", "missing field `"] {
-            if let Some(rest) = message.strip_prefix(prefix) {
-                if let Some(field) = rest.split('`').next() {
-                    if key == field || key.ends_with(&format!(".{field}")) {
-                        continue;
-                    }
-                    key = if key == "." || key.is_empty() {
-                        field.to_owned()
-                    } else {
-                        format!("{key}.{field}")
-                    };
-                }
+            let field = message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split('`').next());
+            if let Some(field) = field
+                && key != field
+                && !key.ends_with(&format!(".{field}"))
+            {
+                key = if key == "." || key.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{key}.{field}")
+                };
             }
         }
         if key == "." || key.is_empty() {

@@ -311,12 +311,12 @@ impl Engine {
 
     /// Hands `next` to the driver, or acknowledges it at once when it changes nothing.
     fn dispatch(&mut self, next: Transition) -> Option<(Transition, RoleChange)> {
-        if let Some((last, true)) = &self.last {
-            if next.same_state_as(last) {
-                tracing::debug!(role = next.role.as_str(), term = %next.term, "already converged");
-                self.acknowledge(&next, ActionResult::Ok);
-                return None;
-            }
+        if let Some((last, true)) = &self.last
+            && next.same_state_as(last)
+        {
+            tracing::debug!(role = next.role.as_str(), term = %next.term, "already converged");
+            self.acknowledge(&next, ActionResult::Ok);
+            return None;
         }
         let change = next.to_change(self.last.as_ref().map(|(t, _)| t));
         tracing::info!(

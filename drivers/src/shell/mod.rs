@@ -122,14 +122,14 @@ impl ShellConfig {
             ));
         }
         let cwd = s.cwd.map(|cwd| resolve(file, &cwd));
-        if let Some(cwd) = &cwd {
-            if !cwd.is_dir() {
-                return Err(ConfigError::invalid(
-                    file,
-                    "script.cwd",
-                    format!("{} is not a directory", cwd.display()),
-                ));
-            }
+        if let Some(cwd) = &cwd
+            && !cwd.is_dir()
+        {
+            return Err(ConfigError::invalid(
+                file,
+                "script.cwd",
+                format!("{} is not a directory", cwd.display()),
+            ));
         }
         let keys = DaemonKeys {
             daemon: raw.daemon,

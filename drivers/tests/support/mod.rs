@@ -167,14 +167,14 @@ pub fn form(body: &str) -> BTreeMap<String, String> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Ok(b) =
+            if bytes[i] == b'%'
+                && i + 2 < bytes.len()
+                && let Ok(b) =
                     u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-                {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
+            {
+                out.push(b);
+                i += 3;
+                continue;
             }
             out.push(bytes[i]);
             i += 1;
@@ -322,12 +322,12 @@ impl FakeDaemon {
     /// Waits for a driver to connect; returns its id.
     pub async fn accept_driver(&mut self) -> NodeId {
         loop {
-            match self.next_event().await {
-                TransportEvent::Connected {
-                    id,
-                    kind: PeerKind::Driver,
-                } => return id,
-                _ => {}
+            if let TransportEvent::Connected {
+                id,
+                kind: PeerKind::Driver,
+            } = self.next_event().await
+            {
+                return id;
             }
         }
     }

@@ -1,0 +1,78 @@
+//! `clustd-notify-driver`: tells people about role changes through webhooks, email and SMS.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Sends a notification when this node becomes master or stops being master, when the
+/// cluster loses its master, and when a new master is elected.
+///
+/// Sinks (any number of each): [[webhook]] (JSON POST with a Slack-compatible "text"),
+/// [[email]] (SMTP: starttls, tls or plain, optional auth), [[sms]] (Twilio-style HTTP API;
+/// base_url can point anywhere). Failed deliveries are retried with backoff; a failing sink
+/// never holds up the others; when roles flap, at most [rate_limit] max_messages go out per
+/// window_ms and the rest are summarized in one message.
+///
+/// Example config:
+///
+///   daemon = "127.0.0.1:7400"
+///   transport = "quic"
+///   secret_file = "/etc/clustd/secret"
+///
+///   [templates]
+///   text = "[clustd] {node}: {event_text} (term {term})"
+///
+///   [[webhook]]
+///   url = "https://hooks.slack.com/services/T000/B000/XXXX"
+///
+///   [[email]]
+///   server = "smtp.example.com"
+///   security = "starttls"
+///   username = "clustd"
+///   password_file = "/etc/clustd/smtp-password"
+///   from = "clustd <clustd@example.com>"
+///   to = ["ops@example.com"]
+///
+/// Template fields: {event} {event_text} {node} {role} {previous_role} {term} {leader}
+/// {previous_leader} {reason} {time}. Logging: RUST_LOG (default "info").
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// The driver's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = clustd_drivers::NotifyConfig::load(&args.config)?;
+    if config.sink_names().is_empty() {
+        tracing::warn!("no [[webhook]], [[email]] or [[sms]] configured: nothing will be sent");
+    }
+    clustd_drivers::notify::run_notify_driver(config, shutdown_signal())
+        .await
+        .context("notify driver stopped")
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,70 @@
+//! `clustd-shell-driver`: runs a start script when this node becomes master and a stop
+//! script when it stops being master.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Runs `start` when this node becomes master and `stop` when it stops being master.
+///
+/// Connects to the local clustd daemon over the cluster transport with the cluster secret,
+/// reconnects forever, and runs one script at a time, in order. At start-up on a backup it
+/// runs `stop` once, so the service is in a known state. While master it holds the lease the
+/// daemon gave it: if renewals stop (daemon killed, hung, unreachable) it runs `stop` by
+/// itself when the lease runs out.
+///
+/// Scripts run as `SHELL -c SCRIPT` in their own process group with CLUSTD_ROLE
+/// (master|backup), CLUSTD_TERM, CLUSTD_NODE_ID, CLUSTD_LEADER_ID, CLUSTD_PREV_ROLE and
+/// CLUSTD_REASON set; their output goes to the log; past `timeout_ms` the whole group is
+/// killed (SIGTERM, then SIGKILL after `kill_grace_ms`).
+///
+/// Example config:
+///
+///   daemon = "127.0.0.1:7400"          # the daemon's cluster.listen address
+///   transport = "quic"                 # or "websocket"
+///   secret_file = "/etc/clustd/secret"
+///
+///   [script]
+///   start = "systemctl start myapp"
+///   stop = "systemctl stop myapp"
+///   timeout_ms = 30000
+///
+/// Logging: RUST_LOG (default "info").
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// The driver's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = clustd_drivers::ShellConfig::load(&args.config)?;
+    clustd_drivers::shell::run_shell_driver(config, shutdown_signal())
+        .await
+        .context("shell driver stopped")
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
