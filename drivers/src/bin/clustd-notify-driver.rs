@@ -52,7 +52,14 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = clustd_drivers::NotifyConfig::load(&args.config)?;
+    // The message names the file, the key and what is wrong; that is all the user needs.
+    let config = match clustd_drivers::NotifyConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("clustd-notify-driver: {e}");
+            std::process::exit(2);
+        }
+    };
     if config.sink_names().is_empty() {
         tracing::warn!("no [[webhook]], [[email]] or [[sms]] configured: nothing will be sent");
     }

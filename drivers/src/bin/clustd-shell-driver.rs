@@ -47,7 +47,14 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = clustd_drivers::ShellConfig::load(&args.config)?;
+    // The message names the file, the key and what is wrong; that is all the user needs.
+    let config = match clustd_drivers::ShellConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("clustd-shell-driver: {e}");
+            std::process::exit(2);
+        }
+    };
     clustd_drivers::shell::run_shell_driver(config, shutdown_signal())
         .await
         .context("shell driver stopped")
