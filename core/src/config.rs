@@ -123,19 +123,20 @@ impl Config {
                 max: self.election_timeout_max,
             });
         }
+        let max_safe = self.max_safe_lease();
+        if max_safe.is_none_or(|max| self.lease > max) {
+            return Err(ConfigError::UnsafeLease {
+                lease: self.lease,
+                max_safe,
+            });
+        }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease {
             return Err(ConfigError::Heartbeat {
                 heartbeat: self.heartbeat_interval,
                 lease: self.lease,
             });
         }
-        match self.max_safe_lease() {
-            Some(max) if self.lease <= max => Ok(()),
-            max => Err(ConfigError::UnsafeLease {
-                lease: self.lease,
-                max_safe: max,
-            }),
-        }
+        Ok(())
     }
 }
 

@@ -3,20 +3,15 @@
 //! brings the node back, does a graceful step-down, and ends with a summary table.
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, UdpSocket};
-use std::path::Path;
 use std::time::Duration;
 
 use clustd_core::{DriverRole, NodeId};
-use clustd_transport::{TokioNet, TransportKind};
-use tokio::sync::{broadcast, oneshot};
-use tokio::task::JoinHandle;
+use clustd_transport::TransportKind;
+use tokio::sync::broadcast;
 use tokio::time::Instant as TokioInstant;
 
-use crate::clock::TokioClock;
-use crate::config::Settings;
-use crate::runtime::{self, Command, Handle, RoleNotice, RuntimeError, Shutdown};
-use crate::store::FileStore;
+use crate::local::{LocalCluster, LocalError, LocalNode};
+use crate::runtime::{Command, Handle, RoleNotice, Shutdown};
 
 /// How long the demo waits for any one step before giving up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -27,12 +22,9 @@ pub enum DemoError {
     /// A step did not happen in time.
     #[error("{0}")]
     Step(String),
-    /// Setting up ports or directories failed.
-    #[error("setup: {0}")]
-    Io(#[from] std::io::Error),
-    /// The generated config was rejected (a bug).
+    /// Setting up the local cluster failed.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Setup(#[from] LocalError),
 }
 
 /// What the demo measured.
@@ -50,75 +42,6 @@ pub struct DemoReport {
     pub elections: u64,
     /// Overlapping master intervals seen by the observer (must be 0).
     pub overlaps: u64,
-}
-
-struct Member {
-    settings: Settings,
-    handle: Handle,
-    stop: Option<oneshot::Sender<Shutdown>>,
-    task: Option<JoinHandle<Result<(), RuntimeError>>>,
-}
-
-/// Finds a loopback port free for both TCP and UDP.
-pub fn free_port() -> std::io::Result<u16> {
-    for _ in 0..64 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(std::io::Error::other("no free loopback port found"))
-}
-
-/// The TOML of a demo node (also a readable example of a config).
-pub fn demo_config(id: &str, port: u16, peers: &[(String, u16)], transport: TransportKind, secret: &str, data_dir: &Path) -> String {
-    let transport = match transport {
-        TransportKind::Quic => "quic",
-        TransportKind::WebSocket => "websocket",
-    };
-    let peers: Vec<String> = peers
-        .iter()
-        .map(|(id, port)| format!("{{ id = \"{id}\", addr = \"127.0.0.1:{port}\" }}"))
-        .collect();
-    format!(
-        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret = \"{secret}\"\npeers = [{}]\n\n[election]\nheartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]\n",
-        data_dir.display(),
-        peers.join(", ")
-    )
-}
-
-fn start(settings: &Settings) -> Member {
-    let (control, handle) = runtime::control();
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let shutdown = async move { stop_rx.await.unwrap_or(Shutdown::Graceful) };
-    let task = tokio::spawn(runtime::run(
-        settings.clone(),
-        TokioNet,
-        TokioClock::new(),
-        FileStore::new(&settings.data_dir),
-        control,
-        shutdown,
-    ));
-    Member {
-        settings: settings.clone(),
-        handle,
-        stop: Some(stop_tx),
-        task: Some(task),
-    }
-}
-
-async fn stop(member: &mut Member, how: Shutdown) {
-    if let Some(tx) = member.stop.take() {
-        let _ = tx.send(how);
-    }
-    if let Some(task) = member.task.take() {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("node {} stopped with an error: {e}", member.settings.id),
-            Err(e) => eprintln!("node {} task failed: {e}", member.settings.id),
-        }
-    }
 }
 
 /// Watches every node's role notices: prints them live, tracks who is master, counts overlaps.
@@ -191,26 +114,11 @@ impl Observer {
 
 /// Runs the demo and prints as it goes.
 pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
-    let dir = tempfile_dir()?;
-    let secret = crate::config::keygen().map_err(|e| DemoError::Step(format!("no OS randomness: {e}")))?;
-    let names = ["node-1", "node-2", "node-3"];
-    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
     let transport_name = if transport == TransportKind::Quic { "QUIC" } else { "WebSocket" };
+    let (dir, settings) = LocalCluster::configure(3, transport, "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]")?;
+    let ports: Vec<u16> = settings.iter().map(|s| s.listen.port()).collect();
     println!("clustd demo: 3 nodes on 127.0.0.1 ports {ports:?}, transport {transport_name}");
     println!("election timeout 1000-2000 ms, heartbeat 100 ms, data in {}\n", dir.path().display());
-
-    let mut settings = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let peers: Vec<(String, u16)> = names
-            .iter()
-            .zip(&ports)
-            .filter(|(n, _)| *n != name)
-            .map(|(n, p)| ((*n).to_string(), *p))
-            .collect();
-        let text = demo_config(name, ports[i], &peers, transport, &secret, &dir.path().join(name));
-        let (s, _warnings) = Settings::parse(&text, &format!("demo/{name}.toml"), dir.path())?;
-        settings.push(s);
-    }
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut observer = Observer {
@@ -220,7 +128,7 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
         overlaps: 0,
         terms_with_master: std::collections::BTreeSet::new(),
     };
-    let mut members: Vec<Member> = settings.iter().map(start).collect();
+    let mut members: Vec<LocalNode> = settings.iter().map(LocalNode::start).collect();
     for m in &members {
         observer.attach(&m.handle, &tx);
     }
@@ -235,7 +143,7 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
     println!("\n2. killing the master {first} (no goodbye, like SIGKILL)");
     let index = members.iter().position(|m| m.settings.id == first).unwrap_or(0);
     let killed_at = TokioInstant::now();
-    stop(&mut members[index], Shutdown::Immediate).await;
+    let _ = members[index].stop(Shutdown::Immediate).await;
     observer.forget(&first);
     let second = observer
         .wait_master(Some(&first))
@@ -247,7 +155,16 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
 
     println!("\n3. restarting {first}: it must rejoin as backup without disturbing {second}");
     let term_before = members.iter().find(|m| m.settings.id == second).map(|m| m.handle.status().term);
-    members[index] = start(&settings[index]);
+    members[index] = LocalNode::start(&settings[index]);
+    // QUIC releases the old UDP port a moment after shutdown; retry while it is in use.
+    let retry_until = TokioInstant::now() + Duration::from_secs(10);
+    while let Err(e) = members[index].started().await {
+        if TokioInstant::now() > retry_until {
+            return Err(step_error(format!("cannot restart {first}: {e}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        members[index] = LocalNode::start(&settings[index]);
+    }
     observer.attach(&members[index].handle, &tx);
     observer.watch_for(Duration::from_secs(4)).await;
     let term_after = members.iter().find(|m| m.settings.id == second).map(|m| m.handle.status().term);
@@ -285,8 +202,11 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
 
     println!("stopping the cluster (graceful)");
     for m in &mut members {
-        stop(m, Shutdown::Graceful).await;
+        if let Err(e) = m.stop(Shutdown::Graceful).await {
+            eprintln!("node {} stopped with an error: {e}", m.settings.id);
+        }
     }
+    drop(dir);
 
     println!("\nsummary ({transport_name})");
     println!("  {:<44} {:>8}", "what", "time");
@@ -299,9 +219,6 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
     Ok(report)
 }
 
-fn tempfile_dir() -> std::io::Result<tempfile::TempDir> {
-    tempfile::Builder::new().prefix("clustd-demo-").tempdir()
-}
 
 fn step_error(text: String) -> DemoError {
     DemoError::Step(text)

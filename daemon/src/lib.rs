@@ -9,6 +9,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod local;
 pub mod metrics;
 pub mod runtime;
 pub mod status;

@@ -16,7 +16,7 @@ use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role, Term, ToDriver,
 };
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -96,6 +96,8 @@ struct Shared {
     status: Mutex<Status>,
     metrics: Metrics,
     notices: broadcast::Sender<RoleNotice>,
+    /// While master: the end of the lease drivers were last told (node's clock).
+    lease: watch::Sender<Option<Instant>>,
     local_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -106,6 +108,7 @@ pub fn control() -> (Control, Handle) {
         status: Mutex::new(Status::default()),
         metrics: Metrics::new(),
         notices: broadcast::channel(256).0,
+        lease: watch::channel(None).0,
         local_addr: Mutex::new(None),
     });
     (
@@ -136,6 +139,13 @@ impl Handle {
     /// Role changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<RoleNotice> {
         self.shared.notices.subscribe()
+    }
+
+    /// While master, the end of the lease as drivers were last told it (role change or
+    /// renewal), on the node's clock; `None` while backup. An observer that must know how
+    /// long a crashed master's drivers may keep running (the simulation) watches this.
+    pub fn lease(&self) -> watch::Receiver<Option<Instant>> {
+        self.shared.lease.subscribe()
     }
 
     /// The cluster address the transport is bound to, once started.
@@ -496,7 +506,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     self.confirm_stop_if_done();
                 }
             }
-            Event::LeaseRenewed { term, .. } => {
+            Event::LeaseRenewed { term, until } => {
+                self.shared.lease.send_replace(Some(until));
                 let msg = ToDriver::LeaseRenewal {
                     term,
                     lease_remaining_ms: self.remaining_lease_ms(now),
@@ -509,6 +520,15 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             Event::LeaderChanged { term, leader } => {
                 tracing::info!(term = term.0, leader = ?leader, "leader changed");
                 metrics.leader_changes.inc();
+                // Backup drivers learn of the new (or lost) leader too: the notify driver
+                // reports "new master elected" / "master lost" from this.
+                if !self.node.is_master() {
+                    let connected: Vec<NodeId> =
+                        self.drivers.iter().filter(|(_, d)| d.connected).map(|(id, _)| id.clone()).collect();
+                    for id in connected {
+                        self.send_role_to(&id, now);
+                    }
+                }
             }
             Event::ElectionStarted { term } => {
                 tracing::info!(term = term.0, "election started");
@@ -539,6 +559,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             term: term.0,
             reason: reason.as_str().into(),
         });
+        self.shared.lease.send_replace(self.node.lease_until());
         let _ = self.shared.notices.send(RoleNotice {
             node: self.settings.id.clone(),
             role,
@@ -550,6 +571,14 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     }
 
     fn init_status(&self) {
+        // Export every series from the start, so dashboards see zeros rather than gaps.
+        let m = &self.shared.metrics;
+        for peer in self.settings.peers.keys() {
+            let _ = m.peer_up.get_or_create(&PeerLabel { peer: peer.to_string() });
+        }
+        for result in ["ok", "failed", "timed_out"] {
+            let _ = m.driver_results.get_or_create(&ResultLabel { result: result.into() });
+        }
         let mut status = lock(&self.shared.status);
         status.node_id = self.settings.id.to_string();
         status.witness = self.settings.core.witness;

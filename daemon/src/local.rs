@@ -1,0 +1,234 @@
+//! Whole clusters inside one process, on loopback: used by `clustd demo`, the integration
+//! tests and anyone who wants to try clustd without three machines.
+
+use std::net::{TcpListener, UdpSocket};
+use std::time::Duration;
+
+use clustd_core::NodeId;
+use clustd_transport::{TokioNet, TransportKind};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::clock::TokioClock;
+use crate::config::{ConfigError, Settings};
+use crate::runtime::{self, Handle, RuntimeError, Shutdown};
+use crate::store::FileStore;
+
+/// Finds a loopback port free for both TCP and UDP (both transports can use it).
+pub fn free_port() -> std::io::Result<u16> {
+    for _ in 0..64 {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free loopback port found"))
+}
+
+/// The TOML of a loopback node; `extra` is appended to the `[election]` table.
+pub fn node_config(
+    id: &str,
+    port: u16,
+    peers: &[(String, u16)],
+    transport: TransportKind,
+    secret: &str,
+    data_dir: &std::path::Path,
+    election: &str,
+) -> String {
+    let transport = match transport {
+        TransportKind::Quic => "quic",
+        TransportKind::WebSocket => "websocket",
+    };
+    let peers: Vec<String> = peers
+        .iter()
+        .map(|(id, port)| format!("{{ id = \"{id}\", addr = \"127.0.0.1:{port}\" }}"))
+        .collect();
+    format!(
+        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret = \"{secret}\"\npeers = [{}]\n\n[election]\n{election}\n",
+        data_dir.display(),
+        peers.join(", ")
+    )
+}
+
+/// One node running as a task in this process.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// Its settings.
+    pub settings: Settings,
+    /// Status, commands and role notices.
+    pub handle: Handle,
+    stop: Option<oneshot::Sender<Shutdown>>,
+    task: Option<JoinHandle<Result<(), RuntimeError>>>,
+}
+
+impl LocalNode {
+    /// Starts the node with real loopback sockets, tokio's clock and a file store.
+    pub fn start(settings: &Settings) -> Self {
+        let (control, handle) = runtime::control();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let shutdown = async move { stop_rx.await.unwrap_or(Shutdown::Graceful) };
+        let task = tokio::spawn(runtime::run(
+            settings.clone(),
+            TokioNet,
+            TokioClock::new(),
+            FileStore::new(&settings.data_dir),
+            control,
+            shutdown,
+        ));
+        Self {
+            settings: settings.clone(),
+            handle,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// Whether the runtime task is still running.
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the node and returns how its runtime ended.
+    pub async fn stop(&mut self, how: Shutdown) -> Result<(), RuntimeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(how);
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the runtime has started (status filled in), or returns how it failed.
+    pub async fn started(&mut self) -> Result<(), RuntimeError> {
+        loop {
+            if !self.handle.status().node_id.is_empty() {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return self.join().await.unwrap_or(Ok(()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for the runtime to end by itself (e.g. after a fatal error).
+    pub async fn join(&mut self) -> Option<Result<(), RuntimeError>> {
+        let task = self.task.take()?;
+        task.await.ok()
+    }
+}
+
+/// Why a local cluster could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// Ports or directories.
+    #[error("setup: {0}")]
+    Io(#[from] std::io::Error),
+    /// The generated config was rejected.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// `n` nodes named `node-1..node-n` on loopback, with temporary data directories.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// Holds the data directories (deleted on drop).
+    pub dir: tempfile::TempDir,
+    /// Each node's settings, by index.
+    pub settings: Vec<Settings>,
+    /// Each node, by index (stopped ones keep their slot).
+    pub nodes: Vec<LocalNode>,
+}
+
+impl LocalCluster {
+    /// Configures `n` nodes; `election` is TOML for the `[election]` table (may be empty).
+    pub fn configure(n: usize, transport: TransportKind, election: &str) -> Result<(tempfile::TempDir, Vec<Settings>), LocalError> {
+        let dir = tempfile::Builder::new().prefix("clustd-local-").tempdir()?;
+        let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        let ports: Vec<u16> = names.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
+        let mut settings = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let peers: Vec<(String, u16)> = names
+                .iter()
+                .zip(&ports)
+                .filter(|(other, _)| *other != name)
+                .map(|(other, port)| (other.clone(), *port))
+                .collect();
+            let text = node_config(name, ports[i], &peers, transport, &secret, &dir.path().join(name), election);
+            let (s, _warnings) = Settings::parse(&text, &format!("{name}.toml"), dir.path())?;
+            settings.push(s);
+        }
+        Ok((dir, settings))
+    }
+
+    /// Configures and starts `n` nodes.
+    pub fn start(n: usize, transport: TransportKind, election: &str) -> Result<Self, LocalError> {
+        let (dir, settings) = Self::configure(n, transport, election)?;
+        let nodes = settings.iter().map(LocalNode::start).collect();
+        Ok(Self { dir, settings, nodes })
+    }
+
+    /// Index of the node with this id.
+    pub fn index(&self, id: &NodeId) -> Option<usize> {
+        self.settings.iter().position(|s| &s.id == id)
+    }
+
+    /// Running nodes that report themselves master.
+    pub fn masters(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running() && n.handle.status().role == "master")
+            .map(|n| n.settings.id.clone())
+            .collect()
+    }
+
+    /// Polls until exactly one running node is master and it is not `except`.
+    pub async fn wait_for_master(&self, except: Option<&NodeId>, timeout: Duration) -> Option<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let masters = self.masters();
+            if let [one] = &masters[..]
+                && Some(one) != except
+            {
+                return Some(one.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops node `i` (crash-like with [`Shutdown::Immediate`]).
+    pub async fn stop(&mut self, i: usize, how: Shutdown) -> Result<(), RuntimeError> {
+        self.nodes[i].stop(how).await
+    }
+
+    /// Starts node `i` again with the same settings and data directory, and waits until it
+    /// runs. An in-process QUIC endpoint releases its UDP port a moment after shutdown (its
+    /// driver task ends asynchronously), so "address in use" is retried for a few seconds.
+    pub async fn restart(&mut self, i: usize) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.nodes[i] = LocalNode::start(&self.settings[i]);
+            match self.nodes[i].started().await {
+                Err(RuntimeError::Transport(clustd_transport::TransportError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Stops every node gracefully.
+    pub async fn shutdown(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.stop(Shutdown::Graceful).await;
+        }
+    }
+}
