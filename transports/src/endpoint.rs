@@ -161,7 +161,7 @@ impl Shared {
     }
 
     pub(crate) fn handshake_failed(&self, addr: SocketAddr, error: TransportError) {
-        tracing::debug!(%addr, %error, "handshake failed");
+        tracing::debug!(local = %self.config.local_id, %addr, %error, "handshake failed");
         let _ = self
             .events
             .try_send(TransportEvent::HandshakeFailed { addr, error });
@@ -194,7 +194,7 @@ impl Shared {
                 if !keep_new {
                     // Not registered, but drained like a replaced one: the remote may have
                     // registered it and sent frames on it before learning of ours.
-                    tracing::debug!(peer = %remote.id, "duplicate connection: keeping the other");
+                    tracing::debug!(local = %self.config.local_id, peer = %remote.id, "duplicate connection: keeping the other");
                     let _ = queue.replace();
                     return Some((generation, queue));
                 }
@@ -209,7 +209,7 @@ impl Shared {
         };
         if let Some(old) = replaced {
             queue.adopt(old.queue.replace());
-            tracing::info!(peer = %remote.id, "connection replaced by a newer one");
+            tracing::info!(local = %self.config.local_id, peer = %remote.id, "connection replaced by a newer one");
             let _ = self
                 .events
                 .send(TransportEvent::Disconnected {
@@ -218,7 +218,7 @@ impl Shared {
                 })
                 .await;
         }
-        tracing::info!(peer = %remote.id, kind = ?remote.kind, "connected");
+        tracing::info!(local = %self.config.local_id, peer = %remote.id, kind = ?remote.kind, "connected");
         let _ = self
             .events
             .send(TransportEvent::Connected {
@@ -240,7 +240,7 @@ impl Shared {
             }
         };
         if let Some(conn) = removed {
-            tracing::info!(peer = %remote.id, "disconnected");
+            tracing::info!(local = %self.config.local_id, peer = %remote.id, "disconnected");
             let _ = self
                 .events
                 .send(TransportEvent::Disconnected {

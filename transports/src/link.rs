@@ -203,8 +203,11 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
         return;
     };
     let Session { sealer, opener } = session;
-    let writer = write_loop(tx, sealer, &queue, shared);
-    let reader = read_loop(rx, opener, shared, &remote);
+    // The loops borrow the link halves: a half must outlive its loop (dropping the QUIC
+    // receive half closes the connection, which must wait until both loops are done).
+    let (mut tx, mut rx) = (tx, rx);
+    let writer = write_loop(&mut tx, sealer, &queue, shared);
+    let reader = read_loop(&mut rx, opener, shared, &remote);
     tokio::pin!(writer, reader);
     let stopped = shared.stopped();
     tokio::pin!(stopped);
@@ -243,13 +246,13 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     };
     queue.close();
     if let Err(error) = result {
-        tracing::info!(peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
+        tracing::info!(local = %shared.config.local_id, peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
     }
     shared.deregister(&remote, generation).await;
 }
 
 async fn write_loop<T: LinkTx>(
-    mut tx: T,
+    tx: &mut T,
     mut sealer: Sealer,
     queue: &crate::queue::SendQueue,
     shared: &Shared,
@@ -287,7 +290,7 @@ async fn write_loop<T: LinkTx>(
 }
 
 async fn read_loop<R: LinkRx>(
-    mut rx: R,
+    rx: &mut R,
     mut opener: Opener,
     shared: &Shared,
     remote: &Hello,
