@@ -111,13 +111,13 @@ impl Shared {
         remote: &Hello,
         expected: Option<&NodeId>,
     ) -> Result<(), TransportError> {
-        if let Some(expected) = expected {
-            if *expected != remote.id {
-                return Err(TransportError::UnexpectedNode {
-                    expected: expected.clone(),
-                    got: remote.id.clone(),
-                });
-            }
+        if let Some(expected) = expected
+            && *expected != remote.id
+        {
+            return Err(TransportError::UnexpectedNode {
+                expected: expected.clone(),
+                got: remote.id.clone(),
+            });
         }
         let reason = if remote.kind != PeerKind::Peer {
             Some(RefuseReason::KindNotAccepted)

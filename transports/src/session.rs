@@ -361,7 +361,7 @@ impl Opener {
         }
         let seq = nonce & !DATAGRAM_BIT;
         // seq is 0-based; datagram_top is (highest seen + 1), 0 when none was seen.
-        if seq + 1 <= self.datagram_top {
+        if seq < self.datagram_top {
             let age = self.datagram_top - 1 - seq;
             if age >= 64 || self.datagram_seen & (1 << age) != 0 {
                 return Err(TransportError::Replay);
