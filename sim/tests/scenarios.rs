@@ -1,0 +1,383 @@
+//! Named scenarios: each reads as a short story (build, fault, assert) and runs for both
+//! transports (`<name>_websocket`, `<name>_quic`). Every run is also checked by the
+//! observer's safety checkers; `SIM_SEED=n` replays a seed, and every failure prints its
+//! replay command.
+
+use std::time::Duration;
+
+use clustd_transport::TransportKind;
+use sim::{Cluster, SimConfig, seed_from_env};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// Liveness bound once faults stop and a majority is connected: 6 × ET_max (12 s with the
+/// default 1–2 s election timeout). It covers the transport noticing a stalled stream (its
+/// 5 s idle timeout: turmoil's TCP never retransmits, so a cut link stalls until then), a
+/// reconnect, `ET_min` of silence that every node keeps after hearing a leader, and a
+/// randomized election timeout with a possible split vote.
+const LIVENESS: Duration = Duration::from_secs(12);
+
+/// Failover bound after the master dies or is cut off while the rest is healthy:
+/// the lease runs out, followers wait `ET_min` after the last heartbeat, then an
+/// election (staggered timeouts up to ET_max, one retry): 2 × ET_max.
+const FAILOVER: Duration = Duration::from_secs(4);
+
+/// How long the cluster must stay quiet after it settled.
+const STABLE: Duration = Duration::from_secs(15);
+
+fn cluster(name: &str, nodes: usize, transport: TransportKind) -> Cluster {
+    Cluster::new(SimConfig::new(name, nodes, transport, seed_from_env(1)))
+}
+
+/// Waits for a first master (cold start).
+fn settle(c: &mut Cluster) -> usize {
+    let m = c.expect_master_within(LIVENESS).map(|(m, _)| m);
+    c.require(m.is_some(), "a first master");
+    m.unwrap_or_default()
+}
+
+/// Runs `story` for both transports.
+macro_rules! both {
+    ($name:ident, $story:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn websocket() {
+                let name = concat!(stringify!($name), "::websocket");
+                $story(name, TransportKind::WebSocket);
+            }
+            #[test]
+            fn quic() {
+                let name = concat!(stringify!($name), "::quic");
+                $story(name, TransportKind::Quic);
+            }
+        }
+    };
+}
+
+both!(first_election_and_stability, |name, t| {
+    let mut c = cluster(name, 3, t);
+    settle(&mut c);
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(leader_isolated, |name, t| {
+    let mut c = cluster(name, 5, t);
+    let old = settle(&mut c);
+    c.failover_started(old);
+    c.isolate(old);
+    let new = c.expect_failover_within(old, FAILOVER).map(|(m, _)| m);
+    c.require(
+        new.is_some_and(|m| m != old),
+        "the majority elects a new master",
+    );
+    c.run_for(secs(5));
+    c.require(
+        c.master() != Some(old),
+        "the isolated old master is not master",
+    );
+    c.heal_all();
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(minority_partition_keeps_no_master, |name, t| {
+    let mut c = cluster(name, 5, t);
+    let old = settle(&mut c);
+    let minority = vec![old, (old + 1) % 5];
+    let majority = c.others(&minority);
+    c.failover_started(old);
+    c.partition(&minority, &majority);
+    c.run_for(secs(1));
+    // After the old lease has surely run out, the minority side has no master, for good.
+    for _ in 0..200 {
+        c.run_for(ms(50));
+        let m = c.master();
+        c.require(
+            !m.is_some_and(|m| minority.contains(&m)),
+            "no master on the minority side",
+        );
+    }
+    c.heal_all();
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(majority_side_elects_within_bound, |name, t| {
+    let mut c = cluster(name, 5, t);
+    let old = settle(&mut c);
+    let minority = vec![old, (old + 2) % 5];
+    let majority = c.others(&minority);
+    c.failover_started(old);
+    c.partition(&minority, &majority);
+    let new = c.expect_failover_within(old, FAILOVER);
+    c.require(
+        new.is_some_and(|(m, _)| majority.contains(&m)),
+        "the majority side elects within the bound",
+    );
+    c.run_for(secs(5));
+    c.assert_ok();
+});
+
+both!(healed_partition_does_not_disrupt, |name, t| {
+    // Pre-vote: a follower cut off for a long time must not depose the master on return.
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    let f = (m + 1) % 3;
+    c.isolate(f);
+    c.run_for(secs(20));
+    let term = c.term_of(m);
+    c.heal_all();
+    c.run_for(secs(8));
+    c.require(
+        c.master() == Some(m) && c.term_of(m) == term,
+        "the master and term survive the healed partition",
+    );
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(bridge, |name, t| {
+    // n2 sees both halves {0,1} and {3,4}, which cannot see each other.
+    let mut c = cluster(name, 5, t);
+    settle(&mut c);
+    c.partition(&[0, 1], &[3, 4]);
+    c.run_for(secs(15));
+    let m = c.expect_master_within(LIVENESS);
+    c.require(m.is_some(), "a master exists with a bridge node");
+    c.heal_all();
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(one_way_partition, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    let others = c.others(&[m]);
+    // The master's messages no longer arrive; it still hears the others.
+    c.failover_started(m);
+    c.partition_oneway(&[m], &others);
+    let new = c.expect_failover_within(m, FAILOVER + secs(2));
+    c.require(
+        new.is_some_and(|(n, _)| n != m),
+        "the others elect a new master",
+    );
+    c.run_for(secs(10));
+    c.heal_all();
+    c.run_for(secs(6));
+    // And the other way round: the new master hears nobody.
+    let n = c.master().unwrap_or(0);
+    let others = c.others(&[n]);
+    c.partition_oneway(&others, &[n]);
+    c.run_for(secs(10));
+    c.heal_all();
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(flapping_link, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    let f = (m + 1) % 3;
+    for _ in 0..40 {
+        c.partition(&[m], &[f]);
+        c.run_for(ms(300));
+        c.repair(&[m], &[f]);
+        c.run_for(ms(300));
+    }
+    c.heal_all();
+    c.expect_master_within(LIVENESS);
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(crash_restart_master, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let old = settle(&mut c);
+    c.crash(old);
+    let new = c.expect_failover_within(old, FAILOVER);
+    c.require(
+        new.is_some_and(|(m, _)| m != old),
+        "a new master after a silent crash",
+    );
+    c.run_for(secs(2));
+    c.restart(old);
+    c.run_for(secs(8));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(crash_with_fin_master, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let old = settle(&mut c);
+    c.crash_fin(old);
+    let new = c.expect_failover_within(old, FAILOVER);
+    c.require(
+        new.is_some_and(|(m, _)| m != old),
+        "a new master after a crash with FIN",
+    );
+    c.restart(old);
+    c.run_for(secs(8));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(restart_all_nodes, |name, t| {
+    let mut c = cluster(name, 5, t);
+    settle(&mut c);
+    for i in 0..5 {
+        c.crash(i);
+    }
+    c.run_for(secs(1));
+    for i in 0..5 {
+        c.restart(i);
+    }
+    c.expect_master_within(LIVENESS);
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(rolling_restart, |name, t| {
+    let mut c = cluster(name, 3, t);
+    settle(&mut c);
+    for i in 0..3 {
+        let exited = c.stop_graceful(i, secs(5));
+        c.require(exited, "a graceful stop finishes");
+        c.run_for(secs(1));
+        c.restart(i);
+        let m = c.expect_master_within(LIVENESS);
+        c.require(m.is_some(), "a master after each restart");
+        c.run_for(secs(3));
+    }
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(maintenance_and_step_down_under_load, |name, t| {
+    let mut c = cluster(name, 3, t);
+    // Load: a jittery network (5–40 ms) with the steady heartbeat traffic.
+    c.set_latency(ms(5), ms(40));
+    let m = settle(&mut c);
+    c.step_down(m);
+    let n = c.run_until(FAILOVER, |c| c.master().is_some_and(|x| x != m));
+    c.require(n, "a new master after step-down");
+    let n = c.master().unwrap_or(0);
+    c.maintenance(n, true);
+    let moved = c.run_until(FAILOVER, |c| c.master().is_some_and(|x| x != n));
+    c.require(moved, "maintenance hands mastership over");
+    c.run_for(secs(10));
+    c.require(c.master() != Some(n), "a node in maintenance is not master");
+    c.maintenance(n, false);
+    c.run_for(secs(3));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(witness_two_plus_one, |name, t| {
+    let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+    config.witnesses = vec![2];
+    let mut c = Cluster::new(config);
+    let m = settle(&mut c);
+    c.require(m != 2, "the witness is never master");
+    c.crash(m);
+    let n = c.expect_failover_within(m, FAILOVER);
+    c.require(
+        n.is_some_and(|(n, _)| n != m && n != 2),
+        "the other data node takes over with the witness's vote",
+    );
+    c.restart(m);
+    c.run_for(secs(8));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(loss_20_percent, |name, t| {
+    let mut c = cluster(name, 5, t);
+    settle(&mut c);
+    c.set_loss(0.2);
+    c.run_for(secs(30));
+    c.heal_all();
+    c.expect_master_within(LIVENESS);
+    c.run_for(secs(6));
+    c.expect_stable(STABLE);
+    c.assert_ok();
+});
+
+both!(high_latency_near_heartbeat, |name, t| {
+    let mut c = cluster(name, 3, t);
+    c.set_latency(ms(60), ms(100));
+    settle(&mut c);
+    c.run_for(secs(30));
+    let m = c.master();
+    c.require(
+        m.is_some(),
+        "a master despite latency near the heartbeat interval",
+    );
+    c.heal_all();
+    c.run_for(secs(3));
+    c.assert_ok();
+});
+
+both!(clock_drift_at_the_bound, |name, t| {
+    // Fastest and slowest clocks allowed, failing the master over and over.
+    let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+    config.drift = false;
+    let mut c = Cluster::new(config);
+    c.rates = vec![1.05, 0.95, 1.0];
+    for _ in 0..4 {
+        let m = settle(&mut c);
+        c.crash(m);
+        c.expect_failover_within(m, FAILOVER);
+        c.restart(m);
+        c.run_for(secs(4));
+    }
+    c.assert_ok();
+});
+
+/// Same seed, same trace: the hash of everything observed (events with simulated time,
+/// and the bytes of messages in flight) is equal across two runs.
+fn eventful_run(name: &str, t: TransportKind) -> sim::Outcome {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    c.crash(m);
+    c.run_for(secs(4));
+    c.partition(&[(m + 1) % 3], &[(m + 2) % 3]);
+    c.run_for(secs(2));
+    c.restart(m);
+    c.heal_all();
+    c.run_for(secs(8));
+    c.assert_ok()
+}
+
+both!(determinism, |name, t| {
+    let a = eventful_run(name, t);
+    let b = eventful_run(name, t);
+    assert!(a.events > 10, "the run did something");
+    if let Some(i) = (0..a.trace.len().min(b.trace.len())).find(|i| a.trace[*i] != b.trace[*i]) {
+        panic!(
+            "traces diverge at event {i}:\n  {}\n  {}\n(before: {:?})",
+            a.trace[i],
+            b.trace[i],
+            &a.trace[i.saturating_sub(5)..i]
+        );
+    }
+    assert_eq!(
+        a.hash, b.hash,
+        "same seed, different traces: the simulation is not deterministic\n{}\n--- vs ---\n{}",
+        a.tail, b.tail
+    );
+});
