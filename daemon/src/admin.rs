@@ -49,14 +49,20 @@ async fn status(State(handle): State<Handle>) -> Json<Status> {
 
 async fn metrics(State(handle): State<Handle>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         handle.metrics_text(),
     )
 }
 
 async fn run_command(handle: &Handle, command: Command) -> (StatusCode, Json<serde_json::Value>) {
     if handle.command(command).await {
-        (StatusCode::OK, Json(serde_json::json!({ "ok": true, "status": handle.status() })))
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({ "ok": true, "status": handle.status() })),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -81,7 +87,9 @@ async fn maintenance_off(State(handle): State<Handle>) -> impl IntoResponse {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answered, or the answer was not HTTP.
-    #[error("cannot reach the clustd admin API at {addr}: {source} (is the daemon running, and is admin.listen right?)")]
+    #[error(
+        "cannot reach the clustd admin API at {addr}: {source} (is the daemon running, and is admin.listen right?)"
+    )]
     Unreachable {
         /// The address tried.
         addr: SocketAddr,
@@ -120,27 +128,40 @@ impl Client {
 
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<String, ClientError> {
         let addr = self.addr;
-        let response = request.send().await.map_err(|source| ClientError::Unreachable { addr, source })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { addr, source })?;
         let status = response.status();
-        let body = response.text().await.map_err(|source| ClientError::Unreachable { addr, source })?;
+        let body = response
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable { addr, source })?;
         if !status.is_success() {
-            return Err(ClientError::Refused { addr, status: status.as_u16(), body });
+            return Err(ClientError::Refused {
+                addr,
+                status: status.as_u16(),
+                body,
+            });
         }
         Ok(body)
     }
 
     /// `GET /status`, raw JSON.
     pub async fn status_json(&self) -> Result<String, ClientError> {
-        self.call(self.http.get(format!("http://{}/status", self.addr))).await
+        self.call(self.http.get(format!("http://{}/status", self.addr)))
+            .await
     }
 
     /// `POST path` (e.g. `/step-down`), raw JSON.
     pub async fn post(&self, path: &str) -> Result<String, ClientError> {
-        self.call(self.http.post(format!("http://{}{path}", self.addr))).await
+        self.call(self.http.post(format!("http://{}{path}", self.addr)))
+            .await
     }
 
     /// `GET /metrics`.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        self.call(self.http.get(format!("http://{}/metrics", self.addr))).await
+        self.call(self.http.get(format!("http://{}/metrics", self.addr)))
+            .await
     }
 }

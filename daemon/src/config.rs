@@ -197,7 +197,11 @@ impl Settings {
     }
 
     /// Parses config text; `file` names it in errors; relative paths are relative to `base`.
-    pub fn parse(text: &str, file: &str, base: &Path) -> Result<(Self, Vec<ConfigWarning>), ConfigError> {
+    pub fn parse(
+        text: &str,
+        file: &str,
+        base: &Path,
+    ) -> Result<(Self, Vec<ConfigWarning>), ConfigError> {
         let err = |key: &str, message: String| ConfigError {
             file: file.to_string(),
             key: key.to_string(),
@@ -226,7 +230,10 @@ impl Settings {
             (Some(path), None) => {
                 let path = base.join(path);
                 let bytes = std::fs::read(&path).map_err(|e| {
-                    err("cluster.secret_file", format!("cannot read {}: {e}", path.display()))
+                    err(
+                        "cluster.secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
                 if let Some(w) = world_readable_warning(&path) {
                     warnings.push(w);
@@ -240,7 +247,11 @@ impl Settings {
                 secret.trim().as_bytes().to_vec()
             }
         };
-        let secret_key = if raw.cluster.secret_file.is_some() { "cluster.secret_file" } else { "cluster.secret" };
+        let secret_key = if raw.cluster.secret_file.is_some() {
+            "cluster.secret_file"
+        } else {
+            "cluster.secret"
+        };
         if secret_bytes.len() < MIN_SECRET_LEN {
             return Err(err(
                 secret_key,
@@ -250,7 +261,8 @@ impl Settings {
                 ),
             ));
         }
-        let secret = Secret::from_bytes(secret_bytes).map_err(|e| err(secret_key, e.to_string()))?;
+        let secret =
+            Secret::from_bytes(secret_bytes).map_err(|e| err(secret_key, e.to_string()))?;
 
         let mut peers = BTreeMap::new();
         for (i, peer) in raw.cluster.peers.iter().enumerate() {
@@ -273,8 +285,18 @@ impl Settings {
                 key: base.join(key),
             }),
             (None, None) => None,
-            (Some(_), None) => return Err(err("cluster.tls_key", "tls_cert is set, so tls_key is required".into())),
-            (None, Some(_)) => return Err(err("cluster.tls_cert", "tls_key is set, so tls_cert is required".into())),
+            (Some(_), None) => {
+                return Err(err(
+                    "cluster.tls_key",
+                    "tls_cert is set, so tls_key is required".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "cluster.tls_cert",
+                    "tls_key is set, so tls_cert is required".into(),
+                ));
+            }
         };
         if tls.is_some() && raw.cluster.transport == TransportKind::Quic {
             warnings.push(ConfigWarning(format!(
@@ -287,7 +309,9 @@ impl Settings {
         if min == 0 || max < min {
             return Err(err(
                 "election.election_timeout_ms",
-                format!("[{min}, {max}] is not a range: write [min, max] with 0 < min <= max, e.g. [1000, 2000]"),
+                format!(
+                    "[{min}, {max}] is not a range: write [min, max] with 0 < min <= max, e.g. [1000, 2000]"
+                ),
             ));
         }
         if e.heartbeat_ms == 0 {
@@ -311,9 +335,10 @@ impl Settings {
         core.preempt = e.preempt;
         core.witness = raw.node.witness;
         // Jitter seed: OS randomness, with the id mixed in so nodes differ even without it.
-        core.rng_seed = random_u64() ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        core.rng_seed = random_u64()
+            ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
         core.validate().map_err(|ce| {
             use clustd_core::ConfigError as C;
             let key = match &ce {
@@ -358,7 +383,10 @@ impl Settings {
 }
 
 /// Parses TOML into `T`, turning errors into "key (line N): message".
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
     let located = |key: String, e: &toml::de::Error| {
         let line = e
             .span()
@@ -372,10 +400,15 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Res
             message: e.message().trim().to_string(),
         }
     };
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| located("(syntax)".into(), &e))?;
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| located("(syntax)".into(), &e))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
-        let key = if path == "." || path.is_empty() { "(top level)".to_string() } else { path };
+        let key = if path == "." || path.is_empty() {
+            "(top level)".to_string()
+        } else {
+            path
+        };
         located(key, e.inner())
     })
 }

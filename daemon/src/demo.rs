@@ -84,17 +84,26 @@ impl Observer {
             self.terms_with_master.insert(notice.term.0);
         }
         let role = if is_master { "MASTER" } else { "backup" };
-        println!("  {t:7.3}s  {:<8} {role:<7} term {:<3} ({})", notice.node, notice.term, notice.reason);
+        println!(
+            "  {t:7.3}s  {:<8} {role:<7} term {:<3} ({})",
+            notice.node, notice.term, notice.reason
+        );
     }
 
     /// Waits for a master other than `except`; returns it.
     async fn wait_master(&mut self, except: Option<&NodeId>) -> Option<NodeId> {
         let deadline = TokioInstant::now() + STEP_TIMEOUT;
         loop {
-            if let Some((id, _)) = self.masters.iter().find(|(id, m)| **m && Some(*id) != except) {
+            if let Some((id, _)) = self
+                .masters
+                .iter()
+                .find(|(id, m)| **m && Some(*id) != except)
+            {
                 return Some(id.clone());
             }
-            let notice = tokio::time::timeout_at(deadline, self.rx.recv()).await.ok()??;
+            let notice = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
             self.print(&notice);
         }
     }
@@ -114,11 +123,22 @@ impl Observer {
 
 /// Runs the demo and prints as it goes.
 pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
-    let transport_name = if transport == TransportKind::Quic { "QUIC" } else { "WebSocket" };
-    let (dir, settings) = LocalCluster::configure(3, transport, "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]")?;
+    let transport_name = if transport == TransportKind::Quic {
+        "QUIC"
+    } else {
+        "WebSocket"
+    };
+    let (dir, settings) = LocalCluster::configure(
+        3,
+        transport,
+        "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
+    )?;
     let ports: Vec<u16> = settings.iter().map(|s| s.listen.port()).collect();
     println!("clustd demo: 3 nodes on 127.0.0.1 ports {ports:?}, transport {transport_name}");
-    println!("election timeout 1000-2000 ms, heartbeat 100 ms, data in {}\n", dir.path().display());
+    println!(
+        "election timeout 1000-2000 ms, heartbeat 100 ms, data in {}\n",
+        dir.path().display()
+    );
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut observer = Observer {
@@ -136,12 +156,18 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
 
     println!("1. electing a master");
     let t0 = TokioInstant::now();
-    let first = observer.wait_master(None).await.ok_or_else(|| step_error(format!("no master within {STEP_TIMEOUT:?}")))?;
+    let first = observer
+        .wait_master(None)
+        .await
+        .ok_or_else(|| step_error(format!("no master within {STEP_TIMEOUT:?}")))?;
     report.first_election = t0.elapsed();
     observer.watch_for(Duration::from_secs(2)).await;
 
     println!("\n2. killing the master {first} (no goodbye, like SIGKILL)");
-    let index = members.iter().position(|m| m.settings.id == first).unwrap_or(0);
+    let index = members
+        .iter()
+        .position(|m| m.settings.id == first)
+        .unwrap_or(0);
     let killed_at = TokioInstant::now();
     let _ = members[index].stop(Shutdown::Immediate).await;
     observer.forget(&first);
@@ -150,11 +176,17 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
         .await
         .ok_or_else(|| step_error(format!("no failover within {STEP_TIMEOUT:?}")))?;
     report.failover = killed_at.elapsed();
-    println!("  -> failover {first} -> {second} in {} ms", report.failover.as_millis());
+    println!(
+        "  -> failover {first} -> {second} in {} ms",
+        report.failover.as_millis()
+    );
     observer.watch_for(Duration::from_secs(1)).await;
 
     println!("\n3. restarting {first}: it must rejoin as backup without disturbing {second}");
-    let term_before = members.iter().find(|m| m.settings.id == second).map(|m| m.handle.status().term);
+    let term_before = members
+        .iter()
+        .find(|m| m.settings.id == second)
+        .map(|m| m.handle.status().term);
     members[index] = LocalNode::start(&settings[index]);
     // QUIC releases the old UDP port a moment after shutdown; retry while it is in use.
     let retry_until = TokioInstant::now() + Duration::from_secs(10);
@@ -167,7 +199,10 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
     }
     observer.attach(&members[index].handle, &tx);
     observer.watch_for(Duration::from_secs(4)).await;
-    let term_after = members.iter().find(|m| m.settings.id == second).map(|m| m.handle.status().term);
+    let term_after = members
+        .iter()
+        .find(|m| m.settings.id == second)
+        .map(|m| m.handle.status().term);
     let still_master = observer.masters.get(&second).copied().unwrap_or(false);
     report.rejoin_without_disruption = still_master && term_before == term_after;
     let rejoined = members[index].handle.status();
@@ -178,16 +213,23 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
 
     println!("\n4. graceful step-down of {second}");
     let stepped_at = TokioInstant::now();
-    let second_member = members.iter().find(|m| m.settings.id == second).map(|m| m.handle.clone());
+    let second_member = members
+        .iter()
+        .find(|m| m.settings.id == second)
+        .map(|m| m.handle.clone());
     if let Some(h) = second_member {
         h.command(Command::StepDown).await;
     }
-    let third = observer
-        .wait_master(Some(&second))
-        .await
-        .ok_or_else(|| step_error(format!("no new master after step-down within {STEP_TIMEOUT:?}")))?;
+    let third = observer.wait_master(Some(&second)).await.ok_or_else(|| {
+        step_error(format!(
+            "no new master after step-down within {STEP_TIMEOUT:?}"
+        ))
+    })?;
     report.step_down = stepped_at.elapsed();
-    println!("  -> hand-over {second} -> {third} in {} ms", report.step_down.as_millis());
+    println!(
+        "  -> hand-over {second} -> {third} in {} ms",
+        report.step_down.as_millis()
+    );
     observer.watch_for(Duration::from_secs(1)).await;
 
     report.elections = observer.terms_with_master.len() as u64;
@@ -210,15 +252,37 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
 
     println!("\nsummary ({transport_name})");
     println!("  {:<44} {:>8}", "what", "time");
-    println!("  {:<44} {:>5} ms", "first election (cold start, ET_min 1000 ms)", report.first_election.as_millis());
-    println!("  {:<44} {:>5} ms", "failover after killing the master", report.failover.as_millis());
-    println!("  {:<44} {:>5} ms", "graceful step-down hand-over", report.step_down.as_millis());
-    println!("  {:<44} {:>8}", "restarted node rejoined without disruption", if report.rejoin_without_disruption { "yes" } else { "NO" });
-    println!("  {:<44} {:>8}", "terms with a master (elections won)", report.elections);
+    println!(
+        "  {:<44} {:>5} ms",
+        "first election (cold start, ET_min 1000 ms)",
+        report.first_election.as_millis()
+    );
+    println!(
+        "  {:<44} {:>5} ms",
+        "failover after killing the master",
+        report.failover.as_millis()
+    );
+    println!(
+        "  {:<44} {:>5} ms",
+        "graceful step-down hand-over",
+        report.step_down.as_millis()
+    );
+    println!(
+        "  {:<44} {:>8}",
+        "restarted node rejoined without disruption",
+        if report.rejoin_without_disruption {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    println!(
+        "  {:<44} {:>8}",
+        "terms with a master (elections won)", report.elections
+    );
     println!("  {:<44} {:>8}", "overlapping masters", report.overlaps);
     Ok(report)
 }
-
 
 fn step_error(text: String) -> DemoError {
     DemoError::Step(text)

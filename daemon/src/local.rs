@@ -144,11 +144,18 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Configures `n` nodes; `election` is TOML for the `[election]` table (may be empty).
-    pub fn configure(n: usize, transport: TransportKind, election: &str) -> Result<(tempfile::TempDir, Vec<Settings>), LocalError> {
+    pub fn configure(
+        n: usize,
+        transport: TransportKind,
+        election: &str,
+    ) -> Result<(tempfile::TempDir, Vec<Settings>), LocalError> {
         let dir = tempfile::Builder::new().prefix("clustd-local-").tempdir()?;
         let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
         let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
-        let ports: Vec<u16> = names.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
+        let ports: Vec<u16> = names
+            .iter()
+            .map(|_| free_port())
+            .collect::<Result<_, _>>()?;
         let mut settings = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let peers: Vec<(String, u16)> = names
@@ -157,7 +164,15 @@ impl LocalCluster {
                 .filter(|(other, _)| *other != name)
                 .map(|(other, port)| (other.clone(), *port))
                 .collect();
-            let text = node_config(name, ports[i], &peers, transport, &secret, &dir.path().join(name), election);
+            let text = node_config(
+                name,
+                ports[i],
+                &peers,
+                transport,
+                &secret,
+                &dir.path().join(name),
+                election,
+            );
             let (s, _warnings) = Settings::parse(&text, &format!("{name}.toml"), dir.path())?;
             settings.push(s);
         }
@@ -168,7 +183,11 @@ impl LocalCluster {
     pub fn start(n: usize, transport: TransportKind, election: &str) -> Result<Self, LocalError> {
         let (dir, settings) = Self::configure(n, transport, election)?;
         let nodes = settings.iter().map(LocalNode::start).collect();
-        Ok(Self { dir, settings, nodes })
+        Ok(Self {
+            dir,
+            settings,
+            nodes,
+        })
     }
 
     /// Index of the node with this id.
@@ -186,7 +205,11 @@ impl LocalCluster {
     }
 
     /// Polls until exactly one running node is master and it is not `except`.
-    pub async fn wait_for_master(&self, except: Option<&NodeId>, timeout: Duration) -> Option<NodeId> {
+    pub async fn wait_for_master(
+        &self,
+        except: Option<&NodeId>,
+        timeout: Duration,
+    ) -> Option<NodeId> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let masters = self.masters();
@@ -216,7 +239,8 @@ impl LocalCluster {
             self.nodes[i] = LocalNode::start(&self.settings[i]);
             match self.nodes[i].started().await {
                 Err(RuntimeError::Transport(clustd_transport::TransportError::Io(e)))
-                    if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline =>
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

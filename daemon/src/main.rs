@@ -102,6 +102,9 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Benchmarks with real processes (see `clustd bench failover --help`).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Run a 3-node cluster in this process on loopback and fail it over (about 15 s).
     Demo {
         /// Transport between the demo nodes.
@@ -110,10 +113,138 @@ enum Cmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Fail the master of a real N-process cluster R times and measure the failover to the new
+    /// master's start script; checks the driver logs for overlapping masters.
+    ///
+    /// Needs the clustd-shell-driver binary beside this one
+    /// (`cargo build --release -p clustd -p clustd-drivers`).
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportChoice {
+    Quic,
+    Websocket,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// SIGKILL the master daemon.
+    Kill,
+    /// SIGTERM the master daemon (graceful step-down).
+    Term,
+    /// SIGSTOP the master daemon (hung process), SIGCONT after the failover.
+    Freeze,
+    /// POST /step-down to the master.
+    StepDown,
+}
+
+#[derive(Debug, clap::Args)]
+struct FailoverArgs {
+    /// Number of daemons.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Failover rounds per transport.
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Transport(s) to measure.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Both)]
+    transport: TransportChoice,
+    /// Heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Election timeout range, `MIN,MAX`.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1000, 2000])]
+    election_timeout_ms: Vec<u64>,
+    /// Stop budget (must fit the lease inequality; e.g. 20 for ET_min 100).
+    #[arg(long)]
+    stop_budget_ms: Option<u64>,
+    /// How the master is failed.
+    #[arg(long, value_enum, default_value_t = ModeArg::Kill)]
+    mode: ModeArg,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the failover-time distribution into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Seconds to sample the idle daemons' CPU and memory afterwards (0: skip).
+    #[arg(long, default_value_t = 20)]
+    idle_secs: u64,
+    /// The clustd-shell-driver binary (default: beside this binary).
+    #[arg(long)]
+    driver_bin: Option<PathBuf>,
+    /// Keep the work directory with all configs and logs.
+    #[arg(long)]
+    keep: bool,
+}
+
+async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
+    use clustd::bench::{Mode, Options};
+    let me = std::env::current_exe().context("locating this binary")?;
+    let driver_bin = args
+        .driver_bin
+        .unwrap_or_else(|| me.with_file_name("clustd-shell-driver"));
+    anyhow::ensure!(
+        driver_bin.exists(),
+        "{} not found: build it with `cargo build --release -p clustd-drivers` or pass --driver-bin",
+        driver_bin.display()
+    );
+    let [min, max] = args.election_timeout_ms[..] else {
+        anyhow::bail!("--election-timeout-ms takes MIN,MAX");
+    };
+    let opts = Options {
+        nodes: args.nodes,
+        rounds: args.rounds,
+        transports: match args.transport {
+            TransportChoice::Quic => vec![TransportKind::Quic],
+            TransportChoice::Websocket => vec![TransportKind::WebSocket],
+            TransportChoice::Both => vec![TransportKind::Quic, TransportKind::WebSocket],
+        },
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_ms: [min, max],
+        stop_budget_ms: args.stop_budget_ms,
+        mode: match args.mode {
+            ModeArg::Kill => Mode::Kill,
+            ModeArg::Term => Mode::Term,
+            ModeArg::Freeze => Mode::Freeze,
+            ModeArg::StepDown => Mode::StepDown,
+        },
+        clustd_bin: me,
+        driver_bin,
+        idle_secs: args.idle_secs,
+        progress: !args.json,
+        keep: args.keep,
+    };
+    let reports = clustd::bench::run(&opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", clustd::bench::render(&reports));
+    }
+    if let Some(path) = args.plot {
+        std::fs::write(&path, clustd::bench::plot_svg(&reports))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let bad = reports
+        .iter()
+        .any(|r| !r.overlaps.is_empty() || r.failed_rounds > 0);
+    Ok(if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -134,7 +265,10 @@ async fn shutdown_signal() -> Shutdown {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -170,7 +304,15 @@ async fn run_node(path: PathBuf) -> anyhow::Result<()> {
         let _ = admin_stop_rx.await;
     }));
     let store = FileStore::new(&settings.data_dir);
-    let result = runtime::run(settings, TokioNet, TokioClock::new(), store, control, shutdown_signal()).await;
+    let result = runtime::run(
+        settings,
+        TokioNet,
+        TokioClock::new(),
+        store,
+        control,
+        shutdown_signal(),
+    )
+    .await;
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
     result?;
@@ -182,11 +324,18 @@ fn main() -> ExitCode {
     let default_log = match cli.command {
         Cmd::Run { .. } => "info",
         // The demo prints its own story; only errors from the nodes go to stderr.
-        Cmd::Demo { .. } => "error",
+        Cmd::Demo { .. } | Cmd::Bench(_) => "error",
         _ => "warn",
     };
     init_logging(cli.log_format, default_log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread is plenty for a node (one election task, a few connections) and keeps the
+    // idle footprint small; the benchmark and demo run many nodes and get a thread per core.
+    let builder = match cli.command {
+        Cmd::Demo { .. } | Cmd::Bench(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let mut builder = builder;
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clustd: cannot start the async runtime: {e}");
@@ -205,13 +354,18 @@ fn main() -> ExitCode {
 async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
     match command {
         Cmd::Run { config } => run_node(config).await?,
-        Cmd::Status { config, admin, json } => {
+        Cmd::Status {
+            config,
+            admin,
+            json,
+        } => {
             let client = Client::new(admin_addr(config.as_ref(), admin)?);
             let body = client.status_json().await?;
             if json {
                 println!("{body}");
             } else {
-                let status: clustd::status::Status = serde_json::from_str(&body).context("the daemon's status JSON")?;
+                let status: clustd::status::Status =
+                    serde_json::from_str(&body).context("the daemon's status JSON")?;
                 print!("{}", status.render());
             }
         }
@@ -220,14 +374,25 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
             client.post("/step-down").await?;
             println!("step-down requested: the master demotes itself, then hands over");
         }
-        Cmd::Maintenance { state, config, admin } => {
+        Cmd::Maintenance {
+            state,
+            config,
+            admin,
+        } => {
             let client = Client::new(admin_addr(config.as_ref(), admin)?);
             let path = match state {
                 OnOff::On => "/maintenance/on",
                 OnOff::Off => "/maintenance/off",
             };
             client.post(path).await?;
-            println!("maintenance {}", if matches!(state, OnOff::On) { "on: this node will not be master" } else { "off" });
+            println!(
+                "maintenance {}",
+                if matches!(state, OnOff::On) {
+                    "on: this node will not be master"
+                } else {
+                    "off"
+                }
+            );
         }
         Cmd::Keygen => println!("{}", config::keygen().context("reading OS randomness")?),
         Cmd::CheckConfig { config } => {
@@ -248,6 +413,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                 core.lease.as_millis()
             );
         }
+        Cmd::Bench(BenchCmd::Failover(args)) => return bench_failover(args).await,
         Cmd::Demo { transport } => {
             let report = clustd::demo::run(transport.into()).await?;
             if report.overlaps > 0 {

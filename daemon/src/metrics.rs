@@ -53,16 +53,38 @@ impl Metrics {
         let elections_started = Counter::default();
         let elections_won = Counter::default();
         let peer_up = Family::<PeerLabel, Gauge>::default();
-        let heartbeat_rtt = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]);
+        let heartbeat_rtt = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]);
         let driver_results = Family::<ResultLabel, Counter>::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
-        registry.register("leader_changes", "Leader changes seen", leader_changes.clone());
-        registry.register("elections_started", "Elections started by this node", elections_started.clone());
-        registry.register("elections_won", "Elections won by this node", elections_won.clone());
+        registry.register(
+            "leader_changes",
+            "Leader changes seen",
+            leader_changes.clone(),
+        );
+        registry.register(
+            "elections_started",
+            "Elections started by this node",
+            elections_started.clone(),
+        );
+        registry.register(
+            "elections_won",
+            "Elections won by this node",
+            elections_won.clone(),
+        );
         registry.register("peer_up", "1 while the peer is connected", peer_up.clone());
-        registry.register("heartbeat_rtt_seconds", "Heartbeat round-trip time measured by the leader", heartbeat_rtt.clone());
-        registry.register("driver_results", "Driver action results", driver_results.clone());
+        registry.register(
+            "heartbeat_rtt_seconds",
+            "Heartbeat round-trip time measured by the leader",
+            heartbeat_rtt.clone(),
+        );
+        registry.register(
+            "driver_results",
+            "Driver action results",
+            driver_results.clone(),
+        );
         Self {
             registry,
             master,

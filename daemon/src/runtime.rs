@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use clustd_core::codec;
 use clustd_core::{
-    ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role, Term, ToDriver,
+    ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role,
+    Term, ToDriver,
 };
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -116,7 +117,10 @@ pub fn control() -> (Control, Handle) {
             commands: rx,
             shared: shared.clone(),
         },
-        Handle { commands: tx, shared },
+        Handle {
+            commands: tx,
+            shared,
+        },
     )
 }
 
@@ -325,14 +329,24 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 kind: PeerKind::Driver,
                 frame,
             } => match codec::decode::<FromDriver>(&frame) {
-                Ok(FromDriver::Ack { seq, role, result }) => self.on_driver_ack(&from, seq, role, result),
+                Ok(FromDriver::Ack { seq, role, result }) => {
+                    self.on_driver_ack(&from, seq, role, result)
+                }
                 Ok(other) => tracing::debug!(driver = %from, ?other, "unexpected driver message"),
-                Err(e) => tracing::warn!(driver = %from, error = %e, "undecodable frame from driver"),
+                Err(e) => {
+                    tracing::warn!(driver = %from, error = %e, "undecodable frame from driver")
+                }
             },
             TransportEvent::Connected { id, kind } => match kind {
                 PeerKind::Peer => {
                     tracing::info!(peer = %id, "peer connected");
-                    self.shared.metrics.peer_up.get_or_create(&PeerLabel { peer: id.to_string() }).set(1);
+                    self.shared
+                        .metrics
+                        .peer_up
+                        .get_or_create(&PeerLabel {
+                            peer: id.to_string(),
+                        })
+                        .set(1);
                 }
                 PeerKind::Driver => {
                     tracing::info!(driver = %id, "driver connected");
@@ -344,7 +358,13 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             TransportEvent::Disconnected { id, kind } => match kind {
                 PeerKind::Peer => {
                     tracing::info!(peer = %id, "peer disconnected");
-                    self.shared.metrics.peer_up.get_or_create(&PeerLabel { peer: id.to_string() }).set(0);
+                    self.shared
+                        .metrics
+                        .peer_up
+                        .get_or_create(&PeerLabel {
+                            peer: id.to_string(),
+                        })
+                        .set(0);
                 }
                 PeerKind::Driver => {
                     tracing::info!(driver = %id, "driver disconnected");
@@ -358,7 +378,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 // Security-relevant failures are warnings; reconnect churn while peers
                 // restart is routine.
                 match error {
-                    E::AuthenticationFailed | E::BadFrame | E::Replay | E::RefusedRemote { .. } | E::Refused(_) | E::UnexpectedNode { .. } => {
+                    E::AuthenticationFailed
+                    | E::BadFrame
+                    | E::Replay
+                    | E::RefusedRemote { .. }
+                    | E::Refused(_)
+                    | E::UnexpectedNode { .. } => {
                         tracing::warn!(%addr, %error, "connection rejected");
                     }
                     _ => tracing::debug!(%addr, %error, "connection attempt failed"),
@@ -377,7 +402,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.shared
             .metrics
             .driver_results
-            .get_or_create(&ResultLabel { result: label.into() })
+            .get_or_create(&ResultLabel {
+                result: label.into(),
+            })
             .inc();
         let text = match &result {
             ActionResult::Ok => "ok".to_string(),
@@ -423,13 +450,19 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     fn remaining_lease_ms(&self, now: Instant) -> u32 {
         self.node.lease_until().map_or(0, |until| {
-            let left = until.saturating_duration_since(now).saturating_sub(self.settings.driver_lease_margin);
+            let left = until
+                .saturating_duration_since(now)
+                .saturating_sub(self.settings.driver_lease_margin);
             u32::try_from(left.as_millis()).unwrap_or(u32::MAX)
         })
     }
 
     fn send_role_to(&mut self, driver: &NodeId, now: Instant) {
-        let role = if self.node.is_master() { DriverRole::Master } else { DriverRole::Backup };
+        let role = if self.node.is_master() {
+            DriverRole::Master
+        } else {
+            DriverRole::Backup
+        };
         self.seq += 1;
         let msg = ToDriver::Role {
             role,
@@ -470,7 +503,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             if let Some((to, msg)) = self.node.poll_transmit() {
                 let class = match &msg {
                     Message::Heartbeat { round, .. } => {
-                        self.rtt_pending.insert(to.clone(), (*round, self.clock.now()));
+                        self.rtt_pending
+                            .insert(to.clone(), (*round, self.clock.now()));
                         SendClass::Heartbeat
                     }
                     Message::HeartbeatAck { .. } => SendClass::Heartbeat,
@@ -512,7 +546,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     term,
                     lease_remaining_ms: self.remaining_lease_ms(now),
                 };
-                let connected: Vec<NodeId> = self.drivers.iter().filter(|(_, d)| d.connected).map(|(id, _)| id.clone()).collect();
+                let connected: Vec<NodeId> = self
+                    .drivers
+                    .iter()
+                    .filter(|(_, d)| d.connected)
+                    .map(|(id, _)| id.clone())
+                    .collect();
                 for id in connected {
                     self.send_frame(&id, &msg, SendClass::Heartbeat);
                 }
@@ -523,8 +562,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 // Backup drivers learn of the new (or lost) leader too: the notify driver
                 // reports "new master elected" / "master lost" from this.
                 if !self.node.is_master() {
-                    let connected: Vec<NodeId> =
-                        self.drivers.iter().filter(|(_, d)| d.connected).map(|(id, _)| id.clone()).collect();
+                    let connected: Vec<NodeId> = self
+                        .drivers
+                        .iter()
+                        .filter(|(_, d)| d.connected)
+                        .map(|(id, _)| id.clone())
+                        .collect();
                     for id in connected {
                         self.send_role_to(&id, now);
                     }
@@ -543,12 +586,19 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             }
             _ => {}
         }
-        metrics.term.set(i64::try_from(self.node.term().0).unwrap_or(i64::MAX));
+        metrics
+            .term
+            .set(i64::try_from(self.node.term().0).unwrap_or(i64::MAX));
     }
 
     fn role_changed(&mut self, role: DriverRole, term: Term, reason: Reason, now: Instant) {
         self.last_reason = reason.as_str();
-        let connected: Vec<NodeId> = self.drivers.iter().filter(|(_, d)| d.connected).map(|(id, _)| id.clone()).collect();
+        let connected: Vec<NodeId> = self
+            .drivers
+            .iter()
+            .filter(|(_, d)| d.connected)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in connected {
             self.send_role_to(&id, now);
         }
@@ -574,10 +624,14 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         // Export every series from the start, so dashboards see zeros rather than gaps.
         let m = &self.shared.metrics;
         for peer in self.settings.peers.keys() {
-            let _ = m.peer_up.get_or_create(&PeerLabel { peer: peer.to_string() });
+            let _ = m.peer_up.get_or_create(&PeerLabel {
+                peer: peer.to_string(),
+            });
         }
         for result in ["ok", "failed", "timed_out"] {
-            let _ = m.driver_results.get_or_create(&ResultLabel { result: result.into() });
+            let _ = m.driver_results.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
         }
         let mut status = lock(&self.shared.status);
         status.node_id = self.settings.id.to_string();
@@ -586,7 +640,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             clustd_transport::TransportKind::Quic => "quic".into(),
             clustd_transport::TransportKind::WebSocket => "websocket".into(),
         };
-        status.listen = self.endpoint.local_addr().map_or_else(|| self.settings.listen.to_string(), |a| a.to_string());
+        status.listen = self
+            .endpoint
+            .local_addr()
+            .map_or_else(|| self.settings.listen.to_string(), |a| a.to_string());
         drop(status);
         self.update_status();
     }
@@ -595,7 +652,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         let now = self.clock.now();
         let connected: BTreeMap<NodeId, PeerKind> = self.endpoint.connected().into_iter().collect();
         let mut status = lock(&self.shared.status);
-        status.role = if self.node.is_master() { "master" } else { "backup" }.into();
+        status.role = if self.node.is_master() {
+            "master"
+        } else {
+            "backup"
+        }
+        .into();
         status.protocol_role = match self.node.role() {
             Role::Leader => "leader",
             Role::Candidate => "candidate",
@@ -605,10 +667,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         .into();
         status.term = self.node.term().0;
         status.leader = self.node.leader().map(ToString::to_string);
-        status.lease_remaining_ms = self
-            .node
-            .lease_until()
-            .map(|u| u64::try_from(u.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX));
+        status.lease_remaining_ms = self.node.lease_until().map(|u| {
+            u64::try_from(u.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        });
         status.maintenance = self.node.maintenance();
         status.peers = self
             .settings
@@ -618,10 +679,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 id: id.to_string(),
                 addr: addr.to_string(),
                 connected: connected.get(id) == Some(&PeerKind::Peer),
-                last_heard_ms_ago: self
-                    .last_heard
-                    .get(id)
-                    .map(|t| u64::try_from(now.saturating_duration_since(*t).as_millis()).unwrap_or(u64::MAX)),
+                last_heard_ms_ago: self.last_heard.get(id).map(|t| {
+                    u64::try_from(now.saturating_duration_since(*t).as_millis()).unwrap_or(u64::MAX)
+                }),
             })
             .collect();
         status.drivers = self

@@ -98,7 +98,10 @@ impl Status {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let lease = self.lease_remaining_ms.map(|ms| format!(", lease {ms} ms")).unwrap_or_default();
+        let lease = self
+            .lease_remaining_ms
+            .map(|ms| format!(", lease {ms} ms"))
+            .unwrap_or_default();
         let flags = match (self.maintenance, self.witness) {
             (true, _) => " [maintenance]",
             (_, true) => " [witness]",
@@ -116,13 +119,30 @@ impl Status {
             flags
         );
         let _ = writeln!(out, "transport {} on {}", self.transport, self.listen);
-        let _ = writeln!(out, "\n{:<20} {:<24} {:<10} {}", "PEER", "ADDRESS", "CONNECTED", "LAST HEARD");
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:<24} {:<10} {}",
+            "PEER", "ADDRESS", "CONNECTED", "LAST HEARD"
+        );
         for p in &self.peers {
-            let heard = p.last_heard_ms_ago.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
-            let _ = writeln!(out, "{:<20} {:<24} {:<10} {}", p.id, p.addr, if p.connected { "yes" } else { "no" }, heard);
+            let heard = p
+                .last_heard_ms_ago
+                .map_or("-".to_string(), |ms| format!("{ms} ms ago"));
+            let _ = writeln!(
+                out,
+                "{:<20} {:<24} {:<10} {}",
+                p.id,
+                p.addr,
+                if p.connected { "yes" } else { "no" },
+                heard
+            );
         }
         if !self.drivers.is_empty() {
-            let _ = writeln!(out, "\n{:<28} {:<10} {:<8} {}", "DRIVER", "CONNECTED", "ROLE", "LAST RESULT");
+            let _ = writeln!(
+                out,
+                "\n{:<28} {:<10} {:<8} {}",
+                "DRIVER", "CONNECTED", "ROLE", "LAST RESULT"
+            );
             for d in &self.drivers {
                 let result = match (&d.last_result, d.acknowledged) {
                     (Some(r), true) => r.clone(),
@@ -142,7 +162,14 @@ impl Status {
         if !self.history.is_empty() {
             let _ = writeln!(out, "\nRECENT ROLE CHANGES");
             for h in self.history.iter().rev().take(10) {
-                let _ = writeln!(out, "  {}  {:<7} term {:<5} {}", format_unix_ms(h.at_unix_ms), h.role, h.term, h.reason);
+                let _ = writeln!(
+                    out,
+                    "  {}  {:<7} term {:<5} {}",
+                    format_unix_ms(h.at_unix_ms),
+                    h.role,
+                    h.term,
+                    h.reason
+                );
             }
         }
         let _ = writeln!(
@@ -157,5 +184,11 @@ impl Status {
 /// `HH:MM:SS.mmm` UTC, for compact human output.
 pub fn format_unix_ms(ms: u64) -> String {
     let secs = ms / 1000;
-    format!("{:02}:{:02}:{:02}.{:03} UTC", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02}.{:03} UTC",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        ms % 1000
+    )
 }

@@ -71,12 +71,17 @@ impl FileStore {
 
 fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
-    move |source| StoreError::Io { path, action, source }
+    move |source| StoreError::Io {
+        path,
+        action,
+        source,
+    }
 }
 
 /// Encodes a state as the file's bytes.
 pub fn encode_state(state: &PersistentState) -> Vec<u8> {
-    let mut bytes = codec::encode(state).unwrap_or_else(|_| unreachable!("a term and a node id always fit a frame"));
+    let mut bytes = codec::encode(state)
+        .unwrap_or_else(|_| unreachable!("a term and a node id always fit a frame"));
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes
@@ -99,7 +104,9 @@ impl StateStore for FileStore {
     fn load(&mut self) -> Result<PersistentState, StoreError> {
         let path = self.path();
         match fs::read(&path) {
-            Ok(bytes) => decode_state(&bytes).map_err(|reason| StoreError::Corrupt { path, reason }),
+            Ok(bytes) => {
+                decode_state(&bytes).map_err(|reason| StoreError::Corrupt { path, reason })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PersistentState::default()),
             Err(e) => Err(io(&path, "read")(e)),
         }
@@ -115,7 +122,8 @@ impl StateStore for FileStore {
             .truncate(true)
             .open(&tmp)
             .map_err(io(&tmp, "create"))?;
-        file.write_all(&encode_state(state)).map_err(io(&tmp, "write"))?;
+        file.write_all(&encode_state(state))
+            .map_err(io(&tmp, "write"))?;
         file.sync_all().map_err(io(&tmp, "fsync"))?;
         drop(file);
         fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
@@ -135,8 +143,14 @@ mod tests {
     fn round_trip_and_missing_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = FileStore::new(dir.path().join("data"));
-        assert_eq!(store.load().expect("missing is fresh"), PersistentState::default());
-        let state = PersistentState { term: Term(42), voted_for: Some(NodeId::new("node-2").expect("valid")) };
+        assert_eq!(
+            store.load().expect("missing is fresh"),
+            PersistentState::default()
+        );
+        let state = PersistentState {
+            term: Term(42),
+            voted_for: Some(NodeId::new("node-2").expect("valid")),
+        };
         store.save(&state).expect("save");
         assert_eq!(store.load().expect("load"), state);
         assert!(!dir.path().join("data/state.tmp").exists());
@@ -146,13 +160,27 @@ mod tests {
     fn corruption_is_reported_not_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = FileStore::new(dir.path());
-        store.save(&PersistentState { term: Term(7), voted_for: None }).expect("save");
+        store
+            .save(&PersistentState {
+                term: Term(7),
+                voted_for: None,
+            })
+            .expect("save");
         let mut bytes = fs::read(store.path()).expect("read");
         bytes[1] ^= 0x40;
         fs::write(store.path(), &bytes).expect("write");
         let err = store.load().expect_err("corrupt").to_string();
-        assert!(err.contains("corrupt") && err.contains("checksum mismatch"), "{err}");
+        assert!(
+            err.contains("corrupt") && err.contains("checksum mismatch"),
+            "{err}"
+        );
         fs::write(store.path(), b"xy").expect("write");
-        assert!(store.load().expect_err("truncated").to_string().contains("only 2 bytes"));
+        assert!(
+            store
+                .load()
+                .expect_err("truncated")
+                .to_string()
+                .contains("only 2 bytes")
+        );
     }
 }

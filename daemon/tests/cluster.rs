@@ -27,14 +27,27 @@ macro_rules! both_transports {
     };
 }
 
-both_transports!(failover_and_rejoin_without_disruption, step_down_and_maintenance_move_mastership, restart_keeps_term_and_vote);
+both_transports!(
+    failover_and_rejoin_without_disruption,
+    step_down_and_maintenance_move_mastership,
+    restart_keeps_term_and_vote
+);
 
 async fn failover_and_rejoin_without_disruption(kind: TransportKind) {
     let mut cluster = LocalCluster::start(3, kind, ELECTION).expect("cluster");
-    let first = cluster.wait_for_master(None, WAIT).await.expect("a master is elected");
+    let first = cluster
+        .wait_for_master(None, WAIT)
+        .await
+        .expect("a master is elected");
     let i = cluster.index(&first).expect("known id");
-    cluster.stop(i, Shutdown::Immediate).await.expect("clean stop");
-    let second = cluster.wait_for_master(Some(&first), WAIT).await.expect("failover to another node");
+    cluster
+        .stop(i, Shutdown::Immediate)
+        .await
+        .expect("clean stop");
+    let second = cluster
+        .wait_for_master(Some(&first), WAIT)
+        .await
+        .expect("failover to another node");
     assert_ne!(first, second);
 
     let j = cluster.index(&second).expect("known id");
@@ -47,13 +60,20 @@ async fn failover_and_rejoin_without_disruption(kind: TransportKind) {
         if s.leader.as_deref() == Some(second.as_str()) && s.role == "backup" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "old master never followed {second}: {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old master never followed {second}: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // ...without disrupting it: same master, same term, for several election timeouts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(cluster.masters(), vec![second.clone()]);
-    assert_eq!(cluster.nodes[j].handle.status().term, term, "pre-vote kept the term");
+    assert_eq!(
+        cluster.nodes[j].handle.status().term,
+        term,
+        "pre-vote kept the term"
+    );
     cluster.shutdown().await;
 }
 
@@ -62,16 +82,30 @@ async fn step_down_and_maintenance_move_mastership(kind: TransportKind) {
     let first = cluster.wait_for_master(None, WAIT).await.expect("a master");
     let i = cluster.index(&first).expect("known id");
     assert!(cluster.nodes[i].handle.command(Command::StepDown).await);
-    let second = cluster.wait_for_master(Some(&first), WAIT).await.expect("hand-over after step-down");
+    let second = cluster
+        .wait_for_master(Some(&first), WAIT)
+        .await
+        .expect("hand-over after step-down");
 
     let j = cluster.index(&second).expect("known id");
-    assert!(cluster.nodes[j].handle.command(Command::Maintenance(true)).await);
-    let third = cluster.wait_for_master(Some(&second), WAIT).await.expect("hand-over on maintenance");
+    assert!(
+        cluster.nodes[j]
+            .handle
+            .command(Command::Maintenance(true))
+            .await
+    );
+    let third = cluster
+        .wait_for_master(Some(&second), WAIT)
+        .await
+        .expect("hand-over on maintenance");
     assert!(cluster.nodes[j].handle.status().maintenance);
     // Kill the third: the maintenance node must not take over; the remaining one does.
     let k = cluster.index(&third).expect("known id");
     cluster.stop(k, Shutdown::Immediate).await.expect("stop");
-    let fourth = cluster.wait_for_master(Some(&third), WAIT).await.expect("the non-maintenance node takes over");
+    let fourth = cluster
+        .wait_for_master(Some(&third), WAIT)
+        .await
+        .expect("the non-maintenance node takes over");
     assert_ne!(fourth, second, "a node in maintenance never becomes master");
     cluster.shutdown().await;
 }
@@ -79,15 +113,31 @@ async fn step_down_and_maintenance_move_mastership(kind: TransportKind) {
 async fn restart_keeps_term_and_vote(kind: TransportKind) {
     let mut cluster = LocalCluster::start(3, kind, ELECTION).expect("cluster");
     let master = cluster.wait_for_master(None, WAIT).await.expect("a master");
-    let terms: Vec<u64> = cluster.nodes.iter().map(|n| n.handle.status().term).collect();
+    let terms: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.handle.status().term)
+        .collect();
     for i in 0..3 {
         cluster.stop(i, Shutdown::Immediate).await.expect("stop");
     }
     for (i, settings) in cluster.settings.iter().enumerate() {
-        let disk = FileStore::new(&settings.data_dir).load().expect("state readable");
-        assert!(disk.term.0 >= terms[i], "{}: disk term {} < {}", settings.id, disk.term, terms[i]);
+        let disk = FileStore::new(&settings.data_dir)
+            .load()
+            .expect("state readable");
+        assert!(
+            disk.term.0 >= terms[i],
+            "{}: disk term {} < {}",
+            settings.id,
+            disk.term,
+            terms[i]
+        );
         if settings.id == master {
-            assert_eq!(disk.voted_for.as_ref(), Some(&master), "the master voted for itself");
+            assert_eq!(
+                disk.voted_for.as_ref(),
+                Some(&master),
+                "the master voted for itself"
+            );
         }
     }
     for i in 0..3 {
@@ -95,7 +145,10 @@ async fn restart_keeps_term_and_vote(kind: TransportKind) {
         // Once started, a node runs in the term it had on disk, never less.
         assert!(cluster.nodes[i].handle.status().term >= terms[i]);
     }
-    let again = cluster.wait_for_master(None, WAIT).await.expect("a master after a full restart");
+    let again = cluster
+        .wait_for_master(None, WAIT)
+        .await
+        .expect("a master after a full restart");
     let j = cluster.index(&again).expect("known id");
     assert!(cluster.nodes[j].handle.status().term > *terms.iter().max().expect("3 terms"));
     cluster.shutdown().await;
@@ -103,13 +156,22 @@ async fn restart_keeps_term_and_vote(kind: TransportKind) {
 
 #[tokio::test]
 async fn corrupted_state_file_stops_the_node_with_a_clear_error() {
-    let (_dir, settings) = LocalCluster::configure(3, TransportKind::WebSocket, ELECTION).expect("config");
+    let (_dir, settings) =
+        LocalCluster::configure(3, TransportKind::WebSocket, ELECTION).expect("config");
     let store = FileStore::new(&settings[0].data_dir);
     std::fs::create_dir_all(&settings[0].data_dir).expect("mkdir");
     std::fs::write(store.path(), b"\x01garbage that is not a state file").expect("write");
     let mut node = clustd::local::LocalNode::start(&settings[0]);
-    let result = tokio::time::timeout(WAIT, node.join()).await.expect("the node stops by itself");
-    let err = result.expect("task ran").expect_err("corrupt state is fatal").to_string();
+    let result = tokio::time::timeout(WAIT, node.join())
+        .await
+        .expect("the node stops by itself");
+    let err = result
+        .expect("task ran")
+        .expect_err("corrupt state is fatal")
+        .to_string();
     assert!(err.contains("corrupt"), "{err}");
-    assert!(err.contains(&store.path().display().to_string()), "names the file: {err}");
+    assert!(
+        err.contains(&store.path().display().to_string()),
+        "names the file: {err}"
+    );
 }

@@ -41,30 +41,124 @@ fn a_good_config_parses_with_defaults() {
 fn table_of_errors_names_the_key() {
     let cluster = good_cluster();
     let cases: Vec<(&str, String, &str, &str)> = vec![
-        ("unknown key", config(good_node(), &cluster, "heartbeat = 5"), "election", "unknown field `heartbeat`"),
-        ("unknown table", format!("{}\n[extra]\nx = 1\n", config(good_node(), &cluster, "")), "extra (line 14)", "unknown field `extra`"),
+        (
+            "unknown key",
+            config(good_node(), &cluster, "heartbeat = 5"),
+            "election",
+            "unknown field `heartbeat`",
+        ),
+        (
+            "unknown table",
+            format!("{}\n[extra]\nx = 1\n", config(good_node(), &cluster, "")),
+            "extra (line 14)",
+            "unknown field `extra`",
+        ),
         ("syntax error", "[node\nid = 1".to_string(), "line 1", ""),
-        ("wrong type", config("id = 5\ndata_dir = \"d\"", &cluster, ""), "node.id", "invalid type"),
-        ("bad node id", config("id = \"node 1\"\ndata_dir = \"d\"", &cluster, ""), "node.id", "may contain only"),
-        ("peer is self", config(good_node(), &cluster.replace("node-3", "node-1"), ""), "cluster.peers[1].id", "is this node"),
-        ("duplicate peer", config(good_node(), &cluster.replace("node-3", "node-2"), ""), "cluster.peers[1].id", "listed twice"),
-        ("bad address", config(good_node(), &cluster.replace("127.0.0.1:7403", "nowhere"), ""), "cluster.peers[1].addr", "invalid socket address"),
-        ("bad transport", config(good_node(), &cluster.replace("\"quic\"", "\"tcp\""), ""), "cluster.transport", "unknown variant"),
-        ("short secret", config(good_node(), &cluster.replace(SECRET, "tooshort"), ""), "cluster.secret", "at least 32"),
-        ("no secret", config(good_node(), &cluster.replace(&format!("secret = \"{SECRET}\"\n"), ""), ""), "cluster.secret_file", "clustd keygen"),
-        ("inverted timeouts", config(good_node(), &cluster, "election_timeout_ms = [2000, 1000]"), "election.election_timeout_ms", "not a range"),
-        ("unsafe lease", config(good_node(), &cluster, "lease_ms = 900"), "election.lease_ms", "lease/(1-drift)"),
-        ("stop budget too big", config(good_node(), &cluster, "stop_budget_ms = 960"), "election.stop_budget_ms", "unsafe"),
-        ("slow heartbeat", config(good_node(), &cluster, "heartbeat_ms = 500"), "election.heartbeat_ms", "at most half the lease"),
-        ("drift", config(good_node(), &cluster, "max_clock_drift = 0.7"), "election.max_clock_drift", "below 0.5"),
-        ("margin", config(good_node(), &cluster, "driver_lease_margin_ms = 800"), "election.driver_lease_margin_ms", "below the lease"),
+        (
+            "wrong type",
+            config("id = 5\ndata_dir = \"d\"", &cluster, ""),
+            "node.id",
+            "invalid type",
+        ),
+        (
+            "bad node id",
+            config("id = \"node 1\"\ndata_dir = \"d\"", &cluster, ""),
+            "node.id",
+            "may contain only",
+        ),
+        (
+            "peer is self",
+            config(good_node(), &cluster.replace("node-3", "node-1"), ""),
+            "cluster.peers[1].id",
+            "is this node",
+        ),
+        (
+            "duplicate peer",
+            config(good_node(), &cluster.replace("node-3", "node-2"), ""),
+            "cluster.peers[1].id",
+            "listed twice",
+        ),
+        (
+            "bad address",
+            config(
+                good_node(),
+                &cluster.replace("127.0.0.1:7403", "nowhere"),
+                "",
+            ),
+            "cluster.peers[1].addr",
+            "invalid socket address",
+        ),
+        (
+            "bad transport",
+            config(good_node(), &cluster.replace("\"quic\"", "\"tcp\""), ""),
+            "cluster.transport",
+            "unknown variant",
+        ),
+        (
+            "short secret",
+            config(good_node(), &cluster.replace(SECRET, "tooshort"), ""),
+            "cluster.secret",
+            "at least 32",
+        ),
+        (
+            "no secret",
+            config(
+                good_node(),
+                &cluster.replace(&format!("secret = \"{SECRET}\"\n"), ""),
+                "",
+            ),
+            "cluster.secret_file",
+            "clustd keygen",
+        ),
+        (
+            "inverted timeouts",
+            config(good_node(), &cluster, "election_timeout_ms = [2000, 1000]"),
+            "election.election_timeout_ms",
+            "not a range",
+        ),
+        (
+            "unsafe lease",
+            config(good_node(), &cluster, "lease_ms = 900"),
+            "election.lease_ms",
+            "lease/(1-drift)",
+        ),
+        (
+            "stop budget too big",
+            config(good_node(), &cluster, "stop_budget_ms = 960"),
+            "election.stop_budget_ms",
+            "unsafe",
+        ),
+        (
+            "slow heartbeat",
+            config(good_node(), &cluster, "heartbeat_ms = 500"),
+            "election.heartbeat_ms",
+            "at most half the lease",
+        ),
+        (
+            "drift",
+            config(good_node(), &cluster, "max_clock_drift = 0.7"),
+            "election.max_clock_drift",
+            "below 0.5",
+        ),
+        (
+            "margin",
+            config(good_node(), &cluster, "driver_lease_margin_ms = 800"),
+            "election.driver_lease_margin_ms",
+            "below the lease",
+        ),
     ];
     for (name, text, key, needle) in cases {
         let err = parse(&text).expect_err(name);
-        assert!(err.starts_with("test.toml: "), "{name}: names the file: {err}");
+        assert!(
+            err.starts_with("test.toml: "),
+            "{name}: names the file: {err}"
+        );
         assert!(err.contains(key), "{name}: names {key}: {err}");
         assert!(err.contains(needle), "{name}: says {needle:?}: {err}");
-        assert!(!err.contains(SECRET), "{name}: never prints the secret: {err}");
+        assert!(
+            !err.contains(SECRET),
+            "{name}: never prints the secret: {err}"
+        );
     }
 }
 
@@ -76,34 +170,53 @@ fn secret_file_checks() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let cluster = good_cluster().replace(&format!("secret = \"{SECRET}\""), "secret_file = \"secret\"");
+    let cluster = good_cluster().replace(
+        &format!("secret = \"{SECRET}\""),
+        "secret_file = \"secret\"",
+    );
     let (settings, warnings) =
-        Settings::parse(&config(good_node(), &cluster, ""), "test.toml", dir.path()).expect("valid");
+        Settings::parse(&config(good_node(), &cluster, ""), "test.toml", dir.path())
+            .expect("valid");
     assert_eq!(settings.id.as_str(), "node-1");
-    assert!(warnings.iter().any(|w| w.0.contains("chmod 600")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.0.contains("chmod 600")),
+        "{warnings:?}"
+    );
 
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let (_, warnings) = Settings::parse(&config(good_node(), &cluster, ""), "test.toml", dir.path()).expect("valid");
+    let (_, warnings) =
+        Settings::parse(&config(good_node(), &cluster, ""), "test.toml", dir.path())
+            .expect("valid");
     assert!(warnings.is_empty(), "{warnings:?}");
 
     std::fs::write(&secret, "short\n").expect("write");
     let err = Settings::parse(&config(good_node(), &cluster, ""), "test.toml", dir.path())
         .expect_err("short")
         .to_string();
-    assert!(err.contains("cluster.secret_file") && err.contains("at least 32"), "{err}");
+    assert!(
+        err.contains("cluster.secret_file") && err.contains("at least 32"),
+        "{err}"
+    );
 
     let missing = cluster.replace("\"secret\"", "\"nope\"");
     let err = Settings::parse(&config(good_node(), &missing, ""), "test.toml", dir.path())
         .expect_err("missing")
         .to_string();
-    assert!(err.contains("cluster.secret_file") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("cluster.secret_file") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
 fn two_node_cluster_warns_and_witness_is_accepted() {
     let two = good_cluster().replace(", { id = \"node-3\", addr = \"127.0.0.1:7403\" }", "");
-    let (_, warnings) = Settings::parse(&config(good_node(), &two, ""), "t.toml", Path::new(".")).expect("valid");
-    assert!(warnings.iter().any(|w| w.0.contains("witness")), "{warnings:?}");
+    let (_, warnings) =
+        Settings::parse(&config(good_node(), &two, ""), "t.toml", Path::new(".")).expect("valid");
+    assert!(
+        warnings.iter().any(|w| w.0.contains("witness")),
+        "{warnings:?}"
+    );
     let witness = "id = \"node-1\"\ndata_dir = \"d\"\nwitness = true";
     let s = parse(&config(witness, &good_cluster(), "")).expect("valid");
     assert!(s.core.witness);

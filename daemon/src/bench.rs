@@ -1,0 +1,833 @@
+//! `clustd bench failover`: real processes, real failures, measured to the start script.
+//!
+//! Starts N `clustd` daemons (child processes on loopback, temp dirs), each with a real
+//! `clustd-shell-driver` whose start/stop scripts append a timestamped line to a log. Then,
+//! round after round, it fails the master (SIGKILL, SIGTERM, SIGSTOP or step-down), waits for
+//! the new master's `start`, brings the old node back and waits for the cluster to settle.
+//! The driver logs give the master intervals: they must never overlap.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clustd_transport::TransportKind;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::admin::Client;
+use crate::local::free_port;
+use crate::status::Status;
+
+/// How the master is failed in each round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// SIGKILL the master daemon (its driver is left running: the fail-safe must stop it).
+    Kill,
+    /// SIGTERM the master daemon: graceful step-down, then exit.
+    Term,
+    /// SIGSTOP the master daemon (a hung process: no heartbeats, sockets open), SIGCONT later.
+    Freeze,
+    /// `POST /step-down` on the master.
+    StepDown,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Number of daemons.
+    pub nodes: usize,
+    /// Failover rounds per transport.
+    pub rounds: usize,
+    /// Transports to measure, one after the other.
+    pub transports: Vec<TransportKind>,
+    /// `election.heartbeat_ms`.
+    pub heartbeat_ms: u64,
+    /// `election.election_timeout_ms`.
+    pub election_timeout_ms: [u64; 2],
+    /// `election.stop_budget_ms` (None: the daemon's default).
+    pub stop_budget_ms: Option<u64>,
+    /// How the master is failed.
+    pub mode: Mode,
+    /// Path of the `clustd` binary to run.
+    pub clustd_bin: PathBuf,
+    /// Path of the `clustd-shell-driver` binary to run.
+    pub driver_bin: PathBuf,
+    /// Seconds to sample idle CPU and memory after the rounds (0: skip).
+    pub idle_secs: u64,
+    /// Print a progress bar on stderr.
+    pub progress: bool,
+    /// Keep the work directory (logs, configs) instead of deleting it.
+    pub keep: bool,
+}
+
+/// One failover round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    /// The master that was failed.
+    pub old_master: String,
+    /// The node whose `start` ran next.
+    pub new_master: String,
+    /// Failure to the new master's `start` script, ms.
+    pub failover_ms: f64,
+    /// Failure to the first new election campaign, ms (none for step-down).
+    pub detect_ms: Option<f64>,
+    /// Failure to the new master's "became MASTER", ms.
+    pub elected_ms: Option<f64>,
+    /// Elections started across the cluster in this round (more than 1: a split or retry).
+    pub elections: usize,
+}
+
+/// Results for one transport.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `quic` or `websocket`.
+    pub transport: String,
+    /// Failure mode.
+    pub mode: Mode,
+    /// Number of daemons.
+    pub nodes: usize,
+    /// Minimum election timeout, ms.
+    pub et_min_ms: u64,
+    /// Heartbeat, ms.
+    pub heartbeat_ms: u64,
+    /// Rounds that failed over.
+    pub rounds: Vec<Round>,
+    /// Rounds with no new master in time.
+    pub failed_rounds: usize,
+    /// Overlapping master intervals found in the driver logs (must be empty).
+    pub overlaps: Vec<String>,
+    /// Idle CPU of one daemon, percent of one core (highest of the nodes).
+    pub idle_cpu_percent: Option<f64>,
+    /// Resident memory of one daemon, MiB (highest of the nodes).
+    pub idle_rss_mib: Option<f64>,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Files, processes, ports.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The cluster did not reach a state in time.
+    #[error("{0}")]
+    Stuck(String),
+}
+
+struct NodeProc {
+    id: String,
+    config: PathBuf,
+    admin: SocketAddr,
+    daemon: Option<Child>,
+    driver: Child,
+    daemon_log: PathBuf,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs the benchmark for every transport in `opts`.
+pub async fn run(opts: &Options) -> Result<Vec<Report>, BenchError> {
+    let mut reports = Vec::new();
+    for &transport in &opts.transports {
+        reports.push(run_one(opts, transport).await?);
+    }
+    Ok(reports)
+}
+
+fn transport_name(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Quic => "quic",
+        TransportKind::WebSocket => "websocket",
+    }
+}
+
+async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, BenchError> {
+    let dir = tempfile::Builder::new().prefix("clustd-bench-").tempdir()?;
+    let work = dir.path().to_path_buf();
+    let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let secret_file = work.join("secret");
+    write_private(&secret_file, &secret)?;
+    let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
+    let ports: Vec<u16> = names
+        .iter()
+        .map(|_| free_port())
+        .collect::<Result<_, _>>()?;
+    let service_log = work.join("service.log");
+
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?)
+            .parse()
+            .map_err(std::io::Error::other)?;
+        let peers: Vec<String> = names
+            .iter()
+            .zip(&ports)
+            .filter(|(n, _)| *n != name)
+            .map(|(n, p)| format!("{{ id = \"{n}\", addr = \"127.0.0.1:{p}\" }}"))
+            .collect();
+        let stop_budget = opts
+            .stop_budget_ms
+            .map(|ms| format!("stop_budget_ms = {ms}\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n[admin]\nlisten = \"{admin}\"\n",
+            transport_name(transport),
+            ports[i],
+            peers.join(", "),
+            opts.heartbeat_ms,
+            opts.election_timeout_ms[0],
+            opts.election_timeout_ms[1],
+        );
+        let config_path = work.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config)?;
+        // $EPOCHREALTIME (bash 5) needs no fork: the timestamp is taken inside the script.
+        let line = |what: &str| {
+            format!(
+                "printf '%s {what} %s %s\\n' \"$EPOCHREALTIME\" \"$CLUSTD_NODE_ID\" \"$CLUSTD_TERM\" >> '{}'",
+                service_log.display()
+            )
+        };
+        let driver_config = format!(
+            "daemon = \"127.0.0.1:{}\"\ntransport = \"{}\"\nsecret_file = \"secret\"\ndriver_id = \"shell-{name}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/bash\"\nstart = \"{}\"\nstop = \"{}\"\ntimeout_ms = 10000\n",
+            ports[i],
+            transport_name(transport),
+            toml_escape(&line("start")),
+            toml_escape(&line("stop")),
+        );
+        let driver_path = work.join(format!("driver-{name}.toml"));
+        std::fs::write(&driver_path, driver_config)?;
+        let daemon_log = work.join(format!("{name}.log"));
+        let daemon = spawn_daemon(opts, &config_path, &daemon_log)?;
+        let driver = Command::new(&opts.driver_bin)
+            .arg("--config")
+            .arg(&driver_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(append(&work.join(format!("driver-{name}.log")))?)
+            .kill_on_drop(true)
+            .spawn()?;
+        nodes.push(NodeProc {
+            id: name.clone(),
+            config: config_path,
+            admin,
+            daemon: Some(daemon),
+            driver,
+            daemon_log,
+        });
+    }
+
+    let et_min = opts.election_timeout_ms[0];
+    let settle = Duration::from_millis((opts.election_timeout_ms[1] * 10).max(20_000));
+    let mut report = Report {
+        transport: transport_name(transport).into(),
+        mode: opts.mode,
+        nodes: opts.nodes,
+        et_min_ms: et_min,
+        heartbeat_ms: opts.heartbeat_ms,
+        rounds: Vec::new(),
+        failed_rounds: 0,
+        overlaps: Vec::new(),
+        idle_cpu_percent: None,
+        idle_rss_mib: None,
+    };
+    let result = async {
+        for round in 0..opts.rounds {
+            let master = wait_stable(&nodes, &service_log, settle).await?;
+            let index = nodes.iter().position(|n| n.id == master).unwrap_or(0);
+            let failed_at = unix_now();
+            fail(&mut nodes[index], opts.mode).await?;
+            let new_start = wait_new_start(&service_log, failed_at, settle).await;
+            match new_start {
+                Some((at, new_master)) => {
+                    let events = daemon_events(&nodes, failed_at);
+                    let detect = events
+                        .iter()
+                        .filter(|e| e.1 == "election started")
+                        .map(|e| e.0)
+                        .reduce(f64::min);
+                    let elected = events
+                        .iter()
+                        .filter(|e| e.1 == "became MASTER" && e.2 == new_master)
+                        .map(|e| e.0)
+                        .reduce(f64::min);
+                    let elections = events
+                        .iter()
+                        .filter(|e| e.1 == "election started" && e.0 <= at)
+                        .count();
+                    report.rounds.push(Round {
+                        old_master: master.clone(),
+                        new_master,
+                        failover_ms: (at - failed_at) * 1000.0,
+                        detect_ms: detect.map(|t| (t - failed_at) * 1000.0),
+                        elected_ms: elected.map(|t| (t - failed_at) * 1000.0),
+                        elections,
+                    });
+                }
+                None => report.failed_rounds += 1,
+            }
+            recover(opts, &mut nodes[index]).await?;
+            if opts.progress {
+                let done = round + 1;
+                let width = 30;
+                let filled = done * width / opts.rounds.max(1);
+                let last = report
+                    .rounds
+                    .last()
+                    .map_or("-".to_string(), |r| format!("{:.0} ms", r.failover_ms));
+                eprint!(
+                    "\r  {} [{}{}] round {done}/{}  last failover {last}   ",
+                    transport_name(transport),
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    opts.rounds
+                );
+            }
+        }
+        if opts.progress {
+            eprintln!();
+        }
+        wait_stable(&nodes, &service_log, settle).await?;
+        if opts.idle_secs > 0 {
+            let (cpu, rss) = sample_idle(&nodes, opts.idle_secs).await;
+            report.idle_cpu_percent = cpu;
+            report.idle_rss_mib = rss;
+        }
+        Ok::<(), BenchError>(())
+    }
+    .await;
+    for node in &mut nodes {
+        if let Some(d) = node.daemon.as_mut() {
+            let _ = d.start_kill();
+            let _ = d.wait().await;
+        }
+        let _ = node.driver.start_kill();
+        let _ = node.driver.wait().await;
+    }
+    report.overlaps = overlaps(&std::fs::read_to_string(&service_log).unwrap_or_default());
+    if opts.keep {
+        let kept = dir.keep();
+        eprintln!("  logs and configs kept in {}", kept.display());
+    }
+    result?;
+    Ok(report)
+}
+
+fn toml_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+fn spawn_daemon(opts: &Options, config: &Path, log: &Path) -> std::io::Result<Child> {
+    Command::new(&opts.clustd_bin)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(append(log)?)
+        .kill_on_drop(true)
+        .spawn()
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) -> std::io::Result<()> {
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("process already gone"))?;
+    let pid = i32::try_from(pid).map_err(std::io::Error::other)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(std::io::Error::other)
+}
+
+async fn fail(node: &mut NodeProc, mode: Mode) -> Result<(), BenchError> {
+    use nix::sys::signal::Signal;
+    let Some(daemon) = node.daemon.as_mut() else {
+        return Err(BenchError::Stuck(format!("{} is not running", node.id)));
+    };
+    match mode {
+        Mode::Kill => {
+            daemon.start_kill()?;
+            let _ = daemon.wait().await;
+            node.daemon = None;
+        }
+        Mode::Term => signal(daemon, Signal::SIGTERM)?,
+        Mode::Freeze => signal(daemon, Signal::SIGSTOP)?,
+        Mode::StepDown => {
+            Client::new(node.admin)
+                .post("/step-down")
+                .await
+                .map_err(|e| BenchError::Stuck(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn recover(opts: &Options, node: &mut NodeProc) -> Result<(), BenchError> {
+    match opts.mode {
+        Mode::Kill => {
+            node.daemon = Some(spawn_daemon(opts, &node.config, &node.daemon_log)?);
+        }
+        Mode::Term => {
+            if let Some(mut d) = node.daemon.take() {
+                let exited = tokio::time::timeout(Duration::from_secs(30), d.wait()).await;
+                if exited.is_err() {
+                    let _ = d.start_kill();
+                    return Err(BenchError::Stuck(format!(
+                        "{} did not exit after SIGTERM",
+                        node.id
+                    )));
+                }
+            }
+            node.daemon = Some(spawn_daemon(opts, &node.config, &node.daemon_log)?);
+        }
+        Mode::Freeze => {
+            if let Some(d) = node.daemon.as_ref() {
+                signal(d, nix::sys::signal::Signal::SIGCONT)?;
+            }
+        }
+        Mode::StepDown => {}
+    }
+    Ok(())
+}
+
+/// Waits until every daemon answers, exactly one is master, all agree on it, all peers
+/// are connected, and the master's `start` is the latest line for it in the service log.
+async fn wait_stable(
+    nodes: &[NodeProc],
+    service_log: &Path,
+    timeout: Duration,
+) -> Result<String, BenchError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stable_since: Option<(tokio::time::Instant, String)> = None;
+    loop {
+        let mut statuses = Vec::new();
+        for n in nodes {
+            let status = match Client::new(n.admin).status_json().await {
+                Ok(body) => serde_json::from_str::<Status>(&body).ok(),
+                Err(_) => None,
+            };
+            statuses.push(status);
+        }
+        let master = stable_master(&statuses, service_log);
+        match (&stable_since, master) {
+            (Some((since, id)), Some(m)) if *id == m => {
+                // Stable for a few heartbeats: the cluster has settled.
+                if since.elapsed() >= Duration::from_millis(300) {
+                    return Ok(m);
+                }
+            }
+            (_, Some(m)) => stable_since = Some((tokio::time::Instant::now(), m)),
+            (_, None) => stable_since = None,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BenchError::Stuck(format!(
+                "the cluster did not settle within {timeout:?}: {statuses:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn stable_master(statuses: &[Option<Status>], service_log: &Path) -> Option<String> {
+    let all: Vec<&Status> = statuses.iter().flatten().collect();
+    if all.len() != statuses.len() {
+        return None;
+    }
+    let masters: Vec<&&Status> = all.iter().filter(|s| s.role == "master").collect();
+    let [master] = masters[..] else {
+        return None;
+    };
+    let agreed = all
+        .iter()
+        .all(|s| s.leader.as_deref() == Some(master.node_id.as_str()));
+    let connected = all.iter().all(|s| s.peers.iter().all(|p| p.connected));
+    let drivers = all
+        .iter()
+        .all(|s| s.drivers.iter().any(|d| d.connected && d.acknowledged));
+    let log = std::fs::read_to_string(service_log).unwrap_or_default();
+    let started = service_lines(&log)
+        .iter()
+        .rev()
+        .find(|l| l.node == master.node_id)
+        .is_some_and(|l| l.action == "start" && l.term == master.term);
+    (agreed && connected && drivers && started).then(|| master.node_id.clone())
+}
+
+#[derive(Debug, Clone)]
+struct ServiceLine {
+    at: f64,
+    action: String,
+    node: String,
+    term: u64,
+}
+
+fn service_lines(log: &str) -> Vec<ServiceLine> {
+    log.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let at = parts.next()?.parse().ok()?;
+            let action = parts.next()?.to_string();
+            let node = parts.next()?.to_string();
+            let term = parts.next()?.parse().ok()?;
+            Some(ServiceLine {
+                at,
+                action,
+                node,
+                term,
+            })
+        })
+        .collect()
+}
+
+/// The first `start` after the failure: the new master's service is up.
+async fn wait_new_start(
+    service_log: &Path,
+    after: f64,
+    timeout: Duration,
+) -> Option<(f64, String)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(service_log).unwrap_or_default();
+        if let Some(line) = service_lines(&log)
+            .into_iter()
+            .find(|l| l.action == "start" && l.at > after)
+        {
+            return Some((line.at, line.node));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `(unix seconds, message, node)` of the daemons' "election started" and "became MASTER"
+/// log lines after `after`.
+fn daemon_events(nodes: &[NodeProc], after: f64) -> Vec<(f64, String, String)> {
+    let mut events = Vec::new();
+    for n in nodes {
+        let text = std::fs::read_to_string(&n.daemon_log).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let message = v
+                .pointer("/fields/message")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default();
+            if message != "election started" && message != "became MASTER" {
+                continue;
+            }
+            let Some(at) = v
+                .get("timestamp")
+                .and_then(|t| t.as_str())
+                .and_then(parse_rfc3339)
+            else {
+                continue;
+            };
+            if at > after {
+                events.push((at, message.to_string(), n.id.clone()));
+            }
+        }
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    events
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS.fffffffffZ` (UTC, as tracing-subscriber writes) to Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
+}
+
+/// Master intervals from the service log (start → next stop of the same node), and every
+/// pair of them that intersects.
+pub fn overlaps(log: &str) -> Vec<String> {
+    let mut open: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    let mut intervals: Vec<(String, u64, f64, f64)> = Vec::new();
+    for line in service_lines(log) {
+        match line.action.as_str() {
+            "start" => {
+                open.entry(line.node.clone())
+                    .or_insert((line.at, line.term));
+            }
+            "stop" => {
+                if let Some((start, term)) = open.remove(&line.node) {
+                    intervals.push((line.node, term, start, line.at));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (node, (start, term)) in open {
+        intervals.push((node, term, start, f64::INFINITY));
+    }
+    let mut found = Vec::new();
+    for (i, a) in intervals.iter().enumerate() {
+        for b in &intervals[i + 1..] {
+            if a.0 != b.0 && a.2 < b.3 && b.2 < a.3 {
+                found.push(format!(
+                    "{} (term {}) {:.6}..{:.6} overlaps {} (term {}) {:.6}..{:.6}",
+                    a.0, a.1, a.2, a.3, b.0, b.1, b.2, b.3
+                ));
+            }
+        }
+    }
+    found
+}
+
+fn proc_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn proc_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn sample_idle(nodes: &[NodeProc], secs: u64) -> (Option<f64>, Option<f64>) {
+    let pids: Vec<u32> = nodes
+        .iter()
+        .filter_map(|n| n.daemon.as_ref().and_then(Child::id))
+        .collect();
+    let before: Vec<Option<u64>> = pids.iter().map(|p| proc_ticks(*p)).collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
+    let cpu = pids
+        .iter()
+        .zip(before)
+        .filter_map(|(p, b)| Some((proc_ticks(*p)? - b?) as f64 / 100.0 / secs as f64 * 100.0))
+        .reduce(f64::max);
+    let rss = pids
+        .iter()
+        .filter_map(|p| proc_rss_kib(*p))
+        .map(|k| k as f64 / 1024.0)
+        .reduce(f64::max);
+    (cpu, rss)
+}
+
+/// Percentile (nearest rank) of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The human-readable table.
+pub fn render(reports: &[Report]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let mut failover: Vec<f64> = r.rounds.iter().map(|x| x.failover_ms).collect();
+        failover.sort_by(f64::total_cmp);
+        let stat = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            format!("{:>7.0}", percentile(&v, 50.0))
+        };
+        let detect: Vec<f64> = r.rounds.iter().filter_map(|x| x.detect_ms).collect();
+        let elected: Vec<f64> = r.rounds.iter().filter_map(|x| x.elected_ms).collect();
+        let splits = r.rounds.iter().filter(|x| x.elections > 1).count();
+        let et = r.et_min_ms as f64;
+        let _ = writeln!(
+            out,
+            "\n{} — mode {:?}, {} nodes, heartbeat {} ms, ET_min {} ms, {} rounds ({} without failover)",
+            r.transport,
+            r.mode,
+            r.nodes,
+            r.heartbeat_ms,
+            r.et_min_ms,
+            r.rounds.len(),
+            r.failed_rounds
+        );
+        let _ = writeln!(
+            out,
+            "  {:<28} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            "failover to start script", "min", "p50", "p90", "p99", "max"
+        );
+        if !failover.is_empty() {
+            let row = |f: &dyn Fn(f64) -> f64| {
+                [0.0, 50.0, 90.0, 99.0, 100.0]
+                    .iter()
+                    .map(|p| {
+                        if *p == 0.0 {
+                            failover[0]
+                        } else {
+                            percentile(&failover, *p)
+                        }
+                    })
+                    .map(|v| format!("{:>7.2}", f(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                out,
+                "  {:<28} {}",
+                "  ms",
+                row(&|v| v).replace(".00", "   ")
+            );
+            let _ = writeln!(out, "  {:<28} {}", "  x ET_min", row(&|v| v / et));
+        }
+        if !detect.is_empty() || !elected.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<28} {}",
+                "p50 detect (campaign), ms",
+                stat(&detect)
+            );
+            let _ = writeln!(
+                out,
+                "  {:<28} {}",
+                "p50 elected (master), ms",
+                stat(&elected)
+            );
+            let _ = writeln!(out, "  {:<28} {}", "p50 start script, ms", stat(&failover));
+        }
+        let _ = writeln!(out, "  {:<28} {:>7}", "rounds with >1 election", splits);
+        let _ = writeln!(
+            out,
+            "  {:<28} {:>7}",
+            "overlapping masters",
+            r.overlaps.len()
+        );
+        if let Some(cpu) = r.idle_cpu_percent {
+            let _ = writeln!(out, "  {:<28} {:>7.3}", "idle CPU, % of one core", cpu);
+        }
+        if let Some(rss) = r.idle_rss_mib {
+            let _ = writeln!(out, "  {:<28} {:>7.1}", "idle RSS, MiB", rss);
+        }
+        for o in &r.overlaps {
+            let _ = writeln!(out, "  OVERLAP: {o}");
+        }
+    }
+    out
+}
+
+/// An SVG histogram of failover times, one colour per transport.
+pub fn plot_svg(reports: &[Report]) -> String {
+    let all: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| r.rounds.iter().map(|x| x.failover_ms))
+        .collect();
+    let max = all.iter().copied().fold(1.0_f64, f64::max);
+    let bins = 40usize;
+    let width = 800.0;
+    let height = 300.0;
+    let colors = ["#1f77b4", "#ff7f0e"];
+    let mut counts = vec![vec![0usize; bins]; reports.len()];
+    for (i, r) in reports.iter().enumerate() {
+        for x in &r.rounds {
+            let b = ((x.failover_ms / max) * (bins as f64 - 1.0)).round() as usize;
+            counts[i][b.min(bins - 1)] += 1;
+        }
+    }
+    let top = counts.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"16\">failover time to the new master's start script (ms)</text>\n",
+        w = width + 60.0,
+        h = height + 60.0
+    );
+    let bar = width / bins as f64 / reports.len().max(1) as f64;
+    for (i, r) in reports.iter().enumerate() {
+        for (b, count) in counts[i].iter().enumerate() {
+            let h = *count as f64 / top * height;
+            let x = 40.0 + b as f64 * width / bins as f64 + i as f64 * bar;
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"/>",
+                30.0 + height - h,
+                bar.max(1.0),
+                colors[i % colors.len()]
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" fill=\"{}\">{} ({} rounds)</text>",
+            width - 150.0,
+            40 + 16 * i,
+            colors[i % colors.len()],
+            r.transport,
+            r.rounds.len()
+        );
+    }
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        let x = 40.0 + width * k as f64 / 4.0;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x:.0}\" y=\"{}\">{v:.0}</text>",
+            height + 50.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_timestamps() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
+        let t = parse_rfc3339("2026-11-25T23:55:52.688951Z").expect("parses");
+        assert!((t - 1_795_823_752.688_951).abs() < 1e-3, "{t}");
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn overlap_detection() {
+        let clean = "1.0 start a 1\n2.0 stop a 1\n2.5 start b 2\n";
+        assert!(overlaps(clean).is_empty());
+        let bad = "1.0 start a 1\n2.0 start b 2\n3.0 stop a 1\n";
+        assert_eq!(overlaps(bad).len(), 1);
+        // A node that never stopped overlaps whoever started after it.
+        assert_eq!(overlaps("1.0 start a 1\n5.0 start b 2\n").len(), 1);
+    }
+}
