@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use crate::admin::Client;
-use crate::local::free_port;
+use crate::local::{free_port, write_private};
 use crate::status::Status;
 
 /// How the master is failed in each round.
@@ -322,16 +322,6 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
 
 fn toml_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
 }
 
 fn append(path: &Path) -> std::io::Result<std::fs::File> {

@@ -26,13 +26,13 @@ pub fn free_port() -> std::io::Result<u16> {
     Err(std::io::Error::other("no free loopback port found"))
 }
 
-/// The TOML of a loopback node; `extra` is appended to the `[election]` table.
+/// The TOML of a loopback node; `election` is the body of the `[election]` table.
 pub fn node_config(
     id: &str,
     port: u16,
     peers: &[(String, u16)],
     transport: TransportKind,
-    secret: &str,
+    secret_file: &std::path::Path,
     data_dir: &std::path::Path,
     election: &str,
 ) -> String {
@@ -45,10 +45,25 @@ pub fn node_config(
         .map(|(id, port)| format!("{{ id = \"{id}\", addr = \"127.0.0.1:{port}\" }}"))
         .collect();
     format!(
-        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret = \"{secret}\"\npeers = [{}]\n\n[election]\n{election}\n",
+        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"{}\"\npeers = [{}]\n\n[election]\n{election}\n",
         data_dir.display(),
+        secret_file.display(),
         peers.join(", ")
     )
+}
+
+/// The cluster secret's file name inside a local cluster's directory (drivers use it too).
+pub const SECRET_FILE: &str = "secret";
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 /// One node running as a task in this process.
@@ -151,6 +166,8 @@ impl LocalCluster {
     ) -> Result<(tempfile::TempDir, Vec<Settings>), LocalError> {
         let dir = tempfile::Builder::new().prefix("clustd-local-").tempdir()?;
         let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let secret_file = dir.path().join(SECRET_FILE);
+        write_private(&secret_file, &secret)?;
         let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
         let ports: Vec<u16> = names
             .iter()
@@ -169,7 +186,7 @@ impl LocalCluster {
                 ports[i],
                 &peers,
                 transport,
-                &secret,
+                &secret_file,
                 &dir.path().join(name),
                 election,
             );

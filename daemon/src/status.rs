@@ -121,8 +121,8 @@ impl Status {
         let _ = writeln!(out, "transport {} on {}", self.transport, self.listen);
         let _ = writeln!(
             out,
-            "\n{:<20} {:<24} {:<10} {}",
-            "PEER", "ADDRESS", "CONNECTED", "LAST HEARD"
+            "\n{:<20} {:<24} {:<10} LAST HEARD",
+            "PEER", "ADDRESS", "CONNECTED"
         );
         for p in &self.peers {
             let heard = p
@@ -140,8 +140,8 @@ impl Status {
         if !self.drivers.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<28} {:<10} {:<8} {}",
-                "DRIVER", "CONNECTED", "ROLE", "LAST RESULT"
+                "\n{:<28} {:<10} {:<8} LAST RESULT",
+                "DRIVER", "CONNECTED", "ROLE"
             );
             for d in &self.drivers {
                 let result = match (&d.last_result, d.acknowledged) {

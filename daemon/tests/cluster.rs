@@ -140,10 +140,10 @@ async fn restart_keeps_term_and_vote(kind: TransportKind) {
             );
         }
     }
-    for i in 0..3 {
+    for (i, term) in terms.iter().enumerate() {
         cluster.restart(i).await.expect("restarts");
         // Once started, a node runs in the term it had on disk, never less.
-        assert!(cluster.nodes[i].handle.status().term >= terms[i]);
+        assert!(cluster.nodes[i].handle.status().term >= *term);
     }
     let again = cluster
         .wait_for_master(None, WAIT)
