@@ -243,6 +243,11 @@ impl Observer {
         }
     }
 
+    /// Abandons a failover measurement (another fault interfered).
+    pub fn cancel_failover(&mut self) {
+        self.failover_from = None;
+    }
+
     fn close(&mut self, node: usize, at: Duration) {
         if let Some(i) = self.open.remove(&node) {
             let interval = &mut self.intervals[i];
@@ -294,7 +299,8 @@ impl Observer {
                 );
             }
         }
-        self.note_term(*at, *node, state.term.0);
+        // Not compared with the status terms: a tick's writes are drained after its
+        // status, which already shows the last of them.
         self.votes.insert(*node, state.clone());
     }
 

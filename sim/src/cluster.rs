@@ -571,7 +571,6 @@ impl Cluster {
     /// Silent crash (power cut, kernel panic): partition first so no FIN/RST leaves, then
     /// crash. Its links stay cut until [`Cluster::restart`].
     pub fn crash(&mut self, i: usize) {
-        self.note_master_loss(i);
         let others = self.others(&[i]);
         self.partition(&[i], &others);
         self.cut_for_crash[i] = true;
@@ -580,7 +579,6 @@ impl Cluster {
 
     /// Crash with FIN: the process dies and the OS closes its connections.
     pub fn crash_fin(&mut self, i: usize) {
-        self.note_master_loss(i);
         self.crash_now(i, "crash (FIN)");
     }
 
@@ -602,9 +600,15 @@ impl Cluster {
         }
     }
 
-    /// Marks the start of a failover measurement (e.g. the master was isolated).
+    /// Starts a failover measurement if `i` is the master (call just before a fault
+    /// that takes it away): the time to the next master lands in [`Outcome::failovers`].
     pub fn failover_started(&mut self, i: usize) {
         self.note_master_loss(i);
+    }
+
+    /// Abandons a pending failover measurement (another fault interfered).
+    pub fn cancel_failover(&mut self) {
+        self.observer.cancel_failover();
     }
 
     /// Restarts node `i` (its disk survived); reconnects it if a silent crash cut it off.
