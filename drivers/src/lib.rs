@@ -36,6 +36,9 @@ mod backoff;
 mod config;
 mod driver;
 mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 pub mod notify;
 mod session;

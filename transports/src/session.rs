@@ -160,11 +160,33 @@ impl Initiator {
         seed: [u8; 32],
         hello: &Hello,
     ) -> Result<(Self, Vec<u8>), TransportError> {
-        let mut state = build(secret, binding, seed, true)?;
         let payload = codec::encode(hello).map_err(|e| TransportError::Protocol(e.to_string()))?;
+        Self::start_raw(secret, binding, seed, &payload)
+    }
+
+    /// Fuzzing hook: like [`Initiator::start`] with any plaintext in place of the encoded
+    /// hello, so a fuzzer holding the secret can reach the responder's hello decoding.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn start_with_payload(
+        secret: &Secret,
+        binding: &[u8],
+        seed: [u8; 32],
+        payload: &[u8],
+    ) -> Result<(Self, Vec<u8>), TransportError> {
+        Self::start_raw(secret, binding, seed, payload)
+    }
+
+    fn start_raw(
+        secret: &Secret,
+        binding: &[u8],
+        seed: [u8; 32],
+        payload: &[u8],
+    ) -> Result<(Self, Vec<u8>), TransportError> {
+        let mut state = build(secret, binding, seed, true)?;
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
         let len = state
-            .write_message(&payload, &mut msg)
+            .write_message(payload, &mut msg)
             .map_err(|e| TransportError::Protocol(format!("noise write: {e}")))?;
         msg.truncate(len);
         Ok((Self { state }, msg))
@@ -218,12 +240,24 @@ impl Responder {
     /// Writes message 2 with `reply`; returns it and the session. The session is not yet
     /// authenticated: the caller must [`Session::open`] the initiator's first message and
     /// check it is a [`Body::Confirm`] before trusting the peer.
-    pub fn reply(mut self, reply: &Reply) -> Result<(Vec<u8>, Session), TransportError> {
+    pub fn reply(self, reply: &Reply) -> Result<(Vec<u8>, Session), TransportError> {
         let payload = codec::encode(reply).map_err(|e| TransportError::Protocol(e.to_string()))?;
+        self.reply_raw(&payload)
+    }
+
+    /// Fuzzing hook: like [`Responder::reply`] with any plaintext in place of the encoded
+    /// reply, so a fuzzer holding the secret can reach the initiator's reply decoding.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn reply_with_payload(self, payload: &[u8]) -> Result<(Vec<u8>, Session), TransportError> {
+        self.reply_raw(payload)
+    }
+
+    fn reply_raw(mut self, payload: &[u8]) -> Result<(Vec<u8>, Session), TransportError> {
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
         let len = self
             .state
-            .write_message(&payload, &mut msg)
+            .write_message(payload, &mut msg)
             .map_err(|e| TransportError::Protocol(format!("noise write: {e}")))?;
         msg.truncate(len);
         Ok((msg, Session::new(self.state)?))

@@ -1,0 +1,305 @@
+//! `driver_protocol`: arbitrary messages from a daemon into the driver library's engine
+//! (the real `run_engine`, through `clustd_drivers::fuzzing::EngineHarness`, on a paused
+//! clock), well-formed or garbage, over connections that come and go.
+//!
+//! Frames go through `clustd_core::codec::decode` as in the driver's connection loop: a
+//! frame that does not decode drops the connection (and the driver reconnects), exactly as
+//! the loop does; so does a `Resync` request from the engine.
+//!
+//! Checked: the engine never stops or panics; every `Role` accepted on the current
+//! connection is acknowledged exactly once, on that connection, and nothing else is; once
+//! the driver has had time to act, the last change handed to it is the engine's target
+//! role; and after a long silence (no renewals) the driver always ends in backup — the
+//! fail-safe — whatever lease values it was given.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arbitrary::{Arbitrary, Unstructured};
+use clustd_core::codec;
+use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
+use clustd_drivers::fuzzing::{EngineHarness, Output};
+
+/// One input: the driver's behaviour and what the daemon does.
+#[derive(Arbitrary, Debug)]
+pub struct Input {
+    /// How long to wait for a first role at start-up (ms).
+    pub startup_wait_ms: u16,
+    /// The driver's actions: duration (ms) and result, cycled.
+    pub actions: Vec<(u16, u8)>,
+    /// What happens.
+    pub ops: Vec<Op>,
+}
+
+/// One event on the daemon's side.
+#[derive(Arbitrary, Debug)]
+pub enum Op {
+    /// A role message.
+    Role {
+        /// Master or backup.
+        master: bool,
+        /// Term.
+        term: u64,
+        /// Leader (index; none past 3).
+        leader: u8,
+        /// Remaining lease.
+        lease_remaining_ms: u32,
+        /// Sequence number.
+        seq: u64,
+        /// Reason.
+        reason: String,
+    },
+    /// A lease renewal.
+    Renewal {
+        /// Term.
+        term: u64,
+        /// Remaining lease.
+        lease_remaining_ms: u32,
+    },
+    /// A raw frame (decoded with the codec; garbage drops the connection).
+    Frame(Vec<u8>),
+    /// A message on an earlier connection (ignored by the engine).
+    OnOldConnection {
+        /// Remaining lease of a master role.
+        lease_remaining_ms: u32,
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Time passes (ms).
+    Advance(u16),
+    /// The connection drops.
+    Disconnect,
+    /// The driver reconnects (if disconnected).
+    Reconnect,
+}
+
+/// Replays the connection loop's side and checks the engine's answers.
+struct Model {
+    harness: EngineHarness,
+    /// The current connection, if up.
+    conn: Option<u64>,
+    next_conn: u64,
+    /// Roles accepted and not yet acknowledged, by (conn, seq): how many.
+    unacked: BTreeMap<(u64, u64), u32>,
+    /// Longest action, for "enough time to act".
+    longest_action: Duration,
+}
+
+impl Model {
+    fn reconnect(&mut self) {
+        if self.conn.is_none() {
+            self.next_conn += 1;
+            self.conn = Some(self.next_conn);
+            self.harness.connected(self.next_conn);
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.harness.disconnected(conn);
+        }
+    }
+
+    fn frame(&mut self, frame: &[u8]) {
+        let Some(conn) = self.conn else {
+            return;
+        };
+        match codec::decode::<ToDriver>(frame) {
+            Ok(msg) => {
+                if let ToDriver::Role { seq, .. } = &msg {
+                    *self.unacked.entry((conn, *seq)).or_default() += 1;
+                }
+                self.harness.message(conn, msg);
+            }
+            Err(_) => {
+                // The connection loop drops the connection on an undecodable frame.
+                self.disconnect();
+                self.reconnect();
+            }
+        }
+    }
+
+    fn outputs(&mut self, context: &Op) {
+        for output in self.harness.take_outputs() {
+            match output {
+                Output::Send {
+                    conn,
+                    msg: FromDriver::Ack { seq, .. },
+                } => {
+                    let left = self.unacked.get_mut(&(conn, seq)).unwrap_or_else(|| {
+                        panic!("after {context:?}: ack of ({conn}, {seq}) that nobody asked for")
+                    });
+                    *left -= 1;
+                    if *left == 0 {
+                        self.unacked.remove(&(conn, seq));
+                    }
+                }
+                Output::Send { msg, .. } => panic!("after {context:?}: unexpected {msg:?}"),
+                Output::Resync { conn } => {
+                    if self.conn == Some(conn) {
+                        self.disconnect();
+                        self.reconnect();
+                    }
+                }
+            }
+        }
+        if let Some(why) = self.harness.failure() {
+            panic!("after {context:?}: the engine stopped: {why}");
+        }
+    }
+
+    /// Gives the driver time to work through everything queued (the queue holds at most
+    /// a few transitions, each done within the longest action).
+    fn settle(&mut self, context: &Op) {
+        for _ in 0..4 {
+            self.harness
+                .advance(self.longest_action + Duration::from_millis(1));
+            self.outputs(context);
+        }
+    }
+}
+
+fn node() -> NodeId {
+    NodeId::new("node-1").unwrap_or_else(|_| unreachable!("valid id"))
+}
+
+fn leader(i: u8) -> Option<NodeId> {
+    (i < 3).then(|| {
+        NodeId::new(format!("node-{}", i + 1)).unwrap_or_else(|_| unreachable!("valid id"))
+    })
+}
+
+fn result(code: u8) -> ActionResult {
+    match code % 4 {
+        0 | 1 => ActionResult::Ok,
+        2 => ActionResult::Failed("scripted failure".into()),
+        _ => ActionResult::TimedOut,
+    }
+}
+
+/// The target body.
+pub fn driver_protocol(data: &[u8]) {
+    let u = Unstructured::new(data);
+    let Ok(input) = Input::arbitrary_take_rest(u) else {
+        return;
+    };
+    let script: Vec<(Duration, ActionResult)> = input
+        .actions
+        .iter()
+        .take(8)
+        .map(|(ms, code)| (Duration::from_millis(u64::from(*ms % 5000)), result(*code)))
+        .collect();
+    let longest_action = script.iter().map(|(d, _)| *d).max().unwrap_or_default();
+    let harness = EngineHarness::new(
+        Duration::from_millis(u64::from(input.startup_wait_ms)),
+        script,
+    );
+    let mut model = Model {
+        harness,
+        conn: None,
+        next_conn: 0,
+        unacked: BTreeMap::new(),
+        longest_action,
+    };
+    let end = Op::Advance(0);
+    model.reconnect();
+    for op in input.ops.iter().take(64) {
+        match op {
+            Op::Role {
+                master,
+                term,
+                leader: l,
+                lease_remaining_ms,
+                seq,
+                reason,
+            } => {
+                let role = if *master {
+                    DriverRole::Master
+                } else {
+                    DriverRole::Backup
+                };
+                let msg = ToDriver::Role {
+                    role,
+                    term: Term(*term),
+                    node: node(),
+                    leader: leader(*l),
+                    lease_remaining_ms: *lease_remaining_ms,
+                    reason: reason.chars().take(64).collect(),
+                    seq: *seq,
+                };
+                let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
+                model.frame(&frame);
+            }
+            Op::Renewal {
+                term,
+                lease_remaining_ms,
+            } => {
+                let msg = ToDriver::LeaseRenewal {
+                    term: Term(*term),
+                    lease_remaining_ms: *lease_remaining_ms,
+                };
+                let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
+                model.frame(&frame);
+            }
+            Op::Frame(bytes) => model.frame(bytes),
+            Op::OnOldConnection {
+                lease_remaining_ms,
+                seq,
+            } => {
+                if model.next_conn > 1 {
+                    let msg = ToDriver::Role {
+                        role: DriverRole::Master,
+                        term: Term(u64::MAX),
+                        node: node(),
+                        leader: None,
+                        lease_remaining_ms: *lease_remaining_ms,
+                        reason: "stale".into(),
+                        seq: *seq,
+                    };
+                    model.harness.message(model.next_conn - 1, msg);
+                }
+            }
+            Op::Advance(ms) => model.harness.advance(Duration::from_millis(u64::from(*ms))),
+            Op::Disconnect => model.disconnect(),
+            Op::Reconnect => model.reconnect(),
+        }
+        model.outputs(op);
+    }
+
+    // Converged: the driver was last handed the engine's target role.
+    model.settle(&end);
+    let status = model.harness.status();
+    let changes = model.harness.changes();
+    if let Some(target) = status.target_role {
+        let last = changes.last().map(|c| c.role);
+        // Nothing handed over yet is fine only when the target needs no action (a start-up
+        // stop already applied counts as handed over, so that does not happen either).
+        assert_eq!(
+            last,
+            Some(target),
+            "the driver did not converge: {status:?}"
+        );
+    }
+    assert!(
+        model.unacked.is_empty(),
+        "roles never acknowledged: {:?}",
+        model.unacked
+    );
+
+    // The fail-safe: silence long enough for any lease (u32::MAX ms is under 50 days).
+    model.harness.advance(Duration::from_secs(50 * 24 * 3600));
+    model.outputs(&end);
+    model.settle(&end);
+    let status = model.harness.status();
+    let changes = model.harness.changes();
+    assert_eq!(
+        status.target_role,
+        Some(DriverRole::Backup),
+        "still master after a silence longer than any lease: {status:?}"
+    );
+    assert_eq!(
+        changes.last().map(|c| c.role),
+        Some(DriverRole::Backup),
+        "the driver was not told to stop after the lease ran out: {status:?}"
+    );
+}
