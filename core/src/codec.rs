@@ -157,6 +157,16 @@ mod tests {
         }
 
         #[test]
+        fn peer_events_round_trip(peer in node_id(), up in any::<bool>(), term in any::<u64>()) {
+            let msg = ToDriver::Peer { peer, up, term: Term(term) };
+            let frame = encode(&msg).expect("encodes");
+            prop_assert_eq!(decode::<ToDriver>(&frame), Ok(msg));
+            for cut in 0..frame.len() {
+                prop_assert!(decode::<ToDriver>(&frame[..cut]).is_err());
+            }
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<Message>(&bytes);
             let _ = decode::<ToDriver>(&bytes);

@@ -136,6 +136,17 @@ pub enum ToDriver {
         /// Remaining validity in ms, already reduced by a delivery margin.
         lease_remaining_ms: u32,
     },
+    /// The daemon's connection to a peer came up or went down: a cluster event for
+    /// drivers that tell people (the notify driver). Sent on transitions only, never
+    /// acknowledged, and never part of the role or lease: drivers must not act on it.
+    Peer {
+        /// The peer whose connection changed.
+        peer: NodeId,
+        /// True when the connection came up, false when it went down.
+        up: bool,
+        /// The daemon's current term when it saw the change.
+        term: Term,
+    },
 }
 
 /// The outcome of a driver's action for one transition.

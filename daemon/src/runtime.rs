@@ -5,7 +5,7 @@
 //! (drivers, status, metrics). The caller supplies the sockets ([`Net`]), the clock
 //! ([`Clock`]) and the disk ([`StateStore`]), so the simulation runs this very code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -190,6 +190,9 @@ struct Runtime<C: Clock, S: StateStore> {
     last_reason: &'static str,
     last_heard: BTreeMap<NodeId, Instant>,
     rtt_pending: BTreeMap<NodeId, (u64, Instant)>,
+    /// Peers with a live connection, as last told to drivers: `ToDriver::Peer` goes out
+    /// only when this changes, so a duplicate or replaced connection is no news.
+    peers_up: BTreeSet<NodeId>,
     /// A step-down is waiting for drivers to confirm they stopped.
     awaiting_stop: bool,
 }
@@ -242,6 +245,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         last_reason: "started",
         last_heard: BTreeMap::new(),
         rtt_pending: BTreeMap::new(),
+        peers_up: BTreeSet::new(),
         awaiting_stop: false,
     };
     rt.init_status();
@@ -347,6 +351,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                             peer: id.to_string(),
                         })
                         .set(1);
+                    if self.peers_up.insert(id.clone()) {
+                        self.tell_drivers_peer(id, true);
+                    }
                 }
                 PeerKind::Driver => {
                     tracing::info!(driver = %id, "driver connected");
@@ -365,6 +372,16 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                             peer: id.to_string(),
                         })
                         .set(0);
+                    // The endpoint registers a replacement connection before it announces
+                    // the end of the old one: if the peer is still connected, nothing changed.
+                    let replaced = self
+                        .endpoint
+                        .connected()
+                        .iter()
+                        .any(|(p, kind)| *p == id && *kind == PeerKind::Peer);
+                    if !replaced && self.peers_up.remove(&id) {
+                        self.tell_drivers_peer(id, false);
+                    }
                 }
                 PeerKind::Driver => {
                     tracing::info!(driver = %id, "driver disconnected");
@@ -390,6 +407,21 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Peer up/down for drivers that report cluster events (the notify driver). Only
+    /// transitions are sent: a driver that connects later is not told which peers are down
+    /// already (it can ask `/status`). Reliable class: an event lost in a full queue would
+    /// never be repeated, unlike a lease renewal.
+    fn tell_drivers_peer(&self, peer: NodeId, up: bool) {
+        let msg = ToDriver::Peer {
+            peer,
+            up,
+            term: self.node.term(),
+        };
+        for (id, _) in self.drivers.iter().filter(|(_, d)| d.connected) {
+            self.send_frame(id, &msg, SendClass::Reliable);
         }
     }
 

@@ -1,8 +1,11 @@
-//! The one trait a driver implements, and the role change it is given.
+//! The one trait a driver implements, the role change it is given, and the cluster events
+//! it may listen to.
 //!
 //! A driver is told about *changes*: the library keeps track of what it last handed the
 //! driver, orders and (where safe) collapses transitions, enforces the fail-safe lease,
-//! and reports each result back to the daemon. The driver only acts.
+//! and reports each result back to the daemon. The driver only acts. Cluster events (a
+//! peer going down or coming back) are news, not orders: they never touch the role or the
+//! lease, and most drivers ignore them.
 
 use std::future::Future;
 
@@ -94,12 +97,64 @@ impl RoleChange {
     }
 }
 
+/// Something that happened in the cluster, as the local daemon saw it; handed to
+/// [`Driver::on_cluster_event`]. Informational only: the role and the lease do not change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterEvent {
+    /// The daemon lost its connection to a peer (crashed, stopped or cut off).
+    PeerDown {
+        /// The peer.
+        peer: NodeId,
+        /// The daemon's term when it noticed.
+        term: Term,
+        /// The daemon's node id, as of its last role message (`None` if none came yet).
+        node: Option<NodeId>,
+    },
+    /// The daemon's connection to a peer came (back) up.
+    PeerUp {
+        /// The peer.
+        peer: NodeId,
+        /// The daemon's term when it noticed.
+        term: Term,
+        /// The daemon's node id, as of its last role message (`None` if none came yet).
+        node: Option<NodeId>,
+    },
+}
+
+impl ClusterEvent {
+    /// The peer the event is about.
+    pub fn peer(&self) -> &NodeId {
+        match self {
+            Self::PeerDown { peer, .. } | Self::PeerUp { peer, .. } => peer,
+        }
+    }
+
+    /// The daemon's term when it noticed.
+    pub fn term(&self) -> Term {
+        match self {
+            Self::PeerDown { term, .. } | Self::PeerUp { term, .. } => *term,
+        }
+    }
+
+    /// The daemon's node id, as of its last role message.
+    pub fn node(&self) -> Option<&NodeId> {
+        match self {
+            Self::PeerDown { node, .. } | Self::PeerUp { node, .. } => node.as_ref(),
+        }
+    }
+}
+
 /// What turns a role change into action on the machine.
 ///
 /// The library calls [`Driver::on_role_change`] for one change at a time, in order; the
 /// next call waits until the previous one returned. A change that repeats the previous one
 /// exactly (same role, term and leader, previous result `Ok`; e.g. after a reconnect) is
 /// acknowledged without calling the driver.
+///
+/// [`Driver::on_cluster_event`] is called in the same sequence, in the order the daemon sent
+/// things: never while a role change runs, and a role change that arrives after an event
+/// waits for it. Its default does nothing.
 ///
 /// Implement it with a plain `async fn`:
 /// ```
@@ -116,4 +171,17 @@ pub trait Driver: Send + 'static {
     /// Acts on `change` and says how it went; the result is reported to the daemon.
     /// Must not run forever: bound every action by a timeout.
     fn on_role_change(&mut self, change: RoleChange) -> impl Future<Output = ActionResult> + Send;
+
+    /// Hears about a cluster event (a peer down or up). Nothing is reported to the daemon.
+    ///
+    /// Must return quickly (queue slow work elsewhere, as the notify driver does): a role
+    /// change waits for it, so the library cancels it after [`CLUSTER_EVENT_BUDGET`] rather
+    /// than let it delay a stop. The default ignores the event.
+    fn on_cluster_event(&mut self, event: ClusterEvent) -> impl Future<Output = ()> + Send {
+        let _ = event;
+        async {}
+    }
 }
+
+/// How long [`Driver::on_cluster_event`] may run before the library cancels it.
+pub const CLUSTER_EVENT_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);

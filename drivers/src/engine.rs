@@ -1,18 +1,19 @@
 //! The engine: between the connection (frames from the daemon) and the driver (actions).
 //!
-//! It owns the ordering of transitions, the fail-safe lease timer, the start-up wait and
-//! the acknowledgements. The driver runs in its own task so that the lease timer keeps
+//! It owns the ordering of transitions and cluster events, the fail-safe lease timer, the
+//! start-up wait and the acknowledgements. The driver runs in its own task so that the lease timer keeps
 //! ticking while a long action runs. It knows nothing of sockets: the connection loop
 //! feeds it [`Inbound`] events and carries its [`Outbound`] requests, so tests can drive
 //! it through plain channels.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::driver::{ChangeSource, Driver, RoleChange};
+use crate::driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 use crate::transition::{AckTo, FailSafeLease, Renewal, Transition, TransitionQueue};
 
 /// What the connection loop tells the engine.
@@ -54,6 +55,8 @@ pub struct SessionStatus {
     pub changes: u64,
     /// How many times the fail-safe lease ran out.
     pub lease_expiries: u64,
+    /// How many cluster events (peer down/up) were handed to the driver so far.
+    pub cluster_events: u64,
 }
 
 /// Engine settings.
@@ -61,6 +64,22 @@ pub struct SessionStatus {
 pub(crate) struct EngineOptions {
     /// How long to wait for the first role from the daemon before settling into backup.
     pub(crate) startup_wait: Duration,
+}
+
+/// Most cluster events kept waiting while the driver is busy; older ones are dropped beyond
+/// this (a flapping link during a 20 s start must not grow memory without bound).
+const MAX_HELD_EVENTS: usize = 256;
+
+/// One piece of work for the driver's task.
+enum Work {
+    Role(Transition, RoleChange),
+    Cluster(ClusterEvent),
+}
+
+/// What the driver's task reports back when a piece of work is done.
+enum Done {
+    Role(Transition, ActionResult),
+    Cluster,
 }
 
 /// Why the engine stopped on its own.
@@ -81,9 +100,16 @@ struct Engine {
     node: Option<NodeId>,
     /// The term whose lease ran out, until the daemon speaks again.
     expired_term: Option<Term>,
+    /// Arrival numbers of the transitions waiting in `queue`, oldest first (kept in step
+    /// with it), so that cluster events can be handed over in arrival order with them.
+    queued_arrivals: VecDeque<u64>,
+    /// Cluster events waiting for the driver, with their arrival numbers, oldest first.
+    events: VecDeque<(u64, ClusterEvent)>,
+    /// Counts transitions and cluster events as they arrive.
+    arrivals: u64,
     /// The last transition handed to the driver, and whether it succeeded.
     last: Option<(Transition, bool)>,
-    /// A transition is with the driver.
+    /// A transition or a cluster event is with the driver: one thing at a time, in order.
     busy: bool,
     /// Until the first role arrives (or the wait ends).
     startup_deadline: Option<Instant>,
@@ -100,13 +126,31 @@ pub(crate) async fn run_engine<D: Driver>(
     status: watch::Sender<SessionStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
-    let (work_tx, mut work_rx) = mpsc::channel::<(Transition, RoleChange)>(1);
-    let (done_tx, mut done_rx) = mpsc::channel::<(Transition, ActionResult)>(1);
+    let (work_tx, mut work_rx) = mpsc::channel::<Work>(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(1);
     let worker = tokio::spawn(async move {
         let mut driver = driver;
-        while let Some((transition, change)) = work_rx.recv().await {
-            let result = driver.on_role_change(change).await;
-            if done_tx.send((transition, result)).await.is_err() {
+        while let Some(work) = work_rx.recv().await {
+            let done = match work {
+                Work::Role(transition, change) => {
+                    Done::Role(transition, driver.on_role_change(change).await)
+                }
+                Work::Cluster(event) => {
+                    // A role change may be waiting behind this: a stuck event handler must
+                    // not delay a stop.
+                    let handled =
+                        tokio::time::timeout(CLUSTER_EVENT_BUDGET, driver.on_cluster_event(event))
+                            .await;
+                    if handled.is_err() {
+                        tracing::warn!(
+                            "the driver's cluster event handler took longer than {} ms: cancelled",
+                            CLUSTER_EVENT_BUDGET.as_millis()
+                        );
+                    }
+                    Done::Cluster
+                }
+            };
+            if done_tx.send(done).await.is_err() {
                 break;
             }
         }
@@ -117,6 +161,9 @@ pub(crate) async fn run_engine<D: Driver>(
         conn: None,
         node: None,
         expired_term: None,
+        queued_arrivals: VecDeque::new(),
+        events: VecDeque::new(),
+        arrivals: 0,
         last: None,
         busy: false,
         startup_deadline: Some(Instant::now() + options.startup_wait),
@@ -125,14 +172,12 @@ pub(crate) async fn run_engine<D: Driver>(
     };
     let result = loop {
         while !engine.busy {
-            let Some(next) = engine.queue.pop() else {
+            let Some(work) = engine.next_work() else {
                 break;
             };
-            if let Some(work) = engine.dispatch(next) {
-                // The worker only ends when work_rx is dropped or it panicked.
-                if work_tx.send(work).await.is_err() {
-                    break;
-                }
+            // The worker only ends when work_rx is dropped or it panicked.
+            if work_tx.send(work).await.is_err() {
+                break;
             }
         }
         if *shutdown.borrow() {
@@ -144,7 +189,8 @@ pub(crate) async fn run_engine<D: Driver>(
             biased;
             _ = shutdown.changed() => {}
             done = done_rx.recv(), if engine.busy => match done {
-                Some((transition, result)) => engine.finished(transition, result),
+                Some(Done::Role(transition, result)) => engine.finished(transition, result),
+                Some(Done::Cluster) => engine.busy = false,
                 None => break Err(EngineError::DriverPanicked(engine.last.as_ref().map(|(t, _)| t.role))),
             },
             () = sleep_until(lease_deadline.unwrap_or_else(Instant::now)), if lease_deadline.is_some() => {
@@ -250,6 +296,15 @@ impl Engine {
                     tracing::debug!(%term, "lease renewal for a lease not held: ignored");
                 }
             },
+            ToDriver::Peer { peer, up, term } => {
+                tracing::debug!(%peer, up, %term, "peer event from the daemon");
+                let node = self.node.clone();
+                self.hold_event(if up {
+                    ClusterEvent::PeerUp { peer, term, node }
+                } else {
+                    ClusterEvent::PeerDown { peer, term, node }
+                });
+            }
             other => tracing::debug!(?other, "unknown message from the daemon ignored"),
         }
     }
@@ -281,7 +336,12 @@ impl Engine {
 
     fn startup_wait_over(&mut self) {
         self.startup_deadline = None;
-        if self.last.is_some() || self.busy || self.status.borrow().target_role.is_some() {
+        // A cluster event keeping the driver busy is no reason not to settle: only roles count.
+        let had_role = {
+            let status = self.status.borrow();
+            status.changes > 0 || status.target_role.is_some()
+        };
+        if self.last.is_some() || had_role {
             return;
         }
         tracing::warn!(
@@ -301,11 +361,55 @@ impl Engine {
     }
 
     fn push(&mut self, transition: Transition) {
-        for gone in self.queue.push(transition) {
+        self.arrivals += 1;
+        let superseded = self.queue.push(transition);
+        // The queue drops superseded transitions from its back; mirror that.
+        for _ in &superseded {
+            self.queued_arrivals.pop_back();
+        }
+        self.queued_arrivals.push_back(self.arrivals);
+        for gone in superseded {
             self.acknowledge(
                 &gone,
                 ActionResult::Failed("superseded by a newer transition before it ran".into()),
             );
+        }
+    }
+
+    /// Queues a cluster event behind everything that arrived before it.
+    fn hold_event(&mut self, event: ClusterEvent) {
+        self.arrivals += 1;
+        if self.events.len() >= MAX_HELD_EVENTS {
+            tracing::warn!(
+                "the driver is busy and {MAX_HELD_EVENTS} cluster events wait: the oldest is dropped"
+            );
+            self.events.pop_front();
+        }
+        self.events.push_back((self.arrivals, event));
+    }
+
+    /// The next piece of work for the driver, in arrival order: a waiting cluster event or
+    /// transition, whichever came first. Transitions that change nothing are acknowledged on
+    /// the way and skipped.
+    fn next_work(&mut self) -> Option<Work> {
+        loop {
+            let event_first = match (self.events.front(), self.queued_arrivals.front()) {
+                (Some((event_at, _)), Some(transition_at)) => event_at < transition_at,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if event_first {
+                let (_, event) = self.events.pop_front()?;
+                tracing::info!(?event, "cluster event");
+                self.busy = true;
+                self.status.send_modify(|s| s.cluster_events += 1);
+                return Some(Work::Cluster(event));
+            }
+            let next = self.queue.pop()?;
+            self.queued_arrivals.pop_front();
+            if let Some((transition, change)) = self.dispatch(next) {
+                return Some(Work::Role(transition, change));
+            }
         }
     }
 
@@ -370,18 +474,33 @@ mod tests {
 
     use super::*;
 
-    /// Records changes; actions take `delay` (virtual time) each.
+    /// Records changes; actions take `delay` (virtual time) each. Also logs, in the order
+    /// the driver was called, `role-<role>-<term>` and `peer-<down|up>-<peer>` (cluster
+    /// events take `event_delay`).
     #[derive(Clone)]
     struct Recorder {
         seen: Arc<Mutex<Vec<RoleChange>>>,
+        log: Arc<Mutex<Vec<String>>>,
         delay: Duration,
+        event_delay: Duration,
     }
 
     impl Driver for Recorder {
         async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
+            let entry = format!("role-{}-{}", change.role.as_str(), change.term.0);
+            self.log.lock().expect("not poisoned").push(entry);
             self.seen.lock().expect("not poisoned").push(change);
             tokio::time::sleep(self.delay).await;
             ActionResult::Ok
+        }
+
+        async fn on_cluster_event(&mut self, event: ClusterEvent) {
+            let entry = match &event {
+                ClusterEvent::PeerDown { peer, .. } => format!("peer-down-{peer}"),
+                ClusterEvent::PeerUp { peer, .. } => format!("peer-up-{peer}"),
+            };
+            self.log.lock().expect("not poisoned").push(entry);
+            tokio::time::sleep(self.event_delay).await;
         }
     }
 
@@ -390,18 +509,26 @@ mod tests {
         outbound: mpsc::UnboundedReceiver<Outbound>,
         status: watch::Receiver<SessionStatus>,
         seen: Arc<Mutex<Vec<RoleChange>>>,
+        log: Arc<Mutex<Vec<String>>>,
         _shutdown: watch::Sender<bool>,
     }
 
     fn start(delay: Duration) -> Harness {
+        start_with(delay, Duration::ZERO)
+    }
+
+    fn start_with(delay: Duration, event_delay: Duration) -> Harness {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
         let (in_tx, in_rx) = mpsc::channel(16);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(SessionStatus::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let driver = Recorder {
             seen: seen.clone(),
+            log: log.clone(),
             delay,
+            event_delay,
         };
         let options = EngineOptions {
             startup_wait: Duration::from_secs(5),
@@ -419,7 +546,16 @@ mod tests {
             outbound: out_rx,
             status: status_rx,
             seen,
+            log,
             _shutdown: shutdown_tx,
+        }
+    }
+
+    fn peer(name: &str, up: bool, term: u64) -> ToDriver {
+        ToDriver::Peer {
+            peer: NodeId::new(name).expect("valid"),
+            up,
+            term: Term(term),
         }
     }
 
@@ -467,6 +603,10 @@ mod tests {
                     other => panic!("unexpected {other:?}"),
                 }
             }
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().expect("not poisoned").clone()
         }
 
         fn roles_seen(&self) -> Vec<(DriverRole, ChangeSource)> {
@@ -616,5 +756,63 @@ mod tests {
         h.connect(1).await;
         h.send(1, role(Master, 2, 1, 60_000)).await;
         assert_eq!(h.next_ack().await.2, Master);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_events_reach_the_driver_in_order_with_roles_and_are_not_acknowledged() {
+        let mut h = start(Duration::from_secs(1));
+        h.connect(1).await;
+        h.send(1, role(Backup, 1, 1, 0)).await;
+        // While the first action runs: a peer event, then a role, then another peer event.
+        h.send(1, peer("n2", false, 1)).await;
+        h.send(1, role(Master, 2, 2, 60_000)).await;
+        h.send(1, peer("n2", true, 2)).await;
+        assert_eq!(h.next_ack().await, (1, 1, Backup, ActionResult::Ok));
+        assert_eq!(h.next_ack().await, (1, 2, Master, ActionResult::Ok));
+        h.wait_for(|s| s.cluster_events == 2).await;
+        assert_eq!(
+            h.log(),
+            [
+                "role-backup-1",
+                "peer-down-n2",
+                "role-master-2",
+                "peer-up-n2"
+            ]
+        );
+        // Nothing but the two role acks went out.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(h.outbound.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_events_leave_the_role_and_the_lease_alone() {
+        let mut h = start(Duration::ZERO);
+        h.connect(1).await;
+        h.send(1, role(Master, 3, 1, 1000)).await;
+        assert_eq!(h.next_ack().await.1, 1);
+        for i in 0..10 {
+            h.send(1, peer("n2", i % 2 == 1, 3)).await;
+        }
+        h.wait_for(|s| s.cluster_events == 10).await;
+        assert_eq!(h.status.borrow().target_role, Some(Master));
+        // No renewal came: the lease runs out on time, peer events or not.
+        let granted = Instant::now();
+        h.wait_for(|s| s.lease_expiries == 1).await;
+        assert!(Instant::now() <= granted + Duration::from_millis(1000));
+        assert_eq!(h.roles_seen().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_event_handler_is_cancelled_so_the_next_role_runs() {
+        let mut h = start_with(Duration::ZERO, Duration::from_secs(3600));
+        h.connect(1).await;
+        h.send(1, role(Backup, 1, 1, 0)).await;
+        assert_eq!(h.next_ack().await.1, 1);
+        h.send(1, peer("n2", false, 1)).await;
+        let sent = Instant::now();
+        h.send(1, role(Master, 2, 2, 60_000)).await;
+        assert_eq!(h.next_ack().await, (1, 2, Master, ActionResult::Ok));
+        assert!(Instant::now() <= sent + CLUSTER_EVENT_BUDGET + Duration::from_millis(1));
+        assert_eq!(h.log(), ["role-backup-1", "peer-down-n2", "role-master-2"]);
     }
 }

@@ -4,7 +4,8 @@
 //! or stops being master. This crate is the client library for writing one, and the two
 //! drivers clustd ships:
 //!
-//! - the library: [`Driver`] (one async method per role change), [`connect`] / [`run`]
+//! - the library: [`Driver`] (one async method per role change, and an optional one for
+//!   cluster events such as a peer going down), [`connect`] / [`run`]
 //!   (connect over the daemon's transport with the cluster secret, reconnect forever with
 //!   backoff and jitter, report each result back to the daemon), and the **fail-safe lease**:
 //!   a master driver that stops hearing lease renewals demotes itself when the lease the
@@ -47,7 +48,7 @@ mod transition;
 
 pub use clustd_core::{ActionResult, DriverRole, NodeId, Term};
 pub use config::ConfigError;
-pub use driver::{ChangeSource, Driver, RoleChange};
+pub use driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 pub use engine::{EngineError, SessionStatus};
 pub use notify::{NotifyConfig, NotifyDriver};
 pub use session::{

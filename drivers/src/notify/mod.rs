@@ -1,8 +1,9 @@
 //! The notify driver: tells people about role changes and cluster events through webhooks,
 //! email and SMS, with templates, retries and flap protection.
 //!
-//! Acting is only queueing: [`NotifyDriver::on_role_change`] returns at once, so a slow mail
-//! server never delays the daemon's view of its drivers. One dispatcher task applies the
+//! Acting is only queueing: [`NotifyDriver::on_role_change`] and
+//! [`NotifyDriver::on_cluster_event`] return at once, so a slow mail server never delays the
+//! daemon's view of its drivers, nor a role change behind a peer event. One dispatcher task applies the
 //! flap limiter and fans each message out to one task per sink.
 
 mod limit;
@@ -22,7 +23,7 @@ pub use sinks::SmtpSecurity;
 pub use template::{FIELDS as TEMPLATE_FIELDS, Template};
 
 use crate::config::{ConfigError, DaemonKeys, load_toml, parse_toml, resolve};
-use crate::driver::{ChangeSource, Driver, RoleChange};
+use crate::driver::{ChangeSource, ClusterEvent, Driver, RoleChange};
 use crate::session::{DriverConfig, TransportKind};
 use limit::{FlapLimiter, Verdict};
 use sinks::{Rendered, Retry, Sink, spawn_sink};
@@ -40,9 +41,9 @@ pub enum EventKind {
     MasterLost,
     /// Another node was elected master.
     NewMaster,
-    /// A peer went down. (Needs peer events from the daemon: not sent by the current protocol.)
+    /// The local daemon lost its connection to a peer (`{peer}` names it).
     PeerDown,
-    /// A peer came back. (Needs peer events from the daemon: not sent by the current protocol.)
+    /// The local daemon's connection to a peer came (back) up (`{peer}` names it).
     PeerUp,
 }
 
@@ -104,11 +105,26 @@ fn event_text(kind: EventKind, change: &RoleChange) -> String {
         EventKind::LostMaster => "stopped being master".into(),
         EventKind::MasterLost => "the cluster has no master".into(),
         EventKind::NewMaster => format!("new master elected: {leader}"),
+        // Peer events have their own text (`cluster_event_text`); never reached from a role change.
         EventKind::PeerDown => "a peer went down".into(),
         EventKind::PeerUp => "a peer came back".into(),
     }
 }
 
+/// The event kind and text for a cluster event.
+fn cluster_event_text(event: &ClusterEvent) -> (EventKind, String) {
+    match event {
+        ClusterEvent::PeerDown { peer, .. } => (
+            EventKind::PeerDown,
+            format!("peer {peer} is down (connection lost)"),
+        ),
+        ClusterEvent::PeerUp { peer, .. } => {
+            (EventKind::PeerUp, format!("peer {peer} is up (connected)"))
+        }
+    }
+}
+
+/// The template fields for `change`. `peer` is empty: only peer events name one.
 fn fields(
     kind: &str,
     text: String,
@@ -133,8 +149,48 @@ fn fields(
         ("leader", id(&change.leader)),
         ("previous_leader", id(&change.previous_leader)),
         ("reason", change.reason.clone()),
+        ("peer", String::new()),
         ("time", humantime::format_rfc3339_seconds(time).to_string()),
     ])
+}
+
+/// The template fields for a peer event: the event's own (`event`, `event_text`, `peer`,
+/// `node`, `term`, `time`), and this node's current state from the last role change
+/// (`role`, `previous_role`, `leader`, `previous_leader`, `reason`; empty before the first).
+fn cluster_fields(
+    kind: EventKind,
+    text: String,
+    event: &ClusterEvent,
+    last: Option<&RoleChange>,
+    time: SystemTime,
+) -> BTreeMap<&'static str, String> {
+    let mut fields = match last {
+        Some(change) => fields(kind.as_str(), text, change, time),
+        None => [
+            "role",
+            "previous_role",
+            "leader",
+            "previous_leader",
+            "reason",
+        ]
+        .into_iter()
+        .map(|k| (k, String::new()))
+        .chain([
+            ("event", kind.as_str().to_owned()),
+            ("event_text", text),
+            ("time", humantime::format_rfc3339_seconds(time).to_string()),
+        ])
+        .collect(),
+    };
+    let node = event
+        .node()
+        .or_else(|| last.and_then(|c| c.node.as_ref()))
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    fields.insert("node", node);
+    fields.insert("term", event.term().0.to_string());
+    fields.insert("peer", event.peer().to_string());
+    fields
 }
 
 // ---------------------------------------------------------------------------------------
@@ -483,13 +539,15 @@ fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
 // ---------------------------------------------------------------------------------------
 // The driver
 
-/// Sends notifications on role changes.
+/// Sends notifications on role changes and peer events.
 #[derive(Debug)]
 pub struct NotifyDriver {
     events: Vec<EventKind>,
     text: Template,
     subject: Template,
     queue: mpsc::UnboundedSender<Rendered>,
+    /// The last role change, whatever its result: peer events report the node's state from it.
+    last_change: Option<RoleChange>,
 }
 
 impl NotifyDriver {
@@ -524,28 +582,56 @@ impl NotifyDriver {
             text: config.text.clone(),
             subject: config.subject.clone(),
             queue,
+            last_change: None,
         }
+    }
+
+    /// Renders `fields` and hands the message to the dispatcher (rate limit, then sinks).
+    fn enqueue(&self, fields: BTreeMap<&'static str, String>) -> Result<(), String> {
+        let rendered = Rendered {
+            text: self.text.render(&fields),
+            subject: self.subject.render(&fields),
+            fields,
+        };
+        self.queue
+            .send(rendered)
+            .map_err(|_| "the notification dispatcher stopped".to_owned())
     }
 }
 
 impl Driver for NotifyDriver {
     async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
         let now = SystemTime::now();
+        let mut result = ActionResult::Ok;
         for kind in events_for(&change) {
             if !self.events.contains(&kind) {
                 continue;
             }
             let fields = fields(kind.as_str(), event_text(kind, &change), &change, now);
-            let rendered = Rendered {
-                text: self.text.render(&fields),
-                subject: self.subject.render(&fields),
-                fields,
-            };
-            if self.queue.send(rendered).is_err() {
-                return ActionResult::Failed("the notification dispatcher stopped".into());
+            if let Err(e) = self.enqueue(fields) {
+                result = ActionResult::Failed(e);
+                break;
             }
         }
-        ActionResult::Ok
+        self.last_change = Some(change);
+        result
+    }
+
+    async fn on_cluster_event(&mut self, event: ClusterEvent) {
+        let (kind, text) = cluster_event_text(&event);
+        if !self.events.contains(&kind) {
+            return;
+        }
+        let fields = cluster_fields(
+            kind,
+            text,
+            &event,
+            self.last_change.as_ref(),
+            SystemTime::now(),
+        );
+        if let Err(e) = self.enqueue(fields) {
+            tracing::error!("{} notification not sent: {e}", kind.as_str());
+        }
     }
 }
 
@@ -669,5 +755,31 @@ mod tests {
             c(Backup, Some(Backup), id("b"), id("b")),
             Vec::<EventKind>::new()
         );
+    }
+
+    #[test]
+    fn peer_events_name_the_peer_and_keep_the_node_state() {
+        let event = ClusterEvent::PeerDown {
+            peer: NodeId::new("c").expect("valid"),
+            term: Term(7),
+            node: id("a"),
+        };
+        let (kind, text) = cluster_event_text(&event);
+        assert_eq!(kind, EventKind::PeerDown);
+        let time = SystemTime::UNIX_EPOCH;
+        let last = RoleChange::new(DriverRole::Backup, Term(5), id("a"))
+            .with_leader(id("b"))
+            .with_reason("follower");
+        let f = cluster_fields(kind, text.clone(), &event, Some(&last), time);
+        assert_eq!(f["event"], "peer-down");
+        assert_eq!(f["event_text"], "peer c is down (connection lost)");
+        assert_eq!((f["peer"].as_str(), f["node"].as_str()), ("c", "a"));
+        assert_eq!(f["term"], "7");
+        assert_eq!((f["role"].as_str(), f["leader"].as_str()), ("backup", "b"));
+        // Before any role change: the event's own fields, the rest empty but present.
+        let f = cluster_fields(kind, text, &event, None, time);
+        assert_eq!(f["node"], "a");
+        assert_eq!(f["role"], "");
+        assert!(TEMPLATE_FIELDS.iter().all(|k| f.contains_key(k)), "{f:?}");
     }
 }

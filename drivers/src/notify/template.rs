@@ -14,6 +14,7 @@ pub const FIELDS: &[&str] = &[
     "leader",
     "previous_leader",
     "reason",
+    "peer",
     "time",
 ];
 

@@ -1,0 +1,120 @@
+//! Peer events end to end through the library: a fake daemon (a real clustd-transport
+//! endpoint on 127.0.0.1) sends `ToDriver::Peer`, the notify driver running in-process
+//! through `clustd_drivers::connect` posts `peer-down` / `peer-up` to a real HTTP server,
+//! and nothing about them goes back to the daemon.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
+use clustd_drivers::{NotifyConfig, NotifyDriver, TransportKind};
+use support::{FakeDaemon, HttpServer, SECRET, init_tracing, wait_until};
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).expect("valid")
+}
+
+fn backup(term: u64, seq: u64) -> ToDriver {
+    ToDriver::Role {
+        role: DriverRole::Backup,
+        term: Term(term),
+        node: id("node-1"),
+        leader: Some(id("node-2")),
+        lease_remaining_ms: 0,
+        reason: "follower".into(),
+        seq,
+    }
+}
+
+async fn expect_ack(daemon: &mut FakeDaemon, seq: u64) {
+    assert_eq!(
+        daemon.next_from_driver().await,
+        FromDriver::Ack {
+            seq,
+            role: DriverRole::Backup,
+            result: ActionResult::Ok
+        }
+    );
+}
+
+async fn peer_events_become_webhook_posts(kind: TransportKind) {
+    init_tracing();
+    let mut server = HttpServer::start(&[], false).await;
+    let localhost: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut daemon = FakeDaemon::start(kind, localhost).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret"), SECRET).expect("write");
+    let transport = match kind {
+        TransportKind::Quic => "quic",
+        _ => "websocket",
+    };
+    let text = format!(
+        "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"secret\"\ndriver_id = \"notify-test\"\n\
+         [templates]\ntext = \"{{node}}: {{event_text}} [{{peer}}]\"\n\
+         [[webhook]]\nurl = \"{}\"\n",
+        daemon.addr,
+        server.url("/hook")
+    );
+    let config = NotifyConfig::parse(&dir.path().join("notify.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = clustd_drivers::connect(config.connection.clone(), NotifyDriver::new(&config))
+        .expect("session starts");
+    let driver = daemon.accept_driver().await;
+    assert_eq!(driver, id("notify-test"));
+
+    // The first role (backup, nothing to tell), then node-3 goes down and comes back.
+    daemon.send(&driver, &backup(1, 1));
+    expect_ack(&mut daemon, 1).await;
+    for up in [false, true] {
+        daemon.send(
+            &driver,
+            &ToDriver::Peer {
+                peer: id("node-3"),
+                up,
+                term: Term(1),
+            },
+        );
+    }
+    for (event, text) in [
+        (
+            "peer-down",
+            "node-1: peer node-3 is down (connection lost) [node-3]",
+        ),
+        ("peer-up", "node-1: peer node-3 is up (connected) [node-3]"),
+    ] {
+        let req = server.next().await;
+        assert_eq!(req.path, "/hook");
+        let body: serde_json::Value = serde_json::from_str(&req.body).expect("json body");
+        assert_eq!(body["event"], event, "{body}");
+        assert_eq!(body["peer"], "node-3", "{body}");
+        assert_eq!(body["node"], "node-1", "{body}");
+        assert_eq!(body["term"], "1", "{body}");
+        // The node's own state comes from its last role change.
+        assert_eq!(body["role"], "backup", "{body}");
+        assert_eq!(body["leader"], "node-2", "{body}");
+        assert_eq!(body["text"], text, "{body}");
+    }
+    let status = session.watch_status();
+    wait_until("both events reached the driver", || {
+        status.borrow().cluster_events == 2
+    })
+    .await;
+    // Peer events are not acknowledged: the next thing from the driver is the next role's ack.
+    daemon.send(&driver, &backup(2, 2));
+    expect_ack(&mut daemon, 2).await;
+    assert_eq!(session.status().target_role, Some(DriverRole::Backup));
+    assert_eq!(session.status().lease_expiries, 0);
+    session.shutdown().await.expect("clean shutdown");
+    daemon.vanish().await;
+}
+
+#[tokio::test]
+async fn peer_events_become_webhook_posts_over_quic() {
+    peer_events_become_webhook_posts(TransportKind::Quic).await;
+}
+
+#[tokio::test]
+async fn peer_events_become_webhook_posts_over_websocket() {
+    peer_events_become_webhook_posts(TransportKind::WebSocket).await;
+}
