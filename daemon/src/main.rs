@@ -157,7 +157,7 @@ struct FailoverArgs {
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     /// Election timeout range, `MIN,MAX`.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1000, 2000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 2000])]
     election_timeout_ms: Vec<u64>,
     /// Stop budget (must fit the lease inequality; e.g. 20 for ET_min 100).
     #[arg(long)]
