@@ -34,6 +34,9 @@ const MAX_NOISE_MSG: usize = 65535;
 const CHUNK_PLAIN: usize = MAX_NOISE_MSG - TAG_LEN;
 const NONCE_LEN: usize = 8;
 const DATAGRAM_BIT: u64 = 1 << 63;
+/// Set in the AEAD nonce of the last chunk of a message (never in the nonce on the wire), so
+/// a message cut at a chunk boundary does not open as a shorter one.
+const FINAL_CHUNK_BIT: u64 = 1 << 62;
 /// Largest handshake message accepted (a hello is tiny).
 pub const MAX_HANDSHAKE_MSG: usize = 1024;
 
@@ -362,10 +365,13 @@ impl Sealer {
         wire[..NONCE_LEN].copy_from_slice(&nonce.to_be_bytes());
         let mut at = NONCE_LEN;
         let mut chunks = 0u64;
+        let count = plain.len().div_ceil(CHUNK_PLAIN) as u64;
         for chunk in plain.chunks(CHUNK_PLAIN) {
+            let last = chunks + 1 == count;
+            let n = (nonce + chunks) | if last { FINAL_CHUNK_BIT } else { 0 };
             let written = self
                 .keys
-                .write_message(nonce + chunks, chunk, &mut wire[at..])
+                .write_message(n, chunk, &mut wire[at..])
                 .map_err(|e| TransportError::Protocol(format!("seal: {e}")))?;
             at += written;
             chunks += 1;
@@ -423,17 +429,26 @@ impl Opener {
 
     fn open_with(&self, nonce: u64, wire: &[u8]) -> Result<(Body, Vec<u8>, u64), TransportError> {
         let sealed = &wire[NONCE_LEN..];
-        if sealed.is_empty() {
+        if sealed.is_empty() || nonce & FINAL_CHUNK_BIT != 0 {
             return Err(TransportError::BadFrame);
         }
         let mut plain = vec![0u8; sealed.len()];
         let mut at = 0;
         let mut chunks = 0u64;
+        let count = sealed.len().div_ceil(MAX_NOISE_MSG) as u64;
         for chunk in sealed.chunks(MAX_NOISE_MSG) {
             if chunk.len() <= TAG_LEN {
                 return Err(TransportError::BadFrame);
             }
             let n = nonce.checked_add(chunks).ok_or(TransportError::Replay)?;
+            if n & FINAL_CHUNK_BIT != 0 {
+                return Err(TransportError::Replay);
+            }
+            let n = if chunks + 1 == count {
+                n | FINAL_CHUNK_BIT
+            } else {
+                n
+            };
             let read = self
                 .keys
                 .read_message(n, chunk, &mut plain[at..])
@@ -537,6 +552,20 @@ mod tests {
             Err(TransportError::Replay)
         ));
         assert!(matches!(b.open(&d1), Err(TransportError::Replay)));
+    }
+
+    /// Found while writing the `handshake` fuzz target: a two-chunk message cut after its
+    /// first chunk used to open as a shorter message.
+    #[test]
+    fn a_message_cut_at_a_chunk_boundary_does_not_open() {
+        let (mut a, mut b) = pair(b"", b"").expect("handshake");
+        let payload = vec![7u8; CHUNK_PLAIN + 10];
+        let wire = a.seal(Body::Frame, &payload).expect("seal");
+        let cut = NONCE_LEN + MAX_NOISE_MSG;
+        assert!(wire.len() > cut);
+        assert!(matches!(b.open(&wire[..cut]), Err(TransportError::BadFrame)));
+        // The refused cut changed nothing: the whole message still opens.
+        assert_eq!(b.open(&wire).expect("opens"), (Body::Frame, payload));
     }
 
     proptest! {
