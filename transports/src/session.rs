@@ -563,7 +563,10 @@ mod tests {
         let wire = a.seal(Body::Frame, &payload).expect("seal");
         let cut = NONCE_LEN + MAX_NOISE_MSG;
         assert!(wire.len() > cut);
-        assert!(matches!(b.open(&wire[..cut]), Err(TransportError::BadFrame)));
+        assert!(matches!(
+            b.open(&wire[..cut]),
+            Err(TransportError::BadFrame)
+        ));
         // The refused cut changed nothing: the whole message still opens.
         assert_eq!(b.open(&wire).expect("opens"), (Body::Frame, payload));
     }
