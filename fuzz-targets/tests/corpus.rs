@@ -107,7 +107,7 @@ macro_rules! target_test {
 target_test!(frame_decode, 5000, 256);
 target_test!(handshake, 3000, 512);
 target_test!(config_parse, 3000, 512);
-target_test!(election, 1000, 512);
+target_test!(election, 2000, 512);
 target_test!(driver_protocol, 2000, 512);
 
 #[test]
