@@ -1,5 +1,5 @@
 //! The random sweep as a test: `SIM_SEEDS=n cargo test -p sim --release -- sweep` runs
-//! seeds `SIM_SEED_START..+n` (default 3 seeds, from 1) on both transports. For thousands
+//! seeds `SIM_SEED_START..+n` (default 2 seeds, from 1) on both transports. For thousands
 //! of seeds use the runner: `cargo run -p sim --release -- sweep --seeds 10000`.
 
 use clustd_transport::TransportKind;
@@ -10,7 +10,7 @@ fn sweep() {
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(2);
     let start: u64 = std::env::var("SIM_SEED_START")
         .ok()
         .and_then(|s| s.parse().ok())
