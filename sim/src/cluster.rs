@@ -54,6 +54,8 @@ pub struct SimConfig {
     pub latency: (Duration, Duration),
     /// Per-node priority (default 0).
     pub priorities: Vec<u8>,
+    /// Explicit clock rates per node (overrides `drift` when not empty).
+    pub clock_rates: Vec<f64>,
 }
 
 impl SimConfig {
@@ -73,6 +75,7 @@ impl SimConfig {
             drift: true,
             latency: (Duration::from_millis(1), Duration::from_millis(5)),
             priorities: Vec::new(),
+            clock_rates: Vec::new(),
         }
     }
 
@@ -156,8 +159,8 @@ pub struct Cluster {
     down: Vec<bool>,
     /// Nodes the harness partitioned off before a silent crash.
     cut_for_crash: Vec<bool>,
-    /// Clock rate per node.
-    pub rates: Vec<f64>,
+    /// Clock rate per node (fixed when the hosts are built).
+    rates: Vec<f64>,
     steps: u64,
 }
 
@@ -177,8 +180,10 @@ impl Cluster {
         let names: Vec<String> = (0..config.nodes).map(|i| format!("n{i}")).collect();
         let addrs: Vec<IpAddr> = names.iter().map(|n| sim.lookup(n.as_str())).collect();
         let rates: Vec<f64> = (0..config.nodes)
-            .map(|_| {
-                if config.drift {
+            .map(|i| {
+                if let Some(rate) = config.clock_rates.get(i) {
+                    *rate
+                } else if config.drift {
                     // Uniform in [1 - ρ, 1 + ρ].
                     let u = (splitmix(&mut rng) >> 11) as f64 / (1u64 << 53) as f64;
                     1.0 + config.max_clock_drift * (2.0 * u - 1.0)
@@ -453,6 +458,11 @@ impl Cluster {
     /// The node whose drivers are master now.
     pub fn master(&self) -> Option<usize> {
         self.observer.master_at(self.now())
+    }
+
+    /// Each node's clock rate (1.0 = global simulated time).
+    pub fn clock_rates(&self) -> &[f64] {
+        &self.rates
     }
 
     /// Whether node `i` is running.

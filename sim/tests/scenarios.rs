@@ -335,9 +335,8 @@ both!(high_latency_near_heartbeat, |name, t| {
 both!(clock_drift_at_the_bound, |name, t| {
     // Fastest and slowest clocks allowed, failing the master over and over.
     let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
-    config.drift = false;
+    config.clock_rates = vec![1.05, 0.95, 1.0];
     let mut c = Cluster::new(config);
-    c.rates = vec![1.05, 0.95, 1.0];
     for _ in 0..4 {
         let m = settle(&mut c);
         c.crash(m);
