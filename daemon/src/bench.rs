@@ -5,6 +5,11 @@
 //! round after round, it fails the master (SIGKILL, SIGTERM, SIGSTOP or step-down), waits for
 //! the new master's `start`, brings the old node back and waits for the cluster to settle.
 //! The driver logs give the master intervals: they must never overlap.
+//!
+//! In `partition` mode every peer link goes through the in-process [`proxy`], which cuts the
+//! master off from its peers (its drivers stay connected to it) and heals it afterwards.
+
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,6 +22,7 @@ use clustd_transport::TransportKind;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
+use self::proxy::{FaultProxy, Link, Protocol};
 use crate::admin::Client;
 use crate::local::{free_port, write_private};
 use crate::status::Status;
@@ -33,6 +39,9 @@ pub enum Mode {
     Freeze,
     /// `POST /step-down` on the master.
     StepDown,
+    /// Cut every network link to and from the master (through the [`proxy`]; its local
+    /// drivers stay connected), heal after the failover: the old master rejoins as backup.
+    Partition,
 }
 
 /// What to run.
@@ -117,6 +126,62 @@ pub enum BenchError {
     Stuck(String),
 }
 
+/// The peer links of a partition run, each directed link A→B through its own proxy port.
+struct Network {
+    /// Owns the forwarding tasks: they end when the run does.
+    _proxy: FaultProxy,
+    /// `(from, to, link)` by node index.
+    links: Vec<(usize, usize, Link)>,
+}
+
+impl Network {
+    /// Proxy ports for every directed link between `ports` (the daemons' real listen ports).
+    async fn new(transport: TransportKind, ports: &[u16]) -> std::io::Result<Self> {
+        let protocol = match transport {
+            TransportKind::Quic => Protocol::Udp,
+            TransportKind::WebSocket => Protocol::Tcp,
+        };
+        let mut proxy = FaultProxy::new();
+        let mut links = Vec::new();
+        for from in 0..ports.len() {
+            for (to, port) in ports.iter().enumerate().filter(|(to, _)| *to != from) {
+                let target = SocketAddr::from(([127, 0, 0, 1], *port));
+                links.push((from, to, proxy.link(protocol, target).await?));
+            }
+        }
+        Ok(Self {
+            _proxy: proxy,
+            links,
+        })
+    }
+
+    /// The address node `from` dials to reach node `to`.
+    fn addr(&self, from: usize, to: usize) -> Option<SocketAddr> {
+        self.links
+            .iter()
+            .find(|(f, t, _)| (*f, *t) == (from, to))
+            .map(|(_, _, link)| link.listen_addr())
+    }
+
+    /// Cuts every link to and from `node`.
+    fn isolate(&self, node: usize) {
+        for (_, _, link) in self
+            .links
+            .iter()
+            .filter(|(f, t, _)| *f == node || *t == node)
+        {
+            link.cut();
+        }
+    }
+
+    /// Heals every link.
+    fn recover(&self) {
+        for (_, _, link) in &self.links {
+            link.heal();
+        }
+    }
+}
+
 struct NodeProc {
     id: String,
     config: PathBuf,
@@ -160,6 +225,10 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         .map(|_| free_port())
         .collect::<Result<_, _>>()?;
     let service_log = work.join("service.log");
+    let network = match opts.mode {
+        Mode::Partition => Some(Network::new(transport, &ports).await?),
+        _ => None,
+    };
 
     let mut nodes = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -169,8 +238,15 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         let peers: Vec<String> = names
             .iter()
             .zip(&ports)
-            .filter(|(n, _)| *n != name)
-            .map(|(n, p)| format!("{{ id = \"{n}\", addr = \"127.0.0.1:{p}\" }}"))
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, (n, p))| {
+                let addr = network
+                    .as_ref()
+                    .and_then(|net| net.addr(i, j))
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], *p)));
+                format!("{{ id = \"{n}\", addr = \"{addr}\" }}")
+            })
             .collect();
         let stop_budget = opts
             .stop_budget_ms
@@ -243,7 +319,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             let master = wait_stable(&nodes, &service_log, settle).await?;
             let index = nodes.iter().position(|n| n.id == master).unwrap_or(0);
             let failed_at = unix_now();
-            fail(&mut nodes[index], opts.mode).await?;
+            fail(&mut nodes[index], opts.mode, index, network.as_ref()).await?;
             let new_start = wait_new_start(&service_log, failed_at, settle).await;
             match new_start {
                 Some((at, new_master)) => {
@@ -273,7 +349,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
                 }
                 None => report.failed_rounds += 1,
             }
-            recover(opts, &mut nodes[index]).await?;
+            recover(opts, &mut nodes[index], network.as_ref()).await?;
             if opts.progress {
                 let done = round + 1;
                 let width = 30;
@@ -351,7 +427,13 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) -> std::io::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(std::io::Error::other)
 }
 
-async fn fail(node: &mut NodeProc, mode: Mode) -> Result<(), BenchError> {
+/// Fails `node` (number `index`) as `mode` says; `network` is the proxy of a partition run.
+async fn fail(
+    node: &mut NodeProc,
+    mode: Mode,
+    index: usize,
+    network: Option<&Network>,
+) -> Result<(), BenchError> {
     use nix::sys::signal::Signal;
     let Some(daemon) = node.daemon.as_mut() else {
         return Err(BenchError::Stuck(format!("{} is not running", node.id)));
@@ -370,11 +452,18 @@ async fn fail(node: &mut NodeProc, mode: Mode) -> Result<(), BenchError> {
                 .await
                 .map_err(|e| BenchError::Stuck(e.to_string()))?;
         }
+        Mode::Partition => network
+            .ok_or_else(|| BenchError::Stuck("partition mode without a fault proxy".into()))?
+            .isolate(index),
     }
     Ok(())
 }
 
-async fn recover(opts: &Options, node: &mut NodeProc) -> Result<(), BenchError> {
+async fn recover(
+    opts: &Options,
+    node: &mut NodeProc,
+    network: Option<&Network>,
+) -> Result<(), BenchError> {
     match opts.mode {
         Mode::Kill => {
             node.daemon = Some(spawn_daemon(opts, &node.config, &node.daemon_log)?);
@@ -398,6 +487,11 @@ async fn recover(opts: &Options, node: &mut NodeProc) -> Result<(), BenchError> 
             }
         }
         Mode::StepDown => {}
+        Mode::Partition => {
+            if let Some(network) = network {
+                network.recover();
+            }
+        }
     }
     Ok(())
 }

@@ -140,6 +140,9 @@ enum ModeArg {
     Freeze,
     /// POST /step-down to the master.
     StepDown,
+    /// Cut every network link to and from the master (an in-process fault proxy between the
+    /// daemons), heal it after the failover.
+    Partition,
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,6 +215,7 @@ async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             ModeArg::Term => Mode::Term,
             ModeArg::Freeze => Mode::Freeze,
             ModeArg::StepDown => Mode::StepDown,
+            ModeArg::Partition => Mode::Partition,
         },
         clustd_bin: me,
         driver_bin,

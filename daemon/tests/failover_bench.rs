@@ -1,38 +1,43 @@
 //! The CI-sized failover benchmark with real processes: 3 `clustd` daemons and 3
 //! `clustd-shell-driver`s per transport, the master SIGKILLed 5 times. Asserts what users
 //! rely on — every round fails over and the driver logs never show two masters — not speed.
+//! Also step-down, and network partitions through the bench's fault proxy.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clustd::bench::{Mode, Options, run};
 use clustd_transport::TransportKind;
 
-/// The shell driver binary beside `clustd` in the target dir, built on demand.
+/// The shell driver binary beside `clustd` in the target dir, built (or brought up to date: a
+/// stale driver may not speak the current wire format) once per test run.
 fn driver_bin() -> PathBuf {
-    let clustd = PathBuf::from(env!("CARGO_BIN_EXE_clustd"));
-    let driver = clustd.with_file_name("clustd-shell-driver");
-    if !driver.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "-p",
-            "clustd-drivers",
-            "--bin",
-            "clustd-shell-driver",
-        ]);
-        if clustd
-            .parent()
-            .and_then(|p| p.file_name())
-            .is_some_and(|n| n == "release")
-        {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("cargo runs");
-        assert!(status.success(), "building clustd-shell-driver failed");
-    }
-    driver
+    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+    DRIVER
+        .get_or_init(|| {
+            let clustd = PathBuf::from(env!("CARGO_BIN_EXE_clustd"));
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args([
+                "build",
+                "-p",
+                "clustd-drivers",
+                "--bin",
+                "clustd-shell-driver",
+            ]);
+            if clustd
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n == "release")
+            {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("cargo runs");
+            assert!(status.success(), "building clustd-shell-driver failed");
+            clustd.with_file_name("clustd-shell-driver")
+        })
+        .clone()
 }
 
 async fn bench(mode: Mode, rounds: usize) {
@@ -87,4 +92,11 @@ async fn sigkill_the_master_five_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_down_three_times() {
     bench(Mode::StepDown, 3).await;
+}
+
+/// The master cut off from its peers (its drivers stay connected) must lose its lease and
+/// stop its service before the majority's new master starts; after the heal it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_the_master_three_times() {
+    bench(Mode::Partition, 3).await;
 }
