@@ -174,10 +174,13 @@ pub(crate) async fn accept_flow<T, R, F>(
         let (remote, session) = handshake_responder(&mut tx, &mut rx, &shared, &binding).await?;
         Ok::<_, TransportError>((tx, rx, remote, session))
     };
-    let result = match tokio::time::timeout(shared.config.limits.handshake_timeout, handshake).await
-    {
-        Ok(result) => result,
-        Err(_) => Err(TransportError::HandshakeTimeout),
+    let timed = tokio::time::timeout(shared.config.limits.handshake_timeout, handshake);
+    let result = tokio::select! {
+        biased;
+        // `Endpoint::shutdown` waits for every task: a silent client must not hold it up
+        // for the rest of its handshake timeout.
+        () = shared.stopped() => return,
+        result = timed => result.unwrap_or(Err(TransportError::HandshakeTimeout)),
     };
     drop(permit);
     match result {

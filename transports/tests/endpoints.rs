@@ -1,5 +1,6 @@
 //! End-to-end tests over real loopback sockets. Every test body is written once, as an
-//! `async fn(TransportKind)`, and run for both transports by `both_transports!`.
+//! `async fn(TransportKind)`, and run for both transports by `both_transports!`; the
+//! `wss://` tests at the end are WebSocket-only.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -9,8 +10,8 @@ use clustd_core::NodeId;
 use clustd_transport::raw::RawConn;
 use clustd_transport::session::Hello;
 use clustd_transport::{
-    Endpoint, EndpointConfig, PeerKind, RefuseReason, Secret, SendClass, SendError, TokioNet,
-    TransportError, TransportEvent, TransportKind,
+    Endpoint, EndpointConfig, PeerKind, RefuseReason, Secret, SendClass, SendError, TlsFiles,
+    TokioNet, TransportError, TransportEvent, TransportKind,
 };
 use tokio::sync::mpsc::Receiver;
 
@@ -656,6 +657,103 @@ async fn second_driver_with_same_id_replaces_first(kind: TransportKind) {
     n1.shutdown().await;
 }
 
+/// Whether a silent TCP client's socket is still open: nothing to read, and no EOF.
+fn tcp_still_open(tcp: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    matches!((&*tcp).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+async fn unauthenticated_connections_are_capped(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let mut cfg = config(kind, "n1", Some(a1), &[("n2", a2)]);
+    cfg.limits.max_unauthenticated = 2;
+    // Far beyond the test: only the cap may close a silent client here.
+    cfg.limits.handshake_timeout = Duration::from_secs(3600);
+    let (n1, mut e1) = start(cfg).await;
+    match kind {
+        TransportKind::WebSocket => {
+            use tokio::io::AsyncReadExt;
+            // Two clients that connect and never speak hold both permits (the listener
+            // accepts in connection order, so these two are the ones admitted).
+            let mut silent = Vec::new();
+            for _ in 0..2 {
+                let tcp = tokio::net::TcpStream::connect(a1).await.expect("tcp");
+                silent.push(tcp);
+            }
+            let mut third = tokio::net::TcpStream::connect(a1).await.expect("tcp");
+            let mut sink = Vec::new();
+            let read = within(
+                "the client over the cap is closed",
+                third.read_to_end(&mut sink),
+            )
+            .await;
+            assert!(
+                sink.is_empty(),
+                "nothing is sent to a dropped client: {read:?}"
+            );
+            // Non-blocking std sockets (tokio's `try_read` would only reflect cached readiness).
+            let silent: Vec<std::net::TcpStream> = silent
+                .into_iter()
+                .map(|tcp| tcp.into_std().expect("std socket"))
+                .collect();
+            assert!(
+                silent.iter().all(tcp_still_open),
+                "the two admitted clients are still waiting for their handshake"
+            );
+            drop(silent);
+        }
+        TransportKind::Quic => {
+            // A QUIC connection whose stream never carries a byte holds its permit in
+            // `accept_bi`. The permit is taken before the QUIC handshake is accepted, so
+            // once `connect` returns, the endpoint counts the connection.
+            let mut silent = Vec::new();
+            for _ in 0..2 {
+                silent.push(RawConn::connect(kind, a1).await.expect("raw link"));
+            }
+            let third = within(
+                "the client over the cap is refused",
+                RawConn::connect(kind, a1),
+            )
+            .await;
+            assert!(
+                third.is_err(),
+                "a third unauthenticated connection was accepted"
+            );
+            drop(silent);
+        }
+    }
+    // Once the silent clients are gone, a real peer gets in (it may be dropped while their
+    // permits are still held: it retries with backoff).
+    let (n2, mut e2) = start(config(kind, "n2", None, &[("n1", a1)])).await;
+    connected(&mut e1, "n2").await;
+    connected(&mut e2, "n1").await;
+    send_when_connected(&n2, "n1", b"past the cap", SendClass::Reliable).await;
+    send_when_connected(&n1, "n2", b"welcome", SendClass::Reliable).await;
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"past the cap");
+    assert_eq!(frame_from(&mut e2, "n1").await.0, b"welcome");
+    n2.shutdown().await;
+    n1.shutdown().await;
+}
+
+async fn shutdown_does_not_wait_for_silent_clients(kind: TransportKind) {
+    let (n1, _e1, addr) = lone_daemon(kind, |c| {
+        // Far beyond the test: only shutdown may end these handshakes.
+        c.limits.handshake_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    // One link that never starts the handshake, and for WebSocket one TCP socket that never
+    // even upgrades.
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let tcp = match kind {
+        TransportKind::WebSocket => Some(tokio::net::TcpStream::connect(addr).await.expect("tcp")),
+        TransportKind::Quic => None,
+    };
+    within("shutdown with silent clients connected", n1.shutdown()).await;
+    within("silent link closed by shutdown", raw.closed()).await;
+    drop(tcp);
+}
+
 macro_rules! both_transports {
     ($($test:ident),* $(,)?) => {
         mod websocket {
@@ -690,4 +788,198 @@ both_transports!(
     silent_connection_times_out,
     unknown_node_id_is_refused,
     second_driver_with_same_id_replaces_first,
+    unauthenticated_connections_are_capped,
+    shutdown_does_not_wait_for_silent_clients,
 );
+
+// --- wss:// (WebSocket only) ------------------------------------------------------------
+
+/// A fresh self-signed certificate for `localhost`.
+fn certificate() -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate")
+}
+
+/// `certificate` written as PEM files into `dir`, under `name`.cert.pem and `name`.key.pem.
+fn pem_files(
+    dir: &tempfile::TempDir,
+    name: &str,
+    certified: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> TlsFiles {
+    let files = TlsFiles {
+        cert: dir.path().join(format!("{name}.cert.pem")),
+        key: dir.path().join(format!("{name}.key.pem")),
+    };
+    std::fs::write(&files.cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&files.key, certified.signing_key.serialize_pem()).expect("write key");
+    files
+}
+
+fn with_wss(mut config: EndpointConfig, files: &TlsFiles) -> EndpointConfig {
+    config.tls = Some(files.clone());
+    config.dial_tls = true;
+    config
+}
+
+/// Completes a TLS handshake with `addr`, trusting only `certified`'s certificate for
+/// `localhost`: proves the listener serves exactly the configured certificate.
+async fn tls_handshake_with(addr: SocketAddr, certified: &rcgen::CertifiedKey<rcgen::KeyPair>) {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(certified.cert.der().clone())
+        .expect("trust the test certificate");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    within("TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("the listener speaks TLS with the configured certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_endpoints_exchange_frames() {
+    let kind = TransportKind::WebSocket;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (c1, c2) = (certificate(), certificate());
+    let (f1, f2) = (pem_files(&dir, "n1", &c1), pem_files(&dir, "n2", &c2));
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let (n1, mut e1) = start(with_wss(config(kind, "n1", Some(a1), &[("n2", a2)]), &f1)).await;
+    let (n2, mut e2) = start(with_wss(config(kind, "n2", Some(a2), &[("n1", a1)]), &f2)).await;
+    tls_handshake_with(a1, &c1).await;
+    tls_handshake_with(a2, &c2).await;
+    connected(&mut e1, "n2").await;
+    connected(&mut e2, "n1").await;
+    send_when_connected(&n1, "n2", b"hello n2 over tls", SendClass::Reliable).await;
+    send_when_connected(&n2, "n1", b"hello n1 over tls", SendClass::Reliable).await;
+    assert_eq!(frame_from(&mut e2, "n1").await.0, b"hello n2 over tls");
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"hello n1 over tls");
+    send_when_connected(&n2, "n1", b"heartbeat", SendClass::Heartbeat).await;
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"heartbeat");
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_ws_dialer_cannot_reach_wss_listener() {
+    let kind = TransportKind::WebSocket;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = pem_files(&dir, "n1", &certificate());
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| *c = with_wss(c.clone(), &files)).await;
+    // A raw `ws://` link is not even established.
+    let raw = within("plain link to a TLS listener", RawConn::connect(kind, addr)).await;
+    assert!(
+        raw.is_err(),
+        "a ws:// link to a wss:// listener was established"
+    );
+    // A plain endpoint (dial_tls = false) fails, and fails again on retry.
+    let (n2, mut e2) = start(config(kind, "n2", None, &[("n1", addr)])).await;
+    let mut seen = Vec::new();
+    for attempt in ["first", "retried"] {
+        let (_, before) = wait_for(
+            &mut e2,
+            &format!("{attempt} plain dial fails"),
+            |e| matches!(e, TransportEvent::HandshakeFailed { addr: a, .. } if *a == addr),
+        )
+        .await;
+        seen.extend(before);
+    }
+    seen.extend(drain(&mut e1));
+    seen.extend(drain(&mut e2));
+    assert!(no_frames(&seen), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, TransportEvent::Connected { .. })),
+        "{seen:?}"
+    );
+    assert!(n1.connected().is_empty() && n2.connected().is_empty());
+    assert!(matches!(
+        n2.send(&id("n1"), b"x".to_vec(), SendClass::Reliable),
+        Err(SendError::NotConnected(_))
+    ));
+    n2.shutdown().await;
+    n1.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_files_fail_at_start() {
+    let kind = TransportKind::WebSocket;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = pem_files(&dir, "good", &certificate());
+    let other = pem_files(&dir, "other", &certificate());
+    let missing = dir.path().join("missing.pem");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a PEM file\n").expect("write garbage");
+    // (files, the path the error must name; None when the pair is the problem)
+    let cases = [
+        (
+            TlsFiles {
+                cert: missing.clone(),
+                key: good.key.clone(),
+            },
+            Some(&missing),
+        ),
+        (
+            TlsFiles {
+                cert: good.cert.clone(),
+                key: missing.clone(),
+            },
+            Some(&missing),
+        ),
+        (
+            TlsFiles {
+                cert: garbage.clone(),
+                key: good.key.clone(),
+            },
+            Some(&garbage),
+        ),
+        (
+            TlsFiles {
+                cert: good.cert.clone(),
+                key: garbage.clone(),
+            },
+            Some(&garbage),
+        ),
+        // A certificate file holds no private key.
+        (
+            TlsFiles {
+                cert: good.cert.clone(),
+                key: good.cert.clone(),
+            },
+            Some(&good.cert),
+        ),
+        // Both valid, but the key is not the certificate's.
+        (
+            TlsFiles {
+                cert: good.cert.clone(),
+                key: other.key.clone(),
+            },
+            None,
+        ),
+    ];
+    for (files, named) in cases {
+        let cfg = with_wss(config(kind, "n1", Some(free_addr(kind)), &[]), &files);
+        match Endpoint::start(TokioNet, cfg).await {
+            Err(TransportError::Tls(message)) => {
+                if let Some(path) = named {
+                    assert!(
+                        message.contains(&path.display().to_string()),
+                        "{files:?}: the error does not name the file: {message}"
+                    );
+                }
+            }
+            Err(other) => panic!("{files:?}: expected a TLS error, got {other}"),
+            Ok((endpoint, _)) => {
+                endpoint.shutdown().await;
+                panic!("{files:?}: the endpoint started");
+            }
+        }
+    }
+}
