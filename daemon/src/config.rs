@@ -229,7 +229,7 @@ impl Settings {
             }
             (Some(path), None) => {
                 let path = base.join(path);
-                let bytes = std::fs::read(&path).map_err(|e| {
+                let bytes = read_capped(&path, MAX_SECRET_FILE_LEN).map_err(|e| {
                     err(
                         "cluster.secret_file",
                         format!("cannot read {}: {e}", path.display()),
@@ -411,6 +411,24 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
         };
         located(key, e.inner())
     })
+}
+
+/// The largest secret file read; a secret is a line of text, so anything bigger (or a device
+/// like /dev/zero) is a mistake, reported instead of exhausting memory.
+pub const MAX_SECRET_FILE_LEN: u64 = 4096;
+
+fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "longer than {limit} bytes; a cluster secret is one line (make one with `clustd keygen`)"
+        )));
+    }
+    Ok(bytes)
 }
 
 fn trim_ascii(bytes: &[u8]) -> &[u8] {

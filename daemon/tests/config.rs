@@ -198,6 +198,15 @@ fn secret_file_checks() {
         "{err}"
     );
 
+    std::fs::write(&secret, vec![b'x'; 5000]).expect("write");
+    let err = Settings::parse(&config(good_node(), &cluster, ""), "test.toml", dir.path())
+        .expect_err("huge")
+        .to_string();
+    assert!(
+        err.contains("cluster.secret_file") && err.contains("longer than 4096"),
+        "{err}"
+    );
+
     let missing = cluster.replace("\"secret\"", "\"nope\"");
     let err = Settings::parse(&config(good_node(), &missing, ""), "test.toml", dir.path())
         .expect_err("missing")
