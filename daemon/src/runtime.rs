@@ -420,8 +420,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             up,
             term: self.node.term(),
         };
-        for (id, _) in self.drivers.iter().filter(|(_, d)| d.connected) {
-            self.send_frame(id, &msg, SendClass::Reliable);
+        for id in self.connected_drivers() {
+            self.send_frame(&id, &msg, SendClass::Reliable);
         }
     }
 
@@ -514,6 +514,22 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.send_frame(driver, &msg, SendClass::Reliable);
     }
 
+    /// Ids of the drivers connected now, in order.
+    fn connected_drivers(&self) -> Vec<NodeId> {
+        self.drivers
+            .iter()
+            .filter(|(_, d)| d.connected)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Tells every connected driver the current role.
+    fn send_role_to_all(&mut self, now: Instant) {
+        for id in self.connected_drivers() {
+            self.send_role_to(&id, now);
+        }
+    }
+
     fn send_frame<T: serde::Serialize>(&self, to: &NodeId, msg: &T, class: SendClass) {
         match codec::encode(msg) {
             Ok(frame) => {
@@ -578,13 +594,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     term,
                     lease_remaining_ms: self.remaining_lease_ms(now),
                 };
-                let connected: Vec<NodeId> = self
-                    .drivers
-                    .iter()
-                    .filter(|(_, d)| d.connected)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in connected {
+                for id in self.connected_drivers() {
                     self.send_frame(&id, &msg, SendClass::Heartbeat);
                 }
             }
@@ -594,15 +604,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 // Backup drivers learn of the new (or lost) leader too: the notify driver
                 // reports "new master elected" / "master lost" from this.
                 if !self.node.is_master() {
-                    let connected: Vec<NodeId> = self
-                        .drivers
-                        .iter()
-                        .filter(|(_, d)| d.connected)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in connected {
-                        self.send_role_to(&id, now);
-                    }
+                    self.send_role_to_all(now);
                 }
             }
             Event::ElectionStarted { term } => {
@@ -625,15 +627,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     fn role_changed(&mut self, role: DriverRole, term: Term, reason: Reason, now: Instant) {
         self.last_reason = reason.as_str();
-        let connected: Vec<NodeId> = self
-            .drivers
-            .iter()
-            .filter(|(_, d)| d.connected)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in connected {
-            self.send_role_to(&id, now);
-        }
+        self.send_role_to_all(now);
         let at_unix_ms = self.clock.wall_clock_ms();
         lock(&self.shared.status).record(RoleChange {
             at_unix_ms,

@@ -4,6 +4,8 @@
 //! Timings are the defaults (heartbeat 100 ms, election timeout 1000–2000 ms) and every wait
 //! is for a condition with a generous bound, so a busy machine slows the tests, not breaks them.
 
+mod common;
+
 use std::time::Duration;
 
 use clustd::local::LocalCluster;
@@ -13,19 +15,6 @@ use clustd_transport::TransportKind;
 
 const WAIT: Duration = Duration::from_secs(30);
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
-
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod quic {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(clustd_transport::TransportKind::Quic).await }) *
-        }
-        mod websocket {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(clustd_transport::TransportKind::WebSocket).await }) *
-        }
-    };
-}
 
 both_transports!(
     failover_and_rejoin_without_disruption,

@@ -3,6 +3,8 @@
 //! when its daemon dies while master — within the lease it was given plus the stop budget,
 //! before the new master starts — and reconnects and converges when the daemon comes back.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,19 +14,6 @@ use clustd_drivers::{DriverSession, ShellConfig, ShellDriver};
 use clustd_transport::TransportKind;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod quic {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(clustd_transport::TransportKind::Quic).await }) *
-        }
-        mod websocket {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(clustd_transport::TransportKind::WebSocket).await }) *
-        }
-    };
-}
 
 both_transports!(shell_driver_follows_real_daemons);
 

@@ -2,6 +2,8 @@
 //! transports: when a node dies, another node's daemon tells its notify driver, which
 //! POSTs a `peer-down` naming the dead node to a real HTTP server on 127.0.0.1.
 
+mod common;
+
 use std::time::Duration;
 
 use clustd::local::{LocalCluster, SECRET_FILE};
@@ -13,19 +15,6 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod quic {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(clustd_transport::TransportKind::Quic).await }) *
-        }
-        mod websocket {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(clustd_transport::TransportKind::WebSocket).await }) *
-        }
-    };
-}
 
 both_transports!(a_dead_peer_is_reported_by_webhook);
 
