@@ -23,6 +23,10 @@ pub enum ChangeSource {
     /// No daemon could be reached within the start-up wait: without a lease the node is not
     /// master, so the driver settles into backup (a running service is stopped).
     NoDaemonAtStartup,
+    /// The driver is shutting down while it may be running the service: it stops it first,
+    /// because once it exits nothing supervises the lease, and a later failover would leave
+    /// the service running beside the new master.
+    DriverShutdown,
 }
 
 impl ChangeSource {
@@ -32,6 +36,7 @@ impl ChangeSource {
             Self::Daemon => "daemon",
             Self::LeaseExpired => "lease-expired",
             Self::NoDaemonAtStartup => "no-daemon-at-startup",
+            Self::DriverShutdown => "driver-shutdown",
         }
     }
 }

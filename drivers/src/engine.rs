@@ -205,11 +205,63 @@ pub(crate) async fn run_engine<D: Driver>(
             },
         }
     };
+    if result.is_ok() && *shutdown.borrow() {
+        engine.stop_before_exit(&work_tx, &mut done_rx).await;
+    }
     worker.abort();
     result
 }
 
 impl Engine {
+    /// At shutdown: lets the action in flight finish, then, if the service may be running
+    /// (the last action was a start, even a failed one), runs the stop. Bounded by the
+    /// driver's own action timeout (the shell driver's `timeout_ms`).
+    async fn stop_before_exit(
+        &mut self,
+        work: &mpsc::Sender<Work>,
+        done: &mut mpsc::Receiver<Done>,
+    ) {
+        while self.busy {
+            match done.recv().await {
+                Some(Done::Role(transition, result)) => self.finished(transition, result),
+                Some(Done::Cluster) => self.busy = false,
+                None => return,
+            }
+        }
+        let Some((last, _)) = &self.last else {
+            return;
+        };
+        if last.role != DriverRole::Master {
+            return;
+        }
+        tracing::warn!(
+            "shutting down while master: running stop first (nothing would supervise the lease after exit)"
+        );
+        let transition = Transition {
+            role: DriverRole::Backup,
+            term: last.term,
+            node: self.node.clone(),
+            leader: None,
+            reason: ChangeSource::DriverShutdown.as_str().into(),
+            source: ChangeSource::DriverShutdown,
+            ack: None,
+        };
+        self.status
+            .send_modify(|s| s.target_role = Some(DriverRole::Backup));
+        let Some((transition, change)) = self.dispatch(transition) else {
+            return;
+        };
+        if work.send(Work::Role(transition, change)).await.is_err() {
+            return;
+        }
+        while let Some(finished) = done.recv().await {
+            if let Done::Role(transition, result) = finished {
+                self.finished(transition, result);
+                return;
+            }
+        }
+    }
+
     fn handle(&mut self, event: Inbound) {
         match event {
             Inbound::Connected { conn } => {

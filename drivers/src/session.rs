@@ -192,14 +192,10 @@ impl DriverSession {
         result.map_err(SessionError::from)
     }
 
-    /// Stops the session: closes the connection and stops acting. No action is taken on the
-    /// way out (the service stays as it is); a master that exits is no longer supervised.
+    /// Stops the session: lets the action in flight finish and, if the service may be
+    /// running (last action a start), runs the stop first — once the driver is gone nothing
+    /// supervises the lease — then closes the connection.
     pub async fn shutdown(self) -> Result<(), SessionError> {
-        if self.status.borrow().target_role == Some(clustd_core::DriverRole::Master) {
-            tracing::warn!(
-                "driver exiting while master: the service keeps running and is no longer covered by the fail-safe lease"
-            );
-        }
         let _ = self.shutdown.send(true);
         let _ = self.connection.await;
         let result = self

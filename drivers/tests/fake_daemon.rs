@@ -394,3 +394,49 @@ async fn a_wrong_secret_never_connects_and_never_panics() {
     session.shutdown().await.expect("clean shutdown");
     daemon.vanish().await;
 }
+
+/// A driver stopped while master (e.g. `systemctl stop` of the driver) stops the service
+/// first: once it is gone nothing supervises the lease, and a later failover would leave
+/// the service running beside the new master. A backup driver exits without acting.
+#[tokio::test]
+async fn shutting_down_while_master_runs_stop_first() {
+    init_tracing();
+    let kind = TransportKind::WebSocket;
+    let s = Setup::new();
+    let mut daemon = FakeDaemon::start(kind, localhost()).await;
+    let session = s.driver(daemon.addr, kind, "", "");
+    assert_eq!(daemon.accept_driver().await, id("shell-test"));
+    daemon.send(
+        &id("shell-test"),
+        &role(DriverRole::Master, 4, 1, 60_000, Some("node-1"), "elected"),
+    );
+    expect_ack(&mut daemon, 1, DriverRole::Master, ActionResult::Ok).await;
+    session.shutdown().await.expect("clean shutdown");
+    assert_eq!(s.action_names(), ["start-4", "stop-4"]);
+    let stop = &s.actions()[1];
+    assert_eq!(
+        stop[..7],
+        [
+            "stop",
+            "backup",
+            "4",
+            "node-1",
+            "",
+            "master",
+            "driver-shutdown"
+        ]
+    );
+
+    // As backup, shutting down runs nothing.
+    let s = Setup::new();
+    let session = s.driver(daemon.addr, kind, "", "");
+    assert_eq!(daemon.accept_driver().await, id("shell-test"));
+    daemon.send(
+        &id("shell-test"),
+        &role(DriverRole::Backup, 5, 2, 0, Some("node-2"), "follower"),
+    );
+    expect_ack(&mut daemon, 2, DriverRole::Backup, ActionResult::Ok).await;
+    session.shutdown().await.expect("clean shutdown");
+    assert_eq!(s.action_names(), ["stop-5"]);
+    daemon.vanish().await;
+}

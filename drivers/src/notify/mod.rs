@@ -73,6 +73,10 @@ impl EventKind {
 /// The events a role change means for people.
 pub fn events_for(change: &RoleChange) -> Vec<EventKind> {
     let mut events = Vec::new();
+    // Only this driver is leaving; the node is still master. Nothing to tell people.
+    if change.source == ChangeSource::DriverShutdown {
+        return events;
+    }
     let was_master = change.previous_role == Some(DriverRole::Master);
     match change.role {
         DriverRole::Master if !was_master => events.push(EventKind::BecameMaster),
@@ -754,6 +758,14 @@ mod tests {
         assert_eq!(
             c(Backup, Some(Backup), id("b"), id("b")),
             Vec::<EventKind>::new()
+        );
+        let mut leaving =
+            RoleChange::new(Backup, Term(2), id("a")).with_previous_role(Some(Master));
+        leaving.source = ChangeSource::DriverShutdown;
+        assert_eq!(
+            events_for(&leaving),
+            Vec::<EventKind>::new(),
+            "the driver leaving is not a role change"
         );
     }
 
