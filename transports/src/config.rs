@@ -88,7 +88,10 @@ pub enum SendClass {
     /// Superseded by the next one: at most one waits per connection (a newer one replaces
     /// it), and over QUIC it travels as a datagram, so it is never retransmitted late.
     Heartbeat,
-    /// Delivered in order unless the connection breaks; never dropped silently.
+    /// Delivered in order unless the connection breaks or is replaced by a duplicate
+    /// connection (both ends dialed each other; the switch is drained but may still lose a
+    /// frame, like a break). Never dropped because a queue is full without an error. The
+    /// election protocol tolerates loss.
     Reliable,
 }
 

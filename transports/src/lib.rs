@@ -20,7 +20,8 @@
 //!   an address without knowing the remote id in advance (drivers use it to reach their daemon).
 //! - [`Endpoint::send`] queues one frame for one node id; [`SendClass::Heartbeat`] frames are
 //!   lossy (a newer one replaces an older unsent one; over QUIC they go as datagrams),
-//!   [`SendClass::Reliable`] frames are never dropped silently: when a connection's queue is
+//!   [`SendClass::Reliable`] frames may be lost only when a connection breaks or is replaced
+//!   by a duplicate (the election protocol tolerates that); when a connection's queue is
 //!   full it is closed (the peer is too slow) and [`SendError::Congested`] is returned.
 //! - [`TransportEvent`]s arrive on a bounded channel: `Connected`, `Frame`, `Disconnected`,
 //!   and `HandshakeFailed` (best effort, for logs and metrics).

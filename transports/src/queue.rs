@@ -24,6 +24,12 @@ pub(crate) enum Pushed {
     Closed,
 }
 
+/// What a replaced connection had not sent yet (see [`SendQueue::replace`]).
+pub(crate) struct Handover {
+    reliable: VecDeque<Vec<u8>>,
+    heartbeat: Option<Vec<u8>>,
+}
+
 #[derive(Default)]
 struct State {
     reliable: VecDeque<Vec<u8>>,
@@ -103,27 +109,38 @@ impl SendQueue {
         self.wake_all();
     }
 
-    /// Closes the queue because a newer connection replaces this one; returns the reliable
-    /// frames not yet sent so they move to the new connection, in order.
-    pub(crate) fn replace(&self) -> VecDeque<Vec<u8>> {
+    /// Closes the queue because a newer connection replaces this one; returns what was not
+    /// yet sent so it moves to the new connection: the reliable frames in order, and the
+    /// waiting heartbeat (dropping it would lose the latest one, though none newer exists).
+    pub(crate) fn replace(&self) -> Handover {
         let mut state = self.lock();
         state.closed = true;
         state.replaced = true;
-        state.heartbeat = None;
-        let pending = std::mem::take(&mut state.reliable);
+        let handover = Handover {
+            reliable: std::mem::take(&mut state.reliable),
+            heartbeat: state.heartbeat.take(),
+        };
         drop(state);
         self.wake_all();
-        pending
+        handover
     }
 
-    /// Takes frames handed over from a replaced connection, ahead of anything queued.
-    pub(crate) fn adopt(&self, mut pending: VecDeque<Vec<u8>>) {
-        if pending.is_empty() {
+    /// Takes what a replaced connection had not sent: its reliable frames ahead of anything
+    /// queued here, its heartbeat unless a newer one already waits here.
+    pub(crate) fn adopt(&self, handover: Handover) {
+        let Handover {
+            mut reliable,
+            heartbeat,
+        } = handover;
+        if reliable.is_empty() && heartbeat.is_none() {
             return;
         }
         let mut state = self.lock();
-        pending.append(&mut state.reliable);
-        state.reliable = pending;
+        reliable.append(&mut state.reliable);
+        state.reliable = reliable;
+        if state.heartbeat.is_none() {
+            state.heartbeat = heartbeat;
+        }
         drop(state);
         self.writer.notify_one();
     }
@@ -160,5 +177,28 @@ mod tests {
         assert!(q.pop().await.is_none());
         assert_eq!(q.push(SendClass::Heartbeat, vec![5]), Pushed::Closed);
         assert!(q.is_closed());
+    }
+
+    /// Regression: `replace` used to drop the waiting heartbeat, so a heartbeat sent just
+    /// before a duplicate connection was replaced never went out on either connection.
+    #[tokio::test]
+    async fn replace_hands_over_reliable_frames_and_the_heartbeat() {
+        let old = SendQueue::new(8);
+        assert_eq!(old.push(SendClass::Reliable, vec![1]), Pushed::Queued);
+        assert_eq!(old.push(SendClass::Heartbeat, vec![10]), Pushed::Queued);
+        let new = SendQueue::new(8);
+        assert_eq!(new.push(SendClass::Reliable, vec![2]), Pushed::Queued);
+        new.adopt(old.replace());
+        assert!(old.was_replaced());
+        assert!(old.pop().await.is_none());
+        assert!(matches!(new.pop().await, Some(Outgoing::Heartbeat(f)) if f == [10]));
+        assert!(matches!(new.pop().await, Some(Outgoing::Reliable(f)) if f == [1]));
+        assert!(matches!(new.pop().await, Some(Outgoing::Reliable(f)) if f == [2]));
+        // A newer heartbeat already waiting on the new connection wins.
+        let old = SendQueue::new(8);
+        assert_eq!(old.push(SendClass::Heartbeat, vec![11]), Pushed::Queued);
+        assert_eq!(new.push(SendClass::Heartbeat, vec![12]), Pushed::Queued);
+        new.adopt(old.replace());
+        assert!(matches!(new.pop().await, Some(Outgoing::Heartbeat(f)) if f == [12]));
     }
 }

@@ -51,7 +51,8 @@ pub enum Body {
     /// Nothing; keeps an idle connection alive.
     Keepalive = 2,
     /// The sender will send nothing more on this connection (it was replaced by another
-    /// one); the receiver reads until this, so no frame is lost in the switch.
+    /// one); the receiver reads until this, within a bound. This narrows the window in
+    /// which frames are lost in the switch but does not close it: see `SendClass::Reliable`.
     Goodbye = 3,
 }
 
