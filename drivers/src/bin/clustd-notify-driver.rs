@@ -35,7 +35,8 @@ use clap::Parser;
 ///   to = ["ops@example.com"]
 ///
 /// Template fields: {event} {event_text} {node} {role} {previous_role} {term} {leader}
-/// {previous_leader} {reason} {time}. Logging: RUST_LOG (default "info").
+/// {previous_leader} {reason} {time} {peer}. Events: became-master, lost-master, master-lost,
+/// new-master, peer-down, peer-up. Logging: RUST_LOG (default "info").
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
