@@ -611,9 +611,12 @@ impl Node {
         successors: Vec<NodeId>,
     ) {
         if term < self.term {
-            // A deposed leader: our ack carries the higher term and makes it step down.
-            let ack = self.ack(round);
-            self.send(from, ack);
+            // A deposed leader: our reply carries the higher term and makes it step down. It
+            // names round 0 (never sent) so that it cannot count as an acknowledgement if
+            // `from` has meanwhile become leader in our term: a stale round number there would
+            // stall its lease, or vouch for a round this node never heard.
+            let reply = self.ack(0);
+            self.send(from, reply);
             return;
         }
         if term > self.term {
@@ -643,7 +646,8 @@ impl Node {
             self.reset_election_deadline(now);
             return;
         }
-        if term < self.term {
+        // Round 0 is a reply to a stale heartbeat, not an acknowledgement (see `on_heartbeat`).
+        if term < self.term || info.acked_round == 0 {
             return;
         }
         let quorum = self.config.quorum();

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use clustd_core::NodeId;
 use clustd_core::harness::Cluster;
 use proptest::prelude::*;
 
@@ -58,22 +57,7 @@ fn apply(cluster: &mut Cluster, fault: &Fault) {
         Fault::Restart(i) => cluster.restart(&pick(i)),
         Fault::Isolate(i) => cluster.isolate(&pick(i)),
         Fault::CutOneWay(a, b) => cluster.cut_one_way(&pick(a), &pick(b)),
-        Fault::Split(mask) => {
-            let (left, right): (Vec<NodeId>, Vec<NodeId>) = ids
-                .iter()
-                .cloned()
-                .enumerate()
-                .map(|(i, id)| (mask & (1 << i) != 0, id))
-                .fold((Vec::new(), Vec::new()), |(mut l, mut r), (is_left, id)| {
-                    if is_left {
-                        l.push(id)
-                    } else {
-                        r.push(id)
-                    }
-                    (l, r)
-                });
-            cluster.partition(&left, &right);
-        }
+        Fault::Split(mask) => cluster.split(*mask),
         Fault::Recover => cluster.recover(),
         Fault::StepDown(i) => cluster.step_down(&pick(i)),
         Fault::Maintenance(i, on) => cluster.set_maintenance(&pick(i), *on),
@@ -175,4 +159,25 @@ fn regression_clock_rate_change_is_continuous() {
         Drift(3, 44406),
     ];
     check(3, 8893007662856057742, &faults).expect("holds");
+}
+
+/// Found by `three_nodes`: a restarted leader wins a new term while its old heartbeats are still
+/// in flight; followers used to answer them with the stale round number in the new term, which the
+/// new leader took as an acknowledgement of a round it had not sent yet, stalling its lease.
+#[test]
+fn regression_stale_heartbeat_reply_is_not_an_ack() {
+    use Fault::*;
+    let faults = [
+        Split(219),
+        Run(2543),
+        Drift(0, 46668),
+        Run(985),
+        Run(902),
+        Delay(1795),
+        Run(345),
+        Recover,
+        Run(95),
+        Crash(3),
+    ];
+    check(3, 7773173004200848150, &faults).expect("holds");
 }
