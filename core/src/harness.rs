@@ -405,6 +405,21 @@ impl Cluster {
         }
     }
 
+    /// Splits the cluster in two by a bit mask over the node order: node `i` is on the left
+    /// when bit `i` is set (nodes past bit 7 are on the right).
+    pub fn split(&mut self, mask: u8) {
+        let mut left = Vec::new();
+        let mut right = Vec::new();
+        for (i, id) in self.ids().into_iter().enumerate() {
+            if i < 8 && mask & (1 << i) != 0 {
+                left.push(id);
+            } else {
+                right.push(id);
+            }
+        }
+        self.partition(&left, &right);
+    }
+
     /// Heals every cut.
     pub fn recover(&mut self) {
         self.cut.clear();

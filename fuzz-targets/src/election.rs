@@ -200,21 +200,7 @@ fn apply(cluster: &mut Cluster, step: &Step) {
         Step::Restart(i) => cluster.restart(&pick(i)),
         Step::Isolate(i) => cluster.isolate(&pick(i)),
         Step::CutOneWay(a, b) => cluster.cut_one_way(&pick(a), &pick(b)),
-        Step::Split(mask) => {
-            let (left, right): (Vec<NodeId>, Vec<NodeId>) = ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (mask & (1 << i) != 0, id.clone()))
-                .fold((Vec::new(), Vec::new()), |(mut l, mut r), (is_left, id)| {
-                    if is_left {
-                        l.push(id)
-                    } else {
-                        r.push(id)
-                    }
-                    (l, r)
-                });
-            cluster.partition(&left, &right);
-        }
+        Step::Split(mask) => cluster.split(*mask),
         Step::Recover => cluster.recover(),
         Step::StepDown(i) => cluster.step_down(&pick(i)),
         Step::ConfirmDemoted(i) => cluster.with_node(&pick(i), |n, now| n.confirm_demoted(now)),

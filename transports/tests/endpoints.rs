@@ -164,31 +164,16 @@ async fn heartbeat_arrives(
     events: &mut Receiver<TransportEvent>,
     frame: &[u8],
 ) {
-    let from = sender.local_id().clone();
-    for _ in 0..40 {
-        send_when_connected(sender, to, frame, SendClass::Heartbeat).await;
-        let got = tokio::time::timeout(Duration::from_millis(500), async {
-            loop {
-                match events.recv().await {
-                    Some(TransportEvent::Frame {
-                        from: f,
-                        frame: got,
-                        ..
-                    }) if f == from => {
-                        return got;
-                    }
-                    Some(_) => {}
-                    None => panic!("event stream ended while waiting for a heartbeat"),
-                }
-            }
-        })
-        .await;
-        if let Ok(got) = got {
-            assert_eq!(got, frame);
-            return;
-        }
-    }
-    panic!("no heartbeat from {from} arrived in 40 attempts");
+    resend_until_arrives(
+        sender,
+        to,
+        events,
+        frame,
+        SendClass::Heartbeat,
+        40,
+        Duration::from_millis(500),
+    )
+    .await;
 }
 
 /// Sends a Reliable `frame` from `sender` to `to` until `events` (of `to`) has it; for the
@@ -200,10 +185,33 @@ async fn reliable_arrives(
     events: &mut Receiver<TransportEvent>,
     frame: &[u8],
 ) {
+    resend_until_arrives(
+        sender,
+        to,
+        events,
+        frame,
+        SendClass::Reliable,
+        10,
+        Duration::from_secs(2),
+    )
+    .await;
+}
+
+/// Sends `frame` of `class` up to `attempts` times, waiting `per_try` each time for a frame
+/// from `sender` on `events`; the first one that arrives must be `frame`.
+async fn resend_until_arrives(
+    sender: &Endpoint,
+    to: &str,
+    events: &mut Receiver<TransportEvent>,
+    frame: &[u8],
+    class: SendClass,
+    attempts: usize,
+    per_try: Duration,
+) {
     let from = sender.local_id().clone();
-    for _ in 0..10 {
-        send_when_connected(sender, to, frame, SendClass::Reliable).await;
-        let got = tokio::time::timeout(Duration::from_secs(2), async {
+    for _ in 0..attempts {
+        send_when_connected(sender, to, frame, class).await;
+        let got = tokio::time::timeout(per_try, async {
             loop {
                 match events.recv().await {
                     Some(TransportEvent::Frame {
@@ -214,7 +222,7 @@ async fn reliable_arrives(
                         return got;
                     }
                     Some(_) => {}
-                    None => panic!("event stream ended while waiting for a frame"),
+                    None => panic!("event stream ended while waiting for a {class:?} frame"),
                 }
             }
         })
@@ -224,7 +232,7 @@ async fn reliable_arrives(
             return;
         }
     }
-    panic!("no frame from {from} arrived in 10 attempts");
+    panic!("no {class:?} frame from {from} arrived in {attempts} attempts");
 }
 
 fn no_frames(events: &[TransportEvent]) -> bool {
