@@ -97,6 +97,17 @@ impl Config {
         Some(Duration::from_millis((seconds * 1000.0).floor() as u64))
     }
 
+    /// The stop budget as measured on this node's clock when the clock may run fast by
+    /// `ρ`: waiting this long locally lets at least `stop_budget` pass in real time.
+    pub fn stop_budget_at_drift_bound(&self) -> Duration {
+        let rho = if self.max_clock_drift.is_finite() {
+            self.max_clock_drift.clamp(0.0, 0.5)
+        } else {
+            0.5
+        };
+        self.stop_budget.mul_f64(1.0 + rho) + Duration::from_micros(1)
+    }
+
     /// The number of votes that makes a majority of [`Config::voters`].
     pub fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1

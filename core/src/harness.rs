@@ -8,7 +8,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::fmt;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -20,40 +19,40 @@ use crate::message::Message;
 use crate::node::{Event, Node, PersistentState};
 use crate::time::Instant;
 
-/// A safety or liveness violation found by the [`Checker`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation(pub String);
+pub use crate::check::Violation;
+use crate::check::ServiceChecker;
 
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// The driver every harness node has: told "master" with each `BecameMaster`, renewed with
+/// each `LeaseRenewed`, and confirming a stop only when a test says so
+/// ([`Cluster::confirm_stop`]). Never confirming is the strict case: the service may run
+/// until lease end plus the stop budget.
+fn harness_driver(node: &NodeId) -> NodeId {
+    NodeId::new(format!("{node}.driver")).unwrap_or_else(|_| node.clone())
 }
 
-/// Watches outputs and records the first violation of each invariant:
-/// one leader per term, disjoint master intervals (in global time, with drift), terms never
-/// decreasing (across restarts), at most one vote per term (across restarts).
+/// Watches outputs and records violations: one leader per term, terms never decreasing
+/// (across restarts), at most one vote per term (across restarts), and — through the one
+/// [`ServiceChecker`] — no two service intervals at once.
 #[derive(Debug, Default)]
 pub struct Checker {
     leaders: BTreeMap<Term, NodeId>,
     votes: BTreeMap<(NodeId, Term), NodeId>,
     cast: BTreeMap<(NodeId, Term), NodeId>,
     max_term: BTreeMap<NodeId, Term>,
-    /// Per node: global time at which its current (or last) master interval ends, at the
-    /// latest. While master that is the lease end; after demotion, the demotion time.
-    master_until: BTreeMap<NodeId, Duration>,
-    /// Closed master intervals `(node, term, start, end)` in global time.
-    pub intervals: Vec<(NodeId, Term, Duration, Duration)>,
-    open: BTreeMap<NodeId, (Term, Duration)>,
-    /// Everything found so far.
-    pub violations: Vec<Violation>,
+    /// The service-interval checker (and the list of every violation).
+    pub service: ServiceChecker,
     /// Number of elections won.
     pub elections: u64,
 }
 
 impl Checker {
+    /// Everything found so far.
+    pub fn violations(&self) -> &[Violation] {
+        self.service.violations()
+    }
+
     fn violation(&mut self, text: String) {
-        self.violations.push(Violation(text));
+        self.service.violation(text);
     }
 
     fn on_persist(&mut self, node: &NodeId, state: &PersistentState) {
@@ -106,6 +105,7 @@ impl Checker {
         node: &NodeId,
         event: &Event,
         global: Duration,
+        stop_budget: Duration,
         lease_end: impl Fn(Instant) -> Duration,
     ) {
         match event {
@@ -120,60 +120,16 @@ impl Checker {
             Event::BecameMaster {
                 term, lease_until, ..
             } => {
-                for (other, until) in &self.master_until {
-                    if other != node && *until > global {
-                        let text = format!(
-                            "overlapping masters: {node} became master (term {term}) at {global:?} \
-                             while {other} is master until {until:?}"
-                        );
-                        self.violations.push(Violation(text));
-                    }
-                }
-                self.master_until
-                    .insert(node.clone(), lease_end(*lease_until));
-                self.open.insert(node.clone(), (*term, global));
+                let driver = harness_driver(node);
+                let end = lease_end(*lease_until);
+                self.service
+                    .told_master(global, node, &driver, *term, end, stop_budget);
             }
             Event::LeaseRenewed { until, .. } => {
-                self.master_until.insert(node.clone(), lease_end(*until));
-            }
-            Event::BecameBackup { .. } => {
-                self.master_until.insert(node.clone(), global);
-                if let Some((term, start)) = self.open.remove(node) {
-                    self.close(node, term, start, global);
-                }
+                let driver = harness_driver(node);
+                self.service.lease(global, node, &driver, lease_end(*until));
             }
             _ => {}
-        }
-    }
-
-    /// Records a finished master interval and checks it against every other one, using the
-    /// actual end (so a clock that changed speed after the lease was granted is accounted for).
-    fn close(&mut self, node: &NodeId, term: Term, start: Duration, end: Duration) {
-        let overlapping: Vec<String> = self
-            .intervals
-            .iter()
-            .filter(|(other, _, s, e)| other != node && *s < end && start < *e)
-            .map(|(other, t, s, e)| format!("{other} (term {t}) {s:?}..{e:?}"))
-            .chain(
-                self.open
-                    .iter()
-                    .filter(|(other, (_, s))| *other != node && *s < end)
-                    .map(|(other, (t, s))| format!("{other} (term {t}) from {s:?}")),
-            )
-            .collect();
-        for other in overlapping {
-            self.violation(format!(
-                "overlapping masters: {node} (term {term}) {start:?}..{end:?} and {other}"
-            ));
-        }
-        self.intervals.push((node.clone(), term, start, end));
-    }
-
-    /// A crashed node's drivers keep the service until the lease they were given ends.
-    fn on_crash(&mut self, node: &NodeId) {
-        if let Some((term, start)) = self.open.remove(node) {
-            let end = self.master_until.get(node).copied().unwrap_or(start);
-            self.close(node, term, start, end);
         }
     }
 }
@@ -209,6 +165,8 @@ struct Slot {
     node: Option<Node>,
     disk: PersistentState,
     clock: Clock,
+    /// The end of the last lease the node's driver was given (node clock).
+    driver_lease: Option<Instant>,
 }
 
 /// A node's clock: continuous, piecewise linear in global time, `rate_ppm` parts per
@@ -295,6 +253,7 @@ impl Cluster {
                     config,
                     node: Some(node),
                     disk: PersistentState::default(),
+                    driver_lease: None,
                     clock: Clock {
                         base_global: Duration::ZERO,
                         base_local: Duration::ZERO,
@@ -373,12 +332,35 @@ impl Cluster {
                 base_local: slot.clock.local(now).elapsed_since_origin(),
                 rate_ppm: rate_ppm.max(1),
             };
+            // The driver's lease ends at a fixed reading of this clock: in global time that
+            // moves with the rate. Tell the checker (it keeps the later of the two ends).
+            if let Some(until) = slot.driver_lease {
+                let end = slot.clock.global(until);
+                let driver = harness_driver(id);
+                self.checker.service.lease(now, id, &driver, end);
+            }
         }
     }
 
     /// Cuts the link `from → to` (one way).
     pub fn cut_one_way(&mut self, from: &NodeId, to: &NodeId) {
         self.cut.insert((from.clone(), to.clone()));
+    }
+
+    /// Heals the link `from → to` (one way).
+    pub fn heal_one_way(&mut self, from: &NodeId, to: &NodeId) {
+        self.cut.remove(&(from.clone(), to.clone()));
+    }
+
+    /// The node's clock reading now, if it is running.
+    pub fn local_now(&self, id: &NodeId) -> Option<Instant> {
+        let slot = self.slots.get(id)?;
+        slot.node.as_ref().map(|_| slot.local(self.now))
+    }
+
+    /// The global time at which the node's clock reads `local`.
+    pub fn global_of(&self, id: &NodeId, local: Instant) -> Duration {
+        self.slots.get(id).map_or(self.now, |s| s.global(local))
     }
 
     /// Cuts both directions between `a` and `b`.
@@ -430,7 +412,8 @@ impl Cluster {
         if let Some(slot) = self.slots.get_mut(id)
             && slot.node.take().is_some()
         {
-            self.checker.on_crash(id);
+            let now = self.now;
+            self.checker.service.crashed(now, id);
         }
     }
 
@@ -462,6 +445,20 @@ impl Cluster {
             }
         }
         self.flush(id);
+    }
+
+    /// The driver of `id` confirms (`Ok`) that it stopped, if it was told "backup": the
+    /// checker ends the node's service interval now, and the node may hand over at once.
+    pub fn confirm_stop(&mut self, id: &NodeId) {
+        let now = self.now;
+        let backup = self.node(id).is_some_and(|n| !n.is_master());
+        if !backup {
+            return;
+        }
+        self.checker
+            .service
+            .stop_confirmed(now, id, &harness_driver(id));
+        self.with_node(id, |node, local| node.confirm_demoted(local));
     }
 
     /// Graceful step-down of `id`.
@@ -611,7 +608,13 @@ impl Cluster {
             if let Event::ElectionStarted { term } = event {
                 self.checker.on_vote_cast(id, *term, id);
             }
-            self.checker.on_event(id, event, now, to_global);
+            match event {
+                Event::BecameMaster { lease_until, .. } => slot.driver_lease = Some(*lease_until),
+                Event::LeaseRenewed { until, .. } => slot.driver_lease = Some(*until),
+                _ => {}
+            }
+            self.checker
+                .on_event(id, event, now, slot.config.stop_budget, to_global);
             if self.trace {
                 self.log.push(format!("{now:?} {id} {event:?}"));
             }
@@ -664,43 +667,21 @@ mod tests {
     }
 
     #[test]
-    fn checker_catches_overlapping_masters() {
+    fn checker_feeds_master_events_to_the_service_checker() {
+        let budget = Duration::from_millis(200);
         let mut checker = Checker::default();
-        checker.on_event(&id("a"), &master(1, 700), Duration::from_millis(0), exact);
-        checker.on_event(
-            &id("b"),
-            &master(2, 1200),
-            Duration::from_millis(500),
-            exact,
-        );
-        assert_eq!(checker.violations.len(), 1, "{:?}", checker.violations);
-        assert!(checker.violations[0].0.contains("overlapping masters"));
-    }
-
-    #[test]
-    fn checker_counts_a_crashed_masters_lease() {
+        let ms = Duration::from_millis;
+        checker.on_event(&id("a"), &master(1, 700), ms(0), budget, exact);
+        checker.service.crashed(ms(100), &id("a"));
+        // b is told master after a crashed, before a's driver's lease + budget ran out.
+        checker.on_event(&id("b"), &master(2, 1500), ms(850), budget, exact);
+        assert_eq!(checker.violations().len(), 1, "{:?}", checker.violations());
+        // After lease + stop budget it is fine.
         let mut checker = Checker::default();
-        checker.on_event(&id("a"), &master(1, 700), Duration::from_millis(0), exact);
-        checker.on_crash(&id("a"));
-        // b becomes master after a crashed but before a's drivers' lease ran out.
-        checker.on_event(
-            &id("b"),
-            &master(2, 1200),
-            Duration::from_millis(650),
-            exact,
-        );
-        assert_eq!(checker.violations.len(), 1);
-        // After the lease it is fine.
-        let mut checker = Checker::default();
-        checker.on_event(&id("a"), &master(1, 700), Duration::from_millis(0), exact);
-        checker.on_crash(&id("a"));
-        checker.on_event(
-            &id("b"),
-            &master(2, 1200),
-            Duration::from_millis(700),
-            exact,
-        );
-        assert!(checker.violations.is_empty());
+        checker.on_event(&id("a"), &master(1, 700), ms(0), budget, exact);
+        checker.service.crashed(ms(100), &id("a"));
+        checker.on_event(&id("b"), &master(2, 1600), ms(900), budget, exact);
+        assert!(checker.violations().is_empty());
     }
 
     #[test]
@@ -712,14 +693,15 @@ mod tests {
         };
         checker.on_persist(&id("a"), &vote(3, "b"));
         checker.on_persist(&id("a"), &vote(3, "b"));
-        assert!(checker.violations.is_empty(), "the same vote twice is fine");
+        assert!(checker.violations().is_empty(), "the same vote twice is fine");
         checker.on_persist(&id("a"), &vote(3, "c"));
-        assert!(checker.violations[0].0.contains("voted twice"));
+        assert!(checker.violations()[0].0.contains("voted twice"));
         checker.on_persist(&id("a"), &vote(2, "c"));
-        assert!(checker.violations[1].0.contains("term went back"));
+        assert!(checker.violations()[1].0.contains("term went back"));
         checker.on_event(
             &id("a"),
             &Event::ElectionWon { term: Term(5) },
+            Duration::ZERO,
             Duration::ZERO,
             exact,
         );
@@ -727,9 +709,10 @@ mod tests {
             &id("b"),
             &Event::ElectionWon { term: Term(5) },
             Duration::ZERO,
+            Duration::ZERO,
             exact,
         );
-        assert!(checker.violations[2].0.contains("two leaders in term 5"));
+        assert!(checker.violations()[2].0.contains("two leaders in term 5"));
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! while let Some(event) = node.poll_event() { /* then tell drivers */ let _ = event; }
 //! ```
 
+pub mod check;
 pub mod codec;
 pub mod config;
 #[cfg(any(test, feature = "harness"))]

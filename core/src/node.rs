@@ -392,7 +392,8 @@ impl Node {
     /// Graceful step-down: if master, stop being master *now* (the caller tells drivers),
     /// keep followers quiet with heartbeats, and hand leadership to the best reachable
     /// follower once the drivers confirmed ([`Node::confirm_demoted`]) or the last lease
-    /// given out has run out. Does nothing unless leader.
+    /// given out has run out plus the stop budget (at the drift bound, on this node's
+    /// clock). Does nothing unless leader.
     pub fn step_down(&mut self, now: Instant) {
         self.begin_handoff(now, None, Reason::SteppedDown);
         self.refresh_master(now);
@@ -419,8 +420,10 @@ impl Node {
         self.refresh_master(now);
     }
 
-    /// The caller's drivers have acknowledged the demotion that a step-down started:
-    /// hand leadership over now instead of waiting for the lease to run out.
+    /// Every driver that may have run the service confirmed (`Ok`) that it stopped after
+    /// the demotion a step-down, maintenance or preemption started: hand leadership over
+    /// now instead of waiting for lease end plus stop budget. Call it only then: a failed
+    /// or timed-out stop, or a driver that did not answer, is no confirmation.
     pub fn confirm_demoted(&mut self, now: Instant) {
         if let State::Leader(l) = &mut self.state
             && let Some(handoff) = &mut l.handoff
@@ -838,6 +841,13 @@ impl Node {
     /// Leaves candidacy or leadership; `reason` is used if this ends mastership.
     fn become_follower(&mut self, reason: Option<Reason>) {
         let was_leader = matches!(self.state, State::Leader(_));
+        if let State::Leader(l) = &self.state {
+            // A leader counts itself in every majority that acknowledged a round, so it must
+            // stay sticky exactly like the followers of that round: no (pre)vote until `ET_min`
+            // after the round's send time. Otherwise a deposed leader hands a challenger the
+            // majority while its own drivers' lease still runs.
+            self.leader_contact = self.leader_contact.max(l.majority_at);
+        }
         self.state = State::Follower;
         if was_leader {
             self.leader = None;
@@ -858,9 +868,12 @@ impl Node {
         if l.handoff.is_some() {
             return;
         }
-        // Drivers holding a lease may run until it ends; hand over no earlier unless the
-        // caller confirms they stopped.
-        let at = l.lease_until.map_or(now, |u| u.max(now));
+        // Drivers holding a lease may run until it ends, and their stop may take the stop
+        // budget after that (in real time: on a clock running fast by ρ the budget is
+        // longer). Hand over no earlier unless the caller confirms they all stopped.
+        let at = l
+            .lease_until
+            .map_or(now, |u| (u + self.config.stop_budget_at_drift_bound()).max(now));
         l.handoff = Some(Handoff { at, target, reason });
         if self.master_term.is_some() {
             self.demote(reason);
@@ -1471,9 +1484,9 @@ mod tests {
 
     fn assert_safe(cluster: &Cluster) {
         assert!(
-            cluster.checker.violations.is_empty(),
+            cluster.checker.violations().is_empty(),
             "{:?}",
-            cluster.checker.violations
+            cluster.checker.violations()
         );
     }
 
@@ -1570,9 +1583,121 @@ mod tests {
             .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
             .expect("a successor");
         assert_ne!(cluster.masters()[0], old);
-        // Waits for the last lease to expire (no driver confirmation here), not for ET.
-        assert!(took < Duration::from_millis(900), "{took:?}");
+        // Waits for the last lease to expire plus the stop budget (no driver confirmation
+        // here), not for an election timeout: lease 714 ms + budget 210 ms at most.
+        assert!(took < Duration::from_millis(1000), "{took:?}");
         assert_safe(&cluster);
+    }
+
+    /// F2: a hand-over without an `Ok` stop confirmation waits for lease end plus the stop
+    /// budget, also when the step-down comes with less than the budget left on the lease.
+    #[test]
+    fn step_down_near_lease_end_still_waits_for_the_stop_budget() {
+        for seed in 0..8 {
+            let mut cluster = Cluster::new(3, 50 + seed, |_| {});
+            let old = elect(&mut cluster);
+            cluster.run_for(Duration::from_secs(1));
+            // The leader's heartbeats stop arriving, so its lease runs down unrenewed.
+            for other in cluster.ids() {
+                if other != old {
+                    cluster.cut_one_way(&old, &other);
+                }
+            }
+            let left = Duration::from_millis(20 + 20 * seed);
+            cluster
+                .run_until(Duration::from_secs(2), |c| {
+                    c.node(&old).is_some_and(|n| {
+                        let local = n.lease_until().map(|u| {
+                            u.saturating_duration_since(c.local_now(&old).unwrap_or(u))
+                        });
+                        local.is_some_and(|l| l <= left)
+                    })
+                })
+                .expect("the lease runs down");
+            cluster.step_down(&old);
+            cluster.recover();
+            cluster
+                .run_until(Duration::from_secs(5), |c| {
+                    c.masters().iter().any(|m| *m != old)
+                })
+                .expect("a successor");
+            assert_safe(&cluster);
+        }
+    }
+
+    /// F1: a leader deposed by a higher term stays sticky like the followers of its last
+    /// majority-acknowledged round. The schedule from the safety review: leader clock slow,
+    /// followers fast; the leader's heartbeats are lost one way until a follower becomes a
+    /// candidate whose vote request to the other follower is lost; the other follower hears
+    /// the leader again (the leader regains its lease); then candidate and leader can talk
+    /// again, the leader steps down on the higher term — and must not vote at once.
+    #[test]
+    fn a_deposed_leader_does_not_vote_before_its_followers_would() {
+        let mut failures = Vec::new();
+        let mut regains = 0;
+        for heartbeat_ms in [90, 80, 50, 20] {
+            for seed in 0..4 {
+                let mut cluster = Cluster::new(3, 100 + seed, |c| {
+                    c.set_timings(
+                        Duration::from_millis(heartbeat_ms),
+                        Duration::from_millis(1000),
+                        Duration::from_millis(2000),
+                    );
+                });
+                let leader = elect(&mut cluster);
+                let followers: Vec<NodeId> =
+                    cluster.ids().into_iter().filter(|i| *i != leader).collect();
+                cluster.set_clock_rate(&leader, 950_000);
+                for f in &followers {
+                    cluster.set_clock_rate(f, 1_050_000);
+                }
+                cluster.run_for(Duration::from_millis(500));
+                for f in &followers {
+                    cluster.cut_one_way(&leader, f);
+                }
+                let became_candidate = cluster.run_until(Duration::from_secs(3), |c| {
+                    followers
+                        .iter()
+                        .any(|f| c.node(f).is_some_and(|n| n.role() == Role::Candidate))
+                });
+                assert!(became_candidate.is_some(), "a follower campaigns");
+                let candidate = followers
+                    .iter()
+                    .find(|f| cluster.node(f).is_some_and(|n| n.role() == Role::Candidate))
+                    .cloned()
+                    .expect("found above");
+                let other = followers
+                    .iter()
+                    .find(|f| **f != candidate)
+                    .cloned()
+                    .expect("three nodes");
+                // Its vote request to the other follower is lost (in flight, and after).
+                cluster.cut_one_way(&candidate, &other);
+                // The other follower hears the leader again and acknowledges.
+                cluster.heal_one_way(&leader, &other);
+                let regained = cluster.run_until(Duration::from_millis(500), |c| {
+                    c.node(&leader).is_some_and(Node::is_master)
+                });
+                regains += u32::from(regained.is_some());
+                // Just before the candidate's next timeout, candidate and leader talk again.
+                let next = cluster
+                    .node(&candidate)
+                    .map(|n| cluster.global_of(&candidate, n.poll_timeout()))
+                    .expect("running");
+                let heal_at = next.saturating_sub(Duration::from_millis(heartbeat_ms / 2 + 5));
+                cluster.run_for(heal_at.saturating_sub(cluster.now()));
+                cluster.heal_one_way(&leader, &candidate);
+                cluster.run_for(Duration::from_secs(5));
+                if !cluster.checker.violations().is_empty() {
+                    failures.push(format!(
+                        "heartbeat {heartbeat_ms} ms, seed {seed}: {:?}",
+                        cluster.checker.violations()
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert!(regains > 0, "the schedule never let the leader regain its lease");
     }
 
     #[test]
@@ -1581,7 +1706,7 @@ mod tests {
         let old = elect(&mut cluster);
         cluster.run_for(Duration::from_secs(1));
         cluster.step_down(&old);
-        cluster.with_node(&old, |n, now| n.confirm_demoted(now));
+        cluster.confirm_stop(&old);
         let took = cluster
             .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
             .expect("successor");

@@ -85,9 +85,9 @@ fn check(n: usize, seed: u64, faults: &[Fault]) -> Result<(), TestCaseError> {
     for fault in faults {
         apply(&mut cluster, fault);
         prop_assert!(
-            cluster.checker.violations.is_empty(),
+            cluster.checker.violations().is_empty(),
             "after {fault:?}: {:?}",
-            cluster.checker.violations
+            cluster.checker.violations()
         );
     }
     heal(&mut cluster);
@@ -106,9 +106,9 @@ fn check(n: usize, seed: u64, faults: &[Fault]) -> Result<(), TestCaseError> {
     );
     prop_assert_eq!(cluster.masters(), master);
     prop_assert!(
-        cluster.checker.violations.is_empty(),
+        cluster.checker.violations().is_empty(),
         "{:?}",
-        cluster.checker.violations
+        cluster.checker.violations()
     );
     Ok(())
 }
