@@ -221,6 +221,28 @@ impl ServiceChecker {
         }
     }
 
+    /// The clock of `node`'s machine changed its rate at `at`: the lease `driver` holds ends
+    /// at the same clock reading, which is now `lease_end` in global time (earlier or later).
+    /// For harnesses that model clock drift; a running driver only.
+    pub fn clock_changed(
+        &mut self,
+        at: Duration,
+        node: &NodeId,
+        driver: &NodeId,
+        lease_end: Duration,
+    ) {
+        self.advance(at);
+        if let Some(run) = self
+            .open
+            .get_mut(node)
+            .and_then(|open| open.drivers.get_mut(driver))
+            && run.stopped.is_none()
+            && run.lease_end > at
+        {
+            run.lease_end = lease_end.max(at);
+        }
+    }
+
     /// `driver` of `node` acknowledged "backup" with `Ok` at `at`: it has stopped.
     pub fn stop_confirmed(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
         self.advance(at);
@@ -391,7 +413,10 @@ mod tests {
         c.told_master(ms(200), &b, &id("d3"), Term(2), ms(900), BUDGET);
         assert_eq!(c.violations().len(), 1);
         let text = &c.violations()[0].0;
-        assert!(text.contains("b (term 2)") && text.contains("a (term 1)"), "{text}");
+        assert!(
+            text.contains("b (term 2)") && text.contains("a (term 1)"),
+            "{text}"
+        );
         assert!(text.contains("driver d2: lease end"), "{text}");
         c.stop_confirmed(ms(250), &a, &id("d2"));
         assert!(!c.may_run(&a, ms(250)));

@@ -150,7 +150,8 @@ mod tests {
                                       node in node_id(), leader in proptest::option::of(node_id()),
                                       reason in ".{0,40}") {
             let to = ToDriver::Role { role: DriverRole::Master, term: Term(term), node, leader,
-                                      lease_remaining_ms: ms, reason: reason.clone(), seq };
+                                      lease_remaining_ms: ms, sent_at_ns: seq ^ term,
+                                      stop_budget_ms: ms / 2, reason: reason.clone(), seq };
             prop_assert_eq!(decode::<ToDriver>(&encode(&to).expect("encodes")), Ok(to));
             let from = FromDriver::Ack { seq, role: DriverRole::Backup, result: ActionResult::Failed(reason) };
             prop_assert_eq!(decode::<FromDriver>(&encode(&from).expect("encodes")), Ok(from));
@@ -221,6 +222,8 @@ mod tests {
             node: NodeId::new("n").expect("valid"),
             leader: None,
             lease_remaining_ms: 0,
+            sent_at_ns: 0,
+            stop_budget_ms: 0,
             reason: "x".repeat(MAX_FRAME_LEN),
             seq: 0,
         };

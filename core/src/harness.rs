@@ -14,13 +14,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
+use crate::fault::Fault;
 use crate::ids::{NodeId, Term};
 use crate::message::Message;
 use crate::node::{Event, Node, PersistentState};
 use crate::time::Instant;
 
-pub use crate::check::Violation;
 use crate::check::ServiceChecker;
+pub use crate::check::Violation;
 
 /// The driver every harness node has: told "master" with each `BecameMaster`, renewed with
 /// each `LeaseRenewed`, and confirming a stop only when a test says so
@@ -167,6 +168,12 @@ struct Slot {
     clock: Clock,
     /// The end of the last lease the node's driver was given (node clock).
     driver_lease: Option<Instant>,
+    /// How the node's driver answers "backup": confirms the stop this long after, or never.
+    driver_stops: Option<Duration>,
+    /// Counts "backup" notices, so a late confirmation of an older one is not taken.
+    demotions: u64,
+    /// The daemon does not run before this global time (paused, its clock going on).
+    paused_until: Duration,
 }
 
 /// A node's clock: continuous, piecewise linear in global time, `rate_ppm` parts per
@@ -216,6 +223,10 @@ pub struct Cluster {
     in_flight: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Links `from → to` that lose heartbeats (only).
+    heartbeat_loss: BTreeSet<(NodeId, NodeId)>,
+    /// Stop confirmations due: `(when, node, demotion generation)`.
+    confirms: BTreeSet<(Duration, NodeId, u64)>,
     delay: (Duration, Duration),
     loss_per_million: u32,
     rng: StdRng,
@@ -254,6 +265,9 @@ impl Cluster {
                     node: Some(node),
                     disk: PersistentState::default(),
                     driver_lease: None,
+                    driver_stops: None,
+                    demotions: 0,
+                    paused_until: Duration::ZERO,
                     clock: Clock {
                         base_global: Duration::ZERO,
                         base_local: Duration::ZERO,
@@ -268,6 +282,8 @@ impl Cluster {
             in_flight: BinaryHeap::new(),
             seq: 0,
             cut: BTreeSet::new(),
+            heartbeat_loss: BTreeSet::new(),
+            confirms: BTreeSet::new(),
             delay: (Duration::from_millis(1), Duration::from_millis(5)),
             loss_per_million: 0,
             rng,
@@ -333,11 +349,11 @@ impl Cluster {
                 rate_ppm: rate_ppm.max(1),
             };
             // The driver's lease ends at a fixed reading of this clock: in global time that
-            // moves with the rate. Tell the checker (it keeps the later of the two ends).
+            // moves with the rate.
             if let Some(until) = slot.driver_lease {
                 let end = slot.clock.global(until);
                 let driver = harness_driver(id);
-                self.checker.service.lease(now, id, &driver, end);
+                self.checker.service.clock_changed(now, id, &driver, end);
             }
         }
     }
@@ -405,6 +421,111 @@ impl Cluster {
     /// Heals every cut.
     pub fn recover(&mut self) {
         self.cut.clear();
+        self.heartbeat_loss.clear();
+    }
+
+    /// Heals everything and restarts every node: no cuts, no loss, short delays, no
+    /// maintenance, every daemon running. What a schedule ends with before liveness checks.
+    pub fn heal(&mut self) {
+        self.recover();
+        self.set_loss(0);
+        self.set_delay(Duration::from_millis(1), Duration::from_millis(5));
+        let now = self.now;
+        for slot in self.slots.values_mut() {
+            slot.paused_until = slot.paused_until.min(now);
+        }
+        for id in self.ids() {
+            self.restart(&id);
+            self.set_maintenance(&id, false);
+        }
+    }
+
+    /// Loses heartbeats `from → to` (acknowledgements and votes still pass).
+    pub fn lose_heartbeats(&mut self, from: &NodeId, to: &NodeId) {
+        self.heartbeat_loss.insert((from.clone(), to.clone()));
+    }
+
+    /// From now on `id`'s driver confirms each stop `after` being told "backup", or never.
+    pub fn set_driver_stops(&mut self, id: &NodeId, after: Option<Duration>) {
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.driver_stops = after;
+        }
+    }
+
+    /// `id`'s daemon stops running for `d` (timers and deliveries wait; its clock goes on).
+    pub fn pause(&mut self, id: &NodeId, d: Duration) {
+        let now = self.now;
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.paused_until = slot.paused_until.max(now + d);
+        }
+    }
+
+    /// Applies one fault of the shared vocabulary. The core harness has no disk to tear:
+    /// every [`Fault::Disk`] is a crash here (writes are synchronous).
+    pub fn apply(&mut self, fault: &Fault) {
+        let ids = self.ids();
+        let pick = |i: &usize| ids[*i % ids.len()].clone();
+        match fault {
+            Fault::Run(ms) => self.run_for(Duration::from_millis(*ms)),
+            Fault::Crash(i) | Fault::Disk(i, _) => self.crash(&pick(i)),
+            Fault::Restart(i) => self.restart(&pick(i)),
+            Fault::Isolate(i) => self.isolate(&pick(i)),
+            Fault::Split(mask) => self.split(*mask),
+            Fault::Recover => self.recover(),
+            Fault::CutOneWay(a, b) => self.cut_one_way(&pick(a), &pick(b)),
+            Fault::LoseHeartbeats(a, b) => self.lose_heartbeats(&pick(a), &pick(b)),
+            Fault::Loss(ppm) => self.set_loss(*ppm),
+            Fault::Delay(max) => {
+                self.set_delay(
+                    Duration::from_millis(1),
+                    Duration::from_millis((*max).max(1)),
+                );
+            }
+            Fault::Drift(i, d) => {
+                let ppm = (1_000_000 + i64::from(*d)).max(1);
+                self.set_clock_rate(&pick(i), u64::try_from(ppm).unwrap_or(1_000_000));
+            }
+            Fault::DriftAtBound { leader_fast } => {
+                let leader = ids
+                    .iter()
+                    .find(|id| {
+                        self.node(id)
+                            .is_some_and(|n| n.role() == crate::Role::Leader)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| ids[0].clone());
+                for id in &ids {
+                    let rho = self.slots[id].config.max_clock_drift;
+                    let fast = (*id == leader) == *leader_fast;
+                    let rate = if fast { 1.0 + rho } else { 1.0 - rho };
+                    self.set_clock_rate(id, (rate * 1e6).round() as u64);
+                }
+            }
+            Fault::HealNearTimeout => {
+                let next = self
+                    .slots
+                    .iter()
+                    .filter_map(|(_, s)| {
+                        let n = s.node.as_ref()?;
+                        (n.role() != crate::Role::Leader)
+                            .then(|| (s.global(n.poll_timeout()), s.config.heartbeat_interval))
+                    })
+                    .min();
+                if let Some((at, hb)) = next {
+                    let target = at.saturating_sub(hb / 2);
+                    if target > self.now && target - self.now < Duration::from_secs(10) {
+                        self.run_for(target - self.now);
+                    }
+                }
+                self.recover();
+            }
+            Fault::StepDown(i) => self.step_down(&pick(i)),
+            Fault::Maintenance(i, on) => self.set_maintenance(&pick(i), *on),
+            Fault::DriverStops(i, after) => {
+                self.set_driver_stops(&pick(i), after.map(Duration::from_millis));
+            }
+            Fault::Pause(i, ms) => self.pause(&pick(i), Duration::from_millis(*ms)),
+        }
     }
 
     /// Stops a node; its disk survives; messages to it are lost.
@@ -438,7 +559,9 @@ impl Cluster {
     /// Runs a command on a running node, then processes its outputs.
     pub fn with_node(&mut self, id: &NodeId, command: impl FnOnce(&mut Node, Instant)) {
         let now = self.now;
-        if let Some(slot) = self.slots.get_mut(id) {
+        if let Some(slot) = self.slots.get_mut(id)
+            && slot.paused_until <= now
+        {
             let local = slot.local(now);
             if let Some(node) = slot.node.as_mut() {
                 command(node, local);
@@ -452,7 +575,7 @@ impl Cluster {
     pub fn confirm_stop(&mut self, id: &NodeId) {
         let now = self.now;
         let backup = self.node(id).is_some_and(|n| !n.is_master());
-        if !backup {
+        if !backup || self.slots.get(id).is_some_and(|s| s.paused_until > now) {
             return;
         }
         self.checker
@@ -474,23 +597,41 @@ impl Cluster {
     /// Processes the next timer or delivery, whichever comes first, up to `limit`.
     /// Returns false when nothing is due before `limit` (time is then advanced to it).
     pub fn step(&mut self, limit: Duration) -> bool {
+        // A paused daemon handles nothing before it resumes.
         let next_timer = self
             .slots
             .iter()
             .filter_map(|(id, s)| {
                 s.node
                     .as_ref()
-                    .map(|n| (s.global(n.poll_timeout()), id.clone()))
+                    .map(|n| (s.global(n.poll_timeout()).max(s.paused_until), id.clone()))
             })
             .min();
+        let next_confirm = self.confirms.first().cloned();
         let next_delivery = self.in_flight.peek().map(|Reverse(m)| m.deliver_at);
+        if let Some((at, id, generation)) = next_confirm
+            && at <= limit
+            && next_delivery.is_none_or(|d| at <= d)
+            && next_timer.as_ref().is_none_or(|(t, _)| at <= *t)
+        {
+            self.confirms.pop_first();
+            self.now = self.now.max(at);
+            if self
+                .slots
+                .get(&id)
+                .is_some_and(|s| s.demotions == generation)
+            {
+                self.confirm_stop(&id);
+            }
+            return true;
+        }
         let deliver_first = match (&next_timer, next_delivery) {
             (Some((t, _)), Some(d)) => d <= *t,
             (None, Some(_)) => true,
             _ => false,
         };
         if deliver_first {
-            let Some(Reverse(m)) = self.in_flight.peek().cloned() else {
+            let Some(Reverse(mut m)) = self.in_flight.peek().cloned() else {
                 return false;
             };
             if m.deliver_at > limit {
@@ -499,6 +640,16 @@ impl Cluster {
             }
             self.in_flight.pop();
             self.now = self.now.max(m.deliver_at);
+            let resume = self
+                .slots
+                .get(&m.to)
+                .map_or(Duration::ZERO, |s| s.paused_until);
+            if resume > self.now {
+                // Waits in the socket buffer of the stopped process.
+                m.deliver_at = resume;
+                self.in_flight.push(Reverse(m));
+                return true;
+            }
             self.deliver(m);
             return true;
         }
@@ -611,6 +762,13 @@ impl Cluster {
             match event {
                 Event::BecameMaster { lease_until, .. } => slot.driver_lease = Some(*lease_until),
                 Event::LeaseRenewed { until, .. } => slot.driver_lease = Some(*until),
+                Event::BecameBackup { .. } => {
+                    slot.demotions += 1;
+                    if let Some(after) = slot.driver_stops {
+                        self.confirms
+                            .insert((now + after, id.clone(), slot.demotions));
+                    }
+                }
                 _ => {}
             }
             self.checker
@@ -621,6 +779,11 @@ impl Cluster {
         }
         for (to, msg) in outgoing {
             if self.cut.contains(&(id.clone(), to.clone())) {
+                continue;
+            }
+            if matches!(msg, Message::Heartbeat { .. })
+                && self.heartbeat_loss.contains(&(id.clone(), to.clone()))
+            {
                 continue;
             }
             if self.loss_per_million > 0
@@ -693,7 +856,10 @@ mod tests {
         };
         checker.on_persist(&id("a"), &vote(3, "b"));
         checker.on_persist(&id("a"), &vote(3, "b"));
-        assert!(checker.violations().is_empty(), "the same vote twice is fine");
+        assert!(
+            checker.violations().is_empty(),
+            "the same vote twice is fine"
+        );
         checker.on_persist(&id("a"), &vote(3, "c"));
         assert!(checker.violations()[0].0.contains("voted twice"));
         checker.on_persist(&id("a"), &vote(2, "c"));

@@ -27,6 +27,8 @@ pub mod check;
 pub mod codec;
 pub mod config;
 #[cfg(any(test, feature = "harness"))]
+pub mod fault;
+#[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod ids;
 pub mod message;

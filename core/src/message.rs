@@ -122,8 +122,17 @@ pub enum ToDriver {
         /// The known leader, if any.
         leader: Option<NodeId>,
         /// When master: how long (ms) the driver may consider itself master without
-        /// hearing a renewal. Already reduced by a delivery margin.
+        /// hearing a renewal, counted from `sent_at_ns` (never from when it arrives).
         lease_remaining_ms: u32,
+        /// The daemon's reading of the machine's monotonic clock (Linux `CLOCK_MONOTONIC`,
+        /// nanoseconds; system-wide, so the driver on the same machine reads the same clock)
+        /// when it computed `lease_remaining_ms`. The driver's lease ends at
+        /// `sent_at_ns + lease_remaining_ms` on that clock, so a notice that arrives late
+        /// never extends the driver past the daemon's own lease.
+        sent_at_ns: u64,
+        /// `election.stop_budget_ms`: how long a `stop` may take after the driver decides to
+        /// stop (on demotion or lease end) before a new master may start elsewhere.
+        stop_budget_ms: u32,
         /// Why the role changed, for logs and scripts (`elected`, `lease-lost`, ...).
         reason: String,
         /// Sequence number of this transition, per daemon run; acknowledgements name it.
@@ -133,8 +142,22 @@ pub enum ToDriver {
     LeaseRenewal {
         /// Current term.
         term: Term,
-        /// Remaining validity in ms, already reduced by a delivery margin.
+        /// Remaining validity in ms, counted from `sent_at_ns`.
         lease_remaining_ms: u32,
+        /// As in [`ToDriver::Role`]: the machine's monotonic clock when the daemon computed
+        /// `lease_remaining_ms`.
+        sent_at_ns: u64,
+    },
+    /// One of this node's drivers reported that its `stop` failed or timed out: the service
+    /// may still run there until that driver's lease ends (plus the stop budget). A cluster
+    /// event for drivers that tell people (the notify driver); never acknowledged.
+    StopFailed {
+        /// The driver whose stop failed.
+        driver: NodeId,
+        /// The daemon's current term.
+        term: Term,
+        /// What the driver reported (`Failed` or `TimedOut`).
+        result: ActionResult,
     },
     /// The daemon's connection to a peer came up or went down: a cluster event for
     /// drivers that tell people (the notify driver). Sent on transitions only, never

@@ -846,7 +846,10 @@ impl Node {
             // stay sticky exactly like the followers of that round: no (pre)vote until `ET_min`
             // after the round's send time. Otherwise a deposed leader hands a challenger the
             // majority while its own drivers' lease still runs.
-            self.leader_contact = self.leader_contact.max(l.majority_at);
+            // (`clustd_mutant = "f1"` reintroduces the bug, for README's mutation table.)
+            if !cfg!(clustd_mutant = "f1") {
+                self.leader_contact = self.leader_contact.max(l.majority_at);
+            }
         }
         self.state = State::Follower;
         if was_leader {
@@ -871,9 +874,12 @@ impl Node {
         // Drivers holding a lease may run until it ends, and their stop may take the stop
         // budget after that (in real time: on a clock running fast by ρ the budget is
         // longer). Hand over no earlier unless the caller confirms they all stopped.
-        let at = l
-            .lease_until
-            .map_or(now, |u| (u + self.config.stop_budget_at_drift_bound()).max(now));
+        let budget = if cfg!(clustd_mutant = "f2") {
+            Duration::ZERO // the bug, for README's mutation table
+        } else {
+            self.config.stop_budget_at_drift_bound()
+        };
+        let at = l.lease_until.map_or(now, |u| (u + budget).max(now));
         l.handoff = Some(Handoff { at, target, reason });
         if self.master_term.is_some() {
             self.demote(reason);
@@ -921,7 +927,11 @@ impl Node {
     fn refresh_master(&mut self, now: Instant) {
         let (lease, was_master) = match &mut self.state {
             State::Leader(l) if l.handoff.is_none() => {
-                let lease = l.lease_until.filter(|u| *u > now);
+                let lease = if cfg!(clustd_mutant = "no-lease") {
+                    l.lease_until.map(|u| u.max(now + Duration::from_millis(1))) // lease check off
+                } else {
+                    l.lease_until.filter(|u| *u > now)
+                };
                 let was_master = l.was_master;
                 l.was_master |= lease.is_some();
                 (lease, was_master)
@@ -1607,9 +1617,9 @@ mod tests {
             cluster
                 .run_until(Duration::from_secs(2), |c| {
                     c.node(&old).is_some_and(|n| {
-                        let local = n.lease_until().map(|u| {
-                            u.saturating_duration_since(c.local_now(&old).unwrap_or(u))
-                        });
+                        let local = n
+                            .lease_until()
+                            .map(|u| u.saturating_duration_since(c.local_now(&old).unwrap_or(u)));
                         local.is_some_and(|l| l <= left)
                     })
                 })
@@ -1697,7 +1707,10 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{failures:#?}");
-        assert!(regains > 0, "the schedule never let the leader regain its lease");
+        assert!(
+            regains > 0,
+            "the schedule never let the leader regain its lease"
+        );
     }
 
     #[test]

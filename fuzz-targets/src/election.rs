@@ -1,8 +1,8 @@
 //! `election`: an `arbitrary`-derived schedule over the election core, in one of two shapes.
 //!
 //! - [`Schedule`]: a small cluster of real [`Node`]s on the core's deterministic harness
-//!   ([`Cluster`]): runs, single steps, crashes, restarts, cuts, partitions, loss, delay,
-//!   clock drift, step-downs, maintenance, priorities, and *stale* messages (any message
+//!   ([`Cluster`]): faults from the shared vocabulary (`clustd_core::fault`, with a swarm of
+//!   enabled kinds per schedule), single steps, priorities, and *stale* messages (any message
 //!   with a term older than the receiver's, as a delayed duplicate would be). After every
 //!   step the harness's checker must hold the simulation's invariants (one leader per term,
 //!   master intervals never overlap, terms never go back, one vote per term); once healed, a
@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
+use clustd_core::fault::{Fault, FaultRng, Limits, SplitMix, Swarm};
 use clustd_core::harness::Cluster;
 use clustd_core::{Config, Event, Instant, Message, Node, NodeId, PersistentState, Term};
 
@@ -51,6 +52,10 @@ pub struct Schedule {
     pub priorities: [u8; 5],
     /// Whether each node preempts lower-priority leaders.
     pub preempt: [bool; 5],
+    /// Seeds the swarm: which fault kinds this schedule draws from.
+    pub swarm: u64,
+    /// Heartbeat interval: one of 100, 90, 80, 70, 50, 33, 20 ms (most do not divide the lease).
+    pub heartbeat: u8,
     /// The steps.
     pub steps: Vec<Step>,
 }
@@ -139,37 +144,15 @@ impl AnyMessage {
     }
 }
 
-/// One step of a cluster schedule. Node indices wrap around the cluster size.
+/// One step of a cluster schedule. Faults come from the shared vocabulary
+/// (`clustd_core::fault`, as in the core's property tests and the simulation sweep); the
+/// fuzzer adds what only it does: single events and stale messages.
 #[derive(Arbitrary, Debug, Clone)]
 pub enum Step {
-    /// Run for this many ms of global time.
-    Run(u16),
+    /// One fault of the shared vocabulary, drawn (among the schedule's swarm) from these choices.
+    Fault([u64; 3]),
     /// Process this many single events (deliveries or timers).
     Events(u8),
-    /// Crash a node (its disk survives).
-    Crash(u8),
-    /// Restart a crashed node.
-    Restart(u8),
-    /// Cut a node off from everyone.
-    Isolate(u8),
-    /// Cut one direction of one link.
-    CutOneWay(u8, u8),
-    /// Split into two groups by bit mask.
-    Split(u8),
-    /// Heal every cut.
-    Recover,
-    /// Graceful step-down.
-    StepDown(u8),
-    /// The node's drivers confirmed the demotion.
-    ConfirmDemoted(u8),
-    /// Maintenance on or off.
-    Maintenance(u8, bool),
-    /// Loss in parts per million, up to 30 %.
-    Loss(u32),
-    /// Maximum one-way delay in ms (at least 1).
-    Delay(u16),
-    /// A node's clock rate, within the configured drift bound (±5 %).
-    Drift(u8, i16),
     /// A stale message: `back` terms older than the receiver's current term.
     Stale {
         /// Receiver.
@@ -183,11 +166,31 @@ pub enum Step {
     },
 }
 
-fn apply(cluster: &mut Cluster, step: &Step) {
+/// Fuzz bytes as the vocabulary's randomness.
+struct Choices<'a>(&'a [u64], usize);
+
+impl FaultRng for Choices<'_> {
+    fn below(&mut self, n: u64) -> u64 {
+        let v = self.0.get(self.1).copied().unwrap_or(0);
+        self.1 += 1;
+        v % n.max(1)
+    }
+}
+
+fn apply(cluster: &mut Cluster, swarm: &Swarm, step: &Step) {
     let ids = cluster.ids();
     let pick = |i: &u8| ids[usize::from(*i) % ids.len()].clone();
     match step {
-        Step::Run(ms) => cluster.run_for(Duration::from_millis(u64::from(*ms))),
+        Step::Fault(choices) => {
+            let limits = Limits {
+                nodes: ids.len(),
+                max_drift_ppm: 50_000,
+                et_max_ms: 2000,
+                stop_budget_ms: 200,
+            };
+            let fault = Fault::draw(&mut Choices(choices, 0), swarm, &limits);
+            cluster.apply(&fault);
+        }
         Step::Events(n) => {
             let limit = cluster.now() + Duration::from_secs(5);
             for _ in 0..*n % 64 {
@@ -195,24 +198,6 @@ fn apply(cluster: &mut Cluster, step: &Step) {
                     break;
                 }
             }
-        }
-        Step::Crash(i) => cluster.crash(&pick(i)),
-        Step::Restart(i) => cluster.restart(&pick(i)),
-        Step::Isolate(i) => cluster.isolate(&pick(i)),
-        Step::CutOneWay(a, b) => cluster.cut_one_way(&pick(a), &pick(b)),
-        Step::Split(mask) => cluster.split(*mask),
-        Step::Recover => cluster.recover(),
-        Step::StepDown(i) => cluster.step_down(&pick(i)),
-        Step::ConfirmDemoted(i) => cluster.with_node(&pick(i), |n, now| n.confirm_demoted(now)),
-        Step::Maintenance(i, on) => cluster.set_maintenance(&pick(i), *on),
-        Step::Loss(ppm) => cluster.set_loss(ppm % 300_001),
-        Step::Delay(ms) => cluster.set_delay(
-            Duration::from_millis(1),
-            Duration::from_millis(u64::from(*ms % 2500).max(1)),
-        ),
-        Step::Drift(i, d) => {
-            let ppm = 1_000_000 + i64::from(*d) * 50_000 / 32_768;
-            cluster.set_clock_rate(&pick(i), u64::try_from(ppm).unwrap_or(1_000_000));
         }
         Step::Stale {
             to,
@@ -237,38 +222,35 @@ fn apply(cluster: &mut Cluster, step: &Step) {
     }
 }
 
-fn heal(cluster: &mut Cluster) {
-    cluster.recover();
-    cluster.set_loss(0);
-    cluster.set_delay(Duration::from_millis(1), Duration::from_millis(5));
-    for id in cluster.ids() {
-        cluster.restart(&id);
-        cluster.set_maintenance(&id, false);
-    }
-}
-
 fn run_schedule(schedule: &Schedule) {
     let n = 3 + usize::from(schedule.nodes % 3);
     let (priorities, preempt) = (schedule.priorities, schedule.preempt);
+    let swarm = Swarm::draw(&mut SplitMix(schedule.swarm));
+    let heartbeat = [100, 90, 80, 70, 50, 33, 20][usize::from(schedule.heartbeat % 7)];
     let mut cluster = Cluster::new(n, schedule.seed, |config| {
         // Ids are n1..nN.
         let i = config.id.as_str()[1..].parse::<usize>().unwrap_or(1) - 1;
         config.priority = priorities[i % 5];
         config.preempt = preempt[i % 5];
+        config.set_timings(
+            Duration::from_millis(heartbeat),
+            Duration::from_millis(1000),
+            Duration::from_millis(2000),
+        );
     });
     for step in schedule.steps.iter().take(MAX_STEPS) {
         if cluster.now() > MAX_SIMULATED {
             break;
         }
-        apply(&mut cluster, step);
+        apply(&mut cluster, &swarm, step);
         assert!(
-            cluster.checker.violations.is_empty(),
-            "after {step:?} at {:?}: {:?}",
+            cluster.checker.violations().is_empty(),
+            "swarm {swarm}, heartbeat {heartbeat} ms, after {step:?} at {:?}: {:?}",
             cluster.now(),
-            cluster.checker.violations
+            cluster.checker.violations()
         );
     }
-    heal(&mut cluster);
+    cluster.heal();
     let took = cluster.run_until(LIVENESS_BOUND, |c| c.masters().len() == 1);
     assert!(
         took.is_some(),
@@ -290,9 +272,9 @@ fn run_schedule(schedule: &Schedule) {
         "the master changed while nothing failed"
     );
     assert!(
-        cluster.checker.violations.is_empty(),
+        cluster.checker.violations().is_empty(),
         "{:?}",
-        cluster.checker.violations
+        cluster.checker.violations()
     );
 }
 

@@ -1,0 +1,398 @@
+//! One vocabulary of faults for every randomized search: the core's property tests, the
+//! election fuzz target and the simulation sweep all draw from [`Fault::draw`] and apply
+//! the same typed faults to their own cluster.
+//!
+//! **Swarm testing** (as TigerBeetle's VOPR does): each run enables a random subset of the
+//! [`FaultKind`]s ([`Swarm::draw`]) and prints it with its seed, so that rare combinations
+//! (say, clocks at the drift bound *and* one-way heartbeat loss *and* a step-down) are
+//! dense in some runs instead of diluted in all of them.
+//!
+//! Node indices wrap around the cluster size. A backend that cannot model a fault (the core
+//! harness has no disk to tear) lets time pass instead and says so in its docs.
+
+use std::fmt;
+
+/// Where the randomness comes from: a seeded generator, proptest's input or fuzz bytes.
+pub trait FaultRng {
+    /// A number in `0..n` (`n` > 0).
+    fn below(&mut self, n: u64) -> u64;
+
+    /// True with probability `percent` / 100.
+    fn percent(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// SplitMix64: a tiny, seedable generator that implements [`FaultRng`].
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl FaultRng for SplitMix {
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// A family of faults that swarm testing switches on or off as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum FaultKind {
+    /// Crashes (disk survives) and restarts.
+    Crash,
+    /// Isolation and partitions, healed by `Recover`.
+    Partition,
+    /// One direction of one link cut.
+    OneWayCut,
+    /// One direction of one link loses heartbeats only (acks and votes still pass).
+    HeartbeatLoss,
+    /// Random message loss.
+    Loss,
+    /// Message delay and jitter.
+    Delay,
+    /// A node's clock rate anywhere within the drift bound.
+    Drift,
+    /// The leader's clock at exactly one end of the drift bound, every other at the other.
+    DriftAtBound,
+    /// Every cut healed within one heartbeat of a follower's election timeout.
+    HealNearTimeout,
+    /// Graceful step-down (a hand-over), maintenance on/off (a hand-over).
+    HandOver,
+    /// How a node's driver answers stops: promptly, late, or never (disconnected).
+    SlowDriver,
+    /// A daemon stops running for a while, its clock going on (SIGSTOP, a VM pause).
+    Pause,
+    /// Disk faults: a crash loses unsynced writes, a torn or corrupt state file.
+    Disk,
+}
+
+impl FaultKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Self; 13] = [
+        Self::Crash,
+        Self::Partition,
+        Self::OneWayCut,
+        Self::HeartbeatLoss,
+        Self::Loss,
+        Self::Delay,
+        Self::Drift,
+        Self::DriftAtBound,
+        Self::HealNearTimeout,
+        Self::HandOver,
+        Self::SlowDriver,
+        Self::Pause,
+        Self::Disk,
+    ];
+
+    /// A short kebab-case name, as printed with a seed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Crash => "crash",
+            Self::Partition => "partition",
+            Self::OneWayCut => "one-way-cut",
+            Self::HeartbeatLoss => "heartbeat-loss",
+            Self::Loss => "loss",
+            Self::Delay => "delay",
+            Self::Drift => "drift",
+            Self::DriftAtBound => "drift-at-bound",
+            Self::HealNearTimeout => "heal-near-timeout",
+            Self::HandOver => "hand-over",
+            Self::SlowDriver => "slow-driver",
+            Self::Pause => "pause",
+            Self::Disk => "disk",
+        }
+    }
+
+    /// How often a fault of this kind is drawn, relative to the others enabled.
+    fn weight(self) -> u64 {
+        match self {
+            Self::Crash | Self::Partition => 4,
+            Self::HandOver | Self::SlowDriver => 3,
+            Self::OneWayCut
+            | Self::HeartbeatLoss
+            | Self::Drift
+            | Self::DriftAtBound
+            | Self::HealNearTimeout => 2,
+            Self::Loss | Self::Delay | Self::Pause | Self::Disk => 1,
+        }
+    }
+}
+
+/// What a disk fault does to a node's state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiskFault {
+    /// Crash now, losing every write that was not fsynced.
+    LoseUnsynced,
+    /// Crash in the middle of a write: the state file is torn.
+    Torn,
+    /// Flip bits in the state file while the node is down (it must refuse to start).
+    Corrupt,
+}
+
+/// One fault (or a stretch of time without one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Let this many ms of global time pass.
+    Run(u64),
+    /// Crash a node; its disk survives.
+    Crash(usize),
+    /// Restart a crashed node.
+    Restart(usize),
+    /// Cut a node off from everyone.
+    Isolate(usize),
+    /// Split into two groups by bit mask over the node order.
+    Split(u8),
+    /// Heal every cut and every heartbeat loss.
+    Recover,
+    /// Cut `from → to`.
+    CutOneWay(usize, usize),
+    /// Lose heartbeats `from → to` (nothing else).
+    LoseHeartbeats(usize, usize),
+    /// Message loss, parts per million.
+    Loss(u32),
+    /// Maximum one-way delay, ms (at least 1).
+    Delay(u64),
+    /// A node's clock rate: 1 + this many parts per million (within the drift bound).
+    Drift(usize, i32),
+    /// The current leader's clock at 1 + ρ (`leader_fast`) or 1 − ρ, every other node's at
+    /// the opposite end.
+    DriftAtBound {
+        /// Which side the leader is on.
+        leader_fast: bool,
+    },
+    /// Run until one heartbeat before the earliest follower election timeout, then heal.
+    HealNearTimeout,
+    /// Graceful step-down of a node (does nothing unless it leads).
+    StepDown(usize),
+    /// Maintenance on or off.
+    Maintenance(usize, bool),
+    /// From now on, a node's driver confirms stops this many ms after being told "backup",
+    /// or never (`None`: disconnected, or its stop fails).
+    DriverStops(usize, Option<u64>),
+    /// A node's daemon stops running for this many ms while its clock goes on.
+    Pause(usize, u64),
+    /// A disk fault on a node.
+    Disk(usize, DiskFault),
+}
+
+impl Fault {
+    /// The family this fault belongs to (`None` for `Run`, always enabled).
+    pub fn kind(&self) -> Option<FaultKind> {
+        Some(match self {
+            Self::Run(_) => return None,
+            Self::Crash(_) | Self::Restart(_) => FaultKind::Crash,
+            Self::Isolate(_) | Self::Split(_) | Self::Recover => FaultKind::Partition,
+            Self::CutOneWay(..) => FaultKind::OneWayCut,
+            Self::LoseHeartbeats(..) => FaultKind::HeartbeatLoss,
+            Self::Loss(_) => FaultKind::Loss,
+            Self::Delay(_) => FaultKind::Delay,
+            Self::Drift(..) => FaultKind::Drift,
+            Self::DriftAtBound { .. } => FaultKind::DriftAtBound,
+            Self::HealNearTimeout => FaultKind::HealNearTimeout,
+            Self::StepDown(_) | Self::Maintenance(..) => FaultKind::HandOver,
+            Self::DriverStops(..) => FaultKind::SlowDriver,
+            Self::Pause(..) => FaultKind::Pause,
+            Self::Disk(..) => FaultKind::Disk,
+        })
+    }
+
+    /// Draws one fault among the kinds `swarm` enables (or a `Run`), for `nodes` nodes.
+    /// `max_drift_ppm` is ρ in parts per million; `et_max_ms` bounds pauses (2 × ET_max).
+    pub fn draw(rng: &mut impl FaultRng, swarm: &Swarm, limits: &Limits) -> Self {
+        const RUN_WEIGHT: u64 = 8;
+        let total: u64 = RUN_WEIGHT + swarm.kinds.iter().map(|k| k.weight()).sum::<u64>();
+        let mut ticket = rng.below(total);
+        let mut kind = None;
+        for k in &swarm.kinds {
+            if ticket < k.weight() {
+                kind = Some(*k);
+                break;
+            }
+            ticket -= k.weight();
+        }
+        let n = limits.nodes.max(1) as u64;
+        let node = |rng: &mut dyn FnMut(u64) -> u64| rng(n) as usize;
+        let mut r = |k: u64| rng.below(k);
+        let Some(kind) = kind else {
+            return Self::Run(1 + r(3000));
+        };
+        let rho = i64::from(limits.max_drift_ppm);
+        match kind {
+            FaultKind::Crash => {
+                if r(2) == 0 {
+                    Self::Crash(node(&mut r))
+                } else {
+                    Self::Restart(node(&mut r))
+                }
+            }
+            FaultKind::Partition => match r(3) {
+                0 => Self::Isolate(node(&mut r)),
+                1 => Self::Split(u8::try_from(r(256)).unwrap_or(0)),
+                _ => Self::Recover,
+            },
+            FaultKind::OneWayCut => Self::CutOneWay(node(&mut r), node(&mut r)),
+            FaultKind::HeartbeatLoss => Self::LoseHeartbeats(node(&mut r), node(&mut r)),
+            FaultKind::Loss => Self::Loss(u32::try_from(r(300_001)).unwrap_or(0)),
+            FaultKind::Delay => Self::Delay(if r(2) == 0 { 1 + r(150) } else { 150 + r(2350) }),
+            FaultKind::Drift => {
+                let d = i64::try_from(r(u64::try_from(2 * rho + 1).unwrap_or(1))).unwrap_or(0);
+                Self::Drift(node(&mut r), i32::try_from(d - rho).unwrap_or(0))
+            }
+            FaultKind::DriftAtBound => Self::DriftAtBound {
+                leader_fast: r(2) == 0,
+            },
+            FaultKind::HealNearTimeout => Self::HealNearTimeout,
+            FaultKind::HandOver => match r(3) {
+                0 => Self::Maintenance(node(&mut r), r(2) == 0),
+                _ => Self::StepDown(node(&mut r)),
+            },
+            FaultKind::SlowDriver => {
+                let i = node(&mut r);
+                Self::DriverStops(
+                    i,
+                    match r(3) {
+                        0 => None,
+                        1 => Some(r(20)),
+                        _ => Some(r(limits.stop_budget_ms.max(1) * 2)),
+                    },
+                )
+            }
+            FaultKind::Pause => Self::Pause(node(&mut r), 1 + r(2 * limits.et_max_ms.max(1))),
+            FaultKind::Disk => Self::Disk(
+                node(&mut r),
+                match r(3) {
+                    0 => DiskFault::LoseUnsynced,
+                    1 => DiskFault::Torn,
+                    _ => DiskFault::Corrupt,
+                },
+            ),
+        }
+    }
+}
+
+/// What [`Fault::draw`] needs to know about the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// ρ in parts per million (50 000 for 5 %).
+    pub max_drift_ppm: u32,
+    /// `ET_max` in ms (pauses last up to twice that).
+    pub et_max_ms: u64,
+    /// The stop budget in ms (slow drivers answer within up to twice that).
+    pub stop_budget_ms: u64,
+}
+
+/// The fault kinds one run enables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swarm {
+    /// Enabled kinds, in [`FaultKind::ALL`] order.
+    pub kinds: Vec<FaultKind>,
+}
+
+impl Swarm {
+    /// Every kind enabled.
+    pub fn all() -> Self {
+        Self {
+            kinds: FaultKind::ALL.to_vec(),
+        }
+    }
+
+    /// Only these kinds.
+    pub fn only(kinds: &[FaultKind]) -> Self {
+        let mut kinds = kinds.to_vec();
+        kinds.sort();
+        kinds.dedup();
+        Self { kinds }
+    }
+
+    /// Each kind enabled with probability one half (at least one enabled).
+    pub fn draw(rng: &mut impl FaultRng) -> Self {
+        let mut kinds: Vec<FaultKind> = FaultKind::ALL
+            .iter()
+            .copied()
+            .filter(|_| rng.below(2) == 0)
+            .collect();
+        if kinds.is_empty() {
+            let i = usize::try_from(rng.below(FaultKind::ALL.len() as u64)).unwrap_or(0);
+            kinds.push(FaultKind::ALL[i]);
+        }
+        Self { kinds }
+    }
+
+    /// Whether `kind` is enabled.
+    pub fn has(&self, kind: FaultKind) -> bool {
+        self.kinds.contains(&kind)
+    }
+}
+
+impl fmt::Display for Swarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.kinds.iter().map(|k| k.as_str()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        nodes: 5,
+        max_drift_ppm: 50_000,
+        et_max_ms: 2000,
+        stop_budget_ms: 200,
+    };
+
+    #[test]
+    fn draws_only_enabled_kinds_and_stays_in_bounds() {
+        let mut rng = SplitMix(7);
+        for _ in 0..200 {
+            let swarm = Swarm::draw(&mut rng);
+            assert!(!swarm.kinds.is_empty());
+            for _ in 0..50 {
+                let fault = Fault::draw(&mut rng, &swarm, &LIMITS);
+                if let Some(kind) = fault.kind() {
+                    assert!(swarm.has(kind), "{fault:?} not in {swarm}");
+                }
+                match fault {
+                    Fault::Drift(_, d) => assert!(d.abs() <= 50_000, "{d}"),
+                    Fault::Pause(_, ms) => assert!((1..=4000).contains(&ms)),
+                    Fault::Delay(ms) => assert!((1..2500).contains(&ms)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kind_is_drawn_when_enabled() {
+        let mut rng = SplitMix(1);
+        let swarm = Swarm::all();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5000 {
+            if let Some(kind) = Fault::draw(&mut rng, &swarm, &LIMITS).kind() {
+                seen.insert(kind);
+            }
+        }
+        assert_eq!(seen.len(), FaultKind::ALL.len());
+    }
+
+    #[test]
+    fn swarms_print_their_kinds() {
+        let swarm = Swarm::only(&[FaultKind::Pause, FaultKind::Crash]);
+        assert_eq!(swarm.to_string(), "crash,pause");
+    }
+}
