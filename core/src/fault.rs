@@ -181,6 +181,9 @@ pub enum Fault {
     /// From now on, a node's driver confirms stops this many ms after being told "backup",
     /// or never (`None`: disconnected, or its stop fails).
     DriverStops(usize, Option<u64>),
+    /// The link between a node's daemon and its driver delays delivery this many ms
+    /// (renewals arrive late; the driver's lease must not grow from it).
+    DriverLinkDelay(usize, u64),
     /// A node's daemon stops running for this many ms while its clock goes on.
     Pause(usize, u64),
     /// A disk fault on a node.
@@ -202,7 +205,7 @@ impl Fault {
             Self::DriftAtBound { .. } => FaultKind::DriftAtBound,
             Self::HealNearTimeout => FaultKind::HealNearTimeout,
             Self::StepDown(_) | Self::Maintenance(..) => FaultKind::HandOver,
-            Self::DriverStops(..) => FaultKind::SlowDriver,
+            Self::DriverStops(..) | Self::DriverLinkDelay(..) => FaultKind::SlowDriver,
             Self::Pause(..) => FaultKind::Pause,
             Self::Disk(..) => FaultKind::Disk,
         })
@@ -258,6 +261,9 @@ impl Fault {
                 0 => Self::Maintenance(node(&mut r), r(2) == 0),
                 _ => Self::StepDown(node(&mut r)),
             },
+            FaultKind::SlowDriver if r(4) == 0 => {
+                Self::DriverLinkDelay(node(&mut r), r(limits.et_max_ms / 2 + 1))
+            }
             FaultKind::SlowDriver => {
                 let i = node(&mut r);
                 Self::DriverStops(

@@ -461,7 +461,8 @@ impl Cluster {
     }
 
     /// Applies one fault of the shared vocabulary. The core harness has no disk to tear:
-    /// every [`Fault::Disk`] is a crash here (writes are synchronous).
+    /// every [`Fault::Disk`] is a crash here (writes are synchronous); its drivers read each
+    /// lease as sent, so [`Fault::DriverLinkDelay`] changes nothing.
     pub fn apply(&mut self, fault: &Fault) {
         let ids = self.ids();
         let pick = |i: &usize| ids[*i % ids.len()].clone();
@@ -504,8 +505,8 @@ impl Cluster {
             Fault::HealNearTimeout => {
                 let next = self
                     .slots
-                    .iter()
-                    .filter_map(|(_, s)| {
+                    .values()
+                    .filter_map(|s| {
                         let n = s.node.as_ref()?;
                         (n.role() != crate::Role::Leader)
                             .then(|| (s.global(n.poll_timeout()), s.config.heartbeat_interval))
@@ -525,6 +526,8 @@ impl Cluster {
                 self.set_driver_stops(&pick(i), after.map(Duration::from_millis));
             }
             Fault::Pause(i, ms) => self.pause(&pick(i), Duration::from_millis(*ms)),
+            // The harness's driver reads each lease as sent: delivery delay cannot matter.
+            Fault::DriverLinkDelay(..) => {}
         }
     }
 

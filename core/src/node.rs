@@ -928,7 +928,8 @@ impl Node {
         let (lease, was_master) = match &mut self.state {
             State::Leader(l) if l.handoff.is_none() => {
                 let lease = if cfg!(clustd_mutant = "no-lease") {
-                    l.lease_until.map(|u| u.max(now + Duration::from_millis(1))) // lease check off
+                    // Lease check off: renew from now instead of from an acknowledged round.
+                    l.lease_until.map(|_| now + self.config.lease)
                 } else {
                     l.lease_until.filter(|u| *u > now)
                 };

@@ -4,12 +4,17 @@
 //! `clustd-shell-driver` whose start/stop scripts append a timestamped line to a log. Then,
 //! round after round, it fails the master (SIGKILL, SIGTERM, SIGSTOP or step-down), waits for
 //! the new master's `start`, brings the old node back and waits for the cluster to settle.
-//! The driver logs give the master intervals: they must never overlap.
+//! The start scripts' log lines time the failover. Whether two masters ever overlapped is
+//! decided by the one strict checker, [`clustd_core::check::ServiceChecker`], fed with the
+//! daemons' own service records ([`service_log`]) and the bench's SIGKILLs: a master's
+//! interval ends at a confirmed stop or at its drivers' lease end plus the stop budget,
+//! never at a stop script's log line.
 //!
 //! In `partition` mode every peer link goes through the in-process [`proxy`], which cuts the
 //! master off from its peers (its drivers stay connected to it) and heals it afterwards.
 
 pub mod proxy;
+pub mod service_log;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,13 +23,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use clustd_core::NodeId;
 use clustd_transport::TransportKind;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use self::proxy::{FaultProxy, Link, Protocol};
+use self::service_log::ServiceLog;
 use crate::admin::Client;
+use crate::clock::machine_monotonic_ns;
+use crate::config::{ConfigError, Settings};
 use crate::local::{free_port, write_private};
+use crate::runtime::SERVICE_LOG_TARGET;
 use crate::status::Status;
 
 /// How the master is failed in each round.
@@ -107,8 +117,14 @@ pub struct Report {
     pub rounds: Vec<Round>,
     /// Rounds with no new master in time.
     pub failed_rounds: usize,
-    /// Overlapping master intervals found in the driver logs (must be empty).
+    /// Violations found by the strict service checker in the daemons' service records,
+    /// in its words: overlapping masters, unreadable records, or no master seen at all
+    /// (must be empty).
     pub overlaps: Vec<String>,
+    /// Service intervals the checker saw (every master's, start to surely stopped).
+    pub service_intervals: usize,
+    /// Failed or timed-out stops the daemons reported (they end no interval).
+    pub failed_stops: u64,
     /// Idle CPU of one daemon, percent of one core (highest of the nodes).
     pub idle_cpu_percent: Option<f64>,
     /// Resident memory of one daemon, MiB (highest of the nodes).
@@ -124,6 +140,9 @@ pub enum BenchError {
     /// The cluster did not reach a state in time.
     #[error("{0}")]
     Stuck(String),
+    /// A config the bench wrote does not load (so the bench cannot know its stop budget).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
 }
 
 /// The peer links of a partition run, each directed link A→B through its own proxy port.
@@ -224,13 +243,15 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         .iter()
         .map(|_| free_port())
         .collect::<Result<_, _>>()?;
-    let service_log = work.join("service.log");
+    let script_log = work.join("service.log");
     let network = match opts.mode {
         Mode::Partition => Some(Network::new(transport, &ports).await?),
         _ => None,
     };
 
     let mut nodes = Vec::new();
+    // The checker's stop budget per node: what the daemon itself loads from its config.
+    let mut stop_budgets: BTreeMap<NodeId, Duration> = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?)
             .parse()
@@ -263,11 +284,13 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         );
         let config_path = work.join(format!("{name}.toml"));
         std::fs::write(&config_path, config)?;
+        let (settings, _) = Settings::load(&config_path)?;
+        stop_budgets.insert(settings.id, settings.core.stop_budget);
         // $EPOCHREALTIME (bash 5) needs no fork: the timestamp is taken inside the script.
         let line = |what: &str| {
             format!(
                 "printf '%s {what} %s %s\\n' \"$EPOCHREALTIME\" \"$CLUSTD_NODE_ID\" \"$CLUSTD_TERM\" >> '{}'",
-                service_log.display()
+                script_log.display()
             )
         };
         let driver_config = format!(
@@ -311,16 +334,21 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         rounds: Vec::new(),
         failed_rounds: 0,
         overlaps: Vec::new(),
+        service_intervals: 0,
+        failed_stops: 0,
         idle_cpu_percent: None,
         idle_rss_mib: None,
     };
+    let mut service = ServiceLog::new();
     let result = async {
         for round in 0..opts.rounds {
-            let master = wait_stable(&nodes, &service_log, settle).await?;
+            let master = wait_stable(&nodes, &script_log, settle).await?;
             let index = nodes.iter().position(|n| n.id == master).unwrap_or(0);
             let failed_at = unix_now();
-            fail(&mut nodes[index], opts.mode, index, network.as_ref()).await?;
-            let new_start = wait_new_start(&service_log, failed_at, settle).await;
+            if let Some(at) = fail(&mut nodes[index], opts.mode, index, network.as_ref()).await? {
+                service.crashed(at, node_id(&master)?);
+            }
+            let new_start = wait_new_start(&script_log, failed_at, settle).await;
             match new_start {
                 Some((at, new_master)) => {
                     let events = daemon_events(&nodes, failed_at);
@@ -370,7 +398,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         if opts.progress {
             eprintln!();
         }
-        wait_stable(&nodes, &service_log, settle).await?;
+        wait_stable(&nodes, &script_log, settle).await?;
         if opts.idle_secs > 0 {
             let (cpu, rss) = sample_idle(&nodes, opts.idle_secs).await;
             report.idle_cpu_percent = cpu;
@@ -383,11 +411,22 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         if let Some(d) = node.daemon.as_mut() {
             let _ = d.start_kill();
             let _ = d.wait().await;
+            // Its drivers are SIGKILLed next, but the checker must not assume so.
+            if let Ok(id) = node_id(&node.id) {
+                service.crashed(mono_now(), id);
+            }
         }
         let _ = node.driver.start_kill();
         let _ = node.driver.wait().await;
     }
-    report.overlaps = overlaps(&std::fs::read_to_string(&service_log).unwrap_or_default());
+    for node in &nodes {
+        let text = std::fs::read_to_string(&node.daemon_log).unwrap_or_default();
+        service.add_log(&node.daemon_log.display().to_string(), &text);
+    }
+    let checker = service.check(&stop_budgets);
+    report.overlaps = checker.violations().iter().map(|v| v.0.clone()).collect();
+    report.service_intervals = checker.intervals().len();
+    report.failed_stops = checker.failed_stops();
     if opts.keep {
         let kept = dir.keep();
         eprintln!("  logs and configs kept in {}", kept.display());
@@ -411,7 +450,8 @@ fn spawn_daemon(opts: &Options, config: &Path, log: &Path) -> std::io::Result<Ch
     Command::new(&opts.clustd_bin)
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        // Lease renewals are logged at debug; the checker needs every one of them.
+        .env("RUST_LOG", format!("info,{SERVICE_LOG_TARGET}=debug"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(append(log)?)
@@ -427,13 +467,23 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) -> std::io::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(std::io::Error::other)
 }
 
+fn node_id(id: &str) -> Result<NodeId, BenchError> {
+    NodeId::new(id).map_err(|e| BenchError::Stuck(format!("node id {id:?}: {e}")))
+}
+
+/// `CLOCK_MONOTONIC` now: the time base of the daemons' service records.
+fn mono_now() -> Duration {
+    Duration::from_nanos(machine_monotonic_ns())
+}
+
 /// Fails `node` (number `index`) as `mode` says; `network` is the proxy of a partition run.
+/// Returns when the daemon was SIGKILLed (on `CLOCK_MONOTONIC`, read once it was gone).
 async fn fail(
     node: &mut NodeProc,
     mode: Mode,
     index: usize,
     network: Option<&Network>,
-) -> Result<(), BenchError> {
+) -> Result<Option<Duration>, BenchError> {
     use nix::sys::signal::Signal;
     let Some(daemon) = node.daemon.as_mut() else {
         return Err(BenchError::Stuck(format!("{} is not running", node.id)));
@@ -443,6 +493,7 @@ async fn fail(
             daemon.start_kill()?;
             let _ = daemon.wait().await;
             node.daemon = None;
+            return Ok(Some(mono_now()));
         }
         Mode::Term => signal(daemon, Signal::SIGTERM)?,
         Mode::Freeze => signal(daemon, Signal::SIGSTOP)?,
@@ -456,7 +507,7 @@ async fn fail(
             .ok_or_else(|| BenchError::Stuck("partition mode without a fault proxy".into()))?
             .isolate(index),
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn recover(
@@ -500,7 +551,7 @@ async fn recover(
 /// are connected, and the master's `start` is the latest line for it in the service log.
 async fn wait_stable(
     nodes: &[NodeProc],
-    service_log: &Path,
+    script_log: &Path,
     timeout: Duration,
 ) -> Result<String, BenchError> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -514,7 +565,7 @@ async fn wait_stable(
             };
             statuses.push(status);
         }
-        let master = stable_master(&statuses, service_log);
+        let master = stable_master(&statuses, script_log);
         match (&stable_since, master) {
             (Some((since, id)), Some(m)) if *id == m => {
                 // Stable for a few heartbeats: the cluster has settled.
@@ -534,7 +585,7 @@ async fn wait_stable(
     }
 }
 
-fn stable_master(statuses: &[Option<Status>], service_log: &Path) -> Option<String> {
+fn stable_master(statuses: &[Option<Status>], script_log: &Path) -> Option<String> {
     let all: Vec<&Status> = statuses.iter().flatten().collect();
     if all.len() != statuses.len() {
         return None;
@@ -550,7 +601,7 @@ fn stable_master(statuses: &[Option<Status>], service_log: &Path) -> Option<Stri
     let drivers = all
         .iter()
         .all(|s| s.drivers.iter().any(|d| d.connected && d.acknowledged));
-    let log = std::fs::read_to_string(service_log).unwrap_or_default();
+    let log = std::fs::read_to_string(script_log).unwrap_or_default();
     let started = service_lines(&log)
         .iter()
         .rev()
@@ -586,14 +637,10 @@ fn service_lines(log: &str) -> Vec<ServiceLine> {
 }
 
 /// The first `start` after the failure: the new master's service is up.
-async fn wait_new_start(
-    service_log: &Path,
-    after: f64,
-    timeout: Duration,
-) -> Option<(f64, String)> {
+async fn wait_new_start(script_log: &Path, after: f64, timeout: Duration) -> Option<(f64, String)> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let log = std::fs::read_to_string(service_log).unwrap_or_default();
+        let log = std::fs::read_to_string(script_log).unwrap_or_default();
         if let Some(line) = service_lines(&log)
             .into_iter()
             .find(|l| l.action == "start" && l.at > after)
@@ -660,42 +707,6 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
-}
-
-/// Master intervals from the service log (start → next stop of the same node), and every
-/// pair of them that intersects.
-pub fn overlaps(log: &str) -> Vec<String> {
-    let mut open: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-    let mut intervals: Vec<(String, u64, f64, f64)> = Vec::new();
-    for line in service_lines(log) {
-        match line.action.as_str() {
-            "start" => {
-                open.entry(line.node.clone())
-                    .or_insert((line.at, line.term));
-            }
-            "stop" => {
-                if let Some((start, term)) = open.remove(&line.node) {
-                    intervals.push((line.node, term, start, line.at));
-                }
-            }
-            _ => {}
-        }
-    }
-    for (node, (start, term)) in open {
-        intervals.push((node, term, start, f64::INFINITY));
-    }
-    let mut found = Vec::new();
-    for (i, a) in intervals.iter().enumerate() {
-        for b in &intervals[i + 1..] {
-            if a.0 != b.0 && a.2 < b.3 && b.2 < a.3 {
-                found.push(format!(
-                    "{} (term {}) {:.6}..{:.6} overlaps {} (term {}) {:.6}..{:.6}",
-                    a.0, a.1, a.2, a.3, b.0, b.1, b.2, b.3
-                ));
-            }
-        }
-    }
-    found
 }
 
 fn proc_ticks(pid: u32) -> Option<u64> {
@@ -817,9 +828,17 @@ pub fn render(reports: &[Report]) -> String {
         let _ = writeln!(
             out,
             "  {:<28} {:>7}",
+            "service intervals checked", r.service_intervals
+        );
+        let _ = writeln!(
+            out,
+            "  {:<28} {:>7}",
             "overlapping masters",
             r.overlaps.len()
         );
+        if r.failed_stops > 0 {
+            let _ = writeln!(out, "  {:<28} {:>7}", "failed stops", r.failed_stops);
+        }
         if let Some(cpu) = r.idle_cpu_percent {
             let _ = writeln!(out, "  {:<28} {:>7.3}", "idle CPU, % of one core", cpu);
         }
@@ -903,15 +922,5 @@ mod tests {
         let t = parse_rfc3339("2026-11-25T23:55:52.688951Z").expect("parses");
         assert!((t - 1_795_650_952.688_951).abs() < 1e-3, "{t}");
         assert_eq!(parse_rfc3339("garbage"), None);
-    }
-
-    #[test]
-    fn overlap_detection() {
-        let clean = "1.0 start a 1\n2.0 stop a 1\n2.5 start b 2\n";
-        assert!(overlaps(clean).is_empty());
-        let bad = "1.0 start a 1\n2.0 start b 2\n3.0 stop a 1\n";
-        assert_eq!(overlaps(bad).len(), 1);
-        // A node that never stopped overlaps whoever started after it.
-        assert_eq!(overlaps("1.0 start a 1\n5.0 start b 2\n").len(), 1);
     }
 }

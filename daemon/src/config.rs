@@ -177,7 +177,10 @@ pub struct Settings {
     pub tls: Option<clustd_transport::TlsFiles>,
     /// The election core's settings (timings, priority, witness...).
     pub core: CoreConfig,
-    /// Subtracted from the remaining lease sent to drivers, for delivery time.
+    /// A safety margin subtracted from the remaining lease sent to drivers, so a driver's
+    /// lease always ends before the daemon's own. Not a delivery estimate: drivers count
+    /// their lease from the daemon's send time (`sent_at_ns`, the machine's monotonic
+    /// clock), so delivery time is already accounted for.
     pub driver_lease_margin: Duration,
     /// Admin API address.
     pub admin_listen: SocketAddr,
@@ -355,7 +358,11 @@ impl Settings {
         if margin >= core.lease {
             return Err(err(
                 "election.driver_lease_margin_ms",
-                format!("must be below the lease ({} ms)", core.lease.as_millis()),
+                format!(
+                    "must be below the lease ({} ms): it is a safety margin taken off the lease \
+                     drivers are given (they count it from the daemon's send time)",
+                    core.lease.as_millis()
+                ),
             ));
         }
         if peers.len() == 1 && !raw.node.witness {

@@ -18,5 +18,7 @@ pub mod store;
 
 pub use clock::{Clock, TokioClock};
 pub use config::{ConfigError, Settings};
-pub use runtime::{Command, Handle, RoleNotice, RuntimeError, Shutdown, control, run};
+pub use runtime::{
+    Command, DriverRecord, Handle, RoleNotice, RuntimeError, Shutdown, control, run,
+};
 pub use store::{FileStore, StateStore};

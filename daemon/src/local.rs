@@ -1,17 +1,19 @@
 //! Whole clusters inside one process, on loopback: used by `clustd demo`, the integration
-//! tests and anyone who wants to try clustd without three machines.
+//! tests and anyone who wants to try clustd without three machines. [`ServiceWatch`] judges
+//! such a cluster with the one service-interval checker.
 
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use clustd_core::NodeId;
+use clustd_core::check::ServiceChecker;
+use clustd_core::{Instant, NodeId};
 use clustd_transport::{TokioNet, TransportKind};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::TokioClock;
 use crate::config::{ConfigError, Settings};
-use crate::runtime::{self, Handle, RuntimeError, Shutdown};
+use crate::runtime::{self, DriverRecord, Handle, RuntimeError, Shutdown};
 use crate::store::FileStore;
 
 /// Finds a loopback port free for both TCP and UDP (both transports can use it).
@@ -73,6 +75,9 @@ pub struct LocalNode {
     pub settings: Settings,
     /// Status, commands and role notices.
     pub handle: Handle,
+    /// The node's clock: [`TokioClock::origin`] puts its instants (role notices, driver
+    /// records) on the process's tokio time line, which all local nodes share.
+    pub clock: TokioClock,
     stop: Option<oneshot::Sender<Shutdown>>,
     task: Option<JoinHandle<Result<(), RuntimeError>>>,
 }
@@ -83,10 +88,11 @@ impl LocalNode {
         let (control, handle) = runtime::control();
         let (stop_tx, stop_rx) = oneshot::channel();
         let shutdown = async move { stop_rx.await.unwrap_or(Shutdown::Graceful) };
+        let clock = TokioClock::new();
         let task = tokio::spawn(runtime::run(
             settings.clone(),
             TokioNet,
-            TokioClock::new(),
+            clock,
             FileStore::new(&settings.data_dir),
             control,
             shutdown,
@@ -94,6 +100,7 @@ impl LocalNode {
         Self {
             settings: settings.clone(),
             handle,
+            clock,
             stop: Some(stop_tx),
             task: Some(task),
         }
@@ -271,5 +278,190 @@ impl LocalCluster {
         for node in &mut self.nodes {
             let _ = node.stop(Shutdown::Graceful).await;
         }
+    }
+}
+
+/// One node's record stream, with what converts its instants to global time.
+#[derive(Debug)]
+struct Followed {
+    node: NodeId,
+    clock: TokioClock,
+    stop_budget: Duration,
+    records: broadcast::Receiver<DriverRecord>,
+}
+
+/// A [`DriverRecord`] of one local node, its instants converted to global time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalRecord {
+    /// [`DriverRecord::at`], in global time.
+    pub at: Duration,
+    /// The node whose daemon sent or heard it.
+    pub node: NodeId,
+    /// The lease end of a `ToldMaster` or `LeaseGiven`, in global time.
+    pub lease_until: Option<Duration>,
+    /// The record as published (instants on the node's clock).
+    pub record: DriverRecord,
+}
+
+/// Something the checker must hear.
+#[derive(Debug)]
+enum Seen {
+    Record {
+        stop_budget: Duration,
+        record: GlobalRecord,
+    },
+    Crashed {
+        at: Duration,
+        node: NodeId,
+    },
+}
+
+impl Seen {
+    fn at(&self) -> Duration {
+        match self {
+            Self::Record { record, .. } => record.at,
+            Self::Crashed { at, .. } => *at,
+        }
+    }
+}
+
+/// Puts the [`DriverRecord`]s of local nodes on one global time line and judges them with
+/// the one service-interval checker ([`ServiceChecker`]): the demo's and the integration
+/// tests' verdict on "never two masters".
+///
+/// All local nodes run on the process's tokio clock, each counted from its own origin
+/// ([`LocalNode::clock`]), so global time is exact: the tokio instant since `origin`.
+#[derive(Debug)]
+pub struct ServiceWatch {
+    origin: tokio::time::Instant,
+    followed: Vec<Followed>,
+    seen: Vec<Seen>,
+    lost: u64,
+}
+
+impl ServiceWatch {
+    /// A watch whose global time 0 is `origin`.
+    pub fn new(origin: tokio::time::Instant) -> Self {
+        Self {
+            origin,
+            followed: Vec::new(),
+            seen: Vec::new(),
+            lost: 0,
+        }
+    }
+
+    /// Follows `node`'s records from now on. Call it again after a restart: the new run has
+    /// a new clock.
+    pub fn follow(&mut self, node: &LocalNode) {
+        self.followed.push(Followed {
+            node: node.settings.id.clone(),
+            clock: node.clock,
+            stop_budget: node.settings.core.stop_budget,
+            records: node.handle.driver_records(),
+        });
+    }
+
+    /// Global time now.
+    pub fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.origin)
+    }
+
+    /// `node`'s daemon crashed now (its drivers run on until lease end plus stop budget).
+    pub fn crashed(&mut self, node: &NodeId) {
+        self.collect();
+        let at = self.now();
+        self.seen.push(Seen::Crashed {
+            at,
+            node: node.clone(),
+        });
+    }
+
+    /// Takes in what arrived so far; call it now and then so no stream falls 4096 behind.
+    pub fn collect(&mut self) {
+        let origin = self.origin;
+        for f in &mut self.followed {
+            let global = |at: Instant| {
+                (f.clock.origin() + at.elapsed_since_origin()).saturating_duration_since(origin)
+            };
+            loop {
+                match f.records.try_recv() {
+                    Ok(record) => {
+                        let lease_until = match &record {
+                            DriverRecord::ToldMaster { lease_until, .. }
+                            | DriverRecord::LeaseGiven { lease_until, .. } => {
+                                Some(global(*lease_until))
+                            }
+                            _ => None,
+                        };
+                        self.seen.push(Seen::Record {
+                            stop_budget: f.stop_budget,
+                            record: GlobalRecord {
+                                at: global(record.at()),
+                                node: f.node.clone(),
+                                lease_until,
+                                record,
+                            },
+                        });
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => self.lost += n,
+                    Err(_) => break,
+                }
+            }
+        }
+        // Stable: one node's records keep their order when they share an instant.
+        self.seen.sort_by_key(Seen::at);
+    }
+
+    /// Every record seen so far, in global time order.
+    pub fn records(&mut self) -> Vec<GlobalRecord> {
+        self.collect();
+        self.seen
+            .iter()
+            .filter_map(|seen| match seen {
+                Seen::Record { record, .. } => Some(record.clone()),
+                Seen::Crashed { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Feeds everything seen so far, in global time order, to a fresh checker and returns
+    /// it: read [`ServiceChecker::violations`] and [`ServiceChecker::intervals`].
+    pub fn check(&mut self) -> ServiceChecker {
+        self.collect();
+        let mut checker = ServiceChecker::new();
+        if self.lost > 0 {
+            checker.violation(format!(
+                "{} driver records lost (observer too slow): the verdict is incomplete",
+                self.lost
+            ));
+        }
+        for seen in &self.seen {
+            let (stop_budget, r) = match seen {
+                Seen::Crashed { at, node } => {
+                    checker.crashed(*at, node);
+                    continue;
+                }
+                Seen::Record {
+                    stop_budget,
+                    record,
+                } => (*stop_budget, record),
+            };
+            let lease_until = r.lease_until.unwrap_or(r.at);
+            match &r.record {
+                DriverRecord::ToldMaster { driver, term, .. } => {
+                    checker.told_master(r.at, &r.node, driver, *term, lease_until, stop_budget);
+                }
+                DriverRecord::LeaseGiven { driver, .. } => {
+                    checker.lease(r.at, &r.node, driver, lease_until);
+                }
+                DriverRecord::StopConfirmed { driver, .. } => {
+                    checker.stop_confirmed(r.at, &r.node, driver);
+                }
+                DriverRecord::StopFailed { driver, .. } => {
+                    checker.stop_failed(r.at, &r.node, driver);
+                }
+            }
+        }
+        checker
     }
 }

@@ -116,7 +116,8 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum BenchCmd {
     /// Fail the master of a real N-process cluster R times and measure the failover to the new
-    /// master's start script; checks the driver logs for overlapping masters.
+    /// master's start script; checks the daemons' service records for overlapping masters
+    /// with the strict service checker.
     ///
     /// Needs the clustd-shell-driver binary beside this one
     /// (`cargo build --release -p clustd -p clustd-drivers`).
@@ -420,7 +421,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Failover(args)) => return bench_failover(args).await,
         Cmd::Demo { transport } => {
             let report = clustd::demo::run(transport.into()).await?;
-            if report.overlaps > 0 {
+            if !report.violations.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }

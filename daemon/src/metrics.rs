@@ -41,6 +41,9 @@ pub struct Metrics {
     pub heartbeat_rtt: Histogram,
     /// Driver action results.
     pub driver_results: Family<ResultLabel, Counter>,
+    /// Stops (acknowledged "backup") that failed or timed out: the service may still run
+    /// there until that driver's lease end plus the stop budget. Alert on any increase.
+    pub driver_stop_failures: Counter,
 }
 
 impl Metrics {
@@ -57,6 +60,7 @@ impl Metrics {
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ]);
         let driver_results = Family::<ResultLabel, Counter>::default();
+        let driver_stop_failures = Counter::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -85,6 +89,11 @@ impl Metrics {
             "Driver action results",
             driver_results.clone(),
         );
+        registry.register(
+            "driver_stop_failures",
+            "Driver stops that failed or timed out (the service may still run until that driver's lease end plus the stop budget)",
+            driver_stop_failures.clone(),
+        );
         Self {
             registry,
             master,
@@ -95,6 +104,7 @@ impl Metrics {
             peer_up,
             heartbeat_rtt,
             driver_results,
+            driver_stop_failures,
         }
     }
 

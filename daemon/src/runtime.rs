@@ -4,6 +4,14 @@
 //! shutdown signal. Outputs, always in this order: persist (durably) → send → events
 //! (drivers, status, metrics). The caller supplies the sockets ([`Net`]), the clock
 //! ([`Clock`]) and the disk ([`StateStore`]), so the simulation runs this very code.
+//!
+//! The runtime also keeps, per driver, whether it may be running the service: from the
+//! moment it is sent "master" until it acknowledges a later "backup" with `Ok`, or, failing
+//! that, until its last lease end plus the stop budget (at the drift bound), when its own
+//! fail-safe has surely stopped it. A failed or timed-out stop ends nothing: it is reported
+//! loudly (log, status, metric, a `StopFailed` event to every driver). A step-down hands
+//! over early only once no driver may still be running; what it sent and heard is published
+//! as [`DriverRecord`]s for the service-interval checker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -22,11 +30,19 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::metrics::{Metrics, PeerLabel, ResultLabel};
-use crate::status::{DriverStatus, PeerStatus, RoleChange, Status};
+use crate::status::{DriverStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
 
 /// Most drivers remembered (connected or not) in status.
 const MAX_DRIVERS: usize = 64;
+
+/// Capacity of the [`DriverRecord`] channel: a slow observer loses the oldest records
+/// (and sees `Lagged`) rather than slowing the election loop.
+const RECORDS_CAPACITY: usize = 4096;
+
+/// The tracing target of the service records (`RUST_LOG=clustd::service=debug` shows every
+/// lease given); an out-of-process checker rebuilds [`DriverRecord`]s from these lines.
+pub const SERVICE_LOG_TARGET: &str = "clustd::service";
 
 /// Why the runtime stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +94,86 @@ pub struct RoleNotice {
     pub lease_until: Option<Instant>,
 }
 
+/// What the daemon sent to, or heard from, one of its drivers that bounds where the service
+/// may run: the input of the service-interval checker
+/// ([`clustd_core::check::ServiceChecker`]), published by [`Handle::driver_records`].
+///
+/// These are what the daemon *sent* (handed to the transport) and *heard*, stamped `at`
+/// on the node's clock when it did; `lease_until` is on the node's clock too. They are not
+/// what the driver received or did: a notice may arrive late or never, which is why the
+/// checker relies only on leases and `Ok` acknowledgements. An observer converts both
+/// instants to its global time with the node's clock (the demo: [`crate::TokioClock::origin`]).
+/// Each record is also logged on target [`SERVICE_LOG_TARGET`] with the instants as
+/// machine monotonic clock readings (`at_mono_ns`, `lease_until_mono_ns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DriverRecord {
+    /// A "master" notice went to `driver`; its lease ends at `lease_until` (the send time
+    /// plus `lease_remaining_ms` as sent).
+    ToldMaster {
+        /// When it was sent.
+        at: Instant,
+        /// The driver.
+        driver: NodeId,
+        /// The term of the notice.
+        term: Term,
+        /// The end of the lease the driver was given.
+        lease_until: Instant,
+    },
+    /// A lease renewal went to `driver`: its lease now ends at `lease_until`.
+    LeaseGiven {
+        /// When it was sent.
+        at: Instant,
+        /// The driver.
+        driver: NodeId,
+        /// The end of the lease the driver was given.
+        lease_until: Instant,
+    },
+    /// `driver` acknowledged the latest "backup" with `Ok`: it stopped the service.
+    StopConfirmed {
+        /// When the acknowledgement was heard.
+        at: Instant,
+        /// The driver.
+        driver: NodeId,
+        /// The term of the "backup" notice acknowledged.
+        term: Term,
+    },
+    /// `driver` acknowledged the latest "backup" with `Failed` or `TimedOut`: the service
+    /// may still run there until its lease end plus the stop budget.
+    StopFailed {
+        /// When the acknowledgement was heard.
+        at: Instant,
+        /// The driver.
+        driver: NodeId,
+        /// The term of the "backup" notice acknowledged.
+        term: Term,
+        /// What the driver reported.
+        result: ActionResult,
+    },
+}
+
+impl DriverRecord {
+    /// When the daemon sent or heard it, on the node's clock.
+    pub fn at(&self) -> Instant {
+        match self {
+            Self::ToldMaster { at, .. }
+            | Self::LeaseGiven { at, .. }
+            | Self::StopConfirmed { at, .. }
+            | Self::StopFailed { at, .. } => *at,
+        }
+    }
+
+    /// The driver it is about.
+    pub fn driver(&self) -> &NodeId {
+        match self {
+            Self::ToldMaster { driver, .. }
+            | Self::LeaseGiven { driver, .. }
+            | Self::StopConfirmed { driver, .. }
+            | Self::StopFailed { driver, .. } => driver,
+        }
+    }
+}
+
 /// The runtime's side of the control channel.
 #[derive(Debug)]
 pub struct Control {
@@ -97,6 +193,7 @@ struct Shared {
     status: Mutex<Status>,
     metrics: Metrics,
     notices: broadcast::Sender<RoleNotice>,
+    records: broadcast::Sender<DriverRecord>,
     /// While master: the end of the lease drivers were last told (node's clock).
     lease: watch::Sender<Option<Instant>>,
     local_addr: Mutex<Option<SocketAddr>>,
@@ -109,6 +206,7 @@ pub fn control() -> (Control, Handle) {
         status: Mutex::new(Status::default()),
         metrics: Metrics::new(),
         notices: broadcast::channel(256).0,
+        records: broadcast::channel(RECORDS_CAPACITY).0,
         lease: watch::channel(None).0,
         local_addr: Mutex::new(None),
     });
@@ -145,6 +243,14 @@ impl Handle {
         self.shared.notices.subscribe()
     }
 
+    /// What this node sends to and hears from its drivers that bounds where the service may
+    /// run, from now on: see [`DriverRecord`]. Feed them, converted to one global time, to
+    /// [`clustd_core::check::ServiceChecker`]. A receiver that falls more than 4096 records
+    /// behind loses the oldest (`RecvError::Lagged`).
+    pub fn driver_records(&self) -> broadcast::Receiver<DriverRecord> {
+        self.shared.records.subscribe()
+    }
+
     /// While master, the end of the lease as drivers were last told it (role change or
     /// renewal), on the node's clock; `None` while backup. An observer that must know how
     /// long a crashed master's drivers may keep running (the simulation) watches this.
@@ -171,11 +277,30 @@ impl Handle {
 struct DriverState {
     connected: bool,
     last_role: Option<DriverRole>,
+    /// The term of the last role sent.
+    last_term: Term,
     last_seq: u64,
     acked_seq: Option<u64>,
     last_result: Option<String>,
-    /// Told "master" and not yet acknowledged a later "backup": may be running the service.
+    /// Told "master" and no `Ok` acknowledgement of a later "backup" since. A failed or
+    /// timed-out stop leaves it set: only the lease bounds the service then.
     may_run: bool,
+    /// The end of the last lease it was given (node's clock): its fail-safe demotes it then.
+    lease_until: Instant,
+    /// Its last stop (the latest "backup", acknowledged) failed or timed out.
+    stop_failed: bool,
+    /// The last failed or timed-out stop, with its term, for status.
+    last_stop_failure: Option<String>,
+}
+
+impl DriverState {
+    /// Whether the driver may be running the service at `now`. `settle` is the stop budget
+    /// at the drift bound: after its lease end plus that, the driver's own fail-safe has
+    /// stopped it (whether or not it is connected or its stop worked), so it no longer holds
+    /// up a hand-over and its entry may be evicted.
+    fn may_run_at(&self, now: Instant, settle: Duration) -> bool {
+        self.may_run && now < self.lease_until + settle
+    }
 }
 
 struct Runtime<C: Clock, S: StateStore> {
@@ -195,6 +320,8 @@ struct Runtime<C: Clock, S: StateStore> {
     peers_up: BTreeSet<NodeId>,
     /// A step-down is waiting for drivers to confirm they stopped.
     awaiting_stop: bool,
+    /// The stop budget at the drift bound, on this node's clock.
+    settle: Duration,
 }
 
 /// Runs one node until `shutdown` completes (then steps down gracefully if leader) or a
@@ -220,6 +347,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     config.accept_drivers = true;
     config.dial_tls = settings.tls.is_some();
     config.tls = settings.tls.clone();
+    let settle = settings.core.stop_budget_at_drift_bound();
     let (endpoint, mut events) = Endpoint::start(net, config).await?;
     *lock(&control.shared.local_addr) = endpoint.local_addr();
     tracing::info!(
@@ -247,6 +375,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         rtt_pending: BTreeMap::new(),
         peers_up: BTreeSet::new(),
         awaiting_stop: false,
+        settle,
     };
     rt.init_status();
     tokio::pin!(shutdown);
@@ -276,6 +405,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                     Command::StepDown => rt.node.step_down(now),
                     Command::Maintenance(on) => rt.node.set_maintenance(now, on),
                 }
+                rt.confirm_stop_if_done();
                 rt.flush()?;
                 rt.update_status();
                 let _ = done.send(());
@@ -290,6 +420,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 rt.node.handle_timeout(now);
             }
         }
+        // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
+        rt.confirm_stop_if_done();
         rt.flush()?;
         rt.update_status();
         if let Some(until) = leaving {
@@ -357,7 +489,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 }
                 PeerKind::Driver => {
                     tracing::info!(driver = %id, "driver connected");
-                    self.evict_old_drivers();
+                    self.evict_old_drivers(now);
                     self.drivers.entry(id.clone()).or_default().connected = true;
                     self.send_role_to(&id, now);
                 }
@@ -384,9 +516,22 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     }
                 }
                 PeerKind::Driver => {
-                    tracing::info!(driver = %id, "driver disconnected");
-                    if let Some(d) = self.drivers.get_mut(&id) {
-                        d.connected = false;
+                    let Some(d) = self.drivers.get_mut(&id) else {
+                        tracing::info!(driver = %id, "driver disconnected");
+                        return;
+                    };
+                    d.connected = false;
+                    if d.may_run_at(now, self.settle) {
+                        // Correct and expected after a crash of the driver's link; it keeps
+                        // holding up a hand-over until its fail-safe has surely stopped it.
+                        let left = (d.lease_until + self.settle).saturating_duration_since(now);
+                        tracing::warn!(
+                            driver = %id,
+                            "driver disconnected while it may run the service: counted as running for {} ms more (lease end + stop budget)",
+                            left.as_millis()
+                        );
+                    } else {
+                        tracing::info!(driver = %id, "driver disconnected");
                     }
                 }
             },
@@ -444,34 +589,177 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             ActionResult::TimedOut => "timed-out".to_string(),
         };
         tracing::info!(driver = %from, seq, role = role.as_str(), result = %text, "driver acknowledged");
+        let now = self.clock.now();
+        let settle = self.settle;
         let Some(d) = self.drivers.get_mut(from) else {
             return;
         };
         d.acked_seq = Some(seq);
-        d.last_result = Some(text);
+        d.last_result = Some(text.clone());
         // Only an ack of the latest transition counts: an older "backup" ack must not
         // clear a newer "master".
-        if seq == d.last_seq && role == DriverRole::Backup {
-            d.may_run = false;
+        if seq != d.last_seq || role != DriverRole::Backup {
+            return;
         }
-        self.confirm_stop_if_done();
+        let term = d.last_term;
+        if result == ActionResult::Ok {
+            d.stop_failed = false;
+            if d.may_run {
+                d.may_run = false;
+                self.record(DriverRecord::StopConfirmed {
+                    at: now,
+                    driver: from.clone(),
+                    term,
+                });
+            }
+            self.confirm_stop_if_done();
+        } else {
+            // Nothing ends: the driver may still run the service until its lease end plus
+            // the stop budget, and the hand-over waits for that.
+            d.stop_failed = true;
+            d.last_stop_failure = Some(format!("term {term}: {text}"));
+            let lease_until = d.may_run_at(now, settle).then_some(d.lease_until);
+            self.report_stop_failure(from, term, result, &text, lease_until, now);
+        }
     }
 
-    /// Step-down hands over as soon as no driver may still be running the service.
+    /// A failed or timed-out stop: the one driver event operators must not miss. Logged at
+    /// ERROR, counted, shown in status, recorded, and sent to every connected driver (the
+    /// notify driver tells people).
+    fn report_stop_failure(
+        &self,
+        driver: &NodeId,
+        term: Term,
+        result: ActionResult,
+        text: &str,
+        lease_until: Option<Instant>,
+        now: Instant,
+    ) {
+        self.shared.metrics.driver_stop_failures.inc();
+        let wall = |at: Instant| {
+            let ahead =
+                u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+            format_unix_ms(self.clock.wall_clock_ms().saturating_add(ahead))
+        };
+        let consequence = match lease_until {
+            Some(until) => format!(
+                "the service may still run until {} (its lease end; surely stopped by {}, \
+                 lease end + stop budget, when its fail-safe has acted)",
+                wall(until),
+                wall(until + self.settle)
+            ),
+            None => "it holds no lease from this daemon now; check whether the service \
+                     still runs there"
+                .to_string(),
+        };
+        tracing::error!(
+            target: SERVICE_LOG_TARGET,
+            record = "stop_failed",
+            node = %self.settings.id,
+            driver = %driver,
+            term = term.0,
+            result = %text,
+            at_mono_ns = self.clock.monotonic_ns(now),
+            lease_until_mono_ns = lease_until.map(|u| self.clock.monotonic_ns(u)),
+            "driver {driver}: stop FAILED in term {term} ({text}); {consequence}"
+        );
+        let msg = ToDriver::StopFailed {
+            driver: driver.clone(),
+            term: self.node.term(),
+            result: result.clone(),
+        };
+        for id in self.connected_drivers() {
+            self.send_frame(&id, &msg, SendClass::Reliable);
+        }
+        let _ = self.shared.records.send(DriverRecord::StopFailed {
+            at: now,
+            driver: driver.clone(),
+            term,
+            result,
+        });
+    }
+
+    /// Publishes a record and logs it for out-of-process checkers (instants as machine
+    /// monotonic clock readings, which every process on the machine shares).
+    /// [`DriverRecord::StopFailed`] is logged by [`Runtime::report_stop_failure`].
+    fn record(&self, record: DriverRecord) {
+        let node = &self.settings.id;
+        let mono = |at: Instant| self.clock.monotonic_ns(at);
+        match &record {
+            DriverRecord::ToldMaster {
+                at,
+                driver,
+                term,
+                lease_until,
+            } => tracing::info!(
+                target: SERVICE_LOG_TARGET,
+                record = "told_master",
+                node = %node,
+                driver = %driver,
+                term = term.0,
+                at_mono_ns = mono(*at),
+                lease_until_mono_ns = mono(*lease_until),
+                "driver {driver} told master in term {term}, lease for {} ms",
+                lease_until.saturating_duration_since(*at).as_millis()
+            ),
+            DriverRecord::LeaseGiven {
+                at,
+                driver,
+                lease_until,
+            } => tracing::debug!(
+                target: SERVICE_LOG_TARGET,
+                record = "lease_given",
+                node = %node,
+                driver = %driver,
+                at_mono_ns = mono(*at),
+                lease_until_mono_ns = mono(*lease_until),
+                "driver {driver} lease renewed"
+            ),
+            DriverRecord::StopConfirmed { at, driver, term } => tracing::info!(
+                target: SERVICE_LOG_TARGET,
+                record = "stop_confirmed",
+                node = %node,
+                driver = %driver,
+                term = term.0,
+                at_mono_ns = mono(*at),
+                "driver {driver} confirmed its stop (term {term})"
+            ),
+            DriverRecord::StopFailed { .. } => {}
+        }
+        // No receiver is fine: nobody is checking.
+        let _ = self.shared.records.send(record);
+    }
+
+    /// Step-down hands over as soon as no driver may still be running the service: each
+    /// one told "master" has confirmed its stop with `Ok`, or is past its lease end plus
+    /// the stop budget. Otherwise the core hands over at its own lease end plus the budget.
     fn confirm_stop_if_done(&mut self) {
-        if self.awaiting_stop && !self.drivers.values().any(|d| d.may_run) {
-            self.awaiting_stop = false;
-            let now = self.clock.now();
-            self.node.confirm_demoted(now);
+        if !self.awaiting_stop {
+            return;
         }
+        if self.node.role() != Role::Leader {
+            // The hand-over happened (or leadership was lost): nothing left to confirm.
+            self.awaiting_stop = false;
+            return;
+        }
+        let now = self.clock.now();
+        if self
+            .drivers
+            .values()
+            .any(|d| d.may_run_at(now, self.settle))
+        {
+            return;
+        }
+        self.awaiting_stop = false;
+        self.node.confirm_demoted(now);
     }
 
-    fn evict_old_drivers(&mut self) {
+    fn evict_old_drivers(&mut self, now: Instant) {
         while self.drivers.len() >= MAX_DRIVERS {
             let Some(id) = self
                 .drivers
                 .iter()
-                .find(|(_, d)| !d.connected && !d.may_run)
+                .find(|(_, d)| !d.connected && !d.may_run_at(now, self.settle))
                 .map(|(id, _)| id.clone())
             else {
                 return;
@@ -482,11 +770,17 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     fn remaining_lease_ms(&self, now: Instant) -> u32 {
         self.node.lease_until().map_or(0, |until| {
+            // The margin is a safety margin below the daemon's own lease, not a delivery
+            // estimate: drivers count from `sent_at_ns`, the send time.
             let left = until
                 .saturating_duration_since(now)
                 .saturating_sub(self.settings.driver_lease_margin);
             u32::try_from(left.as_millis()).unwrap_or(u32::MAX)
         })
+    }
+
+    fn stop_budget_ms(&self) -> u32 {
+        u32::try_from(self.settings.core.stop_budget.as_millis()).unwrap_or(u32::MAX)
     }
 
     fn send_role_to(&mut self, driver: &NodeId, now: Instant) {
@@ -496,22 +790,63 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             DriverRole::Backup
         };
         self.seq += 1;
+        let term = self.node.term();
+        let lease_remaining_ms = self.remaining_lease_ms(now);
         let msg = ToDriver::Role {
             role,
-            term: self.node.term(),
+            term,
             node: self.settings.id.clone(),
             leader: self.node.leader().cloned(),
-            lease_remaining_ms: self.remaining_lease_ms(now),
+            lease_remaining_ms,
+            sent_at_ns: self.clock.monotonic_ns(now),
+            stop_budget_ms: self.stop_budget_ms(),
             reason: self.last_reason.to_string(),
             seq: self.seq,
         };
+        let lease_until = now + Duration::from_millis(u64::from(lease_remaining_ms));
         let d = self.drivers.entry(driver.clone()).or_default();
         d.last_role = Some(role);
+        d.last_term = term;
         d.last_seq = self.seq;
         if role == DriverRole::Master {
+            // Marked before sending: a notice that fails to go out is still assumed to run.
             d.may_run = true;
+            d.lease_until = d.lease_until.max(lease_until);
         }
-        self.send_frame(driver, &msg, SendClass::Reliable);
+        let sent = self.send_frame(driver, &msg, SendClass::Reliable);
+        if sent && role == DriverRole::Master {
+            self.record(DriverRecord::ToldMaster {
+                at: now,
+                driver: driver.clone(),
+                term,
+                lease_until,
+            });
+        }
+    }
+
+    /// Sends every connected driver a lease renewal computed at `now`.
+    fn renew_driver_leases(&mut self, term: Term, now: Instant) {
+        let lease_remaining_ms = self.remaining_lease_ms(now);
+        let msg = ToDriver::LeaseRenewal {
+            term,
+            lease_remaining_ms,
+            sent_at_ns: self.clock.monotonic_ns(now),
+        };
+        let lease_until = now + Duration::from_millis(u64::from(lease_remaining_ms));
+        for id in self.connected_drivers() {
+            if let Some(d) = self.drivers.get_mut(&id)
+                && d.may_run
+            {
+                d.lease_until = d.lease_until.max(lease_until);
+            }
+            if self.send_frame(&id, &msg, SendClass::Heartbeat) {
+                self.record(DriverRecord::LeaseGiven {
+                    at: now,
+                    driver: id,
+                    lease_until,
+                });
+            }
+        }
     }
 
     /// Ids of the drivers connected now, in order.
@@ -530,14 +865,20 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
     }
 
-    fn send_frame<T: serde::Serialize>(&self, to: &NodeId, msg: &T, class: SendClass) {
+    /// Hands a frame to the transport; false if it was refused (not connected, queue full).
+    fn send_frame<T: serde::Serialize>(&self, to: &NodeId, msg: &T, class: SendClass) -> bool {
         match codec::encode(msg) {
-            Ok(frame) => {
-                if let Err(e) = self.endpoint.send(to, frame, class) {
+            Ok(frame) => match self.endpoint.send(to, frame, class) {
+                Ok(()) => true,
+                Err(e) => {
                     tracing::debug!(to = %to, error = %e, "not sent");
+                    false
                 }
+            },
+            Err(e) => {
+                tracing::error!(to = %to, error = %e, "cannot encode");
+                false
             }
-            Err(e) => tracing::error!(to = %to, error = %e, "cannot encode"),
         }
     }
 
@@ -590,13 +931,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             }
             Event::LeaseRenewed { term, until } => {
                 self.shared.lease.send_replace(Some(until));
-                let msg = ToDriver::LeaseRenewal {
-                    term,
-                    lease_remaining_ms: self.remaining_lease_ms(now),
-                };
-                for id in self.connected_drivers() {
-                    self.send_frame(&id, &msg, SendClass::Heartbeat);
-                }
+                self.renew_driver_leases(term, now);
             }
             Event::LeaderChanged { term, leader } => {
                 tracing::info!(term = term.0, leader = ?leader, "leader changed");
@@ -719,6 +1054,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 last_role: d.last_role.map(|r| r.as_str().to_string()),
                 last_result: d.last_result.clone(),
                 acknowledged: d.acked_seq == Some(d.last_seq),
+                may_run: d.may_run_at(now, self.settle),
+                stop_failed: d.stop_failed,
+                last_stop_failure: d.last_stop_failure.clone(),
             })
             .collect();
         let m = &self.shared.metrics;
@@ -732,4 +1070,39 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 pub fn max_shutdown_time(settings: &Settings) -> Duration {
     let s = &settings.core;
     s.lease + s.stop_budget + s.election_timeout_min
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a driver may run: told master and no Ok stop since, and not past its last
+    /// lease end plus the settle time (the stop budget at the drift bound) — connected or
+    /// not, whether its stop failed or was never heard.
+    #[test]
+    fn a_driver_may_run_until_an_ok_stop_or_its_lease_end_plus_settle() {
+        let settle = Duration::from_millis(210);
+        let lease_until = Instant::from_millis(1000);
+        // (told master and no Ok stop since, now in ms, may run?)
+        let cases = [
+            (false, 500, false),
+            (true, 500, true),
+            (true, 1000, true),
+            (true, 1209, true),
+            (true, 1210, false),
+            (true, 5000, false),
+        ];
+        for (may_run, now, expected) in cases {
+            let d = DriverState {
+                may_run,
+                lease_until,
+                ..DriverState::default()
+            };
+            assert_eq!(
+                d.may_run_at(Instant::from_millis(now), settle),
+                expected,
+                "may_run {may_run}, now {now} ms"
+            );
+        }
+    }
 }

@@ -70,6 +70,17 @@ pub struct DriverStatus {
     pub last_result: Option<String>,
     /// Whether the last role sent has been acknowledged.
     pub acknowledged: bool,
+    /// Whether it may be running the service now: told "master", no `Ok` stop since, and
+    /// not yet past its last lease end plus the stop budget.
+    #[serde(default)]
+    pub may_run: bool,
+    /// Its latest stop failed or timed out (cleared by a later `Ok` stop): the service may
+    /// still run there until its lease end plus the stop budget.
+    #[serde(default)]
+    pub stop_failed: bool,
+    /// The last failed or timed-out stop, e.g. `term 7: failed: exit status 1`.
+    #[serde(default)]
+    pub last_stop_failure: Option<String>,
 }
 
 /// One role change in the history.
@@ -144,11 +155,27 @@ impl Status {
                 "DRIVER", "CONNECTED", "ROLE"
             );
             for d in &self.drivers {
-                let result = match (&d.last_result, d.acknowledged) {
+                let mut result = match (&d.last_result, d.acknowledged) {
                     (Some(r), true) => r.clone(),
                     (Some(r), false) => format!("{r} (waiting for the latest)"),
                     (None, _) => "-".into(),
                 };
+                if d.stop_failed {
+                    let _ = write!(
+                        result,
+                        "  !! STOP FAILED ({}): the service may still run{}",
+                        d.last_stop_failure.as_deref().unwrap_or("?"),
+                        if d.may_run {
+                            " until its lease end + stop budget"
+                        } else {
+                            ""
+                        }
+                    );
+                } else if d.may_run && d.last_role.as_deref() == Some("backup") {
+                    result.push_str(
+                        "  (may still run until its stop is confirmed or its lease ends)",
+                    );
+                }
                 let _ = writeln!(
                     out,
                     "{:<28} {:<10} {:<8} {}",
@@ -191,4 +218,62 @@ pub fn format_unix_ms(ms: u64) -> String {
         secs % 60,
         ms % 1000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(stop_failed: bool, may_run: bool) -> DriverStatus {
+        DriverStatus {
+            id: "shell-a".into(),
+            connected: true,
+            last_role: Some("backup".into()),
+            last_result: Some(if stop_failed { "failed: exit 1" } else { "ok" }.into()),
+            acknowledged: true,
+            may_run,
+            stop_failed,
+            last_stop_failure: stop_failed.then(|| "term 7: failed: exit 1".into()),
+        }
+    }
+
+    /// A failed stop is the line an operator must not miss; a clean one says nothing more.
+    #[test]
+    fn a_failed_stop_is_loud_in_the_status_table() {
+        let cases = [
+            (
+                true,
+                true,
+                Some("STOP FAILED (term 7: failed: exit 1)"),
+                "lease end",
+            ),
+            (true, false, Some("STOP FAILED"), "may still run"),
+            (
+                false,
+                true,
+                None,
+                "may still run until its stop is confirmed",
+            ),
+            (false, false, None, "ok"),
+        ];
+        for (stop_failed, may_run, loud, text) in cases {
+            let status = Status {
+                drivers: vec![driver(stop_failed, may_run)],
+                ..Status::default()
+            };
+            let out = status.render();
+            assert_eq!(out.contains("STOP FAILED"), loud.is_some(), "{out}");
+            if let Some(loud) = loud {
+                assert!(out.contains(loud), "{out}");
+            }
+            assert!(out.contains(text), "{out}");
+        }
+    }
+
+    #[test]
+    fn old_status_json_without_the_new_driver_fields_still_parses() {
+        let json = r#"{"id":"d","connected":true,"last_role":null,"last_result":null,"acknowledged":false}"#;
+        let d: DriverStatus = serde_json::from_str(json).expect("parses");
+        assert!(!d.stop_failed && !d.may_run && d.last_stop_failure.is_none());
+    }
 }

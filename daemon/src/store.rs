@@ -33,7 +33,9 @@ pub enum StoreError {
     #[error(
         "{path} is corrupt ({reason}); refusing to start, because forgetting this node's vote \
          could let it vote twice in a term. Restore the file from a backup, or, if this node \
-         has been down for longer than the election timeout, move it away to start fresh"
+         has been down for longer than the maximum election timeout \
+         (election.election_timeout_ms[1]), so that any election it voted in is over, move it \
+         away to start fresh"
     )]
     Corrupt {
         /// The file.
@@ -172,6 +174,12 @@ mod tests {
         let err = store.load().expect_err("corrupt").to_string();
         assert!(
             err.contains("corrupt") && err.contains("checksum mismatch"),
+            "{err}"
+        );
+        // Forgetting the vote is safe only once every election it could have voted in is
+        // over: after the *maximum* election timeout, not the minimum.
+        assert!(
+            err.contains("maximum election timeout (election.election_timeout_ms[1])"),
             "{err}"
         );
         fs::write(store.path(), b"xy").expect("write");

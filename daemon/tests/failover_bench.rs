@@ -1,7 +1,8 @@
 //! The CI-sized failover benchmark with real processes: 3 `clustd` daemons and 3
 //! `clustd-shell-driver`s per transport, the master SIGKILLed 5 times. Asserts what users
-//! rely on — every round fails over and the driver logs never show two masters — not speed.
-//! Also step-down, and network partitions through the bench's fault proxy.
+//! rely on — every round fails over and the strict service checker, fed with the daemons'
+//! service records, never finds two masters — not speed. Also step-down, and network
+//! partitions through the bench's fault proxy.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -72,6 +73,14 @@ async fn bench(mode: Mode, rounds: usize) {
             "{}: two masters at once: {:?}",
             r.transport,
             r.overlaps
+        );
+        // Each round's new master is another node than the old one, so without an overlap
+        // each starts a new interval: fewer means the checker missed a master.
+        assert!(
+            r.service_intervals > rounds,
+            "{}: the checker saw {} service intervals in {rounds} rounds",
+            r.transport,
+            r.service_intervals
         );
         for round in &r.rounds {
             assert_ne!(

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Delays that double from `initial` up to `max`; each delay is drawn uniformly from the
 /// upper half of the current step ("equal jitter"), so many drivers restarted together do
@@ -17,12 +17,8 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    /// A backoff seeded from the OS (drivers are not the deterministic core).
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Self::with_rng(initial, max, StdRng::from_os_rng())
-    }
-
-    /// A backoff with a given random source (tests).
+    /// A backoff drawing its jitter from `rng`: seeded from the config or the `Net` (see
+    /// `DriverConfig::rng_seed`), so a simulated run repeats exactly.
     pub(crate) fn with_rng(initial: Duration, max: Duration, rng: StdRng) -> Self {
         let initial = initial.max(Duration::from_millis(1));
         let max = max.max(initial);
@@ -50,6 +46,8 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+
     use super::*;
 
     #[test]

@@ -3,11 +3,14 @@
 //!
 //! A driver is told about *changes*: the library keeps track of what it last handed the
 //! driver, orders and (where safe) collapses transitions, enforces the fail-safe lease,
-//! and reports each result back to the daemon. The driver only acts. Cluster events (a
-//! peer going down or coming back) are news, not orders: they never touch the role or the
-//! lease, and most drivers ignore them.
+//! cancels a start that a stop must not wait for, and reports each result back to the
+//! daemon. The driver only acts. Cluster events (a peer going down or coming back, a stop
+//! that failed) are news, not orders: they never touch the role or the lease, and most
+//! drivers ignore them.
 
 use std::future::Future;
+
+use std::time::Duration;
 
 use clustd_core::{ActionResult, DriverRole, NodeId, Term};
 
@@ -63,6 +66,11 @@ pub struct RoleChange {
     pub reason: String,
     /// Who decided.
     pub source: ChangeSource,
+    /// `election.stop_budget_ms` from the daemon's latest role message (`None` before
+    /// the first): how long a stop may take once the driver decided to stop (on demotion,
+    /// or when the lease ran out) before a new master may start elsewhere. A driver whose
+    /// stop can take longer should say so (the shell driver warns).
+    pub stop_budget: Option<Duration>,
 }
 
 impl RoleChange {
@@ -77,6 +85,7 @@ impl RoleChange {
             previous_leader: None,
             reason: String::new(),
             source: ChangeSource::Daemon,
+            stop_budget: None,
         }
     }
 
@@ -98,6 +107,13 @@ impl RoleChange {
     #[must_use]
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = reason.into();
+        self
+    }
+
+    /// Sets the stop budget (builder style).
+    #[must_use]
+    pub fn with_stop_budget(mut self, budget: Option<Duration>) -> Self {
+        self.stop_budget = budget;
         self
     }
 }
@@ -125,27 +141,45 @@ pub enum ClusterEvent {
         /// The daemon's node id, as of its last role message (`None` if none came yet).
         node: Option<NodeId>,
     },
+    /// A driver of this node (maybe this one) reported that its stop failed or timed out:
+    /// the service may still run here until that driver's lease ends, plus the stop
+    /// budget. Operators must hear of it; the role and the lease do not change.
+    StopFailed {
+        /// The driver whose stop failed.
+        driver: NodeId,
+        /// The daemon's term when it was reported.
+        term: Term,
+        /// What the driver reported (`Failed(..)` or `TimedOut`).
+        result: ActionResult,
+        /// The daemon's node id, as of its last role message (`None` if none came yet).
+        node: Option<NodeId>,
+    },
 }
 
 impl ClusterEvent {
-    /// The peer the event is about.
-    pub fn peer(&self) -> &NodeId {
+    /// The peer the event is about; `None` for events about this node.
+    pub fn peer(&self) -> Option<&NodeId> {
         match self {
-            Self::PeerDown { peer, .. } | Self::PeerUp { peer, .. } => peer,
+            Self::PeerDown { peer, .. } | Self::PeerUp { peer, .. } => Some(peer),
+            Self::StopFailed { .. } => None,
         }
     }
 
     /// The daemon's term when it noticed.
     pub fn term(&self) -> Term {
         match self {
-            Self::PeerDown { term, .. } | Self::PeerUp { term, .. } => *term,
+            Self::PeerDown { term, .. }
+            | Self::PeerUp { term, .. }
+            | Self::StopFailed { term, .. } => *term,
         }
     }
 
     /// The daemon's node id, as of its last role message.
     pub fn node(&self) -> Option<&NodeId> {
         match self {
-            Self::PeerDown { node, .. } | Self::PeerUp { node, .. } => node.as_ref(),
+            Self::PeerDown { node, .. }
+            | Self::PeerUp { node, .. }
+            | Self::StopFailed { node, .. } => node.as_ref(),
         }
     }
 }
@@ -156,6 +190,15 @@ impl ClusterEvent {
 /// next call waits until the previous one returned. A change that repeats the previous one
 /// exactly (same role, term and leader, previous result `Ok`; e.g. after a reconnect) is
 /// acknowledged without calling the driver.
+///
+/// **Cancellation.** A stop never waits behind a start: when a demotion arrives, or the
+/// lease runs out, or the driver shuts down while a `Master` change is still running, the
+/// library *drops* that future (it is reported to the daemon as
+/// `Failed("cancelled: ...")`) and hands the driver the `Backup` change at once. So a start
+/// must leave nothing behind when dropped that the following stop cannot clean up — kill
+/// child processes on drop, as the shell driver does with the start script's process
+/// group — and must not assume that it ran to the end. `Backup` changes (stops) are never
+/// cancelled; they should finish within [`RoleChange::stop_budget`].
 ///
 /// [`Driver::on_cluster_event`] is called in the same sequence, in the order the daemon sent
 /// things: never while a role change runs, and a role change that arrives after an event
@@ -174,10 +217,12 @@ impl ClusterEvent {
 /// ```
 pub trait Driver: Send + 'static {
     /// Acts on `change` and says how it went; the result is reported to the daemon.
-    /// Must not run forever: bound every action by a timeout.
+    /// Must not run forever: bound every action by a timeout. The future of a `Master`
+    /// change may be dropped before it completes (see "Cancellation" above).
     fn on_role_change(&mut self, change: RoleChange) -> impl Future<Output = ActionResult> + Send;
 
-    /// Hears about a cluster event (a peer down or up). Nothing is reported to the daemon.
+    /// Hears about a cluster event (a peer down or up, a failed stop). Nothing is reported
+    /// to the daemon.
     ///
     /// Must return quickly (queue slow work elsewhere, as the notify driver does): a role
     /// change waits for it, so the library cancels it after [`CLUSTER_EVENT_BUDGET`] rather

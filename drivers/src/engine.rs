@@ -1,18 +1,21 @@
 //! The engine: between the connection (frames from the daemon) and the driver (actions).
 //!
 //! It owns the ordering of transitions and cluster events, the fail-safe lease timer, the
-//! start-up wait and the acknowledgements. The driver runs in its own task so that the lease timer keeps
-//! ticking while a long action runs. It knows nothing of sockets: the connection loop
-//! feeds it [`Inbound`] events and carries its [`Outbound`] requests, so tests can drive
-//! it through plain channels.
+//! start-up wait, the cancellation of a start that a stop must not wait for, and the
+//! acknowledgements. The driver runs in its own task so that the lease timer keeps ticking
+//! while a long action runs. It knows nothing of sockets: the connection loop feeds it
+//! [`Inbound`] events and carries its [`Outbound`] requests, so tests can drive it through
+//! plain channels. The machine's monotonic clock comes in as a [`MachineClock`], so tests
+//! and the simulation run it on virtual time.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
+use crate::clock::MachineClock;
 use crate::driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 use crate::transition::{AckTo, FailSafeLease, Renewal, Transition, TransitionQueue};
 
@@ -55,8 +58,18 @@ pub struct SessionStatus {
     pub changes: u64,
     /// How many times the fail-safe lease ran out.
     pub lease_expiries: u64,
-    /// How many cluster events (peer down/up) were handed to the driver so far.
+    /// How many cluster events (peer down/up, failed stops) were handed to the driver so far.
     pub cluster_events: u64,
+    /// When the lease held now runs out (tokio's clock), while master: the earlier of
+    /// "received + remaining" and "the daemon's send time + remaining".
+    pub lease_expires_at: Option<Instant>,
+    /// How many running starts were cancelled (by a demotion, the lease's end or shutdown).
+    pub starts_cancelled: u64,
+    /// `election.stop_budget_ms` from the daemon's latest role message.
+    pub stop_budget: Option<Duration>,
+    /// How long the last stop took, from the decision to stop (demotion received, lease
+    /// ran out) to the driver's result; compare with `stop_budget`.
+    pub last_stop: Option<Duration>,
 }
 
 /// Engine settings.
@@ -70,16 +83,30 @@ pub(crate) struct EngineOptions {
 /// this (a flapping link during a 20 s start must not grow memory without bound).
 const MAX_HELD_EVENTS: usize = 256;
 
-/// One piece of work for the driver's task.
+/// A `sent_at_ns` this far ahead of the driver's own reading of the machine's monotonic
+/// clock cannot be a delay: the daemon reads another clock (it runs on another machine).
+const CLOCK_MISMATCH: Duration = Duration::from_secs(1);
+
+/// One piece of work for the driver's task. A start comes with the receiving end of its
+/// cancellation: the reason, when a stop must not wait for it.
 enum Work {
-    Role(Transition, RoleChange),
+    Role(Transition, RoleChange, Option<oneshot::Receiver<String>>),
     Cluster(ClusterEvent),
 }
 
 /// What the driver's task reports back when a piece of work is done.
 enum Done {
     Role(Transition, ActionResult),
+    /// The driver's future was dropped before it finished, for this reason.
+    Cancelled(Transition, String),
     Cluster,
+}
+
+/// The role change the driver is working on, while it does.
+struct Running {
+    role: DriverRole,
+    /// For a start: how to cancel it (taken when used).
+    cancel: Option<oneshot::Sender<String>>,
 }
 
 /// Why the engine stopped on its own.
@@ -91,7 +118,8 @@ pub enum EngineError {
     DriverPanicked(Option<DriverRole>),
 }
 
-struct Engine {
+struct Engine<C: MachineClock> {
+    clock: C,
     queue: TransitionQueue,
     lease: FailSafeLease,
     /// The current connection, if any.
@@ -111,51 +139,73 @@ struct Engine {
     last: Option<(Transition, bool)>,
     /// A transition or a cluster event is with the driver: one thing at a time, in order.
     busy: bool,
+    /// The role change with the driver, if `busy` with one.
+    running: Option<Running>,
+    /// `election.stop_budget_ms` from the latest role message.
+    stop_budget: Option<Duration>,
+    /// The "drivers must run on the daemon's machine" error was logged.
+    clock_mismatch_logged: bool,
     /// Until the first role arrives (or the wait ends).
     startup_deadline: Option<Instant>,
     status: watch::Sender<SessionStatus>,
     outbound: mpsc::UnboundedSender<Outbound>,
 }
 
+/// Runs the driver's actions, one at a time; a start is dropped when its cancellation comes.
+async fn work_loop<D: Driver>(
+    mut driver: D,
+    mut work_rx: mpsc::Receiver<Work>,
+    done_tx: mpsc::Sender<Done>,
+) {
+    while let Some(work) = work_rx.recv().await {
+        let done = match work {
+            Work::Role(transition, change, None) => {
+                Done::Role(transition, driver.on_role_change(change).await)
+            }
+            Work::Role(transition, change, Some(mut cancel)) => {
+                // If the engine drops the sender without a reason, the start runs on.
+                tokio::select! {
+                    biased;
+                    result = driver.on_role_change(change) => Done::Role(transition, result),
+                    Ok(why) = &mut cancel => Done::Cancelled(transition, why),
+                }
+            }
+            Work::Cluster(event) => {
+                // A role change may be waiting behind this: a stuck event handler must
+                // not delay a stop.
+                let handled =
+                    tokio::time::timeout(CLUSTER_EVENT_BUDGET, driver.on_cluster_event(event))
+                        .await;
+                if handled.is_err() {
+                    tracing::warn!(
+                        "the driver's cluster event handler took longer than {} ms: cancelled",
+                        CLUSTER_EVENT_BUDGET.as_millis()
+                    );
+                }
+                Done::Cluster
+            }
+        };
+        if done_tx.send(done).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Runs the engine until `inbound` closes or `shutdown` flips to true.
-pub(crate) async fn run_engine<D: Driver>(
+pub(crate) async fn run_engine<D: Driver, C: MachineClock>(
     driver: D,
+    clock: C,
     options: EngineOptions,
     mut inbound: mpsc::Receiver<Inbound>,
     outbound: mpsc::UnboundedSender<Outbound>,
     status: watch::Sender<SessionStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
-    let (work_tx, mut work_rx) = mpsc::channel::<Work>(1);
+    let (work_tx, work_rx) = mpsc::channel::<Work>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(1);
-    let worker = tokio::spawn(async move {
-        let mut driver = driver;
-        while let Some(work) = work_rx.recv().await {
-            let done = match work {
-                Work::Role(transition, change) => {
-                    Done::Role(transition, driver.on_role_change(change).await)
-                }
-                Work::Cluster(event) => {
-                    // A role change may be waiting behind this: a stuck event handler must
-                    // not delay a stop.
-                    let handled =
-                        tokio::time::timeout(CLUSTER_EVENT_BUDGET, driver.on_cluster_event(event))
-                            .await;
-                    if handled.is_err() {
-                        tracing::warn!(
-                            "the driver's cluster event handler took longer than {} ms: cancelled",
-                            CLUSTER_EVENT_BUDGET.as_millis()
-                        );
-                    }
-                    Done::Cluster
-                }
-            };
-            if done_tx.send(done).await.is_err() {
-                break;
-            }
-        }
-    });
+    let worker = tokio::spawn(work_loop(driver, work_rx, done_tx));
     let mut engine = Engine {
+        clock,
         queue: TransitionQueue::default(),
         lease: FailSafeLease::default(),
         conn: None,
@@ -166,6 +216,9 @@ pub(crate) async fn run_engine<D: Driver>(
         arrivals: 0,
         last: None,
         busy: false,
+        running: None,
+        stop_budget: None,
+        clock_mismatch_logged: false,
         startup_deadline: Some(Instant::now() + options.startup_wait),
         status,
         outbound,
@@ -189,8 +242,7 @@ pub(crate) async fn run_engine<D: Driver>(
             biased;
             _ = shutdown.changed() => {}
             done = done_rx.recv(), if engine.busy => match done {
-                Some(Done::Role(transition, result)) => engine.finished(transition, result),
-                Some(Done::Cluster) => engine.busy = false,
+                Some(done) => engine.done(done),
                 None => break Err(EngineError::DriverPanicked(engine.last.as_ref().map(|(t, _)| t.role))),
             },
             () = sleep_until(lease_deadline.unwrap_or_else(Instant::now)), if lease_deadline.is_some() => {
@@ -212,19 +264,20 @@ pub(crate) async fn run_engine<D: Driver>(
     result
 }
 
-impl Engine {
-    /// At shutdown: lets the action in flight finish, then, if the service may be running
-    /// (the last action was a start, even a failed one), runs the stop. Bounded by the
-    /// driver's own action timeout (the shell driver's `timeout_ms`).
+impl<C: MachineClock> Engine<C> {
+    /// At shutdown: cancels a start in flight (lets any other action finish), then, if the
+    /// service may be running (the last action was a start, even a failed or cancelled
+    /// one), runs the stop. Bounded by the driver's own action timeout (the shell driver's
+    /// `timeout_ms`).
     async fn stop_before_exit(
         &mut self,
         work: &mpsc::Sender<Work>,
         done: &mut mpsc::Receiver<Done>,
     ) {
+        self.cancel_running_start("the driver is shutting down");
         while self.busy {
             match done.recv().await {
-                Some(Done::Role(transition, result)) => self.finished(transition, result),
-                Some(Done::Cluster) => self.busy = false,
+                Some(finished) => self.done(finished),
                 None => return,
             }
         }
@@ -245,18 +298,27 @@ impl Engine {
             reason: ChangeSource::DriverShutdown.as_str().into(),
             source: ChangeSource::DriverShutdown,
             ack: None,
+            decided_at: Instant::now(),
         };
         self.status
             .send_modify(|s| s.target_role = Some(DriverRole::Backup));
         let Some((transition, change)) = self.dispatch(transition) else {
             return;
         };
-        if work.send(Work::Role(transition, change)).await.is_err() {
+        self.running = Some(Running {
+            role: DriverRole::Backup,
+            cancel: None,
+        });
+        if work
+            .send(Work::Role(transition, change, None))
+            .await
+            .is_err()
+        {
             return;
         }
         while let Some(finished) = done.recv().await {
-            if let Done::Role(transition, result) = finished {
-                self.finished(transition, result);
+            if matches!(finished, Done::Role(..) | Done::Cancelled(..)) {
+                self.done(finished);
                 return;
             }
         }
@@ -303,18 +365,30 @@ impl Engine {
                 node,
                 leader,
                 lease_remaining_ms,
+                sent_at_ns,
+                stop_budget_ms,
                 reason,
                 seq,
             } => {
-                tracing::debug!(seq, role = role.as_str(), %term, lease_remaining_ms, "role from the daemon");
+                tracing::debug!(seq, role = role.as_str(), %term, lease_remaining_ms, sent_at_ns, "role from the daemon");
                 self.startup_deadline = None;
                 self.expired_term = None;
                 self.node = Some(node.clone());
+                let budget = Duration::from_millis(stop_budget_ms.into());
+                self.stop_budget = Some(budget);
                 match role {
-                    DriverRole::Master => self.lease.grant(term, received_at, lease_remaining_ms),
+                    DriverRole::Master => {
+                        let deadline = self.lease_end(received_at, sent_at_ns, lease_remaining_ms);
+                        self.warn_if_spent(deadline, sent_at_ns, lease_remaining_ms);
+                        self.lease.grant(term, deadline);
+                    }
                     DriverRole::Backup => self.lease.release(),
                 }
-                self.status.send_modify(|s| s.target_role = Some(role));
+                self.status.send_modify(|s| {
+                    s.target_role = Some(role);
+                    s.stop_budget = Some(budget);
+                });
+                self.publish_lease();
                 self.push(Transition {
                     role,
                     term,
@@ -323,6 +397,7 @@ impl Engine {
                     reason,
                     source: ChangeSource::Daemon,
                     ack: Some(AckTo { conn, seq }),
+                    decided_at: received_at,
                 });
                 // A lease given already spent must act now, not at the next timer turn.
                 self.check_lease(Instant::now());
@@ -330,24 +405,37 @@ impl Engine {
             ToDriver::LeaseRenewal {
                 term,
                 lease_remaining_ms,
-            } => match self.lease.renew(term, received_at, lease_remaining_ms) {
-                Renewal::Extended => {
-                    tracing::trace!(%term, lease_remaining_ms, "lease renewed");
+                sent_at_ns,
+            } => {
+                let now = Instant::now();
+                // A lease that ran out before this renewal is handled has ended, whatever
+                // the renewal says: expire it first, so it is never revived.
+                self.check_lease(now);
+                let deadline = self.lease_end(received_at, sent_at_ns, lease_remaining_ms);
+                match self.lease.renew(term, now, deadline) {
+                    Renewal::Extended => {
+                        tracing::trace!(%term, lease_remaining_ms, sent_at_ns, "lease renewed");
+                        self.warn_if_spent(deadline, sent_at_ns, lease_remaining_ms);
+                        self.publish_lease();
+                        // A renewal that arrived spent ends the lease now.
+                        self.check_lease(now);
+                    }
+                    Renewal::NotHeld if self.expired_term == Some(term) => {
+                        // The daemon was slow, not dead: it still thinks we are master. We
+                        // already stopped; reconnecting makes it send the current role, and
+                        // we converge.
+                        tracing::warn!(
+                            %term,
+                            "lease renewal arrived after the lease ran out; reconnecting to resynchronize"
+                        );
+                        self.expired_term = None;
+                        let _ = self.outbound.send(Outbound::Resync { conn });
+                    }
+                    Renewal::NotHeld | Renewal::OtherTerm => {
+                        tracing::debug!(%term, "lease renewal for a lease not held: ignored");
+                    }
                 }
-                Renewal::NotHeld if self.expired_term == Some(term) => {
-                    // The daemon was slow, not dead: it still thinks we are master. We already
-                    // stopped; reconnecting makes it send the current role, and we converge.
-                    tracing::warn!(
-                        %term,
-                        "lease renewal arrived after the lease ran out; reconnecting to resynchronize"
-                    );
-                    self.expired_term = None;
-                    let _ = self.outbound.send(Outbound::Resync { conn });
-                }
-                Renewal::NotHeld | Renewal::OtherTerm => {
-                    tracing::debug!(%term, "lease renewal for a lease not held: ignored");
-                }
-            },
+            }
             ToDriver::Peer { peer, up, term } => {
                 tracing::debug!(%peer, up, %term, "peer event from the daemon");
                 let node = self.node.clone();
@@ -357,8 +445,72 @@ impl Engine {
                     ClusterEvent::PeerDown { peer, term, node }
                 });
             }
+            ToDriver::StopFailed {
+                driver,
+                term,
+                result,
+            } => {
+                tracing::warn!(%driver, %term, ?result, "the daemon reports that a driver's stop failed");
+                let node = self.node.clone();
+                self.hold_event(ClusterEvent::StopFailed {
+                    driver,
+                    term,
+                    result,
+                    node,
+                });
+            }
             other => tracing::debug!(?other, "unknown message from the daemon ignored"),
         }
+    }
+
+    /// When a lease of `remaining_ms` ends: at the earlier of "received + remaining" and
+    /// the instant the machine's monotonic clock reads `sent_at_ns + remaining` — the
+    /// daemon's send time, so a notice delivered late gives less, never more. A `sent_at_ns`
+    /// from the future (another machine's clock) leaves "received + remaining", the
+    /// fail-safe bound, and is reported once.
+    fn lease_end(&mut self, received_at: Instant, sent_at_ns: u64, remaining_ms: u32) -> Instant {
+        let remaining = Duration::from_millis(remaining_ms.into());
+        let now_ns = self.clock.now_ns();
+        let ahead = Duration::from_nanos(sent_at_ns.saturating_sub(now_ns));
+        if ahead > CLOCK_MISMATCH && !self.clock_mismatch_logged {
+            self.clock_mismatch_logged = true;
+            tracing::error!(
+                sent_at_ns,
+                now_ns,
+                "the daemon's lease notice is stamped {} ms in the future of this machine's monotonic clock: \
+                 drivers must run on the daemon's machine (the lease is anchored at the daemon's send time \
+                 on the shared CLOCK_MONOTONIC); counting leases from their arrival instead, which is never longer",
+                ahead.as_millis()
+            );
+        }
+        let by_receipt = received_at + remaining;
+        let remaining_ns = u64::from(remaining_ms) * 1_000_000;
+        let by_send = self.clock.deadline(sent_at_ns.saturating_add(remaining_ns));
+        by_receipt.min(by_send)
+    }
+
+    /// Says so when a lease just taken (granted or renewed) had run out on arrival: the
+    /// notice spent longer on its way than the lease it gives (a stalled daemon or
+    /// machine), so the driver demotes itself at once.
+    fn warn_if_spent(&self, deadline: Instant, sent_at_ns: u64, remaining_ms: u32) {
+        if remaining_ms > 0 && deadline <= Instant::now() {
+            let age = Duration::from_nanos(self.clock.now_ns().saturating_sub(sent_at_ns));
+            tracing::warn!(
+                lease_remaining_ms = remaining_ms,
+                "a lease notice arrived {} ms after the daemon sent it, later than the lease it gives: already expired",
+                age.as_millis()
+            );
+        }
+    }
+
+    /// Shows the lease's end in the status.
+    fn publish_lease(&self) {
+        let deadline = self.lease.deadline();
+        self.status.send_if_modified(|s| {
+            let changed = s.lease_expires_at != deadline;
+            s.lease_expires_at = deadline;
+            changed
+        });
     }
 
     /// The fail-safe: a master whose lease ran out demotes itself.
@@ -375,6 +527,7 @@ impl Engine {
             s.target_role = Some(DriverRole::Backup);
             s.lease_expiries += 1;
         });
+        self.publish_lease();
         self.push(Transition {
             role: DriverRole::Backup,
             term,
@@ -383,6 +536,7 @@ impl Engine {
             reason: ChangeSource::LeaseExpired.as_str().into(),
             source: ChangeSource::LeaseExpired,
             ack: None,
+            decided_at: now,
         });
     }
 
@@ -409,11 +563,24 @@ impl Engine {
             reason: ChangeSource::NoDaemonAtStartup.as_str().into(),
             source: ChangeSource::NoDaemonAtStartup,
             ack: None,
+            decided_at: Instant::now(),
         });
     }
 
     fn push(&mut self, transition: Transition) {
         self.arrivals += 1;
+        if transition.role == DriverRole::Backup {
+            // A stop never waits behind a start.
+            let why = match transition.source {
+                ChangeSource::LeaseExpired => "the lease ran out".to_owned(),
+                ChangeSource::DriverShutdown => "the driver is shutting down".to_owned(),
+                _ => format!(
+                    "demoted in term {} ({}) while start ran",
+                    transition.term, transition.reason
+                ),
+            };
+            self.cancel_running_start(&why);
+        }
         let superseded = self.queue.push(transition);
         // The queue drops superseded transitions from its back; mirror that.
         for _ in &superseded {
@@ -426,6 +593,25 @@ impl Engine {
                 ActionResult::Failed("superseded by a newer transition before it ran".into()),
             );
         }
+    }
+
+    /// Cancels the start the driver is running, if it is running one: its future is
+    /// dropped (the shell driver kills the script's process group) and the stop waiting
+    /// behind it runs at once.
+    fn cancel_running_start(&mut self, why: &str) {
+        let Some(Running {
+            role: DriverRole::Master,
+            cancel,
+        }) = &mut self.running
+        else {
+            return;
+        };
+        let Some(cancel) = cancel.take() else {
+            return;
+        };
+        tracing::warn!("cancelling the running start: {why}");
+        // Err: the start ended meanwhile; its own result is on its way.
+        let _ = cancel.send(why.to_owned());
     }
 
     /// Queues a cluster event behind everything that arrived before it.
@@ -460,7 +646,18 @@ impl Engine {
             let next = self.queue.pop()?;
             self.queued_arrivals.pop_front();
             if let Some((transition, change)) = self.dispatch(next) {
-                return Some(Work::Role(transition, change));
+                let (cancel, cancelled) = match transition.role {
+                    DriverRole::Master => {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    }
+                    DriverRole::Backup => (None, None),
+                };
+                self.running = Some(Running {
+                    role: transition.role,
+                    cancel,
+                });
+                return Some(Work::Role(transition, change, cancelled));
             }
         }
     }
@@ -474,7 +671,8 @@ impl Engine {
             self.acknowledge(&next, ActionResult::Ok);
             return None;
         }
-        let change = next.to_change(self.last.as_ref().map(|(t, _)| t));
+        let mut change = next.to_change(self.last.as_ref().map(|(t, _)| t));
+        change.stop_budget = self.stop_budget;
         tracing::info!(
             role = change.role.as_str(),
             previous = change.previous_role.map_or("none", DriverRole::as_str),
@@ -489,10 +687,31 @@ impl Engine {
         Some((next, change))
     }
 
+    /// The driver's task finished a piece of work.
+    fn done(&mut self, done: Done) {
+        match done {
+            Done::Role(transition, result) => self.finished(transition, result),
+            Done::Cancelled(transition, why) => {
+                tracing::warn!(
+                    term = %transition.term,
+                    "start cancelled ({why}): reported to the daemon as failed; the stop runs next"
+                );
+                self.status.send_modify(|s| s.starts_cancelled += 1);
+                self.finished(
+                    transition,
+                    ActionResult::Failed(format!("cancelled: {why}")),
+                );
+            }
+            Done::Cluster => self.busy = false,
+        }
+    }
+
     fn finished(&mut self, transition: Transition, result: ActionResult) {
         self.busy = false;
+        self.running = None;
         match &result {
             ActionResult::Ok => tracing::info!(role = transition.role.as_str(), "action done"),
+            ActionResult::Failed(why) if why.starts_with("cancelled: ") => {}
             ActionResult::Failed(why) => {
                 tracing::error!(role = transition.role.as_str(), "action failed: {why}");
             }
@@ -500,11 +719,31 @@ impl Engine {
                 tracing::error!(role = transition.role.as_str(), "action timed out")
             }
         }
+        if transition.role == DriverRole::Backup {
+            self.stop_took(transition.decided_at.elapsed());
+        }
         self.acknowledge(&transition, result.clone());
         let ok = result == ActionResult::Ok;
         self.status
             .send_modify(|s| s.applied = Some((transition.role, transition.term, result)));
         self.last = Some((transition, ok));
+    }
+
+    /// A stop ended `took` after the decision to stop: past the stop budget, a new master
+    /// may already have started elsewhere while the service still ran here.
+    fn stop_took(&mut self, took: Duration) {
+        self.status.send_modify(|s| s.last_stop = Some(took));
+        if let Some(budget) = self.stop_budget
+            && took > budget
+        {
+            tracing::error!(
+                took_ms = took.as_millis(),
+                stop_budget_ms = budget.as_millis(),
+                "stop took {} ms, longer than election.stop_budget_ms = {} ms: a new master may have started while the service still ran",
+                took.as_millis(),
+                budget.as_millis()
+            );
+        }
     }
 
     fn acknowledge(&self, transition: &Transition, result: ActionResult) {
@@ -525,24 +764,31 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::clock::TokioMachineClock;
 
-    /// Records changes; actions take `delay` (virtual time) each. Also logs, in the order
-    /// the driver was called, `role-<role>-<term>` and `peer-<down|up>-<peer>` (cluster
-    /// events take `event_delay`).
+    /// Records changes; actions take `delay` (virtual time) each, starts `start_delay`
+    /// if set. Also logs, in the order the driver was called, `role-<role>-<term>`,
+    /// `peer-<down|up>-<peer>` and `stop-failed-<driver>` (cluster events take
+    /// `event_delay`).
     #[derive(Clone)]
     struct Recorder {
         seen: Arc<Mutex<Vec<RoleChange>>>,
         log: Arc<Mutex<Vec<String>>>,
         delay: Duration,
+        start_delay: Option<Duration>,
         event_delay: Duration,
     }
 
     impl Driver for Recorder {
         async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
             let entry = format!("role-{}-{}", change.role.as_str(), change.term.0);
+            let delay = match change.role {
+                DriverRole::Master => self.start_delay.unwrap_or(self.delay),
+                DriverRole::Backup => self.delay,
+            };
             self.log.lock().expect("not poisoned").push(entry);
             self.seen.lock().expect("not poisoned").push(change);
-            tokio::time::sleep(self.delay).await;
+            tokio::time::sleep(delay).await;
             ActionResult::Ok
         }
 
@@ -550,6 +796,7 @@ mod tests {
             let entry = match &event {
                 ClusterEvent::PeerDown { peer, .. } => format!("peer-down-{peer}"),
                 ClusterEvent::PeerUp { peer, .. } => format!("peer-up-{peer}"),
+                ClusterEvent::StopFailed { driver, .. } => format!("stop-failed-{driver}"),
             };
             self.log.lock().expect("not poisoned").push(entry);
             tokio::time::sleep(self.event_delay).await;
@@ -557,12 +804,13 @@ mod tests {
     }
 
     struct Harness {
+        clock: TokioMachineClock,
         inbound: mpsc::Sender<Inbound>,
         outbound: mpsc::UnboundedReceiver<Outbound>,
         status: watch::Receiver<SessionStatus>,
         seen: Arc<Mutex<Vec<RoleChange>>>,
         log: Arc<Mutex<Vec<String>>>,
-        _shutdown: watch::Sender<bool>,
+        shutdown: watch::Sender<bool>,
     }
 
     fn start(delay: Duration) -> Harness {
@@ -570,6 +818,19 @@ mod tests {
     }
 
     fn start_with(delay: Duration, event_delay: Duration) -> Harness {
+        start_full(delay, None, event_delay)
+    }
+
+    /// Stops take `delay`, starts `start_delay`.
+    fn start_slow(delay: Duration, start_delay: Duration) -> Harness {
+        start_full(delay, Some(start_delay), Duration::ZERO)
+    }
+
+    fn start_full(
+        delay: Duration,
+        start_delay: Option<Duration>,
+        event_delay: Duration,
+    ) -> Harness {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (in_tx, in_rx) = mpsc::channel(16);
@@ -580,13 +841,16 @@ mod tests {
             seen: seen.clone(),
             log: log.clone(),
             delay,
+            start_delay,
             event_delay,
         };
         let options = EngineOptions {
             startup_wait: Duration::from_secs(5),
         };
+        let clock = TokioMachineClock::new(ORIGIN_NS);
         tokio::spawn(run_engine(
             driver,
+            clock,
             options,
             in_rx,
             out_tx,
@@ -594,12 +858,13 @@ mod tests {
             shutdown_rx,
         ));
         Harness {
+            clock,
             inbound: in_tx,
             outbound: out_rx,
             status: status_rx,
             seen,
             log,
-            _shutdown: shutdown_tx,
+            shutdown: shutdown_tx,
         }
     }
 
@@ -615,19 +880,54 @@ mod tests {
         NodeId::new("n1").expect("valid")
     }
 
-    fn role(role: DriverRole, term: u64, seq: u64, lease_ms: u32) -> ToDriver {
-        ToDriver::Role {
-            role,
-            term: Term(term),
-            node: node(),
-            leader: (role == DriverRole::Master).then(node),
-            lease_remaining_ms: lease_ms,
-            reason: format!("test-{seq}"),
-            seq,
-        }
-    }
+    /// What the machine's monotonic clock reads when a harness starts.
+    const ORIGIN_NS: u64 = 1_000_000 * 1_000_000_000;
+
+    /// The stop budget every test role carries.
+    const STOP_BUDGET_MS: u32 = 500;
 
     impl Harness {
+        /// A role message stamped now.
+        fn role(&self, role: DriverRole, term: u64, seq: u64, lease_ms: u32) -> ToDriver {
+            self.role_sent(role, term, seq, lease_ms, Duration::ZERO)
+        }
+
+        /// A role message stamped `ago` before now (delayed in delivery by that much).
+        fn role_sent(
+            &self,
+            role: DriverRole,
+            term: u64,
+            seq: u64,
+            lease_ms: u32,
+            ago: Duration,
+        ) -> ToDriver {
+            ToDriver::Role {
+                role,
+                term: Term(term),
+                node: node(),
+                leader: (role == DriverRole::Master).then(node),
+                lease_remaining_ms: lease_ms,
+                sent_at_ns: self.ns_ago(ago),
+                stop_budget_ms: STOP_BUDGET_MS,
+                reason: format!("test-{seq}"),
+                seq,
+            }
+        }
+
+        /// A renewal stamped `ago` before now.
+        fn renewal(&self, term: u64, lease_ms: u32, ago: Duration) -> ToDriver {
+            ToDriver::LeaseRenewal {
+                term: Term(term),
+                lease_remaining_ms: lease_ms,
+                sent_at_ns: self.ns_ago(ago),
+            }
+        }
+
+        fn ns_ago(&self, ago: Duration) -> u64 {
+            let ago = u64::try_from(ago.as_nanos()).expect("short");
+            self.clock.now_ns() - ago
+        }
+
         async fn send(&self, conn: u64, msg: ToDriver) {
             let event = Inbound::Message {
                 conn,
@@ -680,9 +980,9 @@ mod tests {
     async fn acts_in_order_and_acknowledges_each_role() {
         let mut h = start(Duration::from_millis(10));
         h.connect(1).await;
-        h.send(1, role(Backup, 1, 1, 0)).await;
+        h.send(1, h.role(Backup, 1, 1, 0)).await;
         assert_eq!(h.next_ack().await, (1, 1, Backup, ActionResult::Ok));
-        h.send(1, role(Master, 2, 2, 5000)).await;
+        h.send(1, h.role(Master, 2, 2, 5000)).await;
         assert_eq!(h.next_ack().await, (1, 2, Master, ActionResult::Ok));
         let seen = h.seen.lock().expect("not poisoned").clone();
         assert_eq!(seen[1].previous_role, Some(Backup));
@@ -694,19 +994,12 @@ mod tests {
     async fn lease_expiry_demotes_without_ack_and_renewals_postpone_it() {
         let mut h = start(Duration::ZERO);
         h.connect(1).await;
-        h.send(1, role(Master, 3, 1, 1000)).await;
+        h.send(1, h.role(Master, 3, 1, 1000)).await;
         assert_eq!(h.next_ack().await.1, 1);
         // Renewals every 500 ms keep the lease alive for a long time.
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            h.send(
-                1,
-                ToDriver::LeaseRenewal {
-                    term: Term(3),
-                    lease_remaining_ms: 1000,
-                },
-            )
-            .await;
+            h.send(1, h.renewal(3, 1000, Duration::ZERO)).await;
         }
         assert_eq!(h.status.borrow().lease_expiries, 0);
         let last_renewal = Instant::now();
@@ -722,37 +1015,259 @@ mod tests {
             ]
         );
         // A late renewal asks for a resync rather than reviving the lease.
-        h.send(
-            1,
-            ToDriver::LeaseRenewal {
-                term: Term(3),
-                lease_remaining_ms: 1000,
-            },
-        )
-        .await;
+        h.send(1, h.renewal(3, 1000, Duration::ZERO)).await;
         assert_eq!(h.outbound.recv().await, Some(Outbound::Resync { conn: 1 }));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn lease_runs_out_during_a_long_start_then_stop_follows() {
-        let mut h = start(Duration::from_secs(3));
+    async fn lease_running_out_during_a_long_start_cancels_it_and_stops_at_once() {
+        let mut h = start_slow(Duration::from_millis(10), Duration::from_secs(3));
         h.connect(1).await;
-        h.send(1, role(Master, 3, 1, 1000)).await;
+        let granted = Instant::now();
+        h.send(1, h.role(Master, 3, 1, 1000)).await;
         h.wait_for(|s| s.lease_expiries == 1).await;
-        assert_eq!(h.next_ack().await.1, 1);
+        let (_, seq, role, result) = h.next_ack().await;
+        assert_eq!((seq, role), (1, Master));
+        assert_eq!(
+            result,
+            ActionResult::Failed("cancelled: the lease ran out".into())
+        );
         h.wait_for(|s| s.applied.as_ref().is_some_and(|a| a.0 == Backup))
             .await;
-        assert_eq!(h.roles_seen().len(), 2);
+        // The stop began when the lease ran out, not when the 3 s start would have ended.
+        assert_eq!(Instant::now(), granted + Duration::from_millis(1010));
+        assert_eq!(
+            h.roles_seen(),
+            vec![
+                (Master, ChangeSource::Daemon),
+                (Backup, ChangeSource::LeaseExpired)
+            ]
+        );
+        assert_eq!(h.status.borrow().starts_cancelled, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_demotion_cancels_a_running_start_and_the_stop_runs_at_once() {
+        let mut h = start_slow(Duration::from_millis(10), Duration::from_secs(3600));
+        h.connect(1).await;
+        h.send(1, h.role(Master, 2, 1, 60_000)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let demoted = Instant::now();
+        h.send(1, h.role(Backup, 3, 2, 0)).await;
+        let (_, seq, role, result) = h.next_ack().await;
+        assert_eq!((seq, role), (1, Master));
+        assert!(
+            matches!(&result, ActionResult::Failed(why) if why.starts_with("cancelled: demoted in term 3")),
+            "{result:?}"
+        );
+        assert_eq!(h.next_ack().await, (1, 2, Backup, ActionResult::Ok));
+        assert_eq!(Instant::now(), demoted + Duration::from_millis(10));
+        assert_eq!(h.log(), ["role-master-2", "role-backup-3"]);
+        assert_eq!(h.status.borrow().starts_cancelled, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutting_down_cancels_a_running_start_then_stops() {
+        let mut h = start_slow(Duration::from_millis(10), Duration::from_secs(3600));
+        h.connect(1).await;
+        h.send(1, h.role(Master, 2, 1, 60_000)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let asked = Instant::now();
+        h.shutdown.send(true).expect("engine runs");
+        let (_, seq, _, result) = h.next_ack().await;
+        assert_eq!(seq, 1);
+        assert_eq!(
+            result,
+            ActionResult::Failed("cancelled: the driver is shutting down".into())
+        );
+        h.wait_for(|s| s.applied.as_ref().is_some_and(|a| a.0 == Backup))
+            .await;
+        assert_eq!(Instant::now(), asked + Duration::from_millis(10));
+        assert_eq!(
+            h.roles_seen(),
+            vec![
+                (Master, ChangeSource::Daemon),
+                (Backup, ChangeSource::DriverShutdown)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_is_never_cancelled() {
+        let mut h = start(Duration::from_secs(2));
+        h.connect(1).await;
+        h.send(1, h.role(Backup, 1, 1, 0)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.send(1, h.role(Backup, 2, 2, 0)).await;
+        assert_eq!(h.next_ack().await, (1, 1, Backup, ActionResult::Ok));
+        assert_eq!(h.next_ack().await, (1, 2, Backup, ActionResult::Ok));
+        assert_eq!(h.status.borrow().starts_cancelled, 0);
+    }
+
+    /// F4: a renewal computed when 1000 ms were left, 200 ms after the grant, and
+    /// delivered 300 ms late, leaves the lease ending 1000 ms after it was *sent*.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_delivered_late_does_not_extend_the_lease_past_its_send_time() {
+        let mut h = start(Duration::ZERO);
+        h.connect(1).await;
+        let granted = Instant::now();
+        h.send(1, h.role(Master, 3, 1, 1000)).await;
+        assert_eq!(h.next_ack().await.1, 1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h.send(1, h.renewal(3, 1000, Duration::from_millis(300)))
+            .await;
+        let sent = granted + Duration::from_millis(200);
+        h.wait_for(|s| s.lease_expires_at != Some(granted + Duration::from_millis(1000)))
+            .await;
+        assert_eq!(
+            h.status.borrow().lease_expires_at,
+            Some(sent + Duration::from_millis(1000))
+        );
+        h.wait_for(|s| s.lease_expiries == 1).await;
+        assert_eq!(Instant::now(), sent + Duration::from_millis(1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_role_delivered_late_gives_only_what_is_left_of_its_lease() {
+        let mut h = start(Duration::ZERO);
+        h.connect(1).await;
+        let delivered = Instant::now();
+        h.send(
+            1,
+            h.role_sent(Master, 3, 1, 1000, Duration::from_millis(300)),
+        )
+        .await;
+        assert_eq!(h.next_ack().await, (1, 1, Master, ActionResult::Ok));
+        h.wait_for(|s| s.lease_expiries == 1).await;
+        assert_eq!(Instant::now(), delivered + Duration::from_millis(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_sent_longer_ago_than_it_lasts_is_expired_on_arrival() {
+        let mut h = start(Duration::ZERO);
+        h.connect(1).await;
+        h.send(1, h.role(Master, 2, 1, 60_000)).await;
+        assert_eq!(h.next_ack().await, (1, 1, Master, ActionResult::Ok));
+        // A renewal that spent 1.5 s on its way for a 1 s lease: the lease is over.
+        let delivered = Instant::now();
+        h.send(1, h.renewal(2, 1000, Duration::from_millis(1500)))
+            .await;
+        h.wait_for(|s| s.lease_expiries == 1).await;
+        assert_eq!(Instant::now(), delivered);
+        // A master role that old starts nothing: it is superseded by the expiry at once.
+        h.send(1, h.role_sent(Master, 4, 2, 1000, Duration::from_secs(2)))
+            .await;
+        let (_, seq, role, result) = h.next_ack().await;
+        assert_eq!((seq, role), (2, Master));
+        assert!(matches!(result, ActionResult::Failed(_)), "{result:?}");
+        h.wait_for(|s| s.lease_expiries == 2).await;
+        h.wait_for(|s| s.applied.as_ref().is_some_and(|a| a.1 == Term(4)))
+            .await;
+        assert_eq!(
+            h.roles_seen().iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![Master, Backup, Backup],
+            "the stale master role must start nothing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_time_from_another_clock_falls_back_to_the_receive_time() {
+        let mut h = start(Duration::ZERO);
+        h.connect(1).await;
+        let delivered = Instant::now();
+        let mut msg = h.role(Master, 3, 1, 1000);
+        if let ToDriver::Role { sent_at_ns, .. } = &mut msg {
+            *sent_at_ns += 3_600 * 1_000_000_000;
+        }
+        h.send(1, msg).await;
+        assert_eq!(h.next_ack().await.1, 1);
+        h.wait_for(|s| s.lease_expiries == 1).await;
+        assert_eq!(Instant::now(), delivered + Duration::from_millis(1000));
+    }
+
+    /// Collects log output in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_are_timed_against_the_stop_budget() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("clustd_drivers=error")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // A current-thread runtime: the engine's tasks log on this thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut h = start(Duration::from_millis(800));
+        h.connect(1).await;
+        h.send(1, h.role(Master, 2, 1, 60_000)).await;
+        assert_eq!(h.next_ack().await.1, 1);
+        h.send(1, h.role(Backup, 3, 2, 0)).await;
+        assert_eq!(h.next_ack().await.1, 2);
+        h.wait_for(|s| s.last_stop.is_some()).await;
+        let status = h.status.borrow().clone();
+        assert_eq!(
+            status.stop_budget,
+            Some(Duration::from_millis(STOP_BUDGET_MS.into()))
+        );
+        assert_eq!(status.last_stop, Some(Duration::from_millis(800)));
+        let seen = h.seen.lock().expect("not poisoned").clone();
+        assert!(
+            seen.iter()
+                .all(|c| c.stop_budget == Some(Duration::from_millis(500)))
+        );
+        let log = String::from_utf8_lossy(&captured.0.lock().expect("not poisoned")).into_owned();
+        assert!(
+            log.contains(
+                "stop took 800 ms, longer than election.stop_budget_ms = 500 ms: \
+                 a new master may have started while the service still ran"
+            ),
+            "{log}"
+        );
+        assert!(log.contains("ERROR"), "{log}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_failed_reports_reach_the_driver_as_cluster_events() {
+        let mut h = start(Duration::ZERO);
+        h.connect(1).await;
+        h.send(1, h.role(Backup, 1, 1, 0)).await;
+        assert_eq!(h.next_ack().await.1, 1);
+        h.send(
+            1,
+            ToDriver::StopFailed {
+                driver: NodeId::new("vip").expect("valid"),
+                term: Term(1),
+                result: ActionResult::TimedOut,
+            },
+        )
+        .await;
+        h.wait_for(|s| s.cluster_events == 1).await;
+        assert_eq!(h.log(), ["role-backup-1", "stop-failed-vip"]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(h.outbound.try_recv().is_err(), "nothing is acknowledged");
     }
 
     #[tokio::test(start_paused = true)]
     async fn queued_start_is_skipped_when_stop_follows_but_the_last_runs() {
         let mut h = start(Duration::from_secs(1));
         h.connect(1).await;
-        h.send(1, role(Backup, 1, 1, 0)).await;
-        h.send(1, role(Master, 2, 2, 60_000)).await;
-        h.send(1, role(Backup, 3, 3, 0)).await;
-        h.send(1, role(Master, 4, 4, 60_000)).await;
+        h.send(1, h.role(Backup, 1, 1, 0)).await;
+        h.send(1, h.role(Master, 2, 2, 60_000)).await;
+        h.send(1, h.role(Backup, 3, 3, 0)).await;
+        h.send(1, h.role(Master, 4, 4, 60_000)).await;
         let mut acks = Vec::new();
         for _ in 0..4 {
             let (_, seq, role, result) = h.next_ack().await;
@@ -778,7 +1293,7 @@ mod tests {
     async fn reconnect_with_same_role_converges_without_acting_again() {
         let mut h = start(Duration::ZERO);
         h.connect(1).await;
-        h.send(1, role(Master, 5, 1, 60_000)).await;
+        h.send(1, h.role(Master, 5, 1, 60_000)).await;
         assert_eq!(h.next_ack().await, (1, 1, Master, ActionResult::Ok));
         h.inbound
             .send(Inbound::Disconnected { conn: 1 })
@@ -786,11 +1301,11 @@ mod tests {
             .expect("runs");
         h.connect(2).await;
         // Stale messages from connection 1 are ignored.
-        h.send(1, role(Backup, 6, 9, 0)).await;
-        h.send(2, role(Master, 5, 1, 60_000)).await;
+        h.send(1, h.role(Backup, 6, 9, 0)).await;
+        h.send(2, h.role(Master, 5, 1, 60_000)).await;
         assert_eq!(h.next_ack().await, (2, 1, Master, ActionResult::Ok));
         assert_eq!(h.roles_seen().len(), 1);
-        h.send(2, role(Backup, 6, 2, 0)).await;
+        h.send(2, h.role(Backup, 6, 2, 0)).await;
         assert_eq!(h.next_ack().await, (2, 2, Backup, ActionResult::Ok));
         assert_eq!(h.roles_seen().len(), 2);
     }
@@ -806,7 +1321,7 @@ mod tests {
         // When the daemon then says backup, nothing runs again only if the state matches;
         // here the term differs, so the driver is told (and decides what to do).
         h.connect(1).await;
-        h.send(1, role(Master, 2, 1, 60_000)).await;
+        h.send(1, h.role(Master, 2, 1, 60_000)).await;
         assert_eq!(h.next_ack().await.2, Master);
     }
 
@@ -814,10 +1329,10 @@ mod tests {
     async fn peer_events_reach_the_driver_in_order_with_roles_and_are_not_acknowledged() {
         let mut h = start(Duration::from_secs(1));
         h.connect(1).await;
-        h.send(1, role(Backup, 1, 1, 0)).await;
+        h.send(1, h.role(Backup, 1, 1, 0)).await;
         // While the first action runs: a peer event, then a role, then another peer event.
         h.send(1, peer("n2", false, 1)).await;
-        h.send(1, role(Master, 2, 2, 60_000)).await;
+        h.send(1, h.role(Master, 2, 2, 60_000)).await;
         h.send(1, peer("n2", true, 2)).await;
         assert_eq!(h.next_ack().await, (1, 1, Backup, ActionResult::Ok));
         assert_eq!(h.next_ack().await, (1, 2, Master, ActionResult::Ok));
@@ -840,7 +1355,7 @@ mod tests {
     async fn peer_events_leave_the_role_and_the_lease_alone() {
         let mut h = start(Duration::ZERO);
         h.connect(1).await;
-        h.send(1, role(Master, 3, 1, 1000)).await;
+        h.send(1, h.role(Master, 3, 1, 1000)).await;
         assert_eq!(h.next_ack().await.1, 1);
         for i in 0..10 {
             h.send(1, peer("n2", i % 2 == 1, 3)).await;
@@ -858,11 +1373,11 @@ mod tests {
     async fn a_stuck_event_handler_is_cancelled_so_the_next_role_runs() {
         let mut h = start_with(Duration::ZERO, Duration::from_secs(3600));
         h.connect(1).await;
-        h.send(1, role(Backup, 1, 1, 0)).await;
+        h.send(1, h.role(Backup, 1, 1, 0)).await;
         assert_eq!(h.next_ack().await.1, 1);
         h.send(1, peer("n2", false, 1)).await;
         let sent = Instant::now();
-        h.send(1, role(Master, 2, 2, 60_000)).await;
+        h.send(1, h.role(Master, 2, 2, 60_000)).await;
         assert_eq!(h.next_ack().await, (1, 2, Master, ActionResult::Ok));
         assert!(Instant::now() <= sent + CLUSTER_EVENT_BUDGET + Duration::from_millis(1));
         assert_eq!(h.log(), ["role-backup-1", "peer-down-n2", "role-master-2"]);

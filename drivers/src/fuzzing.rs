@@ -1,7 +1,9 @@
 //! Fuzzing hook (feature `fuzzing`, doc-hidden): the real engine ([`run_engine`]) on a
 //! current-thread runtime with a paused clock, driven by hand one inbound event at a time,
-//! with a scripted driver. The `driver_protocol` fuzz target (fuzz-targets/) feeds it
-//! arbitrary daemon messages and checks what comes out.
+//! with a scripted driver and a machine clock on the same virtual time
+//! ([`TokioMachineClock`], reading [`EngineHarness::ORIGIN_NS`] at start), so the daemon's
+//! `sent_at_ns` stamps can be made with [`EngineHarness::now_ns`]. The `driver_protocol`
+//! fuzz target (fuzz-targets/) feeds it arbitrary daemon messages and checks what comes out.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::clock::{MachineClock, TokioMachineClock};
 use crate::driver::{Driver, RoleChange};
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
 
@@ -62,6 +65,7 @@ pub struct EngineHarness {
     outbound: mpsc::UnboundedReceiver<Outbound>,
     status: watch::Receiver<SessionStatus>,
     seen: Arc<Mutex<Vec<RoleChange>>>,
+    clock: TokioMachineClock,
     task: Option<JoinHandle<Result<(), EngineError>>>,
     _shutdown: watch::Sender<bool>,
 }
@@ -73,6 +77,10 @@ impl std::fmt::Debug for EngineHarness {
 }
 
 impl EngineHarness {
+    /// What the machine's monotonic clock reads when the harness starts (ns): far from
+    /// zero, so stamps in the past are representable.
+    pub const ORIGIN_NS: u64 = 1_000_000 * 1_000_000_000;
+
     /// Starts the engine; the driver follows `script` (cycled; empty means instant success).
     pub fn new(startup_wait: Duration, script: Vec<(Duration, ActionResult)>) -> Self {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -90,8 +98,10 @@ impl EngineHarness {
             next: 0,
             seen: seen.clone(),
         };
+        let clock = rt.block_on(async { TokioMachineClock::new(Self::ORIGIN_NS) });
         let task = rt.spawn(run_engine(
             driver,
+            clock,
             EngineOptions { startup_wait },
             in_rx,
             out_tx,
@@ -104,6 +114,7 @@ impl EngineHarness {
             outbound: out_rx,
             status: status_rx,
             seen,
+            clock,
             task: Some(task),
             _shutdown: shutdown_tx,
         };
@@ -143,6 +154,12 @@ impl EngineHarness {
             msg,
             received_at,
         });
+    }
+
+    /// The machine's monotonic clock now (ns), as the daemon would stamp `sent_at_ns`.
+    pub fn now_ns(&self) -> u64 {
+        let clock = self.clock;
+        self.rt.block_on(async move { clock.now_ns() })
     }
 
     /// Lets `by` of virtual time pass (timers fire in order on the way).

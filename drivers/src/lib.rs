@@ -10,7 +10,12 @@
 //!   backoff and jitter, report each result back to the daemon), and the **fail-safe lease**:
 //!   a master driver that stops hearing lease renewals demotes itself when the lease the
 //!   daemon gave it runs out, so a killed daemon cannot leave a service running beside a new
-//!   master;
+//!   master. The lease is anchored at the daemon's *send* time on the machine's monotonic
+//!   clock ([`MachineClock`]), so a late notice never extends it — drivers must run on the
+//!   daemon's machine. A demotion or the lease's end cancels a running start, so a stop
+//!   never waits behind one;
+//! - [`connect_with`]: the same session over any [`clustd_transport::Net`] and any
+//!   [`MachineClock`], so the simulation runs this library on simulated hosts;
 //! - [`shell`]: runs `start`/`stop` scripts ([`ShellDriver`]);
 //! - [`notify`]: webhook, email and SMS notifications ([`NotifyDriver`]).
 //!
@@ -34,6 +39,7 @@
 //! ```
 
 mod backoff;
+mod clock;
 mod config;
 mod driver;
 mod engine;
@@ -46,12 +52,14 @@ mod session;
 pub mod shell;
 mod transition;
 
+pub use clock::{MachineClock, MonotonicClock, TokioMachineClock};
 pub use clustd_core::{ActionResult, DriverRole, NodeId, Term};
 pub use config::ConfigError;
 pub use driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 pub use engine::{EngineError, SessionStatus};
 pub use notify::{NotifyConfig, NotifyDriver};
 pub use session::{
-    DriverConfig, DriverSession, SessionError, TransportKind, connect, generate_driver_id, run,
+    DriverConfig, DriverSession, SessionError, TransportKind, connect, connect_with,
+    generate_driver_id, run,
 };
 pub use shell::{ShellConfig, ShellDriver};

@@ -1,28 +1,30 @@
 //! The daemon connection over clustd-transport: one driver [`Endpoint`] per connection
 //! attempt, so that a failed or dropped connection is closed for good and the reconnect
 //! policy (backoff, jitter, log once per kind of failure) stays in one place, the session.
+//! Generic over the [`Net`] that makes the sockets, like the daemon's endpoint.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clustd_core::NodeId;
 use clustd_transport::{
-    Endpoint, EndpointConfig, PeerKind, Secret, SendClass, TokioNet, TransportError, TransportEvent,
+    Endpoint, EndpointConfig, Net, PeerKind, Secret, SendClass, TransportError, TransportEvent,
 };
 use tokio::sync::mpsc;
 
 use crate::session::{DialError, Dialer, DriverConfig, Link, SessionError};
 
-/// Dials the daemon over clustd-transport.
-pub(crate) struct TransportDialer {
+/// Dials the daemon over clustd-transport, with sockets from `net`.
+pub(crate) struct TransportDialer<N: Net> {
+    net: N,
     daemon: SocketAddr,
     config: EndpointConfig,
     timeout: Duration,
 }
 
-impl TransportDialer {
+impl<N: Net> TransportDialer<N> {
     /// Checks the secret and prepares the endpoint config.
-    pub(crate) fn new(config: &DriverConfig) -> Result<Self, SessionError> {
+    pub(crate) fn new(config: &DriverConfig, net: N) -> Result<Self, SessionError> {
         let secret = Secret::from_bytes(config.secret().to_vec())
             .map_err(|e| SessionError::Transport(e.to_string()))?;
         let mut endpoint = EndpointConfig::new(
@@ -33,6 +35,7 @@ impl TransportDialer {
         );
         endpoint.limits.handshake_timeout = config.connect_timeout;
         Ok(Self {
+            net,
             daemon: config.daemon,
             config: endpoint,
             timeout: config.connect_timeout,
@@ -66,11 +69,11 @@ fn classify(error: &TransportError) -> &'static str {
     }
 }
 
-impl Dialer for TransportDialer {
+impl<N: Net> Dialer for TransportDialer<N> {
     type Link = TransportLink;
 
     async fn dial(&mut self) -> Result<TransportLink, DialError> {
-        let (endpoint, mut events) = Endpoint::start(TokioNet, self.config.clone())
+        let (endpoint, mut events) = Endpoint::start(self.net.clone(), self.config.clone())
             .await
             .map_err(|e| DialError {
                 class: classify(&e),

@@ -4,6 +4,13 @@
 //! The loop dials forever with exponential backoff and jitter; it logs once per *kind* of
 //! failure (not once per attempt) so a daemon that is down for an hour does not flood the
 //! log. The engine behind it keeps the fail-safe lease running while disconnected.
+//!
+//! [`connect`] is production: real sockets ([`TokioNet`]) and the machine's
+//! `CLOCK_MONOTONIC` ([`MonotonicClock`]). [`connect_with`] takes both as parameters, so a
+//! simulation can run this very library over simulated sockets and a simulated clock.
+//! Nothing in a session draws randomness but the driver id (only when generated) and the
+//! reconnect jitter, which comes from [`DriverConfig::rng_seed`] or else from the
+//! [`Net`]'s `random_seed()` (OS randomness for [`TokioNet`], the run's seed in a simulation).
 
 use std::fmt;
 use std::future::Future;
@@ -12,12 +19,15 @@ use std::time::Duration;
 
 use clustd_core::codec::{decode, encode};
 use clustd_core::{InvalidNodeId, NodeId, ToDriver};
+use clustd_transport::{Net, TokioNet};
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::clock::{MachineClock, MonotonicClock};
 use crate::driver::Driver;
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
 
@@ -48,6 +58,10 @@ pub struct DriverConfig {
     pub reconnect_max: Duration,
     /// How long one connection attempt (dial + handshake) may take (default 5 s).
     pub connect_timeout: Duration,
+    /// Seeds the reconnect jitter (and the notify driver's retry jitter), for runs that must
+    /// repeat exactly (simulations, tests). `None` (the default): seeded from the [`Net`]'s
+    /// `random_seed()` — OS randomness in production.
+    pub rng_seed: Option<u64>,
     secret: Vec<u8>,
 }
 
@@ -57,13 +71,16 @@ impl fmt::Debug for DriverConfig {
             .field("daemon", &self.daemon)
             .field("transport", &self.transport)
             .field("driver_id", &self.driver_id)
+            .field("rng_seed", &self.rng_seed)
             .field("secret", &"<redacted>")
             .finish_non_exhaustive()
     }
 }
 
 impl DriverConfig {
-    /// A config with a generated driver id (`{kind}-{8 hex digits}`) and default timings.
+    /// A config with a generated driver id (`{kind}-{8 hex digits}`, from OS randomness;
+    /// replace it with [`DriverConfig::with_driver_id`] for a fixed one, as a simulation
+    /// does) and default timings.
     pub fn new(
         daemon: SocketAddr,
         transport: TransportKind,
@@ -78,6 +95,7 @@ impl DriverConfig {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            rng_seed: None,
             secret: secret.into(),
         }
     }
@@ -207,10 +225,30 @@ impl DriverSession {
 }
 
 /// Starts a driver session in the background (on the current tokio runtime): connects to
-/// the daemon in `config`, reconnects forever, and hands role changes to `driver`.
+/// the daemon in `config`, reconnects forever, and hands role changes to `driver`. Real
+/// sockets and the machine's `CLOCK_MONOTONIC`: [`connect_with`] with [`TokioNet`] and
+/// [`MonotonicClock`].
 pub fn connect<D: Driver>(config: DriverConfig, driver: D) -> Result<DriverSession, SessionError> {
-    let dialer = crate::link::TransportDialer::new(&config)?;
-    Ok(spawn_session(&config, dialer, driver))
+    connect_with(config, driver, TokioNet, MonotonicClock)
+}
+
+/// [`connect`], with the sockets made by `net` and the machine's monotonic clock read from
+/// `clock` — the clock the daemon stamps `sent_at_ns` with, so a simulation passes the
+/// simulated host's clock, shared with that host's daemon. For deterministic runs set
+/// [`DriverConfig::driver_id`] (or it is drawn from OS randomness) and either
+/// [`DriverConfig::rng_seed`] or a `net` whose `random_seed()` is seeded.
+pub fn connect_with<D: Driver, N: Net, C: MachineClock>(
+    config: DriverConfig,
+    driver: D,
+    net: N,
+    clock: C,
+) -> Result<DriverSession, SessionError> {
+    let rng = match config.rng_seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => StdRng::from_seed(net.random_seed()),
+    };
+    let dialer = crate::link::TransportDialer::new(&config, net)?;
+    Ok(spawn_session(&config, dialer, driver, clock, rng))
 }
 
 /// Runs a driver until `shutdown` completes (or the driver panics).
@@ -230,10 +268,12 @@ pub async fn run<D: Driver>(
     }
 }
 
-pub(crate) fn spawn_session<D: Driver, L: Dialer>(
+pub(crate) fn spawn_session<D: Driver, L: Dialer, C: MachineClock>(
     config: &DriverConfig,
     dialer: L,
     driver: D,
+    clock: C,
+    rng: StdRng,
 ) -> DriverSession {
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -244,13 +284,14 @@ pub(crate) fn spawn_session<D: Driver, L: Dialer>(
     };
     let engine = tokio::spawn(run_engine(
         driver,
+        clock,
         options,
         in_rx,
         out_tx,
         status_tx,
         shutdown_rx.clone(),
     ));
-    let backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    let backoff = Backoff::with_rng(config.reconnect_initial, config.reconnect_max, rng);
     let connection = tokio::spawn(connection_loop(
         dialer,
         format!("{} ({:?})", config.daemon, config.transport),

@@ -3,7 +3,6 @@
 //! The engine feeds both with the time; unit tests drive them by hand.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use clustd_core::{DriverRole, NodeId, Term};
 use tokio::time::Instant;
@@ -30,6 +29,9 @@ pub(crate) struct Transition {
     pub(crate) source: ChangeSource,
     /// `Some` when it came from the daemon and must be acknowledged.
     pub(crate) ack: Option<AckTo>,
+    /// When the driver decided on it (the notice arrived, or the lease ran out): a stop's
+    /// duration is counted from here, as `election.stop_budget_ms` is.
+    pub(crate) decided_at: Instant,
 }
 
 impl Transition {
@@ -44,6 +46,7 @@ impl Transition {
             previous_leader: previous.and_then(|p| p.leader.clone()),
             reason: self.reason.clone(),
             source: self.source,
+            stop_budget: None,
         }
     }
 
@@ -102,7 +105,7 @@ impl TransitionQueue {
 pub(crate) enum Renewal {
     /// The deadline moved.
     Extended,
-    /// No lease is held (not master, or it already ran out).
+    /// No lease is held (not master, or it already ran out): nothing is restarted.
     NotHeld,
     /// The renewal names another term than the lease held; ignored.
     OtherTerm,
@@ -110,27 +113,30 @@ pub(crate) enum Renewal {
 
 /// The lease a master driver holds: it is master until `deadline` unless renewed.
 ///
-/// The daemon sends *remaining* validity already reduced by a delivery margin, so the
-/// deadline is local receive time + remaining: it can only end earlier than the daemon's.
+/// The engine computes each deadline from the daemon's send time (`Engine::lease_end`),
+/// so it can only end earlier than the daemon's own lease. Pure: the caller passes the time.
 #[derive(Debug, Default)]
 pub(crate) struct FailSafeLease {
     held: Option<(Term, Instant)>,
 }
 
 impl FailSafeLease {
-    /// Takes a lease for `term` on becoming master.
-    pub(crate) fn grant(&mut self, term: Term, now: Instant, remaining_ms: u32) {
-        self.held = Some((term, now + Duration::from_millis(remaining_ms.into())));
+    /// Takes a lease for `term`, ending at `deadline`, on becoming master.
+    pub(crate) fn grant(&mut self, term: Term, deadline: Instant) {
+        self.held = Some((term, deadline));
     }
 
-    /// Applies a renewal. The newest renewal wins even if it shortens the lease: it is the
-    /// daemon's latest word.
-    pub(crate) fn renew(&mut self, term: Term, now: Instant, remaining_ms: u32) -> Renewal {
+    /// Applies a renewal that arrived by `now`: moves the deadline to `deadline`. Only a
+    /// *current* lease is renewed — held, for this term, and not run out by `now` — so a
+    /// renewal that comes after the end never revives it, whatever it says. The newest
+    /// renewal wins even if it shortens the lease: it is the daemon's latest word.
+    pub(crate) fn renew(&mut self, term: Term, now: Instant, deadline: Instant) -> Renewal {
         match &mut self.held {
             None => Renewal::NotHeld,
             Some((held_term, _)) if *held_term != term => Renewal::OtherTerm,
-            Some((_, deadline)) => {
-                *deadline = now + Duration::from_millis(remaining_ms.into());
+            Some((_, held)) if now >= *held => Renewal::NotHeld,
+            Some((_, held)) => {
+                *held = deadline;
                 Renewal::Extended
             }
         }
@@ -160,6 +166,8 @@ impl FailSafeLease {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn t(role: DriverRole, seq: u64) -> Transition {
@@ -171,6 +179,7 @@ mod tests {
             reason: format!("r{seq}"),
             source: ChangeSource::Daemon,
             ack: Some(AckTo { conn: 1, seq }),
+            decided_at: Instant::now(),
         }
     }
 
@@ -246,30 +255,42 @@ mod tests {
     }
 
     #[test]
-    fn lease_runs_from_receive_time_and_renewals_extend_it() {
+    fn renewals_extend_only_a_current_lease() {
         let now = Instant::now();
+        let ms = Duration::from_millis;
         let mut lease = FailSafeLease::default();
-        assert_eq!(lease.renew(Term(3), now, 1000), Renewal::NotHeld);
-        lease.grant(Term(3), now, 1000);
-        assert_eq!(lease.deadline(), Some(now + Duration::from_millis(1000)));
-        assert_eq!(lease.expire_if_due(now + Duration::from_millis(999)), None);
-        let later = now + Duration::from_millis(800);
-        assert_eq!(lease.renew(Term(3), later, 1000), Renewal::Extended);
-        assert_eq!(lease.renew(Term(4), later, 9000), Renewal::OtherTerm);
-        assert_eq!(lease.expire_if_due(now + Duration::from_millis(1500)), None);
+        assert_eq!(lease.renew(Term(3), now, now + ms(1000)), Renewal::NotHeld);
+        lease.grant(Term(3), now + ms(1000));
+        assert_eq!(lease.deadline(), Some(now + ms(1000)));
+        assert_eq!(lease.expire_if_due(now + ms(999)), None);
+        let later = now + ms(800);
         assert_eq!(
-            lease.expire_if_due(later + Duration::from_millis(1000)),
-            Some(Term(3))
+            lease.renew(Term(3), later, later + ms(1000)),
+            Renewal::Extended
         );
+        assert_eq!(
+            lease.renew(Term(4), later, later + ms(9000)),
+            Renewal::OtherTerm
+        );
+        assert_eq!(lease.expire_if_due(now + ms(1500)), None);
+        // Arriving at (or after) the end, a renewal revives nothing, even before the
+        // expiry was noticed.
+        let end = later + ms(1000);
+        assert_eq!(lease.renew(Term(3), end, end + ms(1000)), Renewal::NotHeld);
+        assert_eq!(lease.deadline(), Some(end));
+        assert_eq!(lease.expire_if_due(end), Some(Term(3)));
         assert_eq!(lease.deadline(), None);
-        assert_eq!(lease.renew(Term(3), later, 1000), Renewal::NotHeld);
+        assert_eq!(
+            lease.renew(Term(3), later, later + ms(1000)),
+            Renewal::NotHeld
+        );
     }
 
     #[test]
     fn release_drops_the_lease() {
         let now = Instant::now();
         let mut lease = FailSafeLease::default();
-        lease.grant(Term(1), now, 0);
+        lease.grant(Term(1), now);
         lease.release();
         assert_eq!(lease.expire_if_due(now + Duration::from_secs(10)), None);
     }

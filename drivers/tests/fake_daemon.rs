@@ -1,6 +1,7 @@
 //! The shell driver end to end against a fake daemon: a real clustd-transport endpoint on
 //! 127.0.0.1 speaking the real driver protocol (`ToDriver` / `FromDriver` frames through
 //! `clustd_core::codec`). The driver runs in-process through `clustd_drivers::connect`.
+//! Lease notices are stamped with the machine's `CLOCK_MONOTONIC`, as the daemon does.
 
 mod support;
 
@@ -9,8 +10,12 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
-use clustd_drivers::{DriverSession, ShellConfig, ShellDriver, TransportKind};
-use support::{FakeDaemon, SECRET, init_tracing, lines, wait_until};
+use clustd_drivers::{
+    DriverSession, MachineClock, MonotonicClock, ShellConfig, ShellDriver, TokioMachineClock,
+    TransportKind,
+};
+use clustd_transport::TokioNet;
+use support::{FakeDaemon, SECRET, group_alive, init_tracing, lines, wait_until};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -37,6 +42,18 @@ impl Setup {
         start_extra: &str,
         extra: &str,
     ) -> DriverSession {
+        self.driver_with(daemon, kind, start_extra, "", extra)
+    }
+
+    /// [`Setup::driver`], with `stop_extra` run after the stop's log line.
+    fn driver_with(
+        &self,
+        daemon: SocketAddr,
+        kind: TransportKind,
+        start_extra: &str,
+        stop_extra: &str,
+        extra: &str,
+    ) -> DriverSession {
         let transport = match kind {
             TransportKind::Quic => "quic",
             _ => "websocket",
@@ -46,7 +63,7 @@ impl Setup {
             "daemon = \"{daemon}\"\ntransport = \"{transport}\"\nsecret_file = \"secret\"\ndriver_id = \"shell-test\"\n{extra}\n\
              [script]\ncwd = \".\"\ntimeout_ms = 20000\n\
              start = '''echo \"start|{line}\" >> actions.log; {start_extra}'''\n\
-             stop = '''echo \"stop|{line}\" >> actions.log'''\n"
+             stop = '''echo \"stop|{line}\" >> actions.log; {stop_extra}'''\n"
         );
         let config =
             ShellConfig::parse(&self.path("shell.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
@@ -74,6 +91,9 @@ fn id(s: &str) -> NodeId {
     NodeId::new(s).expect("valid")
 }
 
+/// The stop budget the fake daemon announces (`election.stop_budget_ms`).
+const STOP_BUDGET_MS: u32 = 5000;
+
 fn role(
     r: DriverRole,
     term: u64,
@@ -88,8 +108,19 @@ fn role(
         node: id("node-1"),
         leader: leader.map(id),
         lease_remaining_ms: lease_ms,
+        sent_at_ns: MonotonicClock.now_ns(),
+        stop_budget_ms: STOP_BUDGET_MS,
         reason: reason.into(),
         seq,
+    }
+}
+
+/// A lease renewal stamped now, as the daemon sends it.
+fn renewal(term: u64, lease_ms: u32) -> ToDriver {
+    ToDriver::LeaseRenewal {
+        term: Term(term),
+        lease_remaining_ms: lease_ms,
+        sent_at_ns: MonotonicClock.now_ns(),
     }
 }
 
@@ -234,13 +265,7 @@ async fn daemon_vanishing_while_master_makes_the_driver_stop_before_its_lease_ru
     for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         last_renewal = SystemTime::now();
-        daemon.send(
-            &drv,
-            &ToDriver::LeaseRenewal {
-                term: Term(7),
-                lease_remaining_ms: given_ms,
-            },
-        );
+        daemon.send(&drv, &renewal(7, given_ms));
     }
     assert_eq!(s.action_names(), ["start-7"], "no stop while renewals flow");
     assert_eq!(session.status().lease_expiries, 0);
@@ -311,16 +336,17 @@ async fn a_hung_daemon_that_stops_renewing_also_makes_the_driver_stop() {
 }
 
 #[tokio::test]
-async fn transitions_queued_during_a_long_script_run_in_order() {
+async fn transitions_queued_during_a_long_stop_run_in_order() {
     init_tracing();
     let kind = TransportKind::Quic;
     let s = Setup::new();
     let mut daemon = FakeDaemon::start(kind, localhost()).await;
-    // `start` blocks until the test opens the gate.
-    let session = s.driver(
+    // The stop of term 3 blocks until the test opens the gate (a stop is never cancelled).
+    let session = s.driver_with(
         daemon.addr,
         kind,
-        "while [ ! -e gate ]; do sleep 0.02; done",
+        "",
+        "if [ \"$CLUSTD_TERM\" = 3 ]; then while [ ! -e gate ]; do sleep 0.02; done; fi",
         "",
     );
     let drv = daemon.accept_driver().await;
@@ -328,23 +354,116 @@ async fn transitions_queued_during_a_long_script_run_in_order() {
     daemon.send(&drv, &role(Backup, 1, 1, 0, Some("node-2"), "follower"));
     expect_ack(&mut daemon, 1, Backup, ActionResult::Ok).await;
     daemon.send(&drv, &role(Master, 2, 2, 60_000, Some("node-1"), "elected"));
-    wait_until("start is running", || {
-        s.action_names() == ["stop-1", "start-2"]
+    expect_ack(&mut daemon, 2, Master, ActionResult::Ok).await;
+    daemon.send(&drv, &role(Backup, 3, 3, 0, Some("node-2"), "stepped-down"));
+    wait_until("stop is running", || {
+        s.action_names() == ["stop-1", "start-2", "stop-3"]
     })
     .await;
-    for (seq, r) in [(3, Backup), (4, Master), (5, Backup), (6, Master)] {
+    for (seq, r) in [
+        (4, Master),
+        (5, Backup),
+        (6, Master),
+        (7, Backup),
+        (8, Master),
+    ] {
         daemon.send(&drv, &role(r, seq, seq, 60_000, None, "flap"));
     }
-    // 3 and 4 cancel out while waiting: they are acknowledged as superseded at once.
+    // 4..7 cancel out while waiting: they are acknowledged as superseded at once.
     let superseded = ActionResult::Failed("superseded by a newer transition before it ran".into());
-    expect_ack(&mut daemon, 3, Backup, superseded.clone()).await;
-    expect_ack(&mut daemon, 4, Master, superseded).await;
+    for (seq, r) in [(4, Master), (5, Backup), (6, Master)] {
+        expect_ack(&mut daemon, seq, r, superseded.clone()).await;
+    }
     std::fs::write(s.path("gate"), "").expect("open the gate");
-    expect_ack(&mut daemon, 2, Master, ActionResult::Ok).await;
-    expect_ack(&mut daemon, 5, Backup, ActionResult::Ok).await;
-    expect_ack(&mut daemon, 6, Master, ActionResult::Ok).await;
-    // One at a time, in order, and the last one ran.
-    assert_eq!(s.action_names(), ["stop-1", "start-2", "stop-5", "start-6"]);
+    expect_ack(&mut daemon, 3, Backup, ActionResult::Ok).await;
+    expect_ack(&mut daemon, 7, Backup, ActionResult::Ok).await;
+    expect_ack(&mut daemon, 8, Master, ActionResult::Ok).await;
+    // One at a time, in order, and the last one ran; stop-7 had nothing left to stop.
+    assert_eq!(s.action_names(), ["stop-1", "start-2", "stop-3", "start-8"]);
+    session.shutdown().await.expect("clean shutdown");
+    daemon.vanish().await;
+}
+
+/// F5: a demotion while `start` runs kills the start script's process group and runs
+/// `stop` at once, instead of waiting for the start (here 30 s, its timeout 20 s).
+#[tokio::test]
+async fn a_demotion_during_a_running_start_kills_it_and_stops_at_once() {
+    init_tracing();
+    let kind = TransportKind::WebSocket;
+    let s = Setup::new();
+    let mut daemon = FakeDaemon::start(kind, localhost()).await;
+    let session = s.driver(daemon.addr, kind, "echo $$ > start.pid; sleep 30", "");
+    let drv = daemon.accept_driver().await;
+    use DriverRole::{Backup, Master};
+    daemon.send(&drv, &role(Master, 2, 1, 60_000, Some("node-1"), "elected"));
+    wait_until("start is running", || {
+        lines(&s.path("start.pid")).len() == 1
+    })
+    .await;
+    let group: i32 = lines(&s.path("start.pid"))[0].parse().expect("a pid");
+    assert!(group_alive(group), "the start script runs");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let demoted = std::time::Instant::now();
+    daemon.send(&drv, &role(Backup, 3, 2, 0, Some("node-2"), "stepped-down"));
+    match daemon.next_from_driver().await {
+        FromDriver::Ack {
+            seq: 1,
+            role: Master,
+            result: ActionResult::Failed(why),
+        } => assert!(why.starts_with("cancelled: demoted in term 3"), "{why}"),
+        other => panic!("expected the cancelled start's ack, got {other:?}"),
+    }
+    expect_ack(&mut daemon, 2, Backup, ActionResult::Ok).await;
+    assert_eq!(s.action_names(), ["start-2", "stop-3"]);
+    wait_until("the start script's process group is gone", || {
+        !group_alive(group)
+    })
+    .await;
+    let took = demoted.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "stop ran {} ms after the demotion",
+        took.as_millis()
+    );
+    assert_eq!(session.status().starts_cancelled, 1);
+    session.shutdown().await.expect("clean shutdown");
+    daemon.vanish().await;
+}
+
+/// F4 end to end, on the real `CLOCK_MONOTONIC`: a master role stamped 1.5 s before it is
+/// sent, for a 2 s lease, leaves the driver 0.5 s — not 2 s from its arrival.
+#[tokio::test]
+async fn a_lease_runs_from_the_daemons_send_time_not_from_arrival() {
+    init_tracing();
+    let kind = TransportKind::Quic;
+    let s = Setup::new();
+    let mut daemon = FakeDaemon::start(kind, localhost()).await;
+    let session = s.driver(daemon.addr, kind, "", "");
+    let drv = daemon.accept_driver().await;
+    let mut late = role(DriverRole::Master, 5, 1, 2000, Some("node-1"), "elected");
+    let ToDriver::Role { sent_at_ns, .. } = &mut late else {
+        unreachable!("a role")
+    };
+    *sent_at_ns -= 1_500_000_000;
+    let lease_end = MonotonicClock.deadline(*sent_at_ns + 2_000_000_000);
+    let sent = tokio::time::Instant::now();
+    daemon.send(&drv, &late);
+    expect_ack(&mut daemon, 1, DriverRole::Master, ActionResult::Ok).await;
+    let status = session.watch_status();
+    wait_until("the lease ran out", || status.borrow().lease_expiries == 1).await;
+    let expired = tokio::time::Instant::now();
+    assert!(
+        expired < sent + Duration::from_millis(1500),
+        "the lease ended {} ms after the role was sent (by send time: 500 ms)",
+        (expired - sent).as_millis()
+    );
+    assert!(expired + Duration::from_millis(1) >= lease_end, "not early");
+    wait_until("stop ran", || s.action_names() == ["start-5", "stop-5"]).await;
+    // A renewal of that lease, sent now but arriving after its end, revives nothing.
+    daemon.send(&drv, &renewal(5, 2000));
+    wait_until("the driver resynchronizes", || !status.borrow().connected).await;
+    assert_eq!(session.status().lease_expires_at, None);
+    assert_eq!(s.action_names(), ["start-5", "stop-5"]);
     session.shutdown().await.expect("clean shutdown");
     daemon.vanish().await;
 }
@@ -438,5 +557,53 @@ async fn shutting_down_while_master_runs_stop_first() {
     expect_ack(&mut daemon, 2, DriverRole::Backup, ActionResult::Ok).await;
     session.shutdown().await.expect("clean shutdown");
     assert_eq!(s.action_names(), ["stop-5"]);
+    daemon.vanish().await;
+}
+
+/// `connect_with`: the same session over a given `Net` and machine clock (here real
+/// sockets and a clock of the test's own, as a simulation would pass its host's), with a
+/// seeded jitter and a fixed driver id, so nothing is drawn from the OS.
+#[tokio::test]
+async fn connect_with_runs_a_session_over_a_given_net_and_clock() {
+    init_tracing();
+    let kind = TransportKind::WebSocket;
+    let s = Setup::new();
+    let mut daemon = FakeDaemon::start(kind, localhost()).await;
+    let text = format!(
+        "daemon = \"{}\"\ntransport = \"websocket\"\nsecret_file = \"secret\"\ndriver_id = \"shell-test\"\n\
+         [script]\ncwd = \".\"\nstart = 'echo start >> actions.log'\nstop = 'echo stop >> actions.log'\n",
+        daemon.addr
+    );
+    let config = ShellConfig::parse(&s.path("shell.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let mut connection = config.connection.clone();
+    connection.rng_seed = Some(7);
+    // The daemon and the driver share this clock: it reads 42 s now.
+    let clock = TokioMachineClock::new(42_000_000_000);
+    let session = clustd_drivers::connect_with(
+        connection,
+        ShellDriver::from_config(&config),
+        TokioNet,
+        clock,
+    )
+    .expect("session starts");
+    let drv = daemon.accept_driver().await;
+    assert_eq!(drv, id("shell-test"));
+    let stamp = clock.now_ns();
+    let mut msg = role(DriverRole::Master, 2, 1, 60_000, Some("node-1"), "elected");
+    if let ToDriver::Role { sent_at_ns, .. } = &mut msg {
+        *sent_at_ns = stamp;
+    }
+    daemon.send(&drv, &msg);
+    expect_ack(&mut daemon, 1, DriverRole::Master, ActionResult::Ok).await;
+    // The lease is read on the given clock: 60 s from its stamp, not already expired as it
+    // would be on CLOCK_MONOTONIC (where 42 s is long past).
+    let expires = session
+        .status()
+        .lease_expires_at
+        .expect("master holds a lease");
+    assert_eq!(expires, clock.deadline(stamp + 60_000_000_000));
+    assert_eq!(session.status().lease_expiries, 0);
+    session.shutdown().await.expect("clean shutdown");
+    assert_eq!(lines(&s.log), ["start", "stop"]);
     daemon.vanish().await;
 }

@@ -1,7 +1,8 @@
 //! Peer events end to end through the library: a fake daemon (a real clustd-transport
 //! endpoint on 127.0.0.1) sends `ToDriver::Peer`, the notify driver running in-process
-//! through `clustd_drivers::connect` posts `peer-down` / `peer-up` to a real HTTP server,
-//! and nothing about them goes back to the daemon.
+//! through `clustd_drivers::connect` posts `peer-down` / `peer-up` (and `stop-failed` for
+//! `ToDriver::StopFailed`) to a real HTTP server, and nothing about them goes back to the
+//! daemon.
 
 mod support;
 
@@ -22,6 +23,8 @@ fn backup(term: u64, seq: u64) -> ToDriver {
         node: id("node-1"),
         leader: Some(id("node-2")),
         lease_remaining_ms: 0,
+        sent_at_ns: 0,
+        stop_budget_ms: 500,
         reason: "follower".into(),
         seq,
     }
@@ -117,4 +120,57 @@ async fn peer_events_become_webhook_posts_over_quic() {
 #[tokio::test]
 async fn peer_events_become_webhook_posts_over_websocket() {
     peer_events_become_webhook_posts(TransportKind::WebSocket).await;
+}
+
+/// A driver of this node reported a failed stop: the daemon relays `StopFailed`, and the
+/// notify driver posts `stop-failed` naming that driver — nothing goes back to the daemon.
+#[tokio::test]
+async fn a_failed_stop_becomes_a_stop_failed_post() {
+    init_tracing();
+    let kind = TransportKind::WebSocket;
+    let mut server = HttpServer::start(&[], false).await;
+    let localhost: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut daemon = FakeDaemon::start(kind, localhost).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret"), SECRET).expect("write");
+    let text = format!(
+        "daemon = \"{}\"\ntransport = \"websocket\"\nsecret_file = \"secret\"\ndriver_id = \"notify-test\"\n\
+         events = [\"stop-failed\"]\n\
+         [templates]\ntext = \"{{node}}: {{event}} by {{driver}} [{{peer}}]: {{event_text}}\"\n\
+         [[webhook]]\nurl = \"{}\"\n",
+        daemon.addr,
+        server.url("/hook")
+    );
+    let config = NotifyConfig::parse(&dir.path().join("notify.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = clustd_drivers::connect(config.connection.clone(), NotifyDriver::new(&config))
+        .expect("session starts");
+    let driver = daemon.accept_driver().await;
+    daemon.send(&driver, &backup(3, 1));
+    expect_ack(&mut daemon, 1).await;
+    daemon.send(
+        &driver,
+        &ToDriver::StopFailed {
+            driver: id("shell-1"),
+            term: Term(3),
+            result: ActionResult::Failed("exit status 1".into()),
+        },
+    );
+    let req = server.next().await;
+    let body: serde_json::Value = serde_json::from_str(&req.body).expect("json body");
+    assert_eq!(body["event"], "stop-failed", "{body}");
+    assert_eq!(body["driver"], "shell-1", "{body}");
+    assert_eq!(body["node"], "node-1", "{body}");
+    assert_eq!(body["term"], "3", "{body}");
+    assert_eq!(
+        body["text"],
+        "node-1: stop-failed by shell-1 []: driver shell-1's stop failed: exit status 1; \
+         the service may still run here beside a new master until that driver's lease ends",
+        "{body}"
+    );
+    // Not acknowledged: the next thing from the driver is the next role's ack.
+    daemon.send(&driver, &backup(4, 2));
+    expect_ack(&mut daemon, 2).await;
+    session.shutdown().await.expect("clean shutdown");
+    daemon.vanish().await;
 }

@@ -1,5 +1,6 @@
 //! The shell driver's script runner and driver, without a daemon: environment, failures,
-//! timeouts that kill the whole process group, output to the log, start/stop decisions.
+//! timeouts that kill the whole process group, cancellation that kills it at once, output
+//! to the log, start/stop decisions, the stop budget check.
 
 mod support;
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use clustd_drivers::shell::{ScriptOutcome, ScriptRunner, script_env};
 use clustd_drivers::{ActionResult, Driver, DriverRole, NodeId, RoleChange, ShellDriver, Term};
-use support::{init_tracing, lines, wait_until};
+use support::{group_alive, init_tracing, lines, wait_until};
 
 fn runner(timeout_ms: u64) -> ScriptRunner {
     let mut r = ScriptRunner::new();
@@ -237,4 +238,97 @@ async fn stdout_and_stderr_go_to_the_log_line_by_line() {
     assert!(line_with("to stderr").contains("stderr"));
     assert!(line_with("to stderr").contains("WARN"));
     assert!(line_with("no newline at end").contains("script=start"));
+}
+
+/// F5 at the script level: the engine cancels a start by dropping its future; the script's
+/// whole process group dies with it, at once (no grace period: a stop is waiting).
+#[tokio::test]
+async fn a_cancelled_script_has_its_process_group_killed_at_once() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("group.pid");
+    let script = format!("echo $$ > {}; sleep 30", pidfile.display());
+    let r = runner(20_000);
+    let mut run = Box::pin(r.run("start", &script, &[]));
+    tokio::select! {
+        outcome = &mut run => panic!("the script ended early: {outcome:?}"),
+        () = wait_until("the script runs", || lines(&pidfile).len() == 1) => {}
+    }
+    let group: i32 = lines(&pidfile)[0].parse().expect("a pid");
+    assert!(group_alive(group));
+    let cancelled = std::time::Instant::now();
+    drop(run);
+    wait_until("the script's process group is gone", || !group_alive(group)).await;
+    assert!(cancelled.elapsed() < Duration::from_secs(5));
+}
+
+/// A start cut short leaves the service state unknown: the stop after it runs its script,
+/// even though the service was known stopped before the start.
+#[tokio::test]
+async fn a_cancelled_start_makes_the_next_stop_run_its_script() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let start = format!("echo start >> {}; sleep 30", log.display());
+    let stop = format!("echo stop >> {}", log.display());
+    let mut d = ShellDriver::new(runner(20_000), start, stop);
+    use DriverRole::{Backup, Master};
+    assert_eq!(
+        d.on_role_change(change(Backup, None)).await,
+        ActionResult::Ok
+    );
+    {
+        let start = d.on_role_change(change(Master, Some(Backup)));
+        tokio::pin!(start);
+        tokio::select! {
+            result = &mut start => panic!("the start ended early: {result:?}"),
+            () = wait_until("start runs", || lines(&log).len() == 2) => {}
+        }
+    }
+    assert_eq!(
+        d.on_role_change(change(Backup, Some(Master))).await,
+        ActionResult::Ok
+    );
+    assert_eq!(lines(&log), vec!["stop", "start", "stop"]);
+}
+
+#[tokio::test]
+async fn a_stop_that_may_outlast_the_stop_budget_is_warned_about_once() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("clustd_drivers=info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // 2 s timeout + 500 ms grace > the 1 s budget.
+    let mut d = ShellDriver::new(runner(2000), "true", "true");
+    let budget = Some(Duration::from_millis(1000));
+    for (role, prev) in [
+        (DriverRole::Backup, None),
+        (DriverRole::Master, Some(DriverRole::Backup)),
+        (DriverRole::Backup, Some(DriverRole::Master)),
+    ] {
+        let c = change(role, prev).with_stop_budget(budget);
+        assert_eq!(d.on_role_change(c).await, ActionResult::Ok);
+    }
+    let text = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("longer than election.stop_budget_ms = 1000 ms"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(warnings[0].contains("up to 2500 ms"), "{}", warnings[0]);
+    // A budget that covers the longest stop is no news.
+    let mut d = ShellDriver::new(runner(2000), "true", "true");
+    let roomy = change(DriverRole::Backup, None).with_stop_budget(Some(Duration::from_secs(3)));
+    assert_eq!(d.on_role_change(roomy).await, ActionResult::Ok);
+    let text = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+    assert_eq!(
+        text.matches("longer than election.stop_budget_ms").count(),
+        1,
+        "{text}"
+    );
 }

@@ -93,6 +93,8 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 node: id("node-1"),
                 leader: Some(id("node-1")),
                 lease_remaining_ms: 614,
+                sent_at_ns: 86_400_000_000_000,
+                stop_budget_ms: 50,
                 reason: "elected".into(),
                 seq: 3,
             }),
@@ -105,6 +107,8 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 node: id("node-1"),
                 leader: Some(id("node-2")),
                 lease_remaining_ms: 0,
+                sent_at_ns: 86_400_250_000_000,
+                stop_budget_ms: 50,
                 reason: "lease-lost".into(),
                 seq: 4,
             }),
@@ -114,6 +118,15 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
             encode(&ToDriver::LeaseRenewal {
                 term: t,
                 lease_remaining_ms: 614,
+                sent_at_ns: 86_400_100_000_000,
+            }),
+        ),
+        (
+            "stop_failed",
+            encode(&ToDriver::StopFailed {
+                driver: id("shell-1"),
+                term: t,
+                result: ActionResult::TimedOut,
             }),
         ),
         (
@@ -295,7 +308,7 @@ fn main() {
             s.steps.len() >= 8
                 && s.steps
                     .iter()
-                    .filter(|s| matches!(s, Step::Run(ms) if *ms > 1000))
+                    .filter(|s| matches!(s, Step::Fault(_)))
                     .count()
                     >= 2
         }

@@ -9,8 +9,11 @@
 //! Checked: the engine never stops or panics; every `Role` accepted on the current
 //! connection is acknowledged exactly once, on that connection, and nothing else is; once
 //! the driver has had time to act, the last change handed to it is the engine's target
-//! role; and after a long silence (no renewals) the driver always ends in backup — the
-//! fail-safe — whatever lease values it was given.
+//! role; the driver is never master past the most generous lease end it was ever given,
+//! counted from each notice's send time (`sent_at_ns`, stamped on the harness's machine
+//! clock, in the past, now or the future) or arrival, whichever is earlier — a late notice
+//! never extends a lease; and after a long silence (no renewals) the driver always ends in
+//! backup — the fail-safe — whatever lease values it was given.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,6 +47,10 @@ pub enum Op {
         leader: u8,
         /// Remaining lease.
         lease_remaining_ms: u32,
+        /// How long before now the daemon stamped it (ms; negative: in the future).
+        sent_ago_ms: i16,
+        /// `election.stop_budget_ms`.
+        stop_budget_ms: u32,
         /// Sequence number.
         seq: u64,
         /// Reason.
@@ -55,6 +62,15 @@ pub enum Op {
         term: u64,
         /// Remaining lease.
         lease_remaining_ms: u32,
+        /// How long before now the daemon stamped it (ms; negative: in the future).
+        sent_ago_ms: i16,
+    },
+    /// A driver of this node reported a failed stop (a cluster event; never acknowledged).
+    StopFailed {
+        /// Term.
+        term: u64,
+        /// `TimedOut` rather than `Failed`.
+        timed_out: bool,
     },
     /// A raw frame (decoded with the codec; garbage drops the connection).
     Frame(Vec<u8>),
@@ -83,6 +99,9 @@ struct Model {
     unacked: BTreeMap<(u64, u64), u32>,
     /// Longest action, for "enough time to act".
     longest_action: Duration,
+    /// The latest any lease notice accepted so far allows (machine clock, ns): the earlier
+    /// of its stamp and its arrival, plus its lease. The driver is never master after it.
+    lease_bound_ns: u64,
 }
 
 impl Model {
@@ -106,8 +125,25 @@ impl Model {
         };
         match codec::decode::<ToDriver>(frame) {
             Ok(msg) => {
-                if let ToDriver::Role { seq, .. } = &msg {
-                    *self.unacked.entry((conn, *seq)).or_default() += 1;
+                match &msg {
+                    ToDriver::Role {
+                        role,
+                        seq,
+                        sent_at_ns,
+                        lease_remaining_ms,
+                        ..
+                    } => {
+                        *self.unacked.entry((conn, *seq)).or_default() += 1;
+                        if *role == DriverRole::Master {
+                            self.lease_notice(*sent_at_ns, *lease_remaining_ms);
+                        }
+                    }
+                    ToDriver::LeaseRenewal {
+                        sent_at_ns,
+                        lease_remaining_ms,
+                        ..
+                    } => self.lease_notice(*sent_at_ns, *lease_remaining_ms),
+                    _ => {}
                 }
                 self.harness.message(conn, msg);
             }
@@ -116,6 +152,24 @@ impl Model {
                 self.disconnect();
                 self.reconnect();
             }
+        }
+    }
+
+    /// A lease notice stamped `sent_at_ns` arrives now.
+    fn lease_notice(&mut self, sent_at_ns: u64, lease_remaining_ms: u32) {
+        let anchor = sent_at_ns.min(self.harness.now_ns());
+        let end = anchor.saturating_add(u64::from(lease_remaining_ms) * 1_000_000);
+        self.lease_bound_ns = self.lease_bound_ns.max(end);
+    }
+
+    /// The stamp of a notice sent `ago_ms` before now.
+    fn stamp(&self, ago_ms: i16) -> u64 {
+        let now = self.harness.now_ns();
+        let ago = u64::from(ago_ms.unsigned_abs()) * 1_000_000;
+        if ago_ms >= 0 {
+            now.saturating_sub(ago)
+        } else {
+            now.saturating_add(ago)
         }
     }
 
@@ -146,6 +200,15 @@ impl Model {
         if let Some(why) = self.harness.failure() {
             panic!("after {context:?}: the engine stopped: {why}");
         }
+        let status = self.harness.status();
+        if status.target_role == Some(DriverRole::Master) {
+            let now = self.harness.now_ns();
+            assert!(
+                now <= self.lease_bound_ns,
+                "after {context:?}: still master {} ns after the most generous lease ended: {status:?}",
+                now - self.lease_bound_ns
+            );
+        }
     }
 
     /// Gives the driver time to work through everything queued (the queue holds at most
@@ -167,6 +230,13 @@ fn leader(i: u8) -> Option<NodeId> {
     (i < 3).then(|| {
         NodeId::new(format!("node-{}", i + 1)).unwrap_or_else(|_| unreachable!("valid id"))
     })
+}
+
+/// Half the leases short (under 5 s, like real ones), so that their ends fall between the
+/// steps and a lease that runs even a little too long is seen; the other half anything up
+/// to `u32::MAX` ms.
+fn lease(raw: u32) -> u32 {
+    if raw & 1 == 0 { raw % 5000 } else { raw }
 }
 
 fn result(code: u8) -> ActionResult {
@@ -200,6 +270,7 @@ pub fn driver_protocol(data: &[u8]) {
         next_conn: 0,
         unacked: BTreeMap::new(),
         longest_action,
+        lease_bound_ns: 0,
     };
     let end = Op::Advance(0);
     model.reconnect();
@@ -210,6 +281,8 @@ pub fn driver_protocol(data: &[u8]) {
                 term,
                 leader: l,
                 lease_remaining_ms,
+                sent_ago_ms,
+                stop_budget_ms,
                 seq,
                 reason,
             } => {
@@ -218,12 +291,15 @@ pub fn driver_protocol(data: &[u8]) {
                 } else {
                     DriverRole::Backup
                 };
+                let sent_at_ns = model.stamp(*sent_ago_ms);
                 let msg = ToDriver::Role {
                     role,
                     term: Term(*term),
                     node: node(),
                     leader: leader(*l),
-                    lease_remaining_ms: *lease_remaining_ms,
+                    lease_remaining_ms: lease(*lease_remaining_ms),
+                    sent_at_ns,
+                    stop_budget_ms: *stop_budget_ms,
                     reason: reason.chars().take(64).collect(),
                     seq: *seq,
                 };
@@ -233,10 +309,26 @@ pub fn driver_protocol(data: &[u8]) {
             Op::Renewal {
                 term,
                 lease_remaining_ms,
+                sent_ago_ms,
             } => {
+                let sent_at_ns = model.stamp(*sent_ago_ms);
                 let msg = ToDriver::LeaseRenewal {
                     term: Term(*term),
-                    lease_remaining_ms: *lease_remaining_ms,
+                    lease_remaining_ms: lease(*lease_remaining_ms),
+                    sent_at_ns,
+                };
+                let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
+                model.frame(&frame);
+            }
+            Op::StopFailed { term, timed_out } => {
+                let msg = ToDriver::StopFailed {
+                    driver: NodeId::new("shell-1").unwrap_or_else(|_| unreachable!("valid id")),
+                    term: Term(*term),
+                    result: if *timed_out {
+                        ActionResult::TimedOut
+                    } else {
+                        ActionResult::Failed("exit status 1".into())
+                    },
                 };
                 let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
                 model.frame(&frame);
@@ -253,6 +345,8 @@ pub fn driver_protocol(data: &[u8]) {
                         node: node(),
                         leader: None,
                         lease_remaining_ms: *lease_remaining_ms,
+                        sent_at_ns: model.harness.now_ns(),
+                        stop_budget_ms: 0,
                         reason: "stale".into(),
                         seq: *seq,
                     };

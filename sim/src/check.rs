@@ -1,12 +1,14 @@
 //! The checkers: what the simulation proves on every run.
 //!
-//! The [`Observer`] sees what drivers see (role notices and lease ends, converted to global
-//! simulated time) plus every durable write and the nodes' status, and records violations of:
+//! The [`Observer`] sees what each daemon told its drivers and heard back (the runtime's
+//! `DriverRecord`s, converted to global simulated time), the role notices, every durable
+//! write and the nodes' status, and records violations of:
+//! - **never two services at once**, judged by the one strict checker of the project,
+//!   [`clustd_core::check::ServiceChecker`]: a node's service interval starts with the first
+//!   "master" notice to one of its (real, simulated) drivers and ends only at an `Ok` stop
+//!   acknowledgement or at the end of the last lease a driver holds plus the stop budget —
+//!   a "backup" notice, a failed stop or a crash shortens nothing;
 //! - **one leader per term**: no two nodes lead, or are named leader, in the same term;
-//! - **disjoint master intervals**: a node is master (as its drivers see it) from the
-//!   "master" notice until the "backup" notice or the end of its last lease, whichever is
-//!   first; after a crash, until that lease end (its drivers keep running until then). No two
-//!   nodes' intervals may overlap in global time;
 //! - **terms never decrease** on any node, across restarts (status and durable writes);
 //! - **one vote per term**: a node's durable vote in a term never changes once cast;
 //! - liveness and stability are checked by the harness ([`crate::Cluster::expect_master_within`],
@@ -16,31 +18,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use clustd_core::{DriverRole, PersistentState};
+use clustd_core::check::ServiceChecker;
+use clustd_core::{DriverRole, NodeId, PersistentState, Term};
 
 use crate::store::Save;
-
-/// A master interval as drivers saw it, in global simulated time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MasterInterval {
-    /// Node index.
-    pub node: usize,
-    /// Fencing token.
-    pub term: u64,
-    /// When drivers were told "master".
-    pub start: Duration,
-    /// When drivers stopped (told "backup", or the lease ran out); `None` while open.
-    pub end: Option<Duration>,
-    /// The end of the lease last given to drivers.
-    pub lease_end: Duration,
-}
-
-impl MasterInterval {
-    /// Where the interval ends, assuming it is still open at `now`.
-    pub fn end_or(&self, now: Duration) -> Duration {
-        self.end.unwrap_or(now.min(self.lease_end))
-    }
-}
 
 /// A role notice as the observer receives it (lease end already in global time).
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +38,42 @@ pub struct Seen<'a> {
     pub reason: &'a str,
     /// While master: the end of the lease, in global time.
     pub lease_end: Option<Duration>,
+}
+
+/// One driver record of a node, in global time, for the service checker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fed {
+    /// "master" sent to `driver`, whose lease then ends at `lease_end`.
+    ToldMaster {
+        /// The driver.
+        driver: NodeId,
+        /// Term of the notice.
+        term: u64,
+        /// Lease end, global.
+        lease_end: Duration,
+    },
+    /// A renewal sent to `driver`.
+    Lease {
+        /// The driver.
+        driver: NodeId,
+        /// Lease end, global.
+        lease_end: Duration,
+    },
+    /// `driver` confirmed its stop (`Ok`).
+    StopConfirmed {
+        /// The driver.
+        driver: NodeId,
+    },
+    /// `driver` reported a failed or timed-out stop.
+    StopFailed {
+        /// The driver.
+        driver: NodeId,
+    },
+}
+
+/// The checker's name for node `i`.
+pub fn node_id(i: usize) -> NodeId {
+    NodeId::new(format!("n{i}")).unwrap_or_else(|_| unreachable!("n<digits> is a valid id"))
 }
 
 /// FNV-1a, 64 bits: a stable hash for traces (std's hasher may change between releases).
@@ -89,13 +106,25 @@ impl TraceHash {
     }
 }
 
-/// Records what drivers saw and checks the invariants as it goes.
+/// What the daemon last announced for a node (role notices): for the harness's queries
+/// ("who is master now?"), never for the safety verdict.
+#[derive(Debug, Clone, Copy)]
+struct Announced {
+    term: u64,
+    lease_end: Duration,
+}
+
+/// Records what drivers were told and checks the invariants as it goes.
 #[derive(Debug, Default)]
 pub struct Observer {
-    /// Master intervals, in the order they started.
-    pub intervals: Vec<MasterInterval>,
-    /// Index into `intervals` of each node's open interval.
-    open: BTreeMap<usize, usize>,
+    /// The one strict checker of service intervals.
+    pub service: ServiceChecker,
+    /// Stop budget per node, real time (what `election.stop_budget_ms` promises).
+    pub stop_budget: Duration,
+    /// How many of the service checker's violations are already in `violations`.
+    service_seen: usize,
+    /// Nodes whose daemon announced "master" last (role notices).
+    announced: BTreeMap<usize, Announced>,
     /// Who led each term (from "master" notices, status and the leader named in notices).
     pub leaders: BTreeMap<u64, usize>,
     /// Highest term seen per node (status and writes).
@@ -114,9 +143,12 @@ pub struct Observer {
     failover_from: Option<(Duration, usize)>,
     /// Every term in which some node became master.
     pub master_terms: Vec<u64>,
-    /// Intervals opened during the current tick, checked at its end (when every node's
-    /// notices of the tick are in, so a hand-over within one tick is not misread).
-    unchecked: Vec<usize>,
+    /// Driver records fed to the service checker.
+    pub records: u64,
+    /// "master" notices that reached the service checker (told to a connected driver).
+    pub told_master: u64,
+    /// Global time of the latest record fed.
+    last_record: Duration,
 }
 
 fn ms(t: Duration) -> String {
@@ -124,6 +156,14 @@ fn ms(t: Duration) -> String {
 }
 
 impl Observer {
+    /// An observer for nodes with this stop budget.
+    pub fn new(stop_budget: Duration) -> Self {
+        Self {
+            stop_budget,
+            ..Self::default()
+        }
+    }
+
     /// Records an event in the trace.
     pub fn event(&mut self, at: Duration, text: String) {
         self.hash
@@ -139,9 +179,9 @@ impl Observer {
         self.violations.push(text);
     }
 
-    /// A role notice from node `node`: `start` is the beginning of the tick it happened
-    /// in, `end` the end (masters start early, backups end late: the check errs on the
-    /// side of reporting).
+    /// A role notice from node `node` during the tick `[start, end]`: the trace, terms,
+    /// leaders, failover timing and who is master now. Not the safety verdict: that comes
+    /// from the driver records ([`Observer::on_record`]).
     pub fn on_notice(&mut self, notice: &Seen<'_>, (start, end): (Duration, Duration)) {
         let Seen {
             node,
@@ -165,18 +205,14 @@ impl Observer {
         match role {
             DriverRole::Master => {
                 self.note_leader(end, term, node, "became master");
-                self.close(node, end);
-                let lease_end = lease_end.unwrap_or(end);
-                self.open.insert(node, self.intervals.len());
-                self.intervals.push(MasterInterval {
+                self.announced.insert(
                     node,
-                    term,
-                    start,
-                    end: None,
-                    lease_end,
-                });
+                    Announced {
+                        term,
+                        lease_end: lease_end.unwrap_or(end),
+                    },
+                );
                 self.master_terms.push(term);
-                self.unchecked.push(self.intervals.len() - 1);
                 if let Some((since, old)) = self.failover_from
                     && old != node
                 {
@@ -184,56 +220,93 @@ impl Observer {
                     self.failover_from = None;
                 }
             }
-            DriverRole::Backup => self.close(node, end),
+            DriverRole::Backup => {
+                self.announced.remove(&node);
+            }
         }
     }
 
-    /// The lease drivers of `node` were last told ends at `lease_end` (global time);
-    /// seen during the tick `[start, end]`.
-    pub fn on_lease(
-        &mut self,
-        node: usize,
-        lease_end: Duration,
-        (start, end): (Duration, Duration),
-    ) {
-        let Some(&i) = self.open.get(&node) else {
-            return;
-        };
-        let interval = &mut self.intervals[i];
-        if lease_end <= interval.lease_end {
-            return;
-        }
-        if interval.lease_end < start {
-            // The drivers' lease had run out (they stopped) before this renewal reached
-            // them without a new "master" notice: count a new interval from here.
-            let term = interval.term;
-            interval.end = Some(interval.lease_end.max(interval.start));
-            self.event(end, format!("n{node} lease renewed after it had expired"));
-            self.open.insert(node, self.intervals.len());
-            self.intervals.push(MasterInterval {
-                node,
-                term,
-                start,
-                end: None,
-                lease_end,
-            });
-            self.unchecked.push(self.intervals.len() - 1);
-        } else {
-            interval.lease_end = lease_end;
+    /// The lease the daemon of `node` holds now ends at `lease_end` (global time).
+    pub fn on_lease(&mut self, node: usize, lease_end: Duration) {
+        if let Some(a) = self.announced.get_mut(&node) {
+            a.lease_end = a.lease_end.max(lease_end);
         }
     }
 
-    /// Node `node` is gone (crash or exit): its drivers run until its lease ends.
-    pub fn on_down(&mut self, node: usize, at: Duration) {
-        if let Some(i) = self.open.remove(&node) {
-            let interval = &mut self.intervals[i];
-            interval.end = Some(interval.lease_end.max(interval.start));
-            let stop = ms(interval.lease_end);
-            self.event(
+    /// One driver record of `node` at global time `at`, fed to the service checker (in
+    /// global time order across nodes: the harness sorts each tick's records).
+    pub fn on_record(&mut self, at: Duration, node: usize, fed: &Fed) {
+        self.records += 1;
+        // Converting node clocks to global time rounds by a nanosecond or so; records of one
+        // tick are sorted, but a tick boundary may still step back by that much.
+        if at + Duration::from_micros(1) < self.last_record {
+            let last = self.last_record;
+            self.violation(
                 at,
-                format!("n{node} down while master; its drivers stop at {stop}"),
+                format!("driver records out of order: {at:?} after {last:?} (a harness bug)"),
             );
         }
+        let at = at.max(self.last_record);
+        self.last_record = at;
+        let id = node_id(node);
+        match fed {
+            Fed::ToldMaster {
+                driver,
+                term,
+                lease_end,
+            } => {
+                self.told_master += 1;
+                self.event(
+                    at,
+                    format!(
+                        "n{node} told driver {driver} master (term {term}), lease to {}",
+                        ms(*lease_end)
+                    ),
+                );
+                self.service.told_master(
+                    at,
+                    &id,
+                    driver,
+                    Term(*term),
+                    *lease_end,
+                    self.stop_budget,
+                );
+            }
+            Fed::Lease { driver, lease_end } => {
+                self.service.lease(at, &id, driver, *lease_end);
+            }
+            Fed::StopConfirmed { driver } => {
+                self.event(at, format!("n{node} driver {driver} confirmed its stop"));
+                self.service.stop_confirmed(at, &id, driver);
+            }
+            Fed::StopFailed { driver } => {
+                self.event(
+                    at,
+                    format!("n{node} driver {driver} reported a FAILED stop"),
+                );
+                self.service.stop_failed(at, &id, driver);
+            }
+        }
+        self.take_service_violations(at);
+    }
+
+    fn take_service_violations(&mut self, at: Duration) {
+        let new: Vec<String> = self.service.violations()[self.service_seen..]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        self.service_seen += new.len();
+        for v in new {
+            self.violation(at, v);
+        }
+    }
+
+    /// Node `node`'s daemon is gone (crash or exit): its drivers run on until their lease
+    /// plus the stop budget.
+    pub fn on_down(&mut self, node: usize, at: Duration) {
+        self.announced.remove(&node);
+        self.service.crashed(at, &node_id(node));
+        self.event(at, format!("n{node} down"));
     }
 
     /// A fault took (or may have taken) the master `node` away at `at`: time the failover.
@@ -246,14 +319,6 @@ impl Observer {
     /// Abandons a failover measurement (another fault interfered).
     pub fn cancel_failover(&mut self) {
         self.failover_from = None;
-    }
-
-    fn close(&mut self, node: usize, at: Duration) {
-        if let Some(i) = self.open.remove(&node) {
-            let interval = &mut self.intervals[i];
-            // Drivers stop at the lease end at the latest, even if told later.
-            interval.end = Some(at.min(interval.lease_end).max(interval.start));
-        }
     }
 
     /// Status of a node, sampled every tick: its protocol role and term.
@@ -304,6 +369,13 @@ impl Observer {
         self.votes.insert(*node, state.clone());
     }
 
+    /// A node's state was wiped while it was down (a scenario that models an operator
+    /// moving a corrupt state file away): its next writes start over.
+    pub fn forget_disk(&mut self, node: usize) {
+        self.votes.remove(&node);
+        self.terms.remove(&node);
+    }
+
     fn note_term(&mut self, at: Duration, node: usize, term: u64) {
         let prev = self.terms.entry(node).or_insert(term);
         if term < *prev {
@@ -329,84 +401,19 @@ impl Observer {
         }
     }
 
-    /// Ends a tick: checks the intervals opened during it against all others.
-    pub fn end_tick(&mut self, now: Duration) {
-        for index in std::mem::take(&mut self.unchecked) {
-            self.check_overlap_of(index, now);
-        }
-    }
-
-    fn check_overlap_of(&mut self, index: usize, now: Duration) {
-        let new = self.intervals[index].clone();
-        let found: Vec<MasterInterval> = self
-            .intervals
-            .iter()
-            .filter(|other| {
-                other.node != new.node && other.end_or(now) > new.start && new.start >= other.start
-            })
-            .cloned()
-            .collect();
-        for other in found {
-            self.violation(
-                now,
-                format!(
-                    "two masters: n{} (term {}) became master at {} while n{} (term {}, master since {}) was master until {}",
-                    new.node,
-                    new.term,
-                    ms(new.start),
-                    other.node,
-                    other.term,
-                    ms(other.start),
-                    ms(other.end_or(now))
-                ),
-            );
-        }
-    }
-
-    /// Final pass over all intervals (catches overlaps that lease extensions created later).
-    pub fn final_check(&mut self, now: Duration) {
-        let mut found = Vec::new();
-        for (i, a) in self.intervals.iter().enumerate() {
-            for b in &self.intervals[i + 1..] {
-                if a.node != b.node && a.start < b.end_or(now) && b.start < a.end_or(now) {
-                    found.push((a.clone(), b.clone()));
-                }
-            }
-        }
-        for (a, b) in found {
-            let text = format!(
-                "master intervals overlap: n{} term {} [{}, {}] and n{} term {} [{}, {}]",
-                a.node,
-                a.term,
-                ms(a.start),
-                ms(a.end_or(now)),
-                b.node,
-                b.term,
-                ms(b.start),
-                ms(b.end_or(now))
-            );
-            if !self
-                .violations
-                .iter()
-                .any(|v| v.contains(&format!("n{} (term {})", b.node, b.term)))
-            {
-                self.violation(now, text);
-            }
-        }
-    }
-
-    /// The node whose drivers run the service now, if any.
+    /// The node whose daemon says it is master now (its last notice was "master" and its
+    /// lease has not run out), the highest term first.
     pub fn master_at(&self, now: Duration) -> Option<usize> {
-        self.open
+        self.announced
             .iter()
-            .map(|(node, i)| (*node, &self.intervals[*i]))
-            .find(|(_, interval)| interval.lease_end >= now)
-            .map(|(node, _)| node)
+            .filter(|(_, a)| a.lease_end >= now)
+            .max_by_key(|(_, a)| a.term)
+            .map(|(node, _)| *node)
     }
 
-    /// The term of node's open master interval.
+    /// The term of node's current "master" announcement.
     pub fn master_term(&self, node: usize) -> Option<u64> {
-        self.open.get(&node).map(|i| self.intervals[*i].term)
+        self.announced.get(&node).map(|a| a.term)
     }
 
     /// The last `n` events, one per line.
@@ -425,64 +432,50 @@ mod tests {
 
     const T: fn(u64) -> Duration = Duration::from_millis;
 
+    fn driver(s: &str) -> NodeId {
+        NodeId::new(s).expect("valid")
+    }
+
     #[test]
-    fn overlapping_masters_are_reported_and_disjoint_ones_are_not() {
-        let mut o = Observer::default();
-        o.on_notice(
-            &Seen {
-                node: 0,
-                role: DriverRole::Master,
-                term: 1,
-                leader: Some(0),
-                reason: "elected",
-                lease_end: Some(T(1700)),
+    fn driver_records_reach_the_strict_checker() {
+        let mut o = Observer::new(T(200));
+        let told = |d: &str, term, lease| Fed::ToldMaster {
+            driver: driver(d),
+            term,
+            lease_end: T(lease),
+        };
+        o.on_record(T(1000), 0, &told("d0", 1, 1700));
+        // A failed stop ends nothing: a master elsewhere before 1700 + 200 overlaps.
+        o.on_record(
+            T(1100),
+            0,
+            &Fed::StopFailed {
+                driver: driver("d0"),
             },
-            (T(1000), T(1005)),
         );
-        o.on_notice(
-            &Seen {
-                node: 0,
-                role: DriverRole::Backup,
-                term: 1,
-                leader: None,
-                reason: "lease-expired",
-                lease_end: None,
-            },
-            (T(1700), T(1705)),
-        );
-        o.on_notice(
-            &Seen {
-                node: 1,
-                role: DriverRole::Master,
-                term: 2,
-                leader: Some(1),
-                reason: "elected",
-                lease_end: Some(T(2800)),
-            },
-            (T(2100), T(2105)),
-        );
-        o.end_tick(T(2105));
-        o.final_check(T(3000));
-        assert!(o.violations.is_empty(), "{:?}", o.violations);
-        // A crashed master's drivers run until its lease ends.
-        o.on_down(1, T(2200));
-        o.on_notice(
-            &Seen {
-                node: 2,
-                role: DriverRole::Master,
-                term: 3,
-                leader: Some(2),
-                reason: "elected",
-                lease_end: Some(T(3000)),
-            },
-            (T(2500), T(2505)),
-        );
-        o.end_tick(T(2505));
+        o.on_record(T(1850), 1, &told("d1", 2, 2550));
+        assert_eq!(o.violations.len(), 1, "{:?}", o.violations);
         assert!(
-            o.violations.iter().any(|v| v.contains("two masters")),
+            o.violations[0].contains("two services at once"),
             "{:?}",
             o.violations
         );
+        // An Ok stop does end it.
+        let mut o = Observer::new(T(200));
+        o.on_record(T(1000), 0, &told("d0", 1, 1700));
+        o.on_record(
+            T(1100),
+            0,
+            &Fed::StopConfirmed {
+                driver: driver("d0"),
+            },
+        );
+        o.on_record(T(1150), 1, &told("d1", 2, 1850));
+        assert!(o.violations.is_empty(), "{:?}", o.violations);
+        // A crash ends nothing either.
+        o.on_down(1, T(1200));
+        o.on_record(T(1900), 2, &told("d2", 3, 2600));
+        assert_eq!(o.violations.len(), 1, "{:?}", o.violations);
     }
 
     #[test]

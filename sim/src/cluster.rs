@@ -1,9 +1,14 @@
 //! The harness: a cluster of real clustd nodes as turmoil hosts, faults, and observation.
 //!
-//! Each node runs `clustd::run` with [`SimNet`] sockets, a [`DriftClock`] and a
-//! [`SimStore`]. The harness steps the simulation by hand (one tick at a time), and after
-//! every tick drains each node's role notices, lease updates, status and durable writes
-//! into the [`Observer`].
+//! Each node `n{i}` runs `clustd::run` with [`SimNet`] sockets, a [`DriftClock`] and a
+//! [`SimStore`]; beside it, host `d{i}` runs the real driver library (`clustd_drivers`)
+//! with a simulated service, connected to `n{i}` over the cluster transport and reading
+//! the same machine clock ([`MachineTime`]). A driver host is never partitioned from its
+//! daemon except on purpose (a disconnected driver), and never crashes: a SIGKILLed daemon
+//! leaves its driver running, which then demotes itself when its lease runs out.
+//! The harness steps the simulation by hand (one tick at a time), and after every tick
+//! drains each daemon's driver records, role notices, lease updates, status and durable
+//! writes into the [`Observer`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -13,16 +18,21 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use clustd::runtime::{Command, Handle, RoleNotice, Shutdown};
-use clustd_core::{DriverRole, Instant};
+use std::sync::{Arc, Mutex};
+
+use clustd::runtime::{Command, DriverRecord, Handle, RoleNotice, RuntimeError, Shutdown};
+use clustd::store::StoreError;
+use clustd_core::{ActionResult, DriverRole, Instant};
+use clustd_drivers::{Driver, DriverConfig, RoleChange};
 use clustd_transport::TransportKind;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use turmoil::{Protocol, Segment, Sim};
 
-use crate::check::{Observer, Seen};
-use crate::clock::DriftClock;
+use crate::check::{Fed, Observer, Seen};
+use crate::clock::{DriftClock, MachineTime, Pause};
 use crate::net::{SimNet, mix, splitmix};
 use crate::store::{Disk, SharedDisk, SimStore, lock};
+use clustd_core::fault::{DiskFault, Fault};
 
 /// The port every node listens on.
 pub const PORT: u16 = 7400;
@@ -56,6 +66,14 @@ pub struct SimConfig {
     pub priorities: Vec<u8>,
     /// Explicit clock rates per node (overrides `drift` when not empty).
     pub clock_rates: Vec<f64>,
+    /// `election.stop_budget_ms`.
+    pub stop_budget_ms: u64,
+    /// How long the simulated service takes to start (ms).
+    pub service_start_ms: u64,
+    /// How long the simulated service takes to stop (ms; within the stop budget).
+    pub service_stop_ms: u64,
+    /// The sweep's swarm of fault kinds, printed with the seed.
+    pub swarm: Option<String>,
 }
 
 impl SimConfig {
@@ -76,6 +94,10 @@ impl SimConfig {
             latency: (Duration::from_millis(1), Duration::from_millis(5)),
             priorities: Vec::new(),
             clock_rates: Vec::new(),
+            stop_budget_ms: 200,
+            service_start_ms: 20,
+            service_stop_ms: 30,
+            swarm: None,
         }
     }
 
@@ -120,17 +142,118 @@ pub fn seed_from_env(default: u64) -> u64 {
 /// Installs a log subscriber once, at `SIM_LOG` (default `warn`: turmoil opens an INFO
 /// span per host per tick, so more is slow).
 pub fn init_logging() {
-    let filter = std::env::var("SIM_LOG").unwrap_or_else(|_| "warn".into());
+    let filter = std::env::var("SIM_LOG").unwrap_or_else(|_| "warn,clustd_drivers=error".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()
         .try_init();
 }
 
+/// How a node's simulated driver behaves, and what it did (shared with its host).
+#[derive(Debug, Default)]
+pub struct ServiceState {
+    /// Start takes this long.
+    pub start: Duration,
+    /// Stop takes this long.
+    pub stop: Duration,
+    /// Stops report `Failed` (the service may still run: the daemon must wait for the lease).
+    pub fail_stops: bool,
+    /// What the driver did, with global time, for the trace.
+    pub log: Vec<(Duration, String)>,
+    /// Whether the simulated service runs now.
+    pub running: bool,
+}
+
+/// The simulated service behind a node's real driver session.
+struct SimService {
+    node: usize,
+    state: Arc<Mutex<ServiceState>>,
+}
+
+fn lock_state(state: &Mutex<ServiceState>) -> std::sync::MutexGuard<'_, ServiceState> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Driver for SimService {
+    async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
+        let (took, fail) = {
+            let s = lock_state(&self.state);
+            match change.role {
+                DriverRole::Master => (s.start, false),
+                DriverRole::Backup => (s.stop, s.fail_stops),
+            }
+        };
+        let begin = turmoil::sim_elapsed().unwrap_or_default();
+        // A start that the library cancels (demotion, lease end) is killed: dropped here.
+        let mut cancelled = CancelGuard {
+            state: self.state.clone(),
+            node: self.node,
+            armed: change.role == DriverRole::Master,
+        };
+        if change.role == DriverRole::Master {
+            lock_state(&self.state).running = true;
+        }
+        tokio::time::sleep(took).await;
+        cancelled.armed = false;
+        let end = turmoil::sim_elapsed().unwrap_or_default();
+        let mut s = lock_state(&self.state);
+        let what = match (change.role, fail) {
+            (DriverRole::Master, _) => "started".to_string(),
+            (DriverRole::Backup, false) => {
+                s.running = false;
+                "stopped".to_string()
+            }
+            // It reports failure, but the service is gone: ground truth stays one service
+            // (a stop that really leaves the service running is the fencing issue's case).
+            (DriverRole::Backup, true) => {
+                s.running = false;
+                "stop FAILED (simulated)".to_string()
+            }
+        };
+        s.log.push((
+            end,
+            format!(
+                "d{} {what} (term {}, {}, began {:.3}s)",
+                self.node,
+                change.term.0,
+                change.reason,
+                begin.as_secs_f64()
+            ),
+        ));
+        if fail {
+            ActionResult::Failed("simulated stop failure".into())
+        } else {
+            ActionResult::Ok
+        }
+    }
+}
+
+/// Marks the simulated service stopped if a start is dropped (cancelled) before it ends.
+struct CancelGuard {
+    state: Arc<Mutex<ServiceState>>,
+    node: usize,
+    armed: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let at = turmoil::sim_elapsed().unwrap_or_default();
+            let mut s = lock_state(&self.state);
+            s.running = false;
+            s.log
+                .push((at, format!("d{} start cancelled (killed)", self.node)));
+        }
+    }
+}
+
 /// What one incarnation of a node exposes to the harness.
 struct Live {
     handle: Handle,
     notices: broadcast::Receiver<RoleNotice>,
+    records: broadcast::Receiver<DriverRecord>,
     lease: watch::Receiver<Option<Instant>>,
     clock: DriftClock,
     stop: Option<oneshot::Sender<Shutdown>>,
@@ -141,6 +264,8 @@ struct Live {
 struct Slot {
     live: Option<Live>,
     incarnation: u64,
+    /// The daemon refused to start (a damaged state file), this many times.
+    refused: u64,
 }
 
 /// A simulated cluster.
@@ -161,6 +286,20 @@ pub struct Cluster {
     cut_for_crash: Vec<bool>,
     /// Clock rate per node (fixed when the hosts are built).
     rates: Vec<f64>,
+    /// Each daemon's pause switch.
+    pauses: Vec<Pause>,
+    /// Paused daemons and when they resume (global time).
+    paused: Vec<(Duration, usize)>,
+    /// Each node's simulated service.
+    services: Vec<Arc<Mutex<ServiceState>>>,
+    /// Driver host names (`d{i}`).
+    driver_names: Vec<String>,
+    /// When the latest partition-like fault began (for heals timed near a timeout).
+    last_cut: Option<Duration>,
+    /// Crashes so far (they alternate between silent and FIN).
+    crashes: u64,
+    /// Nodes whose simulated service ran at the end of the last tick.
+    running_services: Vec<usize>,
     steps: u64,
 }
 
@@ -193,6 +332,7 @@ impl Cluster {
             })
             .collect();
         let disk: SharedDisk = std::sync::Arc::new(std::sync::Mutex::new(Disk::default()));
+        let pauses: Vec<Pause> = (0..config.nodes).map(|_| Pause::default()).collect();
         let secret = "sim-cluster-secret-0123456789abcdef0123456789";
         let mut slots = Vec::new();
         for i in 0..config.nodes {
@@ -207,7 +347,7 @@ impl Cluster {
                 })
                 .collect();
             let toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\n",
+                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\nstop_budget_ms = {}\n",
                 names[i],
                 names[i],
                 config.witnesses.contains(&i),
@@ -219,6 +359,7 @@ impl Cluster {
                 config.election_timeout_ms[1],
                 config.max_clock_drift,
                 config.priorities.get(i).copied().unwrap_or(0),
+                config.stop_budget_ms,
             );
             let (settings, _warnings) =
                 clustd::Settings::parse(&toml, &format!("sim/{}.toml", names[i]), Path::new("/"))
@@ -228,12 +369,14 @@ impl Cluster {
             let slot = Rc::new(RefCell::new(Slot::default()));
             slots.push(slot.clone());
             let disk = disk.clone();
-            let rate = rates[i];
+            let machine = MachineTime::new(rates[i]);
+            let pause = pauses[i].clone();
             let seed = config.seed;
             sim.host(names[i].as_str(), move || {
                 let slot = slot.clone();
                 let mut settings = settings.clone();
                 let disk = disk.clone();
+                let pause = pause.clone();
                 async move {
                     let incarnation = {
                         let mut s = slot.borrow_mut();
@@ -242,15 +385,16 @@ impl Cluster {
                     };
                     // The loader seeds from OS randomness: replace it with the run's seed.
                     settings.core.rng_seed = mix(&[seed, i as u64, incarnation, 1]);
-                    let clock = DriftClock::start(rate);
+                    let clock = DriftClock::start(machine, pause);
                     let (control, handle) = clustd::control();
                     let (stop_tx, stop_rx) = oneshot::channel();
                     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
                     slot.borrow_mut().live = Some(Live {
                         notices: handle.subscribe(),
+                        records: handle.driver_records(),
                         lease: handle.lease(),
                         handle: handle.clone(),
-                        clock,
+                        clock: clock.clone(),
                         stop: Some(stop_tx),
                         commands: cmd_tx,
                     });
@@ -261,7 +405,7 @@ impl Cluster {
                     });
                     let shutdown = async move { stop_rx.await.unwrap_or(Shutdown::Immediate) };
                     let net = SimNet::new(mix(&[seed, i as u64, incarnation, 2]));
-                    clustd::run(
+                    let result = clustd::run(
                         settings,
                         net,
                         clock,
@@ -269,7 +413,50 @@ impl Cluster {
                         control,
                         shutdown,
                     )
-                    .await?;
+                    .await;
+                    match result {
+                        // A damaged state file: refusing to start is the right outcome.
+                        Err(RuntimeError::Store(StoreError::Corrupt { .. })) => {
+                            slot.borrow_mut().refused += 1;
+                            Ok(())
+                        }
+                        other => other.map_err(Into::into),
+                    }
+                }
+            });
+        }
+        // One driver host per node, on the same machine clock, dialing its daemon.
+        let mut services = Vec::new();
+        let mut driver_names = Vec::new();
+        for i in 0..config.nodes {
+            let state = Arc::new(Mutex::new(ServiceState {
+                start: Duration::from_millis(config.service_start_ms),
+                stop: Duration::from_millis(config.service_stop_ms),
+                ..ServiceState::default()
+            }));
+            services.push(state.clone());
+            let name = format!("d{i}");
+            driver_names.push(name.clone());
+            let daemon = SocketAddr::new(addrs[i], PORT);
+            let transport = config.transport;
+            let machine = MachineTime::new(rates[i]);
+            let seed = config.seed;
+            sim.host(name.as_str(), move || {
+                let state = state.clone();
+                async move {
+                    let mut driver = DriverConfig::new(daemon, transport, secret.as_bytes(), "sim")
+                        .with_driver_id(format!("d{i}"))
+                        .unwrap_or_else(|_| unreachable!("d<digits> is a valid id"));
+                    driver.rng_seed = Some(mix(&[seed, i as u64, 3]));
+                    driver.reconnect_max = Duration::from_secs(1);
+                    let net = SimNet::new(mix(&[seed, i as u64, 4]));
+                    let service = SimService { node: i, state };
+                    let mut session = clustd_drivers::connect_with(driver, service, net, machine)
+                        .map_err(|e| format!("driver d{i}: {e}"))?;
+                    session
+                        .wait()
+                        .await
+                        .map_err(|e| format!("driver d{i}: {e}"))?;
                     Ok(())
                 }
             });
@@ -280,6 +467,7 @@ impl Cluster {
             .map(|(i, n)| (n.clone(), i))
             .collect();
         let nodes = config.nodes;
+        let stop_budget = Duration::from_millis(config.stop_budget_ms);
         let mut cluster = Self {
             config,
             sim,
@@ -288,10 +476,17 @@ impl Cluster {
             slots,
             disk,
             journal_seen: 0,
-            observer: Observer::default(),
+            observer: Observer::new(stop_budget),
             down: vec![false; nodes],
             cut_for_crash: vec![false; nodes],
             rates,
+            pauses,
+            paused: Vec::new(),
+            services,
+            driver_names,
+            last_cut: None,
+            crashes: 0,
+            running_services: Vec::new(),
             steps: 0,
         };
         let rates = cluster
@@ -325,6 +520,7 @@ impl Cluster {
         let end = self.sim.elapsed();
         self.steps += 1;
         self.observe((start, end));
+        self.resume_paused(end);
     }
 
     /// Runs for `d` of simulated time.
@@ -350,6 +546,84 @@ impl Cluster {
 
     fn observe(&mut self, tick: (Duration, Duration)) {
         let (_, now) = tick;
+        // Driver records of every node, fed to the service checker in global time order.
+        let mut fed: Vec<(Duration, usize, Fed)> = Vec::new();
+        let mut lost = Vec::new();
+        for i in 0..self.slots.len() {
+            let mut slot = self.slots[i].borrow_mut();
+            let Some(live) = slot.live.as_mut() else {
+                continue;
+            };
+            loop {
+                let record = match live.records.try_recv() {
+                    Ok(record) => record,
+                    Err(broadcast::error::TryRecvError::Lagged(k)) => {
+                        lost.push((i, k));
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                let at = live.clock.to_global(record.at());
+                let global = |t: Instant| live.clock.to_global(t);
+                let item = match record {
+                    DriverRecord::ToldMaster {
+                        driver,
+                        term,
+                        lease_until,
+                        ..
+                    } => Fed::ToldMaster {
+                        driver,
+                        term: term.0,
+                        lease_end: global(lease_until),
+                    },
+                    DriverRecord::LeaseGiven {
+                        driver,
+                        lease_until,
+                        ..
+                    } => Fed::Lease {
+                        driver,
+                        lease_end: global(lease_until),
+                    },
+                    DriverRecord::StopConfirmed { driver, .. } => Fed::StopConfirmed { driver },
+                    DriverRecord::StopFailed { driver, .. } => Fed::StopFailed { driver },
+                    _ => continue,
+                };
+                fed.push((at, i, item));
+            }
+        }
+        for (i, k) in lost {
+            self.observer.violation(
+                now,
+                format!("observer of n{i} lost {k} driver records (harness bug)"),
+            );
+        }
+        fed.sort_by_key(|(at, i, _)| (*at, *i));
+        for (at, i, item) in &fed {
+            self.observer.on_record(*at, *i, item);
+        }
+        let mut running = Vec::new();
+        for i in 0..self.services.len() {
+            let (log, on) = {
+                let mut s = lock_state(&self.services[i]);
+                (std::mem::take(&mut s.log), s.running)
+            };
+            for (at, text) in log {
+                self.observer.event(at, text);
+            }
+            if on {
+                running.push(i);
+            }
+        }
+        // Ground truth, beside the model: the simulated services themselves. Catches a
+        // driver that runs longer than the model allows (a lease that grew, a stop that
+        // waited behind a start).
+        if running.len() > 1 && running != self.running_services {
+            self.observer.violation(
+                now,
+                format!("two simulated services running at once: {running:?}"),
+            );
+        }
+        self.running_services = running;
         for i in 0..self.slots.len() {
             let mut notices = Vec::new();
             let mut lease = None;
@@ -376,7 +650,10 @@ impl Cluster {
                             .map(|at| live.clock.to_global(at));
                     }
                     let s = live.handle.status();
-                    status = Some((s.term, s.protocol_role == "leader"));
+                    // Empty until the runtime has loaded its state (never, if it refused).
+                    if !s.node_id.is_empty() {
+                        status = Some((s.term, s.protocol_role == "leader"));
+                    }
                     for n in &mut notices {
                         let lease_end = n.lease_until.map(|at| live.clock.to_global(at));
                         n.lease_until = None;
@@ -399,7 +676,7 @@ impl Cluster {
                 }
             }
             if let Some(lease_end) = lease {
-                self.observer.on_lease(i, lease_end, tick);
+                self.observer.on_lease(i, lease_end);
             }
             if let Some((term, leader)) = status {
                 self.observer.on_status(now, i, term, leader);
@@ -421,7 +698,6 @@ impl Cluster {
         for save in &saves {
             self.observer.on_save(save);
         }
-        self.observer.end_tick(now);
         // Messages in flight are part of the trace, sampled every 100 ticks: endpoints,
         // kind, sequence number and length. Not the bytes: tungstenite masks client frames
         // and rustls draws TLS randoms from OS randomness, which changes bytes (never sizes
@@ -498,6 +774,7 @@ impl Cluster {
     /// Cuts every link between the two groups, both ways.
     pub fn partition(&mut self, a: &[usize], b: &[usize]) {
         let now = self.now();
+        self.last_cut = Some(now);
         self.observer
             .event(now, format!("fault: partition {a:?} | {b:?}"));
         for x in self.hosts(a) {
@@ -510,6 +787,7 @@ impl Cluster {
     /// Cuts the links from `from` to `to` only (`to` still reaches `from`).
     pub fn partition_oneway(&mut self, from: &[usize], to: &[usize]) {
         let now = self.now();
+        self.last_cut = Some(now);
         self.observer
             .event(now, format!("fault: one-way partition {from:?} -> {to:?}"));
         for x in self.hosts(from) {
@@ -552,6 +830,15 @@ impl Cluster {
                 self.sim.repair_oneway(b, a);
             }
         }
+        // Drivers reconnected to their daemons, at the default latency.
+        for i in 0..self.config.nodes {
+            if !self.cut_for_crash[i] {
+                let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
+                self.sim.repair(n.as_str(), d.as_str());
+                self.sim
+                    .set_link_latency(n.as_str(), d.as_str(), self.config.latency.0);
+            }
+        }
         self.set_loss(0.0);
         self.set_latency(self.config.latency.0, self.config.latency.1);
     }
@@ -561,7 +848,13 @@ impl Cluster {
     pub fn set_loss(&mut self, rate: f64) {
         let now = self.now();
         self.observer.event(now, format!("fault: loss {rate}"));
-        self.sim.set_fail_rate(rate);
+        // Between daemons only: a driver talks to its daemon on the same machine.
+        let all = self.hosts(&(0..self.config.nodes).collect::<Vec<_>>());
+        for (k, a) in all.iter().enumerate() {
+            for b in &all[k + 1..] {
+                self.sim.set_link_fail_rate(*a, *b, rate);
+            }
+        }
     }
 
     /// Latency range on every link (jitter is the spread).
@@ -583,6 +876,8 @@ impl Cluster {
     pub fn crash(&mut self, i: usize) {
         let others = self.others(&[i]);
         self.partition(&[i], &others);
+        let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
+        self.sim.partition(n.as_str(), d.as_str());
         self.cut_for_crash[i] = true;
         self.crash_now(i, "crash (silent)");
     }
@@ -635,10 +930,261 @@ impl Cluster {
                     self.sim.repair(x, y);
                 }
             }
+            let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
+            self.sim.repair(n.as_str(), d.as_str());
         }
+        let damaged = lock(&self.disk).damaged.get(&i).copied();
+        let refused_before = self.slots[i].borrow().refused;
         self.sim.bounce(self.names[i].as_str());
         self.down[i] = false;
         self.observer.event(now, format!("restart n{i}"));
+        if let Some(how) = damaged {
+            // It must refuse to start rather than forget its vote.
+            self.step();
+            let refused = self.slots[i].borrow().refused > refused_before;
+            let running = self.sim.is_host_running(self.names[i].as_str());
+            if refused && !running {
+                let now = self.now();
+                self.observer
+                    .event(now, format!("n{i} refused to start: {how} state file"));
+            } else {
+                let now = self.now();
+                self.observer.violation(
+                    now,
+                    format!("n{i} started with a {how} state file instead of refusing"),
+                );
+            }
+        }
+    }
+
+    /// Whether node `i`'s state file is damaged (it cannot start until an operator acts).
+    pub fn is_damaged(&self, i: usize) -> bool {
+        lock(&self.disk).damaged.contains_key(&i)
+    }
+
+    /// Disk fault on node `i`: crash it, then tear or corrupt its state file. A crash loses
+    /// no write `save` returned for (the store fsyncs first), so `LoseUnsynced` is a crash.
+    pub fn damage_disk(&mut self, i: usize, fault: DiskFault) {
+        if self.is_up(i) {
+            self.crash(i);
+        }
+        let how = match fault {
+            DiskFault::LoseUnsynced => return,
+            DiskFault::Torn => "torn",
+            _ => "corrupt",
+        };
+        // At most a minority damaged, so that the cluster can go on.
+        let damaged = lock(&self.disk).damaged.len();
+        if (damaged + 1) * 2 >= self.config.nodes {
+            return;
+        }
+        let now = self.now();
+        self.observer
+            .event(now, format!("fault: {how} state file on n{i}"));
+        lock(&self.disk).damage(i, how);
+    }
+
+    /// Node `i`'s driver loses (or regains) its connection to its daemon.
+    pub fn disconnect_driver(&mut self, i: usize, cut: bool) {
+        let now = self.now();
+        let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
+        if cut {
+            self.observer
+                .event(now, format!("fault: driver d{i} disconnected"));
+            self.sim.partition(n.as_str(), d.as_str());
+        } else {
+            self.observer
+                .event(now, format!("heal: driver d{i} reconnects"));
+            self.sim.repair(n.as_str(), d.as_str());
+        }
+    }
+
+    /// How node `i`'s simulated service stops: taking `stop` (kept within the stop budget,
+    /// as the contract asks of stop scripts), and whether the stop reports failure.
+    pub fn set_service_stop(&mut self, i: usize, stop: Duration, fail: bool) {
+        let now = self.now();
+        let budget = Duration::from_millis(self.config.stop_budget_ms);
+        let stop = stop.min(budget.saturating_sub(Duration::from_millis(10)));
+        self.observer.event(
+            now,
+            format!(
+                "fault: d{i} stops take {stop:?}{}",
+                if fail { ", and fail" } else { "" }
+            ),
+        );
+        let mut s = lock_state(&self.services[i]);
+        s.stop = stop;
+        s.fail_stops = fail;
+    }
+
+    /// How long node `i`'s simulated service takes to start from now on.
+    pub fn set_service_start(&mut self, i: usize, start: Duration) {
+        let now = self.now();
+        self.observer
+            .event(now, format!("d{i} starts take {start:?}"));
+        lock_state(&self.services[i]).start = start;
+    }
+
+    /// Delivery delay on the link between node `i`'s daemon and its driver (a descheduled
+    /// driver, a busy queue): renewals arrive late.
+    pub fn delay_driver_link(&mut self, i: usize, delay: Duration) {
+        let now = self.now();
+        self.observer
+            .event(now, format!("fault: driver link of n{i} delayed {delay:?}"));
+        let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
+        self.sim.set_link_latency(n.as_str(), d.as_str(), delay);
+    }
+
+    /// Pauses node `i`'s daemon for `d` (SIGSTOP, a VM pause): its links are held (what
+    /// arrives waits in the socket buffers) and its timers do not fire, while its clock goes
+    /// on. Its driver hears nothing meanwhile, so it demotes itself at lease end.
+    pub fn pause(&mut self, i: usize, d: Duration) {
+        if !self.is_up(i) {
+            return;
+        }
+        let now = self.now();
+        self.observer
+            .event(now, format!("fault: n{i} paused for {d:?}"));
+        self.pauses[i].until(now + d);
+        let n = self.names[i].clone();
+        for j in self.others(&[i]) {
+            let m = self.names[j].clone();
+            self.sim.hold(n.as_str(), m.as_str());
+        }
+        self.sim.hold(n.as_str(), self.driver_names[i].as_str());
+        self.paused.push((now + d, i));
+    }
+
+    fn resume_paused(&mut self, now: Duration) {
+        let due: Vec<usize> = self
+            .paused
+            .iter()
+            .filter(|(until, _)| *until <= now)
+            .map(|(_, i)| *i)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.paused.retain(|(until, _)| *until > now);
+        for i in due {
+            if self.paused.iter().any(|(_, j)| *j == i) {
+                continue;
+            }
+            self.observer.event(now, format!("n{i} resumes"));
+            let n = self.names[i].clone();
+            for j in self.others(&[i]) {
+                let m = self.names[j].clone();
+                self.sim.release(n.as_str(), m.as_str());
+            }
+            self.sim.release(n.as_str(), self.driver_names[i].as_str());
+        }
+    }
+
+    /// Runs until one heartbeat before a follower's election timeout after the latest cut
+    /// (`ET_min` after it), then heals every link.
+    pub fn heal_near_timeout(&mut self, offset_ms: u64) {
+        if let Some(cut) = self.last_cut {
+            let hb = self.config.heartbeat_ms;
+            let target = cut
+                + Duration::from_millis(self.config.election_timeout_ms[0])
+                + Duration::from_millis(offset_ms % (2 * hb + 1))
+                - Duration::from_millis(hb);
+            if target > self.now() {
+                self.run_for(target - self.now());
+            }
+        }
+        self.heal_all();
+    }
+
+    /// Applies one fault of the shared vocabulary (`clustd_core::fault`), as this
+    /// simulation can: clock rates are fixed when the hosts are built (so `Drift` and
+    /// `DriftAtBound` are build options, see [`crate::sweep`]); heartbeats cannot be told
+    /// apart from other traffic inside encrypted frames, so `LoseHeartbeats` is a one-way cut.
+    pub fn apply(&mut self, fault: &Fault) {
+        let n = self.config.nodes;
+        let node = |i: &usize| *i % n;
+        match fault {
+            Fault::Run(ms) => self.run_for(Duration::from_millis(*ms)),
+            Fault::Crash(i) => {
+                let i = node(i);
+                if self.is_up(i) {
+                    self.failover_started(i);
+                    self.crashes += 1;
+                    if self.crashes.is_multiple_of(2) {
+                        self.crash_fin(i);
+                    } else {
+                        self.crash(i);
+                    }
+                }
+            }
+            Fault::Restart(i) => {
+                let i = node(i);
+                if !self.is_damaged(i) {
+                    self.restart(i);
+                }
+            }
+            Fault::Isolate(i) => {
+                let i = node(i);
+                self.failover_started(i);
+                self.isolate(i);
+            }
+            Fault::Split(mask) => {
+                let (left, right): (Vec<usize>, Vec<usize>) =
+                    (0..n).partition(|i| *i < 8 && mask & (1 << i) != 0);
+                if !left.is_empty() && !right.is_empty() {
+                    self.partition(&left, &right);
+                }
+            }
+            Fault::Recover => self.heal_all(),
+            Fault::CutOneWay(a, b) | Fault::LoseHeartbeats(a, b) => {
+                let (a, b) = (node(a), node(b));
+                if a != b {
+                    self.partition_oneway(&[a], &[b]);
+                }
+            }
+            Fault::Loss(ppm) => self.set_loss((f64::from(*ppm) / 1e6).min(0.2)),
+            Fault::Delay(ms) => {
+                let max = Duration::from_millis((*ms).clamp(2, 120));
+                self.set_latency(Duration::from_millis(1), max);
+            }
+            Fault::Drift(..) | Fault::DriftAtBound { .. } => {}
+            Fault::HealNearTimeout => {
+                let offset = self.steps;
+                self.heal_near_timeout(offset);
+            }
+            Fault::StepDown(i) => {
+                // Mostly the master: a step-down of a follower does nothing.
+                let i = match self.master() {
+                    Some(m) if *i % 3 != 0 => m,
+                    _ => node(i),
+                };
+                self.step_down(i);
+            }
+            Fault::Maintenance(i, on) => self.maintenance(node(i), *on),
+            Fault::DriverStops(i, after) => {
+                let i = node(i);
+                match after {
+                    Some(ms) => {
+                        self.disconnect_driver(i, false);
+                        self.set_service_stop(i, Duration::from_millis(*ms), false);
+                    }
+                    // Never confirms: alternately a driver cut off from its daemon, and a
+                    // stop that fails.
+                    None if self.steps.is_multiple_of(2) => self.disconnect_driver(i, true),
+                    None => self.set_service_stop(i, Duration::from_millis(5), true),
+                }
+            }
+            Fault::DriverLinkDelay(i, ms) => {
+                self.delay_driver_link(node(i), Duration::from_millis(*ms));
+            }
+            Fault::Pause(i, ms) => {
+                let i = node(i);
+                self.failover_started(i);
+                self.pause(i, Duration::from_millis(*ms));
+            }
+            Fault::Disk(i, how) => self.damage_disk(node(i), *how),
+            _ => {}
+        }
     }
 
     /// Graceful shutdown (SIGTERM): a master steps down and hands over first. Runs until
@@ -719,7 +1265,7 @@ impl Cluster {
         };
         let term = self.observer.master_term(master);
         let journal_start = lock(&self.disk).journal.len();
-        let intervals_start = self.observer.intervals.len();
+        let intervals_start = self.observer.master_terms.len();
         self.run_for(d);
         let now = self.now();
         if self.master() != Some(master) || self.observer.master_term(master) != term {
@@ -744,7 +1290,7 @@ impl Cluster {
                 ),
             );
         }
-        if self.observer.intervals.len() > intervals_start + 1 {
+        if self.observer.master_terms.len() > intervals_start + 1 {
             self.observer.violation(
                 now,
                 "stability: mastership changed hands while nothing failed".into(),
@@ -761,7 +1307,14 @@ impl Cluster {
 
     fn outcome(&mut self) -> Outcome {
         let now = self.now();
-        self.observer.final_check(now);
+        if !self.observer.master_terms.is_empty() && self.observer.told_master == 0 {
+            // A checker that saw nothing proves nothing.
+            self.observer.violation(
+                now,
+                "a node became master but no driver was ever told: the service checker saw nothing"
+                    .into(),
+            );
+        }
         Outcome {
             replay: self.config.replay_command(),
             seed: self.config.seed,
@@ -774,6 +1327,8 @@ impl Cluster {
             elections: self.observer.leaders.len() as u64,
             events: self.observer.events.len(),
             trace: self.observer.events.clone(),
+            swarm: self.config.swarm.clone(),
+            told_master: self.observer.told_master,
         }
     }
 
@@ -822,12 +1377,19 @@ pub struct Outcome {
     pub events: usize,
     /// The trace (events with simulated time).
     pub trace: Vec<String>,
+    /// The sweep's swarm of fault kinds, if any.
+    pub swarm: Option<String>,
+    /// "master" notices that reached a driver (the service checker had work to do).
+    pub told_master: u64,
 }
 
 impl Outcome {
     /// A report of the violations, with the seed and the replay command.
     pub fn report(&self) -> String {
         let mut out = format!("simulation `{}` failed, seed {}\n", self.name, self.seed);
+        if let Some(swarm) = &self.swarm {
+            let _ = writeln!(out, "  swarm (fault kinds enabled): {swarm}");
+        }
         for v in &self.violations {
             let _ = writeln!(out, "  VIOLATION {v}");
         }

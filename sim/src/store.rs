@@ -1,7 +1,12 @@
 //! The simulated disk: each node's `(term, vote)` lives outside its turmoil host, so it
 //! survives a crash exactly like a state file that was fsynced before `save` returned
-//! (which is what `clustd::FileStore` guarantees). Every save is also journaled, with the
-//! global simulated time, for the checkers (terms never decrease, one vote per term).
+//! (which is what `clustd::FileStore` guarantees: a crash loses nothing `save` returned
+//! for). Every save is also journaled, with the global simulated time, for the checkers
+//! (terms never decrease, one vote per term).
+//!
+//! Disk faults: a node's state can be marked torn or corrupt while it is down
+//! ([`Disk::damage`]); its store then fails to load exactly as `FileStore` does on a bad
+//! checksum ([`StoreError::Corrupt`]), and the daemon must refuse to start.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -27,6 +32,15 @@ pub struct Disk {
     pub states: Vec<PersistentState>,
     /// Every write, in order.
     pub journal: Vec<Save>,
+    /// Nodes whose state file is damaged, and how ("torn", "corrupt").
+    pub damaged: std::collections::BTreeMap<usize, &'static str>,
+}
+
+impl Disk {
+    /// Damages node `node`'s state file (call while it is down).
+    pub fn damage(&mut self, node: usize, how: &'static str) {
+        self.damaged.insert(node, how);
+    }
 }
 
 /// A shared [`Disk`].
@@ -53,6 +67,12 @@ impl SimStore {
 
 impl StateStore for SimStore {
     fn load(&mut self) -> Result<PersistentState, StoreError> {
+        if let Some(how) = lock(&self.disk).damaged.get(&self.node) {
+            return Err(StoreError::Corrupt {
+                path: format!("/sim/n{}/state", self.node).into(),
+                reason: format!("simulated {how} write"),
+            });
+        }
         Ok(lock(&self.disk)
             .states
             .get(self.node)

@@ -1,10 +1,16 @@
 //! The random sweep: one random fault schedule per seed, run on both transports, then the
 //! faults stop and the cluster must elect a master within the liveness bound and stay
 //! quiet. Used by the `sweep` test (`SIM_SEEDS=n`) and the `sim` command-line runner.
+//!
+//! Schedules come from the shared fault vocabulary (`clustd_core::fault`), with swarm
+//! testing: each seed enables a random subset of fault kinds, printed with the seed in
+//! every report, so rare combinations get dense coverage in some seeds.
 
 use std::time::Duration;
 
 use clustd_transport::TransportKind;
+
+use clustd_core::fault::{Fault, FaultKind, FaultRng, Limits, Swarm};
 
 use crate::cluster::{Cluster, Outcome, SimConfig};
 use crate::net::splitmix;
@@ -19,7 +25,7 @@ pub const LIVENESS_ET_MAX: u32 = 6;
 /// How long the healed cluster must then stay quiet (no election, same master).
 pub const STABLE: Duration = Duration::from_secs(10);
 
-/// A small deterministic generator for schedules.
+/// The schedule's randomness, as the shared fault vocabulary wants it.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -29,66 +35,118 @@ impl Rng {
         Self(seed ^ 0x5c4e_d01e_0000_0000)
     }
 
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        splitmix(&mut self.0) % n.max(1)
-    }
-
     /// Uniform duration in `[lo, hi]` milliseconds.
     pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.below(hi - lo + 1))
     }
+}
 
-    /// True with probability `p` percent.
-    pub fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    /// `k` distinct nodes out of `n`.
-    pub fn pick(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let mut all: Vec<usize> = (0..n).collect();
-        for i in 0..all.len() {
-            let j = i + self.below((all.len() - i) as u64) as usize;
-            all.swap(i, j);
-        }
-        all.truncate(k);
-        all.sort_unstable();
-        all
+impl FaultRng for Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        splitmix(&mut self.0) % n.max(1)
     }
 }
 
-/// Runs seed `seed` on `transport`: cluster size, clock rates and fault schedule all
-/// derive from the seed, so both transports face the same schedule.
-pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
+/// What one seed runs: drawn from the seed alone, so both transports face the same.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The fault kinds enabled (swarm testing).
+    pub swarm: Swarm,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// The heartbeat interval (ms); most do not divide the lease.
+    pub heartbeat_ms: u64,
+    /// Clock rates per node.
+    pub rates: Vec<f64>,
+    /// The faults, in order (each followed by the time it lets pass).
+    pub faults: Vec<Fault>,
+}
+
+/// Heartbeat intervals to draw from.
+const HEARTBEATS_MS: [u64; 5] = [100, 100, 90, 70, 33];
+
+/// Draws the plan of seed `seed`.
+pub fn plan(seed: u64) -> Plan {
     let mut rng = Rng::new(seed);
+    let swarm = Swarm::draw(&mut rng);
     let nodes = match rng.below(10) {
         0..=4 => 3,
         5..=8 => 5,
         _ => 7,
     };
+    let heartbeat_ms = HEARTBEATS_MS[rng.below(HEARTBEATS_MS.len() as u64) as usize];
+    let rho = 0.05;
+    let rates: Vec<f64> = if swarm.has(FaultKind::DriftAtBound) {
+        // Exactly at the bound, half each side: whoever leads has followers on the other.
+        let fast = rng.below(2) == 0;
+        (0..nodes)
+            .map(|i| {
+                if (i % 2 == 0) == fast {
+                    1.0 + rho
+                } else {
+                    1.0 - rho
+                }
+            })
+            .collect()
+    } else if swarm.has(FaultKind::Drift) {
+        (0..nodes)
+            .map(|_| 1.0 + rho * ((rng.below(20_001) as f64 - 10_000.0) / 10_000.0))
+            .collect()
+    } else {
+        vec![1.0; nodes]
+    };
+    let limits = Limits {
+        nodes,
+        max_drift_ppm: 50_000,
+        et_max_ms: 2000,
+        stop_budget_ms: 200,
+    };
+    let count = 3 + rng.below(8);
+    let mut faults = Vec::new();
+    for _ in 0..count {
+        faults.push(Fault::draw(&mut rng, &swarm, &limits));
+        // Time for the fault to matter.
+        faults.push(Fault::Run(300 + rng.below(5700)));
+    }
+    Plan {
+        swarm,
+        nodes,
+        heartbeat_ms,
+        rates,
+        faults,
+    }
+}
+
+/// Runs seed `seed` on `transport`: its [`plan`], then the faults stop (heal, restart
+/// every node whose disk is whole, maintenance off) and a master must appear within the
+/// liveness bound and then stay.
+pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
+    let plan = plan(seed);
     let name = format!("sweep-{}", crate::transport_name(transport));
-    let mut config = SimConfig::new(&name, nodes, transport, seed);
-    config.latency = (Duration::from_millis(1), rng.millis(2, 20));
+    let mut config = SimConfig::new(&name, plan.nodes, transport, seed);
+    config.heartbeat_ms = plan.heartbeat_ms;
+    config.clock_rates = plan.rates.clone();
+    config.latency = (Duration::from_millis(1), Rng::new(seed ^ 1).millis(2, 20));
+    config.swarm = Some(plan.swarm.to_string());
     let liveness = config.et_max() * LIVENESS_ET_MAX;
     let mut c = Cluster::new(config);
     if c.expect_master_within(liveness).is_none() {
         return c.finish();
     }
-    let faults = 2 + rng.below(6);
-    // Failover times are measured only from a healthy cluster (one fault at a time).
-    let mut healthy = true;
-    for _ in 0..faults {
-        c.cancel_failover();
-        healthy = fault(&mut c, &mut rng, nodes, healthy);
-        c.run_for(rng.millis(300, 6000));
+    for fault in &plan.faults {
+        if !matches!(fault, Fault::Run(_)) {
+            // Failover times are measured only from one fault on a healthy cluster.
+            c.cancel_failover();
+        }
+        c.apply(fault);
     }
-    // The faults stop: heal, restart everything, maintenance off.
     c.heal_all();
-    for i in 0..nodes {
-        if !c.is_up(i) {
+    for i in 0..plan.nodes {
+        if !c.is_up(i) && !c.is_damaged(i) {
             c.restart(i);
         }
         c.maintenance(i, false);
+        c.set_service_stop(i, Duration::from_millis(30), false);
     }
     if c.expect_master_within(liveness).is_some() {
         // Let reconnections finish (a stalled stream lingers until the transport's idle
@@ -97,108 +155,6 @@ pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
         c.expect_stable(STABLE);
     }
     c.finish()
-}
-
-/// One random fault; `healthy` says whether the cluster had no fault before it. Returns
-/// whether it is healthy after.
-fn fault(c: &mut Cluster, rng: &mut Rng, nodes: usize, healthy: bool) -> bool {
-    let majority = nodes / 2 + 1;
-    let master = c.master();
-    let measure = |c: &mut Cluster, i: usize| {
-        if healthy && master == Some(i) {
-            c.failover_started(i);
-        }
-    };
-    match rng.below(14) {
-        0 => {
-            let i = master.unwrap_or_else(|| rng.below(nodes as u64) as usize);
-            measure(c, i);
-            c.isolate(i);
-        }
-        1 => {
-            if let Some(m) = master {
-                measure(c, m);
-                c.crash(m);
-            }
-        }
-        2 => {
-            let i = rng.below(nodes as u64) as usize;
-            if c.is_up(i) {
-                measure(c, i);
-                c.crash_fin(i);
-            }
-        }
-        3 => {
-            // Restart a node that is down (or bounce one that is up).
-            let i = rng.below(nodes as u64) as usize;
-            c.restart(i);
-        }
-        4 => {
-            // Minority/majority split.
-            let side = rng.pick(nodes, majority - 1);
-            let other = c.others(&side);
-            if let Some(m) = master
-                && side.contains(&m)
-            {
-                measure(c, m);
-            }
-            c.partition(&side, &other);
-        }
-        5 => {
-            let k = 1 + rng.below((nodes - 1) as u64) as usize;
-            let from = rng.pick(nodes, k);
-            let to = c.others(&from);
-            c.partition_oneway(&from, &to);
-        }
-        6 => {
-            // Bridge: one node sees both halves.
-            let order = rng.pick(nodes, nodes);
-            let bridge = order[0];
-            let rest: Vec<usize> = c.others(&[bridge]);
-            let half = rest.len() / 2;
-            let (a, b) = rest.split_at(half);
-            c.partition(a, b);
-        }
-        7 => {
-            let pair = rng.pick(nodes, 2);
-            let flips = 2 + rng.below(10);
-            for _ in 0..flips {
-                c.partition(&[pair[0]], &[pair[1]]);
-                c.run_for(rng.millis(50, 600));
-                c.repair(&[pair[0]], &[pair[1]]);
-                c.run_for(rng.millis(50, 600));
-            }
-        }
-        8 => {
-            let loss = [0.01, 0.05, 0.2][rng.below(3) as usize];
-            c.set_loss(loss);
-        }
-        9 => {
-            let max = rng.millis(10, 120);
-            c.set_latency(Duration::from_millis(1), max);
-        }
-        10 => {
-            if let Some(m) = c.master() {
-                c.step_down(m);
-            }
-        }
-        11 => {
-            let i = rng.below(nodes as u64) as usize;
-            let on = rng.percent(70);
-            c.maintenance(i, on);
-        }
-        12 => {
-            let i = rng.below(nodes as u64) as usize;
-            if c.is_up(i) {
-                c.stop_graceful(i, Duration::from_secs(5));
-            }
-        }
-        _ => {
-            c.heal_all();
-            return (0..nodes).all(|i| c.is_up(i));
-        }
-    }
-    false
 }
 
 /// Aggregated results of many runs.

@@ -347,6 +347,121 @@ both!(clock_drift_at_the_bound, |name, t| {
     c.assert_ok();
 });
 
+// Hand-over while the master's driver is cut off from its daemon: the daemon cannot
+// hear the stop, so the successor must wait for the lease plus the stop budget.
+both!(step_down_with_driver_disconnected, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    c.run_for(secs(1));
+    c.disconnect_driver(m, true);
+    c.run_for(ms(50));
+    c.step_down(m);
+    let new = c.expect_failover_within(m, FAILOVER).map(|(n, _)| n);
+    c.require(new.is_some_and(|n| n != m), "a successor takes over");
+    c.disconnect_driver(m, false);
+    c.run_for(secs(3));
+    c.assert_ok();
+});
+
+// Hand-over and maintenance while the master's stop fails: a failed stop confirms
+// nothing, so the successor waits for the lease plus the stop budget.
+both!(step_down_with_failing_stop, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    c.set_service_stop(m, ms(20), true);
+    c.run_for(secs(1));
+    c.step_down(m);
+    let new = c.expect_failover_within(m, FAILOVER).map(|(n, _)| n);
+    c.require(new.is_some_and(|n| n != m), "a successor takes over");
+    let n = new.unwrap_or_default();
+    c.set_service_stop(n, ms(150), true);
+    c.run_for(secs(2));
+    c.maintenance(n, true);
+    c.expect_failover_within(n, FAILOVER);
+    c.run_for(secs(3));
+    c.assert_ok();
+});
+
+// Renewals delayed up to the lease on the master's driver link: a late renewal never
+// extends the driver's lease past the daemon's, so cutting the master off is still safe.
+both!(slow_driver_link, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    c.delay_driver_link(m, ms(600));
+    c.run_for(secs(3));
+    c.failover_started(m);
+    c.isolate(m);
+    c.expect_failover_within(m, FAILOVER);
+    c.run_for(secs(2));
+    c.assert_ok();
+});
+
+// The master's daemon is paused (SIGSTOP, a VM pause) for 2 × ET_max: its driver demotes
+// itself at lease end, a new master is elected, and the old one rejoins as backup.
+both!(paused_master, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    c.run_for(secs(1));
+    c.failover_started(m);
+    c.pause(m, secs(4));
+    c.expect_failover_within(m, FAILOVER);
+    c.run_for(secs(8));
+    c.require(
+        c.master() != Some(m),
+        "the paused master came back as backup",
+    );
+    c.assert_ok();
+});
+
+// A heartbeat interval that does not divide the lease, clocks at the drift bound, and
+// heals timed within one heartbeat of the followers' election timeout.
+both!(heals_near_the_election_timeout, |name, t| {
+    let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+    config.heartbeat_ms = 90;
+    config.clock_rates = vec![0.95, 1.05, 1.05];
+    let mut c = Cluster::new(config);
+    for round in 0..6u64 {
+        let m = settle(&mut c);
+        let others = c.others(&[m]);
+        c.partition_oneway(&[m], &others);
+        c.heal_near_timeout(round * 37);
+        c.run_for(secs(3));
+    }
+    c.assert_ok();
+});
+
+// A torn or corrupt state file: the daemon refuses to start (it would forget its vote),
+// and the other two carry on.
+both!(damaged_state_file_refuses_to_start, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    c.damage_disk(m, clustd_core::fault::DiskFault::Corrupt);
+    c.expect_failover_within(m, FAILOVER);
+    c.restart(m);
+    c.require(!c.is_up(m), "the damaged node stays down");
+    c.run_for(secs(3));
+    c.require(
+        c.master().is_some_and(|n| n != m),
+        "the others keep a master",
+    );
+    c.assert_ok();
+});
+
+// A start that takes far longer than the lease (here 3 s) while the master is cut off:
+// the lease end must cancel the running start and stop the service at once, not after.
+both!(slow_start_cancelled_by_lease_end, |name, t| {
+    let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+    config.service_start_ms = 3000;
+    let mut c = Cluster::new(config);
+    let m = settle(&mut c);
+    c.run_for(ms(300));
+    c.failover_started(m);
+    c.isolate(m);
+    c.expect_failover_within(m, FAILOVER);
+    c.run_for(secs(5));
+    c.assert_ok();
+});
+
 /// Same seed, same trace: the hash of everything observed (events with simulated time,
 /// and the bytes of messages in flight) is equal across two runs.
 fn eventful_run(name: &str, t: TransportKind) -> sim::Outcome {

@@ -6,7 +6,8 @@ use anyhow::Context;
 use clap::Parser;
 
 /// Sends a notification when this node becomes master or stops being master, when the
-/// cluster loses its master, and when a new master is elected.
+/// cluster loses its master, when a new master is elected, when the daemon loses or regains
+/// a peer, and when a driver of this node fails to stop the service.
 ///
 /// Sinks (any number of each): [[webhook]] (JSON POST with a Slack-compatible "text"),
 /// [[email]] (SMTP: starttls, tls or plain, optional auth), [[sms]] (Twilio-style HTTP API;
@@ -35,8 +36,9 @@ use clap::Parser;
 ///   to = ["ops@example.com"]
 ///
 /// Template fields: {event} {event_text} {node} {role} {previous_role} {term} {leader}
-/// {previous_leader} {reason} {time} {peer}. Events: became-master, lost-master, master-lost,
-/// new-master, peer-down, peer-up. Logging: RUST_LOG (default "info").
+/// {previous_leader} {reason} {time} {peer} {driver}. Events: became-master, lost-master,
+/// master-lost, new-master, peer-down, peer-up, stop-failed (a driver of this node reported
+/// that its stop failed or timed out; {driver} names it). Logging: RUST_LOG (default "info").
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {

@@ -11,8 +11,12 @@ use clap::Parser;
 /// Connects to the local clustd daemon over the cluster transport with the cluster secret,
 /// reconnects forever, and runs one script at a time, in order. At start-up on a backup it
 /// runs `stop` once, so the service is in a known state. While master it holds the lease the
-/// daemon gave it: if renewals stop (daemon killed, hung, unreachable) it runs `stop` by
-/// itself when the lease runs out.
+/// daemon gave it, counted from when the daemon sent it (so it must run on the daemon's
+/// machine): if renewals stop (daemon killed, hung, unreachable) it runs `stop` by itself
+/// when the lease runs out. A demotion or the lease's end while `start` still runs kills
+/// the start script's process group (SIGKILL) and runs `stop` at once. `stop` must finish
+/// within the daemon's election.stop_budget_ms; the driver warns when timeout_ms +
+/// kill_grace_ms exceed it, and logs an error for every stop that took longer.
 ///
 /// Scripts run as `SHELL -c SCRIPT` in their own process group with CLUSTD_ROLE
 /// (master|backup), CLUSTD_TERM, CLUSTD_NODE_ID, CLUSTD_LEADER_ID, CLUSTD_PREV_ROLE and

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clustd_core::{ActionResult, DriverRole, NodeId};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -45,6 +47,10 @@ pub enum EventKind {
     PeerDown,
     /// The local daemon's connection to a peer came (back) up (`{peer}` names it).
     PeerUp,
+    /// A driver of this node reported that its stop failed or timed out (`{driver}` names
+    /// it): the service may still run here beside a new master until that driver's lease
+    /// ends. Sent by every node's notify driver for its own node.
+    StopFailed,
 }
 
 impl EventKind {
@@ -57,16 +63,18 @@ impl EventKind {
             Self::NewMaster => "new-master",
             Self::PeerDown => "peer-down",
             Self::PeerUp => "peer-up",
+            Self::StopFailed => "stop-failed",
         }
     }
 
-    const ALL: [EventKind; 6] = [
+    const ALL: [EventKind; 7] = [
         Self::BecameMaster,
         Self::LostMaster,
         Self::MasterLost,
         Self::NewMaster,
         Self::PeerDown,
         Self::PeerUp,
+        Self::StopFailed,
     ];
 }
 
@@ -109,9 +117,10 @@ fn event_text(kind: EventKind, change: &RoleChange) -> String {
         EventKind::LostMaster => "stopped being master".into(),
         EventKind::MasterLost => "the cluster has no master".into(),
         EventKind::NewMaster => format!("new master elected: {leader}"),
-        // Peer events have their own text (`cluster_event_text`); never reached from a role change.
+        // Cluster events have their own text (`cluster_event_text`); never reached from a role change.
         EventKind::PeerDown => "a peer went down".into(),
         EventKind::PeerUp => "a peer came back".into(),
+        EventKind::StopFailed => "a driver's stop failed".into(),
     }
 }
 
@@ -125,10 +134,24 @@ fn cluster_event_text(event: &ClusterEvent) -> (EventKind, String) {
         ClusterEvent::PeerUp { peer, .. } => {
             (EventKind::PeerUp, format!("peer {peer} is up (connected)"))
         }
+        ClusterEvent::StopFailed { driver, result, .. } => {
+            let what = match result {
+                ActionResult::Failed(why) => format!("failed: {why}"),
+                ActionResult::TimedOut => "timed out".to_owned(),
+                ActionResult::Ok => "was reported failed".to_owned(),
+            };
+            (
+                EventKind::StopFailed,
+                format!(
+                    "driver {driver}'s stop {what}; the service may still run here beside a new master until that driver's lease ends"
+                ),
+            )
+        }
     }
 }
 
-/// The template fields for `change`. `peer` is empty: only peer events name one.
+/// The template fields for `change`. `peer` and `driver` are empty: only peer events
+/// name a peer, only `stop-failed` a driver.
 fn fields(
     kind: &str,
     text: String,
@@ -154,13 +177,15 @@ fn fields(
         ("previous_leader", id(&change.previous_leader)),
         ("reason", change.reason.clone()),
         ("peer", String::new()),
+        ("driver", String::new()),
         ("time", humantime::format_rfc3339_seconds(time).to_string()),
     ])
 }
 
-/// The template fields for a peer event: the event's own (`event`, `event_text`, `peer`,
-/// `node`, `term`, `time`), and this node's current state from the last role change
-/// (`role`, `previous_role`, `leader`, `previous_leader`, `reason`; empty before the first).
+/// The template fields for a cluster event: the event's own (`event`, `event_text`, `peer`
+/// or `driver`, `node`, `term`, `time`), and this node's current state from the last role
+/// change (`role`, `previous_role`, `leader`, `previous_leader`, `reason`; empty before the
+/// first).
 fn cluster_fields(
     kind: EventKind,
     text: String,
@@ -176,6 +201,8 @@ fn cluster_fields(
             "leader",
             "previous_leader",
             "reason",
+            "peer",
+            "driver",
         ]
         .into_iter()
         .map(|k| (k, String::new()))
@@ -193,7 +220,12 @@ fn cluster_fields(
         .unwrap_or_default();
     fields.insert("node", node);
     fields.insert("term", event.term().0.to_string());
-    fields.insert("peer", event.peer().to_string());
+    if let Some(peer) = event.peer() {
+        fields.insert("peer", peer.to_string());
+    }
+    if let ClusterEvent::StopFailed { driver, .. } = event {
+        fields.insert("driver", driver.to_string());
+    }
     fields
 }
 
@@ -543,7 +575,7 @@ fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
 // ---------------------------------------------------------------------------------------
 // The driver
 
-/// Sends notifications on role changes and peer events.
+/// Sends notifications on role changes and cluster events (peers, failed stops).
 #[derive(Debug)]
 pub struct NotifyDriver {
     events: Vec<EventKind>,
@@ -564,11 +596,15 @@ impl NotifyDriver {
         let sinks: Vec<_> = config
             .sinks
             .iter()
-            .map(|(name, sink)| {
-                (
-                    name.clone(),
-                    spawn_sink(name.clone(), sink.clone(), config.retry, http.clone()),
-                )
+            .zip(0u64..)
+            .map(|((name, sink), index)| {
+                // One jitter stream per sink: from the config's seed when it has one.
+                let rng = match config.connection.rng_seed {
+                    Some(seed) => StdRng::seed_from_u64(seed ^ (index + 1).rotate_left(32)),
+                    None => StdRng::from_os_rng(),
+                };
+                let queue = spawn_sink(name.clone(), sink.clone(), config.retry, http.clone(), rng);
+                (name.clone(), queue)
             })
             .collect();
         let (queue, rx) = mpsc::unbounded_channel();

@@ -8,6 +8,8 @@ use std::time::Duration;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
@@ -187,17 +189,19 @@ pub(crate) struct Retry {
     pub(crate) timeout: Duration,
 }
 
-/// Starts the task for one sink; returns its queue.
+/// Starts the task for one sink; returns its queue. `rng` draws the retry jitter.
 pub(crate) fn spawn_sink(
     name: String,
     sink: Sink,
     retry: Retry,
     http: reqwest::Client,
+    mut rng: StdRng,
 ) -> mpsc::Sender<Rendered> {
     let (tx, mut rx) = mpsc::channel::<Rendered>(64);
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            let mut backoff = Backoff::new(retry.initial, retry.max);
+            let jitter = StdRng::from_rng(&mut rng);
+            let mut backoff = Backoff::with_rng(retry.initial, retry.max, jitter);
             for attempt in 1..=retry.attempts.max(1) {
                 match sink.deliver(&http, retry.timeout, &msg).await {
                     Ok(()) => {

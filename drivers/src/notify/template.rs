@@ -15,6 +15,7 @@ pub const FIELDS: &[&str] = &[
     "previous_leader",
     "reason",
     "peer",
+    "driver",
     "time",
 ];
 

@@ -3,7 +3,13 @@
 //! It tracks what it last did to the service: a script runs only when the service is not
 //! already known to be in the target state. The service starts out unknown, so the first
 //! change always runs its script (`stop` at start-up on a backup, for a known state); a
-//! failed script makes the state unknown again, so the next change runs its script too.
+//! failed script makes the state unknown again, so the next change runs its script too,
+//! and so does a script that is still running or was cancelled (a start cut short by a
+//! demotion may have started part of the service: the stop after it always runs).
+//!
+//! It also checks its time limits against the daemon's `election.stop_budget_ms` when it
+//! learns it: a stop that can run longer than that may leave the service running beside a
+//! new master.
 
 mod script;
 
@@ -181,6 +187,8 @@ pub struct ShellDriver {
     stop: String,
     /// What the last successful script made of the service; `None` when unknown.
     service: Option<DriverRole>,
+    /// The stop budget last checked against the script limits (warned about once).
+    budget_checked: Option<Duration>,
 }
 
 impl ShellDriver {
@@ -191,6 +199,40 @@ impl ShellDriver {
             start: start.into(),
             stop: stop.into(),
             service: None,
+            budget_checked: None,
+        }
+    }
+
+    /// The longest a `stop` can take: its timeout, then the grace between SIGTERM and
+    /// SIGKILL of its process group.
+    pub fn longest_stop(&self) -> Duration {
+        self.runner.timeout + self.runner.kill_grace
+    }
+
+    /// Warns, once per budget value, when a stop may outlast `election.stop_budget_ms`.
+    fn check_stop_budget(&mut self, budget: Option<Duration>) {
+        let Some(budget) = budget else {
+            return;
+        };
+        if self.budget_checked == Some(budget) {
+            return;
+        }
+        self.budget_checked = Some(budget);
+        let longest = self.longest_stop();
+        if longest > budget {
+            tracing::warn!(
+                timeout_ms = self.runner.timeout.as_millis(),
+                kill_grace_ms = self.runner.kill_grace.as_millis(),
+                stop_budget_ms = budget.as_millis(),
+                "a stop may take up to {} ms (script.timeout_ms = {} + script.kill_grace_ms = {}), longer than \
+                 election.stop_budget_ms = {} ms: a stop that hangs may leave the service running beside a new \
+                 master; make `stop` finish well within the budget, then lower script.timeout_ms and \
+                 script.kill_grace_ms or raise election.stop_budget_ms",
+                longest.as_millis(),
+                self.runner.timeout.as_millis(),
+                self.runner.kill_grace.as_millis(),
+                budget.as_millis()
+            );
         }
     }
 
@@ -206,6 +248,7 @@ impl ShellDriver {
 
 impl Driver for ShellDriver {
     async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
+        self.check_stop_budget(change.stop_budget);
         if self.service == Some(change.role) {
             tracing::info!(
                 role = change.role.as_str(),
@@ -218,6 +261,9 @@ impl Driver for ShellDriver {
             DriverRole::Master => ("start", &self.start),
             DriverRole::Backup => ("stop", &self.stop),
         };
+        // Unknown while the script runs: if this future is dropped (a start cancelled), the
+        // script was cut short and the next change must run its script.
+        self.service = None;
         let outcome = self.runner.run(name, script, &script_env(&change)).await;
         self.service = (outcome == ScriptOutcome::Success).then_some(change.role);
         outcome.into()

@@ -1,6 +1,9 @@
 //! Running one script: `shell -c SCRIPT` in its own process group, output to the log line by
 //! line, and on timeout the whole group is killed (SIGTERM, then SIGKILL after a grace period),
-//! so a hanging script cannot leave children behind.
+//! so a hanging script cannot leave children behind. A run that is cancelled (its future
+//! dropped: the engine cancels a start when a demotion or the lease's end arrives) kills
+//! the group at once with SIGKILL, without the grace period: a stop is waiting, and no
+//! part of the start may keep running beside it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,6 +86,9 @@ impl ScriptRunner {
     }
 
     /// Runs `script` (named `name` in the log) with `vars` added to the environment.
+    ///
+    /// Dropping the future before it completes (cancellation) kills the script's whole
+    /// process group at once with SIGKILL.
     pub async fn run(&self, name: &str, script: &str, vars: &[(String, String)]) -> ScriptOutcome {
         let mut command = Command::new(&self.shell);
         command
@@ -112,6 +118,13 @@ impl ScriptRunner {
             );
         };
         let group = Pid::from_raw(pid);
+        // Declared after `child`, so dropped before it: the group is killed while its
+        // leader is not yet reaped (unless a timeout's kill was under way), so the group id
+        // cannot have been reused.
+        let mut guard = KillOnDrop {
+            script: name.to_owned(),
+            group: Some(group),
+        };
         tracing::info!(script = name, pid, "running script");
         // Readers are not awaited after exit: a service the script left running in the
         // background may keep the pipes open, and its output keeps going to the log.
@@ -122,7 +135,7 @@ impl ScriptRunner {
             tokio::spawn(log_lines(err, name.to_owned(), true));
         }
         let started = Instant::now();
-        match timeout(self.timeout, child.wait()).await {
+        let outcome = match timeout(self.timeout, child.wait()).await {
             Ok(Ok(status)) => {
                 use std::os::unix::process::ExitStatusExt;
                 let elapsed_ms = started.elapsed().as_millis();
@@ -148,7 +161,11 @@ impl ScriptRunner {
                 self.kill_group(name, group, &mut child).await;
                 ScriptOutcome::TimedOut
             }
-        }
+        };
+        // Ran to the end: whatever the script left running in the group (a service
+        // started in the background) stays.
+        guard.group = None;
+        outcome
     }
 
     /// SIGTERM to the group; SIGKILL to whatever is left after the grace period.
@@ -181,6 +198,34 @@ impl ScriptRunner {
         );
         let _ = killpg(group, Signal::SIGKILL);
         let _ = child.wait().await;
+    }
+}
+
+/// Kills a script's process group if the run is dropped before it ended (cancelled).
+struct KillOnDrop {
+    script: String,
+    /// `None` once the run ended normally.
+    group: Option<Pid>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Some(group) = self.group else {
+            return;
+        };
+        // SIGKILL at once, no grace: the stop runs next and nothing of the start may run
+        // beside it. The leader is reaped by tokio once the `Child` is dropped.
+        match killpg(group, Signal::SIGKILL) {
+            Ok(()) => tracing::warn!(
+                script = %self.script,
+                "script cancelled: killed its process group {group} (SIGKILL)"
+            ),
+            Err(Errno::ESRCH) => {}
+            Err(e) => tracing::error!(
+                script = %self.script,
+                "script cancelled, but its process group {group} could not be killed: {e}"
+            ),
+        }
     }
 }
 

@@ -45,6 +45,26 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Whether any process of process group `pgid` is alive (zombies, exited but not yet
+/// reaped by their parent, count as gone).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.filter_map(Result::ok).any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+            && !matches!(fields.first(), Some(&("Z" | "X")))
+    })
+}
+
 /// Lines of a file, or nothing if it does not exist yet.
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
