@@ -602,16 +602,22 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             return;
         }
         let term = d.last_term;
-        if result == ActionResult::Ok {
+        // The record states what the driver said, before (and apart from) what this daemon
+        // makes of it: a checker must not take the daemon's word for a stop.
+        if result == ActionResult::Ok && d.may_run {
+            self.record(DriverRecord::StopConfirmed {
+                at: now,
+                driver: from.clone(),
+                term,
+            });
+        }
+        let Some(d) = self.drivers.get_mut(from) else {
+            return;
+        };
+        // (`clustd_mutant = "f3"` reintroduces the bug, for README's mutation table.)
+        if result == ActionResult::Ok || cfg!(clustd_mutant = "f3") {
             d.stop_failed = false;
-            if d.may_run {
-                d.may_run = false;
-                self.record(DriverRecord::StopConfirmed {
-                    at: now,
-                    driver: from.clone(),
-                    term,
-                });
-            }
+            d.may_run = false;
             self.confirm_stop_if_done();
         } else {
             // Nothing ends: the driver may still run the service until its lease end plus

@@ -158,6 +158,29 @@ mod tests {
         assert!(!dir.path().join("data/state.tmp").exists());
     }
 
+    /// A crash in the middle of a save: the new state was only partly written to
+    /// `state.tmp` and never renamed. That write was not durable (save had not returned),
+    /// so the node comes back with the previous state — never a torn one — and saves again.
+    #[test]
+    fn a_crash_during_save_keeps_the_previous_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = FileStore::new(dir.path());
+        let before = PersistentState {
+            term: Term(3),
+            voted_for: Some(NodeId::new("node-1").expect("valid")),
+        };
+        store.save(&before).expect("save");
+        let after = PersistentState {
+            term: Term(4),
+            voted_for: Some(NodeId::new("node-2").expect("valid")),
+        };
+        let torn = encode_state(&after);
+        fs::write(dir.path().join("state.tmp"), &torn[..torn.len() / 2]).expect("write");
+        assert_eq!(store.load().expect("the previous state"), before);
+        store.save(&after).expect("save over the torn tmp");
+        assert_eq!(store.load().expect("load"), after);
+    }
+
     #[test]
     fn corruption_is_reported_not_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -486,6 +486,9 @@ impl<C: MachineClock> Engine<C> {
         let by_receipt = received_at + remaining;
         let remaining_ns = u64::from(remaining_ms) * 1_000_000;
         let by_send = self.clock.deadline(sent_at_ns.saturating_add(remaining_ns));
+        if cfg!(clustd_mutant = "f4") {
+            return by_receipt; // the bug, for README's mutation table
+        }
         by_receipt.min(by_send)
     }
 
@@ -599,6 +602,9 @@ impl<C: MachineClock> Engine<C> {
     /// dropped (the shell driver kills the script's process group) and the stop waiting
     /// behind it runs at once.
     fn cancel_running_start(&mut self, why: &str) {
+        if cfg!(clustd_mutant = "f5") {
+            return; // the bug, for README's mutation table
+        }
         let Some(Running {
             role: DriverRole::Master,
             cancel,

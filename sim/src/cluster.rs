@@ -1017,6 +1017,11 @@ impl Cluster {
         s.fail_stops = fail;
     }
 
+    /// Whether node `i`'s simulated service runs now (ground truth).
+    pub fn service_running(&self, i: usize) -> bool {
+        lock_state(&self.services[i]).running
+    }
+
     /// How long node `i`'s simulated service takes to start from now on.
     pub fn set_service_start(&mut self, i: usize, start: Duration) {
         let now = self.now();
@@ -1347,6 +1352,10 @@ impl Cluster {
     /// any violation (what the named scenarios call last).
     pub fn assert_ok(self) -> Outcome {
         let outcome = self.finish();
+        if std::env::var_os("SIM_TRACE").is_some() {
+            // The whole trace, for reading a run that passed (SIM_TRACE=1).
+            eprintln!("{}", outcome.trace.join("\n"));
+        }
         outcome.assert_ok();
         outcome
     }

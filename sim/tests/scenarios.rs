@@ -382,12 +382,19 @@ both!(step_down_with_failing_stop, |name, t| {
     c.assert_ok();
 });
 
-// Renewals delayed up to the lease on the master's driver link: a late renewal never
-// extends the driver's lease past the daemon's, so cutting the master off is still safe.
+// Renewals delayed 550 ms on the master's driver link (lease 714 ms, heartbeat 100 ms: each
+// renewal arrives with just over a heartbeat of lease left, so the driver stays master): a
+// late renewal never extends the driver's lease past the daemon's, so cutting the master
+// off is still safe. Counting leases from arrival would keep the old service 550 ms too long.
 both!(slow_driver_link, |name, t| {
     let mut c = cluster(name, 3, t);
     let m = settle(&mut c);
-    c.delay_driver_link(m, ms(600));
+    c.delay_driver_link(m, ms(550));
+    c.run_for(secs(2));
+    c.require(
+        c.service_running(m),
+        "the master's driver keeps its service despite the slow link",
+    );
     c.run_for(secs(3));
     c.failover_started(m);
     c.isolate(m);
