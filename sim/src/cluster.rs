@@ -142,7 +142,11 @@ pub fn seed_from_env(default: u64) -> u64 {
 /// Installs a log subscriber once, at `SIM_LOG` (default `warn`: turmoil opens an INFO
 /// span per host per tick, so more is slow).
 pub fn init_logging() {
-    let filter = std::env::var("SIM_LOG").unwrap_or_else(|_| "warn,clustd_drivers=error".into());
+    // The simulation injects failing stops, cut-off drivers and paused daemons on purpose:
+    // their (correct) ERRORs and WARNs would drown the output, so they are off by default.
+    let filter = std::env::var("SIM_LOG").unwrap_or_else(|_| {
+        "warn,clustd_drivers=off,clustd::service=off,clustd::runtime=error".into()
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()

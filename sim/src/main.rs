@@ -134,8 +134,9 @@ fn sweep(seeds: u64, start: u64, jobs: u64, kinds: &[TransportKind]) -> i32 {
     );
     for failure in all.iter().flat_map(|s| s.failures.iter()) {
         println!(
-            "FAILED seed {}: {}\n  replay: {}",
+            "FAILED seed {} (swarm {}): {}\n  replay: {}",
             failure.seed,
+            failure.swarm.as_deref().unwrap_or("-"),
             failure.violations.first().map_or("", String::as_str),
             failure.replay
         );
