@@ -267,6 +267,8 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
         .find(|m| m.settings.id == second)
         .map(|m| m.handle.status().term);
     members[index] = LocalNode::start(&settings[index]);
+    // Followed before it runs, so that the checker sees every record of the new incarnation.
+    watch.follow(&members[index]);
     // QUIC releases the old UDP port a moment after shutdown; retry while it is in use.
     let retry_until = TokioInstant::now() + Duration::from_secs(10);
     while let Err(e) = members[index].started().await {
@@ -275,9 +277,9 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         members[index] = LocalNode::start(&settings[index]);
+        watch.follow(&members[index]);
     }
     observer.attach(&members[index].handle, &tx);
-    watch.follow(&members[index]);
     observer.watch_for(Duration::from_secs(4)).await;
     let term_after = members
         .iter()

@@ -491,6 +491,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     tracing::info!(driver = %id, "driver connected");
                     self.evict_old_drivers(now);
                     self.drivers.entry(id.clone()).or_default().connected = true;
+                    // Bring the role up to date first: after a stall (SIGSTOP, a blocked
+                    // loop) the lease may have run out without a timer having fired yet, and
+                    // a spent lease must not go out as "master". (Calling early is harmless.)
+                    self.node.handle_timeout(now);
                     self.send_role_to(&id, now);
                 }
             },

@@ -91,7 +91,8 @@ const CLOCK_MISMATCH: Duration = Duration::from_secs(1);
 /// cancellation: the reason, when a stop must not wait for it.
 enum Work {
     Role(Transition, RoleChange, Option<oneshot::Receiver<String>>),
-    Cluster(ClusterEvent),
+    /// A cluster event, and how to cancel its handler (a stop is waiting).
+    Cluster(ClusterEvent, oneshot::Receiver<()>),
 }
 
 /// What the driver's task reports back when a piece of work is done.
@@ -141,6 +142,8 @@ struct Engine<C: MachineClock> {
     busy: bool,
     /// The role change with the driver, if `busy` with one.
     running: Option<Running>,
+    /// Cancels the cluster event handler with the driver, if `busy` with one.
+    event_cancel: Option<oneshot::Sender<()>>,
     /// `election.stop_budget_ms` from the latest role message.
     stop_budget: Option<Duration>,
     /// The "drivers must run on the daemon's machine" error was logged.
@@ -170,17 +173,22 @@ async fn work_loop<D: Driver>(
                     Ok(why) = &mut cancel => Done::Cancelled(transition, why),
                 }
             }
-            Work::Cluster(event) => {
+            Work::Cluster(event, mut cancel) => {
                 // A role change may be waiting behind this: a stuck event handler must
-                // not delay a stop.
-                let handled =
-                    tokio::time::timeout(CLUSTER_EVENT_BUDGET, driver.on_cluster_event(event))
-                        .await;
-                if handled.is_err() {
-                    tracing::warn!(
-                        "the driver's cluster event handler took longer than {} ms: cancelled",
-                        CLUSTER_EVENT_BUDGET.as_millis()
-                    );
+                // not delay a stop, and a stop cancels it at once.
+                tokio::select! {
+                    biased;
+                    handled = tokio::time::timeout(CLUSTER_EVENT_BUDGET, driver.on_cluster_event(event)) => {
+                        if handled.is_err() {
+                            tracing::warn!(
+                                "the driver's cluster event handler took longer than {} ms: cancelled",
+                                CLUSTER_EVENT_BUDGET.as_millis()
+                            );
+                        }
+                    }
+                    Ok(()) = &mut cancel => {
+                        tracing::debug!("cluster event handler cancelled: a stop is waiting");
+                    }
                 }
                 Done::Cluster
             }
@@ -216,6 +224,7 @@ pub(crate) async fn run_engine<D: Driver, C: MachineClock>(
         arrivals: 0,
         last: None,
         busy: false,
+        event_cancel: None,
         running: None,
         stop_budget: None,
         clock_mismatch_logged: false,
@@ -583,6 +592,10 @@ impl<C: MachineClock> Engine<C> {
                 ),
             };
             self.cancel_running_start(&why);
+            // Nor behind a cluster event: the one running is cancelled, held ones wait.
+            if let Some(cancel) = self.event_cancel.take() {
+                let _ = cancel.send(());
+            }
         }
         let superseded = self.queue.push(transition);
         // The queue drops superseded transitions from its back; mirror that.
@@ -637,17 +650,22 @@ impl<C: MachineClock> Engine<C> {
     /// the way and skipped.
     fn next_work(&mut self) -> Option<Work> {
         loop {
-            let event_first = match (self.events.front(), self.queued_arrivals.front()) {
-                (Some((event_at, _)), Some(transition_at)) => event_at < transition_at,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
+            // Arrival order, except that a waiting stop goes before every held event: events
+            // only tell (the notify driver), and a stop must finish within the stop budget.
+            let event_first = !self.queue.has_backup()
+                && match (self.events.front(), self.queued_arrivals.front()) {
+                    (Some((event_at, _)), Some(transition_at)) => event_at < transition_at,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
             if event_first {
                 let (_, event) = self.events.pop_front()?;
                 tracing::info!(?event, "cluster event");
                 self.busy = true;
                 self.status.send_modify(|s| s.cluster_events += 1);
-                return Some(Work::Cluster(event));
+                let (cancel, cancelled) = oneshot::channel();
+                self.event_cancel = Some(cancel);
+                return Some(Work::Cluster(event, cancelled));
             }
             let next = self.queue.pop()?;
             self.queued_arrivals.pop_front();
@@ -708,7 +726,10 @@ impl<C: MachineClock> Engine<C> {
                     ActionResult::Failed(format!("cancelled: {why}")),
                 );
             }
-            Done::Cluster => self.busy = false,
+            Done::Cluster => {
+                self.busy = false;
+                self.event_cancel = None;
+            }
         }
     }
 
@@ -1070,6 +1091,37 @@ mod tests {
         assert_eq!(Instant::now(), demoted + Duration::from_millis(10));
         assert_eq!(h.log(), ["role-master-2", "role-backup-3"]);
         assert_eq!(h.status.borrow().starts_cancelled, 1);
+    }
+
+    /// A stop never waits behind cluster events: the handler running is cancelled and the
+    /// held ones wait (4 peer-down events of 50 ms each would eat the whole stop budget).
+    #[tokio::test(start_paused = true)]
+    async fn a_demotion_goes_before_held_cluster_events_and_cancels_the_running_one() {
+        let mut h = start_with(Duration::from_millis(10), Duration::from_secs(10));
+        h.connect(1).await;
+        h.send(1, h.role(Master, 2, 1, 60_000)).await;
+        assert_eq!(h.next_ack().await, (1, 1, Master, ActionResult::Ok));
+        for peer_name in ["n2", "n3", "n4", "n5"] {
+            h.send(1, peer(peer_name, false, 2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let demoted = Instant::now();
+        h.send(1, h.role(Backup, 3, 2, 0)).await;
+        assert_eq!(h.next_ack().await, (1, 2, Backup, ActionResult::Ok));
+        assert_eq!(Instant::now(), demoted + Duration::from_millis(10));
+        // The held events still reach the driver, after the stop.
+        h.wait_for(|s| s.cluster_events == 4).await;
+        assert_eq!(
+            h.log(),
+            [
+                "role-master-2",
+                "peer-down-n2",
+                "role-backup-3",
+                "peer-down-n3",
+                "peer-down-n4",
+                "peer-down-n5"
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

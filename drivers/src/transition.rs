@@ -93,6 +93,12 @@ impl TransitionQueue {
         self.pending.pop_front()
     }
 
+    /// Whether a `Backup` waits (it is then the oldest: a `Backup` supersedes a waiting
+    /// `Master` behind it).
+    pub(crate) fn has_backup(&self) -> bool {
+        self.pending.iter().any(|t| t.role == DriverRole::Backup)
+    }
+
     /// How many transitions wait.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
