@@ -11,6 +11,9 @@
 //! leader lease, leadership transfer, maintenance mode and priorities. A leader is *master*
 //! (may run the service) only while its lease is valid, and the timing rule checked by
 //! [`Config::validate`] ensures two master intervals never overlap under bounded clock drift.
+//! What exactly is promised — service intervals as drivers run them, ending only at an `Ok`
+//! stop or at lease end plus the stop budget — is judged by the one checker in [`check`],
+//! which every test, simulation, benchmark and demo of the project uses.
 //!
 //! ```
 //! use clustd_core::{Config, Instant, Node, NodeId, PersistentState};
