@@ -438,6 +438,9 @@ impl Cluster {
             self.restart(&id);
             self.set_maintenance(&id, false);
         }
+        // A daemon that was paused has timers long overdue (its lease may have run out):
+        // let them fire, so that nobody reads its stale "master" as the healed cluster's.
+        self.run_for(Duration::ZERO);
     }
 
     /// Loses heartbeats `from → to` (acknowledgements and votes still pass).
