@@ -174,4 +174,3 @@ fn regression_stale_heartbeat_reply_is_not_an_ack() {
     ];
     check(3, 7773173004200848150, &faults).expect("holds");
 }
-
