@@ -134,6 +134,41 @@ pub struct ServiceInterval {
     pub end: Duration,
 }
 
+/// One input of the checker, for callers that gather inputs first (from logs, from several
+/// nodes) and feed them in time order later with [`ServiceChecker::feed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServiceInput {
+    /// See [`ServiceChecker::told_master`].
+    ToldMaster {
+        /// The driver told.
+        driver: NodeId,
+        /// The term of the notice.
+        term: Term,
+        /// The end of the lease the driver holds, global time.
+        lease_end: Duration,
+    },
+    /// See [`ServiceChecker::lease`].
+    Lease {
+        /// The driver renewed.
+        driver: NodeId,
+        /// The end of the lease the driver now holds, global time.
+        lease_end: Duration,
+    },
+    /// See [`ServiceChecker::stop_confirmed`].
+    StopConfirmed {
+        /// The driver that stopped.
+        driver: NodeId,
+    },
+    /// See [`ServiceChecker::stop_failed`].
+    StopFailed {
+        /// The driver whose stop failed.
+        driver: NodeId,
+    },
+    /// See [`ServiceChecker::crashed`].
+    Crashed,
+}
+
 /// Watches service intervals; see the module docs. Read [`ServiceChecker::violations`].
 #[derive(Debug, Default)]
 pub struct ServiceChecker {
@@ -205,15 +240,34 @@ impl ServiceChecker {
         }
     }
 
+    /// Feeds one input about `node` at `at`; `stop_budget` is the node's stop budget (used
+    /// by [`ServiceInput::ToldMaster`]).
+    pub fn feed(
+        &mut self,
+        at: Duration,
+        node: &NodeId,
+        input: &ServiceInput,
+        stop_budget: Duration,
+    ) {
+        match input {
+            ServiceInput::ToldMaster {
+                driver,
+                term,
+                lease_end,
+            } => self.told_master(at, node, driver, *term, *lease_end, stop_budget),
+            ServiceInput::Lease { driver, lease_end } => self.lease(at, node, driver, *lease_end),
+            ServiceInput::StopConfirmed { driver } => self.stop_confirmed(at, node, driver),
+            ServiceInput::StopFailed { driver } => self.stop_failed(at, node, driver),
+            ServiceInput::Crashed => self.crashed(at, node),
+        }
+    }
+
     /// `node`'s daemon sent `driver` a lease renewal: the driver now holds the lease until
     /// `lease_end`. Extends only a driver that is still running; a renewal for a driver
     /// that stopped or whose lease ran out restarts nothing (the driver ignores it).
     pub fn lease(&mut self, at: Duration, node: &NodeId, driver: &NodeId, lease_end: Duration) {
         self.advance(at);
-        if let Some(run) = self
-            .open
-            .get_mut(node)
-            .and_then(|open| open.drivers.get_mut(driver))
+        if let Some(run) = self.run_of(node, driver)
             && run.stopped.is_none()
             && run.lease_end > at
         {
@@ -232,10 +286,7 @@ impl ServiceChecker {
         lease_end: Duration,
     ) {
         self.advance(at);
-        if let Some(run) = self
-            .open
-            .get_mut(node)
-            .and_then(|open| open.drivers.get_mut(driver))
+        if let Some(run) = self.run_of(node, driver)
             && run.stopped.is_none()
             && run.lease_end > at
         {
@@ -246,10 +297,7 @@ impl ServiceChecker {
     /// `driver` of `node` acknowledged "backup" with `Ok` at `at`: it has stopped.
     pub fn stop_confirmed(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
         self.advance(at);
-        if let Some(run) = self
-            .open
-            .get_mut(node)
-            .and_then(|open| open.drivers.get_mut(driver))
+        if let Some(run) = self.run_of(node, driver)
             && run.stopped.is_none()
         {
             run.stopped = Some(at);
@@ -261,11 +309,7 @@ impl ServiceChecker {
     pub fn stop_failed(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
         self.advance(at);
         self.failed_stops += 1;
-        if let Some(run) = self
-            .open
-            .get_mut(node)
-            .and_then(|open| open.drivers.get_mut(driver))
-        {
+        if let Some(run) = self.run_of(node, driver) {
             run.failed_stops += 1;
         }
     }
@@ -319,6 +363,13 @@ impl ServiceChecker {
             end: open.end().0,
         }));
         all
+    }
+
+    /// `driver`'s part of `node`'s open interval, if it has one.
+    fn run_of(&mut self, node: &NodeId, driver: &NodeId) -> Option<&mut DriverRun> {
+        self.open
+            .get_mut(node)
+            .and_then(|open| open.drivers.get_mut(driver))
     }
 
     fn advance(&mut self, at: Duration) {

@@ -5,7 +5,7 @@
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use clustd_core::check::ServiceChecker;
+use clustd_core::check::{ServiceChecker, ServiceInput};
 use clustd_core::{Instant, NodeId};
 use clustd_transport::{TokioNet, TransportKind};
 use tokio::sync::{broadcast, oneshot};
@@ -297,10 +297,22 @@ pub struct GlobalRecord {
     pub at: Duration,
     /// The node whose daemon sent or heard it.
     pub node: NodeId,
-    /// The lease end of a `ToldMaster` or `LeaseGiven`, in global time.
-    pub lease_until: Option<Duration>,
     /// The record as published (instants on the node's clock).
     pub record: DriverRecord,
+    /// What it tells the checker (instants in global time).
+    pub input: ServiceInput,
+}
+
+impl GlobalRecord {
+    /// The lease end of a `ToldMaster` or `LeaseGiven`, in global time.
+    pub fn lease_until(&self) -> Option<Duration> {
+        match &self.input {
+            ServiceInput::ToldMaster { lease_end, .. } | ServiceInput::Lease { lease_end, .. } => {
+                Some(*lease_end)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Something the checker must hear.
@@ -386,19 +398,12 @@ impl ServiceWatch {
             loop {
                 match f.records.try_recv() {
                     Ok(record) => {
-                        let lease_until = match &record {
-                            DriverRecord::ToldMaster { lease_until, .. }
-                            | DriverRecord::LeaseGiven { lease_until, .. } => {
-                                Some(global(*lease_until))
-                            }
-                            _ => None,
-                        };
                         self.seen.push(Seen::Record {
                             stop_budget: f.stop_budget,
                             record: GlobalRecord {
                                 at: global(record.at()),
                                 node: f.node.clone(),
-                                lease_until,
+                                input: record.service_input(global),
                                 record,
                             },
                         });
@@ -436,30 +441,12 @@ impl ServiceWatch {
             ));
         }
         for seen in &self.seen {
-            let (stop_budget, r) = match seen {
-                Seen::Crashed { at, node } => {
-                    checker.crashed(*at, node);
-                    continue;
-                }
+            match seen {
+                Seen::Crashed { at, node } => checker.crashed(*at, node),
                 Seen::Record {
                     stop_budget,
-                    record,
-                } => (*stop_budget, record),
-            };
-            let lease_until = r.lease_until.unwrap_or(r.at);
-            match &r.record {
-                DriverRecord::ToldMaster { driver, term, .. } => {
-                    checker.told_master(r.at, &r.node, driver, *term, lease_until, stop_budget);
-                }
-                DriverRecord::LeaseGiven { driver, .. } => {
-                    checker.lease(r.at, &r.node, driver, lease_until);
-                }
-                DriverRecord::StopConfirmed { driver, .. } => {
-                    checker.stop_confirmed(r.at, &r.node, driver);
-                }
-                DriverRecord::StopFailed { driver, .. } => {
-                    checker.stop_failed(r.at, &r.node, driver);
-                }
+                    record: r,
+                } => checker.feed(r.at, &r.node, &r.input, *stop_budget),
             }
         }
         checker

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use clustd_core::check::ServiceInput;
 use clustd_core::codec;
 use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role,
@@ -160,6 +161,37 @@ impl DriverRecord {
             | Self::LeaseGiven { at, .. }
             | Self::StopConfirmed { at, .. }
             | Self::StopFailed { at, .. } => *at,
+        }
+    }
+
+    /// What it tells the service-interval checker, with the node's instants mapped to the
+    /// checker's global time by `to_global`.
+    pub fn service_input(&self, to_global: impl Fn(Instant) -> Duration) -> ServiceInput {
+        match self {
+            Self::ToldMaster {
+                driver,
+                term,
+                lease_until,
+                ..
+            } => ServiceInput::ToldMaster {
+                driver: driver.clone(),
+                term: *term,
+                lease_end: to_global(*lease_until),
+            },
+            Self::LeaseGiven {
+                driver,
+                lease_until,
+                ..
+            } => ServiceInput::Lease {
+                driver: driver.clone(),
+                lease_end: to_global(*lease_until),
+            },
+            Self::StopConfirmed { driver, .. } => ServiceInput::StopConfirmed {
+                driver: driver.clone(),
+            },
+            Self::StopFailed { driver, .. } => ServiceInput::StopFailed {
+                driver: driver.clone(),
+            },
         }
     }
 

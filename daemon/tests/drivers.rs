@@ -273,7 +273,7 @@ fn last_lease_end(watch: &mut ServiceWatch, node: &NodeId, before: Duration) -> 
         .records()
         .into_iter()
         .filter(|r| &r.node == node && r.at < before)
-        .filter_map(|r| r.lease_until)
+        .filter_map(|r| r.lease_until())
         .max()
         .expect("the old master gave its drivers a lease")
 }

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use clustd_core::check::ServiceChecker;
-use clustd_core::{DriverRole, NodeId, PersistentState, Term};
+use clustd_core::check::{ServiceChecker, ServiceInput};
+use clustd_core::{DriverRole, NodeId, PersistentState};
 
 use crate::store::Save;
 
@@ -38,37 +38,6 @@ pub struct Seen<'a> {
     pub reason: &'a str,
     /// While master: the end of the lease, in global time.
     pub lease_end: Option<Duration>,
-}
-
-/// One driver record of a node, in global time, for the service checker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fed {
-    /// "master" sent to `driver`, whose lease then ends at `lease_end`.
-    ToldMaster {
-        /// The driver.
-        driver: NodeId,
-        /// Term of the notice.
-        term: u64,
-        /// Lease end, global.
-        lease_end: Duration,
-    },
-    /// A renewal sent to `driver`.
-    Lease {
-        /// The driver.
-        driver: NodeId,
-        /// Lease end, global.
-        lease_end: Duration,
-    },
-    /// `driver` confirmed its stop (`Ok`).
-    StopConfirmed {
-        /// The driver.
-        driver: NodeId,
-    },
-    /// `driver` reported a failed or timed-out stop.
-    StopFailed {
-        /// The driver.
-        driver: NodeId,
-    },
 }
 
 /// The checker's name for node `i`.
@@ -235,7 +204,7 @@ impl Observer {
 
     /// One driver record of `node` at global time `at`, fed to the service checker (in
     /// global time order across nodes: the harness sorts each tick's records).
-    pub fn on_record(&mut self, at: Duration, node: usize, fed: &Fed) {
+    pub fn on_record(&mut self, at: Duration, node: usize, input: &ServiceInput) {
         self.records += 1;
         // Converting node clocks to global time rounds by a nanosecond or so; records of one
         // tick are sorted, but a tick boundary may still step back by that much.
@@ -248,9 +217,8 @@ impl Observer {
         }
         let at = at.max(self.last_record);
         self.last_record = at;
-        let id = node_id(node);
-        match fed {
-            Fed::ToldMaster {
+        match input {
+            ServiceInput::ToldMaster {
                 driver,
                 term,
                 lease_end,
@@ -263,30 +231,20 @@ impl Observer {
                         ms(*lease_end)
                     ),
                 );
-                self.service.told_master(
-                    at,
-                    &id,
-                    driver,
-                    Term(*term),
-                    *lease_end,
-                    self.stop_budget,
-                );
             }
-            Fed::Lease { driver, lease_end } => {
-                self.service.lease(at, &id, driver, *lease_end);
-            }
-            Fed::StopConfirmed { driver } => {
+            ServiceInput::StopConfirmed { driver } => {
                 self.event(at, format!("n{node} driver {driver} confirmed its stop"));
-                self.service.stop_confirmed(at, &id, driver);
             }
-            Fed::StopFailed { driver } => {
+            ServiceInput::StopFailed { driver } => {
                 self.event(
                     at,
                     format!("n{node} driver {driver} reported a FAILED stop"),
                 );
-                self.service.stop_failed(at, &id, driver);
             }
+            _ => {}
         }
+        self.service
+            .feed(at, &node_id(node), input, self.stop_budget);
         self.take_service_violations(at);
     }
 
@@ -439,9 +397,9 @@ mod tests {
     #[test]
     fn driver_records_reach_the_strict_checker() {
         let mut o = Observer::new(T(200));
-        let told = |d: &str, term, lease| Fed::ToldMaster {
+        let told = |d: &str, term, lease| ServiceInput::ToldMaster {
             driver: driver(d),
-            term,
+            term: clustd_core::Term(term),
             lease_end: T(lease),
         };
         o.on_record(T(1000), 0, &told("d0", 1, 1700));
@@ -449,7 +407,7 @@ mod tests {
         o.on_record(
             T(1100),
             0,
-            &Fed::StopFailed {
+            &ServiceInput::StopFailed {
                 driver: driver("d0"),
             },
         );
@@ -466,7 +424,7 @@ mod tests {
         o.on_record(
             T(1100),
             0,
-            &Fed::StopConfirmed {
+            &ServiceInput::StopConfirmed {
                 driver: driver("d0"),
             },
         );

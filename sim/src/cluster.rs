@@ -28,10 +28,11 @@ use clustd_transport::TransportKind;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use turmoil::{Protocol, Segment, Sim};
 
-use crate::check::{Fed, Observer, Seen};
+use crate::check::{Observer, Seen};
 use crate::clock::{DriftClock, MachineTime, Pause};
 use crate::net::{SimNet, mix, splitmix};
 use crate::store::{Disk, SharedDisk, SimStore, lock};
+use clustd_core::check::ServiceInput;
 use clustd_core::fault::{DiskFault, Fault};
 
 /// The port every node listens on.
@@ -551,7 +552,7 @@ impl Cluster {
     fn observe(&mut self, tick: (Duration, Duration)) {
         let (_, now) = tick;
         // Driver records of every node, fed to the service checker in global time order.
-        let mut fed: Vec<(Duration, usize, Fed)> = Vec::new();
+        let mut fed: Vec<(Duration, usize, ServiceInput)> = Vec::new();
         let mut lost = Vec::new();
         for i in 0..self.slots.len() {
             let mut slot = self.slots[i].borrow_mut();
@@ -568,31 +569,8 @@ impl Cluster {
                     Err(_) => break,
                 };
                 let at = live.clock.to_global(record.at());
-                let global = |t: Instant| live.clock.to_global(t);
-                let item = match record {
-                    DriverRecord::ToldMaster {
-                        driver,
-                        term,
-                        lease_until,
-                        ..
-                    } => Fed::ToldMaster {
-                        driver,
-                        term: term.0,
-                        lease_end: global(lease_until),
-                    },
-                    DriverRecord::LeaseGiven {
-                        driver,
-                        lease_until,
-                        ..
-                    } => Fed::Lease {
-                        driver,
-                        lease_end: global(lease_until),
-                    },
-                    DriverRecord::StopConfirmed { driver, .. } => Fed::StopConfirmed { driver },
-                    DriverRecord::StopFailed { driver, .. } => Fed::StopFailed { driver },
-                    _ => continue,
-                };
-                fed.push((at, i, item));
+                let input = record.service_input(|t| live.clock.to_global(t));
+                fed.push((at, i, input));
             }
         }
         for (i, k) in lost {

@@ -15,7 +15,7 @@ pub mod net;
 pub mod store;
 pub mod sweep;
 
-pub use check::{Fed, Observer, TraceHash};
+pub use check::{Observer, TraceHash};
 pub use clock::DriftClock;
 pub use cluster::{Cluster, Outcome, SimConfig, seed_from_env, transport_name};
 pub use net::SimNet;

@@ -14,40 +14,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clustd_core::check::ServiceChecker;
+use clustd_core::check::{ServiceChecker, ServiceInput};
 use clustd_core::{NodeId, Term};
 use serde_json::Value;
 
 use crate::runtime::SERVICE_LOG_TARGET;
-
-/// What one service record (or the bench) says about a node's drivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Kind {
-    ToldMaster {
-        driver: NodeId,
-        term: Term,
-        lease_end: Duration,
-    },
-    LeaseGiven {
-        driver: NodeId,
-        lease_end: Duration,
-    },
-    StopConfirmed {
-        driver: NodeId,
-    },
-    StopFailed {
-        driver: NodeId,
-    },
-    /// The bench SIGKILLed the node's daemon.
-    Crashed,
-}
 
 /// One input of the checker, at a `CLOCK_MONOTONIC` reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Event {
     at: Duration,
     node: NodeId,
-    kind: Kind,
+    input: ServiceInput,
 }
 
 /// The service records of a whole bench run, and the crashes the bench caused.
@@ -91,7 +69,7 @@ impl ServiceLog {
         self.events.push(Event {
             at,
             node,
-            kind: Kind::Crashed,
+            input: ServiceInput::Crashed,
         });
     }
 
@@ -108,29 +86,21 @@ impl ServiceLog {
         events.sort_by_key(|e| e.at);
         let mut told_master = 0usize;
         for e in events {
-            match &e.kind {
-                Kind::ToldMaster {
-                    driver,
-                    term,
-                    lease_end,
-                } => {
-                    told_master += 1;
-                    let Some(budget) = stop_budget.get(&e.node) else {
-                        checker.violation(format!(
-                            "{} told a driver master, but the bench knows no stop budget for it",
-                            e.node
-                        ));
-                        continue;
-                    };
-                    checker.told_master(e.at, &e.node, driver, *term, *lease_end, *budget);
-                }
-                Kind::LeaseGiven { driver, lease_end } => {
-                    checker.lease(e.at, &e.node, driver, *lease_end);
-                }
-                Kind::StopConfirmed { driver } => checker.stop_confirmed(e.at, &e.node, driver),
-                Kind::StopFailed { driver } => checker.stop_failed(e.at, &e.node, driver),
-                Kind::Crashed => checker.crashed(e.at, &e.node),
-            }
+            // Only a "master" notice uses the stop budget.
+            let budget = if matches!(e.input, ServiceInput::ToldMaster { .. }) {
+                told_master += 1;
+                let Some(budget) = stop_budget.get(&e.node) else {
+                    checker.violation(format!(
+                        "{} told a driver master, but the bench knows no stop budget for it",
+                        e.node
+                    ));
+                    continue;
+                };
+                *budget
+            } else {
+                Duration::ZERO
+            };
+            checker.feed(e.at, &e.node, &e.input, budget);
         }
         if told_master == 0 {
             checker.violation(format!(
@@ -166,20 +136,20 @@ fn parse_line(line: &str) -> Result<Option<Event>, String> {
         NodeId::new(text(name)?).map_err(|e| format!("field `{name}` is not a node id: {e}"))
     };
     let nanos = |name: &str| number(name).map(Duration::from_nanos);
-    let kind = match text("record")? {
-        "told_master" => Kind::ToldMaster {
+    let input = match text("record")? {
+        "told_master" => ServiceInput::ToldMaster {
             driver: id("driver")?,
             term: Term(number("term")?),
             lease_end: nanos("lease_until_mono_ns")?,
         },
-        "lease_given" => Kind::LeaseGiven {
+        "lease_given" => ServiceInput::Lease {
             driver: id("driver")?,
             lease_end: nanos("lease_until_mono_ns")?,
         },
-        "stop_confirmed" => Kind::StopConfirmed {
+        "stop_confirmed" => ServiceInput::StopConfirmed {
             driver: id("driver")?,
         },
-        "stop_failed" => Kind::StopFailed {
+        "stop_failed" => ServiceInput::StopFailed {
             driver: id("driver")?,
         },
         other => return Err(format!("unknown record `{other}`")),
@@ -187,7 +157,7 @@ fn parse_line(line: &str) -> Result<Option<Event>, String> {
     Ok(Some(Event {
         at: nanos("at_mono_ns")?,
         node: id("node")?,
-        kind,
+        input,
     }))
 }
 
