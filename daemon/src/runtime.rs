@@ -1110,8 +1110,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
 /// How long a graceful shutdown may take at most with these settings.
 pub fn max_shutdown_time(settings: &Settings) -> Duration {
+    // The hand-over may wait for lease end plus the stop budget at the drift bound (the
+    // same wait the core uses), then the successor has an election timeout to take over.
     let s = &settings.core;
-    s.lease + s.stop_budget + s.election_timeout_min
+    s.lease + s.stop_budget_at_drift_bound() + s.election_timeout_min
 }
 
 #[cfg(test)]
