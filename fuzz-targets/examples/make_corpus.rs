@@ -168,8 +168,19 @@ fn handshake() {
         id: id("node-1"),
         kind: PeerKind::Peer,
     };
-    let (init, msg1) = Initiator::start(&secret, b"", [1; 32], &hello).expect("start");
-    let (resp, _) = Responder::read_hello(&secret, b"", [2; 32], &msg1).expect("hello");
+    let (init, msg1) = Initiator::start(
+        clustd_transport::session::Credential::ClusterSecret(&secret),
+        b"",
+        [1; 32],
+        &hello,
+    )
+    .expect("start");
+    let accept = clustd_transport::session::Acceptor {
+        secret: &secret,
+        node_key: None,
+        driver: None,
+    };
+    let (resp, _, _) = Responder::read_hello(&accept, b"", [2; 32], &msg1).expect("hello");
     let reply = Reply::Accepted(Hello {
         id: id("node-2"),
         kind: PeerKind::Peer,

@@ -5,8 +5,10 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use clustd_core::NodeId;
-use clustd_transport::session::{Body, Hello, Initiator, Reply, Responder, Session};
-use clustd_transport::{PeerKind, RefuseReason, Secret, TransportError};
+use clustd_transport::session::{
+    Acceptor, Body, Credential, Hello, Initiator, Proof, Reply, Responder, Session,
+};
+use clustd_transport::{NodeKey, PeerKind, RefuseReason, Secret, TransportError};
 
 /// One handshake scenario.
 #[derive(Arbitrary, Debug)]
@@ -145,6 +147,15 @@ impl Keys {
     }
 }
 
+/// A responder that accepts the cluster secret (and, with `key`, node-key handshakes).
+fn acceptor<'a>(secret: &'a Secret, key: Option<&'a NodeKey>) -> Acceptor<'a> {
+    Acceptor {
+        secret,
+        node_key: key,
+        driver: None,
+    }
+}
+
 fn secret(bytes: &[u8]) -> Secret {
     Secret::from_bytes(bytes.to_vec()).unwrap_or_else(|e| panic!("a 38-byte secret is valid: {e}"))
 }
@@ -170,21 +181,26 @@ fn run(case: Case, keys: &Keys) {
     let (i_seed, r_seed) = (keys.initiator_seed, keys.responder_seed);
     let a_hello = hello("node-a", PeerKind::Peer);
     let b_hello = hello("node-b", PeerKind::Peer);
+    let cred = Credential::ClusterSecret(&s);
+    // Garbage is also tried as a node-key handshake.
+    let b_key = NodeKey::from_private(keys.responder_seed);
+    let accept = acceptor(&s, Some(&b_key));
     match case {
         Case::Msg1(bytes) => {
-            if let Ok((_, got)) = Responder::read_hello(&s, BINDING, r_seed, &bytes) {
+            if let Ok((_, got, _)) = Responder::read_hello(&accept, BINDING, r_seed, &bytes) {
                 panic!("garbage message 1 authenticated as {got:?}");
             }
         }
         Case::Msg2(bytes) => {
-            let (init, _) = Initiator::start(&s, BINDING, i_seed, &a_hello).expect("start");
+            let (init, _) = Initiator::start(cred, BINDING, i_seed, &a_hello).expect("start");
             if let Ok((reply, ..)) = init.finish(&bytes) {
                 panic!("garbage message 2 authenticated as {reply:?}");
             }
         }
         Case::Confirm(bytes) => {
-            let (_, msg1) = Initiator::start(&s, BINDING, i_seed, &a_hello).expect("start");
-            let (resp, _) = Responder::read_hello(&s, BINDING, r_seed, &msg1).expect("hello");
+            let (_, msg1) = Initiator::start(cred, BINDING, i_seed, &a_hello).expect("start");
+            let (resp, _, _) =
+                Responder::read_hello(&accept, BINDING, r_seed, &msg1).expect("hello");
             let (_, mut session) = resp.reply(&Reply::Accepted(b_hello)).expect("reply");
             if let Ok(opened) = session.open(&bytes) {
                 panic!("garbage confirmation opened: {opened:?}");
@@ -198,14 +214,15 @@ fn run(case: Case, keys: &Keys) {
             refuse,
         } => tampered(which % 3, &how, other_secret, other_binding, refuse, keys),
         Case::RawHello(payload) => {
-            let Ok((_, msg1)) = Initiator::start_with_payload(&s, BINDING, i_seed, &payload) else {
+            let Ok((_, msg1)) = Initiator::start_with_payload(cred, BINDING, i_seed, &payload)
+            else {
                 return; // too long for one handshake message
             };
             // Authenticated, so only the payload decides: it must decode as a hello exactly
             // when the codec says so, and nothing may panic.
             let expected = clustd_core::codec::decode::<Hello>(&payload).ok();
-            match Responder::read_hello(&s, BINDING, r_seed, &msg1) {
-                Ok((resp, got)) => {
+            match Responder::read_hello(&accept, BINDING, r_seed, &msg1) {
+                Ok((resp, got, _)) => {
                     assert_eq!(Some(&got), expected.as_ref(), "hello decoded differently");
                     let _ = resp.reply(&Reply::Refused(RefuseReason::UnknownNode));
                 }
@@ -216,8 +233,9 @@ fn run(case: Case, keys: &Keys) {
             }
         }
         Case::RawReply(payload) => {
-            let (init, msg1) = Initiator::start(&s, BINDING, i_seed, &a_hello).expect("start");
-            let (resp, _) = Responder::read_hello(&s, BINDING, r_seed, &msg1).expect("hello");
+            let (init, msg1) = Initiator::start(cred, BINDING, i_seed, &a_hello).expect("start");
+            let (resp, _, _) =
+                Responder::read_hello(&accept, BINDING, r_seed, &msg1).expect("hello");
             let Ok((msg2, mut rs)) = resp.reply_with_payload(&payload) else {
                 return;
             };
@@ -257,15 +275,32 @@ fn tampered(
     });
     let br: &[u8] = if other_binding { b"other" } else { BINDING };
     let mismatch = other_secret || other_binding;
-    let (init, msg1) = Initiator::start(&si, BINDING, i_seed, a_hello).expect("start");
+    // The node-key handshake, the one peers use: a's key proven to b, b's key known to a.
+    let a_key = NodeKey::from_private(keys.initiator_seed);
+    let b_key = NodeKey::from_private(keys.responder_seed);
+    let b_public = b_key.public();
+    let cred = Credential::NodeKey {
+        secret: &si,
+        local: &a_key,
+        remote: &b_public,
+    };
+    let (init, msg1) = Initiator::start(cred, BINDING, i_seed, a_hello).expect("start");
     let sent1 = if which == 0 {
         how.apply(&msg1)
     } else {
         msg1.clone()
     };
     let changed1 = sent1 != msg1;
-    let (resp, got) = match Responder::read_hello(&sr, br, r_seed, &sent1) {
-        Ok(ok) => ok,
+    let (resp, got) = match Responder::read_hello(&acceptor(&sr, Some(&b_key)), br, r_seed, &sent1)
+    {
+        Ok((resp, got, proof)) => {
+            assert_eq!(
+                proof,
+                Proof::NodeKey(a_key.public()),
+                "another key was proven"
+            );
+            (resp, got)
+        }
         Err(_) => return,
     };
     assert!(
@@ -322,9 +357,19 @@ fn tampered(
 fn established(keys: &Keys) -> (Session, Session) {
     let s = keys.secret();
     let (i_seed, r_seed) = (keys.initiator_seed, keys.responder_seed);
-    let (init, msg1) =
-        Initiator::start(&s, BINDING, i_seed, &hello("node-a", PeerKind::Driver)).expect("start");
-    let (resp, _) = Responder::read_hello(&s, BINDING, r_seed, &msg1).expect("hello");
+    let (init, msg1) = Initiator::start(
+        Credential::Driver(&s),
+        BINDING,
+        i_seed,
+        &hello("node-a", PeerKind::Driver),
+    )
+    .expect("start");
+    let accept = Acceptor {
+        secret: &s,
+        node_key: None,
+        driver: Some(&s),
+    };
+    let (resp, _, _) = Responder::read_hello(&accept, BINDING, r_seed, &msg1).expect("hello");
     let (msg2, mut rs) = resp
         .reply(&Reply::Accepted(hello("node-b", PeerKind::Peer)))
         .expect("reply");

@@ -145,7 +145,7 @@ async fn bench(kind: TransportKind, rtt_rounds: usize, frames: usize, handshakes
         let start = Instant::now();
         let mut raw = RawConn::connect(kind, a1).await.expect("raw connect");
         raw.handshake(
-            &secret(),
+            clustd_transport::session::Credential::ClusterSecret(&secret()),
             &Hello {
                 id: id("n2"),
                 kind: PeerKind::Peer,

@@ -55,10 +55,12 @@ impl Secret {
         Ok(Self(bytes))
     }
 
-    /// The 32-byte Noise pre-shared key derived from the secret.
-    pub(crate) fn psk(&self) -> Zeroizing<[u8; 32]> {
+    /// The 32-byte Noise pre-shared key derived from the secret for one use (`label`):
+    /// peers and drivers derive different keys from the same bytes, so a secret used as a
+    /// driver credential never opens a peer handshake.
+    pub(crate) fn psk(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"clustd noise psk v1\0");
+        ctx.update(label);
         ctx.update(&self.0);
         let digest = ctx.finish();
         let mut psk = Zeroizing::new([0u8; 32]);
@@ -71,6 +73,99 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+/// A node's static X25519 key pair (`clustd keygen --node`): the node proves it in every
+/// peer handshake, and its peers know the public half. Never printed; zeroized on drop.
+#[derive(Clone)]
+pub struct NodeKey {
+    private: Zeroizing<[u8; 32]>,
+    public: PublicKey,
+}
+
+impl NodeKey {
+    /// The key pair with this private key (any 32 bytes: X25519 clamps them).
+    pub fn from_private(private: [u8; 32]) -> Self {
+        let private = Zeroizing::new(private);
+        let public = crate::session::public_key_of(&private);
+        Self { private, public }
+    }
+
+    /// Parses the private key from its text form (64 hex characters, surrounding
+    /// whitespace ignored). The error never contains the text.
+    pub fn from_hex(text: &str) -> Result<Self, crate::TransportError> {
+        let bytes = parse_hex32(text.trim()).ok_or_else(|| {
+            crate::TransportError::Config(
+                "a node key is 64 hex characters (make one with `clustd keygen --node`)".into(),
+            )
+        })?;
+        Ok(Self::from_private(*bytes))
+    }
+
+    /// The private key as 64 hex characters (for writing the key file).
+    pub fn private_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex(&self.private[..]))
+    }
+
+    /// The public half, which the node's peers configure.
+    pub fn public(&self) -> PublicKey {
+        self.public
+    }
+
+    pub(crate) fn private(&self) -> &[u8; 32] {
+        &self.private
+    }
+}
+
+impl fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeKey(public {}, private <redacted>)", self.public)
+    }
+}
+
+/// A node's public key: 32 bytes, written as 64 hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl std::str::FromStr for PublicKey {
+    type Err = crate::TransportError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_hex32(text.trim()).map(|b| Self(*b)).ok_or_else(|| {
+            crate::TransportError::Config(format!(
+                "a public key is 64 hex characters, got {} characters",
+                text.trim().len()
+            ))
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex32(text: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let raw = text.as_bytes();
+    if raw.len() != 64 {
+        return None;
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    for (i, pair) in raw.chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 /// Certificate and private key (PEM files) for serving `wss://`.
@@ -89,8 +184,8 @@ pub enum SendClass {
     /// it), and over QUIC it travels as a datagram, so it is never retransmitted late.
     Heartbeat,
     /// Delivered in order unless the connection breaks or is replaced by a duplicate
-    /// connection (both ends dialed each other; the switch is drained but may still lose a
-    /// frame, like a break). Never dropped because a queue is full without an error. The
+    /// connection (both ends dialed each other, or the remote restarted; frames in flight
+    /// on the replaced connection are lost, like in a break). Never dropped because a queue is full without an error. The
     /// election protocol tolerates loss.
     Reliable,
 }
@@ -145,14 +240,25 @@ pub struct EndpointConfig {
     pub local_id: NodeId,
     /// Whether we are a daemon (`Peer`) or a driver.
     pub local_kind: PeerKind,
-    /// The cluster secret.
+    /// A daemon's cluster secret (the pre-shared key of every peer handshake), or a
+    /// driver's credential (the secret its daemon accepts from drivers).
     pub secret: Secret,
+    /// This daemon's node key. Required when any peer has a key in `peer_keys`.
+    pub node_key: Option<NodeKey>,
     /// Where to listen; daemons listen, drivers do not.
     pub listen: Option<SocketAddr>,
     /// Peers to dial and keep connected; also the only peer ids accepted inbound.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The public key each peer must prove. A peer listed here can only be reached, and
+    /// only connect, by proving this key; a peer without an entry authenticates with the
+    /// cluster secret alone, which anyone holding it can claim (kept for migrating a
+    /// cluster to node keys; see README "Security").
+    pub peer_keys: BTreeMap<NodeId, PublicKey>,
     /// Accept `Driver` connections with any valid id (that is not a peer's or ours).
     pub accept_drivers: bool,
+    /// The credential drivers must prove; `None` means the cluster secret (as before
+    /// driver credentials existed). A driver handshake can only ever yield a driver.
+    pub driver_secret: Option<Secret>,
     /// Serve `wss://` with this certificate (WebSocket only; QUIC makes its own certificate).
     pub tls: Option<TlsFiles>,
     /// Dial peers with `wss://` (the server certificate is not checked: the Noise
@@ -175,9 +281,12 @@ impl EndpointConfig {
             local_id,
             local_kind,
             secret,
+            node_key: None,
             listen: None,
             peers: BTreeMap::new(),
+            peer_keys: BTreeMap::new(),
             accept_drivers: false,
+            driver_secret: None,
             tls: None,
             dial_tls: false,
             limits: Limits::default(),
@@ -194,6 +303,19 @@ mod tests {
         let secret = Secret::from_bytes(b"very secret cluster key".to_vec()).expect("long enough");
         assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
         assert!(Secret::from_bytes(b"short".to_vec()).is_err());
+    }
+
+    #[test]
+    fn node_keys_round_trip_as_hex_and_are_redacted() {
+        let key = NodeKey::from_private([7; 32]);
+        let again = NodeKey::from_hex(&key.private_hex()).expect("parses");
+        assert_eq!(again.public(), key.public());
+        let public: PublicKey = key.public().to_string().parse().expect("parses");
+        assert_eq!(public, key.public());
+        assert!(!format!("{key:?}").contains(&*key.private_hex()));
+        let err = NodeKey::from_hex("zz").err().expect("refused").to_string();
+        assert!(!err.contains("zz"), "{err}");
+        assert!("12ab".parse::<PublicKey>().is_err());
     }
 
     #[test]

@@ -14,7 +14,6 @@ use rand::{Rng, RngCore, SeedableRng};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::error::{RefuseReason, SendError};
-use crate::link::inbound_allowed;
 use crate::net::Net;
 use crate::queue::{Pushed, SendQueue};
 use crate::session::Hello;
@@ -102,10 +101,6 @@ impl Shared {
         seed
     }
 
-    pub(crate) fn check_inbound(&self, remote: &Hello) -> Result<(), RefuseReason> {
-        inbound_allowed(&self.config, remote)
-    }
-
     pub(crate) fn check_outbound(
         &self,
         remote: &Hello,
@@ -174,7 +169,9 @@ impl Shared {
     /// Adds an authenticated connection. When one with the same id exists, exactly one is
     /// kept: if both were dialed by the same side the newer wins (the older is most likely
     /// dead: the remote restarted); otherwise the one dialed by the lower node id wins, which
-    /// both ends compute alike.
+    /// both ends compute alike. `None`: this one lost (or we are stopping) and must close;
+    /// nothing it carries is delivered. Both connections proved the same credential, so
+    /// this only settles two dials of the same node, never who that node is.
     pub(crate) async fn register(
         &self,
         remote: &Hello,
@@ -192,11 +189,8 @@ impl Shared {
                 let lower = std::cmp::min(&self.config.local_id, &remote.id);
                 let keep_new = existing.dialer == dialer || dialer == *lower;
                 if !keep_new {
-                    // Not registered, but drained like a replaced one: the remote may have
-                    // registered it and sent frames on it before learning of ours.
                     tracing::debug!(local = %self.config.local_id, peer = %remote.id, "duplicate connection: keeping the other");
-                    let _ = queue.replace();
-                    return Some((generation, queue));
+                    return None;
                 }
             }
             let conn = Conn {
@@ -230,6 +224,13 @@ impl Shared {
         Some((generation, queue))
     }
 
+    /// Whether `generation` is the registered connection for `id`: only that one delivers.
+    fn is_current(&self, id: &NodeId, generation: u64) -> bool {
+        lock(&self.conns)
+            .get(id)
+            .is_some_and(|conn| conn.generation == generation)
+    }
+
     pub(crate) async fn deregister(&self, remote: &Hello, generation: u64) {
         let _order = self.status_order.lock().await;
         let removed = {
@@ -252,13 +253,18 @@ impl Shared {
         }
     }
 
-    /// Hands a frame to the daemon. A replaced connection still delivers until the remote's
-    /// goodbye: its frames are authenticated and were sent before the switch.
+    /// Hands a frame to the daemon, if the connection it came on is still the registered
+    /// one; a replaced connection's frames are dropped (the election protocol tolerates
+    /// loss; two connections must never both speak for one node).
     pub(crate) async fn deliver(
         &self,
         remote: &Hello,
+        generation: u64,
         frame: Vec<u8>,
     ) -> Result<(), TransportError> {
+        if !self.is_current(&remote.id, generation) {
+            return Err(TransportError::Closed);
+        }
         let event = TransportEvent::Frame {
             from: remote.id.clone(),
             kind: remote.kind,
@@ -310,6 +316,20 @@ async fn dial_loop<N: Net>(
     let mut changed = shared.changed.subscribe();
     let stopped = shared.stopped();
     tokio::pin!(stopped);
+    // When both ends start at once both dial, and one connection must lose (frames in
+    // flight on it are lost). The higher id gives the lower id's dial, which wins anyway,
+    // a head start, so that race is rare.
+    if expected
+        .as_ref()
+        .is_some_and(|id| *id < shared.config.local_id)
+    {
+        let delay = shared.backoff_delay(limits.backoff_min);
+        tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
     loop {
         // The remote may have dialed us: no second connection while one exists.
         if let Some(id) = &expected {
@@ -380,6 +400,20 @@ impl Endpoint {
         if config.peers.contains_key(&config.local_id) {
             return Err(TransportError::Config(
                 "peers must not contain the local id".into(),
+            ));
+        }
+        if let Some(id) = config
+            .peer_keys
+            .keys()
+            .find(|id| !config.peers.contains_key(*id))
+        {
+            return Err(TransportError::Config(format!(
+                "a key is configured for {id}, which is not a peer"
+            )));
+        }
+        if !config.peer_keys.is_empty() && config.node_key.is_none() {
+            return Err(TransportError::Config(
+                "peers have node keys but this node has none: set its node key".into(),
             ));
         }
         if config.local_kind == PeerKind::Driver

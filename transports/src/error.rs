@@ -89,6 +89,8 @@ pub enum RefuseReason {
     SameId,
     /// A connection with this id already exists and is kept instead.
     Duplicate,
+    /// This node id must prove its configured node key (and did not, or proved another).
+    KeyRequired,
 }
 
 impl std::fmt::Display for RefuseReason {
@@ -98,6 +100,7 @@ impl std::fmt::Display for RefuseReason {
             Self::KindNotAccepted => "kind not accepted",
             Self::SameId => "same node id as ours",
             Self::Duplicate => "duplicate connection",
+            Self::KeyRequired => "this node id must prove its node key",
         })
     }
 }

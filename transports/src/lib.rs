@@ -56,7 +56,10 @@ pub mod session;
 mod tls;
 mod ws;
 
-pub use config::{EndpointConfig, Limits, PeerKind, Secret, SendClass, TlsFiles, TransportKind};
+pub use config::{
+    EndpointConfig, Limits, NodeKey, PeerKind, PublicKey, Secret, SendClass, TlsFiles,
+    TransportKind,
+};
 pub use endpoint::{Endpoint, TransportEvent};
 pub use error::{RefuseReason, SendError, TransportError};
 pub use net::{Net, TokioNet};

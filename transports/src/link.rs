@@ -13,7 +13,8 @@ use crate::endpoint::Shared;
 use crate::error::RefuseReason;
 use crate::queue::Outgoing;
 use crate::session::{
-    Body, Hello, Initiator, Opener, Reply, Responder, Sealer, Session, sealed_len,
+    Acceptor, Body, Credential, Hello, Initiator, Opener, Proof, Reply, Responder, Sealer, Session,
+    sealed_len,
 };
 use crate::{PeerKind, TransportError};
 
@@ -69,13 +70,13 @@ async fn recv_reliable<R: LinkRx>(rx: &mut R) -> Result<Vec<u8>, TransportError>
 pub(crate) async fn handshake_initiator<T: LinkTx, R: LinkRx>(
     tx: &mut T,
     rx: &mut R,
-    secret: &crate::Secret,
+    credential: Credential<'_>,
     binding: &[u8],
     seed: [u8; 32],
     local: &Hello,
     check: impl FnOnce(&Hello) -> Result<(), TransportError>,
 ) -> Result<(Hello, Session), TransportError> {
-    let (initiator, msg1) = Initiator::start(secret, binding, seed, local)?;
+    let (initiator, msg1) = Initiator::start(credential, binding, seed, local)?;
     tx.send(msg1).await?;
     let msg2 = recv_reliable(rx).await?;
     let (reply, session, confirm) = initiator.finish(&msg2)?;
@@ -97,9 +98,16 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
     binding: &[u8],
 ) -> Result<(Hello, Session), TransportError> {
     let msg1 = recv_reliable(rx).await?;
-    let (responder, remote) =
-        Responder::read_hello(&shared.config.secret, binding, shared.seed(), &msg1)?;
-    if let Err(reason) = shared.check_inbound(&remote) {
+    let config = &shared.config;
+    let acceptor = Acceptor {
+        secret: &config.secret,
+        node_key: config.node_key.as_ref(),
+        // Tried even when drivers are not accepted, so a misdirected driver is told why.
+        driver: Some(config.driver_secret.as_ref().unwrap_or(&config.secret)),
+    };
+    let (responder, remote, proof) =
+        Responder::read_hello(&acceptor, binding, shared.seed(), &msg1)?;
+    if let Err(reason) = inbound_allowed(config, &remote, proof) {
         let (msg2, _) = responder.reply(&Reply::Refused(reason))?;
         // Best effort: the remote holds the secret, so it may learn why.
         if tx.send(msg2).await.is_ok() {
@@ -133,12 +141,27 @@ where
     R: LinkRx,
     F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
 {
+    let config = &shared.config;
+    let credential = match (config.local_kind, expected) {
+        (PeerKind::Driver, _) => Credential::Driver(&config.secret),
+        (PeerKind::Peer, Some(id)) => match (config.peer_keys.get(id), &config.node_key) {
+            (Some(remote), Some(local)) => Credential::NodeKey {
+                secret: &config.secret,
+                local,
+                remote,
+            },
+            // `Endpoint::start` refuses peer keys without a node key.
+            (Some(_), None) => return Err(TransportError::Config("no node key".into())),
+            (None, _) => Credential::ClusterSecret(&config.secret),
+        },
+        (PeerKind::Peer, None) => Credential::ClusterSecret(&config.secret),
+    };
     let handshake = async {
         let (mut tx, mut rx, binding) = establish.await?;
         let (remote, session) = handshake_initiator(
             &mut tx,
             &mut rx,
-            &shared.config.secret,
+            credential,
             &binding,
             shared.seed(),
             &shared.hello(),
@@ -210,44 +233,16 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     // receive half closes the connection, which must wait until both loops are done).
     let (mut tx, mut rx) = (tx, rx);
     let writer = write_loop(&mut tx, sealer, &queue, shared);
-    let reader = read_loop(&mut rx, opener, shared, &remote);
+    let reader = read_loop(&mut rx, opener, shared, &remote, generation);
     tokio::pin!(writer, reader);
-    let stopped = shared.stopped();
-    tokio::pin!(stopped);
-    // A replaced connection ends with a goodbye each way: each side reads until the other's
-    // goodbye, so frames sent just before the switch usually still arrive. Bounded by
-    // `drain_deadline`. Not proven lossless: a Reliable frame was seen lost in this switch
-    // under load (endpoint tests, restart with both ends dialing), cause not yet found.
-    let drain = shared.config.limits.handshake_timeout;
-    let drain_deadline = tokio::time::sleep(drain);
-    tokio::pin!(drain_deadline);
-    let (mut writer_done, mut reader_done, mut draining) = (false, false, false);
-    let result = loop {
-        tokio::select! {
-            biased;
-            () = &mut stopped => break Ok(()),
-            () = &mut drain_deadline, if draining => break Err(TransportError::IdleTimeout),
-            result = &mut writer, if !writer_done => {
-                writer_done = true;
-                if result.is_err() || reader_done || !queue.was_replaced() {
-                    break result;
-                }
-            }
-            result = &mut reader, if !reader_done => {
-                // Ok means the remote said goodbye: it has a newer connection, which we
-                // are about to register too (then our writer says goodbye as well).
-                reader_done = true;
-                if result.is_err() || writer_done {
-                    break result;
-                }
-            }
-        }
-        if !draining {
-            draining = true;
-            drain_deadline
-                .as_mut()
-                .reset(tokio::time::Instant::now() + drain);
-        }
+    // Whichever half ends first ends the connection: a replaced one says goodbye (its
+    // writer) and goes, without waiting for anything more from the remote, whose frames
+    // on it would not be delivered anyway.
+    let result = tokio::select! {
+        biased;
+        () = shared.stopped() => Ok(()),
+        result = &mut writer => result,
+        result = &mut reader => result,
     };
     queue.close();
     if let Err(error) = result {
@@ -299,6 +294,7 @@ async fn read_loop<R: LinkRx>(
     mut opener: Opener,
     shared: &Shared,
     remote: &Hello,
+    generation: u64,
 ) -> Result<(), TransportError> {
     let limits = &shared.config.limits;
     loop {
@@ -317,7 +313,7 @@ async fn read_loop<R: LinkRx>(
                         limit: limits.max_frame_len,
                     });
                 }
-                shared.deliver(remote, frame).await?;
+                shared.deliver(remote, generation, frame).await?;
             }
             Body::Keepalive => {}
             Body::Goodbye => return Ok(()),
@@ -330,10 +326,12 @@ async fn read_loop<R: LinkRx>(
     }
 }
 
-/// Who may connect to us, by the hello they sent.
+/// Who may connect to us: by what they proved, then by the hello they sent. A hello is a
+/// claim; it is believed only as far as the proof behind it goes.
 pub(crate) fn inbound_allowed(
     config: &crate::EndpointConfig,
     remote: &Hello,
+    proof: Proof,
 ) -> Result<(), RefuseReason> {
     if remote.id == config.local_id {
         return Err(RefuseReason::SameId);
@@ -341,12 +339,30 @@ pub(crate) fn inbound_allowed(
     if config.local_kind != PeerKind::Peer {
         return Err(RefuseReason::KindNotAccepted);
     }
-    match remote.kind {
-        PeerKind::Peer if config.peers.contains_key(&remote.id) => Ok(()),
-        PeerKind::Peer => Err(RefuseReason::UnknownNode),
-        // A driver may not take a peer's id: ids are unique per endpoint.
-        PeerKind::Driver if config.peers.contains_key(&remote.id) => Err(RefuseReason::UnknownNode),
-        PeerKind::Driver if config.accept_drivers => Ok(()),
-        PeerKind::Driver => Err(RefuseReason::KindNotAccepted),
+    match (proof, remote.kind) {
+        // A driver credential makes a driver, never a peer, and a driver may not take a
+        // peer's id: ids are unique per endpoint.
+        (Proof::Driver, PeerKind::Peer) => Err(RefuseReason::KindNotAccepted),
+        (Proof::Driver, PeerKind::Driver) if config.peers.contains_key(&remote.id) => {
+            Err(RefuseReason::UnknownNode)
+        }
+        (Proof::Driver, PeerKind::Driver) if config.accept_drivers => Ok(()),
+        (Proof::Driver, PeerKind::Driver) => Err(RefuseReason::KindNotAccepted),
+        // Drivers prove the driver credential, never the cluster secret or a node key.
+        (Proof::ClusterSecret | Proof::NodeKey(_), PeerKind::Driver) => {
+            Err(RefuseReason::KindNotAccepted)
+        }
+        (proof, PeerKind::Peer) => {
+            if !config.peers.contains_key(&remote.id) {
+                return Err(RefuseReason::UnknownNode);
+            }
+            match (config.peer_keys.get(&remote.id), proof) {
+                (Some(expected), Proof::NodeKey(proved)) if *expected == proved => Ok(()),
+                // The key of another node (or none): the claim is false.
+                (Some(_), _) => Err(RefuseReason::KeyRequired),
+                // A peer without a configured key: the secret is all it can prove.
+                (None, _) => Ok(()),
+            }
+        }
     }
 }

@@ -6,8 +6,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::link::{LinkRx, LinkTx, handshake_initiator};
-use crate::session::{Body, Hello, Session};
-use crate::{Limits, Secret, TokioNet, TransportError, TransportKind};
+use crate::session::{Body, Credential, Hello, Session};
+use crate::{Limits, TokioNet, TransportError, TransportKind};
 
 pub use crate::link::Inbound;
 
@@ -69,19 +69,22 @@ impl RawConn {
         }
     }
 
-    /// Runs the initiator handshake as `local`; returns the responder's hello.
+    /// Runs the initiator handshake as `local`, proving `credential`; returns the
+    /// responder's hello.
     pub async fn handshake(
         &mut self,
-        secret: &Secret,
+        credential: Credential<'_>,
         local: &Hello,
     ) -> Result<Hello, TransportError> {
         let seed = crate::net::Net::random_seed(&TokioNet);
         let (remote, session) = match &mut self.link {
             RawLink::WebSocket(tx, rx) => {
-                handshake_initiator(tx, rx, secret, &self.binding, seed, local, |_| Ok(())).await?
+                handshake_initiator(tx, rx, credential, &self.binding, seed, local, |_| Ok(()))
+                    .await?
             }
             RawLink::Quic(tx, rx, _) => {
-                handshake_initiator(tx, rx, secret, &self.binding, seed, local, |_| Ok(())).await?
+                handshake_initiator(tx, rx, credential, &self.binding, seed, local, |_| Ok(()))
+                    .await?
             }
         };
         self.session = Some(session);

@@ -1,13 +1,25 @@
-//! The secure channel shared by both transports, sans-IO: the Noise handshake that
-//! authenticates a connection with the cluster secret, and the sealing of frames after it.
+//! The secure channel shared by both transports, sans-IO: the Noise handshakes that
+//! authenticate a connection, and the sealing of frames after it.
 //!
-//! Handshake (`Noise_NNpsk0_25519_ChaChaPoly_SHA256`, prologue = protocol label + transport
-//! binding, e.g. a QUIC TLS exporter value):
-//! 1. initiator → responder: `psk, e` + encrypted [`Hello`] (id, kind);
-//! 2. responder → initiator: `e, ee` + encrypted [`Reply`] (its own hello, or a refusal);
+//! Three handshakes, one per credential (see [`Credential`]); the responder tries each it
+//! accepts on message 1 (trial decryption: nothing on the wire says which one is used):
+//! - **node key** (`Noise_IKpsk1_25519_ChaChaPoly_SHA256`, PSK = the cluster secret): the
+//!   dialing daemon knows the responder's public key and proves its own; the responder maps
+//!   the proven key to the one node id it belongs to. Claiming another node's id is
+//!   impossible without that node's private key.
+//! - **cluster secret** (`Noise_NNpsk0_…`, PSK derived from the secret): peers without
+//!   node keys (before a cluster migrates to them). Anyone with the secret can claim any
+//!   keyless peer's id.
+//! - **driver** (`Noise_NNpsk0_…`, PSK derived from the driver credential under a label of
+//!   its own): a driver. Whatever its hello says, such a connection is only ever a driver.
+//!
+//! Each handshake, with prologue = a label per handshake + transport binding (e.g. a QUIC
+//! TLS exporter value):
+//! 1. initiator → responder: message 1 + encrypted [`Hello`] (id, kind);
+//! 2. responder → initiator: message 2 + encrypted [`Reply`] (its own hello, or a refusal);
 //! 3. initiator → responder: first sealed message, a key confirmation. Only this proves to
-//!    the responder that the initiator holds the secret *now* (message 1 alone could be a
-//!    recording), so the responder accepts nobody before it.
+//!    the responder that the initiator holds its credential *now* (message 1 alone could be
+//!    a recording), so the responder accepts nobody before it.
 //!
 //! A party without the secret cannot decrypt messages 1 or 2 (the payload keys mix in the
 //! PSK), so it learns nothing, not even node ids. Wire messages after the handshake:
@@ -25,9 +37,12 @@ use snow::params::NoiseParams;
 use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 
 use crate::error::RefuseReason;
-use crate::{PeerKind, Secret, TransportError};
+use crate::{NodeKey, PeerKind, PublicKey, Secret, TransportError};
 
-const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_SHA256";
+/// Peers with node keys: the initiator knows the responder's static key, sends its own.
+const PEER_PATTERN: &str = "Noise_IKpsk1_25519_ChaChaPoly_SHA256";
+/// Peers without node keys (the cluster secret alone), and drivers (their credential).
+const SECRET_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_SHA256";
 const PROLOGUE_LABEL: &[u8] = b"clustd transport v1\0";
 const TAG_LEN: usize = 16;
 const MAX_NOISE_MSG: usize = 65535;
@@ -51,8 +66,8 @@ pub enum Body {
     /// Nothing; keeps an idle connection alive.
     Keepalive = 2,
     /// The sender will send nothing more on this connection (it was replaced by another
-    /// one); the receiver reads until this, within a bound. This narrows the window in
-    /// which frames are lost in the switch but does not close it: see `SendClass::Reliable`.
+    /// one); the receiver closes it at once. Frames still in flight on it are lost, like in
+    /// a break: see `SendClass::Reliable`.
     Goodbye = 3,
 }
 
@@ -124,28 +139,126 @@ impl CryptoResolver for SeededResolver {
     }
 }
 
+/// How an initiator proves who it is.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// A daemon dialing a peer whose public key it knows: `Noise_IKpsk1`, proving our
+    /// node key, checking theirs, with the cluster secret as the pre-shared key.
+    NodeKey {
+        /// The cluster secret.
+        secret: &'a Secret,
+        /// Our node key.
+        local: &'a NodeKey,
+        /// The key the responder must prove.
+        remote: &'a PublicKey,
+    },
+    /// The cluster secret alone (`Noise_NNpsk0`): peers that have no node keys yet.
+    ClusterSecret(&'a Secret),
+    /// A driver's credential (`Noise_NNpsk0` under a key derived for drivers only).
+    Driver(&'a Secret),
+}
+
+/// What a responder accepts.
+#[derive(Clone, Copy)]
+pub struct Acceptor<'a> {
+    /// The cluster secret (peers without keys; the pre-shared key of keyed peers).
+    pub secret: &'a Secret,
+    /// Our node key: without it, keyed peers cannot connect to us.
+    pub node_key: Option<&'a NodeKey>,
+    /// The credential drivers prove, if drivers are accepted at all.
+    pub driver: Option<&'a Secret>,
+}
+
+/// What the initiator proved, as the responder saw it. The identity a connection may take
+/// follows from this, never from the hello alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// It holds the private half of this node key (and the cluster secret).
+    NodeKey(PublicKey),
+    /// It holds the cluster secret.
+    ClusterSecret,
+    /// It holds the driver credential: it can only be a driver.
+    Driver,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    Peer,
+    Secret,
+    Driver,
+}
+
+impl Flavour {
+    fn pattern(self) -> &'static str {
+        match self {
+            Self::Peer => PEER_PATTERN,
+            Self::Secret | Self::Driver => SECRET_PATTERN,
+        }
+    }
+    fn prologue_label(self) -> &'static [u8] {
+        match self {
+            Self::Peer => b"clustd peer key v1\0",
+            Self::Secret => PROLOGUE_LABEL,
+            Self::Driver => b"clustd driver v1\0",
+        }
+    }
+    fn psk_label(self) -> &'static [u8] {
+        match self {
+            Self::Peer | Self::Secret => b"clustd noise psk v1\0",
+            Self::Driver => b"clustd driver psk v1\0",
+        }
+    }
+}
+
+/// The X25519 public key of a private key.
+pub(crate) fn public_key_of(private: &[u8; 32]) -> PublicKey {
+    let mut dh = DefaultResolver
+        .resolve_dh(&snow::params::DHChoice::Curve25519)
+        .expect("snow's default resolver has X25519");
+    dh.set(private);
+    let mut public = [0u8; 32];
+    public.copy_from_slice(dh.pubkey());
+    PublicKey(public)
+}
+
+struct Keys<'a> {
+    secret: &'a Secret,
+    local: Option<&'a NodeKey>,
+    remote: Option<&'a PublicKey>,
+}
+
 fn build(
-    secret: &Secret,
+    flavour: Flavour,
+    keys: &Keys<'_>,
     binding: &[u8],
     seed: [u8; 32],
     initiator: bool,
 ) -> Result<snow::HandshakeState, TransportError> {
-    let params: NoiseParams = NOISE_PATTERN
+    let setup = |e: snow::Error| TransportError::Protocol(format!("noise setup: {e}"));
+    let params: NoiseParams = flavour
+        .pattern()
         .parse()
         .map_err(|e| TransportError::Protocol(format!("noise params: {e}")))?;
-    let psk = secret.psk();
-    let mut prologue = PROLOGUE_LABEL.to_vec();
+    let psk = keys.secret.psk(flavour.psk_label());
+    let mut prologue = flavour.prologue_label().to_vec();
     prologue.extend_from_slice(binding);
-    let builder = snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
-        .psk(0, &psk)
+    let psk_at = if flavour == Flavour::Peer { 1 } else { 0 };
+    let mut builder = snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
+        .psk(psk_at, &psk)
         .and_then(|b| b.prologue(&prologue))
-        .map_err(|e| TransportError::Protocol(format!("noise setup: {e}")))?;
+        .map_err(setup)?;
+    if let Some(local) = keys.local {
+        builder = builder.local_private_key(local.private()).map_err(setup)?;
+    }
+    if let Some(remote) = keys.remote {
+        builder = builder.remote_public_key(&remote.0).map_err(setup)?;
+    }
     let state = if initiator {
         builder.build_initiator()
     } else {
         builder.build_responder()
     };
-    state.map_err(|e| TransportError::Protocol(format!("noise setup: {e}")))
+    state.map_err(setup)
 }
 
 /// The initiator's side of the handshake.
@@ -159,13 +272,13 @@ impl Initiator {
     /// `binding` goes into the Noise prologue: both sides must pass the same bytes
     /// (for QUIC, a TLS exporter value of the connection).
     pub fn start(
-        secret: &Secret,
+        credential: Credential<'_>,
         binding: &[u8],
         seed: [u8; 32],
         hello: &Hello,
     ) -> Result<(Self, Vec<u8>), TransportError> {
         let payload = codec::encode(hello).map_err(|e| TransportError::Protocol(e.to_string()))?;
-        Self::start_raw(secret, binding, seed, &payload)
+        Self::start_raw(credential, binding, seed, &payload)
     }
 
     /// Fuzzing hook: like [`Initiator::start`] with any plaintext in place of the encoded
@@ -173,21 +286,37 @@ impl Initiator {
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn start_with_payload(
-        secret: &Secret,
+        credential: Credential<'_>,
         binding: &[u8],
         seed: [u8; 32],
         payload: &[u8],
     ) -> Result<(Self, Vec<u8>), TransportError> {
-        Self::start_raw(secret, binding, seed, payload)
+        Self::start_raw(credential, binding, seed, payload)
     }
 
     fn start_raw(
-        secret: &Secret,
+        credential: Credential<'_>,
         binding: &[u8],
         seed: [u8; 32],
         payload: &[u8],
     ) -> Result<(Self, Vec<u8>), TransportError> {
-        let mut state = build(secret, binding, seed, true)?;
+        let (flavour, keys) = match credential {
+            Credential::NodeKey {
+                secret,
+                local,
+                remote,
+            } => (
+                Flavour::Peer,
+                Keys {
+                    secret,
+                    local: Some(local),
+                    remote: Some(remote),
+                },
+            ),
+            Credential::ClusterSecret(secret) => (Flavour::Secret, Keys::secret(secret)),
+            Credential::Driver(secret) => (Flavour::Driver, Keys::secret(secret)),
+        };
+        let mut state = build(flavour, &keys, binding, seed, true)?;
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
         let len = state
             .write_message(payload, &mut msg)
@@ -215,30 +344,71 @@ impl Initiator {
     }
 }
 
+impl<'a> Keys<'a> {
+    fn secret(secret: &'a Secret) -> Self {
+        Self {
+            secret,
+            local: None,
+            remote: None,
+        }
+    }
+}
+
 /// The responder's side of the handshake.
 pub struct Responder {
     state: snow::HandshakeState,
 }
 
 impl Responder {
-    /// Reads message 1. An error means the sender does not hold the secret (or sent garbage).
+    /// Reads message 1: tries each credential `acceptor` accepts (a driver's, the cluster
+    /// secret's, a node key's) and says which one the initiator proved. An error means the
+    /// sender holds none of them (or sent garbage); which ones were tried is not revealed.
     pub fn read_hello(
-        secret: &Secret,
+        acceptor: &Acceptor<'_>,
         binding: &[u8],
         seed: [u8; 32],
         msg1: &[u8],
-    ) -> Result<(Self, Hello), TransportError> {
+    ) -> Result<(Self, Hello, Proof), TransportError> {
         if msg1.len() > MAX_HANDSHAKE_MSG {
             return Err(TransportError::AuthenticationFailed);
         }
-        let mut state = build(secret, binding, seed, false)?;
+        let mut tries: Vec<(Flavour, Keys<'_>)> = Vec::with_capacity(3);
+        if let Some(driver) = acceptor.driver {
+            tries.push((Flavour::Driver, Keys::secret(driver)));
+        }
+        tries.push((Flavour::Secret, Keys::secret(acceptor.secret)));
+        if let Some(local) = acceptor.node_key {
+            tries.push((
+                Flavour::Peer,
+                Keys {
+                    secret: acceptor.secret,
+                    local: Some(local),
+                    remote: None,
+                },
+            ));
+        }
         let mut payload = vec![0u8; MAX_HANDSHAKE_MSG];
-        let len = state
-            .read_message(msg1, &mut payload)
-            .map_err(|_| TransportError::AuthenticationFailed)?;
-        let hello: Hello = codec::decode(&payload[..len])
-            .map_err(|e| TransportError::Protocol(format!("handshake hello: {e}")))?;
-        Ok((Self { state }, hello))
+        for (flavour, keys) in tries {
+            let mut state = build(flavour, &keys, binding, seed, false)?;
+            let Ok(len) = state.read_message(msg1, &mut payload) else {
+                continue;
+            };
+            let proof = match flavour {
+                Flavour::Driver => Proof::Driver,
+                Flavour::Secret => Proof::ClusterSecret,
+                Flavour::Peer => {
+                    let key: [u8; 32] = state
+                        .get_remote_static()
+                        .and_then(|k| k.try_into().ok())
+                        .ok_or(TransportError::AuthenticationFailed)?;
+                    Proof::NodeKey(PublicKey(key))
+                }
+            };
+            let hello: Hello = codec::decode(&payload[..len])
+                .map_err(|e| TransportError::Protocol(format!("handshake hello: {e}")))?;
+            return Ok((Self { state }, hello, proof));
+        }
+        Err(TransportError::AuthenticationFailed)
     }
 
     /// Writes message 2 with `reply`; returns it and the session. The session is not yet
@@ -490,11 +660,25 @@ mod tests {
         }
     }
 
+    fn accept(secret: &Secret) -> Acceptor<'_> {
+        Acceptor {
+            secret,
+            node_key: None,
+            driver: None,
+        }
+    }
+
     /// Runs the whole handshake in memory; returns (initiator session, responder session).
     fn pair(binding_i: &[u8], binding_r: &[u8]) -> Result<(Session, Session), TransportError> {
         let s = secret("k");
-        let (init, msg1) = Initiator::start(&s, binding_i, [1; 32], &hello("a", PeerKind::Peer))?;
-        let (resp, got) = Responder::read_hello(&s, binding_r, [2; 32], &msg1)?;
+        let (init, msg1) = Initiator::start(
+            Credential::ClusterSecret(&s),
+            binding_i,
+            [1; 32],
+            &hello("a", PeerKind::Peer),
+        )?;
+        let (resp, got, proof) = Responder::read_hello(&accept(&s), binding_r, [2; 32], &msg1)?;
+        assert_eq!(proof, Proof::ClusterSecret);
         assert_eq!(got, hello("a", PeerKind::Peer));
         let (msg2, mut rs) = resp.reply(&Reply::Accepted(hello("b", PeerKind::Peer)))?;
         let (reply, is, confirm) = init.finish(&msg2)?;
@@ -505,17 +689,27 @@ mod tests {
 
     #[test]
     fn wrong_secret_fails_on_both_sides() {
-        let (_, msg1) = Initiator::start(&secret("x"), b"", [1; 32], &hello("a", PeerKind::Peer))
-            .expect("start");
-        let err = Responder::read_hello(&secret("y"), b"", [2; 32], &msg1)
+        let (x, y) = (secret("x"), secret("y"));
+        let (_, msg1) = Initiator::start(
+            Credential::ClusterSecret(&x),
+            b"",
+            [1; 32],
+            &hello("a", PeerKind::Peer),
+        )
+        .expect("start");
+        let err = Responder::read_hello(&accept(&y), b"", [2; 32], &msg1)
             .err()
             .expect("fails");
         assert_eq!(err.to_string(), "authentication failed");
         // And an initiator reading a reply made with another secret fails too.
-        let (init, msg1) =
-            Initiator::start(&secret("x"), b"", [1; 32], &hello("a", PeerKind::Peer))
-                .expect("start");
-        let (resp, _) = Responder::read_hello(&secret("x"), b"", [2; 32], &msg1).expect("same");
+        let (init, msg1) = Initiator::start(
+            Credential::ClusterSecret(&x),
+            b"",
+            [1; 32],
+            &hello("a", PeerKind::Peer),
+        )
+        .expect("start");
+        let (resp, _, _) = Responder::read_hello(&accept(&x), b"", [2; 32], &msg1).expect("same");
         let (msg2, _) = resp
             .reply(&Reply::Refused(RefuseReason::UnknownNode))
             .expect("reply");
@@ -526,6 +720,115 @@ mod tests {
             init.finish(&forged),
             Err(TransportError::AuthenticationFailed)
         ));
+    }
+
+    #[test]
+    fn a_node_key_handshake_proves_both_keys() {
+        let s = secret("k");
+        let (a, b, c) = (
+            NodeKey::from_private([1; 32]),
+            NodeKey::from_private([2; 32]),
+            NodeKey::from_private([3; 32]),
+        );
+        let b_accepts = Acceptor {
+            secret: &s,
+            node_key: Some(&b),
+            driver: None,
+        };
+        let dial = |local: &NodeKey, remote: &PublicKey| {
+            Initiator::start(
+                Credential::NodeKey {
+                    secret: &s,
+                    local,
+                    remote,
+                },
+                b"bind",
+                [5; 32],
+                &hello("a", PeerKind::Peer),
+            )
+            .expect("start")
+        };
+        // a dials b knowing b's key: b learns a's key, whatever id a claims.
+        let (init, msg1) = dial(&a, &b.public());
+        let (resp, got, proof) =
+            Responder::read_hello(&b_accepts, b"bind", [6; 32], &msg1).expect("b reads");
+        assert_eq!(proof, Proof::NodeKey(a.public()));
+        assert_eq!(got.id.as_str(), "a");
+        let (msg2, mut rs) = resp
+            .reply(&Reply::Accepted(hello("b", PeerKind::Peer)))
+            .expect("reply");
+        let (_, _, confirm) = init.finish(&msg2).expect("a reads b's reply");
+        assert_eq!(rs.open(&confirm).expect("confirm").0, Body::Confirm);
+        // c answering in b's place cannot: a's message 1 is for b's key only.
+        let c_accepts = Acceptor {
+            secret: &s,
+            node_key: Some(&c),
+            driver: None,
+        };
+        let (_, msg1) = dial(&a, &b.public());
+        assert!(matches!(
+            Responder::read_hello(&c_accepts, b"bind", [6; 32], &msg1),
+            Err(TransportError::AuthenticationFailed)
+        ));
+        // Without the cluster secret the node key alone opens nothing.
+        let other = secret("other");
+        let (_, msg1) = Initiator::start(
+            Credential::NodeKey {
+                secret: &other,
+                local: &a,
+                remote: &b.public(),
+            },
+            b"bind",
+            [5; 32],
+            &hello("a", PeerKind::Peer),
+        )
+        .expect("start");
+        assert!(Responder::read_hello(&b_accepts, b"bind", [6; 32], &msg1).is_err());
+    }
+
+    #[test]
+    fn a_driver_credential_only_ever_proves_a_driver() {
+        let (cluster, driver) = (secret("cluster"), secret("driver"));
+        let key = NodeKey::from_private([4; 32]);
+        let daemon = Acceptor {
+            secret: &cluster,
+            node_key: Some(&key),
+            driver: Some(&driver),
+        };
+        let (_, msg1) = Initiator::start(
+            Credential::Driver(&driver),
+            b"",
+            [1; 32],
+            &hello("n1", PeerKind::Peer),
+        )
+        .expect("start");
+        let (_, got, proof) = Responder::read_hello(&daemon, b"", [2; 32], &msg1).expect("reads");
+        assert_eq!(got.kind, PeerKind::Peer, "the claim is read...");
+        assert_eq!(proof, Proof::Driver, "...but the proof says driver");
+        // The driver credential used as a cluster secret proves nothing.
+        let (_, msg1) = Initiator::start(
+            Credential::ClusterSecret(&driver),
+            b"",
+            [1; 32],
+            &hello("n1", PeerKind::Peer),
+        )
+        .expect("start");
+        assert!(Responder::read_hello(&daemon, b"", [2; 32], &msg1).is_err());
+        // Even when the same bytes are both (the legacy setup), the two proofs differ.
+        let legacy = Acceptor {
+            secret: &cluster,
+            node_key: None,
+            driver: Some(&cluster),
+        };
+        let (_, msg1) = Initiator::start(
+            Credential::Driver(&cluster),
+            b"",
+            [1; 32],
+            &hello("n1", PeerKind::Peer),
+        )
+        .expect("start");
+        let (_, _, proof) = Responder::read_hello(&legacy, b"", [2; 32], &msg1).expect("reads");
+        assert_eq!(proof, Proof::Driver);
     }
 
     #[test]
@@ -590,8 +893,10 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let s = secret("k");
-            let _ = Responder::read_hello(&s, b"", [3; 32], &bytes);
-            let (init, _) = Initiator::start(&s, b"", [4; 32], &hello("a", PeerKind::Peer)).expect("start");
+            let key = NodeKey::from_private([9; 32]);
+            let all = Acceptor { secret: &s, node_key: Some(&key), driver: Some(&s) };
+            let _ = Responder::read_hello(&all, b"", [3; 32], &bytes);
+            let (init, _) = Initiator::start(Credential::ClusterSecret(&s), b"", [4; 32], &hello("a", PeerKind::Peer)).expect("start");
             let _ = init.finish(&bytes);
             let (mut a, _) = pair(b"", b"").expect("handshake");
             let _ = a.open(&bytes);

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use clustd_core::NodeId;
 use clustd_transport::raw::RawConn;
-use clustd_transport::session::Hello;
+use clustd_transport::session::{Credential, Hello};
 use clustd_transport::{
-    Endpoint, EndpointConfig, PeerKind, RefuseReason, Secret, SendClass, SendError, TlsFiles,
-    TokioNet, TransportError, TransportEvent, TransportKind,
+    Endpoint, EndpointConfig, NodeKey, PeerKind, PublicKey, RefuseReason, Secret, SendClass,
+    SendError, TlsFiles, TokioNet, TransportError, TransportEvent, TransportKind,
 };
 use tokio::sync::mpsc::Receiver;
 
@@ -26,6 +26,28 @@ fn id(s: &str) -> NodeId {
 
 fn secret(s: &str) -> Secret {
     Secret::from_bytes(s.as_bytes().to_vec()).expect("long enough")
+}
+
+/// Each test node's own key pair, the same in every test.
+fn key_of(name: &str) -> NodeKey {
+    let mut private = [0x5a; 32];
+    for (i, b) in name.bytes().enumerate() {
+        private[i % 32] ^= b;
+    }
+    NodeKey::from_private(private)
+}
+
+/// What a raw client proving `name`'s node key to the node `to` presents.
+fn node_credential<'a>(
+    cluster: &'a Secret,
+    local: &'a NodeKey,
+    remote: &'a PublicKey,
+) -> Credential<'a> {
+    Credential::NodeKey {
+        secret: cluster,
+        local,
+        remote,
+    }
 }
 
 /// A loopback address with a port that was free a moment ago (TCP or UDP per transport),
@@ -67,6 +89,11 @@ fn config(
         .iter()
         .map(|(p, a)| (id(p), *a))
         .collect::<BTreeMap<_, _>>();
+    config.node_key = Some(key_of(me));
+    config.peer_keys = peers
+        .iter()
+        .map(|(p, _)| (id(p), key_of(p).public()))
+        .collect();
     config.limits.backoff_min = Duration::from_millis(20);
     config.limits.backoff_max = Duration::from_millis(300);
     config.limits.handshake_timeout = Duration::from_secs(3);
@@ -269,9 +296,10 @@ async fn lone_daemon(
 
 async fn raw_peer(kind: TransportKind, addr: SocketAddr, as_id: &str) -> RawConn {
     let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let (cluster, local, remote) = (secret(SECRET), key_of(as_id), key_of("n1").public());
     let remote = raw
         .handshake(
-            &secret(SECRET),
+            node_credential(&cluster, &local, &remote),
             &Hello {
                 id: id(as_id),
                 kind: PeerKind::Peer,
@@ -504,7 +532,7 @@ async fn wrong_secret_is_rejected(kind: TransportKind) {
     let mut raw = RawConn::connect(kind, a1).await.expect("raw link");
     let result = raw
         .handshake(
-            &secret(WRONG_SECRET),
+            Credential::ClusterSecret(&secret(WRONG_SECRET)),
             &Hello {
                 id: id("n2"),
                 kind: PeerKind::Peer,
@@ -692,7 +720,7 @@ async fn unknown_node_id_is_refused(kind: TransportKind) {
     let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
     let result = raw
         .handshake(
-            &secret(SECRET),
+            Credential::ClusterSecret(&secret(SECRET)),
             &Hello {
                 id: id("stranger"),
                 kind: PeerKind::Peer,
@@ -711,7 +739,7 @@ async fn unknown_node_id_is_refused(kind: TransportKind) {
     let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
     let result = raw
         .handshake(
-            &secret(SECRET),
+            Credential::Driver(&secret(SECRET)),
             &Hello {
                 id: id("drv"),
                 kind: PeerKind::Driver,
@@ -744,6 +772,144 @@ async fn unknown_node_id_is_refused(kind: TransportKind) {
     n1.shutdown().await;
 }
 
+/// The attack: a holder of the cluster secret (or of another node's key) claims a lower
+/// node id at a higher-id node, hoping to replace the real peer's connection. With node
+/// keys the claim must be backed by that node's key, so it is refused and the real
+/// connection is untouched.
+async fn a_connection_proving_n3s_key_cannot_be_n1(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let (n1, mut e1) = start(config(
+        kind,
+        "n1",
+        Some(a1),
+        &[("n2", a2), ("n3", free_addr(kind))],
+    ))
+    .await;
+    let (n2, mut e2) = start(config(
+        kind,
+        "n2",
+        Some(a2),
+        &[("n1", a1), ("n3", free_addr(kind))],
+    ))
+    .await;
+    connected(&mut e1, "n2").await;
+    connected(&mut e2, "n1").await;
+    // Both dialed: let the duplicate (if any) settle before the attack.
+    heartbeat_arrives(&n1, "n2", &mut e2, b"settled").await;
+    while tokio::time::timeout(Duration::from_millis(300), e2.recv())
+        .await
+        .is_ok()
+    {}
+    let cluster = secret(SECRET);
+    let (n3_key, n2_public) = (key_of("n3"), key_of("n2").public());
+    let as_n1 = Hello {
+        id: id("n1"),
+        kind: PeerKind::Peer,
+    };
+    // n3's key, n1's name.
+    let mut raw = RawConn::connect(kind, a2).await.expect("raw link");
+    let result = raw
+        .handshake(node_credential(&cluster, &n3_key, &n2_public), &as_n1)
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::KeyRequired))
+        ),
+        "{result:?}"
+    );
+    // The cluster secret alone, n1's name.
+    let mut raw = RawConn::connect(kind, a2).await.expect("raw link");
+    let result = raw
+        .handshake(Credential::ClusterSecret(&cluster), &as_n1)
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::KeyRequired))
+        ),
+        "{result:?}"
+    );
+    // A made-up key, n1's name.
+    let forged = NodeKey::from_private([1; 32]);
+    let mut raw = RawConn::connect(kind, a2).await.expect("raw link");
+    let result = raw
+        .handshake(node_credential(&cluster, &forged, &n2_public), &as_n1)
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::KeyRequired))
+        ),
+        "{result:?}"
+    );
+    // The real n1 connection was never replaced: frames still flow, no Disconnected.
+    n1.send(&id("n2"), b"still me".to_vec(), SendClass::Reliable)
+        .expect("queued");
+    let (_, before) = wait_for(&mut e2, "frame from the real n1", |e| {
+        matches!(e, TransportEvent::Frame { from, frame, .. } if from.as_str() == "n1" && frame == b"still me")
+    })
+    .await;
+    assert!(
+        !before.iter().any(|e| matches!(
+            e,
+            TransportEvent::Disconnected { .. } | TransportEvent::Connected { .. }
+        )),
+        "{before:?}"
+    );
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+/// A driver's credential (every driver host has it) never makes a peer: not with the
+/// driver flavour claiming a peer, and not used as if it were the cluster secret.
+async fn a_driver_credential_cannot_be_a_peer(kind: TransportKind) {
+    let driver_secret = secret("driver-credential-0123456789abcdef");
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| {
+        c.accept_drivers = true;
+        c.driver_secret = Some(secret("driver-credential-0123456789abcdef"));
+    })
+    .await;
+    let as_n2 = Hello {
+        id: id("n2"),
+        kind: PeerKind::Peer,
+    };
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let result = raw
+        .handshake(Credential::Driver(&driver_secret), &as_n2)
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::KindNotAccepted))
+        ),
+        "{result:?}"
+    );
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let result = raw
+        .handshake(Credential::ClusterSecret(&driver_secret), &as_n2)
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    // The cluster secret no longer opens a driver connection once drivers have their own.
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let as_driver = Hello {
+        id: id("drv"),
+        kind: PeerKind::Driver,
+    };
+    let result = raw
+        .handshake(Credential::Driver(&secret(SECRET)), &as_driver)
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    // The right credential does.
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    raw.handshake(Credential::Driver(&driver_secret), &as_driver)
+        .await
+        .expect("driver accepted");
+    connected(&mut e1, "drv").await;
+    assert_eq!(n1.connected(), vec![(id("drv"), PeerKind::Driver)]);
+    n1.shutdown().await;
+}
+
 async fn second_driver_with_same_id_replaces_first(kind: TransportKind) {
     let (n1, mut e1, addr) = lone_daemon(kind, |c| c.accept_drivers = true).await;
     let hello = Hello {
@@ -752,13 +918,13 @@ async fn second_driver_with_same_id_replaces_first(kind: TransportKind) {
     };
     let mut first = RawConn::connect(kind, addr).await.expect("raw link");
     first
-        .handshake(&secret(SECRET), &hello)
+        .handshake(Credential::Driver(&secret(SECRET)), &hello)
         .await
         .expect("handshake");
     connected(&mut e1, "drv").await;
     let mut second = RawConn::connect(kind, addr).await.expect("raw link");
     second
-        .handshake(&secret(SECRET), &hello)
+        .handshake(Credential::Driver(&secret(SECRET)), &hello)
         .await
         .expect("handshake");
     wait_for(&mut e1, "old one disconnected", |e| {
@@ -910,6 +1076,8 @@ both_transports!(
     silent_connection_times_out,
     unknown_node_id_is_refused,
     second_driver_with_same_id_replaces_first,
+    a_connection_proving_n3s_key_cannot_be_n1,
+    a_driver_credential_cannot_be_a_peer,
     unauthenticated_connections_are_capped,
     shutdown_does_not_wait_for_silent_clients,
 );
