@@ -238,7 +238,14 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
     let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
     let secret_file = work.join("secret");
     write_private(&secret_file, &secret)?;
+    let driver_secret =
+        crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
+    write_private(&work.join("driver-secret"), &driver_secret)?;
     let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
+    let public_keys: Vec<clustd_transport::PublicKey> = names
+        .iter()
+        .map(|name| crate::config::write_node_key(&work.join(format!("{name}.key"))))
+        .collect::<Result<_, _>>()?;
     let ports: Vec<u16> = names
         .iter()
         .map(|_| free_port())
@@ -266,7 +273,8 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
                     .as_ref()
                     .and_then(|net| net.addr(i, j))
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], *p)));
-                format!("{{ id = \"{n}\", addr = \"{addr}\" }}")
+                let key = public_keys[j];
+                format!("{{ id = \"{n}\", addr = \"{addr}\", key = \"{key}\" }}")
             })
             .collect();
         let stop_budget = opts
@@ -274,7 +282,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             .map(|ms| format!("stop_budget_ms = {ms}\n"))
             .unwrap_or_default();
         let config = format!(
-            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n[admin]\nlisten = \"{admin}\"\n",
+            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\nkey_file = \"{name}.key\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\ndriver_secret_file = \"driver-secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n[admin]\nlisten = \"{admin}\"\n",
             transport_name(transport),
             ports[i],
             peers.join(", "),
@@ -294,7 +302,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             )
         };
         let driver_config = format!(
-            "daemon = \"127.0.0.1:{}\"\ntransport = \"{}\"\nsecret_file = \"secret\"\ndriver_id = \"shell-{name}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/bash\"\nstart = \"{}\"\nstop = \"{}\"\ntimeout_ms = 10000\n",
+            "daemon = \"127.0.0.1:{}\"\ntransport = \"{}\"\nsecret_file = \"driver-secret\"\ndriver_id = \"shell-{name}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/bash\"\nstart = \"{}\"\nstop = \"{}\"\ntimeout_ms = 10000\n",
             ports[i],
             transport_name(transport),
             toml_escape(&line("start")),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clustd_core::{Config as CoreConfig, NodeId};
-use clustd_transport::{Secret, TransportKind};
+use clustd_transport::{NodeKey, PublicKey, Secret, TransportKind};
 use serde::Deserialize;
 
 /// The shortest cluster secret accepted, in bytes (`clustd keygen` makes 64 hex characters).
@@ -59,6 +59,8 @@ struct RawNode {
     data_dir: PathBuf,
     #[serde(default)]
     witness: bool,
+    key_file: Option<PathBuf>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +71,8 @@ struct RawCluster {
     listen: SocketAddr,
     secret_file: Option<PathBuf>,
     secret: Option<String>,
+    driver_secret_file: Option<PathBuf>,
+    driver_secret: Option<String>,
     #[serde(default)]
     peers: Vec<RawPeer>,
     tls_cert: Option<PathBuf>,
@@ -84,6 +88,7 @@ fn default_transport() -> TransportKind {
 struct RawPeer {
     id: String,
     addr: SocketAddr,
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,8 +176,15 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The cluster secret.
     pub secret: Secret,
+    /// This node's key pair (`node.key_file`), proven to peers in every handshake.
+    pub node_key: Option<NodeKey>,
+    /// The credential drivers prove (`cluster.driver_secret_file`); `None`: the cluster
+    /// secret (drivers then hold the cluster's secret).
+    pub driver_secret: Option<Secret>,
     /// The other voters and their addresses, by id.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The public key each peer must prove (`cluster.peers[].key`).
+    pub peer_keys: BTreeMap<NodeId, PublicKey>,
     /// Certificate and key for `wss://`.
     pub tls: Option<clustd_transport::TlsFiles>,
     /// The election core's settings (timings, priority, witness...).
@@ -216,56 +228,67 @@ impl Settings {
         let id = NodeId::new(&raw.node.id).map_err(|e| err("node.id", e.to_string()))?;
         let data_dir = base.join(&raw.node.data_dir);
 
-        let secret_bytes = match (&raw.cluster.secret_file, &raw.cluster.secret) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "cluster.secret_file",
-                    "set either cluster.secret_file or cluster.secret, not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(err(
-                    "cluster.secret_file",
-                    "missing: point it at a file holding the cluster secret (make one with `clustd keygen`)"
-                        .into(),
-                ));
-            }
-            (Some(path), None) => {
-                let path = base.join(path);
-                let bytes = read_capped(&path, MAX_SECRET_FILE_LEN).map_err(|e| {
-                    err(
-                        "cluster.secret_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                if let Some(w) = world_readable_warning(&path) {
-                    warnings.push(w);
-                }
-                trim_ascii(&bytes).to_vec()
-            }
-            (None, Some(secret)) => {
-                warnings.push(ConfigWarning(format!(
-                    "{file}: cluster.secret is inline; prefer cluster.secret_file with mode 0600"
-                )));
-                secret.trim().as_bytes().to_vec()
-            }
-        };
-        let secret_key = if raw.cluster.secret_file.is_some() {
-            "cluster.secret_file"
-        } else {
-            "cluster.secret"
-        };
-        if secret_bytes.len() < MIN_SECRET_LEN {
-            return Err(err(
-                secret_key,
-                format!(
-                    "the secret is {} bytes; at least {MIN_SECRET_LEN} are required (make one with `clustd keygen`)",
-                    secret_bytes.len()
-                ),
-            ));
-        }
-        let secret =
-            Secret::from_bytes(secret_bytes).map_err(|e| err(secret_key, e.to_string()))?;
+        let secret_bytes = read_secret(
+            SecretSource {
+                file_key: "cluster.secret_file",
+                inline_key: "cluster.secret",
+                file: raw.cluster.secret_file.as_deref(),
+                inline: raw.cluster.secret.as_deref(),
+                what: "the cluster secret (make one with `clustd keygen`)",
+            },
+            file,
+            base,
+            &mut warnings,
+        )?
+        .ok_or_else(|| {
+            err(
+                "cluster.secret_file",
+                "missing: point it at a file holding the cluster secret (make one with `clustd keygen`)"
+                    .into(),
+            )
+        })?;
+        let secret = checked_secret(secret_bytes, &raw.cluster.secret_file, "cluster", &err)?;
+        let driver_secret = read_secret(
+            SecretSource {
+                file_key: "cluster.driver_secret_file",
+                inline_key: "cluster.driver_secret",
+                file: raw.cluster.driver_secret_file.as_deref(),
+                inline: raw.cluster.driver_secret.as_deref(),
+                what: "the drivers' credential (make one with `clustd keygen`)",
+            },
+            file,
+            base,
+            &mut warnings,
+        )?
+        .map(|bytes| checked_secret(bytes, &raw.cluster.driver_secret_file, "driver", &err))
+        .transpose()?;
+        let node_key = read_secret(
+            SecretSource {
+                file_key: "node.key_file",
+                inline_key: "node.key",
+                file: raw.node.key_file.as_deref(),
+                inline: raw.node.key.as_deref(),
+                what: "this node's private key (make one with `clustd keygen --node --out FILE`)",
+            },
+            file,
+            base,
+            &mut warnings,
+        )?
+        .map(|bytes| {
+            let key = if raw.node.key_file.is_some() {
+                "node.key_file"
+            } else {
+                "node.key"
+            };
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                err(
+                    key,
+                    "not a node key: expected 64 hex characters (make one with `clustd keygen --node --out FILE`)".into(),
+                )
+            })?;
+            NodeKey::from_hex(text).map_err(|e| err(key, e.to_string()))
+        })
+        .transpose()?;
 
         let mut peers = BTreeMap::new();
         for (i, peer) in raw.cluster.peers.iter().enumerate() {
@@ -280,6 +303,69 @@ impl Settings {
             if peers.insert(peer_id.clone(), peer.addr).is_some() {
                 return Err(err(&key, format!("{peer_id} is listed twice")));
             }
+        }
+        let mut peer_keys = BTreeMap::new();
+        for (i, peer) in raw.cluster.peers.iter().enumerate() {
+            let Some(text) = &peer.key else { continue };
+            let key = format!("cluster.peers[{i}].key");
+            let public: PublicKey = text.parse().map_err(|_| {
+                err(
+                    &key,
+                    format!(
+                        "{}'s public key must be 64 hex characters, got {} characters (print it on that node with `clustd keygen --public KEY_FILE`)",
+                        peer.id,
+                        text.trim().len()
+                    ),
+                )
+            })?;
+            if node_key.as_ref().is_some_and(|own| own.public() == public) {
+                return Err(err(
+                    &key,
+                    format!("this is this node's own public key, not {}'s", peer.id),
+                ));
+            }
+            if let Some((other, _)) = peer_keys.iter().find(|(_, k)| **k == public) {
+                return Err(err(
+                    &key,
+                    format!(
+                        "{} has the same key as {other}: each node needs its own",
+                        peer.id
+                    ),
+                ));
+            }
+            peer_keys.insert(
+                NodeId::new(&peer.id).map_err(|e| err(&key, e.to_string()))?,
+                public,
+            );
+        }
+        if !peer_keys.is_empty() && node_key.is_none() {
+            return Err(err(
+                "node.key_file",
+                "peers have keys (cluster.peers[].key), so this node needs its own: make one with `clustd keygen --node --out node.key` and set node.key_file".into(),
+            ));
+        }
+        let keyless: Vec<String> = peers
+            .keys()
+            .filter(|id| !peer_keys.contains_key(*id))
+            .map(ToString::to_string)
+            .collect();
+        if !keyless.is_empty() {
+            warnings.push(ConfigWarning(format!(
+                "{file}: {} authenticate(s) with the cluster secret alone (no cluster.peers[].key), so anyone holding the secret can pose as them; give every node a key (README: Security, moving to node keys)",
+                keyless.join(", ")
+            )));
+        }
+        match &driver_secret {
+            None => warnings.push(ConfigWarning(format!(
+                "{file}: cluster.driver_secret_file is not set: drivers prove the cluster secret, so every driver host holds it; give drivers their own credential (README: Security)"
+            ))),
+            Some(d) if d.same_bytes(&secret) => {
+                return Err(err(
+                    "cluster.driver_secret_file",
+                    "holds the cluster secret: the drivers' credential must be a different secret (make one with `clustd keygen`)".into(),
+                ));
+            }
+            Some(_) => {}
         }
 
         let tls = match (&raw.cluster.tls_cert, &raw.cluster.tls_key) {
@@ -378,7 +464,10 @@ impl Settings {
                 transport: raw.cluster.transport,
                 listen: raw.cluster.listen,
                 secret,
+                node_key,
+                driver_secret,
                 peers,
+                peer_keys,
                 tls,
                 core,
                 driver_lease_margin: margin,
@@ -420,6 +509,85 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Where one secret comes from: a file key and an inline key, at most one of them set.
+struct SecretSource<'a> {
+    file_key: &'static str,
+    inline_key: &'static str,
+    file: Option<&'a Path>,
+    inline: Option<&'a str>,
+    what: &'static str,
+}
+
+/// Reads a secret from its file (checked for its mode) or its inline value (warned
+/// about); `None` when neither is set. Errors name the key, never the content.
+fn read_secret(
+    source: SecretSource<'_>,
+    file: &str,
+    base: &Path,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    let err = |key: &str, message: String| ConfigError {
+        file: file.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    match (source.file, source.inline) {
+        (Some(_), Some(_)) => Err(err(
+            source.file_key,
+            format!(
+                "set either {} or {}, not both",
+                source.file_key, source.inline_key
+            ),
+        )),
+        (None, None) => Ok(None),
+        (Some(path), None) => {
+            let path = base.join(path);
+            let bytes = read_capped(&path, MAX_SECRET_FILE_LEN).map_err(|e| {
+                err(
+                    source.file_key,
+                    format!("cannot read {} ({}): {e}", path.display(), source.what),
+                )
+            })?;
+            if let Some(w) = world_readable_warning(source.file_key, &path) {
+                warnings.push(w);
+            }
+            Ok(Some(trim_ascii(&bytes).to_vec()))
+        }
+        (None, Some(inline)) => {
+            warnings.push(ConfigWarning(format!(
+                "{file}: {} is inline; prefer {} with mode 0600",
+                source.inline_key, source.file_key
+            )));
+            Ok(Some(inline.trim().as_bytes().to_vec()))
+        }
+    }
+}
+
+/// A secret long enough to be one.
+fn checked_secret(
+    bytes: Vec<u8>,
+    from_file: &Option<PathBuf>,
+    which: &str,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Secret, ConfigError> {
+    let key = match (which, from_file.is_some()) {
+        ("cluster", true) => "cluster.secret_file",
+        ("cluster", false) => "cluster.secret",
+        (_, true) => "cluster.driver_secret_file",
+        (_, false) => "cluster.driver_secret",
+    };
+    if bytes.len() < MIN_SECRET_LEN {
+        return Err(err(
+            key,
+            format!(
+                "the secret is {} bytes; at least {MIN_SECRET_LEN} are required (make one with `clustd keygen`)",
+                bytes.len()
+            ),
+        ));
+    }
+    Secret::from_bytes(bytes).map_err(|e| err(key, e.to_string()))
+}
+
 /// The largest secret file read; a secret is a line of text, so anything bigger (or a device
 /// like /dev/zero) is a mistake, reported instead of exhausting memory.
 pub const MAX_SECRET_FILE_LEN: u64 = 4096;
@@ -443,12 +611,12 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 }
 
 #[cfg(unix)]
-fn world_readable_warning(path: &Path) -> Option<ConfigWarning> {
+fn world_readable_warning(key: &str, path: &Path) -> Option<ConfigWarning> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o007 != 0).then(|| {
         ConfigWarning(format!(
-            "cluster.secret_file {} is accessible to other users (mode {:o}); run `chmod 600 {}`",
+            "{key} {} is accessible to other users (mode {:o}); run `chmod 600 {}`",
             path.display(),
             mode & 0o777,
             path.display()
@@ -457,7 +625,7 @@ fn world_readable_warning(path: &Path) -> Option<ConfigWarning> {
 }
 
 #[cfg(not(unix))]
-fn world_readable_warning(_: &Path) -> Option<ConfigWarning> {
+fn world_readable_warning(_: &str, _: &Path) -> Option<ConfigWarning> {
     None
 }
 
@@ -474,6 +642,46 @@ pub fn keygen() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Makes a node key pair, writes the private key to `path` (mode 0600, refusing to
+/// overwrite a file) and returns the public key.
+pub fn write_node_key(path: &Path) -> Result<PublicKey, std::io::Error> {
+    use std::io::Write;
+    let mut private = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut private[..]).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let key = NodeKey::from_private(*private);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{}: {e} (an existing key is never overwritten)",
+                path.display()
+            ),
+        )
+    })?;
+    let mut text = key.private_hex();
+    text.push('\n');
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(key.public())
+}
+
+/// The public key of a node's private key file.
+pub fn public_key_of_file(path: &Path) -> Result<PublicKey, std::io::Error> {
+    let bytes = zeroize::Zeroizing::new(read_capped(path, MAX_SECRET_FILE_LEN)?);
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| std::io::Error::other(format!("{}: not a node key", path.display())))?;
+    NodeKey::from_hex(text)
+        .map(|k| k.public())
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ use clustd_transport::TransportKind;
 use tokio::sync::broadcast;
 use tokio::time::Instant as TokioInstant;
 
-use crate::local::{LocalCluster, LocalError, LocalNode, SECRET_FILE, ServiceWatch};
+use crate::local::{DRIVER_SECRET_FILE, LocalCluster, LocalError, LocalNode, ServiceWatch};
 use crate::runtime::{Command, Handle, RoleNotice, Shutdown};
 
 /// How long the demo waits for any one step before giving up.
@@ -199,7 +199,7 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
         transport,
         "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
     )?;
-    let secret = std::fs::read(dir.path().join(SECRET_FILE)).map_err(LocalError::Io)?;
+    let secret = std::fs::read(dir.path().join(DRIVER_SECRET_FILE)).map_err(LocalError::Io)?;
     let secret = secret.trim_ascii().to_vec();
     let ports: Vec<u16> = settings.iter().map(|s| s.listen.port()).collect();
     let core = &settings[0].core;

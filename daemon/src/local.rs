@@ -28,13 +28,33 @@ pub fn free_port() -> std::io::Result<u16> {
     Err(std::io::Error::other("no free loopback port found"))
 }
 
+/// A peer of a loopback node: its id, port and public key.
+pub struct LocalPeer {
+    /// Node id.
+    pub id: String,
+    /// Loopback port.
+    pub port: u16,
+    /// Its node key's public half.
+    pub key: clustd_transport::PublicKey,
+}
+
+/// The credential files of a loopback cluster.
+pub struct LocalFiles<'a> {
+    /// The cluster secret.
+    pub secret: &'a std::path::Path,
+    /// The drivers' credential.
+    pub driver_secret: &'a std::path::Path,
+    /// This node's private key.
+    pub node_key: &'a std::path::Path,
+}
+
 /// The TOML of a loopback node; `election` is the body of the `[election]` table.
 pub fn node_config(
     id: &str,
     port: u16,
-    peers: &[(String, u16)],
+    peers: &[LocalPeer],
     transport: TransportKind,
-    secret_file: &std::path::Path,
+    files: &LocalFiles<'_>,
     data_dir: &std::path::Path,
     election: &str,
 ) -> String {
@@ -44,18 +64,28 @@ pub fn node_config(
     };
     let peers: Vec<String> = peers
         .iter()
-        .map(|(id, port)| format!("{{ id = \"{id}\", addr = \"127.0.0.1:{port}\" }}"))
+        .map(|p| {
+            format!(
+                "{{ id = \"{}\", addr = \"127.0.0.1:{}\", key = \"{}\" }}",
+                p.id, p.port, p.key
+            )
+        })
         .collect();
     format!(
-        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"{}\"\npeers = [{}]\n\n[election]\n{election}\n",
+        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"{}\"\ndriver_secret_file = \"{}\"\npeers = [{}]\n\n[election]\n{election}\n",
         data_dir.display(),
-        secret_file.display(),
+        files.node_key.display(),
+        files.secret.display(),
+        files.driver_secret.display(),
         peers.join(", ")
     )
 }
 
-/// The cluster secret's file name inside a local cluster's directory (drivers use it too).
+/// The cluster secret's file name inside a local cluster's directory.
 pub const SECRET_FILE: &str = "secret";
+
+/// The drivers' credential's file name inside a local cluster's directory.
+pub const DRIVER_SECRET_FILE: &str = "driver-secret";
 
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
@@ -175,25 +205,47 @@ impl LocalCluster {
         let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
         let secret_file = dir.path().join(SECRET_FILE);
         write_private(&secret_file, &secret)?;
+        let driver_secret =
+            crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let driver_secret_file = dir.path().join(DRIVER_SECRET_FILE);
+        write_private(&driver_secret_file, &driver_secret)?;
         let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        let key_files: Vec<std::path::PathBuf> = names
+            .iter()
+            .map(|name| dir.path().join(format!("{name}.key")))
+            .collect();
+        let public_keys: Vec<clustd_transport::PublicKey> = key_files
+            .iter()
+            .map(|path| crate::config::write_node_key(path))
+            .collect::<Result<_, _>>()?;
         let ports: Vec<u16> = names
             .iter()
             .map(|_| free_port())
             .collect::<Result<_, _>>()?;
         let mut settings = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            let peers: Vec<(String, u16)> = names
+            let peers: Vec<LocalPeer> = names
                 .iter()
                 .zip(&ports)
-                .filter(|(other, _)| *other != name)
-                .map(|(other, port)| (other.clone(), *port))
+                .zip(&public_keys)
+                .filter(|((other, _), _)| *other != name)
+                .map(|((other, port), key)| LocalPeer {
+                    id: other.clone(),
+                    port: *port,
+                    key: *key,
+                })
                 .collect();
+            let files = LocalFiles {
+                secret: &secret_file,
+                driver_secret: &driver_secret_file,
+                node_key: &key_files[i],
+            };
             let text = node_config(
                 name,
                 ports[i],
                 &peers,
                 transport,
-                &secret_file,
+                &files,
                 &dir.path().join(name),
                 election,
             );

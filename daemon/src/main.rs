@@ -94,8 +94,25 @@ enum Cmd {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
-    /// Print a new random cluster secret (put it in cluster.secret_file, mode 0600).
-    Keygen,
+    /// Make credentials: a cluster secret or driver credential (printed; put it in
+    /// cluster.secret_file or cluster.driver_secret_file, mode 0600), or with `--node` this
+    /// node's key pair (the private key written to `--out`, the public key printed for the
+    /// other nodes' `cluster.peers[].key`).
+    ///
+    /// Examples: `umask 077; clustd keygen > /etc/clustd/secret`;
+    /// `clustd keygen --node --out /etc/clustd/node.key`;
+    /// `clustd keygen --public /etc/clustd/node.key`.
+    Keygen {
+        /// Make a node key pair instead of a secret.
+        #[arg(long, requires = "out")]
+        node: bool,
+        /// Where to write the node's private key (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the public key of this existing private key file.
+        #[arg(long, value_name = "KEY_FILE", conflicts_with_all = ["node", "out"])]
+        public: Option<PathBuf>,
+    },
     /// Validate a config file: prints the exact key and reason on error.
     CheckConfig {
         /// The config file.
@@ -399,7 +416,23 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                 }
             );
         }
-        Cmd::Keygen => println!("{}", config::keygen().context("reading OS randomness")?),
+        Cmd::Keygen {
+            node: false,
+            out: None,
+            public: None,
+        } => println!("{}", config::keygen().context("reading OS randomness")?),
+        Cmd::Keygen {
+            public: Some(path), ..
+        } => println!("{}", config::public_key_of_file(&path)?),
+        Cmd::Keygen { out, .. } => {
+            let out = out.context("--node needs --out FILE for the private key")?;
+            let public = config::write_node_key(&out)?;
+            println!("{public}");
+            eprintln!(
+                "wrote this node's private key to {} (mode 0600): set node.key_file to it; on every other node, add key = \"{public}\" to this node's entry in cluster.peers",
+                out.display()
+            );
+        }
         Cmd::CheckConfig { config } => {
             let (settings, warnings) = Settings::load(&config)?;
             for w in &warnings {

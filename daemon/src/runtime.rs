@@ -376,7 +376,10 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     );
     config.listen = Some(settings.listen);
     config.peers = settings.peers.clone();
+    config.node_key = settings.node_key.clone();
+    config.peer_keys = settings.peer_keys.clone();
     config.accept_drivers = true;
+    config.driver_secret = settings.driver_secret.clone();
     config.dial_tls = settings.tls.is_some();
     config.tls = settings.tls.clone();
     let settle = settings.core.stop_budget_at_drift_bound();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clustd::local::{LocalCluster, SECRET_FILE, ServiceWatch};
+use clustd::local::{DRIVER_SECRET_FILE, LocalCluster, ServiceWatch};
 use clustd::runtime::{Command, Shutdown};
 use clustd::{Clock, DriverRecord};
 use clustd_core::codec;
@@ -58,7 +58,7 @@ fn attach(cluster: &LocalCluster, i: usize, kind: TransportKind) -> (DriverSessi
     };
     let line = "$CLUSTD_ROLE|$CLUSTD_TERM|$CLUSTD_NODE_ID|$CLUSTD_LEADER_ID|$CLUSTD_PREV_ROLE|$CLUSTD_REASON|$(date +%s%N)";
     let text = format!(
-        "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"{SECRET_FILE}\"\ndriver_id = \"shell-{name}\"\n\n[script]\ntimeout_ms = 20000\nstart = '''echo \"start|{line}\" >> {log}'''\nstop = '''echo \"stop|{line}\" >> {log}'''\n",
+        "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"{DRIVER_SECRET_FILE}\"\ndriver_id = \"shell-{name}\"\n\n[script]\ntimeout_ms = 20000\nstart = '''echo \"start|{line}\" >> {log}'''\nstop = '''echo \"stop|{line}\" >> {log}'''\n",
         cluster.settings[i].listen,
         log = log.display()
     );
@@ -232,7 +232,7 @@ impl Driver for Scripted {
 }
 
 fn secret(cluster: &LocalCluster) -> Vec<u8> {
-    std::fs::read(cluster.dir.path().join(SECRET_FILE))
+    std::fs::read(cluster.dir.path().join(DRIVER_SECRET_FILE))
         .expect("secret")
         .trim_ascii()
         .to_vec()

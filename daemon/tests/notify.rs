@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use clustd::local::{LocalCluster, SECRET_FILE};
+use clustd::local::{DRIVER_SECRET_FILE, LocalCluster};
 use clustd::runtime::Shutdown;
 use clustd_drivers::{DriverSession, NotifyConfig, NotifyDriver};
 use clustd_transport::TransportKind;
@@ -72,7 +72,7 @@ fn attach(cluster: &LocalCluster, i: usize, kind: TransportKind, url: &str) -> D
         "websocket"
     };
     let text = format!(
-        "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"{SECRET_FILE}\"\ndriver_id = \"notify-{name}\"\n\
+        "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"{DRIVER_SECRET_FILE}\"\ndriver_id = \"notify-{name}\"\n\
          events = [\"peer-down\", \"peer-up\"]\n\
          [rate_limit]\nmax_messages = 100\n\
          [[webhook]]\nurl = \"{url}\"\n",

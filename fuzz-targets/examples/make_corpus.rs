@@ -245,9 +245,24 @@ listen = "127.0.0.1:7401"
     let demo = clustd::local::node_config(
         "node-2",
         7412,
-        &[("node-1".to_string(), 7411), ("node-3".to_string(), 7413)],
+        &[
+            clustd::local::LocalPeer {
+                id: "node-1".to_string(),
+                port: 7411,
+                key: clustd_transport::NodeKey::from_private([1; 32]).public(),
+            },
+            clustd::local::LocalPeer {
+                id: "node-3".to_string(),
+                port: 7413,
+                key: clustd_transport::NodeKey::from_private([3; 32]).public(),
+            },
+        ],
         clustd_transport::TransportKind::WebSocket,
-        Path::new("secret"),
+        &clustd::local::LocalFiles {
+            secret: Path::new("secret"),
+            driver_secret: Path::new("driver-secret"),
+            node_key: Path::new("node-2.key"),
+        },
         Path::new("/tmp/clustd-demo/node-2"),
         "heartbeat_ms = 50\nelection_timeout_ms = [500, 1000]",
     );

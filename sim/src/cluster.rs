@@ -124,6 +124,15 @@ impl SimConfig {
     }
 }
 
+/// The node key of node `i` in every simulated cluster.
+pub fn node_key(i: usize) -> clustd_transport::NodeKey {
+    let mut private = [0u8; 32];
+    for (j, b) in private.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(j as u8) ^ 0xa5;
+    }
+    clustd_transport::NodeKey::from_private(private)
+}
+
 /// "websocket" or "quic".
 pub fn transport_name(t: TransportKind) -> &'static str {
     match t {
@@ -339,23 +348,28 @@ impl Cluster {
         let disk: SharedDisk = std::sync::Arc::new(std::sync::Mutex::new(Disk::default()));
         let pauses: Vec<Pause> = (0..config.nodes).map(|_| Pause::default()).collect();
         let secret = "sim-cluster-secret-0123456789abcdef0123456789";
+        let driver_secret = "sim-driver-credential-0123456789abcdef01234";
+        // Every node proves its own key; fixed per node index, so runs replay.
+        let keys: Vec<clustd_transport::NodeKey> = (0..config.nodes).map(|i| node_key(i)).collect();
         let mut slots = Vec::new();
         for i in 0..config.nodes {
             let peers: Vec<String> = (0..config.nodes)
                 .filter(|j| *j != i)
                 .map(|j| {
                     format!(
-                        "{{ id = \"{}\", addr = \"{}\" }}",
+                        "{{ id = \"{}\", addr = \"{}\", key = \"{}\" }}",
                         names[j],
-                        SocketAddr::new(addrs[j], PORT)
+                        SocketAddr::new(addrs[j], PORT),
+                        keys[j].public()
                     )
                 })
                 .collect();
             let toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\nstop_budget_ms = {}\n",
+                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\nkey = \"{}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\ndriver_secret = \"{driver_secret}\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\nstop_budget_ms = {}\n",
                 names[i],
                 names[i],
                 config.witnesses.contains(&i),
+                &*keys[i].private_hex(),
                 transport_name(config.transport),
                 SocketAddr::new(addrs[i], PORT),
                 peers.join(", "),
@@ -449,9 +463,10 @@ impl Cluster {
             sim.host(name.as_str(), move || {
                 let state = state.clone();
                 async move {
-                    let mut driver = DriverConfig::new(daemon, transport, secret.as_bytes(), "sim")
-                        .with_driver_id(format!("d{i}"))
-                        .unwrap_or_else(|_| unreachable!("d<digits> is a valid id"));
+                    let mut driver =
+                        DriverConfig::new(daemon, transport, driver_secret.as_bytes(), "sim")
+                            .with_driver_id(format!("d{i}"))
+                            .unwrap_or_else(|_| unreachable!("d<digits> is a valid id"));
                     driver.rng_seed = Some(mix(&[seed, i as u64, 3]));
                     driver.reconnect_max = Duration::from_secs(1);
                     let net = SimNet::new(mix(&[seed, i as u64, 4]));

@@ -55,6 +55,12 @@ impl Secret {
         Ok(Self(bytes))
     }
 
+    /// Whether two secrets are the same bytes (to refuse a driver credential that is the
+    /// cluster secret). Not constant-time: for configuration checks only.
+    pub fn same_bytes(&self, other: &Secret) -> bool {
+        *self.0 == *other.0
+    }
+
     /// The 32-byte Noise pre-shared key derived from the secret for one use (`label`):
     /// peers and drivers derive different keys from the same bytes, so a secret used as a
     /// driver credential never opens a peer handshake.
