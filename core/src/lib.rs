@@ -39,7 +39,7 @@ pub mod node;
 pub mod time;
 
 pub use config::{Config, ConfigError};
-pub use ids::{InvalidNodeId, NodeId, Term};
+pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};
 pub use message::{ActionResult, DriverRole, FromDriver, Message, ToDriver};
-pub use node::{Event, Node, PersistentState, Reason, Role};
+pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};
 pub use time::Instant;
