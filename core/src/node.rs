@@ -401,6 +401,7 @@ impl Node {
                 ours: self.term,
                 reason,
             });
+            self.refresh_master(now);
             return;
         }
         match msg {
