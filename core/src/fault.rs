@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use crate::ids::MAX_TERM_JUMP;
+
 /// Where the randomness comes from: a seeded generator, proptest's input or fuzz bytes.
 pub trait FaultRng {
     /// A number in `0..n` (`n` > 0).
@@ -74,11 +76,34 @@ pub enum FaultKind {
     Pause,
     /// Disk faults: a crash loses unsynced writes, a torn or corrupt state file.
     Disk,
+    /// A hostile insider (a peer with the cluster secret, compromised or buggy) sends
+    /// messages no honest node would: for now, absurd terms ([`Fault::ForgedTerm`]).
+    Insider,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
+        Self::Crash,
+        Self::Partition,
+        Self::OneWayCut,
+        Self::HeartbeatLoss,
+        Self::Loss,
+        Self::Delay,
+        Self::Drift,
+        Self::DriftAtBound,
+        Self::HealNearTimeout,
+        Self::HandOver,
+        Self::SlowDriver,
+        Self::Pause,
+        Self::Disk,
+        Self::Insider,
+    ];
+
+    /// Every kind but [`FaultKind::Insider`]: what a cluster of honest nodes suffers, in
+    /// [`FaultKind::ALL`] order. For a backend that cannot (yet) play a hostile peer; its
+    /// swarms ([`Swarm::draw_among`]) are the ones drawn before `Insider` existed.
+    pub const HONEST: [Self; 13] = [
         Self::Crash,
         Self::Partition,
         Self::OneWayCut,
@@ -110,6 +135,7 @@ impl FaultKind {
             Self::SlowDriver => "slow-driver",
             Self::Pause => "pause",
             Self::Disk => "disk",
+            Self::Insider => "insider",
         }
     }
 
@@ -123,7 +149,9 @@ impl FaultKind {
             | Self::Drift
             | Self::DriftAtBound
             | Self::HealNearTimeout => 2,
-            Self::Loss | Self::Delay | Self::Pause | Self::Disk => 1,
+            // An insider's forged message must change nothing: more of them would only
+            // dilute the faults that do.
+            Self::Loss | Self::Delay | Self::Pause | Self::Disk | Self::Insider => 1,
         }
     }
 }
@@ -188,6 +216,18 @@ pub enum Fault {
     Pause(usize, u64),
     /// A disk fault on a node.
     Disk(usize, DiskFault),
+    /// Node `from` (a real peer, compromised or buggy; the next node if it is `to`) sends
+    /// `to` one message whose term is `above` above `to`'s current term (capped at
+    /// `u64::MAX`). `above` is always more than [`MAX_TERM_JUMP`]: the message must be
+    /// dropped, and nothing may change. The backend picks the kind of message.
+    ForgedTerm {
+        /// Receiver.
+        to: usize,
+        /// Claimed (and authenticated) sender.
+        from: usize,
+        /// How far above the receiver's term the forged term is.
+        above: u64,
+    },
 }
 
 impl Fault {
@@ -208,6 +248,7 @@ impl Fault {
             Self::DriverStops(..) | Self::DriverLinkDelay(..) => FaultKind::SlowDriver,
             Self::Pause(..) => FaultKind::Pause,
             Self::Disk(..) => FaultKind::Disk,
+            Self::ForgedTerm { .. } => FaultKind::Insider,
         })
     }
 
@@ -284,6 +325,16 @@ impl Fault {
                     _ => DiskFault::Corrupt,
                 },
             ),
+            FaultKind::Insider => Self::ForgedTerm {
+                to: node(&mut r),
+                from: node(&mut r),
+                above: match r(4) {
+                    0 => u64::MAX,
+                    1 => MAX_TERM_JUMP + 1,
+                    2 => MAX_TERM_JUMP + 1 + r(MAX_TERM_JUMP),
+                    _ => 1 << (33 + r(31)),
+                },
+            },
         }
     }
 }
@@ -324,16 +375,25 @@ impl Swarm {
         Self { kinds }
     }
 
-    /// Each kind enabled with probability one half (at least one enabled).
+    /// Each kind of [`FaultKind::ALL`] enabled with probability one half (at least one).
     pub fn draw(rng: &mut impl FaultRng) -> Self {
-        let mut kinds: Vec<FaultKind> = FaultKind::ALL
+        Self::draw_among(rng, &FaultKind::ALL)
+    }
+
+    /// Each of `among` (in [`FaultKind::ALL`] order) enabled with probability one half, at
+    /// least one — for a backend that cannot model every kind (e.g. [`FaultKind::HONEST`]).
+    pub fn draw_among(rng: &mut impl FaultRng, among: &[FaultKind]) -> Self {
+        let mut kinds: Vec<FaultKind> = among
             .iter()
             .copied()
             .filter(|_| rng.below(2) == 0)
             .collect();
-        if kinds.is_empty() {
-            let i = usize::try_from(rng.below(FaultKind::ALL.len() as u64)).unwrap_or(0);
-            kinds.push(FaultKind::ALL[i]);
+        if kinds.is_empty()
+            && let Some(kind) = usize::try_from(rng.below(among.len() as u64))
+                .ok()
+                .and_then(|i| among.get(i))
+        {
+            kinds.push(*kind);
         }
         Self { kinds }
     }
@@ -377,6 +437,7 @@ mod tests {
                     Fault::Drift(_, d) => assert!(d.abs() <= 50_000, "{d}"),
                     Fault::Pause(_, ms) => assert!((1..=4000).contains(&ms)),
                     Fault::Delay(ms) => assert!((1..2500).contains(&ms)),
+                    Fault::ForgedTerm { above, .. } => assert!(above > MAX_TERM_JUMP),
                     _ => {}
                 }
             }
@@ -394,6 +455,20 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), FaultKind::ALL.len());
+    }
+
+    #[test]
+    fn honest_swarms_never_draw_insiders() {
+        let mut rng = SplitMix(3);
+        for _ in 0..500 {
+            let swarm = Swarm::draw_among(&mut rng, &FaultKind::HONEST);
+            assert!(!swarm.kinds.is_empty() && !swarm.has(FaultKind::Insider));
+            for _ in 0..20 {
+                let fault = Fault::draw(&mut rng, &swarm, &LIMITS);
+                assert!(!matches!(fault, Fault::ForgedTerm { .. }), "{fault:?}");
+            }
+        }
+        assert_eq!(&FaultKind::ALL[..13], &FaultKind::HONEST[..]);
     }
 
     #[test]

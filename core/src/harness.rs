@@ -44,6 +44,8 @@ pub struct Checker {
     pub service: ServiceChecker,
     /// Number of elections won.
     pub elections: u64,
+    /// Messages nodes dropped as [`Event::Rejected`] (forged terms).
+    pub rejected: u64,
 }
 
 impl Checker {
@@ -130,6 +132,7 @@ impl Checker {
                 let driver = harness_driver(node);
                 self.service.lease(global, node, &driver, lease_end(*until));
             }
+            Event::Rejected { .. } => self.rejected += 1,
             _ => {}
         }
     }
@@ -234,6 +237,8 @@ pub struct Cluster {
     pub checker: Checker,
     /// Messages delivered so far.
     pub delivered: u64,
+    /// Forged messages sent so far ([`Fault::ForgedTerm`]); picks the next one's kind.
+    forged: u64,
     /// When true, every event is appended to `log` as `time node event`.
     pub trace: bool,
     /// The event log (see `trace`).
@@ -289,6 +294,7 @@ impl Cluster {
             rng,
             checker: Checker::default(),
             delivered: 0,
+            forged: 0,
             trace: false,
             log: Vec::new(),
         }
@@ -463,9 +469,37 @@ impl Cluster {
         }
     }
 
+    /// A hostile insider: `from` (a real peer, authenticated) sends `to` at once one message
+    /// with `term`, of each kind in turn, bypassing the network. If `to` acts on a term
+    /// more than [`MAX_TERM_JUMP`](crate::MAX_TERM_JUMP) above its own, that is a violation.
+    /// Nothing happens when `to` is down or paused, or is `from`.
+    pub fn forge_term(&mut self, to: &NodeId, from: &NodeId, term: Term) {
+        let Some(before) = self.node(to).map(Node::term) else {
+            return;
+        };
+        if to == from
+            || self
+                .slots
+                .get(to)
+                .is_some_and(|s| s.paused_until > self.now)
+        {
+            return;
+        }
+        let msg = forged_message(self.forged, term);
+        self.forged += 1;
+        self.with_node(to, |node, now| node.handle_message(now, from, msg));
+        let after = self.node(to).map(Node::term);
+        if after != Some(before) && before.distance_to(term) > Some(crate::MAX_TERM_JUMP) {
+            self.checker.violation(format!(
+                "{to}: went from term {before} to {after:?} on a forged term {term} from {from}"
+            ));
+        }
+    }
+
     /// Applies one fault of the shared vocabulary. The core harness has no disk to tear:
     /// every [`Fault::Disk`] is a crash here (writes are synchronous); its drivers read each
-    /// lease as sent, so [`Fault::DriverLinkDelay`] changes nothing.
+    /// lease as sent, so [`Fault::DriverLinkDelay`] changes nothing. A
+    /// [`Fault::ForgedTerm`] is [`Cluster::forge_term`].
     pub fn apply(&mut self, fault: &Fault) {
         let ids = self.ids();
         let pick = |i: &usize| ids[*i % ids.len()].clone();
@@ -531,6 +565,20 @@ impl Cluster {
             Fault::Pause(i, ms) => self.pause(&pick(i), Duration::from_millis(*ms)),
             // The harness's driver reads each lease as sent: delivery delay cannot matter.
             Fault::DriverLinkDelay(..) => {}
+            Fault::ForgedTerm { to, from, above } => {
+                let (to_i, from_i) = (*to % ids.len(), *from % ids.len());
+                let from_i = if from_i == to_i {
+                    (from_i + 1) % ids.len()
+                } else {
+                    from_i
+                };
+                let (to, from) = (ids[to_i].clone(), ids[from_i].clone());
+                if let Some(ours) = self.node(&to).map(Node::term) {
+                    // A hostile value, capped at the largest term there is.
+                    let term = Term(ours.0.saturating_add(*above));
+                    self.forge_term(&to, &from, term);
+                }
+            }
         }
     }
 
@@ -812,6 +860,39 @@ impl Cluster {
                 msg: MessageOrd(msg),
             }));
         }
+    }
+}
+
+/// The `n`-th forged message (modulo the seven kinds), carrying `term`.
+fn forged_message(n: u64, term: Term) -> Message {
+    match n % 7 {
+        0 => Message::HeartbeatAck {
+            term,
+            round: 1,
+            priority: 0,
+            eligible: true,
+            preempt: false,
+        },
+        1 => Message::Heartbeat {
+            term,
+            round: 1,
+            successors: Vec::new(),
+        },
+        2 => Message::RequestVote {
+            term,
+            transfer: true,
+        },
+        3 => Message::PreVote { term },
+        4 => Message::Vote {
+            term,
+            granted: true,
+        },
+        5 => Message::PreVoteResponse {
+            term,
+            granted: true,
+            retry_after_ms: None,
+        },
+        _ => Message::TimeoutNow { term },
     }
 }
 

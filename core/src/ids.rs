@@ -83,6 +83,33 @@ impl std::str::FromStr for NodeId {
     }
 }
 
+/// How far above its own term a node accepts a peer's term. A message whose term is more
+/// than this above the receiver's is dropped, never adopted (the node emits
+/// [`Event::Rejected`](crate::Event::Rejected)).
+///
+/// Without this bound one forged message from a node with the cluster secret (a compromised
+/// or buggy peer) carrying term `u64::MAX` would be adopted and persisted by every node, and
+/// no election could ever be won again, not even after restarting them all.
+///
+/// **Why no honest node reaches it.** Terms grow by one per election attempt that passed
+/// pre-vote, that is, one that a majority let happen; a node that was cut off cannot bump
+/// the term. A peer is honestly ahead of us only by the attempts held while we were not
+/// listening. 2^32 attempts at one every 10 ms (far quicker than any sane election timeout:
+/// attempts are at least `ET_min` apart on each node) take 2^32 × 10 ms ≈ 4.3 × 10^7 s,
+/// about 497 days or 16 months of uninterrupted failed elections.
+///
+/// The bound is per message: a hostile insider could still walk the term up in steps of
+/// `MAX_TERM_JUMP`, but it needs 2^32 accepted messages to get near the top, and no node
+/// goes past [`Term::CEILING`] either way.
+///
+/// **Recovery** when a node refuses to start because its persisted term is above
+/// [`Term::CEILING`] (or the cluster's terms were walked up to it): stop every daemon of
+/// the cluster; wait until every driver's lease has ended (services stopped); remove the
+/// persisted state (the daemon's `<data_dir>/state`) on every node; start them again. That
+/// is safe: no node is master while all are stopped, and every restarted node waits
+/// `ET_min` before it votes, so the fresh terms start from 0 with no lease outstanding.
+pub const MAX_TERM_JUMP: u64 = 1 << 32;
+
 /// An election term. It only grows, and it is the fencing token handed to drivers:
 /// an action taken under term `t` must be rejected by anything that has seen a term `> t`.
 #[derive(
@@ -92,10 +119,26 @@ impl std::str::FromStr for NodeId {
 pub struct Term(pub u64);
 
 impl Term {
-    /// The term after this one.
+    /// The highest term a node adopts, campaigns in or starts from: `u64::MAX` −
+    /// [`MAX_TERM_JUMP`] (at one election a millisecond, 5.8 × 10^8 years away). A persisted
+    /// term above it makes [`Node::new`](crate::Node::new) refuse to start; see
+    /// [`MAX_TERM_JUMP`] for the recovery.
+    pub const CEILING: Self = Self(u64::MAX - MAX_TERM_JUMP);
+
+    /// The term after this one, or `None` when that would pass [`Term::CEILING`]: a node
+    /// there cannot campaign (it still follows a leader of its term).
     #[must_use]
-    pub fn next(self) -> Self {
-        Self(self.0.saturating_add(1))
+    pub fn next(self) -> Option<Self> {
+        self.0
+            .checked_add(1)
+            .map(Self)
+            .filter(|next| *next <= Self::CEILING)
+    }
+
+    /// By how much `other` is above this term (`None` if it is not above).
+    #[must_use]
+    pub fn distance_to(self, other: Self) -> Option<u64> {
+        other.0.checked_sub(self.0).filter(|d| *d > 0)
     }
 }
 
@@ -117,5 +160,21 @@ mod tests {
         assert_eq!(NodeId::new("x".repeat(65)), Err(InvalidNodeId::Length(65)));
         assert_eq!(NodeId::new("a b"), Err(InvalidNodeId::Character(' ')));
         assert_eq!(NodeId::new("ünï"), Err(InvalidNodeId::Character('ü')));
+    }
+
+    #[test]
+    fn next_is_checked_and_stops_at_the_ceiling() {
+        assert_eq!(Term(0).next(), Some(Term(1)));
+        assert_eq!(Term(Term::CEILING.0 - 1).next(), Some(Term::CEILING));
+        assert_eq!(Term::CEILING.next(), None);
+        assert_eq!(Term(u64::MAX).next(), None);
+    }
+
+    #[test]
+    fn distance_is_only_upwards() {
+        assert_eq!(Term(5).distance_to(Term(5)), None);
+        assert_eq!(Term(5).distance_to(Term(4)), None);
+        assert_eq!(Term(5).distance_to(Term(7)), Some(2));
+        assert_eq!(Term(0).distance_to(Term(u64::MAX)), Some(u64::MAX));
     }
 }

@@ -14,6 +14,8 @@
 //! What exactly is promised — service intervals as drivers run them, ending only at an `Ok`
 //! stop or at lease end plus the stop budget — is judged by the one checker in [`check`],
 //! which every test, simulation, benchmark and demo of the project uses.
+//! A peer's term more than [`MAX_TERM_JUMP`] above a node's own is dropped, never adopted
+//! ([`Event::Rejected`]), so one forged message cannot use up the terms.
 //!
 //! ```
 //! use clustd_core::{Config, Instant, Node, NodeId, PersistentState};
@@ -39,7 +41,7 @@ pub mod node;
 pub mod time;
 
 pub use config::{Config, ConfigError};
-pub use ids::{InvalidNodeId, NodeId, Term};
+pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};
 pub use message::{ActionResult, DriverRole, FromDriver, Message, ToDriver};
-pub use node::{Event, Node, PersistentState, Reason, Role};
+pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};
 pub use time::Instant;

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
-use crate::ids::{NodeId, Term};
+use crate::ids::{MAX_TERM_JUMP, NodeId, Term};
 use crate::message::Message;
 use crate::time::Instant;
 
@@ -78,6 +78,51 @@ impl Reason {
     }
 }
 
+/// Why a message from a peer was dropped unread (see [`Event::Rejected`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Its term is more than [`MAX_TERM_JUMP`] above ours: no honest peer gets that far
+    /// ahead, so it is forged (a compromised peer) or corrupt (a buggy one).
+    TermJump,
+    /// Its term is above [`Term::CEILING`], the highest term a node may hold.
+    TermCeiling,
+}
+
+impl RejectReason {
+    /// A short kebab-case name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TermJump => "term-jump",
+            Self::TermCeiling => "term-ceiling",
+        }
+    }
+}
+
+/// Why [`Node::new`] refuses to start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error("election config: {0}")]
+    Config(#[from] ConfigError),
+    /// The persisted term is above [`Term::CEILING`]: a forged or corrupt term was written
+    /// (no honest cluster gets there), and no election could ever be won from it.
+    #[error(
+        "the persisted term {term} is above the highest usable term {ceiling}: it was \
+         probably forged by a peer holding the cluster secret. Recovery: stop every daemon \
+         of the cluster, wait until every driver's lease has ended (services stopped), remove \
+         the persisted state (the daemon's <data_dir>/state) on every node, then start them \
+         all again"
+    )]
+    TermAboveCeiling {
+        /// The persisted term.
+        term: Term,
+        /// [`Term::CEILING`].
+        ceiling: Term,
+    },
+}
+
 /// Something the caller should know about (tell drivers, update status, count metrics).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
@@ -131,6 +176,18 @@ pub enum Event {
         peer: NodeId,
         /// Whether it is acknowledging.
         reachable: bool,
+    },
+    /// A message from a voter was dropped unread because its term cannot be honest (see
+    /// [`MAX_TERM_JUMP`]): the sender is compromised or broken. Operators should see it.
+    Rejected {
+        /// The (authenticated) sender.
+        from: NodeId,
+        /// The term it carried.
+        term: Term,
+        /// This node's term, unchanged.
+        ours: Term,
+        /// Why.
+        reason: RejectReason,
     },
 }
 
@@ -215,12 +272,21 @@ impl Node {
     /// A (re)started node acts as if it had just heard from a leader: it grants no vote and
     /// starts no campaign for `ET_min`. It may have acknowledged a leader just before it
     /// went down, and that leader's lease may still be running.
+    ///
+    /// Refuses an invalid config, and a persisted term above [`Term::CEILING`] (the error
+    /// names the recovery; a node never persists such a term itself).
     pub fn new(
         config: Config,
         persisted: PersistentState,
         now: Instant,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, StartError> {
         config.validate()?;
+        if persisted.term > Term::CEILING {
+            return Err(StartError::TermAboveCeiling {
+                term: persisted.term,
+                ceiling: Term::CEILING,
+            });
+        }
         let rng = StdRng::seed_from_u64(config.rng_seed);
         let mut node = Self {
             rng,
@@ -320,9 +386,22 @@ impl Node {
     // ----- handle_* --------------------------------------------------------------------
 
     /// Feeds one message from an authenticated peer. Messages from ids that are not
-    /// voters (or from the node itself) are ignored.
+    /// voters (or from the node itself) are ignored. A message whose term no honest peer
+    /// can have (more than [`MAX_TERM_JUMP`] above ours, or above [`Term::CEILING`]) is
+    /// dropped with an [`Event::Rejected`]: adopting it could exhaust the terms for good.
     pub fn handle_message(&mut self, now: Instant, from: &NodeId, msg: Message) {
         if from == &self.config.id || !self.config.voters.contains(from) {
+            return;
+        }
+        let term = msg.term();
+        if let Some(reason) = self.reject_reason(term) {
+            self.events.push_back(Event::Rejected {
+                from: from.clone(),
+                term,
+                ours: self.term,
+                reason,
+            });
+            self.refresh_master(now);
             return;
         }
         match msg {
@@ -513,7 +592,10 @@ impl Node {
         granted: bool,
         retry_after_ms: Option<u32>,
     ) {
-        let proposed = self.term.next();
+        // A pre-candidate exists only below the ceiling (see `can_campaign`).
+        let Some(proposed) = self.term.next() else {
+            return;
+        };
         let State::PreCandidate {
             granted: votes,
             retry_at,
@@ -776,14 +858,21 @@ impl Node {
             self.start_campaign(now, false);
             return;
         }
-        let proposed = self.term.next();
+        let Some(proposed) = self.term.next() else {
+            return; // unreachable: `can_campaign` checked it
+        };
         for peer in self.peers() {
             self.send(&peer, Message::PreVote { term: proposed });
         }
     }
 
     fn start_campaign(&mut self, now: Instant, transfer: bool) {
-        self.term = self.term.next();
+        // At the ceiling there is no next term: stay a follower (the callers checked
+        // `can_campaign`, except a transfer, which then simply does not happen).
+        let Some(term) = self.term.next() else {
+            return;
+        };
+        self.term = term;
         self.voted_for = Some(self.config.id.clone());
         self.leader = None;
         self.persist_state();
@@ -1055,7 +1144,19 @@ impl Node {
     }
 
     fn can_campaign(&self, now: Instant) -> bool {
-        self.eligible() && self.stickiness_left(now).is_none()
+        self.eligible() && self.stickiness_left(now).is_none() && self.term.next().is_some()
+    }
+
+    /// Why a message carrying `term` must be dropped unread, if it must.
+    fn reject_reason(&self, term: Term) -> Option<RejectReason> {
+        let jump = self.term.distance_to(term)?;
+        if jump > MAX_TERM_JUMP {
+            Some(RejectReason::TermJump)
+        } else if term > Term::CEILING {
+            Some(RejectReason::TermCeiling)
+        } else {
+            None
+        }
     }
 
     fn is_recent(&self, t: Option<Instant>, now: Instant) -> bool {
@@ -1484,6 +1585,259 @@ mod tests {
         );
     }
 
+    // ----- terms that cannot be poisoned ---------------------------------------------
+
+    const J: u64 = MAX_TERM_JUMP;
+
+    /// Every kind of message, carrying `term`, as a peer could forge it.
+    fn forged(term: u64) -> Vec<Message> {
+        let term = Term(term);
+        vec![
+            Message::HeartbeatAck {
+                term,
+                round: 1,
+                priority: 0,
+                eligible: true,
+                preempt: false,
+            },
+            Message::Heartbeat {
+                term,
+                round: 1,
+                successors: vec![],
+            },
+            // A transfer request bypasses stickiness: the worst case.
+            Message::RequestVote {
+                term,
+                transfer: true,
+            },
+            Message::PreVote { term },
+            Message::Vote {
+                term,
+                granted: false,
+            },
+            Message::PreVoteResponse {
+                term,
+                granted: false,
+                retry_after_ms: None,
+            },
+            Message::TimeoutNow { term },
+        ]
+    }
+
+    /// `n1` as master in term 5 (won at `t`, lease renewed by n2's ack of round 1).
+    fn master_in_term_5() -> (Node, Instant) {
+        let mut node = node_with(PersistentState {
+            term: Term(4),
+            voted_for: None,
+        });
+        let t = node.poll_timeout();
+        node.handle_timeout(t);
+        let _ = outputs(&mut node);
+        assert_eq!(node.role(), Role::PreCandidate);
+        let pre = Message::PreVoteResponse {
+            term: Term(5),
+            granted: true,
+            retry_after_ms: None,
+        };
+        node.handle_message(t, &id("n2"), pre);
+        let _ = outputs(&mut node);
+        let vote = Message::Vote {
+            term: Term(5),
+            granted: true,
+        };
+        node.handle_message(t, &id("n2"), vote);
+        let _ = outputs(&mut node);
+        node.handle_message(t + Duration::from_millis(2), &id("n2"), forged(5).remove(0));
+        let _ = outputs(&mut node);
+        assert!(node.is_master() && node.term() == Term(5), "{node:?}");
+        while node.poll_event().is_some() {}
+        (node, t + Duration::from_millis(2))
+    }
+
+    fn assert_rejected(node: &mut Node, term: u64, what: &str) {
+        let (persisted, sent) = outputs(node);
+        assert_eq!(node.term(), Term(5), "{what}: the term must not change");
+        assert!(persisted.is_none(), "{what}: nothing may be persisted");
+        assert!(sent.is_empty(), "{what}: dropped unread, got {sent:?}");
+        let events: Vec<Event> = std::iter::from_fn(|| node.poll_event()).collect();
+        assert!(
+            matches!(
+                &events[..],
+                [Event::Rejected { from, term: t, ours: Term(5), .. }]
+                    if *from == id("n2") && *t == Term(term)
+            ),
+            "{what}: expected one Rejected event, got {events:?}"
+        );
+    }
+
+    #[test]
+    fn a_follower_drops_messages_with_absurd_terms() {
+        for term in [u64::MAX, 5 + J + 1] {
+            for msg in forged(term) {
+                let what = format!("{msg:?}");
+                let mut node = node_with(PersistentState {
+                    term: Term(5),
+                    voted_for: None,
+                });
+                // Past the start-up stickiness: a vote could be granted.
+                node.handle_message(ms(5000), &id("n2"), msg);
+                assert_rejected(&mut node, term, &what);
+                assert_eq!(node.role(), Role::Follower, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_master_keeps_leading_through_absurd_terms() {
+        for term in [u64::MAX, 5 + J + 1] {
+            for msg in forged(term) {
+                let what = format!("{msg:?}");
+                let (mut node, t) = master_in_term_5();
+                node.handle_message(t, &id("n2"), msg);
+                assert_rejected(&mut node, term, &what);
+                assert_eq!(node.role(), Role::Leader, "{what}");
+                assert!(node.is_master(), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_jump_of_exactly_max_term_jump_is_accepted() {
+        let boundary = Term(5 + J);
+        let fresh_at_5 = || {
+            node_with(PersistentState {
+                term: Term(5),
+                voted_for: None,
+            })
+        };
+        let no_rejection = |node: &mut Node, what: &str| {
+            let events: Vec<Event> = std::iter::from_fn(|| node.poll_event()).collect();
+            assert!(
+                !events.iter().any(|e| matches!(e, Event::Rejected { .. })),
+                "{what}: {events:?}"
+            );
+        };
+        // Adopted (and persisted) from a heartbeat, an ack and a vote request.
+        for msg in [
+            forged(5 + J).remove(0),
+            forged(5 + J).remove(1),
+            forged(5 + J).remove(2),
+        ] {
+            let what = format!("{msg:?}");
+            let mut node = fresh_at_5();
+            node.handle_message(ms(5000), &id("n2"), msg);
+            let (persisted, _) = outputs(&mut node);
+            assert_eq!(node.term(), boundary, "{what}");
+            assert_eq!(persisted.map(|p| p.term), Some(boundary), "{what}");
+            no_rejection(&mut node, &what);
+        }
+        // A pre-vote is answered (granted: the asker is ahead and nobody leads).
+        let mut node = fresh_at_5();
+        node.handle_message(ms(5000), &id("n2"), Message::PreVote { term: boundary });
+        let (_, sent) = outputs(&mut node);
+        assert!(
+            matches!(
+                &sent[..],
+                [(_, Message::PreVoteResponse { granted: true, term, .. })] if *term == boundary
+            ),
+            "{sent:?}"
+        );
+        no_rejection(&mut node, "pre-vote");
+        // A master learns of the higher term and steps down, as for any honest higher term.
+        let (mut node, t) = master_in_term_5();
+        node.handle_message(t, &id("n2"), forged(5 + J).remove(0));
+        assert_eq!(node.term(), boundary);
+        assert!(!node.is_master());
+        no_rejection(&mut node, "ack to the master");
+    }
+
+    #[test]
+    fn no_term_above_the_ceiling_is_adopted_or_campaigned_for() {
+        let near = Term(Term::CEILING.0 - 3);
+        let mut node = node_with(PersistentState {
+            term: near,
+            voted_for: None,
+        });
+        node.handle_message(ms(5000), &id("n2"), heartbeat(Term::CEILING.0 + 1));
+        let events: Vec<Event> = std::iter::from_fn(|| node.poll_event()).collect();
+        assert!(
+            matches!(
+                &events[..],
+                [Event::Rejected {
+                    reason: RejectReason::TermCeiling,
+                    ..
+                }]
+            ),
+            "{events:?}"
+        );
+        assert_eq!(node.term(), near);
+        // Up to the ceiling itself is fine.
+        node.handle_message(ms(5000), &id("n2"), heartbeat(Term::CEILING.0));
+        assert_eq!(node.term(), Term::CEILING);
+        // At the ceiling: no campaign, no busy loop, nothing persisted past it.
+        let mut node = node_with(PersistentState {
+            term: Term::CEILING,
+            voted_for: None,
+        });
+        let mut now = ms(0);
+        for _ in 0..10 {
+            now = node.poll_timeout();
+            node.handle_timeout(now);
+            assert!(node.poll_timeout() > now, "busy loop at {now:?}");
+            let (persisted, sent) = outputs(&mut node);
+            assert!(
+                persisted.is_none() && sent.is_empty(),
+                "{persisted:?} {sent:?}"
+            );
+            assert_eq!(node.role(), Role::Follower);
+        }
+        // A transfer cannot make it campaign either.
+        node.handle_message(now, &id("n2"), heartbeat(Term::CEILING.0));
+        node.handle_message(
+            now,
+            &id("n2"),
+            Message::TimeoutNow {
+                term: Term::CEILING,
+            },
+        );
+        assert_eq!(node.term(), Term::CEILING);
+        assert_eq!(node.role(), Role::Follower);
+    }
+
+    #[test]
+    fn an_absurd_persisted_term_refuses_to_start_and_names_the_recovery() {
+        for term in [Term(Term::CEILING.0 + 1), Term(u64::MAX)] {
+            let voters = vec![id("n1"), id("n2"), id("n3")];
+            let state = PersistentState {
+                term,
+                voted_for: None,
+            };
+            let err = Node::new(Config::new(voters[0].clone(), voters), state, ms(0))
+                .expect_err("an absurd term must not start");
+            assert!(
+                matches!(err, StartError::TermAboveCeiling { .. }),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            for needle in [
+                "stop every daemon",
+                "lease",
+                "<data_dir>/state",
+                "start them",
+            ] {
+                assert!(text.contains(needle), "{text:?} lacks {needle:?}");
+            }
+        }
+        assert!(
+            node_with(PersistentState {
+                term: Term::CEILING,
+                voted_for: None,
+            })
+            .term()
+                == Term::CEILING
+        );
+    }
+
     // ----- scenarios on the harness -------------------------------------------------
 
     fn elect(cluster: &mut Cluster) -> NodeId {
@@ -1499,6 +1853,37 @@ mod tests {
             "{:?}",
             cluster.checker.violations()
         );
+    }
+
+    /// The attack: with the cluster secret, one message with term `u64::MAX` from a real
+    /// peer id. Injected into every node (from each of its peers): the master stays master
+    /// in its term and nobody's term moves.
+    #[test]
+    fn a_forged_term_from_a_real_peer_changes_nothing_in_a_cluster() {
+        for term_of in [|_: u64| u64::MAX, |ours: u64| ours + J + 1] {
+            let mut cluster = Cluster::new(3, 12, |_| {});
+            let master = elect(&mut cluster);
+            cluster.run_for(Duration::from_secs(1));
+            let term = cluster.node(&master).map(Node::term).expect("running");
+            let elections = cluster.checker.elections;
+            let ids = cluster.ids();
+            for to in &ids {
+                for from in ids.iter().filter(|f| *f != to) {
+                    for msg in forged(term_of(term.0)) {
+                        cluster.with_node(to, |node, now| node.handle_message(now, from, msg));
+                    }
+                }
+                cluster.run_for(Duration::from_millis(50));
+            }
+            cluster.run_for(Duration::from_secs(10));
+            assert_eq!(cluster.masters(), vec![master.clone()]);
+            for id in &ids {
+                assert_eq!(cluster.node(id).map(Node::term), Some(term), "{id}");
+                assert_eq!(cluster.disk(id).term, term, "{id}");
+            }
+            assert_eq!(cluster.checker.elections, elections, "no election");
+            assert_safe(&cluster);
+        }
     }
 
     #[test]

@@ -125,6 +125,61 @@ proptest! {
     }
 }
 
+/// A healthy cluster with a master gets forged terms (a hostile insider with the cluster
+/// secret) into random nodes from random real peers: every one is dropped, and nothing
+/// changes — same master, same term everywhere, no election.
+fn check_forged_terms(
+    n: usize,
+    seed: u64,
+    forgeries: &[(usize, usize, u64, u64)],
+) -> Result<(), TestCaseError> {
+    use clustd_core::MAX_TERM_JUMP;
+    let mut cluster = Cluster::new(n, seed, |_| {});
+    let took = cluster.run_until(LIVENESS_BOUND, |c| c.masters().len() == 1);
+    prop_assert!(took.is_some(), "no master to begin with");
+    cluster.run_for(Duration::from_secs(1));
+    let master = cluster.masters();
+    let terms: Vec<_> = cluster.ids().iter().map(|i| cluster.disk(i).term).collect();
+    let elections = cluster.checker.elections;
+    for &(to, from, above, pause_ms) in forgeries {
+        let above = if above == u64::MAX {
+            above
+        } else {
+            MAX_TERM_JUMP + 1 + above % (u64::MAX - MAX_TERM_JUMP - 1)
+        };
+        cluster.apply(&Fault::ForgedTerm { to, from, above });
+        cluster.apply(&Fault::Run(pause_ms % 200));
+    }
+    cluster.run_for(Duration::from_secs(5));
+    prop_assert_eq!(cluster.checker.rejected, forgeries.len() as u64);
+    prop_assert_eq!(cluster.masters(), master);
+    let after: Vec<_> = cluster.ids().iter().map(|i| cluster.disk(i).term).collect();
+    prop_assert_eq!(after, terms);
+    prop_assert_eq!(cluster.checker.elections, elections, "an election");
+    prop_assert!(
+        cluster.checker.violations().is_empty(),
+        "{:?}",
+        cluster.checker.violations()
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn forged_terms_change_nothing(
+        n in prop_oneof![Just(3usize), Just(5usize)],
+        seed in any::<u64>(),
+        forgeries in proptest::collection::vec(
+            (0..7usize, 0..7usize, prop_oneof![Just(u64::MAX), Just(0u64), any::<u64>()], any::<u64>()),
+            1..40,
+        ),
+    ) {
+        check_forged_terms(n, seed, &forgeries)?;
+    }
+}
+
 /// Found by `three_nodes`: a clock-rate change used to make the harness clock jump, which
 /// expired a lease early and looked like a needless election.
 #[test]

@@ -44,6 +44,9 @@ pub struct Metrics {
     /// Stops (acknowledged "backup") that failed or timed out: the service may still run
     /// there until that driver's lease end plus the stop budget. Alert on any increase.
     pub driver_stop_failures: Counter,
+    /// Messages from a peer dropped because their term cannot be honest (more than
+    /// `MAX_TERM_JUMP` above ours): that peer is compromised or broken. Alert on any.
+    pub rejected_messages: Family<PeerLabel, Counter>,
 }
 
 impl Metrics {
@@ -61,6 +64,7 @@ impl Metrics {
         ]);
         let driver_results = Family::<ResultLabel, Counter>::default();
         let driver_stop_failures = Counter::default();
+        let rejected_messages = Family::<PeerLabel, Counter>::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -94,6 +98,11 @@ impl Metrics {
             "Driver stops that failed or timed out (the service may still run until that driver's lease end plus the stop budget)",
             driver_stop_failures.clone(),
         );
+        registry.register(
+            "rejected_messages",
+            "Peer messages dropped because their term is absurdly far ahead (a compromised or broken peer)",
+            rejected_messages.clone(),
+        );
         Self {
             registry,
             master,
@@ -105,6 +114,7 @@ impl Metrics {
             heartbeat_rtt,
             driver_results,
             driver_stop_failures,
+            rejected_messages,
         }
     }
 

@@ -34,6 +34,10 @@ use crate::metrics::{Metrics, PeerLabel, ResultLabel};
 use crate::status::{DriverStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
 
+/// At most one WARN per peer this often about its rejected messages (the rest are counted
+/// in `clustd_rejected_messages_total` and summed into the next WARN).
+const REJECTED_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Most drivers remembered (connected or not) in status.
 const MAX_DRIVERS: usize = 64;
 
@@ -54,9 +58,10 @@ pub enum RuntimeError {
     /// The transport could not start.
     #[error("transport: {0}")]
     Transport(#[from] clustd_transport::TransportError),
-    /// The election settings were rejected.
-    #[error("election config: {0}")]
-    Config(#[from] clustd_core::ConfigError),
+    /// The election core refused to start: its settings were rejected, or the persisted
+    /// term is unusable (the message names the recovery).
+    #[error(transparent)]
+    Start(#[from] clustd_core::StartError),
 }
 
 /// An admin command for the runtime.
@@ -354,6 +359,8 @@ struct Runtime<C: Clock, S: StateStore> {
     awaiting_stop: bool,
     /// The stop budget at the drift bound, on this node's clock.
     settle: Duration,
+    /// Per peer: when its rejected messages were last logged, and how many since.
+    rejected_warned: BTreeMap<NodeId, (Option<Instant>, u64)>,
 }
 
 /// Runs one node until `shutdown` completes (then steps down gracefully if leader) or a
@@ -411,6 +418,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         peers_up: BTreeSet::new(),
         awaiting_stop: false,
         settle,
+        rejected_warned: BTreeMap::new(),
     };
     rt.init_status();
     tokio::pin!(shutdown);
@@ -998,6 +1006,34 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             Event::PeerReachability { peer, reachable } => {
                 tracing::info!(peer = %peer, reachable, "peer reachability (as leader)");
             }
+            Event::Rejected {
+                from,
+                term,
+                ours,
+                reason,
+            } => {
+                metrics
+                    .rejected_messages
+                    .get_or_create(&PeerLabel {
+                        peer: from.to_string(),
+                    })
+                    .inc();
+                // A hostile peer may send these as fast as it likes: warn once per interval.
+                let entry = self.rejected_warned.entry(from.clone()).or_default();
+                entry.1 += 1;
+                if entry.0.is_none_or(|at| now >= at + REJECTED_WARN_EVERY) {
+                    tracing::warn!(
+                        peer = %from,
+                        term = term.0,
+                        ours = ours.0,
+                        reason = reason.as_str(),
+                        since_last_warning = entry.1,
+                        "rejected a message whose term no honest peer can have: \
+                         that peer is compromised or broken"
+                    );
+                    *entry = (Some(now), 0);
+                }
+            }
             _ => {}
         }
         metrics
@@ -1031,6 +1067,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         let m = &self.shared.metrics;
         for peer in self.settings.peers.keys() {
             let _ = m.peer_up.get_or_create(&PeerLabel {
+                peer: peer.to_string(),
+            });
+            let _ = m.rejected_messages.get_or_create(&PeerLabel {
                 peer: peer.to_string(),
             });
         }

@@ -1185,6 +1185,10 @@ impl Cluster {
                 self.pause(i, Duration::from_millis(*ms));
             }
             Fault::Disk(i, how) => self.damage_disk(node(i), *how),
+            // The sweep draws only `FaultKind::HONEST` swarms, so this cannot be drawn here.
+            Fault::ForgedTerm { .. } => {
+                panic!("Insider faults are applied by the sim's insider host")
+            }
             _ => {}
         }
     }
