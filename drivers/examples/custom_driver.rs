@@ -1,5 +1,5 @@
 //! A complete custom driver: writes the role to a file. Run it beside a daemon with
-//! `cargo run -p clustd-drivers --example custom_driver -- 127.0.0.1:7400 /etc/clustd/secret`.
+//! `cargo run -p clustd-drivers --example custom_driver -- 127.0.0.1:7400 /etc/clustd/driver-secret`.
 use clustd_drivers::{ActionResult, Driver, DriverConfig, RoleChange, TransportKind};
 
 struct RoleFile;
@@ -18,7 +18,7 @@ impl Driver for RoleFile {
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let daemon = args.next().unwrap_or("127.0.0.1:7400".into()).parse()?;
-    let secret = std::fs::read(args.next().unwrap_or("/etc/clustd/secret".into()))?;
+    let secret = std::fs::read(args.next().unwrap_or("/etc/clustd/driver-secret".into()))?;
     let config = DriverConfig::new(daemon, TransportKind::Quic, secret, "role-file");
     clustd_drivers::run(config, RoleFile, async {
         tokio::signal::ctrl_c().await.unwrap_or(())

@@ -33,7 +33,7 @@
 //!
 //! # async fn example() -> Result<(), clustd_drivers::SessionError> {
 //! let config = DriverConfig::new("127.0.0.1:7400".parse().unwrap(), TransportKind::Quic,
-//!                                std::fs::read("/etc/clustd/secret").unwrap(), "log");
+//!                                std::fs::read("/etc/clustd/driver-secret").unwrap(), "log");
 //! clustd_drivers::run(config, Log, async { tokio::signal::ctrl_c().await.unwrap() }).await
 //! # }
 //! ```

@@ -19,7 +19,7 @@ use clap::Parser;
 ///
 ///   daemon = "127.0.0.1:7400"
 ///   transport = "quic"
-///   secret_file = "/etc/clustd/secret"
+///   secret_file = "/etc/clustd/driver-secret"
 ///
 ///   [templates]
 ///   text = "[clustd] {node}: {event_text} (term {term})"

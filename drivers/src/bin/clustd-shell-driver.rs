@@ -27,7 +27,7 @@ use clap::Parser;
 ///
 ///   daemon = "127.0.0.1:7400"          # the daemon's cluster.listen address
 ///   transport = "quic"                 # or "websocket"
-///   secret_file = "/etc/clustd/secret"
+///   secret_file = "/etc/clustd/driver-secret"
 ///
 ///   [script]
 ///   start = "systemctl start myapp"
