@@ -910,6 +910,23 @@ async fn a_driver_credential_cannot_be_a_peer(kind: TransportKind) {
     n1.shutdown().await;
 }
 
+/// README's migration, round two: n1 already lists n2's key, n2 (which has its own key from
+/// round one) still lists n1 without one. They connect, and frames flow both ways.
+async fn migration_to_node_keys_keeps_the_pair_connected(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let c1 = config(kind, "n1", Some(a1), &[("n2", a2)]);
+    let mut c2 = config(kind, "n2", Some(a2), &[("n1", a1)]);
+    c2.peer_keys.clear();
+    let (n1, mut e1) = start(c1).await;
+    let (n2, mut e2) = start(c2).await;
+    connected(&mut e1, "n2").await;
+    connected(&mut e2, "n1").await;
+    heartbeat_arrives(&n1, "n2", &mut e2, b"to n2").await;
+    heartbeat_arrives(&n2, "n1", &mut e1, b"to n1").await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
 async fn second_driver_with_same_id_replaces_first(kind: TransportKind) {
     let (n1, mut e1, addr) = lone_daemon(kind, |c| c.accept_drivers = true).await;
     let hello = Hello {
@@ -1078,6 +1095,7 @@ both_transports!(
     second_driver_with_same_id_replaces_first,
     a_connection_proving_n3s_key_cannot_be_n1,
     a_driver_credential_cannot_be_a_peer,
+    migration_to_node_keys_keeps_the_pair_connected,
     unauthenticated_connections_are_capped,
     shutdown_does_not_wait_for_silent_clients,
 );
