@@ -864,7 +864,7 @@ impl Cluster {
 }
 
 /// The `n`-th forged message (modulo the seven kinds), carrying `term`.
-fn forged_message(n: u64, term: Term) -> Message {
+pub fn forged_message(n: u64, term: Term) -> Message {
     match n % 7 {
         0 => Message::HeartbeatAck {
             term,

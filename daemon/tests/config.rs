@@ -270,11 +270,17 @@ fn a_keyed_config_parses_without_warnings() {
     assert_eq!(settings.peer_keys.len(), 2);
     assert!(settings.node_key.is_some() && settings.driver_secret.is_some());
     // The legacy shape still loads, and says what it lacks.
-    let (_, warnings) =
-        Settings::parse(&config(good_node(), &good_cluster(), ""), "t.toml", dir.path())
-            .expect("valid");
+    let (_, warnings) = Settings::parse(
+        &config(good_node(), &good_cluster(), ""),
+        "t.toml",
+        dir.path(),
+    )
+    .expect("valid");
     let text = format!("{warnings:?}");
-    assert!(text.contains("node-2, node-3") && text.contains("cluster secret alone"), "{text}");
+    assert!(
+        text.contains("node-2, node-3") && text.contains("cluster secret alone"),
+        "{text}"
+    );
     assert!(text.contains("driver_secret_file is not set"), "{text}");
 }
 
@@ -335,7 +341,10 @@ fn key_errors_name_the_key_and_never_print_key_material() {
         (
             "the drivers' credential is the cluster secret",
             node.clone(),
-            cluster.replace("driver_secret_file = \"driver-secret\"", "driver_secret_file = \"secret\""),
+            cluster.replace(
+                "driver_secret_file = \"driver-secret\"",
+                "driver_secret_file = \"secret\"",
+            ),
             "cluster.driver_secret_file",
             "must be a different secret",
         ),
@@ -347,7 +356,10 @@ fn key_errors_name_the_key_and_never_print_key_material() {
         assert!(err.contains(key), "{name}: names {key}: {err}");
         assert!(err.contains(needle), "{name}: says {needle:?}: {err}");
         for secret in [SECRET, DRIVER_SECRET, own_private.trim()] {
-            assert!(!err.contains(secret), "{name}: prints secret material: {err}");
+            assert!(
+                !err.contains(secret),
+                "{name}: prints secret material: {err}"
+            );
         }
     }
 }

@@ -30,6 +30,7 @@ use turmoil::{Protocol, Segment, Sim};
 
 use crate::check::{Observer, Seen};
 use crate::clock::{DriftClock, MachineTime, Pause};
+use crate::insider::{Forge, Insider, Setup};
 use crate::net::{SimNet, mix, splitmix};
 use crate::store::{Disk, SharedDisk, SimStore, lock};
 use clustd_core::check::ServiceInput;
@@ -75,6 +76,8 @@ pub struct SimConfig {
     pub service_stop_ms: u64,
     /// The sweep's swarm of fault kinds, printed with the seed.
     pub swarm: Option<String>,
+    /// Add the insider host (needed by [`Fault::ForgedTerm`]).
+    pub insider: bool,
 }
 
 impl SimConfig {
@@ -98,6 +101,7 @@ impl SimConfig {
             stop_budget_ms: 200,
             service_start_ms: 20,
             service_stop_ms: 30,
+            insider: false,
             swarm: None,
         }
     }
@@ -123,6 +127,11 @@ impl SimConfig {
         }
     }
 }
+
+/// Every simulated cluster's secret.
+const CLUSTER_SECRET: &str = "sim-cluster-secret-0123456789abcdef0123456789";
+/// Every simulated cluster's drivers' credential.
+const DRIVER_SECRET: &str = "sim-driver-credential-0123456789abcdef01234";
 
 /// The node key of node `i` in every simulated cluster.
 pub fn node_key(i: usize) -> clustd_transport::NodeKey {
@@ -315,6 +324,8 @@ pub struct Cluster {
     /// Nodes whose simulated service ran at the end of the last tick.
     running_services: Vec<usize>,
     steps: u64,
+    /// The insider host, when configured.
+    insider: Option<Insider>,
 }
 
 impl Cluster {
@@ -347,8 +358,7 @@ impl Cluster {
             .collect();
         let disk: SharedDisk = std::sync::Arc::new(std::sync::Mutex::new(Disk::default()));
         let pauses: Vec<Pause> = (0..config.nodes).map(|_| Pause::default()).collect();
-        let secret = "sim-cluster-secret-0123456789abcdef0123456789";
-        let driver_secret = "sim-driver-credential-0123456789abcdef01234";
+        let (secret, driver_secret) = (CLUSTER_SECRET, DRIVER_SECRET);
         // Every node proves its own key; fixed per node index, so runs replay.
         let keys: Vec<clustd_transport::NodeKey> = (0..config.nodes).map(|i| node_key(i)).collect();
         let mut slots = Vec::new();
@@ -481,6 +491,20 @@ impl Cluster {
                 }
             });
         }
+        let insider = config.insider.then(|| {
+            Insider::host(
+                &mut sim,
+                Setup {
+                    names: names.clone(),
+                    addrs: addrs.iter().map(|a| SocketAddr::new(*a, PORT)).collect(),
+                    keys: keys.iter().map(clustd_transport::NodeKey::public).collect(),
+                    transport: config.transport,
+                    cluster_secret: CLUSTER_SECRET,
+                    driver_secret: DRIVER_SECRET,
+                    seed: config.seed,
+                },
+            )
+        });
         let ids = names
             .iter()
             .enumerate()
@@ -508,6 +532,7 @@ impl Cluster {
             crashes: 0,
             running_services: Vec::new(),
             steps: 0,
+            insider,
         };
         let rates = cluster
             .rates
@@ -1185,11 +1210,36 @@ impl Cluster {
                 self.pause(i, Duration::from_millis(*ms));
             }
             Fault::Disk(i, how) => self.damage_disk(node(i), *how),
-            // The sweep draws only `FaultKind::HONEST` swarms, so this cannot be drawn here.
-            Fault::ForgedTerm { .. } => {
-                panic!("Insider faults are applied by the sim's insider host")
+            Fault::ForgedTerm { to, from, above } => {
+                let (to, from) = (node(to), node(from));
+                let insider = self.insider.as_ref().unwrap_or_else(|| {
+                    panic!("a ForgedTerm fault needs the insider host: set SimConfig::insider")
+                });
+                if to != from {
+                    // The harness adds `above` to the target's term; the insider cannot
+                    // know it, and any term it gets through is a violation anyway.
+                    insider.forge(Forge {
+                        to,
+                        from,
+                        term: clustd_core::Term((*above).max(clustd_core::MAX_TERM_JUMP + 1)),
+                    });
+                    let now = self.now();
+                    self.observer
+                        .event(now, format!("insider: forging n{from} at n{to}"));
+                    self.run_for(Duration::from_millis(1500));
+                    self.take_insider_reports();
+                }
             }
             _ => {}
+        }
+    }
+
+    /// Records every peer connection the insider got as a violation.
+    fn take_insider_reports(&mut self) {
+        let Some(insider) = &self.insider else { return };
+        let now = self.now();
+        for report in insider.take_reports() {
+            self.observer.violation(now, report);
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod check;
 pub mod clock;
 pub mod cluster;
+pub mod insider;
 pub mod net;
 pub mod store;
 pub mod sweep;

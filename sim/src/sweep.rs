@@ -68,9 +68,7 @@ const HEARTBEATS_MS: [u64; 5] = [100, 100, 90, 70, 33];
 /// Draws the plan of seed `seed`.
 pub fn plan(seed: u64) -> Plan {
     let mut rng = Rng::new(seed);
-    // The sim has no insider host yet: honest kinds only (the same swarms as before
-    // `FaultKind::Insider` existed, so every seed replays as it did).
-    let swarm = Swarm::draw_among(&mut rng, &FaultKind::HONEST);
+    let swarm = Swarm::draw(&mut rng);
     let nodes = match rng.below(10) {
         0..=4 => 3,
         5..=8 => 5,
@@ -130,6 +128,7 @@ pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
     config.clock_rates = plan.rates.clone();
     config.latency = (Duration::from_millis(1), Rng::new(seed ^ 1).millis(2, 20));
     config.swarm = Some(plan.swarm.to_string());
+    config.insider = plan.swarm.has(FaultKind::Insider);
     let liveness = config.et_max() * LIVENESS_ET_MAX;
     let mut c = Cluster::new(config);
     if c.expect_master_within(liveness).is_none() {

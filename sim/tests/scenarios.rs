@@ -502,3 +502,28 @@ both!(determinism, |name, t| {
         a.tail, b.tail
     );
 });
+
+// A host with the cluster secret and the drivers' credential but no node's key dials every
+// node as every other node (the secret alone, a key of its own, a driver link carrying
+// election messages with an absurd term): it never becomes a peer, and the cluster keeps
+// its master and its term.
+both!(insider_cannot_pose_as_a_node, |name, t| {
+    let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+    config.insider = true;
+    let mut c = Cluster::new(config);
+    let master = settle(&mut c);
+    let term = c.term_of(master);
+    for to in 0..3 {
+        for from in 0..3 {
+            c.apply(&clustd_core::fault::Fault::ForgedTerm {
+                to,
+                from,
+                above: u64::MAX,
+            });
+        }
+    }
+    c.require(c.master() == Some(master), "the master stays master");
+    c.require(c.term_of(master) == term, "the term never moves");
+    c.expect_stable(secs(5));
+    c.assert_ok();
+});
