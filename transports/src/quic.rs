@@ -303,18 +303,25 @@ async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             () = &mut stopped => return,
             incoming = endpoint.accept() => incoming,
         };
-        let Some(incoming) = incoming else { return };
+        let Some(mut incoming) = incoming else { return };
+        // Under load, a source must first show that it receives at its address (a Retry
+        // round trip): spoofed sources never take a slot, and an honest dialer pays one RTT.
+        if shared.unauthenticated.wants_address_validation() && !incoming.remote_address_validated()
+        {
+            match incoming.retry() {
+                Ok(()) => continue,
+                // Only refused for an Incoming that carries a retry token already.
+                Err(error) => incoming = error.into_incoming(),
+            }
+        }
         let addr = incoming.remote_address();
-        let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
-            tracing::debug!(%addr, "too many unauthenticated connections; refusing");
-            incoming.refuse();
-            continue;
-        };
+        // Never refuses: a full pool evicts an older unauthenticated connection.
+        let ticket = shared.unauthenticated.admit(addr);
         let establish = async move {
             let conn = incoming.await.map_err(quic_err)?;
             let (send, recv) = conn.accept_bi().await.map_err(quic_err)?;
             link(conn, send, recv, max_frame_len)
         };
-        shared.spawn(accept_flow(shared.clone(), addr, permit, establish));
+        shared.spawn(accept_flow(shared.clone(), addr, ticket, establish));
     }
 }

@@ -191,11 +191,7 @@ async fn serve<N: Net>(
                 continue;
             }
         };
-        let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
-            tracing::debug!(%addr, "too many unauthenticated connections; dropping");
-            drop(tcp);
-            continue;
-        };
+        let ticket = shared.unauthenticated.admit(addr);
         let acceptor = acceptor.clone();
         let establish = async move {
             let io: Box<dyn Io> = match acceptor {
@@ -208,6 +204,6 @@ async fn serve<N: Net>(
             let (tx, rx) = ws.split();
             Ok((WsTx(tx), WsRx(rx), WS_BINDING.to_vec()))
         };
-        shared.spawn(accept_flow(shared.clone(), addr, permit, establish));
+        shared.spawn(accept_flow(shared.clone(), addr, ticket, establish));
     }
 }
