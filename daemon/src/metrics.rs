@@ -21,6 +21,14 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Label for failed handshakes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `authentication_failed`, `refused`, `evicted`, `timed_out` or `failed`
+    /// (see [`crate::rejections::FailureReason`]).
+    pub reason: String,
+}
+
 /// Every metric the daemon exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +52,9 @@ pub struct Metrics {
     /// Stops (acknowledged "backup") that failed or timed out: the service may still run
     /// there until that driver's lease end plus the stop budget. Alert on any increase.
     pub driver_stop_failures: Counter,
+    /// Handshakes that failed (inbound and outbound), by reason. Lower bound under a
+    /// flood: the transport drops these events when its queue is full.
+    pub handshake_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -61,6 +72,7 @@ impl Metrics {
         ]);
         let driver_results = Family::<ResultLabel, Counter>::default();
         let driver_stop_failures = Counter::default();
+        let handshake_failures = Family::<ReasonLabel, Counter>::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -94,6 +106,11 @@ impl Metrics {
             "Driver stops that failed or timed out (the service may still run until that driver's lease end plus the stop budget)",
             driver_stop_failures.clone(),
         );
+        registry.register(
+            "handshake_failures",
+            "Handshakes that failed or were rejected, by reason (a lower bound under a flood)",
+            handshake_failures.clone(),
+        );
         Self {
             registry,
             master,
@@ -105,6 +122,7 @@ impl Metrics {
             heartbeat_rtt,
             driver_results,
             driver_stop_failures,
+            handshake_failures,
         }
     }
 
