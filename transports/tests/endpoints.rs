@@ -688,6 +688,37 @@ async fn silent_connection_times_out(kind: TransportKind) {
     n1.shutdown().await;
 }
 
+async fn silent_connection_is_dropped_at_the_first_message_deadline(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| {
+        // Far beyond the test: only the first-message deadline may end the handshake.
+        c.limits.handshake_timeout = Duration::from_secs(3600);
+        c.limits.first_message_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    within(
+        "silent link closed at the first-message deadline",
+        raw.closed(),
+    )
+    .await;
+    wait_for(&mut e1, "handshake timeout reported", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::HandshakeTimeout,
+                ..
+            }
+        )
+    })
+    .await;
+    // An honest handshake sends its first message at once and is not affected.
+    let mut raw = raw_peer(kind, addr, "n2").await;
+    let sealed = raw.seal(b"in time").expect("seal");
+    raw.send_raw(sealed).await.expect("send");
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"in time");
+    n1.shutdown().await;
+}
+
 async fn unknown_node_id_is_refused(kind: TransportKind) {
     let (n1, mut e1, addr) = lone_daemon(kind, |_| {}).await;
     let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
@@ -974,6 +1005,7 @@ both_transports!(
     oversized_frame_closes_connection,
     garbage_never_panics,
     silent_connection_times_out,
+    silent_connection_is_dropped_at_the_first_message_deadline,
     unknown_node_id_is_refused,
     second_driver_with_same_id_replaces_first,
     unauthenticated_connections_are_capped,
