@@ -176,6 +176,8 @@ async fn serve<N: Net>(
 ) {
     let stopped = shared.stopped();
     tokio::pin!(stopped);
+    // Out of file descriptors can last (a flood): warn when it starts, not on every retry.
+    let mut accept_failing = false;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -183,10 +185,18 @@ async fn serve<N: Net>(
             accepted = net.tcp_accept(&listener) => accepted,
         };
         let (tcp, addr) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                accept_failing = false;
+                accepted
+            }
             Err(error) => {
+                if accept_failing {
+                    tracing::debug!(%error, "accept failed");
+                } else {
+                    tracing::warn!(%error, "accept failed (further failures are not logged until one succeeds)");
+                }
+                accept_failing = true;
                 // E.g. out of file descriptors: do not spin.
-                tracing::warn!(%error, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
