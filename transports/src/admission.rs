@@ -18,17 +18,19 @@
 //!   from them. (On one host, e.g. a loopback test cluster, peers and attackers share the
 //!   address: there the ordering above is what keeps a peer in.)
 //!
-//! The first handshake message must arrive within [`Limits::first_message_timeout`] of
-//! accepting (see [`FirstMessageDeadline`]); the whole handshake keeps
-//! [`Limits::handshake_timeout`]. Under load, QUIC additionally asks unvalidated sources for
-//! a Retry round trip first ([`Admission::wants_address_validation`]), so spoofed source
-//! addresses cannot take slots.
+//! Under pressure (more than half of the pool taken, [`Admission::under_pressure`]) the first
+//! handshake message must arrive within [`Limits::first_message_timeout`] of accepting (see
+//! [`FirstMessage`]; without pressure a slow link keeps the whole handshake timeout), and
+//! QUIC asks unvalidated sources for a Retry round trip first, so spoofed source addresses
+//! cannot take slots. The whole handshake always has [`Limits::handshake_timeout`].
 //!
 //! Deterministic for the simulation: ordered maps only, no clock (the deadline uses tokio's).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -80,7 +82,8 @@ impl Admission {
         Arc::new(Self {
             capacity,
             per_ip: limits.max_unauthenticated_per_ip.clamp(1, capacity),
-            reserved: limits.unauthenticated_reserved_for_peers.min(capacity - 1),
+            // Strangers keep at least half: drivers may connect from elsewhere.
+            reserved: limits.unauthenticated_reserved_for_peers.min(capacity / 2),
             peer_ips: config
                 .peers
                 .values()
@@ -95,10 +98,11 @@ impl Admission {
         lock(&self.state).slots.len()
     }
 
-    /// Whether a QUIC source should prove its address (a Retry round trip) before it is
-    /// admitted: when the pool is more than half full. Cheap for an honest dialer (one round
-    /// trip), and a flood from spoofed addresses never gets past it.
-    pub(crate) fn wants_address_validation(&self) -> bool {
+    /// More than half of the pool is taken: a QUIC source must then prove its address (a
+    /// Retry round trip, cheap for an honest dialer; a flood from spoofed addresses never
+    /// gets past it) and a connection gets only [`Limits::first_message_timeout`] for its
+    /// first handshake message.
+    pub(crate) fn under_pressure(&self) -> bool {
         self.len() > self.capacity / 2
     }
 
@@ -201,12 +205,14 @@ impl Ticket {
         std::future::pending().await
     }
 
-    /// What marks this connection as past its first handshake message: evicted only after
-    /// every silent connection from then on.
-    pub(crate) fn progress(&self) -> Progress {
-        Progress {
+    /// The deadline for this connection's first handshake message, `patience` from now;
+    /// once the message is in, the connection is evicted only after every silent one.
+    pub(crate) fn first_message(&self, patience: Duration) -> FirstMessage {
+        FirstMessage {
             admission: self.admission.clone(),
             id: self.id,
+            deadline: tokio::time::Instant::now() + patience,
+            patience,
         }
     }
 }
@@ -217,40 +223,61 @@ impl Drop for Ticket {
     }
 }
 
-/// Marks a ticket's connection as past its first handshake message (see [`Ticket::progress`]).
-pub(crate) struct Progress {
+/// The first-message deadline of one admitted connection (see [`Ticket::first_message`]).
+///
+/// Enforced only while the pool is [under pressure](Admission::under_pressure): with room
+/// to spare, a slow link (a long path, a busy peer) keeps the whole handshake timeout; each
+/// time the deadline passes without pressure it is pushed back by the same amount.
+pub(crate) struct FirstMessage {
     admission: Arc<Admission>,
     id: u64,
+    deadline: tokio::time::Instant,
+    patience: Duration,
 }
 
-/// A receiving half whose first message must arrive by a deadline (and then marks its
-/// connection as progressed); later messages are not limited here.
+impl FirstMessage {
+    /// Waits for `fut` (establishing the link, or the first message), giving up with
+    /// [`TransportError::HandshakeTimeout`] at a deadline that passes under pressure.
+    pub(crate) async fn within<F: Future>(&mut self, fut: F) -> Result<F::Output, TransportError> {
+        tokio::pin!(fut);
+        loop {
+            match tokio::time::timeout_at(self.deadline, &mut fut).await {
+                Ok(output) => return Ok(output),
+                Err(_) if self.admission.under_pressure() => {
+                    return Err(TransportError::HandshakeTimeout);
+                }
+                Err(_) => self.deadline += self.patience,
+            }
+        }
+    }
+}
+
+/// A receiving half whose first message must arrive within a [`FirstMessage`] deadline
+/// (and then marks its connection as progressed); later messages are not limited here.
 pub(crate) struct FirstMessageDeadline<R> {
     pub(crate) inner: R,
-    deadline: Option<tokio::time::Instant>,
-    progress: Progress,
+    first: Option<FirstMessage>,
 }
 
 impl<R> FirstMessageDeadline<R> {
-    pub(crate) fn new(inner: R, deadline: tokio::time::Instant, progress: Progress) -> Self {
+    pub(crate) fn new(inner: R, first: FirstMessage) -> Self {
         Self {
             inner,
-            deadline: Some(deadline),
-            progress,
+            first: Some(first),
         }
     }
 }
 
 impl<R: LinkRx> LinkRx for FirstMessageDeadline<R> {
     async fn recv(&mut self) -> Result<Inbound, TransportError> {
-        let Some(deadline) = self.deadline else {
+        let Some(first) = self.first.as_mut() else {
             return self.inner.recv().await;
         };
-        let inbound = tokio::time::timeout_at(deadline, self.inner.recv())
-            .await
-            .map_err(|_| TransportError::HandshakeTimeout)??;
-        self.deadline = None;
-        self.progress.admission.progressed(self.progress.id);
+        // Cancel-safe: `LinkRx::recv` is, and the deadline stays until a message came.
+        let inbound = first.within(self.inner.recv()).await??;
+        if let Some(first) = self.first.take() {
+            first.admission.progressed(first.id);
+        }
         Ok(inbound)
     }
 }
@@ -345,12 +372,31 @@ mod tests {
         assert_eq!(pool.len(), 3);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_first_message_deadline_holds_only_under_pressure() {
+        let pool = pool(2, 2, 0, &[]);
+        let ticket = pool.admit(from("10.0.0.1"));
+        let mut first = ticket.first_message(Duration::from_secs(1));
+        let silent = first.within(std::future::pending::<()>());
+        // One of two slots taken: a slow first message is waited for (virtual time).
+        let waited = tokio::time::timeout(Duration::from_secs(5), silent).await;
+        assert!(waited.is_err(), "no deadline without pressure");
+        let _second = pool.admit(from("10.0.0.2"));
+        let started = tokio::time::Instant::now();
+        let result = first.within(std::future::pending::<()>()).await;
+        assert!(matches!(result, Err(TransportError::HandshakeTimeout)));
+        assert!(started.elapsed() <= Duration::from_secs(1));
+        // What arrives in time is passed on.
+        let mut first = ticket.first_message(Duration::from_secs(1));
+        assert!(matches!(first.within(async { 7 }).await, Ok(7)));
+    }
+
     #[test]
-    fn address_validation_above_half_full() {
+    fn under_pressure_above_half_full() {
         let pool = pool(4, 4, 0, &[]);
         let _a: Vec<Ticket> = (0..2).map(|_| pool.admit(from("10.0.0.1"))).collect();
-        assert!(!pool.wants_address_validation());
+        assert!(!pool.under_pressure());
         let _b = pool.admit(from("10.0.0.1"));
-        assert!(pool.wants_address_validation());
+        assert!(pool.under_pressure());
     }
 }

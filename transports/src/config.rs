@@ -110,11 +110,13 @@ pub struct Limits {
     /// Of those, at most this many from one source IP address that is not a configured
     /// peer's; a newcomer beyond it evicts that address's own oldest connection.
     pub max_unauthenticated_per_ip: usize,
-    /// Of those, how many only connections from a configured peer's IP address may use.
+    /// Of those, how many only connections from a configured peer's IP address may use
+    /// (at most half of `max_unauthenticated`).
     pub unauthenticated_reserved_for_peers: usize,
     /// Time allowed from accepting a socket to the first handshake message (an honest
-    /// dialer sends it within a round trip); the rest of the handshake has
-    /// `handshake_timeout` in all.
+    /// dialer sends it within a round trip or two) while more than half of
+    /// `max_unauthenticated` is taken; otherwise, and for the rest of the handshake,
+    /// `handshake_timeout` applies.
     pub first_message_timeout: Duration,
     /// Reliable frames waiting per connection before it is considered too slow and closed.
     pub send_queue: usize,

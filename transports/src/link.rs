@@ -157,8 +157,9 @@ where
 }
 
 /// Accepts: the link is established by `establish`, everything within the handshake
-/// timeout (the first handshake message within the first-message timeout), while holding
-/// an admission ticket; abandoned at once if the ticket is evicted.
+/// timeout (the first handshake message within the first-message timeout while the
+/// admission pool is under pressure), holding an admission ticket; abandoned at once if the
+/// ticket is evicted.
 pub(crate) async fn accept_flow<T, R, F>(
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -170,13 +171,10 @@ pub(crate) async fn accept_flow<T, R, F>(
     F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
 {
     let limits = &shared.config.limits;
-    let first_by = tokio::time::Instant::now() + limits.first_message_timeout;
-    let progress = ticket.progress();
+    let mut first = ticket.first_message(limits.first_message_timeout);
     let handshake = async {
-        let (mut tx, rx, binding) = tokio::time::timeout_at(first_by, establish)
-            .await
-            .map_err(|_| TransportError::HandshakeTimeout)??;
-        let mut rx = FirstMessageDeadline::new(rx, first_by, progress);
+        let (mut tx, rx, binding) = first.within(establish).await??;
+        let mut rx = FirstMessageDeadline::new(rx, first);
         let (remote, session) = handshake_responder(&mut tx, &mut rx, &shared, &binding).await?;
         Ok::<_, TransportError>((tx, rx.inner, remote, session))
     };

@@ -322,8 +322,7 @@ async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         let Some(mut incoming) = incoming else { return };
         // Under load, a source must first show that it receives at its address (a Retry
         // round trip): spoofed sources never take a slot, and an honest dialer pays one RTT.
-        if shared.unauthenticated.wants_address_validation() && !incoming.remote_address_validated()
-        {
+        if shared.unauthenticated.under_pressure() && !incoming.remote_address_validated() {
             tracing::debug!(addr = %incoming.remote_address(), "busy: asking for address validation");
             match incoming.retry() {
                 Ok(()) => continue,
