@@ -99,6 +99,9 @@ pub struct Rejections {
     by_reason: BTreeMap<FailureReason, u64>,
     by_source: BTreeMap<IpAddr, u64>,
     other_sources: u64,
+    /// A warning was logged at once in this series (else the first one is, even when
+    /// routine failures started the series).
+    warned: bool,
 }
 
 impl Rejections {
@@ -122,8 +125,18 @@ impl Rejections {
         let reason = FailureReason::of(error);
         // Under a flood the runtime may not get to its timers: summarize from here too.
         let summary = self.handle_timeout(now);
-        if self.interval_end.is_none() {
-            self.interval_end = Some(now + SUMMARY_INTERVAL);
+        let first_warning = reason.is_warning() && !self.warned;
+        if self.interval_end.is_none() || first_warning {
+            if self.interval_end.is_none() {
+                self.interval_end = Some(now + SUMMARY_INTERVAL);
+            }
+            self.warned |= reason.is_warning();
+            if let Some(summary) = summary {
+                // Rare (an interval ended just now): the summary goes first, this one is
+                // counted in the next instead of being logged on its own.
+                self.count(reason, addr);
+                return Some(summary);
+            }
             let prefix = if reason.is_warning() {
                 "connection rejected"
             } else {
@@ -138,6 +151,11 @@ impl Rejections {
                 text,
             });
         }
+        self.count(reason, addr);
+        summary
+    }
+
+    fn count(&mut self, reason: FailureReason, addr: SocketAddr) {
         *self.by_reason.entry(reason).or_default() += 1;
         let ip = addr.ip();
         if let Some(count) = self.by_source.get_mut(&ip) {
@@ -147,7 +165,6 @@ impl Rejections {
         } else {
             self.other_sources += 1;
         }
-        summary
     }
 
     /// Ends the interval if it is over: the summary, if anything was counted in it.
@@ -159,6 +176,7 @@ impl Rejections {
         let total: u64 = self.by_reason.values().sum();
         if total == 0 {
             self.interval_end = None;
+            self.warned = false;
             return None;
         }
         let mut text = format!(
@@ -262,6 +280,29 @@ mod tests {
         assert!(
             r.record(at(30_000), from("10.0.0.1"), &TransportError::Busy)
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn the_first_warning_is_logged_at_once_even_after_routine_failures() {
+        let mut r = Rejections::new();
+        let routine = r.record(at(0), from("10.0.0.9"), &TransportError::Closed);
+        assert!(!routine.expect("first of the series").warning);
+        let warning = r
+            .record(
+                at(1),
+                from("10.0.0.1"),
+                &TransportError::AuthenticationFailed,
+            )
+            .expect("the first warning is not held back");
+        assert!(warning.warning && warning.text.contains("authentication failed"));
+        assert_eq!(
+            r.record(
+                at(2),
+                from("10.0.0.1"),
+                &TransportError::AuthenticationFailed
+            ),
+            None
         );
     }
 

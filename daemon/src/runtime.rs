@@ -598,8 +598,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         reason: reason.label().into(),
                     })
                     .inc();
-                // Never a line per attempt: a flood of garbage would be a flood of logs.
-                tracing::debug!(%addr, %error, "handshake failed");
+                // Never a line per attempt (the transport logs those at debug): a flood of
+                // garbage would be a flood of logs.
                 if let Some(report) = self.rejections.record(now, addr, &error) {
                     log_rejections(&report);
                 }
