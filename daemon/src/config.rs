@@ -196,6 +196,9 @@ pub struct Settings {
     pub driver_lease_margin: Duration,
     /// Admin API address.
     pub admin_listen: SocketAddr,
+    /// The transport's limits and timers. Not in the config file (the defaults suit a LAN
+    /// cluster); tests shrink them, e.g. the unauthenticated-connection pool.
+    pub transport_limits: clustd_transport::Limits,
 }
 
 impl Settings {
@@ -472,6 +475,7 @@ impl Settings {
                 core,
                 driver_lease_margin: margin,
                 admin_listen: raw.admin.listen,
+                transport_limits: clustd_transport::Limits::default(),
             },
             warnings,
         ))

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod local;
 pub mod metrics;
+pub mod rejections;
 pub mod runtime;
 pub mod status;
 pub mod store;

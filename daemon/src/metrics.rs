@@ -21,6 +21,14 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Label for failed handshakes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `authentication_failed`, `refused`, `evicted`, `timed_out` or `failed`
+    /// (see [`crate::rejections::FailureReason`]).
+    pub reason: String,
+}
+
 /// Every metric the daemon exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +55,9 @@ pub struct Metrics {
     /// Messages from a peer dropped because their term cannot be honest (more than
     /// `MAX_TERM_JUMP` above ours): that peer is compromised or broken. Alert on any.
     pub rejected_messages: Family<PeerLabel, Counter>,
+    /// Handshakes that failed (inbound and outbound), by reason. Lower bound under a
+    /// flood: the transport drops these events when its queue is full.
+    pub handshake_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -65,6 +76,7 @@ impl Metrics {
         let driver_results = Family::<ResultLabel, Counter>::default();
         let driver_stop_failures = Counter::default();
         let rejected_messages = Family::<PeerLabel, Counter>::default();
+        let handshake_failures = Family::<ReasonLabel, Counter>::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -103,6 +115,11 @@ impl Metrics {
             "Peer messages dropped because their term is absurdly far ahead (a compromised or broken peer)",
             rejected_messages.clone(),
         );
+        registry.register(
+            "handshake_failures",
+            "Handshakes that failed or were rejected, by reason (a lower bound under a flood)",
+            handshake_failures.clone(),
+        );
         Self {
             registry,
             master,
@@ -115,6 +132,7 @@ impl Metrics {
             driver_results,
             driver_stop_failures,
             rejected_messages,
+            handshake_failures,
         }
     }
 

@@ -30,7 +30,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::metrics::{Metrics, PeerLabel, ResultLabel};
+use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
+use crate::rejections::{FailureReason, Rejections, Report};
 use crate::status::{DriverStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
 
@@ -361,6 +362,16 @@ struct Runtime<C: Clock, S: StateStore> {
     settle: Duration,
     /// Per peer: when its rejected messages were last logged, and how many since.
     rejected_warned: BTreeMap<NodeId, (Option<Instant>, u64)>,
+    /// Failed handshakes, logged as a periodic summary.
+    rejections: Rejections,
+}
+
+fn log_rejections(report: &Report) {
+    if report.warning {
+        tracing::warn!("{}", report.text);
+    } else {
+        tracing::debug!("{}", report.text);
+    }
 }
 
 /// Runs one node until `shutdown` completes (then steps down gracefully if leader) or a
@@ -389,6 +400,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     config.driver_secret = settings.driver_secret.clone();
     config.dial_tls = settings.tls.is_some();
     config.tls = settings.tls.clone();
+    config.limits = settings.transport_limits.clone();
     let settle = settings.core.stop_budget_at_drift_bound();
     let (endpoint, mut events) = Endpoint::start(net, config).await?;
     *lock(&control.shared.local_addr) = endpoint.local_addr();
@@ -419,6 +431,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         awaiting_stop: false,
         settle,
         rejected_warned: BTreeMap::new(),
+        rejections: Rejections::new(),
     };
     rt.init_status();
     tokio::pin!(shutdown);
@@ -426,6 +439,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     let mut leaving: Option<Instant> = None;
     loop {
         let deadline = rt.clock.deadline(rt.node.poll_timeout());
+        let rejections_due = rt.rejections.poll_timeout();
+        let summary_at = rejections_due.map_or(deadline, |at| rt.clock.deadline(at));
         tokio::select! {
             biased;
             how = &mut shutdown, if leaving.is_none() => {
@@ -461,6 +476,9 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             () = tokio::time::sleep_until(deadline) => {
                 let now = rt.clock.now();
                 rt.node.handle_timeout(now);
+            }
+            () = tokio::time::sleep_until(summary_at), if rejections_due.is_some() => {
+                rt.summarize_rejections();
             }
         }
         // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
@@ -583,22 +601,29 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 }
             },
             TransportEvent::HandshakeFailed { addr, error } => {
-                use clustd_transport::TransportError as E;
-                // Security-relevant failures are warnings; reconnect churn while peers
-                // restart is routine.
-                match error {
-                    E::AuthenticationFailed
-                    | E::BadFrame
-                    | E::Replay
-                    | E::RefusedRemote { .. }
-                    | E::Refused(_)
-                    | E::UnexpectedNode { .. } => {
-                        tracing::warn!(%addr, %error, "connection rejected");
-                    }
-                    _ => tracing::debug!(%addr, %error, "connection attempt failed"),
+                let reason = FailureReason::of(&error);
+                self.shared
+                    .metrics
+                    .handshake_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.label().into(),
+                    })
+                    .inc();
+                // Never a line per attempt (the transport logs those at debug): a flood of
+                // garbage would be a flood of logs.
+                if let Some(report) = self.rejections.record(now, addr, &error) {
+                    log_rejections(&report);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Logs the rejection summary when its interval is over.
+    fn summarize_rejections(&mut self) {
+        let now = self.clock.now();
+        if let Some(report) = self.rejections.handle_timeout(now) {
+            log_rejections(&report);
         }
     }
 

@@ -204,8 +204,21 @@ pub struct Limits {
     pub max_frame_len: usize,
     /// Time allowed from accepting a socket (or dialing) to an authenticated session.
     pub handshake_timeout: Duration,
-    /// Connections still in the handshake at once (accepted side); more are dropped at once.
+    /// Connections still in the handshake at once (accepted side). When all are taken, a
+    /// newcomer evicts the oldest that has not sent its first handshake message yet (or,
+    /// failing that, the oldest): a flood of silent connections cannot keep a peer out.
     pub max_unauthenticated: usize,
+    /// Of those, at most this many from one source IP address that is not a configured
+    /// peer's; a newcomer beyond it evicts that address's own oldest connection.
+    pub max_unauthenticated_per_ip: usize,
+    /// Of those, how many only connections from a configured peer's IP address may use
+    /// (at most half of `max_unauthenticated`).
+    pub unauthenticated_reserved_for_peers: usize,
+    /// Time allowed from accepting a socket to the first handshake message (an honest
+    /// dialer sends it within a round trip or two) while more than half of
+    /// `max_unauthenticated` is taken; otherwise, and for the rest of the handshake,
+    /// `handshake_timeout` applies.
+    pub first_message_timeout: Duration,
     /// Reliable frames waiting per connection before it is considered too slow and closed.
     pub send_queue: usize,
     /// First reconnect delay (before jitter).
@@ -226,6 +239,9 @@ impl Default for Limits {
             max_frame_len: MAX_FRAME_LEN,
             handshake_timeout: Duration::from_secs(5),
             max_unauthenticated: 64,
+            max_unauthenticated_per_ip: 8,
+            unauthenticated_reserved_for_peers: 16,
+            first_message_timeout: Duration::from_secs(1),
             send_queue: 1024,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clustd_core::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{RefuseReason, SendError};
 use crate::net::Net;
@@ -76,7 +76,7 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     rng: Mutex<StdRng>,
     next_generation: AtomicU64,
-    pub(crate) unauthenticated: Arc<Semaphore>,
+    pub(crate) unauthenticated: Arc<crate::admission::Admission>,
     /// Every task holds a clone; shutdown waits until all are dropped.
     alive: Mutex<Option<mpsc::Sender<()>>>,
 }
@@ -429,7 +429,7 @@ impl Endpoint {
         let (events_tx, events_rx) = mpsc::channel(config.limits.event_queue.max(1));
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
-            unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated.max(1))),
+            unauthenticated: crate::admission::Admission::new(&config),
             config,
             events: events_tx,
             conns: Mutex::new(BTreeMap::new()),

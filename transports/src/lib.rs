@@ -44,6 +44,7 @@
 //! (jitter, Noise ephemerals, quinn's rng, the QUIC certificate key) derives from
 //! [`Net::random_seed`], so the `sim` crate can replay a run.
 
+mod admission;
 mod config;
 mod endpoint;
 mod error;

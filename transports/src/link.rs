@@ -7,8 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::OwnedSemaphorePermit;
-
+use crate::admission::{FirstMessageDeadline, Ticket};
 use crate::endpoint::Shared;
 use crate::error::RefuseReason;
 use crate::queue::Outgoing;
@@ -181,31 +180,38 @@ where
 }
 
 /// Accepts: the link is established by `establish`, everything within the handshake
-/// timeout, while holding one of the unauthenticated-connection permits.
+/// timeout (the first handshake message within the first-message timeout while the
+/// admission pool is under pressure), holding an admission ticket; abandoned at once if the
+/// ticket is evicted.
 pub(crate) async fn accept_flow<T, R, F>(
     shared: Arc<Shared>,
     addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    mut ticket: Ticket,
     establish: F,
 ) where
     T: LinkTx,
     R: LinkRx,
     F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
 {
+    let limits = &shared.config.limits;
+    let mut first = ticket.first_message(limits.first_message_timeout);
     let handshake = async {
-        let (mut tx, mut rx, binding) = establish.await?;
+        let (mut tx, rx, binding) = first.within(establish).await??;
+        let mut rx = FirstMessageDeadline::new(rx, first);
         let (remote, session) = handshake_responder(&mut tx, &mut rx, &shared, &binding).await?;
-        Ok::<_, TransportError>((tx, rx, remote, session))
+        Ok::<_, TransportError>((tx, rx.inner, remote, session))
     };
-    let timed = tokio::time::timeout(shared.config.limits.handshake_timeout, handshake);
+    let timed = tokio::time::timeout(limits.handshake_timeout, handshake);
     let result = tokio::select! {
         biased;
         // `Endpoint::shutdown` waits for every task: a silent client must not hold it up
         // for the rest of its handshake timeout.
         () = shared.stopped() => return,
+        // A newer connection took the slot; dropping the handshake closes the link.
+        () = ticket.evicted() => Err(TransportError::Busy),
         result = timed => result.unwrap_or(Err(TransportError::HandshakeTimeout)),
     };
-    drop(permit);
+    drop(ticket);
     match result {
         Ok((tx, rx, remote, session)) => {
             let dialer = remote.id.clone();

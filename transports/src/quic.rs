@@ -210,6 +210,16 @@ pub(crate) async fn connect(
     link(conn, send, recv, max_frame_len)
 }
 
+/// The clock of QUIC tokens: tokio's time since the endpoint started, as if since the Unix
+/// epoch (tokens never leave the endpoint that made them, so only differences matter).
+struct TokenClock(tokio::time::Instant);
+
+impl quinn::TimeSource for TokenClock {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + self.0.elapsed()
+    }
+}
+
 /// Binds a quinn endpoint on `net` (a server too when `listen` is set).
 pub(crate) async fn bind<N: Net>(
     net: &N,
@@ -224,7 +234,13 @@ pub(crate) async fn bind<N: Net>(
             let (cert, key) = tls::self_signed(seed)?;
             let crypto = tls::server_config(vec![cert], key, true)?;
             let crypto = QuicServerConfig::try_from(crypto).map_err(quic_err)?;
-            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            // Retry (see `serve`) and address-validation tokens: keyed from the seed and
+            // timed by tokio's clock, so a simulated run stays reproducible (quinn's
+            // defaults are OS randomness and `SystemTime`). Only this endpoint reads them.
+            let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"clustd quic tokens")
+                .extract(&seed);
+            let mut server = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key));
+            server.time_source(Arc::new(TokenClock(tokio::time::Instant::now())));
             server.transport_config(Arc::new(transport_config(limits)?));
             Some(server)
         }
@@ -303,18 +319,25 @@ async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             () = &mut stopped => return,
             incoming = endpoint.accept() => incoming,
         };
-        let Some(incoming) = incoming else { return };
+        let Some(mut incoming) = incoming else { return };
+        // Under load, a source must first show that it receives at its address (a Retry
+        // round trip): spoofed sources never take a slot, and an honest dialer pays one RTT.
+        if shared.unauthenticated.under_pressure() && !incoming.remote_address_validated() {
+            tracing::debug!(addr = %incoming.remote_address(), "busy: asking for address validation");
+            match incoming.retry() {
+                Ok(()) => continue,
+                // Only refused for an Incoming that carries a retry token already.
+                Err(error) => incoming = error.into_incoming(),
+            }
+        }
         let addr = incoming.remote_address();
-        let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
-            tracing::debug!(%addr, "too many unauthenticated connections; refusing");
-            incoming.refuse();
-            continue;
-        };
+        // Never refuses: a full pool evicts an older unauthenticated connection.
+        let ticket = shared.unauthenticated.admit(addr);
         let establish = async move {
             let conn = incoming.await.map_err(quic_err)?;
             let (send, recv) = conn.accept_bi().await.map_err(quic_err)?;
             link(conn, send, recv, max_frame_len)
         };
-        shared.spawn(accept_flow(shared.clone(), addr, permit, establish));
+        shared.spawn(accept_flow(shared.clone(), addr, ticket, establish));
     }
 }

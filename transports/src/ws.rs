@@ -176,6 +176,8 @@ async fn serve<N: Net>(
 ) {
     let stopped = shared.stopped();
     tokio::pin!(stopped);
+    // Out of file descriptors can last (a flood): warn when it starts, not on every retry.
+    let mut accept_failing = false;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -183,19 +185,23 @@ async fn serve<N: Net>(
             accepted = net.tcp_accept(&listener) => accepted,
         };
         let (tcp, addr) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                accept_failing = false;
+                accepted
+            }
             Err(error) => {
+                if accept_failing {
+                    tracing::debug!(%error, "accept failed");
+                } else {
+                    tracing::warn!(%error, "accept failed (further failures are not logged until one succeeds)");
+                }
+                accept_failing = true;
                 // E.g. out of file descriptors: do not spin.
-                tracing::warn!(%error, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
-            tracing::debug!(%addr, "too many unauthenticated connections; dropping");
-            drop(tcp);
-            continue;
-        };
+        let ticket = shared.unauthenticated.admit(addr);
         let acceptor = acceptor.clone();
         let establish = async move {
             let io: Box<dyn Io> = match acceptor {
@@ -208,6 +214,6 @@ async fn serve<N: Net>(
             let (tx, rx) = ws.split();
             Ok((WsTx(tx), WsRx(rx), WS_BINDING.to_vec()))
         };
-        shared.spawn(accept_flow(shared.clone(), addr, permit, establish));
+        shared.spawn(accept_flow(shared.clone(), addr, ticket, establish));
     }
 }

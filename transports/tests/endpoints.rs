@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clustd_core::NodeId;
@@ -715,6 +716,39 @@ async fn silent_connection_times_out(kind: TransportKind) {
     n1.shutdown().await;
 }
 
+async fn silent_connection_is_dropped_at_the_first_message_deadline(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| {
+        // Far beyond the test: only the first-message deadline may end the handshake.
+        c.limits.handshake_timeout = Duration::from_secs(3600);
+        c.limits.first_message_timeout = Duration::from_millis(300);
+        // The deadline holds while more than half of the pool is taken: one connection here.
+        c.limits.max_unauthenticated = 1;
+    })
+    .await;
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    within(
+        "silent link closed at the first-message deadline",
+        raw.closed(),
+    )
+    .await;
+    wait_for(&mut e1, "handshake timeout reported", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::HandshakeTimeout,
+                ..
+            }
+        )
+    })
+    .await;
+    // An honest handshake sends its first message at once and is not affected.
+    let mut raw = raw_peer(kind, addr, "n2").await;
+    let sealed = raw.seal(b"in time").expect("seal");
+    raw.send_raw(sealed).await.expect("send");
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"in time");
+    n1.shutdown().await;
+}
+
 async fn unknown_node_id_is_refused(kind: TransportKind) {
     let (n1, mut e1, addr) = lone_daemon(kind, |_| {}).await;
     let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
@@ -975,57 +1009,49 @@ async fn unauthenticated_connections_are_capped(kind: TransportKind) {
     cfg.limits.max_unauthenticated = 2;
     // Far beyond the test: only the cap may close a silent client here.
     cfg.limits.handshake_timeout = Duration::from_secs(3600);
+    cfg.limits.first_message_timeout = Duration::from_secs(3600);
+    cfg.limits.idle_timeout = Duration::from_secs(3600);
     let (n1, mut e1) = start(cfg).await;
     match kind {
         TransportKind::WebSocket => {
             use tokio::io::AsyncReadExt;
-            // Two clients that connect and never speak hold both permits (the listener
+            // Two clients that connect and never speak hold both slots (the listener
             // accepts in connection order, so these two are the ones admitted).
-            let mut silent = Vec::new();
-            for _ in 0..2 {
-                let tcp = tokio::net::TcpStream::connect(a1).await.expect("tcp");
-                silent.push(tcp);
-            }
-            let mut third = tokio::net::TcpStream::connect(a1).await.expect("tcp");
+            let mut first = tokio::net::TcpStream::connect(a1).await.expect("tcp");
+            let second = tokio::net::TcpStream::connect(a1).await.expect("tcp");
+            let third = tokio::net::TcpStream::connect(a1).await.expect("tcp");
+            // The third takes the oldest one's slot instead of being refused.
             let mut sink = Vec::new();
-            let read = within(
-                "the client over the cap is closed",
-                third.read_to_end(&mut sink),
-            )
-            .await;
+            let read = within("the oldest client is evicted", first.read_to_end(&mut sink)).await;
             assert!(
                 sink.is_empty(),
-                "nothing is sent to a dropped client: {read:?}"
+                "nothing is sent to an evicted client: {read:?}"
             );
             // Non-blocking std sockets (tokio's `try_read` would only reflect cached readiness).
-            let silent: Vec<std::net::TcpStream> = silent
+            let admitted: Vec<std::net::TcpStream> = [second, third]
                 .into_iter()
                 .map(|tcp| tcp.into_std().expect("std socket"))
                 .collect();
             assert!(
-                silent.iter().all(tcp_still_open),
-                "the two admitted clients are still waiting for their handshake"
+                admitted.iter().all(tcp_still_open),
+                "the two newest clients are still waiting for their handshake"
             );
-            drop(silent);
+            drop(admitted);
         }
         TransportKind::Quic => {
-            // A QUIC connection whose stream never carries a byte holds its permit in
-            // `accept_bi`. The permit is taken before the QUIC handshake is accepted, so
+            // A QUIC connection whose stream never carries a byte holds its slot in
+            // `accept_bi`. The slot is taken before the QUIC handshake is accepted, so
             // once `connect` returns, the endpoint counts the connection.
-            let mut silent = Vec::new();
-            for _ in 0..2 {
-                silent.push(RawConn::connect(kind, a1).await.expect("raw link"));
-            }
+            let mut first = RawConn::connect(kind, a1).await.expect("raw link");
+            let second = RawConn::connect(kind, a1).await.expect("raw link");
             let third = within(
-                "the client over the cap is refused",
+                "a client over the cap is admitted",
                 RawConn::connect(kind, a1),
             )
-            .await;
-            assert!(
-                third.is_err(),
-                "a third unauthenticated connection was accepted"
-            );
-            drop(silent);
+            .await
+            .expect("the newest client takes the oldest one's slot");
+            within("the oldest client is evicted", first.closed()).await;
+            drop((second, third));
         }
     }
     // Once the silent clients are gone, a real peer gets in (it may be dropped while their
@@ -1037,6 +1063,79 @@ async fn unauthenticated_connections_are_capped(kind: TransportKind) {
     send_when_connected(&n1, "n2", b"welcome", SendClass::Reliable).await;
     assert_eq!(frame_from(&mut e1, "n2").await.0, b"past the cap");
     assert_eq!(frame_from(&mut e2, "n1").await.0, b"welcome");
+    n2.shutdown().await;
+    n1.shutdown().await;
+}
+
+/// Keeps `slots` silent connections to `addr` open from background tasks: each one connects
+/// (TCP only for WebSocket; a QUIC connection whose stream never carries a byte), waits
+/// until the endpoint drops it, pauses a little and reconnects. Aborted when dropped. The
+/// counter counts the connection attempts so far.
+fn silent_flood(
+    kind: TransportKind,
+    addr: SocketAddr,
+    slots: usize,
+) -> (tokio::task::JoinSet<()>, std::sync::Arc<AtomicUsize>) {
+    let opened = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..slots {
+        let opened = opened.clone();
+        flood.spawn(async move {
+            loop {
+                opened.fetch_add(1, Ordering::Relaxed);
+                match kind {
+                    TransportKind::WebSocket => {
+                        use tokio::io::AsyncReadExt;
+                        if let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await {
+                            let mut sink = Vec::new();
+                            let _ = tcp.read_to_end(&mut sink).await;
+                        }
+                    }
+                    TransportKind::Quic => {
+                        if let Ok(mut raw) = RawConn::connect(kind, addr).await {
+                            raw.closed().await;
+                        }
+                    }
+                }
+                // A reconnecting attacker, not a busy loop (a few per second per slot).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    (flood, opened)
+}
+
+async fn peer_connects_through_a_flood_of_silent_connections(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let mut cfg = config(kind, "n1", Some(a1), &[("n2", a2)]);
+    cfg.limits.max_unauthenticated = 8;
+    // Far beyond the test: a silent connection is never ended by the handshake timeout or
+    // QUIC's idle timeout here, only by admission.
+    cfg.limits.handshake_timeout = Duration::from_secs(3600);
+    cfg.limits.idle_timeout = Duration::from_secs(3600);
+    let (n1, mut e1) = start(cfg).await;
+    // Twice the limit, all from 127.0.0.1 like the peer.
+    let (flood, opened) = silent_flood(kind, a1, 16);
+    // Every slot is taken before the peer starts dialing.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while opened.load(Ordering::Relaxed) < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The peer only dials: n1 cannot reach it the other way round, past the flood.
+    let (n2, mut e2) = start(config(kind, "n2", None, &[("n1", a1)])).await;
+    // Well within what a silent connection could hold a slot for before admission existed.
+    let bound = Duration::from_secs(10);
+    tokio::time::timeout(bound, connected(&mut e1, "n2"))
+        .await
+        .expect("the peer got in while the flood ran");
+    connected(&mut e2, "n1").await;
+    send_when_connected(&n2, "n1", b"through the flood", SendClass::Reliable).await;
+    assert_eq!(frame_from(&mut e1, "n2").await.0, b"through the flood");
+    drop(flood);
     n2.shutdown().await;
     n1.shutdown().await;
 }
@@ -1091,6 +1190,7 @@ both_transports!(
     oversized_frame_closes_connection,
     garbage_never_panics,
     silent_connection_times_out,
+    silent_connection_is_dropped_at_the_first_message_deadline,
     unknown_node_id_is_refused,
     second_driver_with_same_id_replaces_first,
     a_connection_proving_n3s_key_cannot_be_n1,
@@ -1098,6 +1198,7 @@ both_transports!(
     migration_to_node_keys_keeps_the_pair_connected,
     unauthenticated_connections_are_capped,
     shutdown_does_not_wait_for_silent_clients,
+    peer_connects_through_a_flood_of_silent_connections,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
