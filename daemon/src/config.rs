@@ -238,8 +238,10 @@ impl Settings {
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
-                if let Some(w) = world_readable_warning(&path) {
-                    warnings.push(w);
+                if let Some(w) =
+                    clustd_drivers::secret_file_mode_warning("cluster.secret_file", &path)
+                {
+                    warnings.push(ConfigWarning(w));
                 }
                 trim_ascii(&bytes).to_vec()
             }
@@ -416,8 +418,23 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
         } else {
             path
         };
-        located(key, e.inner())
+        let mut error = located(key, e.inner());
+        if is_secret_key(e.path()) {
+            // serde's "invalid type: integer `12345`, expected a string" would print the
+            // secret (or what was meant to be) to the terminal and the journal.
+            error.message =
+                "must be a string (the value is not shown: it is the cluster secret)".into();
+        }
+        error
     })
+}
+
+/// Whether a config path names the inline secret (`cluster.secret`, or anything in it).
+fn is_secret_key(path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let mut segments = path.iter();
+    matches!(segments.next(), Some(Segment::Map { key }) if key == "cluster")
+        && matches!(segments.next(), Some(Segment::Map { key }) if key == "secret")
 }
 
 /// The largest secret file read; a secret is a line of text, so anything bigger (or a device
@@ -440,25 +457,6 @@ fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
-}
-
-#[cfg(unix)]
-fn world_readable_warning(path: &Path) -> Option<ConfigWarning> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o007 != 0).then(|| {
-        ConfigWarning(format!(
-            "cluster.secret_file {} is accessible to other users (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        ))
-    })
-}
-
-#[cfg(not(unix))]
-fn world_readable_warning(_: &Path) -> Option<ConfigWarning> {
-    None
 }
 
 /// A random u64 from the OS (seeds the election core's jitter).

@@ -44,6 +44,11 @@ pub struct Metrics {
     /// Stops (acknowledged "backup") that failed or timed out: the service may still run
     /// there until that driver's lease end plus the stop budget. Alert on any increase.
     pub driver_stop_failures: Counter,
+    /// Drivers refused because [`crate::runtime::MAX_CONNECTED_DRIVERS`] were connected.
+    pub drivers_refused: Counter,
+    /// State writes that failed for a transient reason (EMFILE, ENOSPC, ...): the node
+    /// sent nothing until a retry made the state durable.
+    pub state_write_failures: Counter,
 }
 
 impl Metrics {
@@ -61,6 +66,8 @@ impl Metrics {
         ]);
         let driver_results = Family::<ResultLabel, Counter>::default();
         let driver_stop_failures = Counter::default();
+        let drivers_refused = Counter::default();
+        let state_write_failures = Counter::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -94,6 +101,16 @@ impl Metrics {
             "Driver stops that failed or timed out (the service may still run until that driver's lease end plus the stop budget)",
             driver_stop_failures.clone(),
         );
+        registry.register(
+            "drivers_refused",
+            "Driver connections refused because the connected-driver cap was reached",
+            drivers_refused.clone(),
+        );
+        registry.register(
+            "state_write_failures",
+            "State writes that failed for a transient reason (the node withheld its messages and retried)",
+            state_write_failures.clone(),
+        );
         Self {
             registry,
             master,
@@ -105,6 +122,8 @@ impl Metrics {
             heartbeat_rtt,
             driver_results,
             driver_stop_failures,
+            drivers_refused,
+            state_write_failures,
         }
     }
 

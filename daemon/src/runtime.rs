@@ -34,8 +34,30 @@ use crate::metrics::{Metrics, PeerLabel, ResultLabel};
 use crate::status::{DriverStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
 
-/// Most drivers remembered (connected or not) in status.
-const MAX_DRIVERS: usize = 64;
+/// Most drivers connected at once. A local machine runs a handful (shell, notify, VIP);
+/// 64 leaves room for many services while keeping a flood of driver connections from
+/// growing the table, the per-renewal fan-out and `/status`. A driver beyond the cap is
+/// refused at this level: the transport has no way to close one connection, so its frames
+/// are ignored and it is sent nothing — it never hears "master", so it never runs the
+/// service — until a slot frees, when the longest-waiting connected one is admitted. Each
+/// refusal is counted (`clustd_drivers_refused_total`); the first of a streak is a warning.
+pub const MAX_CONNECTED_DRIVERS: usize = 64;
+
+/// Most drivers remembered, connected or not. A disconnected driver is forgotten once it
+/// can no longer run the service (its lease end plus the stop budget, or an `Ok` stop),
+/// unless its last stop failed (kept for operators to see, while there is room). When the
+/// table is full, the disconnected driver whose lease ends first is forgotten; if it may
+/// still run, its lease end plus the stop budget is kept in one deadline that holds up a
+/// hand-over exactly as its entry would have, so the bound costs no safety.
+pub const MAX_REMEMBERED_DRIVERS: usize = 256;
+
+/// The longest failure reason (from a driver's `Failed(reason)` or a stop failure) kept,
+/// logged, shown in status or forwarded to other drivers, in bytes. Enough for an exit
+/// status and the first line of an error; a 60 KB reason must not be copied per driver.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// How often a state write that failed for a transient reason is retried.
+const STATE_WRITE_RETRY: Duration = Duration::from_millis(100);
 
 /// Capacity of the [`DriverRecord`] channel: a slow observer loses the oldest records
 /// (and sees `Lagged`) rather than slowing the election loop.
@@ -354,6 +376,18 @@ struct Runtime<C: Clock, S: StateStore> {
     awaiting_stop: bool,
     /// The stop budget at the drift bound, on this node's clock.
     settle: Duration,
+    /// The latest `lease end + settle` of drivers forgotten (table full) while they could
+    /// still run: a hand-over waits for it as it would for their entries.
+    forgotten_may_run_until: Option<Instant>,
+    /// A driver was refused (connected cap) and none admitted since: log once per streak.
+    refusing: bool,
+    /// The core's latest state, not yet durable because a write failed transiently. While
+    /// set, nothing the core transmits is sent (it may carry that term or vote).
+    unwritten: Option<clustd_core::PersistentState>,
+    /// The last transient write error of the current streak, and how many in a row.
+    write_failing: Option<(String, u64)>,
+    /// When to retry the write of `unwritten`.
+    write_retry_at: Instant,
 }
 
 /// Runs one node until `shutdown` completes (then steps down gracefully if leader) or a
@@ -408,6 +442,11 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         peers_up: BTreeSet::new(),
         awaiting_stop: false,
         settle,
+        forgotten_may_run_until: None,
+        refusing: false,
+        unwritten: None,
+        write_failing: None,
+        write_retry_at: Instant::from_millis(0),
     };
     rt.init_status();
     tokio::pin!(shutdown);
@@ -415,6 +454,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     let mut leaving: Option<Instant> = None;
     loop {
         let deadline = rt.clock.deadline(rt.node.poll_timeout());
+        let retry_at = rt.clock.deadline(rt.write_retry_at);
         tokio::select! {
             biased;
             how = &mut shutdown, if leaving.is_none() => {
@@ -447,12 +487,16 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 Some(event) => rt.on_transport(event),
                 None => break,
             },
+            () = tokio::time::sleep_until(retry_at), if rt.unwritten.is_some() => {
+                rt.write_state()?;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let now = rt.clock.now();
                 rt.node.handle_timeout(now);
             }
         }
         // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
+        rt.forget_settled_drivers();
         rt.confirm_stop_if_done();
         rt.flush()?;
         rt.update_status();
@@ -519,16 +563,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         self.tell_drivers_peer(id, true);
                     }
                 }
-                PeerKind::Driver => {
-                    tracing::info!(driver = %id, "driver connected");
-                    self.evict_old_drivers(now);
-                    self.drivers.entry(id.clone()).or_default().connected = true;
-                    // Bring the role up to date first: after a stall (SIGSTOP, a blocked
-                    // loop) the lease may have run out without a timer having fired yet, and
-                    // a spent lease must not go out as "master". (Calling early is harmless.)
-                    self.node.handle_timeout(now);
-                    self.send_role_to(&id, now);
-                }
+                PeerKind::Driver => self.driver_connected(&id, now),
             },
             TransportEvent::Disconnected { id, kind } => match kind {
                 PeerKind::Peer => {
@@ -569,6 +604,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     } else {
                         tracing::info!(driver = %id, "driver disconnected");
                     }
+                    self.admit_waiting_drivers(now);
                 }
             },
             TransportEvent::HandshakeFailed { addr, error } => {
@@ -591,6 +627,55 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
     }
 
+    /// A driver connected: admitted (told its role at once) unless
+    /// [`MAX_CONNECTED_DRIVERS`] are connected already.
+    fn driver_connected(&mut self, id: &NodeId, now: Instant) {
+        let connected = self.drivers.values().filter(|d| d.connected).count();
+        if connected >= MAX_CONNECTED_DRIVERS {
+            self.shared.metrics.drivers_refused.inc();
+            if self.refusing {
+                tracing::debug!(driver = %id, "driver refused: connected-driver cap reached");
+            } else {
+                self.refusing = true;
+                tracing::warn!(
+                    driver = %id,
+                    cap = MAX_CONNECTED_DRIVERS,
+                    "driver refused: {MAX_CONNECTED_DRIVERS} drivers are connected already; it is sent nothing (so it stays backup) and its frames are ignored until a slot frees (further refusals are logged at debug)"
+                );
+            }
+            return;
+        }
+        self.refusing = false;
+        tracing::info!(driver = %id, "driver connected");
+        self.make_room_for(id, now);
+        self.drivers.entry(id.clone()).or_default().connected = true;
+        // Bring the role up to date first: after a stall (SIGSTOP, a blocked loop) the
+        // lease may have run out without a timer having fired yet, and a spent lease must
+        // not go out as "master". (Calling early is harmless.)
+        self.node.handle_timeout(now);
+        self.send_role_to(id, now);
+    }
+
+    /// After a driver left: admits drivers that were refused and are still connected to
+    /// the transport, while there is room.
+    fn admit_waiting_drivers(&mut self, now: Instant) {
+        let waiting: Vec<NodeId> = self
+            .endpoint
+            .connected()
+            .into_iter()
+            .filter(|(id, kind)| {
+                *kind == PeerKind::Driver && !self.drivers.get(id).is_some_and(|d| d.connected)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in waiting {
+            if self.drivers.values().filter(|d| d.connected).count() >= MAX_CONNECTED_DRIVERS {
+                return;
+            }
+            self.driver_connected(&id, now);
+        }
+    }
+
     /// Peer up/down for drivers that report cluster events (the notify driver). Only
     /// transitions are sent: a driver that connects later is not told which peers are down
     /// already (it can ask `/status`). Reliable class: an event lost in a full queue would
@@ -607,6 +692,16 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     }
 
     fn on_driver_ack(&mut self, from: &NodeId, seq: u64, role: DriverRole, result: ActionResult) {
+        if !self.drivers.get(from).is_some_and(|d| d.connected) {
+            // A refused driver (connected cap): it was told nothing, so it has nothing to say.
+            tracing::debug!(driver = %from, "ack from a driver that was not admitted: ignored");
+            return;
+        }
+        // Bounded before it is stored, logged, shown or forwarded to every driver.
+        let result = match result {
+            ActionResult::Failed(why) => ActionResult::Failed(truncate_reason(&why)),
+            other => other,
+        };
         let label = match &result {
             ActionResult::Ok => "ok",
             ActionResult::Failed(_) => "failed",
@@ -621,7 +716,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             .inc();
         let text = match &result {
             ActionResult::Ok => "ok".to_string(),
-            ActionResult::Failed(why) => format!("failed: {why}"),
+            ActionResult::Failed(why) => truncate_reason(&format!("failed: {why}")),
             ActionResult::TimedOut => "timed-out".to_string(),
         };
         tracing::info!(driver = %from, seq, role = role.as_str(), result = %text, "driver acknowledged");
@@ -659,7 +754,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             // Nothing ends: the driver may still run the service until its lease end plus
             // the stop budget, and the hand-over waits for that.
             d.stop_failed = true;
-            d.last_stop_failure = Some(format!("term {term}: {text}"));
+            d.last_stop_failure = Some(truncate_reason(&format!("term {term}: {text}")));
             let lease_until = d.may_run_at(now, settle).then_some(d.lease_until);
             self.report_stop_failure(from, term, result, &text, lease_until, now);
         }
@@ -789,6 +884,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             .drivers
             .values()
             .any(|d| d.may_run_at(now, self.settle))
+            || self.forgotten_may_run_until.is_some_and(|until| now < until)
         {
             return;
         }
@@ -796,17 +892,45 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.node.confirm_demoted(now);
     }
 
-    fn evict_old_drivers(&mut self, now: Instant) {
-        while self.drivers.len() >= MAX_DRIVERS {
-            let Some(id) = self
+    /// Forgets disconnected drivers that can no longer run the service (an `Ok` stop, or
+    /// past their lease end plus the stop budget), except those whose last stop failed:
+    /// operators must see those, and [`Runtime::make_room_for`] bounds them.
+    fn forget_settled_drivers(&mut self) {
+        let now = self.clock.now();
+        let settle = self.settle;
+        self.drivers
+            .retain(|_, d| d.connected || d.stop_failed || d.may_run_at(now, settle));
+        if self.forgotten_may_run_until.is_some_and(|until| now >= until) {
+            self.forgotten_may_run_until = None;
+        }
+    }
+
+    /// Keeps the table below [`MAX_REMEMBERED_DRIVERS`] before `id` is added: forgets the
+    /// disconnected drivers that cannot run first, then those whose lease ends first,
+    /// keeping their `lease end + settle` in [`Runtime::forgotten_may_run_until`].
+    /// Connected drivers are never forgotten (at most [`MAX_CONNECTED_DRIVERS`], fewer).
+    fn make_room_for(&mut self, id: &NodeId, now: Instant) {
+        if self.drivers.contains_key(id) {
+            return;
+        }
+        while self.drivers.len() >= MAX_REMEMBERED_DRIVERS {
+            let settle = self.settle;
+            let victim = self
                 .drivers
                 .iter()
-                .find(|(_, d)| !d.connected && !d.may_run_at(now, self.settle))
-                .map(|(id, _)| id.clone())
-            else {
+                .filter(|(_, d)| !d.connected)
+                .min_by_key(|(_, d)| (d.may_run_at(now, settle), d.lease_until))
+                .map(|(id, _)| id.clone());
+            let Some(victim) = victim else {
                 return;
             };
-            self.drivers.remove(&id);
+            if let Some(d) = self.drivers.remove(&victim)
+                && d.may_run_at(now, settle)
+            {
+                let until = d.lease_until + settle;
+                self.forgotten_may_run_until =
+                    Some(self.forgotten_may_run_until.map_or(until, |u| u.max(until)));
+            }
         }
     }
 
@@ -928,10 +1052,19 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     fn flush(&mut self) -> Result<(), RuntimeError> {
         loop {
             if let Some(state) = self.node.poll_persist() {
-                self.store.save(&state)?;
+                // A newer state supersedes one still unwritten.
+                self.unwritten = Some(state);
+                self.write_state()?;
                 continue;
             }
             if let Some((to, msg)) = self.node.poll_transmit() {
+                if self.unwritten.is_some() {
+                    // Withheld: it may carry a term or a vote that is not durable yet. Lost
+                    // messages are what the election protocol tolerates anyway (a vote not
+                    // sent is a vote withheld); the core repeats what matters on its timers.
+                    tracing::trace!(to = %to, "message withheld: the state is not durable");
+                    continue;
+                }
                 let class = match &msg {
                     Message::Heartbeat { round, .. } => {
                         self.rtt_pending
@@ -949,6 +1082,53 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 continue;
             }
             return Ok(());
+        }
+    }
+
+    /// Writes [`Runtime::unwritten`] durably. A transient failure (see
+    /// [`StoreError::is_transient`]) keeps it for a retry in [`STATE_WRITE_RETRY`] and
+    /// returns `Ok`: until it is written nothing is sent, so no peer ever sees a term or a
+    /// vote this node could forget in a crash — and forgetting one nobody saw is harmless.
+    /// Any other failure is fatal, as before.
+    fn write_state(&mut self) -> Result<(), RuntimeError> {
+        let Some(state) = &self.unwritten else {
+            return Ok(());
+        };
+        match self.store.save(state) {
+            Ok(()) => {
+                if let Some((error, failures)) = self.write_failing.take() {
+                    tracing::warn!(
+                        failures,
+                        last_error = %error,
+                        term = state.term.0,
+                        "state written again; sending resumes"
+                    );
+                }
+                self.unwritten = None;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.shared.metrics.state_write_failures.inc();
+                let error = e.to_string();
+                match &mut self.write_failing {
+                    Some((last, failures)) => {
+                        *failures += 1;
+                        *last = error;
+                    }
+                    None => {
+                        tracing::error!(
+                            error = %error,
+                            term = state.term.0,
+                            "cannot write the state (transient); sending nothing (votes withheld) and retrying every {} ms",
+                            STATE_WRITE_RETRY.as_millis()
+                        );
+                        self.write_failing = Some((error, 1));
+                    }
+                }
+                self.write_retry_at = self.clock.now() + STATE_WRITE_RETRY;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -1101,11 +1281,27 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 last_stop_failure: d.last_stop_failure.clone(),
             })
             .collect();
+        status.drivers_connected = self.drivers.values().filter(|d| d.connected).count();
+        status.state_write_error = self.write_failing.as_ref().map(|(e, _)| e.clone());
         let m = &self.shared.metrics;
+        status.state_write_failures = m.state_write_failures.get();
+        status.drivers_refused = m.drivers_refused.get();
         status.elections_started = m.elections_started.get();
         status.elections_won = m.elections_won.get();
         status.leader_changes = m.leader_changes.get();
     }
+}
+
+/// `reason` cut to at most [`MAX_REASON_LEN`] bytes at a char boundary, marked with `…`.
+pub fn truncate_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_LEN {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON_LEN - '…'.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &reason[..end])
 }
 
 /// How long a graceful shutdown may take at most with these settings.
@@ -1119,6 +1315,19 @@ pub fn max_shutdown_time(settings: &Settings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_cut_at_a_char_boundary_within_the_limit() {
+        assert_eq!(truncate_reason("exit status 1"), "exit status 1");
+        let exact = "x".repeat(MAX_REASON_LEN);
+        assert_eq!(truncate_reason(&exact), exact);
+        for long in ["y".repeat(60_000), "é".repeat(30_000), "€".repeat(20_001)] {
+            let cut = truncate_reason(&long);
+            assert!(cut.len() <= MAX_REASON_LEN, "{}", cut.len());
+            assert!(cut.len() >= MAX_REASON_LEN - 6, "{}", cut.len());
+            assert!(cut.ends_with('…'));
+        }
+    }
 
     /// Whether a driver may run: told master and no Ok stop since, and not past its last
     /// lease end plus the settle time (the stop budget at the drift bound) — connected or
