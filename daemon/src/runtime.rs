@@ -1282,6 +1282,16 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             })
             .collect();
         status.drivers_connected = self.drivers.values().filter(|d| d.connected).count();
+        let may_run_until = self
+            .drivers
+            .values()
+            .filter(|d| d.may_run_at(now, self.settle))
+            .map(|d| d.lease_until + self.settle)
+            .chain(self.forgotten_may_run_until)
+            .max();
+        status.drivers_may_run_for_ms = may_run_until.map_or(0, |until| {
+            u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        });
         status.state_write_error = self.write_failing.as_ref().map(|(e, _)| e.clone());
         let m = &self.shared.metrics;
         status.state_write_failures = m.state_write_failures.get();

@@ -38,6 +38,11 @@ pub struct Status {
     /// How many drivers are connected (at most [`crate::runtime::MAX_CONNECTED_DRIVERS`]).
     #[serde(default)]
     pub drivers_connected: usize,
+    /// How long a step-down would wait now for drivers that may still run the service
+    /// (told "master", no `Ok` stop since), at most: their latest lease end plus the stop
+    /// budget, in milliseconds; 0 when none may run.
+    #[serde(default)]
+    pub drivers_may_run_for_ms: u64,
     /// Driver connections refused because the connected-driver cap was reached.
     #[serde(default)]
     pub drivers_refused: u64,
