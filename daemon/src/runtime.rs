@@ -884,7 +884,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             .drivers
             .values()
             .any(|d| d.may_run_at(now, self.settle))
-            || self.forgotten_may_run_until.is_some_and(|until| now < until)
+            || self
+                .forgotten_may_run_until
+                .is_some_and(|until| now < until)
         {
             return;
         }
@@ -900,7 +902,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         let settle = self.settle;
         self.drivers
             .retain(|_, d| d.connected || d.stop_failed || d.may_run_at(now, settle));
-        if self.forgotten_may_run_until.is_some_and(|until| now >= until) {
+        if self
+            .forgotten_may_run_until
+            .is_some_and(|until| now >= until)
+        {
             self.forgotten_may_run_until = None;
         }
     }

@@ -144,11 +144,7 @@ async fn idle_connections_are_closed_and_never_exhaust_descriptors() {
 
     let mut idle = Vec::with_capacity(FLOOD);
     for _ in 0..FLOOD {
-        idle.push(
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .expect("connect"),
-        );
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
         assert!(open_fds() <= bound, "{} descriptors open", open_fds());
     }
     let status: Status = serde_json::from_str(

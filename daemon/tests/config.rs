@@ -176,7 +176,10 @@ fn a_wrongly_typed_secret_is_never_echoed() {
     for (name, line, value) in cases {
         let cluster = good_cluster().replace(&format!("secret = \"{SECRET}\""), line);
         let err = parse(&config(good_node(), &cluster, "")).expect_err(name);
-        assert!(err.contains("cluster.secret"), "{name}: names the key: {err}");
+        assert!(
+            err.contains("cluster.secret"),
+            "{name}: names the key: {err}"
+        );
         assert!(err.contains("must be a string"), "{name}: says why: {err}");
         assert!(!err.contains(value), "{name}: echoes the value: {err}");
     }
