@@ -56,6 +56,12 @@ pub const MAX_REMEMBERED_DRIVERS: usize = 256;
 /// status and the first line of an error; a 60 KB reason must not be copied per driver.
 pub const MAX_REASON_LEN: usize = 256;
 
+/// How stale the driver list in the status snapshot may get: acknowledgements and lease
+/// renewals show within this; connects, disconnects, role changes and commands at once.
+/// Rebuilding it on every frame would let a few chatty drivers cost a copy of the whole
+/// table per frame.
+const STATUS_DRIVERS_REFRESH: Duration = Duration::from_millis(100);
+
 /// How often a state write that failed for a transient reason is retried.
 const STATE_WRITE_RETRY: Duration = Duration::from_millis(100);
 
@@ -388,6 +394,10 @@ struct Runtime<C: Clock, S: StateStore> {
     write_failing: Option<(String, u64)>,
     /// When to retry the write of `unwritten`.
     write_retry_at: Instant,
+    /// When the status snapshot's driver list was last built.
+    status_drivers_built: Option<Instant>,
+    /// The driver list must be rebuilt at the next status update.
+    status_drivers_stale: bool,
 }
 
 /// Runs one node until `shutdown` completes (then steps down gracefully if leader) or a
@@ -447,6 +457,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         unwritten: None,
         write_failing: None,
         write_retry_at: Instant::from_millis(0),
+        status_drivers_built: None,
+        status_drivers_stale: true,
     };
     rt.init_status();
     tokio::pin!(shutdown);
@@ -479,6 +491,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 }
                 rt.confirm_stop_if_done();
                 rt.flush()?;
+                rt.status_drivers_stale = true;
                 rt.update_status();
                 let _ = done.send(());
                 continue;
@@ -604,7 +617,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     } else {
                         tracing::info!(driver = %id, "driver disconnected");
                     }
-                    self.admit_waiting_drivers(now);
+                    self.status_drivers_stale = true;
+                    self.admit_waiting_drivers(&id, now);
                 }
             },
             TransportEvent::HandshakeFailed { addr, error } => {
@@ -646,6 +660,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             return;
         }
         self.refusing = false;
+        self.status_drivers_stale = true;
         tracing::info!(driver = %id, "driver connected");
         self.make_room_for(id, now);
         self.drivers.entry(id.clone()).or_default().connected = true;
@@ -658,13 +673,17 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     /// After a driver left: admits drivers that were refused and are still connected to
     /// the transport, while there is room.
-    fn admit_waiting_drivers(&mut self, now: Instant) {
+    /// `left` is the one that just left: if the transport lists it, a replacement
+    /// connection is registered and its own `Connected` follows.
+    fn admit_waiting_drivers(&mut self, left: &NodeId, now: Instant) {
         let waiting: Vec<NodeId> = self
             .endpoint
             .connected()
             .into_iter()
             .filter(|(id, kind)| {
-                *kind == PeerKind::Driver && !self.drivers.get(id).is_some_and(|d| d.connected)
+                *kind == PeerKind::Driver
+                    && id != left
+                    && !self.drivers.get(id).is_some_and(|d| d.connected)
             })
             .map(|(id, _)| id)
             .collect();
@@ -900,8 +919,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     fn forget_settled_drivers(&mut self) {
         let now = self.clock.now();
         let settle = self.settle;
+        let before = self.drivers.len();
         self.drivers
             .retain(|_, d| d.connected || d.stop_failed || d.may_run_at(now, settle));
+        if self.drivers.len() != before {
+            self.status_drivers_stale = true;
+        }
         if self
             .forgotten_may_run_until
             .is_some_and(|until| now >= until)
@@ -1189,6 +1212,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     fn role_changed(&mut self, role: DriverRole, term: Term, reason: Reason, now: Instant) {
         self.last_reason = reason.as_str();
+        self.status_drivers_stale = true;
         self.send_role_to_all(now);
         let at_unix_ms = self.clock.wall_clock_ms();
         lock(&self.shared.status).record(RoleChange {
@@ -1208,7 +1232,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         });
     }
 
-    fn init_status(&self) {
+    fn init_status(&mut self) {
         // Export every series from the start, so dashboards see zeros rather than gaps.
         let m = &self.shared.metrics;
         for peer in self.settings.peers.keys() {
@@ -1236,8 +1260,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.update_status();
     }
 
-    fn update_status(&self) {
+    fn update_status(&mut self) {
         let now = self.clock.now();
+        let rebuild_drivers = self.status_drivers_stale
+            || self
+                .status_drivers_built
+                .is_none_or(|at| now >= at + STATUS_DRIVERS_REFRESH);
         let connected: BTreeMap<NodeId, PeerKind> = self.endpoint.connected().into_iter().collect();
         let mut status = lock(&self.shared.status);
         status.role = if self.node.is_master() {
@@ -1272,20 +1300,25 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 }),
             })
             .collect();
-        status.drivers = self
-            .drivers
-            .iter()
-            .map(|(id, d)| DriverStatus {
-                id: id.to_string(),
-                connected: d.connected,
-                last_role: d.last_role.map(|r| r.as_str().to_string()),
-                last_result: d.last_result.clone(),
-                acknowledged: d.acked_seq == Some(d.last_seq),
-                may_run: d.may_run_at(now, self.settle),
-                stop_failed: d.stop_failed,
-                last_stop_failure: d.last_stop_failure.clone(),
-            })
-            .collect();
+        if rebuild_drivers {
+            // At most MAX_REMEMBERED_DRIVERS entries, each with reasons cut to MAX_REASON_LEN.
+            status.drivers = self
+                .drivers
+                .iter()
+                .map(|(id, d)| DriverStatus {
+                    id: id.to_string(),
+                    connected: d.connected,
+                    last_role: d.last_role.map(|r| r.as_str().to_string()),
+                    last_result: d.last_result.clone(),
+                    acknowledged: d.acked_seq == Some(d.last_seq),
+                    may_run: d.may_run_at(now, self.settle),
+                    stop_failed: d.stop_failed,
+                    last_stop_failure: d.last_stop_failure.clone(),
+                })
+                .collect();
+            self.status_drivers_built = Some(now);
+            self.status_drivers_stale = false;
+        }
         status.drivers_connected = self.drivers.values().filter(|d| d.connected).count();
         let may_run_until = self
             .drivers
