@@ -363,6 +363,74 @@ impl DriverState {
     }
 }
 
+/// The drivers a runtime remembers, and how long the forgotten ones may still run: the
+/// bounded table's rules, apart from any I/O so they are tested on their own.
+#[derive(Debug, Default)]
+struct DriverTable {
+    drivers: BTreeMap<NodeId, DriverState>,
+    /// The latest `lease end + settle` of drivers forgotten (table full) while they could
+    /// still run: a hand-over waits for it as it would have for their entries.
+    forgotten_may_run_until: Option<Instant>,
+}
+
+impl DriverTable {
+    /// Until when some driver, remembered or forgotten, may still be running the service
+    /// (its lease end plus `settle`); `None` when none may: a hand-over need not wait.
+    fn may_run_until(&self, now: Instant, settle: Duration) -> Option<Instant> {
+        self.drivers
+            .values()
+            .filter(|d| d.may_run_at(now, settle))
+            .map(|d| d.lease_until + settle)
+            .chain(self.forgotten_may_run_until.filter(|until| now < *until))
+            .max()
+    }
+
+    /// Forgets disconnected drivers that can no longer run the service (an `Ok` stop, or
+    /// past their lease end plus the stop budget), except those whose last stop failed:
+    /// operators must see those, and [`DriverTable::make_room_for`] bounds them. True if
+    /// any was forgotten.
+    fn forget_settled(&mut self, now: Instant, settle: Duration) -> bool {
+        let before = self.drivers.len();
+        self.drivers
+            .retain(|_, d| d.connected || d.stop_failed || d.may_run_at(now, settle));
+        if self
+            .forgotten_may_run_until
+            .is_some_and(|until| now >= until)
+        {
+            self.forgotten_may_run_until = None;
+        }
+        self.drivers.len() != before
+    }
+
+    /// Keeps the table below [`MAX_REMEMBERED_DRIVERS`] before `id` is added: forgets the
+    /// disconnected drivers that cannot run first, then those whose lease ends first,
+    /// keeping their `lease end + settle` in `forgotten_may_run_until`. Connected drivers
+    /// are never forgotten (there are at most [`MAX_CONNECTED_DRIVERS`], fewer).
+    fn make_room_for(&mut self, id: &NodeId, now: Instant, settle: Duration) {
+        if self.drivers.contains_key(id) {
+            return;
+        }
+        while self.drivers.len() >= MAX_REMEMBERED_DRIVERS {
+            let victim = self
+                .drivers
+                .iter()
+                .filter(|(_, d)| !d.connected)
+                .min_by_key(|(_, d)| (d.may_run_at(now, settle), d.lease_until))
+                .map(|(id, _)| id.clone());
+            let Some(victim) = victim else {
+                return;
+            };
+            if let Some(d) = self.drivers.remove(&victim)
+                && d.may_run_at(now, settle)
+            {
+                let until = d.lease_until + settle;
+                self.forgotten_may_run_until =
+                    Some(self.forgotten_may_run_until.map_or(until, |u| u.max(until)));
+            }
+        }
+    }
+}
+
 struct Runtime<C: Clock, S: StateStore> {
     node: Node,
     endpoint: Endpoint,
@@ -370,7 +438,7 @@ struct Runtime<C: Clock, S: StateStore> {
     store: S,
     settings: Settings,
     shared: Arc<Shared>,
-    drivers: BTreeMap<NodeId, DriverState>,
+    table: DriverTable,
     seq: u64,
     last_reason: &'static str,
     last_heard: BTreeMap<NodeId, Instant>,
@@ -382,9 +450,6 @@ struct Runtime<C: Clock, S: StateStore> {
     awaiting_stop: bool,
     /// The stop budget at the drift bound, on this node's clock.
     settle: Duration,
-    /// The latest `lease end + settle` of drivers forgotten (table full) while they could
-    /// still run: a hand-over waits for it as it would for their entries.
-    forgotten_may_run_until: Option<Instant>,
     /// A driver was refused (connected cap) and none admitted since: log once per streak.
     refusing: bool,
     /// The core's latest state, not yet durable because a write failed transiently. While
@@ -444,7 +509,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         store,
         settings,
         shared,
-        drivers: BTreeMap::new(),
+        table: DriverTable::default(),
         seq: 0,
         last_reason: "started",
         last_heard: BTreeMap::new(),
@@ -452,7 +517,6 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         peers_up: BTreeSet::new(),
         awaiting_stop: false,
         settle,
-        forgotten_may_run_until: None,
         refusing: false,
         unwritten: None,
         write_failing: None,
@@ -600,7 +664,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     }
                 }
                 PeerKind::Driver => {
-                    let Some(d) = self.drivers.get_mut(&id) else {
+                    let Some(d) = self.table.drivers.get_mut(&id) else {
                         tracing::info!(driver = %id, "driver disconnected");
                         return;
                     };
@@ -644,7 +708,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     /// A driver connected: admitted (told its role at once) unless
     /// [`MAX_CONNECTED_DRIVERS`] are connected already.
     fn driver_connected(&mut self, id: &NodeId, now: Instant) {
-        let connected = self.drivers.values().filter(|d| d.connected).count();
+        let connected = self.table.drivers.values().filter(|d| d.connected).count();
         if connected >= MAX_CONNECTED_DRIVERS {
             self.shared.metrics.drivers_refused.inc();
             if self.refusing {
@@ -662,8 +726,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.refusing = false;
         self.status_drivers_stale = true;
         tracing::info!(driver = %id, "driver connected");
-        self.make_room_for(id, now);
-        self.drivers.entry(id.clone()).or_default().connected = true;
+        self.table.make_room_for(id, now, self.settle);
+        self.table.drivers.entry(id.clone()).or_default().connected = true;
         // Bring the role up to date first: after a stall (SIGSTOP, a blocked loop) the
         // lease may have run out without a timer having fired yet, and a spent lease must
         // not go out as "master". (Calling early is harmless.)
@@ -683,12 +747,13 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             .filter(|(id, kind)| {
                 *kind == PeerKind::Driver
                     && id != left
-                    && !self.drivers.get(id).is_some_and(|d| d.connected)
+                    && !self.table.drivers.get(id).is_some_and(|d| d.connected)
             })
             .map(|(id, _)| id)
             .collect();
         for id in waiting {
-            if self.drivers.values().filter(|d| d.connected).count() >= MAX_CONNECTED_DRIVERS {
+            if self.table.drivers.values().filter(|d| d.connected).count() >= MAX_CONNECTED_DRIVERS
+            {
                 return;
             }
             self.driver_connected(&id, now);
@@ -711,7 +776,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     }
 
     fn on_driver_ack(&mut self, from: &NodeId, seq: u64, role: DriverRole, result: ActionResult) {
-        if !self.drivers.get(from).is_some_and(|d| d.connected) {
+        if !self.table.drivers.get(from).is_some_and(|d| d.connected) {
             // A refused driver (connected cap): it was told nothing, so it has nothing to say.
             tracing::debug!(driver = %from, "ack from a driver that was not admitted: ignored");
             return;
@@ -741,7 +806,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         tracing::info!(driver = %from, seq, role = role.as_str(), result = %text, "driver acknowledged");
         let now = self.clock.now();
         let settle = self.settle;
-        let Some(d) = self.drivers.get_mut(from) else {
+        let Some(d) = self.table.drivers.get_mut(from) else {
             return;
         };
         d.acked_seq = Some(seq);
@@ -761,7 +826,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 term,
             });
         }
-        let Some(d) = self.drivers.get_mut(from) else {
+        let Some(d) = self.table.drivers.get_mut(from) else {
             return;
         };
         // (`clustd_mutant = "f3"` reintroduces the bug, for README's mutation table.)
@@ -899,66 +964,18 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             return;
         }
         let now = self.clock.now();
-        if self
-            .drivers
-            .values()
-            .any(|d| d.may_run_at(now, self.settle))
-            || self
-                .forgotten_may_run_until
-                .is_some_and(|until| now < until)
-        {
+        if self.table.may_run_until(now, self.settle).is_some() {
             return;
         }
         self.awaiting_stop = false;
         self.node.confirm_demoted(now);
     }
 
-    /// Forgets disconnected drivers that can no longer run the service (an `Ok` stop, or
-    /// past their lease end plus the stop budget), except those whose last stop failed:
-    /// operators must see those, and [`Runtime::make_room_for`] bounds them.
+    /// Forgets disconnected drivers that can no longer run (see [`DriverTable::forget_settled`]).
     fn forget_settled_drivers(&mut self) {
         let now = self.clock.now();
-        let settle = self.settle;
-        let before = self.drivers.len();
-        self.drivers
-            .retain(|_, d| d.connected || d.stop_failed || d.may_run_at(now, settle));
-        if self.drivers.len() != before {
+        if self.table.forget_settled(now, self.settle) {
             self.status_drivers_stale = true;
-        }
-        if self
-            .forgotten_may_run_until
-            .is_some_and(|until| now >= until)
-        {
-            self.forgotten_may_run_until = None;
-        }
-    }
-
-    /// Keeps the table below [`MAX_REMEMBERED_DRIVERS`] before `id` is added: forgets the
-    /// disconnected drivers that cannot run first, then those whose lease ends first,
-    /// keeping their `lease end + settle` in [`Runtime::forgotten_may_run_until`].
-    /// Connected drivers are never forgotten (at most [`MAX_CONNECTED_DRIVERS`], fewer).
-    fn make_room_for(&mut self, id: &NodeId, now: Instant) {
-        if self.drivers.contains_key(id) {
-            return;
-        }
-        while self.drivers.len() >= MAX_REMEMBERED_DRIVERS {
-            let settle = self.settle;
-            let victim = self
-                .drivers
-                .iter()
-                .filter(|(_, d)| !d.connected)
-                .min_by_key(|(_, d)| (d.may_run_at(now, settle), d.lease_until))
-                .map(|(id, _)| id.clone());
-            let Some(victim) = victim else {
-                return;
-            };
-            if let Some(d) = self.drivers.remove(&victim)
-                && d.may_run_at(now, settle)
-            {
-                let until = d.lease_until + settle;
-                self.forgotten_may_run_until =
-                    Some(self.forgotten_may_run_until.map_or(until, |u| u.max(until)));
-            }
         }
     }
 
@@ -998,7 +1015,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             seq: self.seq,
         };
         let lease_until = now + Duration::from_millis(u64::from(lease_remaining_ms));
-        let d = self.drivers.entry(driver.clone()).or_default();
+        let d = self.table.drivers.entry(driver.clone()).or_default();
         d.last_role = Some(role);
         d.last_term = term;
         d.last_seq = self.seq;
@@ -1028,7 +1045,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         };
         let lease_until = now + Duration::from_millis(u64::from(lease_remaining_ms));
         for id in self.connected_drivers() {
-            if let Some(d) = self.drivers.get_mut(&id)
+            if let Some(d) = self.table.drivers.get_mut(&id)
                 && d.may_run
             {
                 d.lease_until = d.lease_until.max(lease_until);
@@ -1045,7 +1062,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     /// Ids of the drivers connected now, in order.
     fn connected_drivers(&self) -> Vec<NodeId> {
-        self.drivers
+        self.table
+            .drivers
             .iter()
             .filter(|(_, d)| d.connected)
             .map(|(id, _)| id.clone())
@@ -1303,6 +1321,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         if rebuild_drivers {
             // At most MAX_REMEMBERED_DRIVERS entries, each with reasons cut to MAX_REASON_LEN.
             status.drivers = self
+                .table
                 .drivers
                 .iter()
                 .map(|(id, d)| DriverStatus {
@@ -1319,14 +1338,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             self.status_drivers_built = Some(now);
             self.status_drivers_stale = false;
         }
-        status.drivers_connected = self.drivers.values().filter(|d| d.connected).count();
-        let may_run_until = self
-            .drivers
-            .values()
-            .filter(|d| d.may_run_at(now, self.settle))
-            .map(|d| d.lease_until + self.settle)
-            .chain(self.forgotten_may_run_until)
-            .max();
+        status.drivers_connected = self.table.drivers.values().filter(|d| d.connected).count();
+        let may_run_until = self.table.may_run_until(now, self.settle);
         status.drivers_may_run_for_ms = may_run_until.map_or(0, |until| {
             u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
         });
@@ -1363,6 +1376,88 @@ pub fn max_shutdown_time(settings: &Settings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).expect("valid id")
+    }
+
+    fn told_master(lease_until_ms: u64) -> DriverState {
+        DriverState {
+            may_run: true,
+            lease_until: Instant::from_millis(lease_until_ms),
+            ..DriverState::default()
+        }
+    }
+
+    /// A full table forgets what cannot run first, then the earliest lease, never a
+    /// connected driver; what it forgets while it may still run keeps holding up a
+    /// hand-over until its lease end + settle.
+    #[test]
+    fn a_full_driver_table_forgets_without_forgetting_who_may_run() {
+        let settle = Duration::from_millis(210);
+        let now = Instant::from_millis(10_000);
+        let mut table = DriverTable::default();
+        // Disconnected drivers told master, leases ending at 10.5 s, 10.501 s, ...
+        for i in 0..MAX_REMEMBERED_DRIVERS - 2 {
+            table
+                .drivers
+                .insert(id(&format!("gone-{i:04}")), told_master(10_500 + i as u64));
+        }
+        // One that stopped (Ok): the first to go. One connected with the oldest lease: never.
+        table.drivers.insert(id("stopped"), DriverState::default());
+        let mut connected = told_master(10_001);
+        connected.connected = true;
+        table.drivers.insert(id("connected"), connected);
+        let latest = Instant::from_millis(10_500 + MAX_REMEMBERED_DRIVERS as u64 - 3) + settle;
+        assert_eq!(table.may_run_until(now, settle), Some(latest));
+
+        let admitted = || DriverState {
+            connected: true,
+            ..DriverState::default()
+        };
+        table.make_room_for(&id("new-0"), now, settle);
+        assert!(
+            !table.drivers.contains_key(&id("stopped")),
+            "a stopped one goes first"
+        );
+        assert_eq!(
+            table.forgotten_may_run_until, None,
+            "nothing that may run forgotten"
+        );
+        table.drivers.insert(id("new-0"), admitted());
+        // Then the earliest leases, one per newcomer, until every one that may run is gone.
+        for i in 1..=MAX_REMEMBERED_DRIVERS - 2 {
+            let new = id(&format!("new-{i}"));
+            table.make_room_for(&new, now, settle);
+            if i == 1 {
+                assert!(!table.drivers.contains_key(&id("gone-0000")));
+                assert_eq!(
+                    table.forgotten_may_run_until,
+                    Some(Instant::from_millis(10_500) + settle)
+                );
+            }
+            table.drivers.insert(new, admitted());
+        }
+        assert!(table.drivers.len() <= MAX_REMEMBERED_DRIVERS);
+        assert!(table.drivers.contains_key(&id("connected")));
+        assert!(
+            table
+                .drivers
+                .keys()
+                .all(|k| !k.as_str().starts_with("gone-"))
+        );
+        assert_eq!(table.forgotten_may_run_until, Some(latest));
+        assert_eq!(table.may_run_until(now, settle), Some(latest));
+        // Settled drivers are forgotten; the deadline stays until it has passed.
+        table.forget_settled(now, settle);
+        assert_eq!(table.may_run_until(now, settle), Some(latest));
+        let later = latest + Duration::from_millis(1);
+        table.forget_settled(later, settle);
+        assert_eq!(table.forgotten_may_run_until, None);
+        // Only the connected driver (its own lease long over) is left that ever could run.
+        assert_eq!(table.may_run_until(later, settle), None);
+        assert!(table.drivers.contains_key(&id("connected")));
+    }
 
     #[test]
     fn reasons_are_cut_at_a_char_boundary_within_the_limit() {

@@ -240,6 +240,7 @@ async fn flood(kind: TransportKind) {
             drop(leave);
         }
     }
+    watch.collect();
     for _ in MAX_CONNECTED_DRIVERS..CAP_PHASE {
         tokio::time::timeout(WAIT, told_rx.recv())
             .await
@@ -273,6 +274,8 @@ async fn flood(kind: TransportKind) {
         }
         while tasks.join_next().await.is_some() {}
         bounds.check(&handle, wait_bound_ms);
+        // Keep up with the records (lease renewals to every driver) so none are lost.
+        watch.collect();
         wait_until("the batch is seen gone", || {
             handle.status().drivers_connected == 0
         })
