@@ -129,29 +129,14 @@ pub async fn serve_with(
                         continue;
                     }
                 };
+                if !make_room(&mut tasks, &conns, limits.max_connections.max(1)).await {
+                    tracing::debug!("admin API: every connection is busy; new connection closed");
+                    continue;
+                }
                 let id = next_id;
                 next_id += 1;
-                let close_rx = {
-                    let mut c = lock(&conns);
-                    if c.open.len() >= limits.max_connections.max(1) {
-                        let oldest_idle = c.open.iter().find(|(_, conn)| conn.idle).map(|(id, _)| *id);
-                        match oldest_idle {
-                            Some(old) => {
-                                if let Some(close) = c.open.remove(&old).and_then(|mut conn| conn.close.take()) {
-                                    let _ = close.send(());
-                                }
-                                tracing::debug!("admin API: connection cap reached; closed the oldest idle connection");
-                            }
-                            None => {
-                                tracing::debug!("admin API: connection cap reached and all busy; new connection closed");
-                                continue;
-                            }
-                        }
-                    }
-                    let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-                    c.open.insert(id, Conn { idle: true, close: Some(close_tx) });
-                    close_rx
-                };
+                let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+                lock(&conns).open.insert(id, Conn { idle: true, close: Some(close_tx) });
                 let registered = Registered { conns: conns.clone(), id };
                 tasks.spawn(serve_connection(stream, router.clone(), limits, registered, close_rx));
             }
@@ -159,6 +144,37 @@ pub async fn serve_with(
     }
     tasks.shutdown().await;
     Ok(())
+}
+
+/// Makes room for one more connection. At the cap, closes the oldest connection still
+/// waiting for its request head and waits until its task has ended, so its descriptor is
+/// gone: a burst of accepts never holds more than the cap. False when every connection is
+/// busy with a request (each ends within the connection lifetime).
+async fn make_room(tasks: &mut tokio::task::JoinSet<()>, conns: &Mutex<Conns>, max: usize) -> bool {
+    while tasks.try_join_next().is_some() {}
+    while tasks.len() >= max {
+        let (oldest_idle, closing) = {
+            let mut c = lock(conns);
+            let old = c.open.iter().find(|(_, conn)| conn.idle).map(|(id, _)| *id);
+            // Tasks told to close are out of `open` but may not have ended yet.
+            let closing = tasks.len() > c.open.len();
+            (old.and_then(|old| c.open.remove(&old)), closing)
+        };
+        match oldest_idle {
+            Some(mut conn) => {
+                if let Some(close) = conn.close.take() {
+                    let _ = close.send(());
+                }
+                tracing::debug!("admin API: connection cap reached; closed the oldest idle one");
+            }
+            None if closing => {}
+            None => return false,
+        }
+        if tasks.join_next().await.is_none() {
+            break;
+        }
+    }
+    true
 }
 
 /// One request on one connection, within the limits; `close_rx` fires when the accept
