@@ -12,6 +12,12 @@
 //! loudly (log, status, metric, a `StopFailed` event to every driver). A step-down hands
 //! over early only once no driver may still be running; what it sent and heard is published
 //! as [`DriverRecord`]s for the service-interval checker.
+//!
+//! What others can make it hold is bounded: [`MAX_CONNECTED_DRIVERS`] served at once,
+//! [`MAX_REMEMBERED_DRIVERS`] remembered (without forgetting how long a forgotten one may
+//! still run), failure reasons cut to [`MAX_REASON_LEN`]. A state write that fails for a
+//! transient reason (out of descriptors or space) does not stop it: it sends nothing until
+//! a retry has made the state durable, so a term or vote is never sent before it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -613,6 +619,15 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 }
                 Err(e) => tracing::warn!(peer = %from, error = %e, "undecodable frame from peer"),
             },
+            TransportEvent::Frame {
+                from,
+                kind: PeerKind::Driver,
+                ..
+            } if !self.table.drivers.get(&from).is_some_and(|d| d.connected) => {
+                // Refused (connected-driver cap): told nothing, so nothing it says counts,
+                // and a chatty one must not flood the log.
+                tracing::trace!(driver = %from, "frame from a driver that was not admitted: ignored");
+            }
             TransportEvent::Frame {
                 from,
                 kind: PeerKind::Driver,
