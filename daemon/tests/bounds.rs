@@ -35,6 +35,8 @@ const WAIT: Duration = Duration::from_secs(30);
 both_transports!(a_transient_state_write_failure_withholds_votes_and_the_node_rejoins);
 
 /// One transport is enough for the volume: what is bounded lives above the transport.
+/// (Over QUIC the same flood passes but takes over a minute: a thousand endpoints, each
+/// with its own socket and handshake, and slower disconnect detection.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_vanishing_drivers_leaves_memory_status_and_step_downs_bounded() {
     flood(TransportKind::WebSocket).await;
