@@ -509,7 +509,14 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
         } else {
             path
         };
-        located(key, e.inner())
+        let mut error = located(key, e.inner());
+        if is_secret_key(e.path()) {
+            // serde's "invalid type: integer `12345`, expected a string" would print the
+            // secret (or what was meant to be) to the terminal and the journal.
+            error.message =
+                "must be a string (the value is not shown: it is the cluster secret)".into();
+        }
+        error
     })
 }
 
@@ -552,8 +559,8 @@ fn read_secret(
                     format!("cannot read {} ({}): {e}", path.display(), source.what),
                 )
             })?;
-            if let Some(w) = world_readable_warning(source.file_key, &path) {
-                warnings.push(w);
+            if let Some(w) = clustd_drivers::secret_file_mode_warning(source.file_key, &path) {
+                warnings.push(ConfigWarning(w));
             }
             Ok(Some(trim_ascii(&bytes).to_vec()))
         }
@@ -592,6 +599,20 @@ fn checked_secret(
     Secret::from_bytes(bytes).map_err(|e| err(key, e.to_string()))
 }
 
+/// Whether a config path names an inline secret (`cluster.secret`,
+/// `cluster.driver_secret`, `node.key`, or anything in them).
+fn is_secret_key(path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let mut segments = path.iter();
+    match (segments.next(), segments.next()) {
+        (Some(Segment::Map { key: table }), Some(Segment::Map { key })) => matches!(
+            (table.as_str(), key.as_str()),
+            ("cluster", "secret" | "driver_secret") | ("node", "key")
+        ),
+        _ => false,
+    }
+}
+
 /// The largest secret file read; a secret is a line of text, so anything bigger (or a device
 /// like /dev/zero) is a mistake, reported instead of exhausting memory.
 pub const MAX_SECRET_FILE_LEN: u64 = 4096;
@@ -612,25 +633,6 @@ fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
-}
-
-#[cfg(unix)]
-fn world_readable_warning(key: &str, path: &Path) -> Option<ConfigWarning> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o007 != 0).then(|| {
-        ConfigWarning(format!(
-            "{key} {} is accessible to other users (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        ))
-    })
-}
-
-#[cfg(not(unix))]
-fn world_readable_warning(_: &str, _: &Path) -> Option<ConfigWarning> {
-    None
 }
 
 /// A random u64 from the OS (seeds the election core's jitter).

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::clock::TokioClock;
 use crate::config::{ConfigError, Settings};
 use crate::runtime::{self, DriverRecord, Handle, RuntimeError, Shutdown};
-use crate::store::FileStore;
+use crate::store::{FileStore, StateStore};
 
 /// Finds a loopback port free for both TCP and UDP (both transports can use it).
 pub fn free_port() -> std::io::Result<u16> {
@@ -115,6 +115,11 @@ pub struct LocalNode {
 impl LocalNode {
     /// Starts the node with real loopback sockets, tokio's clock and a file store.
     pub fn start(settings: &Settings) -> Self {
+        Self::start_with_store(settings, FileStore::new(&settings.data_dir))
+    }
+
+    /// [`LocalNode::start`] with another [`StateStore`] (tests: one that fails on demand).
+    pub fn start_with_store(settings: &Settings, store: impl StateStore) -> Self {
         let (control, handle) = runtime::control();
         let (stop_tx, stop_rx) = oneshot::channel();
         let shutdown = async move { stop_rx.await.unwrap_or(Shutdown::Graceful) };
@@ -123,7 +128,7 @@ impl LocalNode {
             settings.clone(),
             TokioNet,
             clock,
-            FileStore::new(&settings.data_dir),
+            store,
             control,
             shutdown,
         ));

@@ -309,7 +309,28 @@ async fn shutdown_signal() -> Shutdown {
     Shutdown::Graceful
 }
 
+/// Raises the soft limit on open files to the hard limit: the soft default (often 1024) is
+/// what a local user's flood of connections exhausted, leaving no descriptor to write the
+/// state with. The admin API and the transport bound their connections too; this is the
+/// margin. (The systemd unit sets `LimitNOFILE=65536`.)
+#[cfg(unix)]
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit() {}
+
 async fn run_node(path: PathBuf) -> anyhow::Result<()> {
+    raise_fd_limit();
     let (settings, warnings) = Settings::load(&path)?;
     for w in warnings {
         tracing::warn!("{w}");

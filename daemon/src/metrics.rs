@@ -58,6 +58,11 @@ pub struct Metrics {
     /// Handshakes that failed (inbound and outbound), by reason. Lower bound under a
     /// flood: the transport drops these events when its queue is full.
     pub handshake_failures: Family<ReasonLabel, Counter>,
+    /// Drivers refused because [`crate::runtime::MAX_CONNECTED_DRIVERS`] were connected.
+    pub drivers_refused: Counter,
+    /// State writes that failed for a transient reason (EMFILE, ENOSPC, ...): the node
+    /// sent nothing until a retry made the state durable.
+    pub state_write_failures: Counter,
 }
 
 impl Metrics {
@@ -77,6 +82,8 @@ impl Metrics {
         let driver_stop_failures = Counter::default();
         let rejected_messages = Family::<PeerLabel, Counter>::default();
         let handshake_failures = Family::<ReasonLabel, Counter>::default();
+        let drivers_refused = Counter::default();
+        let state_write_failures = Counter::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -120,6 +127,16 @@ impl Metrics {
             "Handshakes that failed or were rejected, by reason (a lower bound under a flood)",
             handshake_failures.clone(),
         );
+        registry.register(
+            "drivers_refused",
+            "Driver connections refused because the connected-driver cap was reached",
+            drivers_refused.clone(),
+        );
+        registry.register(
+            "state_write_failures",
+            "State writes that failed for a transient reason (the node withheld its messages and retried)",
+            state_write_failures.clone(),
+        );
         Self {
             registry,
             master,
@@ -133,6 +150,8 @@ impl Metrics {
             driver_stop_failures,
             rejected_messages,
             handshake_failures,
+            drivers_refused,
+            state_write_failures,
         }
     }
 

@@ -12,6 +12,12 @@
 //! loudly (log, status, metric, a `StopFailed` event to every driver). A step-down hands
 //! over early only once no driver may still be running; what it sent and heard is published
 //! as [`DriverRecord`]s for the service-interval checker.
+//!
+//! What others can make it hold is bounded: [`MAX_CONNECTED_DRIVERS`] served at once,
+//! [`MAX_REMEMBERED_DRIVERS`] remembered (without forgetting how long a forgotten one may
+//! still run), failure reasons cut to [`MAX_REASON_LEN`]. A state write that fails for a
+//! transient reason (out of descriptors or space) does not stop it: it sends nothing until
+//! a retry has made the state durable, so a term or vote is never sent before it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -39,8 +45,36 @@ use crate::store::{StateStore, StoreError};
 /// in `clustd_rejected_messages_total` and summed into the next WARN).
 const REJECTED_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Most drivers remembered (connected or not) in status.
-const MAX_DRIVERS: usize = 64;
+/// Most drivers connected at once. A local machine runs a handful (shell, notify, VIP);
+/// 64 leaves room for many services while keeping a flood of driver connections from
+/// growing the table, the per-renewal fan-out and `/status`. A driver beyond the cap is
+/// refused at this level: the transport has no way to close one connection, so its frames
+/// are ignored and it is sent nothing — it never hears "master", so it never runs the
+/// service — until a slot frees, when the longest-waiting connected one is admitted. Each
+/// refusal is counted (`clustd_drivers_refused_total`); the first of a streak is a warning.
+pub const MAX_CONNECTED_DRIVERS: usize = 64;
+
+/// Most drivers remembered, connected or not. A disconnected driver is forgotten once it
+/// can no longer run the service (its lease end plus the stop budget, or an `Ok` stop),
+/// unless its last stop failed (kept for operators to see, while there is room). When the
+/// table is full, the disconnected driver whose lease ends first is forgotten; if it may
+/// still run, its lease end plus the stop budget is kept in one deadline that holds up a
+/// hand-over exactly as its entry would have, so the bound costs no safety.
+pub const MAX_REMEMBERED_DRIVERS: usize = 256;
+
+/// The longest failure reason (from a driver's `Failed(reason)` or a stop failure) kept,
+/// logged, shown in status or forwarded to other drivers, in bytes. Enough for an exit
+/// status and the first line of an error; a 60 KB reason must not be copied per driver.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// How stale the driver list in the status snapshot may get: acknowledgements and lease
+/// renewals show within this; connects, disconnects, role changes and commands at once.
+/// Rebuilding it on every frame would let a few chatty drivers cost a copy of the whole
+/// table per frame.
+const STATUS_DRIVERS_REFRESH: Duration = Duration::from_millis(100);
+
+/// How often a state write that failed for a transient reason is retried.
+const STATE_WRITE_RETRY: Duration = Duration::from_millis(100);
 
 /// Capacity of the [`DriverRecord`] channel: a slow observer loses the oldest records
 /// (and sees `Lagged`) rather than slowing the election loop.
@@ -341,6 +375,74 @@ impl DriverState {
     }
 }
 
+/// The drivers a runtime remembers, and how long the forgotten ones may still run: the
+/// bounded table's rules, apart from any I/O so they are tested on their own.
+#[derive(Debug, Default)]
+struct DriverTable {
+    drivers: BTreeMap<NodeId, DriverState>,
+    /// The latest `lease end + settle` of drivers forgotten (table full) while they could
+    /// still run: a hand-over waits for it as it would have for their entries.
+    forgotten_may_run_until: Option<Instant>,
+}
+
+impl DriverTable {
+    /// Until when some driver, remembered or forgotten, may still be running the service
+    /// (its lease end plus `settle`); `None` when none may: a hand-over need not wait.
+    fn may_run_until(&self, now: Instant, settle: Duration) -> Option<Instant> {
+        self.drivers
+            .values()
+            .filter(|d| d.may_run_at(now, settle))
+            .map(|d| d.lease_until + settle)
+            .chain(self.forgotten_may_run_until.filter(|until| now < *until))
+            .max()
+    }
+
+    /// Forgets disconnected drivers that can no longer run the service (an `Ok` stop, or
+    /// past their lease end plus the stop budget), except those whose last stop failed:
+    /// operators must see those, and [`DriverTable::make_room_for`] bounds them. True if
+    /// any was forgotten.
+    fn forget_settled(&mut self, now: Instant, settle: Duration) -> bool {
+        let before = self.drivers.len();
+        self.drivers
+            .retain(|_, d| d.connected || d.stop_failed || d.may_run_at(now, settle));
+        if self
+            .forgotten_may_run_until
+            .is_some_and(|until| now >= until)
+        {
+            self.forgotten_may_run_until = None;
+        }
+        self.drivers.len() != before
+    }
+
+    /// Keeps the table below [`MAX_REMEMBERED_DRIVERS`] before `id` is added: forgets the
+    /// disconnected drivers that cannot run first, then those whose lease ends first,
+    /// keeping their `lease end + settle` in `forgotten_may_run_until`. Connected drivers
+    /// are never forgotten (there are at most [`MAX_CONNECTED_DRIVERS`], fewer).
+    fn make_room_for(&mut self, id: &NodeId, now: Instant, settle: Duration) {
+        if self.drivers.contains_key(id) {
+            return;
+        }
+        while self.drivers.len() >= MAX_REMEMBERED_DRIVERS {
+            let victim = self
+                .drivers
+                .iter()
+                .filter(|(_, d)| !d.connected)
+                .min_by_key(|(_, d)| (d.may_run_at(now, settle), d.lease_until))
+                .map(|(id, _)| id.clone());
+            let Some(victim) = victim else {
+                return;
+            };
+            if let Some(d) = self.drivers.remove(&victim)
+                && d.may_run_at(now, settle)
+            {
+                let until = d.lease_until + settle;
+                self.forgotten_may_run_until =
+                    Some(self.forgotten_may_run_until.map_or(until, |u| u.max(until)));
+            }
+        }
+    }
+}
+
 struct Runtime<C: Clock, S: StateStore> {
     node: Node,
     endpoint: Endpoint,
@@ -348,7 +450,7 @@ struct Runtime<C: Clock, S: StateStore> {
     store: S,
     settings: Settings,
     shared: Arc<Shared>,
-    drivers: BTreeMap<NodeId, DriverState>,
+    table: DriverTable,
     seq: u64,
     last_reason: &'static str,
     last_heard: BTreeMap<NodeId, Instant>,
@@ -364,6 +466,19 @@ struct Runtime<C: Clock, S: StateStore> {
     rejected_warned: BTreeMap<NodeId, (Option<Instant>, u64)>,
     /// Failed handshakes, logged as a periodic summary.
     rejections: Rejections,
+    /// A driver was refused (connected cap) and none admitted since: log once per streak.
+    refusing: bool,
+    /// The core's latest state, not yet durable because a write failed transiently. While
+    /// set, nothing the core transmits is sent (it may carry that term or vote).
+    unwritten: Option<clustd_core::PersistentState>,
+    /// The last transient write error of the current streak, and how many in a row.
+    write_failing: Option<(String, u64)>,
+    /// When to retry the write of `unwritten`.
+    write_retry_at: Instant,
+    /// When the status snapshot's driver list was last built.
+    status_drivers_built: Option<Instant>,
+    /// The driver list must be rebuilt at the next status update.
+    status_drivers_stale: bool,
 }
 
 fn log_rejections(report: &Report) {
@@ -422,7 +537,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         store,
         settings,
         shared,
-        drivers: BTreeMap::new(),
+        table: DriverTable::default(),
         seq: 0,
         last_reason: "started",
         last_heard: BTreeMap::new(),
@@ -432,6 +547,12 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         settle,
         rejected_warned: BTreeMap::new(),
         rejections: Rejections::new(),
+        refusing: false,
+        unwritten: None,
+        write_failing: None,
+        write_retry_at: Instant::from_millis(0),
+        status_drivers_built: None,
+        status_drivers_stale: true,
     };
     rt.init_status();
     tokio::pin!(shutdown);
@@ -441,6 +562,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         let deadline = rt.clock.deadline(rt.node.poll_timeout());
         let rejections_due = rt.rejections.poll_timeout();
         let summary_at = rejections_due.map_or(deadline, |at| rt.clock.deadline(at));
+        let retry_at = rt.clock.deadline(rt.write_retry_at);
         tokio::select! {
             biased;
             how = &mut shutdown, if leaving.is_none() => {
@@ -465,6 +587,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 }
                 rt.confirm_stop_if_done();
                 rt.flush()?;
+                rt.status_drivers_stale = true;
                 rt.update_status();
                 let _ = done.send(());
                 continue;
@@ -473,6 +596,9 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 Some(event) => rt.on_transport(event),
                 None => break,
             },
+            () = tokio::time::sleep_until(retry_at), if rt.unwritten.is_some() => {
+                rt.write_state()?;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let now = rt.clock.now();
                 rt.node.handle_timeout(now);
@@ -482,6 +608,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             }
         }
         // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
+        rt.forget_settled_drivers();
         rt.confirm_stop_if_done();
         rt.flush()?;
         rt.update_status();
@@ -524,6 +651,15 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             TransportEvent::Frame {
                 from,
                 kind: PeerKind::Driver,
+                ..
+            } if !self.table.drivers.get(&from).is_some_and(|d| d.connected) => {
+                // Refused (connected-driver cap): told nothing, so nothing it says counts,
+                // and a chatty one must not flood the log.
+                tracing::trace!(driver = %from, "frame from a driver that was not admitted: ignored");
+            }
+            TransportEvent::Frame {
+                from,
+                kind: PeerKind::Driver,
                 frame,
             } => match codec::decode::<FromDriver>(&frame) {
                 Ok(FromDriver::Ack { seq, role, result }) => {
@@ -548,16 +684,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         self.tell_drivers_peer(id, true);
                     }
                 }
-                PeerKind::Driver => {
-                    tracing::info!(driver = %id, "driver connected");
-                    self.evict_old_drivers(now);
-                    self.drivers.entry(id.clone()).or_default().connected = true;
-                    // Bring the role up to date first: after a stall (SIGSTOP, a blocked
-                    // loop) the lease may have run out without a timer having fired yet, and
-                    // a spent lease must not go out as "master". (Calling early is harmless.)
-                    self.node.handle_timeout(now);
-                    self.send_role_to(&id, now);
-                }
+                PeerKind::Driver => self.driver_connected(&id, now),
             },
             TransportEvent::Disconnected { id, kind } => match kind {
                 PeerKind::Peer => {
@@ -581,7 +708,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     }
                 }
                 PeerKind::Driver => {
-                    let Some(d) = self.drivers.get_mut(&id) else {
+                    let Some(d) = self.table.drivers.get_mut(&id) else {
                         tracing::info!(driver = %id, "driver disconnected");
                         return;
                     };
@@ -598,6 +725,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     } else {
                         tracing::info!(driver = %id, "driver disconnected");
                     }
+                    self.status_drivers_stale = true;
+                    self.admit_waiting_drivers(&id, now);
                 }
             },
             TransportEvent::HandshakeFailed { addr, error } => {
@@ -627,6 +756,61 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
     }
 
+    /// A driver connected: admitted (told its role at once) unless
+    /// [`MAX_CONNECTED_DRIVERS`] are connected already.
+    fn driver_connected(&mut self, id: &NodeId, now: Instant) {
+        let connected = self.table.drivers.values().filter(|d| d.connected).count();
+        if connected >= MAX_CONNECTED_DRIVERS {
+            self.shared.metrics.drivers_refused.inc();
+            if self.refusing {
+                tracing::debug!(driver = %id, "driver refused: connected-driver cap reached");
+            } else {
+                self.refusing = true;
+                tracing::warn!(
+                    driver = %id,
+                    cap = MAX_CONNECTED_DRIVERS,
+                    "driver refused: {MAX_CONNECTED_DRIVERS} drivers are connected already; it is sent nothing (so it stays backup) and its frames are ignored until a slot frees (further refusals are logged at debug)"
+                );
+            }
+            return;
+        }
+        self.refusing = false;
+        self.status_drivers_stale = true;
+        tracing::info!(driver = %id, "driver connected");
+        self.table.make_room_for(id, now, self.settle);
+        self.table.drivers.entry(id.clone()).or_default().connected = true;
+        // Bring the role up to date first: after a stall (SIGSTOP, a blocked loop) the
+        // lease may have run out without a timer having fired yet, and a spent lease must
+        // not go out as "master". (Calling early is harmless.)
+        self.node.handle_timeout(now);
+        self.send_role_to(id, now);
+    }
+
+    /// After a driver left: admits drivers that were refused and are still connected to
+    /// the transport, while there is room.
+    /// `left` is the one that just left: if the transport lists it, a replacement
+    /// connection is registered and its own `Connected` follows.
+    fn admit_waiting_drivers(&mut self, left: &NodeId, now: Instant) {
+        let waiting: Vec<NodeId> = self
+            .endpoint
+            .connected()
+            .into_iter()
+            .filter(|(id, kind)| {
+                *kind == PeerKind::Driver
+                    && id != left
+                    && !self.table.drivers.get(id).is_some_and(|d| d.connected)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in waiting {
+            if self.table.drivers.values().filter(|d| d.connected).count() >= MAX_CONNECTED_DRIVERS
+            {
+                return;
+            }
+            self.driver_connected(&id, now);
+        }
+    }
+
     /// Peer up/down for drivers that report cluster events (the notify driver). Only
     /// transitions are sent: a driver that connects later is not told which peers are down
     /// already (it can ask `/status`). Reliable class: an event lost in a full queue would
@@ -643,6 +827,16 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     }
 
     fn on_driver_ack(&mut self, from: &NodeId, seq: u64, role: DriverRole, result: ActionResult) {
+        if !self.table.drivers.get(from).is_some_and(|d| d.connected) {
+            // A refused driver (connected cap): it was told nothing, so it has nothing to say.
+            tracing::debug!(driver = %from, "ack from a driver that was not admitted: ignored");
+            return;
+        }
+        // Bounded before it is stored, logged, shown or forwarded to every driver.
+        let result = match result {
+            ActionResult::Failed(why) => ActionResult::Failed(truncate_reason(&why)),
+            other => other,
+        };
         let label = match &result {
             ActionResult::Ok => "ok",
             ActionResult::Failed(_) => "failed",
@@ -657,13 +851,13 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             .inc();
         let text = match &result {
             ActionResult::Ok => "ok".to_string(),
-            ActionResult::Failed(why) => format!("failed: {why}"),
+            ActionResult::Failed(why) => truncate_reason(&format!("failed: {why}")),
             ActionResult::TimedOut => "timed-out".to_string(),
         };
         tracing::info!(driver = %from, seq, role = role.as_str(), result = %text, "driver acknowledged");
         let now = self.clock.now();
         let settle = self.settle;
-        let Some(d) = self.drivers.get_mut(from) else {
+        let Some(d) = self.table.drivers.get_mut(from) else {
             return;
         };
         d.acked_seq = Some(seq);
@@ -683,7 +877,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 term,
             });
         }
-        let Some(d) = self.drivers.get_mut(from) else {
+        let Some(d) = self.table.drivers.get_mut(from) else {
             return;
         };
         // (`clustd_mutant = "f3"` reintroduces the bug, for README's mutation table.)
@@ -695,7 +889,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             // Nothing ends: the driver may still run the service until its lease end plus
             // the stop budget, and the hand-over waits for that.
             d.stop_failed = true;
-            d.last_stop_failure = Some(format!("term {term}: {text}"));
+            d.last_stop_failure = Some(truncate_reason(&format!("term {term}: {text}")));
             let lease_until = d.may_run_at(now, settle).then_some(d.lease_until);
             self.report_stop_failure(from, term, result, &text, lease_until, now);
         }
@@ -821,28 +1015,18 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             return;
         }
         let now = self.clock.now();
-        if self
-            .drivers
-            .values()
-            .any(|d| d.may_run_at(now, self.settle))
-        {
+        if self.table.may_run_until(now, self.settle).is_some() {
             return;
         }
         self.awaiting_stop = false;
         self.node.confirm_demoted(now);
     }
 
-    fn evict_old_drivers(&mut self, now: Instant) {
-        while self.drivers.len() >= MAX_DRIVERS {
-            let Some(id) = self
-                .drivers
-                .iter()
-                .find(|(_, d)| !d.connected && !d.may_run_at(now, self.settle))
-                .map(|(id, _)| id.clone())
-            else {
-                return;
-            };
-            self.drivers.remove(&id);
+    /// Forgets disconnected drivers that can no longer run (see [`DriverTable::forget_settled`]).
+    fn forget_settled_drivers(&mut self) {
+        let now = self.clock.now();
+        if self.table.forget_settled(now, self.settle) {
+            self.status_drivers_stale = true;
         }
     }
 
@@ -882,7 +1066,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             seq: self.seq,
         };
         let lease_until = now + Duration::from_millis(u64::from(lease_remaining_ms));
-        let d = self.drivers.entry(driver.clone()).or_default();
+        let d = self.table.drivers.entry(driver.clone()).or_default();
         d.last_role = Some(role);
         d.last_term = term;
         d.last_seq = self.seq;
@@ -912,7 +1096,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         };
         let lease_until = now + Duration::from_millis(u64::from(lease_remaining_ms));
         for id in self.connected_drivers() {
-            if let Some(d) = self.drivers.get_mut(&id)
+            if let Some(d) = self.table.drivers.get_mut(&id)
                 && d.may_run
             {
                 d.lease_until = d.lease_until.max(lease_until);
@@ -929,7 +1113,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     /// Ids of the drivers connected now, in order.
     fn connected_drivers(&self) -> Vec<NodeId> {
-        self.drivers
+        self.table
+            .drivers
             .iter()
             .filter(|(_, d)| d.connected)
             .map(|(id, _)| id.clone())
@@ -964,10 +1149,19 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     fn flush(&mut self) -> Result<(), RuntimeError> {
         loop {
             if let Some(state) = self.node.poll_persist() {
-                self.store.save(&state)?;
+                // A newer state supersedes one still unwritten.
+                self.unwritten = Some(state);
+                self.write_state()?;
                 continue;
             }
             if let Some((to, msg)) = self.node.poll_transmit() {
+                if self.unwritten.is_some() {
+                    // Withheld: it may carry a term or a vote that is not durable yet. Lost
+                    // messages are what the election protocol tolerates anyway (a vote not
+                    // sent is a vote withheld); the core repeats what matters on its timers.
+                    tracing::trace!(to = %to, "message withheld: the state is not durable");
+                    continue;
+                }
                 let class = match &msg {
                     Message::Heartbeat { round, .. } => {
                         self.rtt_pending
@@ -985,6 +1179,53 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 continue;
             }
             return Ok(());
+        }
+    }
+
+    /// Writes [`Runtime::unwritten`] durably. A transient failure (see
+    /// [`StoreError::is_transient`]) keeps it for a retry in [`STATE_WRITE_RETRY`] and
+    /// returns `Ok`: until it is written nothing is sent, so no peer ever sees a term or a
+    /// vote this node could forget in a crash — and forgetting one nobody saw is harmless.
+    /// Any other failure is fatal, as before.
+    fn write_state(&mut self) -> Result<(), RuntimeError> {
+        let Some(state) = &self.unwritten else {
+            return Ok(());
+        };
+        match self.store.save(state) {
+            Ok(()) => {
+                if let Some((error, failures)) = self.write_failing.take() {
+                    tracing::warn!(
+                        failures,
+                        last_error = %error,
+                        term = state.term.0,
+                        "state written again; sending resumes"
+                    );
+                }
+                self.unwritten = None;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.shared.metrics.state_write_failures.inc();
+                let error = e.to_string();
+                match &mut self.write_failing {
+                    Some((last, failures)) => {
+                        *failures += 1;
+                        *last = error;
+                    }
+                    None => {
+                        tracing::error!(
+                            error = %error,
+                            term = state.term.0,
+                            "cannot write the state (transient); sending nothing (votes withheld) and retrying every {} ms",
+                            STATE_WRITE_RETRY.as_millis()
+                        );
+                        self.write_failing = Some((error, 1));
+                    }
+                }
+                self.write_retry_at = self.clock.now() + STATE_WRITE_RETRY;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -1068,6 +1309,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     fn role_changed(&mut self, role: DriverRole, term: Term, reason: Reason, now: Instant) {
         self.last_reason = reason.as_str();
+        self.status_drivers_stale = true;
         self.send_role_to_all(now);
         let at_unix_ms = self.clock.wall_clock_ms();
         lock(&self.shared.status).record(RoleChange {
@@ -1087,7 +1329,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         });
     }
 
-    fn init_status(&self) {
+    fn init_status(&mut self) {
         // Export every series from the start, so dashboards see zeros rather than gaps.
         let m = &self.shared.metrics;
         for peer in self.settings.peers.keys() {
@@ -1118,8 +1360,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.update_status();
     }
 
-    fn update_status(&self) {
+    fn update_status(&mut self) {
         let now = self.clock.now();
+        let rebuild_drivers = self.status_drivers_stale
+            || self
+                .status_drivers_built
+                .is_none_or(|at| now >= at + STATUS_DRIVERS_REFRESH);
         let connected: BTreeMap<NodeId, PeerKind> = self.endpoint.connected().into_iter().collect();
         let mut status = lock(&self.shared.status);
         status.role = if self.node.is_master() {
@@ -1154,25 +1400,51 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 }),
             })
             .collect();
-        status.drivers = self
-            .drivers
-            .iter()
-            .map(|(id, d)| DriverStatus {
-                id: id.to_string(),
-                connected: d.connected,
-                last_role: d.last_role.map(|r| r.as_str().to_string()),
-                last_result: d.last_result.clone(),
-                acknowledged: d.acked_seq == Some(d.last_seq),
-                may_run: d.may_run_at(now, self.settle),
-                stop_failed: d.stop_failed,
-                last_stop_failure: d.last_stop_failure.clone(),
-            })
-            .collect();
+        if rebuild_drivers {
+            // At most MAX_REMEMBERED_DRIVERS entries, each with reasons cut to MAX_REASON_LEN.
+            status.drivers = self
+                .table
+                .drivers
+                .iter()
+                .map(|(id, d)| DriverStatus {
+                    id: id.to_string(),
+                    connected: d.connected,
+                    last_role: d.last_role.map(|r| r.as_str().to_string()),
+                    last_result: d.last_result.clone(),
+                    acknowledged: d.acked_seq == Some(d.last_seq),
+                    may_run: d.may_run_at(now, self.settle),
+                    stop_failed: d.stop_failed,
+                    last_stop_failure: d.last_stop_failure.clone(),
+                })
+                .collect();
+            self.status_drivers_built = Some(now);
+            self.status_drivers_stale = false;
+        }
+        status.drivers_connected = self.table.drivers.values().filter(|d| d.connected).count();
+        let may_run_until = self.table.may_run_until(now, self.settle);
+        status.drivers_may_run_for_ms = may_run_until.map_or(0, |until| {
+            u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        });
+        status.state_write_error = self.write_failing.as_ref().map(|(e, _)| e.clone());
         let m = &self.shared.metrics;
+        status.state_write_failures = m.state_write_failures.get();
+        status.drivers_refused = m.drivers_refused.get();
         status.elections_started = m.elections_started.get();
         status.elections_won = m.elections_won.get();
         status.leader_changes = m.leader_changes.get();
     }
+}
+
+/// `reason` cut to at most [`MAX_REASON_LEN`] bytes at a char boundary, marked with `…`.
+pub fn truncate_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_LEN {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON_LEN - '…'.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &reason[..end])
 }
 
 /// How long a graceful shutdown may take at most with these settings.
@@ -1186,6 +1458,101 @@ pub fn max_shutdown_time(settings: &Settings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).expect("valid id")
+    }
+
+    fn told_master(lease_until_ms: u64) -> DriverState {
+        DriverState {
+            may_run: true,
+            lease_until: Instant::from_millis(lease_until_ms),
+            ..DriverState::default()
+        }
+    }
+
+    /// A full table forgets what cannot run first, then the earliest lease, never a
+    /// connected driver; what it forgets while it may still run keeps holding up a
+    /// hand-over until its lease end + settle.
+    #[test]
+    fn a_full_driver_table_forgets_without_forgetting_who_may_run() {
+        let settle = Duration::from_millis(210);
+        let now = Instant::from_millis(10_000);
+        let mut table = DriverTable::default();
+        // Disconnected drivers told master, leases ending at 10.5 s, 10.501 s, ...
+        for i in 0..MAX_REMEMBERED_DRIVERS - 2 {
+            table
+                .drivers
+                .insert(id(&format!("gone-{i:04}")), told_master(10_500 + i as u64));
+        }
+        // One that stopped (Ok): the first to go. One connected with the oldest lease: never.
+        table.drivers.insert(id("stopped"), DriverState::default());
+        let mut connected = told_master(10_001);
+        connected.connected = true;
+        table.drivers.insert(id("connected"), connected);
+        let latest = Instant::from_millis(10_500 + MAX_REMEMBERED_DRIVERS as u64 - 3) + settle;
+        assert_eq!(table.may_run_until(now, settle), Some(latest));
+
+        let admitted = || DriverState {
+            connected: true,
+            ..DriverState::default()
+        };
+        table.make_room_for(&id("new-0"), now, settle);
+        assert!(
+            !table.drivers.contains_key(&id("stopped")),
+            "a stopped one goes first"
+        );
+        assert_eq!(
+            table.forgotten_may_run_until, None,
+            "nothing that may run forgotten"
+        );
+        table.drivers.insert(id("new-0"), admitted());
+        // Then the earliest leases, one per newcomer, until every one that may run is gone.
+        for i in 1..=MAX_REMEMBERED_DRIVERS - 2 {
+            let new = id(&format!("new-{i}"));
+            table.make_room_for(&new, now, settle);
+            if i == 1 {
+                assert!(!table.drivers.contains_key(&id("gone-0000")));
+                assert_eq!(
+                    table.forgotten_may_run_until,
+                    Some(Instant::from_millis(10_500) + settle)
+                );
+            }
+            table.drivers.insert(new, admitted());
+        }
+        assert!(table.drivers.len() <= MAX_REMEMBERED_DRIVERS);
+        assert!(table.drivers.contains_key(&id("connected")));
+        assert!(
+            table
+                .drivers
+                .keys()
+                .all(|k| !k.as_str().starts_with("gone-"))
+        );
+        assert_eq!(table.forgotten_may_run_until, Some(latest));
+        assert_eq!(table.may_run_until(now, settle), Some(latest));
+        // Settled drivers are forgotten; the deadline stays until it has passed.
+        table.forget_settled(now, settle);
+        assert_eq!(table.may_run_until(now, settle), Some(latest));
+        let later = latest + Duration::from_millis(1);
+        table.forget_settled(later, settle);
+        assert_eq!(table.forgotten_may_run_until, None);
+        // Only the connected driver (its own lease long over) is left that ever could run.
+        assert_eq!(table.may_run_until(later, settle), None);
+        assert!(table.drivers.contains_key(&id("connected")));
+    }
+
+    #[test]
+    fn reasons_are_cut_at_a_char_boundary_within_the_limit() {
+        assert_eq!(truncate_reason("exit status 1"), "exit status 1");
+        let exact = "x".repeat(MAX_REASON_LEN);
+        assert_eq!(truncate_reason(&exact), exact);
+        for long in ["y".repeat(60_000), "é".repeat(30_000), "€".repeat(20_001)] {
+            let cut = truncate_reason(&long);
+            assert!(cut.len() <= MAX_REASON_LEN, "{}", cut.len());
+            assert!(cut.len() >= MAX_REASON_LEN - 6, "{}", cut.len());
+            assert!(cut.ends_with('…'));
+        }
+    }
 
     /// Whether a driver may run: told master and no Ok stop since, and not past its last
     /// lease end plus the settle time (the stop budget at the drift bound) — connected or

@@ -32,8 +32,27 @@ pub struct Status {
     pub listen: String,
     /// The other voters.
     pub peers: Vec<PeerStatus>,
-    /// Drivers connected now or recently.
+    /// Drivers connected now, and disconnected ones that may still run the service or
+    /// whose last stop failed: at most [`crate::runtime::MAX_REMEMBERED_DRIVERS`].
     pub drivers: Vec<DriverStatus>,
+    /// How many drivers are connected (at most [`crate::runtime::MAX_CONNECTED_DRIVERS`]).
+    #[serde(default)]
+    pub drivers_connected: usize,
+    /// How long a step-down would wait now for drivers that may still run the service
+    /// (told "master", no `Ok` stop since), at most: their latest lease end plus the stop
+    /// budget, in milliseconds; 0 when none may run.
+    #[serde(default)]
+    pub drivers_may_run_for_ms: u64,
+    /// Driver connections refused because the connected-driver cap was reached.
+    #[serde(default)]
+    pub drivers_refused: u64,
+    /// While the state cannot be written (a transient failure, being retried): the error.
+    /// The node sends nothing meanwhile, so it votes for nobody.
+    #[serde(default)]
+    pub state_write_error: Option<String>,
+    /// Transient state write failures since start.
+    #[serde(default)]
+    pub state_write_failures: u64,
     /// Recent role changes, oldest first.
     pub history: VecDeque<RoleChange>,
     /// Elections this node started.
@@ -130,6 +149,19 @@ impl Status {
             flags
         );
         let _ = writeln!(out, "transport {} on {}", self.transport, self.listen);
+        if let Some(error) = &self.state_write_error {
+            let _ = writeln!(
+                out,
+                "!! CANNOT WRITE STATE ({error}): sending nothing, votes withheld, retrying"
+            );
+        }
+        if self.drivers_refused > 0 {
+            let _ = writeln!(
+                out,
+                "{} driver connection(s) refused (cap of connected drivers reached)",
+                self.drivers_refused
+            );
+        }
         let _ = writeln!(
             out,
             "\n{:<20} {:<24} {:<10} LAST HEARD",

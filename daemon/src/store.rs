@@ -45,6 +45,47 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether retrying later may succeed without anyone's help: out of file descriptors
+    /// (EMFILE, ENFILE: e.g. a flood of connections), out of space or quota (ENOSPC,
+    /// EDQUOT: logs filling the disk), out of memory, or interrupted. The runtime then
+    /// withholds every message until a retry makes the state durable, instead of exiting.
+    ///
+    /// EIO, EROFS, EACCES and a corrupt file are not transient: they mean a failing disk or
+    /// a misconfiguration an operator must fix, and the daemon stops as before.
+    pub fn is_transient(&self) -> bool {
+        let Self::Io { source, .. } = self else {
+            return false;
+        };
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::OutOfMemory
+                | std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::QuotaExceeded
+        ) {
+            return true;
+        }
+        #[cfg(unix)]
+        {
+            use nix::errno::Errno;
+            let transient = [
+                Errno::EMFILE,
+                Errno::ENFILE,
+                Errno::ENOSPC,
+                Errno::EDQUOT,
+                Errno::ENOMEM,
+                Errno::EAGAIN,
+                Errno::EINTR,
+            ];
+            if let Some(code) = source.raw_os_error() {
+                return transient.iter().any(|e| *e as i32 == code);
+            }
+        }
+        false
+    }
+}
+
 /// Where the runtime keeps its persistent state. The simulation implements it in memory.
 pub trait StateStore: Send + 'static {
     /// Reads the state; a missing state is the default (a brand new node).
@@ -179,6 +220,34 @@ mod tests {
         assert_eq!(store.load().expect("the previous state"), before);
         store.save(&after).expect("save over the torn tmp");
         assert_eq!(store.load().expect("load"), after);
+    }
+
+    /// Running out of descriptors or space is worth a retry; a failing disk is not.
+    #[cfg(unix)]
+    #[test]
+    fn which_write_failures_are_transient() {
+        use nix::errno::Errno;
+        let io = |errno: Errno| StoreError::Io {
+            path: PathBuf::from("state.tmp"),
+            action: "create",
+            source: std::io::Error::from_raw_os_error(errno as i32),
+        };
+        for (errno, transient) in [
+            (Errno::EMFILE, true),
+            (Errno::ENFILE, true),
+            (Errno::ENOSPC, true),
+            (Errno::EDQUOT, true),
+            (Errno::EIO, false),
+            (Errno::EROFS, false),
+            (Errno::EACCES, false),
+        ] {
+            assert_eq!(io(errno).is_transient(), transient, "{errno}");
+        }
+        let corrupt = StoreError::Corrupt {
+            path: PathBuf::from("state"),
+            reason: "checksum mismatch".into(),
+        };
+        assert!(!corrupt.is_transient());
     }
 
     #[test]

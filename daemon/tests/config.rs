@@ -162,6 +162,29 @@ fn table_of_errors_names_the_key() {
     }
 }
 
+/// A secret of the wrong type is still a secret (or a typo of one): the error names the key
+/// and the expected type, never the value.
+#[test]
+fn a_wrongly_typed_secret_is_never_echoed() {
+    let cases = [
+        ("integer", "secret = 987654321987", "987654321987"),
+        ("array", "secret = [\"hunter2hunter2\", 42]", "hunter2"),
+        ("table", "secret = { k = \"hunter2hunter2\" }", "hunter2"),
+        ("float", "secret = 31415.9265", "31415"),
+        ("bool", "secret = true", "true"),
+    ];
+    for (name, line, value) in cases {
+        let cluster = good_cluster().replace(&format!("secret = \"{SECRET}\""), line);
+        let err = parse(&config(good_node(), &cluster, "")).expect_err(name);
+        assert!(
+            err.contains("cluster.secret"),
+            "{name}: names the key: {err}"
+        );
+        assert!(err.contains("must be a string"), "{name}: says why: {err}");
+        assert!(!err.contains(value), "{name}: echoes the value: {err}");
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn secret_file_checks() {
@@ -180,6 +203,17 @@ fn secret_file_checks() {
     assert_eq!(settings.id.as_str(), "node-1");
     assert!(
         warnings.iter().any(|w| w.0.contains("chmod 600")),
+        "{warnings:?}"
+    );
+    // Readable by the group alone is worth a warning too.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let (_, warnings) =
+        Settings::parse(&config(good_node(), &cluster, ""), "test.toml", dir.path())
+            .expect("valid");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.0.contains("accessible to its group") && w.0.contains("chmod 600")),
         "{warnings:?}"
     );
 

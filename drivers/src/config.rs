@@ -141,6 +141,9 @@ impl DaemonKeys {
             what: format!("`secret_file` {}", secret_path.display()),
             source,
         })?;
+        if let Some(warning) = secret_file_mode_warning("secret_file", &secret_path) {
+            tracing::warn!("{}: {warning}", file.display());
+        }
         let secret = secret.trim().to_owned();
         if secret.is_empty() {
             return Err(ConfigError::invalid(
@@ -162,11 +165,70 @@ impl DaemonKeys {
     }
 }
 
+/// A warning when the secret file at `path` (named by config key `key`) can be read or
+/// written by anyone but its owner: its group or other users. The daemon uses it too
+/// (it depends on this crate already), so both say the same thing.
+#[cfg(unix)]
+pub fn secret_file_mode_warning(key: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+        (false, false) => return None,
+        (true, false) => "its group",
+        (false, true) => "other users",
+        (true, true) => "its group and other users",
+    };
+    Some(format!(
+        "{key} {} is accessible to {who} (mode {:o}); run `chmod 600 {}`",
+        path.display(),
+        mode & 0o777,
+        path.display()
+    ))
+}
+
+/// A warning when the secret file can be read by others (never on this platform).
+#[cfg(not(unix))]
+pub fn secret_file_mode_warning(_key: &str, _path: &Path) -> Option<String> {
+    None
+}
+
 /// Paths in a config are relative to the config file's folder.
 pub(crate) fn resolve(config_file: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_owned()
     } else {
         config_file.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Owner-only is quiet; any access for the group or others is named in the warning.
+    #[cfg(unix)]
+    #[test]
+    fn the_secret_file_mode_warning_names_who_can_read_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s").expect("write");
+        for (mode, who) in [
+            (0o600, None),
+            (0o400, None),
+            (0o640, Some("its group (")),
+            (0o604, Some("other users (")),
+            (0o644, Some("its group and other users (")),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let warning = secret_file_mode_warning("secret_file", &path);
+            match who {
+                None => assert_eq!(warning, None, "mode {mode:o}"),
+                Some(who) => {
+                    let w = warning.expect("a warning");
+                    assert!(w.contains(who) && w.contains("chmod 600"), "{w}");
+                }
+            }
+        }
     }
 }

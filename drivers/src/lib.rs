@@ -54,7 +54,7 @@ mod transition;
 
 pub use clock::{MachineClock, MonotonicClock, TokioMachineClock};
 pub use clustd_core::{ActionResult, DriverRole, NodeId, Term};
-pub use config::ConfigError;
+pub use config::{ConfigError, secret_file_mode_warning};
 pub use driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 pub use engine::{EngineError, SessionStatus};
 pub use notify::{NotifyConfig, NotifyDriver};
