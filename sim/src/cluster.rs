@@ -360,7 +360,7 @@ impl Cluster {
         let pauses: Vec<Pause> = (0..config.nodes).map(|_| Pause::default()).collect();
         let (secret, driver_secret) = (CLUSTER_SECRET, DRIVER_SECRET);
         // Every node proves its own key; fixed per node index, so runs replay.
-        let keys: Vec<clustd_transport::NodeKey> = (0..config.nodes).map(|i| node_key(i)).collect();
+        let keys: Vec<clustd_transport::NodeKey> = (0..config.nodes).map(node_key).collect();
         let mut slots = Vec::new();
         for i in 0..config.nodes {
             let peers: Vec<String> = (0..config.nodes)

@@ -335,7 +335,7 @@ mod tests {
         let public: PublicKey = key.public().to_string().parse().expect("parses");
         assert_eq!(public, key.public());
         assert!(!format!("{key:?}").contains(&*key.private_hex()));
-        let err = NodeKey::from_hex("zz").err().expect("refused").to_string();
+        let err = NodeKey::from_hex("zz").expect_err("refused").to_string();
         assert!(!err.contains("zz"), "{err}");
         assert!("12ab".parse::<PublicKey>().is_err());
     }
