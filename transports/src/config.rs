@@ -219,6 +219,10 @@ pub struct Limits {
     /// `max_unauthenticated` is taken; otherwise, and for the rest of the handshake,
     /// `handshake_timeout` applies.
     pub first_message_timeout: Duration,
+    /// Authenticated driver connections at once (accepted side). One more is closed right
+    /// after its handshake, so drivers holding the credential cannot exhaust the daemon's
+    /// file descriptors; a replacement for a connected driver id is always accepted.
+    pub max_drivers: usize,
     /// Reliable frames waiting per connection before it is considered too slow and closed.
     pub send_queue: usize,
     /// First reconnect delay (before jitter).
@@ -242,6 +246,7 @@ impl Default for Limits {
             max_unauthenticated_per_ip: 8,
             unauthenticated_reserved_for_peers: 16,
             first_message_timeout: Duration::from_secs(1),
+            max_drivers: 128,
             send_queue: 1024,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),

@@ -185,6 +185,17 @@ impl Shared {
         let queue = Arc::new(SendQueue::new(self.config.limits.send_queue));
         let replaced = {
             let mut conns = lock(&self.conns);
+            // The handshake refused it already unless two raced for the last slot.
+            if remote.kind == PeerKind::Driver
+                && !conns.contains_key(&remote.id)
+                && conns
+                    .values()
+                    .filter(|c| c.kind == PeerKind::Driver)
+                    .count()
+                    >= self.config.limits.max_drivers
+            {
+                return None;
+            }
             if let Some(existing) = conns.get(&remote.id) {
                 let lower = std::cmp::min(&self.config.local_id, &remote.id);
                 let keep_new = existing.dialer == dialer || dialer == *lower;
@@ -222,6 +233,24 @@ impl Shared {
             .await;
         self.changed.send_modify(|v| *v += 1);
         Some((generation, queue))
+    }
+
+    /// Whether a driver connection `remote` would fit under `Limits::max_drivers` now
+    /// (a replacement for a connected id always does). Checked again on registration.
+    pub(crate) fn room_for(&self, remote: &Hello) -> Result<(), RefuseReason> {
+        let conns = lock(&self.conns);
+        let full = remote.kind == PeerKind::Driver
+            && !conns.contains_key(&remote.id)
+            && conns
+                .values()
+                .filter(|c| c.kind == PeerKind::Driver)
+                .count()
+                >= self.config.limits.max_drivers;
+        if full {
+            Err(RefuseReason::TooManyDrivers)
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether `generation` is the registered connection for `id`: only that one delivers.

@@ -91,6 +91,8 @@ pub enum RefuseReason {
     Duplicate,
     /// This node id must prove its configured node key (and did not, or proved another).
     KeyRequired,
+    /// `Limits::max_drivers` drivers are connected already; retry later.
+    TooManyDrivers,
 }
 
 impl std::fmt::Display for RefuseReason {
@@ -101,6 +103,7 @@ impl std::fmt::Display for RefuseReason {
             Self::SameId => "same node id as ours",
             Self::Duplicate => "duplicate connection",
             Self::KeyRequired => "this node id must prove its node key",
+            Self::TooManyDrivers => "too many drivers are connected",
         })
     }
 }

@@ -106,7 +106,9 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
     };
     let (responder, remote, proof) =
         Responder::read_hello(&acceptor, binding, shared.seed(), &msg1)?;
-    if let Err(reason) = inbound_allowed(config, &remote, proof) {
+    if let Err(reason) =
+        inbound_allowed(config, &remote, proof).and_then(|()| shared.room_for(&remote))
+    {
         let (msg2, _) = responder.reply(&Reply::Refused(reason))?;
         // Best effort: the remote holds the secret, so it may learn why.
         if tx.send(msg2).await.is_ok() {

@@ -830,10 +830,9 @@ async fn a_connection_proving_n3s_key_cannot_be_n1(kind: TransportKind) {
     connected(&mut e2, "n1").await;
     // Both dialed: let the duplicate (if any) settle before the attack.
     heartbeat_arrives(&n1, "n2", &mut e2, b"settled").await;
-    while tokio::time::timeout(Duration::from_millis(300), e2.recv())
-        .await
-        .is_ok()
-    {}
+    // (n3 never answers, so its dial failures keep coming: drain for a bounded time.)
+    let quiet = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::timeout_at(quiet, e2.recv()).await.is_ok() {}
     let cluster = secret(SECRET);
     let (n3_key, n2_public) = (key_of("n3"), key_of("n2").public());
     let as_n1 = Hello {
@@ -959,6 +958,54 @@ async fn migration_to_node_keys_keeps_the_pair_connected(kind: TransportKind) {
     heartbeat_arrives(&n2, "n1", &mut e1, b"to n1").await;
     n1.shutdown().await;
     n2.shutdown().await;
+}
+
+/// Holders of the drivers' credential cannot exhaust the daemon's descriptors: beyond
+/// `max_drivers` a driver is refused (and told why); a reconnecting driver id still fits.
+async fn driver_connections_are_capped(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| {
+        c.accept_drivers = true;
+        c.limits.max_drivers = 2;
+    })
+    .await;
+    let driver = |name: &str| Hello {
+        id: id(name),
+        kind: PeerKind::Driver,
+    };
+    let mut kept = Vec::new();
+    for name in ["d1", "d2"] {
+        let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+        raw.handshake(Credential::Driver(&secret(SECRET)), &driver(name))
+            .await
+            .expect("room for it");
+        connected(&mut e1, name).await;
+        kept.push(raw);
+    }
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let result = raw
+        .handshake(Credential::Driver(&secret(SECRET)), &driver("d3"))
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::TooManyDrivers))
+        ),
+        "{result:?}"
+    );
+    // d1 reconnecting (its old connection replaced) is not a third driver.
+    let mut again = RawConn::connect(kind, addr).await.expect("raw link");
+    again
+        .handshake(Credential::Driver(&secret(SECRET)), &driver("d1"))
+        .await
+        .expect("a replacement fits");
+    assert_eq!(
+        n1.connected()
+            .iter()
+            .filter(|(_, k)| *k == PeerKind::Driver)
+            .count(),
+        2
+    );
+    n1.shutdown().await;
 }
 
 async fn second_driver_with_same_id_replaces_first(kind: TransportKind) {
@@ -1196,6 +1243,7 @@ both_transports!(
     a_connection_proving_n3s_key_cannot_be_n1,
     a_driver_credential_cannot_be_a_peer,
     migration_to_node_keys_keeps_the_pair_connected,
+    driver_connections_are_capped,
     unauthenticated_connections_are_capped,
     shutdown_does_not_wait_for_silent_clients,
     peer_connects_through_a_flood_of_silent_connections,
