@@ -179,6 +179,7 @@ fn handshake() {
         secret: &secret,
         node_key: None,
         driver: None,
+        driver_cluster_secret: false,
     };
     let (resp, _, _) = Responder::read_hello(&accept, b"", [2; 32], &msg1).expect("hello");
     let reply = Reply::Accepted(Hello {

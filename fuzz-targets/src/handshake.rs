@@ -153,6 +153,7 @@ fn acceptor<'a>(secret: &'a Secret, key: Option<&'a NodeKey>) -> Acceptor<'a> {
         secret,
         node_key: key,
         driver: None,
+        driver_cluster_secret: false,
     }
 }
 
@@ -368,6 +369,7 @@ fn established(keys: &Keys) -> (Session, Session) {
         secret: &s,
         node_key: None,
         driver: Some(&s),
+        driver_cluster_secret: false,
     };
     let (resp, _, _) = Responder::read_hello(&accept, BINDING, r_seed, &msg1).expect("hello");
     let (msg2, mut rs) = resp

@@ -148,12 +148,18 @@ impl fmt::Debug for PublicKey {
 impl std::str::FromStr for PublicKey {
     type Err = crate::TransportError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        parse_hex32(text.trim()).map(|b| Self(*b)).ok_or_else(|| {
+        let key = parse_hex32(text.trim()).map(|b| Self(*b)).ok_or_else(|| {
             crate::TransportError::Config(format!(
                 "a public key is 64 hex characters, got {} characters",
                 text.trim().len()
             ))
-        })
+        })?;
+        if crate::session::is_weak_public_key(&key.0) {
+            return Err(crate::TransportError::Config(
+                "not a usable public key (a small-order point such as all zeros: a placeholder?); print the real one with `clustd keygen --public KEY_FILE`".into(),
+            ));
+        }
+        Ok(key)
     }
 }
 
@@ -343,6 +349,10 @@ mod tests {
         let err = NodeKey::from_hex("zz").expect_err("refused").to_string();
         assert!(!err.contains("zz"), "{err}");
         assert!("12ab".parse::<PublicKey>().is_err());
+        // Small-order points would let anyone with the secret pass as that peer.
+        assert!("00".repeat(32).parse::<PublicKey>().is_err());
+        let one = format!("01{}", "00".repeat(31));
+        assert!(one.parse::<PublicKey>().is_err());
     }
 
     #[test]

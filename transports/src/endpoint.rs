@@ -116,6 +116,9 @@ impl Shared {
         }
         let reason = if remote.kind != PeerKind::Peer {
             Some(RefuseReason::KindNotAccepted)
+        } else if expected.is_none() && self.config.peer_keys.contains_key(&remote.id) {
+            // Dialed by address with the cluster secret: a keyed node proved nothing.
+            Some(RefuseReason::KeyRequired)
         } else if remote.id == self.config.local_id {
             Some(RefuseReason::SameId)
         } else if self.config.local_kind == PeerKind::Peer
@@ -253,13 +256,6 @@ impl Shared {
         }
     }
 
-    /// Whether `generation` is the registered connection for `id`: only that one delivers.
-    fn is_current(&self, id: &NodeId, generation: u64) -> bool {
-        lock(&self.conns)
-            .get(id)
-            .is_some_and(|conn| conn.generation == generation)
-    }
-
     pub(crate) async fn deregister(&self, remote: &Hello, generation: u64) {
         let _order = self.status_order.lock().await;
         let removed = {
@@ -291,18 +287,29 @@ impl Shared {
         generation: u64,
         frame: Vec<u8>,
     ) -> Result<(), TransportError> {
-        if !self.is_current(&remote.id, generation) {
-            return Err(TransportError::Closed);
-        }
         let event = TransportEvent::Frame {
             from: remote.id.clone(),
             kind: remote.kind,
             frame,
         };
-        self.events
-            .send(event)
+        // Room first, then the check and the enqueue under the registry lock: a replacement
+        // registers under that lock before it announces itself, so a frame of the old
+        // connection is either queued before that or not at all.
+        let permit = self
+            .events
+            .reserve()
             .await
-            .map_err(|_| TransportError::Closed)
+            .map_err(|_| TransportError::Closed)?;
+        let conns = lock(&self.conns);
+        if !conns
+            .get(&remote.id)
+            .is_some_and(|conn| conn.generation == generation)
+        {
+            return Err(TransportError::Closed);
+        }
+        permit.send(event);
+        drop(conns);
+        Ok(())
     }
 
     fn backoff_delay(&self, backoff: Duration) -> Duration {

@@ -103,6 +103,8 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
         node_key: config.node_key.as_ref(),
         // Tried even when drivers are not accepted, so a misdirected driver is told why.
         driver: Some(config.driver_secret.as_ref().unwrap_or(&config.secret)),
+        // Drivers not yet moved to their own credential still get in (only as drivers).
+        driver_cluster_secret: config.driver_secret.is_some(),
     };
     let (responder, remote, proof) =
         Responder::read_hello(&acceptor, binding, shared.seed(), &msg1)?;
@@ -123,7 +125,12 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
     tx.send(msg2).await?;
     let confirm = recv_reliable(rx).await?;
     match session.open(&confirm) {
-        Ok((Body::Confirm, _)) => Ok((remote, session)),
+        Ok((Body::Confirm, _)) => {
+            if proof == Proof::ClusterSecretDriver {
+                tracing::warn!(local = %config.local_id, driver = %remote.id, "driver proved the cluster secret, not the drivers' credential: point its secret_file at cluster.driver_secret_file and take the cluster secret off that machine");
+            }
+            Ok((remote, session))
+        }
         Ok(_) => Err(TransportError::Protocol("expected key confirmation".into())),
         // Message 1 may have been a recording: only the confirmation proves the secret.
         Err(_) => Err(TransportError::AuthenticationFailed),
@@ -350,12 +357,20 @@ pub(crate) fn inbound_allowed(
     match (proof, remote.kind) {
         // A driver credential makes a driver, never a peer, and a driver may not take a
         // peer's id: ids are unique per endpoint.
-        (Proof::Driver, PeerKind::Peer) => Err(RefuseReason::KindNotAccepted),
-        (Proof::Driver, PeerKind::Driver) if config.peers.contains_key(&remote.id) => {
+        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Peer) => {
+            Err(RefuseReason::KindNotAccepted)
+        }
+        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Driver)
+            if config.peers.contains_key(&remote.id) =>
+        {
             Err(RefuseReason::UnknownNode)
         }
-        (Proof::Driver, PeerKind::Driver) if config.accept_drivers => Ok(()),
-        (Proof::Driver, PeerKind::Driver) => Err(RefuseReason::KindNotAccepted),
+        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Driver) if config.accept_drivers => {
+            Ok(())
+        }
+        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Driver) => {
+            Err(RefuseReason::KindNotAccepted)
+        }
         // Drivers prove the driver credential, never the cluster secret or a node key.
         (Proof::ClusterSecret | Proof::NodeKey(_), PeerKind::Driver) => {
             Err(RefuseReason::KindNotAccepted)

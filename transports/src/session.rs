@@ -167,6 +167,9 @@ pub struct Acceptor<'a> {
     pub node_key: Option<&'a NodeKey>,
     /// The credential drivers prove, if drivers are accepted at all.
     pub driver: Option<&'a Secret>,
+    /// Also accept drivers proving the cluster secret under the driver handshake (while
+    /// drivers move to their own credential). Such a connection is still only a driver.
+    pub driver_cluster_secret: bool,
 }
 
 /// What the initiator proved, as the responder saw it. The identity a connection may take
@@ -179,6 +182,9 @@ pub enum Proof {
     ClusterSecret,
     /// It holds the driver credential: it can only be a driver.
     Driver,
+    /// A driver handshake under the cluster secret (a driver not yet moved to the drivers'
+    /// credential): still only ever a driver.
+    ClusterSecretDriver,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -208,6 +214,19 @@ impl Flavour {
             Self::Driver => b"clustd driver psk v1\0",
         }
     }
+}
+
+/// Whether `public` is a small-order X25519 point (all-zero, a placeholder or an attack):
+/// every Diffie-Hellman with it gives zero, so it proves nothing. Tested by multiplying
+/// with a fixed scalar: X25519 clamps scalars to multiples of 8, which send exactly the
+/// small-order points to zero.
+pub(crate) fn is_weak_public_key(public: &[u8; 32]) -> bool {
+    let mut dh = DefaultResolver
+        .resolve_dh(&snow::params::DHChoice::Curve25519)
+        .expect("snow's default resolver has X25519");
+    dh.set(&[0x42; 32]);
+    let mut out = [0u8; 32];
+    dh.dh(public, &mut out).is_err() || out == [0u8; 32]
 }
 
 /// The X25519 public key of a private key.
@@ -372,11 +391,22 @@ impl Responder {
         if msg1.len() > MAX_HANDSHAKE_MSG {
             return Err(TransportError::AuthenticationFailed);
         }
-        let mut tries: Vec<(Flavour, Keys<'_>)> = Vec::with_capacity(3);
+        let mut tries: Vec<(Flavour, Keys<'_>, Proof)> = Vec::with_capacity(4);
         if let Some(driver) = acceptor.driver {
-            tries.push((Flavour::Driver, Keys::secret(driver)));
+            tries.push((Flavour::Driver, Keys::secret(driver), Proof::Driver));
         }
-        tries.push((Flavour::Secret, Keys::secret(acceptor.secret)));
+        if acceptor.driver_cluster_secret {
+            tries.push((
+                Flavour::Driver,
+                Keys::secret(acceptor.secret),
+                Proof::ClusterSecretDriver,
+            ));
+        }
+        tries.push((
+            Flavour::Secret,
+            Keys::secret(acceptor.secret),
+            Proof::ClusterSecret,
+        ));
         if let Some(local) = acceptor.node_key {
             tries.push((
                 Flavour::Peer,
@@ -385,17 +415,18 @@ impl Responder {
                     local: Some(local),
                     remote: None,
                 },
+                // Replaced by the proven key below.
+                Proof::ClusterSecret,
             ));
         }
         let mut payload = vec![0u8; MAX_HANDSHAKE_MSG];
-        for (flavour, keys) in tries {
+        for (flavour, keys, proof) in tries {
             let mut state = build(flavour, &keys, binding, seed, false)?;
             let Ok(len) = state.read_message(msg1, &mut payload) else {
                 continue;
             };
             let proof = match flavour {
-                Flavour::Driver => Proof::Driver,
-                Flavour::Secret => Proof::ClusterSecret,
+                Flavour::Driver | Flavour::Secret => proof,
                 Flavour::Peer => {
                     let key: [u8; 32] = state
                         .get_remote_static()
@@ -665,6 +696,7 @@ mod tests {
             secret,
             node_key: None,
             driver: None,
+            driver_cluster_secret: false,
         }
     }
 
@@ -734,6 +766,7 @@ mod tests {
             secret: &s,
             node_key: Some(&b),
             driver: None,
+            driver_cluster_secret: false,
         };
         let dial = |local: &NodeKey, remote: &PublicKey| {
             Initiator::start(
@@ -764,6 +797,7 @@ mod tests {
             secret: &s,
             node_key: Some(&c),
             driver: None,
+            driver_cluster_secret: false,
         };
         let (_, msg1) = dial(&a, &b.public());
         assert!(matches!(
@@ -794,6 +828,7 @@ mod tests {
             secret: &cluster,
             node_key: Some(&key),
             driver: Some(&driver),
+            driver_cluster_secret: false,
         };
         let (_, msg1) = Initiator::start(
             Credential::Driver(&driver),
@@ -819,6 +854,7 @@ mod tests {
             secret: &cluster,
             node_key: None,
             driver: Some(&cluster),
+            driver_cluster_secret: false,
         };
         let (_, msg1) = Initiator::start(
             Credential::Driver(&cluster),
@@ -894,7 +930,7 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let s = secret("k");
             let key = NodeKey::from_private([9; 32]);
-            let all = Acceptor { secret: &s, node_key: Some(&key), driver: Some(&s) };
+            let all = Acceptor { secret: &s, node_key: Some(&key), driver: Some(&s), driver_cluster_secret: true };
             let _ = Responder::read_hello(&all, b"", [3; 32], &bytes);
             let (init, _) = Initiator::start(Credential::ClusterSecret(&s), b"", [4; 32], &hello("a", PeerKind::Peer)).expect("start");
             let _ = init.finish(&bytes);

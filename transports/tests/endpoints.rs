@@ -923,16 +923,28 @@ async fn a_driver_credential_cannot_be_a_peer(kind: TransportKind) {
         .handshake(Credential::ClusterSecret(&driver_secret), &as_n2)
         .await;
     assert!(result.is_err(), "{result:?}");
-    // The cluster secret no longer opens a driver connection once drivers have their own.
+    // A driver still proving the cluster secret (not moved to the drivers' credential yet)
+    // gets in, as a driver only: claiming a peer with it is refused.
     let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    let result = raw
+        .handshake(Credential::Driver(&secret(SECRET)), &as_n2)
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Refused(RefuseReason::KindNotAccepted))
+        ),
+        "{result:?}"
+    );
     let as_driver = Hello {
         id: id("drv"),
         kind: PeerKind::Driver,
     };
-    let result = raw
-        .handshake(Credential::Driver(&secret(SECRET)), &as_driver)
-        .await;
-    assert!(result.is_err(), "{result:?}");
+    let mut old = RawConn::connect(kind, addr).await.expect("raw link");
+    old.handshake(Credential::Driver(&secret(SECRET)), &as_driver)
+        .await
+        .expect("an old driver is still a driver");
+    connected(&mut e1, "drv").await;
     // The right credential does.
     let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
     raw.handshake(Credential::Driver(&driver_secret), &as_driver)
