@@ -363,6 +363,12 @@ struct DriverState {
     stop_failed: bool,
     /// The last failed or timed-out stop, with its term, for status.
     last_stop_failure: Option<String>,
+    /// An earlier connection of this id was told "master" and never confirmed a stop: it
+    /// may run until this lease end (plus the stop budget), whatever a later connection of
+    /// the same id acknowledges. Anyone holding the drivers' credential can connect under
+    /// this id, replacing the real driver's connection, and confirm a stop the real driver
+    /// never made; and a driver that reconnected is no better known than that.
+    held_until: Option<Instant>,
 }
 
 impl DriverState {
@@ -371,7 +377,8 @@ impl DriverState {
     /// stopped it (whether or not it is connected or its stop worked), so it no longer holds
     /// up a hand-over and its entry may be evicted.
     fn may_run_at(&self, now: Instant, settle: Duration) -> bool {
-        self.may_run && now < self.lease_until + settle
+        (self.may_run && now < self.lease_until + settle)
+            || self.held_until.is_some_and(|until| now < until + settle)
     }
 }
 
@@ -778,7 +785,13 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.status_drivers_stale = true;
         tracing::info!(driver = %id, "driver connected");
         self.table.make_room_for(id, now, self.settle);
-        self.table.drivers.entry(id.clone()).or_default().connected = true;
+        let d = self.table.drivers.entry(id.clone()).or_default();
+        d.connected = true;
+        if d.may_run_at(now, self.settle) {
+            // Whatever this connection says, the one before may still run until its lease
+            // end plus the stop budget.
+            d.held_until = Some(d.held_until.map_or(d.lease_until, |h| h.max(d.lease_until)));
+        }
         // Bring the role up to date first: after a stall (SIGSTOP, a blocked loop) the
         // lease may have run out without a timer having fired yet, and a spent lease must
         // not go out as "master". (Calling early is harmless.)
@@ -868,9 +881,18 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             return;
         }
         let term = d.last_term;
+        // An earlier connection of this id may still run: this ack speaks only for the
+        // current one, so it is no stop of the service (nor recorded as one).
+        let held = d.held_until.is_some_and(|until| now < until + settle);
+        if held && result == ActionResult::Ok && d.may_run {
+            tracing::warn!(
+                driver = %from,
+                "driver confirmed a stop on a newer connection than the one told master: that one counts as running until its lease end plus the stop budget"
+            );
+        }
         // The record states what the driver said, before (and apart from) what this daemon
         // makes of it: a checker must not take the daemon's word for a stop.
-        if result == ActionResult::Ok && d.may_run {
+        if result == ActionResult::Ok && d.may_run && !held {
             self.record(DriverRecord::StopConfirmed {
                 at: now,
                 driver: from.clone(),

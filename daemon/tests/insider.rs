@@ -7,9 +7,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use clustd::local::DRIVER_SECRET_FILE;
 use clustd::local::{LocalCluster, SECRET_FILE};
 use clustd::runtime::Shutdown;
-use clustd_core::{Message, NodeId, Term, codec};
+use clustd::runtime::{Command, DriverRecord};
+use clustd_core::{ActionResult, DriverRole, FromDriver, Message, NodeId, Term, ToDriver, codec};
 use clustd_transport::raw::RawConn;
 use clustd_transport::session::{Credential, Hello};
 use clustd_transport::{NodeKey, PeerKind, RefuseReason, Secret, TransportError, TransportKind};
@@ -19,7 +21,8 @@ const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
 
 both_transports!(
     a_connection_proving_one_nodes_key_cannot_be_another,
-    a_compromised_nodes_absurd_term_is_dropped_and_the_master_stays
+    a_compromised_nodes_absurd_term_is_dropped_and_the_master_stays,
+    a_stop_acknowledged_under_a_taken_over_driver_id_ends_nothing
 );
 
 fn cluster_secret(dir: &Path) -> Secret {
@@ -166,5 +169,114 @@ async fn a_compromised_nodes_absurd_term_is_dropped_and_the_master_stays(kind: T
             "a term moved"
         );
     }
+    cluster.shutdown().await;
+}
+
+/// Reads frames until a `Role` notice with `role` arrives; returns its seq.
+async fn role_notice(raw: &mut RawConn, role: DriverRole) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, raw.recv_frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {role:?} notice"))
+            .expect("frame");
+        if let Ok(ToDriver::Role { role: got, seq, .. }) = codec::decode::<ToDriver>(&frame)
+            && got == role
+        {
+            return seq;
+        }
+    }
+}
+
+/// The attack: anyone with the drivers' credential connects under a real driver's id
+/// (replacing its connection), receives the "backup" of a step-down and acknowledges `Ok`
+/// for a stop the real driver never made. Only the connection that was told "master" can
+/// end the service interval: the impostor's word ends nothing, and the hand-over waits for
+/// that driver's lease end plus the stop budget.
+async fn a_stop_acknowledged_under_a_taken_over_driver_id_ends_nothing(kind: TransportKind) {
+    let mut cluster = LocalCluster::start(3, kind, ELECTION).expect("cluster");
+    let master = cluster
+        .wait_for_master(None, WAIT)
+        .await
+        .expect("a master is elected");
+    let m = cluster.index(&master).expect("known");
+    let dir = cluster.dir.path().to_path_buf();
+    let bytes = std::fs::read(dir.join(DRIVER_SECRET_FILE)).expect("driver secret");
+    let credential = Secret::from_bytes(bytes.trim_ascii().to_vec()).expect("long enough");
+    let as_web = Hello {
+        id: NodeId::new("web-1").expect("valid"),
+        kind: PeerKind::Driver,
+    };
+    let addr = cluster.settings[m].listen;
+    // The real driver: told master.
+    let mut real = RawConn::connect(kind, addr).await.expect("link");
+    real.handshake(Credential::Driver(&credential), &as_web)
+        .await
+        .expect("driver");
+    let seq = role_notice(&mut real, DriverRole::Master).await;
+    let ack = |seq, role| {
+        codec::encode(&FromDriver::Ack {
+            seq,
+            role,
+            result: ActionResult::Ok,
+        })
+        .expect("encodes")
+    };
+    let sealed = real.seal(&ack(seq, DriverRole::Master)).expect("seal");
+    real.send_raw(sealed).await.expect("send");
+    let mut records = cluster.nodes[m].handle.driver_records();
+    // The impostor takes the id, the master steps down, the impostor "confirms" the stop.
+    let mut impostor = RawConn::connect(kind, addr).await.expect("link");
+    impostor
+        .handshake(Credential::Driver(&credential), &as_web)
+        .await
+        .expect("same credential");
+    role_notice(&mut impostor, DriverRole::Master).await;
+    assert!(cluster.nodes[m].handle.command(Command::StepDown).await);
+    let stepped_down = tokio::time::Instant::now();
+    // The impostor acknowledges every "backup" it is sent (the daemon may send a newer one
+    // as the leader changes) until the daemon has read an ack of the latest.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Ok(frame)) =
+            tokio::time::timeout(Duration::from_millis(20), impostor.recv_frame()).await
+            && let Ok(ToDriver::Role {
+                role: DriverRole::Backup,
+                seq,
+                ..
+            }) = codec::decode::<ToDriver>(&frame)
+        {
+            let sealed = impostor.seal(&ack(seq, DriverRole::Backup)).expect("seal");
+            impostor.send_raw(sealed).await.expect("send");
+        }
+        let status = cluster.nodes[m].handle.status();
+        let web = status.drivers.iter().find(|d| d.id == "web-1");
+        if let Some(web) = web
+            && web.acknowledged
+            && web.last_role.as_deref() == Some("backup")
+        {
+            // Well within the lease (714 ms) the daemon must still count it as running
+            // (on a machine too busy to look that soon, the records below still decide).
+            if stepped_down.elapsed() < Duration::from_millis(400) {
+                assert!(web.may_run, "the impostor's Ok ended the interval: {web:?}");
+            }
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ack never read: {status:?}"
+        );
+    }
+    while let Ok(record) = records.try_recv() {
+        assert!(
+            !matches!(record, DriverRecord::StopConfirmed { .. }),
+            "the impostor's word was recorded as a stop: {record:?}"
+        );
+    }
+    // The cluster still fails over (after the lease end plus the stop budget).
+    cluster
+        .wait_for_master(Some(&master), WAIT)
+        .await
+        .expect("a new master after the lease end plus the stop budget");
     cluster.shutdown().await;
 }
