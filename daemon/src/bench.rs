@@ -302,8 +302,9 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             )
         };
         let driver_config = format!(
-            "daemon = \"127.0.0.1:{}\"\ntransport = \"{}\"\nsecret_file = \"driver-secret\"\ndriver_id = \"shell-{name}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/bash\"\nstart = \"{}\"\nstop = \"{}\"\ntimeout_ms = 10000\n",
+            "daemon = \"127.0.0.1:{}\"\ndaemon_key = \"{}\"\ntransport = \"{}\"\nsecret_file = \"driver-secret\"\ndriver_id = \"shell-{name}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/bash\"\nstart = \"{}\"\nstop = \"{}\"\ntimeout_ms = 10000\n",
             ports[i],
+            public_keys[i],
             transport_name(transport),
             toml_escape(&line("start")),
             toml_escape(&line("stop")),

@@ -108,6 +108,7 @@ fn attach_driver(
         .map_err(|e| DemoError::Driver(e.to_string()))?;
     // The killed node comes back within seconds: do not sleep through it.
     config.reconnect_max = Duration::from_millis(500);
+    config.daemon_key = member.settings.node_key.as_ref().map(|k| k.public());
     clustd_drivers::connect(config, DemoDriver { node, origin })
         .map_err(|e| DemoError::Driver(e.to_string()))
 }

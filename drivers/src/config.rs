@@ -116,6 +116,7 @@ pub(crate) struct DaemonKeys {
     pub(crate) secret_file: PathBuf,
     pub(crate) driver_id: Option<String>,
     pub(crate) startup_wait_ms: Option<u64>,
+    pub(crate) daemon_key: Option<String>,
 }
 
 impl DaemonKeys {
@@ -160,6 +161,19 @@ impl DaemonKeys {
         }
         if let Some(ms) = self.startup_wait_ms {
             config.startup_wait = Duration::from_millis(ms);
+        }
+        match &self.daemon_key {
+            Some(text) => {
+                let key = text.parse().map_err(|e: clustd_transport::TransportError| {
+                    ConfigError::invalid(file, "daemon_key", e.to_string())
+                })?;
+                config.daemon_key = Some(key);
+            }
+            None => tracing::warn!(
+                "{}: daemon_key is not set: the daemon is not authenticated, so anyone holding the drivers' credential who answers at {} could tell this driver it is master; set it to the daemon's public key (`clustd keygen --public NODE_KEY_FILE` on its machine)",
+                file.display(),
+                self.daemon
+            ),
         }
         Ok(config)
     }

@@ -34,6 +34,7 @@ impl<N: Net> TransportDialer<N> {
             secret,
         );
         endpoint.limits.handshake_timeout = config.connect_timeout;
+        endpoint.daemon_key = config.daemon_key;
         Ok(Self {
             net,
             daemon: config.daemon,

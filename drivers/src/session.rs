@@ -62,6 +62,10 @@ pub struct DriverConfig {
     /// repeat exactly (simulations, tests). `None` (the default): seeded from the [`Net`]'s
     /// `random_seed()` — OS randomness in production.
     pub rng_seed: Option<u64>,
+    /// The daemon's public key (its node key, `clustd keygen --public` on that node): the
+    /// daemon must prove it, so nobody else holding the drivers' credential can pose as the
+    /// daemon and tell this driver it is master. `None`: any holder who answers at `daemon`.
+    pub daemon_key: Option<clustd_transport::PublicKey>,
     secret: Vec<u8>,
 }
 
@@ -72,6 +76,7 @@ impl fmt::Debug for DriverConfig {
             .field("transport", &self.transport)
             .field("driver_id", &self.driver_id)
             .field("rng_seed", &self.rng_seed)
+            .field("daemon_key", &self.daemon_key)
             .field("secret", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -96,6 +101,7 @@ impl DriverConfig {
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             rng_seed: None,
+            daemon_key: None,
             secret: secret.into(),
         }
     }

@@ -467,6 +467,7 @@ impl Cluster {
             let name = format!("d{i}");
             driver_names.push(name.clone());
             let daemon = SocketAddr::new(addrs[i], PORT);
+            let daemon_key = keys[i].public();
             let transport = config.transport;
             let machine = MachineTime::new(rates[i]);
             let seed = config.seed;
@@ -479,6 +480,7 @@ impl Cluster {
                             .unwrap_or_else(|_| unreachable!("d<digits> is a valid id"));
                     driver.rng_seed = Some(mix(&[seed, i as u64, 3]));
                     driver.reconnect_max = Duration::from_secs(1);
+                    driver.daemon_key = Some(daemon_key);
                     let net = SimNet::new(mix(&[seed, i as u64, 4]));
                     let service = SimService { node: i, state };
                     let mut session = clustd_drivers::connect_with(driver, service, net, machine)

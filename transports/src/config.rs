@@ -289,6 +289,9 @@ pub struct EndpointConfig {
     pub peer_keys: BTreeMap<NodeId, PublicKey>,
     /// Accept `Driver` connections with any valid id (that is not a peer's or ours).
     pub accept_drivers: bool,
+    /// A driver's daemon's public key (its node key), which the daemon must prove; `None`:
+    /// anyone holding the drivers' credential who answers at the daemon's address passes.
+    pub daemon_key: Option<PublicKey>,
     /// The credential drivers must prove; `None` means the cluster secret (as before
     /// driver credentials existed). A driver handshake can only ever yield a driver.
     pub driver_secret: Option<Secret>,
@@ -319,6 +322,7 @@ impl EndpointConfig {
             peers: BTreeMap::new(),
             peer_keys: BTreeMap::new(),
             accept_drivers: false,
+            daemon_key: None,
             driver_secret: None,
             tls: None,
             dial_tls: false,

@@ -151,7 +151,13 @@ where
 {
     let config = &shared.config;
     let credential = match (config.local_kind, expected) {
-        (PeerKind::Driver, _) => Credential::Driver(&config.secret),
+        (PeerKind::Driver, _) => match &config.daemon_key {
+            Some(daemon) => Credential::DriverToDaemon {
+                secret: &config.secret,
+                daemon,
+            },
+            None => Credential::Driver(&config.secret),
+        },
         (PeerKind::Peer, Some(id)) => match (config.peer_keys.get(id), &config.node_key) {
             (Some(remote), Some(local)) => Credential::NodeKey {
                 secret: &config.secret,

@@ -12,6 +12,8 @@
 //!   keyless peer's id.
 //! - **driver** (`Noise_NNpsk0_…`, PSK derived from the driver credential under a label of
 //!   its own): a driver. Whatever its hello says, such a connection is only ever a driver.
+//!   A driver that knows its daemon's public key uses `Noise_NKpsk0_…` instead: the daemon
+//!   proves its node key, so no other holder of the drivers' credential can pose as it.
 //!
 //! Each handshake, with prologue = a label per handshake + transport binding (e.g. a QUIC
 //! TLS exporter value):
@@ -43,6 +45,8 @@ use crate::{NodeKey, PeerKind, PublicKey, Secret, TransportError};
 const PEER_PATTERN: &str = "Noise_IKpsk1_25519_ChaChaPoly_SHA256";
 /// Peers without node keys (the cluster secret alone), and drivers (their credential).
 const SECRET_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_SHA256";
+/// Drivers that know their daemon's public key: the daemon proves it.
+const DRIVER_TO_DAEMON_PATTERN: &str = "Noise_NKpsk0_25519_ChaChaPoly_SHA256";
 const PROLOGUE_LABEL: &[u8] = b"clustd transport v1\0";
 const TAG_LEN: usize = 16;
 const MAX_NOISE_MSG: usize = 65535;
@@ -156,6 +160,14 @@ pub enum Credential<'a> {
     ClusterSecret(&'a Secret),
     /// A driver's credential (`Noise_NNpsk0` under a key derived for drivers only).
     Driver(&'a Secret),
+    /// A driver's credential, and the daemon must prove its node key (`Noise_NKpsk0`):
+    /// nobody else holding the drivers' credential can pose as the daemon.
+    DriverToDaemon {
+        /// The drivers' credential.
+        secret: &'a Secret,
+        /// The daemon's public key (its node key).
+        daemon: &'a PublicKey,
+    },
 }
 
 /// What a responder accepts.
@@ -192,6 +204,7 @@ enum Flavour {
     Peer,
     Secret,
     Driver,
+    DriverToDaemon,
 }
 
 impl Flavour {
@@ -199,6 +212,7 @@ impl Flavour {
         match self {
             Self::Peer => PEER_PATTERN,
             Self::Secret | Self::Driver => SECRET_PATTERN,
+            Self::DriverToDaemon => DRIVER_TO_DAEMON_PATTERN,
         }
     }
     fn prologue_label(self) -> &'static [u8] {
@@ -206,12 +220,13 @@ impl Flavour {
             Self::Peer => b"clustd peer key v1\0",
             Self::Secret => PROLOGUE_LABEL,
             Self::Driver => b"clustd driver v1\0",
+            Self::DriverToDaemon => b"clustd driver to daemon v1\0",
         }
     }
     fn psk_label(self) -> &'static [u8] {
         match self {
             Self::Peer | Self::Secret => b"clustd noise psk v1\0",
-            Self::Driver => b"clustd driver psk v1\0",
+            Self::Driver | Self::DriverToDaemon => b"clustd driver psk v1\0",
         }
     }
 }
@@ -334,6 +349,14 @@ impl Initiator {
             ),
             Credential::ClusterSecret(secret) => (Flavour::Secret, Keys::secret(secret)),
             Credential::Driver(secret) => (Flavour::Driver, Keys::secret(secret)),
+            Credential::DriverToDaemon { secret, daemon } => (
+                Flavour::DriverToDaemon,
+                Keys {
+                    secret,
+                    local: None,
+                    remote: Some(daemon),
+                },
+            ),
         };
         let mut state = build(flavour, &keys, binding, seed, true)?;
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
@@ -408,6 +431,21 @@ impl Responder {
             Proof::ClusterSecret,
         ));
         if let Some(local) = acceptor.node_key {
+            let with_key = |secret| Keys {
+                secret,
+                local: Some(local),
+                remote: None,
+            };
+            if let Some(driver) = acceptor.driver {
+                tries.push((Flavour::DriverToDaemon, with_key(driver), Proof::Driver));
+            }
+            if acceptor.driver_cluster_secret {
+                tries.push((
+                    Flavour::DriverToDaemon,
+                    with_key(acceptor.secret),
+                    Proof::ClusterSecretDriver,
+                ));
+            }
             tries.push((
                 Flavour::Peer,
                 Keys {
@@ -426,7 +464,7 @@ impl Responder {
                 continue;
             };
             let proof = match flavour {
-                Flavour::Driver | Flavour::Secret => proof,
+                Flavour::Driver | Flavour::Secret | Flavour::DriverToDaemon => proof,
                 Flavour::Peer => {
                     let key: [u8; 32] = state
                         .get_remote_static()

@@ -955,6 +955,53 @@ async fn a_driver_credential_cannot_be_a_peer(kind: TransportKind) {
     n1.shutdown().await;
 }
 
+/// A driver that knows its daemon's key connects only to that daemon: another holder of the
+/// drivers' credential answering at the address (a spoofed or squatted port) cannot pose as
+/// it and tell the driver it is master.
+async fn a_driver_with_its_daemons_key_reaches_only_that_daemon(kind: TransportKind) {
+    let credential = || secret("driver-credential-0123456789abcdef");
+    let (real, mut real_events, real_addr) = lone_daemon(kind, |c| {
+        c.accept_drivers = true;
+        c.driver_secret = Some(credential());
+    })
+    .await;
+    // The impostor: same credential, its own key (it is some other daemon, or a squatter).
+    let (fake, mut fake_events, fake_addr) = lone_daemon(kind, |c| {
+        c.local_id = id("n9");
+        c.node_key = Some(key_of("n9"));
+        c.accept_drivers = true;
+        c.driver_secret = Some(credential());
+    })
+    .await;
+    let mut cfg = EndpointConfig::new(kind, id("drv"), PeerKind::Driver, credential());
+    cfg.daemon_key = Some(key_of("n1").public());
+    cfg.limits.backoff_min = Duration::from_millis(20);
+    cfg.limits.backoff_max = Duration::from_millis(100);
+    let (driver, mut driver_events) = start(cfg).await;
+    driver.dial(fake_addr);
+    wait_for(
+        &mut fake_events,
+        "the impostor fails the driver's handshake",
+        |e| matches!(e, TransportEvent::HandshakeFailed { .. }),
+    )
+    .await;
+    assert!(fake.connected().is_empty());
+    driver.dial(real_addr);
+    connected(&mut real_events, "drv").await;
+    let (event, before) = wait_for(&mut driver_events, "connected to the real daemon", |e| {
+        matches!(e, TransportEvent::Connected { .. })
+    })
+    .await;
+    assert!(
+        matches!(&event, TransportEvent::Connected { id: daemon, .. } if daemon.as_str() == "n1"),
+        "{event:?} after {before:?}"
+    );
+    assert!(fake.connected().is_empty(), "the impostor got the driver");
+    driver.shutdown().await;
+    real.shutdown().await;
+    fake.shutdown().await;
+}
+
 /// README's migration, round two: n1 already lists n2's key, n2 (which has its own key from
 /// round one) still lists n1 without one. They connect, and frames flow both ways.
 async fn migration_to_node_keys_keeps_the_pair_connected(kind: TransportKind) {
@@ -1256,6 +1303,7 @@ both_transports!(
     a_driver_credential_cannot_be_a_peer,
     migration_to_node_keys_keeps_the_pair_connected,
     driver_connections_are_capped,
+    a_driver_with_its_daemons_key_reaches_only_that_daemon,
     unauthenticated_connections_are_capped,
     shutdown_does_not_wait_for_silent_clients,
     peer_connects_through_a_flood_of_silent_connections,

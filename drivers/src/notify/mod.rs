@@ -243,6 +243,7 @@ struct NotifyFile {
     driver_id: Option<String>,
     #[serde(default)]
     startup_wait_ms: Option<u64>,
+    daemon_key: Option<String>,
     #[serde(default)]
     events: Option<Vec<EventKind>>,
     #[serde(default)]
@@ -545,6 +546,7 @@ impl NotifyConfig {
             secret_file: raw.secret_file,
             driver_id: raw.driver_id,
             startup_wait_ms: raw.startup_wait_ms,
+            daemon_key: raw.daemon_key,
         };
         Ok(Self {
             connection: keys.to_driver_config(file, "notify")?,

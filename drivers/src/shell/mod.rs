@@ -38,6 +38,7 @@ struct ShellFile {
     driver_id: Option<String>,
     #[serde(default)]
     startup_wait_ms: Option<u64>,
+    daemon_key: Option<String>,
     script: ScriptSection,
 }
 
@@ -143,6 +144,7 @@ impl ShellConfig {
             secret_file: raw.secret_file,
             driver_id: raw.driver_id,
             startup_wait_ms: raw.startup_wait_ms,
+            daemon_key: raw.daemon_key,
         };
         Ok(Self {
             connection: keys.to_driver_config(file, "shell")?,
