@@ -164,9 +164,11 @@ impl DaemonKeys {
         }
         match &self.daemon_key {
             Some(text) => {
-                let key = text.parse().map_err(|e: clustd_transport::TransportError| {
-                    ConfigError::invalid(file, "daemon_key", e.to_string())
-                })?;
+                let key = text
+                    .parse()
+                    .map_err(|e: clustd_transport::TransportError| {
+                        ConfigError::invalid(file, "daemon_key", e.to_string())
+                    })?;
                 config.daemon_key = Some(key);
             }
             None => tracing::warn!(
