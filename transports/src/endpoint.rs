@@ -301,9 +301,9 @@ impl Shared {
             .await
             .map_err(|_| TransportError::Closed)?;
         let conns = lock(&self.conns);
-        if !conns
+        if conns
             .get(&remote.id)
-            .is_some_and(|conn| conn.generation == generation)
+            .is_none_or(|conn| conn.generation != generation)
         {
             return Err(TransportError::Closed);
         }
