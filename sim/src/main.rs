@@ -36,6 +36,18 @@ fn transports(name: &str) -> Vec<TransportKind> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else { usage() };
+    // Every flag takes a value; an unknown one is an error, never silently ignored.
+    let known: &[&str] = match command.as_str() {
+        "sweep" => &["--seeds", "--start", "--jobs", "--transport"],
+        "replay" => &["--seed", "--transport"],
+        _ => &[],
+    };
+    for flag in args[1..].iter().step_by(2) {
+        if !known.contains(&flag.as_str()) {
+            eprintln!("sim: unknown option `{flag}`");
+            usage();
+        }
+    }
     let value = |flag: &str| {
         args.iter()
             .position(|a| a == flag)

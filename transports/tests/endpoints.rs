@@ -1002,6 +1002,35 @@ async fn a_driver_with_its_daemons_key_reaches_only_that_daemon(kind: TransportK
     fake.shutdown().await;
 }
 
+/// Dialing by address (no expected id) with the cluster secret proves nothing about a
+/// keyed node: an answer claiming to be one is refused, not registered as that peer.
+async fn a_keyed_peer_reached_by_address_must_prove_its_key(kind: TransportKind) {
+    let (a1, a2) = (free_addr(kind), free_addr(kind));
+    let (n1, mut e1) = start(config(kind, "n1", Some(a1), &[("n2", a2)])).await;
+    // The impostor calls itself n2 and takes keyless claims (it has the secret, not n2's key).
+    let mut fake = config(kind, "n2", Some(free_addr(kind)), &[("n1", a1)]);
+    fake.node_key = None;
+    fake.peer_keys.clear();
+    let (fake, _fake_events) = start(fake).await;
+    n1.dial(fake.local_addr().expect("listening"));
+    wait_for(&mut e1, "the impostor's answer refused", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::RefusedRemote {
+                    reason: RefuseReason::KeyRequired,
+                    ..
+                },
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(n1.connected().is_empty(), "{:?}", n1.connected());
+    n1.shutdown().await;
+    fake.shutdown().await;
+}
+
 /// README's migration, round two: n1 already lists n2's key, n2 (which has its own key from
 /// round one) still lists n1 without one. They connect, and frames flow both ways.
 async fn migration_to_node_keys_keeps_the_pair_connected(kind: TransportKind) {
@@ -1304,6 +1333,7 @@ both_transports!(
     migration_to_node_keys_keeps_the_pair_connected,
     driver_connections_are_capped,
     a_driver_with_its_daemons_key_reaches_only_that_daemon,
+    a_keyed_peer_reached_by_address_must_prove_its_key,
     unauthenticated_connections_are_capped,
     shutdown_does_not_wait_for_silent_clients,
     peer_connects_through_a_flood_of_silent_connections,
