@@ -77,6 +77,9 @@ struct RawCluster {
     peers: Vec<RawPeer>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    driver_socket: Option<PathBuf>,
+    driver_socket_mode: Option<String>,
+    driver_socket_group: Option<String>,
 }
 
 fn default_transport() -> TransportKind {
@@ -187,6 +190,9 @@ pub struct Settings {
     pub peer_keys: BTreeMap<NodeId, PublicKey>,
     /// Certificate and key for `wss://`.
     pub tls: Option<clustd_transport::TlsFiles>,
+    /// The local driver socket (`cluster.driver_socket`, default `<data_dir>/driver.sock`;
+    /// `""` turns it off): local drivers connect there without a secret.
+    pub driver_socket: Option<clustd_transport::LocalSocket>,
     /// The election core's settings (timings, priority, witness...).
     pub core: CoreConfig,
     /// A safety margin subtracted from the remaining lease sent to drivers, so a driver's
@@ -371,6 +377,37 @@ impl Settings {
             Some(_) => {}
         }
 
+        let driver_socket = match &raw.cluster.driver_socket {
+            Some(path) if path.as_os_str().is_empty() => None,
+            path => {
+                let path = path
+                    .as_ref()
+                    .map_or_else(|| data_dir.join("driver.sock"), |p| base.join(p));
+                let mode_text = raw.cluster.driver_socket_mode.as_deref().unwrap_or("0660");
+                let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        err(
+                            "cluster.driver_socket_mode",
+                            format!("`{mode_text}` is not a file mode like \"0660\""),
+                        )
+                    })?;
+                if mode & 0o002 != 0 {
+                    warnings.push(ConfigWarning(format!(
+                        "{file}: cluster.driver_socket_mode {mode:o} lets every local user connect as a driver (and be told it is master); use 0660 and cluster.driver_socket_group"
+                    )));
+                }
+                let gid = match &raw.cluster.driver_socket_group {
+                    None => None,
+                    Some(name) => Some(
+                        group_id(name)
+                            .map_err(|message| err("cluster.driver_socket_group", message))?,
+                    ),
+                };
+                Some(clustd_transport::LocalSocket { path, mode, gid })
+            }
+        };
         let tls = match (&raw.cluster.tls_cert, &raw.cluster.tls_key) {
             (Some(cert), Some(key)) => Some(clustd_transport::TlsFiles {
                 cert: base.join(cert),
@@ -472,6 +509,7 @@ impl Settings {
                 peers,
                 peer_keys,
                 tls,
+                driver_socket,
                 core,
                 driver_lease_margin: margin,
                 admin_listen: raw.admin.listen,
@@ -648,6 +686,15 @@ pub fn keygen() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The numeric id of group `name`.
+fn group_id(name: &str) -> Result<u32, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group named `{name}` on this machine")),
+        Err(e) => Err(format!("cannot look up group `{name}`: {e}")),
+    }
 }
 
 /// Makes a node key pair, writes the private key to `path` (mode 0600, refusing to

@@ -520,6 +520,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     config.peer_keys = settings.peer_keys.clone();
     config.accept_drivers = true;
     config.driver_secret = settings.driver_secret.clone();
+    config.driver_socket = settings.driver_socket.clone();
     config.dial_tls = settings.tls.is_some();
     config.tls = settings.tls.clone();
     config.limits = settings.transport_limits.clone();

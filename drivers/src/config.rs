@@ -113,7 +113,7 @@ pub(crate) fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result
 pub(crate) struct DaemonKeys {
     pub(crate) daemon: String,
     pub(crate) transport: TransportKind,
-    pub(crate) secret_file: PathBuf,
+    pub(crate) secret_file: Option<PathBuf>,
     pub(crate) driver_id: Option<String>,
     pub(crate) startup_wait_ms: Option<u64>,
     pub(crate) daemon_key: Option<String>,
@@ -126,34 +126,58 @@ impl DaemonKeys {
         file: &Path,
         kind: &str,
     ) -> Result<DriverConfig, ConfigError> {
-        let daemon = self.daemon.parse().map_err(|e| {
-            ConfigError::invalid(
-                file,
-                "daemon",
-                format!(
-                    "`{}` is not an address like 127.0.0.1:7400: {e}",
-                    self.daemon
-                ),
-            )
-        })?;
-        let secret_path = resolve(file, &self.secret_file);
-        let secret = std::fs::read_to_string(&secret_path).map_err(|source| ConfigError::Read {
-            file: file.to_owned(),
-            what: format!("`secret_file` {}", secret_path.display()),
-            source,
-        })?;
-        if let Some(warning) = secret_file_mode_warning("secret_file", &secret_path) {
-            tracing::warn!("{}: {warning}", file.display());
-        }
-        let secret = secret.trim().to_owned();
-        if secret.is_empty() {
-            return Err(ConfigError::invalid(
-                file,
-                "secret_file",
-                format!("{} is empty", secret_path.display()),
-            ));
-        }
+        // `unix:PATH`: the daemon's local driver socket, where no secret is needed.
+        let socket = self
+            .daemon
+            .strip_prefix("unix:")
+            .map(|path| resolve(file, Path::new(path)));
+        let daemon = match &socket {
+            Some(_) => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            None => self.daemon.parse().map_err(|e| {
+                ConfigError::invalid(
+                    file,
+                    "daemon",
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:7400 or a socket like unix:/var/lib/clustd/driver.sock: {e}",
+                        self.daemon
+                    ),
+                )
+            })?,
+        };
+        let secret = match (&self.secret_file, &socket) {
+            (Some(secret_file), _) => {
+                let secret_path = resolve(file, secret_file);
+                let secret =
+                    std::fs::read_to_string(&secret_path).map_err(|source| ConfigError::Read {
+                        file: file.to_owned(),
+                        what: format!("`secret_file` {}", secret_path.display()),
+                        source,
+                    })?;
+                if let Some(warning) = secret_file_mode_warning("secret_file", &secret_path) {
+                    tracing::warn!("{}: {warning}", file.display());
+                }
+                let secret = secret.trim().to_owned();
+                if secret.is_empty() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        "secret_file",
+                        format!("{} is empty", secret_path.display()),
+                    ));
+                }
+                secret
+            }
+            // Not used on the socket; any bytes of the minimum length will do.
+            (None, Some(_)) => "no secret on the local socket".to_owned(),
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    file,
+                    "secret_file",
+                    "missing: point it at the drivers' credential (the daemon's cluster.driver_secret_file), or connect on the daemon's local socket with daemon = \"unix:PATH\", which needs none".to_string(),
+                ));
+            }
+        };
         let mut config = DriverConfig::new(daemon, self.transport, secret, kind);
+        config.daemon_socket = socket.clone();
         if let Some(id) = &self.driver_id {
             config = config
                 .with_driver_id(id.clone())
@@ -171,6 +195,7 @@ impl DaemonKeys {
                     })?;
                 config.daemon_key = Some(key);
             }
+            None if socket.is_some() => {}
             None => tracing::warn!(
                 "{}: daemon_key is not set: the daemon is not authenticated, so anyone holding the drivers' credential who answers at {} could tell this driver it is master; set it to the daemon's public key (`clustd keygen --public NODE_KEY_FILE` on its machine)",
                 file.display(),

@@ -18,6 +18,7 @@ use crate::session::{DialError, Dialer, DriverConfig, Link, SessionError};
 pub(crate) struct TransportDialer<N: Net> {
     net: N,
     daemon: SocketAddr,
+    socket: Option<std::path::PathBuf>,
     config: EndpointConfig,
     timeout: Duration,
 }
@@ -38,6 +39,7 @@ impl<N: Net> TransportDialer<N> {
         Ok(Self {
             net,
             daemon: config.daemon,
+            socket: config.daemon_socket.clone(),
             config: endpoint,
             timeout: config.connect_timeout,
         })
@@ -80,7 +82,10 @@ impl<N: Net> Dialer for TransportDialer<N> {
                 class: classify(&e),
                 message: e.to_string(),
             })?;
-        endpoint.dial(self.daemon);
+        match &self.socket {
+            Some(path) => endpoint.dial_socket(path),
+            None => endpoint.dial(self.daemon),
+        }
         let waited = tokio::time::timeout(self.timeout, async {
             while let Some(event) = events.recv().await {
                 match event {

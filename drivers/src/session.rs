@@ -66,6 +66,9 @@ pub struct DriverConfig {
     /// daemon must prove it, so nobody else holding the drivers' credential can pose as the
     /// daemon and tell this driver it is master. `None`: any holder who answers at `daemon`.
     pub daemon_key: Option<clustd_transport::PublicKey>,
+    /// Reach the daemon on its local driver socket instead of `daemon` (`daemon =
+    /// "unix:PATH"` in a driver config): no secret is used, the socket's permissions decide.
+    pub daemon_socket: Option<std::path::PathBuf>,
     secret: Vec<u8>,
 }
 
@@ -77,6 +80,7 @@ impl fmt::Debug for DriverConfig {
             .field("driver_id", &self.driver_id)
             .field("rng_seed", &self.rng_seed)
             .field("daemon_key", &self.daemon_key)
+            .field("daemon_socket", &self.daemon_socket)
             .field("secret", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -102,6 +106,7 @@ impl DriverConfig {
             connect_timeout: Duration::from_secs(5),
             rng_seed: None,
             daemon_key: None,
+            daemon_socket: None,
             secret: secret.into(),
         }
     }

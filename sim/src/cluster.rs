@@ -375,7 +375,7 @@ impl Cluster {
                 })
                 .collect();
             let toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\nkey = \"{}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\ndriver_secret = \"{driver_secret}\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\nstop_budget_ms = {}\n",
+                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\nkey = \"{}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\ndriver_secret = \"{driver_secret}\"\ndriver_socket = \"\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\nstop_budget_ms = {}\n",
                 names[i],
                 names[i],
                 config.witnesses.contains(&i),

@@ -289,6 +289,9 @@ pub struct EndpointConfig {
     pub peer_keys: BTreeMap<NodeId, PublicKey>,
     /// Accept `Driver` connections with any valid id (that is not a peer's or ours).
     pub accept_drivers: bool,
+    /// Serve local drivers on this Unix socket too (a daemon with `accept_drivers`): access
+    /// by file permissions, no secret (see [`crate::LocalSocket`]). Not in the simulation.
+    pub driver_socket: Option<crate::LocalSocket>,
     /// A driver's daemon's public key (its node key), which the daemon must prove; `None`:
     /// anyone holding the drivers' credential who answers at the daemon's address passes.
     pub daemon_key: Option<PublicKey>,
@@ -322,6 +325,7 @@ impl EndpointConfig {
             peers: BTreeMap::new(),
             peer_keys: BTreeMap::new(),
             accept_drivers: false,
+            driver_socket: None,
             daemon_key: None,
             driver_secret: None,
             tls: None,

@@ -340,11 +340,29 @@ impl<N: Net> Backend<N> {
     }
 }
 
+/// What a dial loop reaches.
+#[derive(Clone)]
+enum Target {
+    /// A network address (the configured transport).
+    Addr(SocketAddr),
+    /// A daemon's local driver socket.
+    Socket(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::Socket(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// Keeps one remote connected: dial, run the session, back off with jitter, repeat.
 async fn dial_loop<N: Net>(
     shared: Arc<Shared>,
     backend: Arc<Backend<N>>,
-    addr: SocketAddr,
+    target: Target,
     expected: Option<NodeId>,
 ) {
     let limits = shared.config.limits.clone();
@@ -384,15 +402,25 @@ async fn dial_loop<N: Net>(
         if shared.is_stopped() {
             return;
         }
+        let dial = async {
+            match &target {
+                Target::Addr(addr) => backend.dial_once(&shared, *addr, expected.as_ref()).await,
+                Target::Socket(path) => crate::local::dial_once(&shared, path).await,
+            }
+        };
         let attempt = tokio::select! {
             biased;
             () = &mut stopped => return,
-            result = backend.dial_once(&shared, addr, expected.as_ref()) => result,
+            result = dial => result,
         };
         match attempt {
             Ok(()) => backoff = limits.backoff_min,
             Err(error) => {
-                tracing::debug!(%addr, %error, "dial failed");
+                tracing::debug!(%target, %error, "dial failed");
+                let addr = match &target {
+                    Target::Addr(addr) => *addr,
+                    Target::Socket(_) => crate::local::LOCAL_ADDR,
+                };
                 shared.handshake_failed(addr, error);
             }
         }
@@ -411,7 +439,7 @@ async fn dial_loop<N: Net>(
 pub struct Endpoint {
     shared: Arc<Shared>,
     local_addr: Option<SocketAddr>,
-    dial: Arc<dyn Fn(SocketAddr) + Send + Sync>,
+    dial: Arc<dyn Fn(Target) + Send + Sync>,
     finished: Arc<tokio::sync::Mutex<mpsc::Receiver<()>>>,
     quic: Option<quinn::Endpoint>,
 }
@@ -452,6 +480,11 @@ impl Endpoint {
                 "peers have node keys but this node has none: set its node key".into(),
             ));
         }
+        if config.driver_socket.is_some() && !config.accept_drivers {
+            return Err(TransportError::Config(
+                "a driver socket needs accept_drivers".into(),
+            ));
+        }
         if config.local_kind == PeerKind::Driver
             && (config.listen.is_some() || config.accept_drivers)
         {
@@ -489,18 +522,22 @@ impl Endpoint {
             }
         };
         let backend = Arc::new(backend);
+        if let Some(socket) = &shared.config.driver_socket {
+            let listener = crate::local::bind(socket)?;
+            shared.spawn(crate::local::serve(shared.clone(), listener));
+        }
         for (id, addr) in &shared.config.peers {
             shared.spawn(dial_loop(
                 shared.clone(),
                 backend.clone(),
-                *addr,
+                Target::Addr(*addr),
                 Some(id.clone()),
             ));
         }
         let dial = {
             let shared = shared.clone();
-            Arc::new(move |addr| {
-                shared.spawn(dial_loop(shared.clone(), backend.clone(), addr, None));
+            Arc::new(move |target| {
+                shared.spawn(dial_loop(shared.clone(), backend.clone(), target, None));
             })
         };
         let endpoint = Self {
@@ -526,7 +563,13 @@ impl Endpoint {
     /// Dials `addr` without knowing the remote id (drivers reaching their daemon) and keeps
     /// it connected, with backoff, until shutdown. The remote id arrives in `Connected`.
     pub fn dial(&self, addr: SocketAddr) {
-        (self.dial)(addr);
+        (self.dial)(Target::Addr(addr));
+    }
+
+    /// Like [`Endpoint::dial`], to a daemon's local driver socket (a driver on the daemon's
+    /// machine; no secret: the socket's permissions decide who may connect).
+    pub fn dial_socket(&self, path: impl Into<std::path::PathBuf>) {
+        (self.dial)(Target::Socket(path.into()));
     }
 
     /// Queues `frame` for `to`; never blocks. See [`SendClass`] for what may be dropped.

@@ -49,6 +49,7 @@ mod config;
 mod endpoint;
 mod error;
 mod link;
+mod local;
 mod net;
 mod queue;
 mod quic;
@@ -63,4 +64,5 @@ pub use config::{
 };
 pub use endpoint::{Endpoint, TransportEvent};
 pub use error::{RefuseReason, SendError, TransportError};
+pub use local::LocalSocket;
 pub use net::{Net, TokioNet};

@@ -64,6 +64,16 @@ async fn recv_reliable<R: LinkRx>(rx: &mut R) -> Result<Vec<u8>, TransportError>
     }
 }
 
+/// Where a link runs: over the network, or on the daemon's local driver socket (access by
+/// file permissions, drivers only; see `crate::local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// QUIC or WebSocket over the network.
+    Network,
+    /// The local driver socket.
+    LocalSocket,
+}
+
 /// Initiator side of the handshake over a link. `check` vets the responder's hello before
 /// we confirm (and so before the responder accepts us).
 pub(crate) async fn handshake_initiator<T: LinkTx, R: LinkRx>(
@@ -95,22 +105,38 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
     rx: &mut R,
     shared: &Shared,
     binding: &[u8],
+    via: Via,
 ) -> Result<(Hello, Session), TransportError> {
     let msg1 = recv_reliable(rx).await?;
     let config = &shared.config;
-    let acceptor = Acceptor {
-        secret: &config.secret,
-        node_key: config.node_key.as_ref(),
-        // Tried even when drivers are not accepted, so a misdirected driver is told why.
-        driver: Some(config.driver_secret.as_ref().unwrap_or(&config.secret)),
-        // Drivers not yet moved to their own credential still get in (only as drivers).
-        driver_cluster_secret: config.driver_secret.is_some(),
+    let local = crate::local::local_secret();
+    let acceptor = match via {
+        Via::Network => Acceptor {
+            secret: &config.secret,
+            node_key: config.node_key.as_ref(),
+            // Tried even when drivers are not accepted, so a misdirected driver is told why.
+            driver: Some(config.driver_secret.as_ref().unwrap_or(&config.secret)),
+            // Drivers not yet moved to their own credential still get in (only as drivers).
+            driver_cluster_secret: config.driver_secret.is_some(),
+        },
+        // The public key of the socket: only a driver handshake is of any use on it.
+        Via::LocalSocket => Acceptor {
+            secret: &local,
+            node_key: None,
+            driver: Some(&local),
+            driver_cluster_secret: false,
+        },
     };
     let (responder, remote, proof) =
         Responder::read_hello(&acceptor, binding, shared.seed(), &msg1)?;
-    if let Err(reason) =
-        inbound_allowed(config, &remote, proof).and_then(|()| shared.room_for(&remote))
-    {
+    let allowed = match (via, proof) {
+        (Via::LocalSocket, Proof::Driver) | (Via::Network, _) => {
+            inbound_allowed(config, &remote, proof)
+        }
+        // Anything but a driver handshake under the socket's public key.
+        (Via::LocalSocket, _) => Err(RefuseReason::KindNotAccepted),
+    };
+    if let Err(reason) = allowed.and_then(|()| shared.room_for(&remote)) {
         let (msg2, _) = responder.reply(&Reply::Refused(reason))?;
         // Best effort: the remote holds the secret, so it may learn why.
         if tx.send(msg2).await.is_ok() {
@@ -142,6 +168,7 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
 pub(crate) async fn dial_flow<T, R, F>(
     shared: &Arc<Shared>,
     expected: Option<&clustd_core::NodeId>,
+    via: Via,
     establish: F,
 ) -> Result<(), TransportError>
 where
@@ -150,7 +177,9 @@ where
     F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
 {
     let config = &shared.config;
+    let local = crate::local::local_secret();
     let credential = match (config.local_kind, expected) {
+        _ if via == Via::LocalSocket => Credential::Driver(&local),
         (PeerKind::Driver, _) => match &config.daemon_key {
             Some(daemon) => Credential::DriverToDaemon {
                 secret: &config.secret,
@@ -201,6 +230,7 @@ where
 pub(crate) async fn accept_flow<T, R, F>(
     shared: Arc<Shared>,
     addr: SocketAddr,
+    via: Via,
     mut ticket: Ticket,
     establish: F,
 ) where
@@ -213,7 +243,8 @@ pub(crate) async fn accept_flow<T, R, F>(
     let handshake = async {
         let (mut tx, rx, binding) = first.within(establish).await??;
         let mut rx = FirstMessageDeadline::new(rx, first);
-        let (remote, session) = handshake_responder(&mut tx, &mut rx, &shared, &binding).await?;
+        let (remote, session) =
+            handshake_responder(&mut tx, &mut rx, &shared, &binding, via).await?;
         Ok::<_, TransportError>((tx, rx.inner, remote, session))
     };
     let timed = tokio::time::timeout(limits.handshake_timeout, handshake);

@@ -12,7 +12,7 @@ use clustd_core::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::endpoint::Shared;
-use crate::link::{Inbound, LinkRx, LinkTx, accept_flow, dial_flow, max_link_msg};
+use crate::link::{Inbound, LinkRx, LinkTx, Via, accept_flow, dial_flow, max_link_msg};
 use crate::net::Net;
 use crate::{Limits, TransportError, tls};
 
@@ -303,6 +303,7 @@ impl QuicBackend {
         dial_flow(
             shared,
             expected,
+            Via::Network,
             connect(&self.endpoint, addr, max_frame_len),
         )
         .await
@@ -338,6 +339,12 @@ async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             let (send, recv) = conn.accept_bi().await.map_err(quic_err)?;
             link(conn, send, recv, max_frame_len)
         };
-        shared.spawn(accept_flow(shared.clone(), addr, ticket, establish));
+        shared.spawn(accept_flow(
+            shared.clone(),
+            addr,
+            Via::Network,
+            ticket,
+            establish,
+        ));
     }
 }

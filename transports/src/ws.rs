@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::endpoint::Shared;
-use crate::link::{Inbound, LinkRx, LinkTx, accept_flow, dial_flow, max_link_msg};
+use crate::link::{Inbound, LinkRx, LinkTx, Via, accept_flow, dial_flow, max_link_msg};
 use crate::net::Net;
 use crate::{TransportError, tls};
 
@@ -25,10 +25,10 @@ type Ws = WebSocketStream<Box<dyn Io>>;
 /// No binding for WebSocket: TLS (if any) is terminated by tungstenite's peer, not exported.
 const WS_BINDING: &[u8] = b"websocket";
 
-pub(crate) struct WsTx(SplitSink<Ws, Message>);
-pub(crate) struct WsRx(SplitStream<Ws>);
+pub(crate) struct WsTx(pub(crate) SplitSink<Ws, Message>);
+pub(crate) struct WsRx(pub(crate) SplitStream<Ws>);
 
-fn ws_err(error: tungstenite::Error) -> TransportError {
+pub(crate) fn ws_err(error: tungstenite::Error) -> TransportError {
     match error {
         tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
             size,
@@ -159,7 +159,7 @@ impl<N: Net> WsBackend<N> {
         addr: SocketAddr,
         expected: Option<&NodeId>,
     ) -> Result<(), TransportError> {
-        dial_flow(shared, expected, async {
+        dial_flow(shared, expected, Via::Network, async {
             let (tx, rx) = connect(&self.net, addr, self.connector.as_ref(), self.config).await?;
             Ok((tx, rx, WS_BINDING.to_vec()))
         })
@@ -214,6 +214,12 @@ async fn serve<N: Net>(
             let (tx, rx) = ws.split();
             Ok((WsTx(tx), WsRx(rx), WS_BINDING.to_vec()))
         };
-        shared.spawn(accept_flow(shared.clone(), addr, ticket, establish));
+        shared.spawn(accept_flow(
+            shared.clone(),
+            addr,
+            Via::Network,
+            ticket,
+            establish,
+        ));
     }
 }

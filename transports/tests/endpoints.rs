@@ -1031,6 +1031,65 @@ async fn a_keyed_peer_reached_by_address_must_prove_its_key(kind: TransportKind)
     fake.shutdown().await;
 }
 
+/// The local driver socket: a driver on the daemon's machine connects with no secret at
+/// all (the socket's mode decides who may), and nothing but a driver can come in that way.
+async fn a_local_driver_connects_on_the_socket_without_a_secret(kind: TransportKind) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("driver.sock");
+    let (n1, mut e1, _) = lone_daemon(kind, |c| {
+        c.accept_drivers = true;
+        c.driver_secret = Some(secret("driver-credential-0123456789abcdef"));
+        c.driver_socket = Some(clustd_transport::LocalSocket {
+            path: path.clone(),
+            mode: 0o660,
+            gid: None,
+        });
+    })
+    .await;
+    let mode = std::fs::metadata(&path)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "mode {mode:o}");
+    // Any bytes will do as the driver's secret: it is not used on the socket.
+    let cfg = EndpointConfig::new(
+        kind,
+        id("drv"),
+        PeerKind::Driver,
+        secret("not-the-credential-at-all-00000000"),
+    );
+    let (driver, mut driver_events) = start(cfg).await;
+    driver.dial_socket(&path);
+    connected(&mut e1, "drv").await;
+    connected(&mut driver_events, "n1").await;
+    n1.send(&id("drv"), b"over the socket".to_vec(), SendClass::Reliable)
+        .expect("queued");
+    assert_eq!(
+        frame_from(&mut driver_events, "n1").await.0,
+        b"over the socket"
+    );
+    // A peer claim on the socket is refused.
+    let mut as_peer = config(kind, "n2", None, &[]);
+    as_peer.peers.clear();
+    let (peer, mut peer_events) = start(as_peer).await;
+    peer.dial_socket(&path);
+    wait_for(&mut peer_events, "the peer claim refused", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::Refused(RefuseReason::KindNotAccepted),
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(n1.connected(), vec![(id("drv"), PeerKind::Driver)]);
+    driver.shutdown().await;
+    peer.shutdown().await;
+    n1.shutdown().await;
+}
+
 /// README's migration, round two: n1 already lists n2's key, n2 (which has its own key from
 /// round one) still lists n1 without one. They connect, and frames flow both ways.
 async fn migration_to_node_keys_keeps_the_pair_connected(kind: TransportKind) {
@@ -1334,6 +1393,7 @@ both_transports!(
     driver_connections_are_capped,
     a_driver_with_its_daemons_key_reaches_only_that_daemon,
     a_keyed_peer_reached_by_address_must_prove_its_key,
+    a_local_driver_connects_on_the_socket_without_a_secret,
     unauthenticated_connections_are_capped,
     shutdown_does_not_wait_for_silent_clients,
     peer_connects_through_a_flood_of_silent_connections,

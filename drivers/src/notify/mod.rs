@@ -238,7 +238,7 @@ struct NotifyFile {
     daemon: String,
     #[serde(default = "crate::session::default_transport")]
     transport: TransportKind,
-    secret_file: PathBuf,
+    secret_file: Option<PathBuf>,
     #[serde(default)]
     driver_id: Option<String>,
     #[serde(default)]

@@ -33,7 +33,7 @@ struct ShellFile {
     daemon: String,
     #[serde(default = "crate::session::default_transport")]
     transport: crate::session::TransportKind,
-    secret_file: PathBuf,
+    secret_file: Option<PathBuf>,
     #[serde(default)]
     driver_id: Option<String>,
     #[serde(default)]

@@ -1,0 +1,134 @@
+//! The local driver socket: a Unix socket on the daemon's machine where access is by file
+//! permissions (the mode and group the daemon sets), so a local driver needs no secret at
+//! all. Same framing (WebSocket) and handshake code as the network, under the driver
+//! handshake with a fixed, public pre-shared key: it authenticates nothing (the socket's
+//! permissions do), and a connection on this socket is only ever a driver.
+//! Production only: the simulation has no Unix sockets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use crate::endpoint::Shared;
+use crate::link::{Via, accept_flow, dial_flow};
+use crate::ws::{Io, WsRx, WsTx, ws_config, ws_err};
+use crate::{Secret, TransportError};
+
+/// Where a daemon serves its local drivers, and who may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSocket {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// Its permission bits (e.g. `0o660`: owner and group may connect).
+    pub mode: u32,
+    /// Its group (numeric id), if it should not keep the daemon's.
+    pub gid: Option<u32>,
+}
+
+/// The public pre-shared key of the local socket (not a secret: see the module docs).
+pub(crate) fn local_secret() -> Secret {
+    Secret::from_bytes(b"clustd local driver socket: access is by file permissions".to_vec())
+        .unwrap_or_else(|_| unreachable!("longer than the minimum"))
+}
+
+/// The binding of a local link (no TLS exporter to bind to; the socket is the channel).
+const LOCAL_BINDING: &[u8] = b"local socket";
+
+/// Stands for the local socket where an address is expected (admission, logs).
+pub(crate) const LOCAL_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
+
+/// Binds `socket`: removes a stale socket file (never any other kind of file), binds, and
+/// sets the mode and group before anyone can be accepted.
+pub(crate) fn bind(socket: &LocalSocket) -> Result<tokio::net::UnixListener, TransportError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = &socket.path;
+    let failed = |what: &str, e: std::io::Error| {
+        TransportError::Config(format!("driver socket {}: {what}: {e}", path.display()))
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| failed("create its directory", e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|e| failed("remove the stale socket", e))?;
+        }
+        Ok(_) => {
+            return Err(TransportError::Config(format!(
+                "{} exists and is not a socket: refusing to replace it",
+                path.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| failed("bind", e))?;
+    if let Some(gid) = socket.gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| failed("set its group", e))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket.mode & 0o777))
+        .map_err(|e| failed("set its mode", e))?;
+    Ok(listener)
+}
+
+/// Accepts local drivers until shutdown.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListener) {
+    let config = ws_config(shared.config.limits.max_frame_len);
+    let stopped = shared.stopped();
+    tokio::pin!(stopped);
+    let mut accept_failing = false;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                accept_failing = false;
+                stream
+            }
+            Err(error) => {
+                if !accept_failing {
+                    tracing::warn!(%error, "local driver socket: accept failed (further failures are not logged until one succeeds)");
+                }
+                accept_failing = true;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ticket = shared.unauthenticated.admit(LOCAL_ADDR);
+        let establish = async move {
+            let io: Box<dyn Io> = Box::new(stream);
+            let ws = tokio_tungstenite::accept_async_with_config(io, Some(config))
+                .await
+                .map_err(ws_err)?;
+            let (tx, rx) = ws.split();
+            Ok((WsTx(tx), WsRx(rx), LOCAL_BINDING.to_vec()))
+        };
+        shared.spawn(accept_flow(
+            shared.clone(),
+            LOCAL_ADDR,
+            Via::LocalSocket,
+            ticket,
+            establish,
+        ));
+    }
+}
+
+/// Dials the daemon's local socket once and runs the session until it ends.
+pub(crate) async fn dial_once(shared: &Arc<Shared>, path: &Path) -> Result<(), TransportError> {
+    let config = ws_config(shared.config.limits.max_frame_len);
+    dial_flow(shared, None, Via::LocalSocket, async {
+        let stream = tokio::net::UnixStream::connect(path).await?;
+        let io: Box<dyn Io> = Box::new(stream);
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config("ws://localhost/clustd", io, Some(config))
+                .await
+                .map_err(ws_err)?;
+        let (tx, rx) = ws.split();
+        Ok((WsTx(tx), WsRx(rx), LOCAL_BINDING.to_vec()))
+    })
+    .await
+}
