@@ -17,9 +17,12 @@ use clap::Parser;
 ///
 /// Example config:
 ///
-///   daemon = "127.0.0.1:7400"
-///   transport = "quic"
-///   secret_file = "/etc/clustd/driver-secret"
+///   daemon = "unix:/var/lib/clustd/driver.sock"   # the daemon's local driver socket: no secret
+///   # or over the transport, with the drivers' credential and the daemon's public key:
+///   # daemon = "127.0.0.1:7400"
+///   # transport = "quic"
+///   # secret_file = "/etc/clustd/driver-secret"
+///   # daemon_key = "<clustd keygen --public /etc/clustd/node.key>"
 ///
 ///   [templates]
 ///   text = "[clustd] {node}: {event_text} (term {term})"
