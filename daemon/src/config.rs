@@ -377,8 +377,26 @@ impl Settings {
             Some(_) => {}
         }
 
+        // A Unix socket path holds at most 107 bytes (sun_path).
+        const MAX_SOCKET_PATH: usize = 107;
         let driver_socket = match &raw.cluster.driver_socket {
             Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) if base.join(path).as_os_str().len() > MAX_SOCKET_PATH => {
+                return Err(err(
+                    "cluster.driver_socket",
+                    format!(
+                        "{} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have: choose a shorter path (e.g. /run/clustd/driver.sock)",
+                        base.join(path).display()
+                    ),
+                ));
+            }
+            None if data_dir.join("driver.sock").as_os_str().len() > MAX_SOCKET_PATH => {
+                warnings.push(ConfigWarning(format!(
+                    "{file}: no local driver socket: {} would be longer than a Unix socket path may be; set cluster.driver_socket to a shorter path",
+                    data_dir.join("driver.sock").display()
+                )));
+                None
+            }
             path => {
                 let path = path
                     .as_ref()

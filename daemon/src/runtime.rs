@@ -886,9 +886,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         // current one, so it is no stop of the service (nor recorded as one).
         let held = d.held_until.is_some_and(|until| now < until + settle);
         if held && result == ActionResult::Ok && d.may_run {
+            // Nothing tells this id's connections apart, so nothing this one says ends the
+            // id's service interval: it runs to the latest lease the id holds.
+            d.held_until = d.held_until.map(|until| until.max(d.lease_until));
             tracing::warn!(
                 driver = %from,
-                "driver confirmed a stop on a newer connection than the one told master: that one counts as running until its lease end plus the stop budget"
+                "driver confirmed a stop, but an earlier connection of this id was told master and never confirmed: the id counts as running until its latest lease end plus the stop budget"
             );
         }
         // The record states what the driver said, before (and apart from) what this daemon

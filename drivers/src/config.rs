@@ -127,10 +127,18 @@ impl DaemonKeys {
         kind: &str,
     ) -> Result<DriverConfig, ConfigError> {
         // `unix:PATH`: the daemon's local driver socket, where no secret is needed.
-        let socket = self
-            .daemon
-            .strip_prefix("unix:")
-            .map(|path| resolve(file, Path::new(path)));
+        let socket = match self.daemon.strip_prefix("unix:") {
+            Some("") => {
+                return Err(ConfigError::invalid(
+                    file,
+                    "daemon",
+                    "`unix:` needs the socket's path, e.g. unix:/var/lib/clustd/driver.sock"
+                        .to_string(),
+                ));
+            }
+            Some(path) => Some(resolve(file, Path::new(path))),
+            None => None,
+        };
         let daemon = match &socket {
             Some(_) => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             None => self.daemon.parse().map_err(|e| {
@@ -187,6 +195,13 @@ impl DaemonKeys {
             config.startup_wait = Duration::from_millis(ms);
         }
         match &self.daemon_key {
+            Some(_) if socket.is_some() => {
+                return Err(ConfigError::invalid(
+                    file,
+                    "daemon_key",
+                    "is for a daemon reached over the transport; on the local socket its permissions decide who serves and who connects: remove daemon_key, or use the daemon's cluster address".to_string(),
+                ));
+            }
             Some(text) => {
                 let key = text
                     .parse()

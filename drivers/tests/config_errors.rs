@@ -248,3 +248,49 @@ fn garbage_configs_are_errors_not_panics() {
         assert!(notify(d.path(), text).is_err(), "{text:?}");
     }
 }
+
+#[test]
+fn the_daemon_on_its_local_socket_or_over_the_transport() {
+    let d = dir();
+    let p = d.path();
+    // The local socket: no secret needed, the path relative to the config file.
+    let c = shell(p, &format!("daemon = \"unix:run/driver.sock\"\n{SCRIPT}")).expect("valid");
+    assert_eq!(c.connection.daemon_socket, Some(p.join("run/driver.sock")));
+    names(
+        shell(p, &format!("daemon = \"unix:\"\n{SCRIPT}")),
+        "shell.toml",
+        "daemon",
+        "needs the socket's path",
+    );
+    names(
+        shell(
+            p,
+            &format!(
+                "daemon = \"unix:/run/d.sock\"\ndaemon_key = \"{}\"\n{SCRIPT}",
+                "ab".repeat(32)
+            ),
+        ),
+        "shell.toml",
+        "daemon_key",
+        "over the transport",
+    );
+    // Over the transport the credential is required, and a daemon_key must be a real key.
+    names(
+        shell(p, &format!("daemon = \"127.0.0.1:7400\"\n{SCRIPT}")),
+        "shell.toml",
+        "secret_file",
+        "unix:PATH",
+    );
+    names(
+        shell(
+            p,
+            &format!("{HEAD}daemon_key = \"{}\"\n{SCRIPT}", "00".repeat(32)),
+        ),
+        "shell.toml",
+        "daemon_key",
+        "not a usable public key",
+    );
+    let key = clustd_transport::NodeKey::from_private([3; 32]).public();
+    let c = shell(p, &format!("{HEAD}daemon_key = \"{key}\"\n{SCRIPT}")).expect("valid");
+    assert_eq!(c.connection.daemon_key, Some(key));
+}

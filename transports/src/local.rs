@@ -52,6 +52,16 @@ pub(crate) fn bind(socket: &LocalSocket) -> Result<tokio::net::UnixListener, Tra
         std::fs::create_dir_all(parent).map_err(|e| failed("create its directory", e))?;
     }
     match std::fs::symlink_metadata(path) {
+        // A socket someone still listens on is another daemon's: never take it over.
+        Ok(meta)
+            if meta.file_type().is_socket()
+                && std::os::unix::net::UnixStream::connect(path).is_ok() =>
+        {
+            return Err(TransportError::Config(format!(
+                "driver socket {}: another process serves it (another clustd on this machine?): give each daemon its own cluster.driver_socket",
+                path.display()
+            )));
+        }
         Ok(meta) if meta.file_type().is_socket() => {
             std::fs::remove_file(path).map_err(|e| failed("remove the stale socket", e))?;
         }

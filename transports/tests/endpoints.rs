@@ -1085,6 +1085,20 @@ async fn a_local_driver_connects_on_the_socket_without_a_secret(kind: TransportK
     })
     .await;
     assert_eq!(n1.connected(), vec![(id("drv"), PeerKind::Driver)]);
+    // A second daemon pointed at the same socket refuses to take it over.
+    let mut second = config(kind, "n7", Some(free_addr(kind)), &[]);
+    second.accept_drivers = true;
+    second.driver_socket = Some(clustd_transport::LocalSocket {
+        path: path.clone(),
+        mode: 0o660,
+        gid: None,
+    });
+    let err = Endpoint::start(TokioNet, second)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("another process serves it"), "{err}");
     driver.shutdown().await;
     peer.shutdown().await;
     n1.shutdown().await;
