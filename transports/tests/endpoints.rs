@@ -1095,8 +1095,7 @@ async fn a_local_driver_connects_on_the_socket_without_a_secret(kind: TransportK
     });
     let err = Endpoint::start(TokioNet, second)
         .await
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("another process serves it"), "{err}");
     driver.shutdown().await;
