@@ -586,8 +586,19 @@ async fn wait_stable(
             (_, None) => stable_since = None,
         }
         if tokio::time::Instant::now() >= deadline {
+            // A node that does not answer: the end of its log says why.
+            let mut silent = String::new();
+            for (n, _) in nodes.iter().zip(&statuses).filter(|(_, s)| s.is_none()) {
+                let text = std::fs::read_to_string(&n.daemon_log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+                silent.push_str(&format!(
+                    "{} does not answer; the end of its log:\n{tail}\n",
+                    n.id
+                ));
+            }
             return Err(BenchError::Stuck(format!(
-                "the cluster did not settle within {timeout:?}: {statuses:?}"
+                "the cluster did not settle within {timeout:?}: {silent}{statuses:?}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
