@@ -333,15 +333,14 @@ async fn two_endpoints_exchange_frames(kind: TransportKind) {
     let (n2, mut e2) = start(config(kind, "n2", Some(a2), &[("n1", a1)])).await;
     connected(&mut e1, "n2").await;
     connected(&mut e2, "n1").await;
-    send_when_connected(&n1, "n2", b"hello n2", SendClass::Reliable).await;
-    send_when_connected(&n2, "n1", b"hello n1", SendClass::Reliable).await;
-    assert_eq!(frame_from(&mut e2, "n1").await.0, b"hello n2");
-    assert_eq!(frame_from(&mut e1, "n2").await.0, b"hello n1");
+    // Both dialed: a frame sent on the connection that loses the duplicate race is lost, as
+    // in a break (see `SendClass::Reliable`), hence resent until it arrives.
+    reliable_arrives(&n1, "n2", &mut e2, b"hello n2").await;
+    reliable_arrives(&n2, "n1", &mut e1, b"hello n1").await;
     // Heartbeat class (a datagram over QUIC) and a frame at the size limit.
     heartbeat_arrives(&n1, "n2", &mut e2, b"heartbeat").await;
     let big = vec![0xA5; clustd_core::codec::MAX_FRAME_LEN];
-    send_when_connected(&n2, "n1", &big, SendClass::Reliable).await;
-    assert_eq!(frame_from(&mut e1, "n2").await.0, big);
+    reliable_arrives(&n2, "n1", &mut e1, &big).await;
     assert_eq!(n1.connected(), vec![(id("n2"), PeerKind::Peer)]);
     assert_eq!(n2.connected(), vec![(id("n1"), PeerKind::Peer)]);
     n1.shutdown().await;
@@ -361,35 +360,15 @@ async fn three_endpoints_exchange_frames(kind: TransportKind) {
             .collect();
         nodes.push(start(config(kind, me, Some(addrs[i]), &peers)).await);
     }
+    // Every ordered pair (resent until it arrives: see two_endpoints_exchange_frames).
     for (i, me) in names.iter().enumerate() {
-        for other in names.iter().filter(|n| *n != me) {
-            send_when_connected(
-                &nodes[i].0,
-                other,
-                format!("{me}->{other}").as_bytes(),
-                SendClass::Reliable,
-            )
-            .await;
+        for (j, other) in names.iter().enumerate().filter(|(_, n)| *n != me) {
+            let sender = nodes[i].0.clone();
+            let frame = format!("{me}->{other}");
+            reliable_arrives(&sender, other, &mut nodes[j].1, frame.as_bytes()).await;
         }
     }
     for (i, me) in names.iter().enumerate() {
-        // Frames from different senders may arrive in any order: collect until both came.
-        let mut got = BTreeMap::new();
-        while got.len() < 2 {
-            let (event, _) = wait_for(&mut nodes[i].1, "a frame", |e| {
-                matches!(e, TransportEvent::Frame { .. })
-            })
-            .await;
-            if let TransportEvent::Frame { from, frame, .. } = event {
-                assert!(
-                    got.insert(from.to_string(), frame).is_none(),
-                    "one frame per sender"
-                );
-            }
-        }
-        for other in names.iter().filter(|n| *n != me) {
-            assert_eq!(got[*other], format!("{other}->{me}").as_bytes());
-        }
         let peers: Vec<NodeId> = nodes[i]
             .0
             .connected()
@@ -471,29 +450,6 @@ async fn reconnects_after_remote_restart(kind: TransportKind) {
     reliable_arrives(&n1, "n2", &mut e2, b"welcome back").await;
     n1.shutdown().await;
     n2.shutdown().await;
-}
-
-/// Both ends dial each other at once, so one of two duplicate connections replaces the
-/// other, at each end in either order: checks that a frame sent as soon as the sender sees
-/// `Connected` arrives. Repeated, since each round is a race. Passed 320+ rounds here, but
-/// the restart test lost such a frame (cause unknown), so this is a stress tool for that
-/// hunt, not a promise: `--ignored`, ideally with other tests or a CPU hog running.
-async fn frames_survive_duplicate_connections(kind: TransportKind) {
-    for round in 0..10 {
-        let (a1, a2) = (free_addr(kind), free_addr(kind));
-        let (n1, mut e1) = start(config(kind, "n1", Some(a1), &[("n2", a2)])).await;
-        let (n2, mut e2) = start(config(kind, "n2", Some(a2), &[("n1", a1)])).await;
-        connected(&mut e1, "n2").await;
-        send_when_connected(&n1, "n2", b"to n2", SendClass::Reliable).await;
-        connected(&mut e2, "n1").await;
-        send_when_connected(&n2, "n1", b"to n1", SendClass::Reliable).await;
-        let (frame, _) = frame_from(&mut e2, "n1").await;
-        assert_eq!(frame, b"to n2", "round {round}");
-        let (frame, _) = frame_from(&mut e1, "n2").await;
-        assert_eq!(frame, b"to n1", "round {round}");
-        n1.shutdown().await;
-        n2.shutdown().await;
-    }
 }
 
 async fn wrong_secret_is_rejected(kind: TransportKind) {
@@ -1412,18 +1368,6 @@ both_transports!(
     peer_connects_through_a_flood_of_silent_connections,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stress tool for the duplicate-connection frame-loss hunt; see its doc"]
-async fn stress_websocket_duplicate_connections() {
-    frames_survive_duplicate_connections(TransportKind::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stress tool for the duplicate-connection frame-loss hunt; see its doc"]
-async fn stress_quic_duplicate_connections() {
-    frames_survive_duplicate_connections(TransportKind::Quic).await;
-}
-
 // --- wss:// (WebSocket only) ------------------------------------------------------------
 
 /// A fresh self-signed certificate for `localhost`.
@@ -1488,10 +1432,8 @@ async fn wss_endpoints_exchange_frames() {
     tls_handshake_with(a2, &c2).await;
     connected(&mut e1, "n2").await;
     connected(&mut e2, "n1").await;
-    send_when_connected(&n1, "n2", b"hello n2 over tls", SendClass::Reliable).await;
-    send_when_connected(&n2, "n1", b"hello n1 over tls", SendClass::Reliable).await;
-    assert_eq!(frame_from(&mut e2, "n1").await.0, b"hello n2 over tls");
-    assert_eq!(frame_from(&mut e1, "n2").await.0, b"hello n1 over tls");
+    reliable_arrives(&n1, "n2", &mut e2, b"hello n2 over tls").await;
+    reliable_arrives(&n2, "n1", &mut e1, b"hello n1 over tls").await;
     heartbeat_arrives(&n2, "n1", &mut e1, b"heartbeat").await;
     n1.shutdown().await;
     n2.shutdown().await;
