@@ -28,17 +28,23 @@
 //! - [`Net`] is the socket seam: [`TokioNet`] in production, a turmoil implementation in `sim`.
 //!
 //! # Security
-//! Every connection runs a Noise `NNpsk0_25519_ChaChaPoly_SHA256` handshake keyed with the
-//! cluster secret (see [`session`]): it proves knowledge of the secret both ways without
-//! revealing it, gives forward secrecy (ephemeral X25519) and yields one key per direction.
+//! Every connection runs a Noise handshake (see [`session`]): between daemons
+//! `IKpsk1_25519_ChaChaPoly_SHA256`, proving each node's static key with the cluster secret as
+//! pre-shared key (a connection is the node whose key it proves, never the one it claims);
+//! `NNpsk0` with the cluster secret alone for peers configured without keys; for drivers
+//! `NNpsk0` (or `NKpsk0`, the daemon proving its key) under the drivers' credential, which
+//! only ever yields a driver. Each proves its credential both ways without revealing it,
+//! gives forward secrecy (ephemeral X25519) and yields one key per direction.
 //! The responder only accepts the initiator after a key-confirmation message that depends on
 //! its own fresh ephemeral key, so a recorded first message cannot be replayed to gain a
 //! session. With QUIC the Noise prologue contains a TLS exporter value of the QUIC session,
 //! so the proof cannot be relayed to another QUIC connection. Every frame afterwards is
 //! sealed with ChaCha20-Poly1305 under an explicit, strictly increasing nonce (a sliding
 //! window for QUIC datagrams): replayed, reordered or altered frames close the connection.
-//! The handshake carries the node id and kind; unknown ids are refused; when two
-//! connections claim the same id, exactly one is kept (see [`Endpoint`]).
+//! The handshake carries the node id and kind, believed only as far as the proof goes;
+//! unknown ids are refused; when two connections of the same node exist, exactly one is kept
+//! and only it delivers frames (see [`Endpoint`]). Daemons may also serve local drivers on a
+//! Unix socket ([`LocalSocket`]), where the socket's permissions authenticate.
 //!
 //! Determinism: no `std::time`, no `HashMap` iteration, `biased` selects, and all randomness
 //! (jitter, Noise ephemerals, quinn's rng, the QUIC certificate key) derives from
