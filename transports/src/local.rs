@@ -9,11 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-
 use crate::endpoint::Shared;
 use crate::link::{Via, accept_flow, dial_flow};
-use crate::ws::{Io, WsRx, WsTx, ws_config, ws_err};
+use crate::ws::{self, ws_config};
 use crate::{Secret, TransportError};
 
 /// Where a daemon serves its local drivers, and who may connect.
@@ -110,12 +108,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListene
         };
         let ticket = shared.unauthenticated.admit(LOCAL_ADDR);
         let establish = async move {
-            let io: Box<dyn Io> = Box::new(stream);
-            let ws = tokio_tungstenite::accept_async_with_config(io, Some(config))
-                .await
-                .map_err(ws_err)?;
-            let (tx, rx) = ws.split();
-            Ok((WsTx(tx), WsRx(rx), LOCAL_BINDING.to_vec()))
+            let (tx, rx) = ws::server(Box::new(stream), config).await?;
+            Ok((tx, rx, LOCAL_BINDING.to_vec()))
         };
         shared.spawn(accept_flow(
             shared.clone(),
@@ -132,13 +126,8 @@ pub(crate) async fn dial_once(shared: &Arc<Shared>, path: &Path) -> Result<(), T
     let config = ws_config(shared.config.limits.max_frame_len);
     dial_flow(shared, None, Via::LocalSocket, async {
         let stream = tokio::net::UnixStream::connect(path).await?;
-        let io: Box<dyn Io> = Box::new(stream);
-        let (ws, _response) =
-            tokio_tungstenite::client_async_with_config("ws://localhost/clustd", io, Some(config))
-                .await
-                .map_err(ws_err)?;
-        let (tx, rx) = ws.split();
-        Ok((WsTx(tx), WsRx(rx), LOCAL_BINDING.to_vec()))
+        let (tx, rx) = ws::client(Box::new(stream), "ws://localhost/clustd", config).await?;
+        Ok((tx, rx, LOCAL_BINDING.to_vec()))
     })
     .await
 }

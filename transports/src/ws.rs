@@ -25,10 +25,10 @@ type Ws = WebSocketStream<Box<dyn Io>>;
 /// No binding for WebSocket: TLS (if any) is terminated by tungstenite's peer, not exported.
 const WS_BINDING: &[u8] = b"websocket";
 
-pub(crate) struct WsTx(pub(crate) SplitSink<Ws, Message>);
-pub(crate) struct WsRx(pub(crate) SplitStream<Ws>);
+pub(crate) struct WsTx(SplitSink<Ws, Message>);
+pub(crate) struct WsRx(SplitStream<Ws>);
 
-pub(crate) fn ws_err(error: tungstenite::Error) -> TransportError {
+fn ws_err(error: tungstenite::Error) -> TransportError {
     match error {
         tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
             size,
@@ -96,8 +96,28 @@ pub(crate) async fn connect<N: Net>(
         ),
         None => (Box::new(tcp), "ws"),
     };
-    let url = format!("{scheme}://{addr}/clustd");
+    client(io, &format!("{scheme}://{addr}/clustd"), config).await
+}
+
+/// The WebSocket client handshake over an established byte stream.
+pub(crate) async fn client(
+    io: Box<dyn Io>,
+    url: &str,
+    config: WebSocketConfig,
+) -> Result<(WsTx, WsRx), TransportError> {
     let (ws, _response) = tokio_tungstenite::client_async_with_config(url, io, Some(config))
+        .await
+        .map_err(ws_err)?;
+    let (tx, rx) = ws.split();
+    Ok((WsTx(tx), WsRx(rx)))
+}
+
+/// The WebSocket server handshake over an accepted byte stream.
+pub(crate) async fn server(
+    io: Box<dyn Io>,
+    config: WebSocketConfig,
+) -> Result<(WsTx, WsRx), TransportError> {
+    let ws = tokio_tungstenite::accept_async_with_config(io, Some(config))
         .await
         .map_err(ws_err)?;
     let (tx, rx) = ws.split();
@@ -208,11 +228,8 @@ async fn serve<N: Net>(
                 Some(acceptor) => Box::new(acceptor.accept(tcp).await?),
                 None => Box::new(tcp),
             };
-            let ws = tokio_tungstenite::accept_async_with_config(io, Some(config))
-                .await
-                .map_err(ws_err)?;
-            let (tx, rx) = ws.split();
-            Ok((WsTx(tx), WsRx(rx), WS_BINDING.to_vec()))
+            let (tx, rx) = server(io, config).await?;
+            Ok((tx, rx, WS_BINDING.to_vec()))
         };
         shared.spawn(accept_flow(
             shared.clone(),
