@@ -85,7 +85,7 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
 mod tests {
     use super::*;
     use crate::ids::{NodeId, Term};
-    use crate::message::{ActionResult, DriverRole, FromDriver, Message, ToDriver};
+    use crate::message::{ActionResult, DriverRole, FromDriver, HealthChange, Message, ToDriver};
     use proptest::prelude::*;
 
     fn node_id() -> impl Strategy<Value = NodeId> {
@@ -164,6 +164,21 @@ mod tests {
             prop_assert_eq!(decode::<ToDriver>(&frame), Ok(msg));
             for cut in 0..frame.len() {
                 prop_assert!(decode::<ToDriver>(&frame[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn health_messages_round_trip(node in node_id(), term in any::<u64>(), healthy in any::<bool>(),
+                                      detail in ".{0,40}", fall in any::<u32>(), rise in any::<u32>(),
+                                      change in proptest::sample::select(vec![HealthChange::Healthy,
+                                          HealthChange::Unhealthy, HealthChange::Ineligible, HealthChange::Eligible])) {
+            let to = ToDriver::Health { node, term: Term(term), change, detail: detail.clone() };
+            prop_assert_eq!(decode::<ToDriver>(&encode(&to).expect("encodes")), Ok(to));
+            let from = FromDriver::Health { check: "check".into(), healthy, detail, fall, rise };
+            let frame = encode(&from).expect("encodes");
+            prop_assert_eq!(decode::<FromDriver>(&frame), Ok(from));
+            for cut in 0..frame.len() {
+                prop_assert!(decode::<FromDriver>(&frame[..cut]).is_err());
             }
         }
 

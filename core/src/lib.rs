@@ -42,6 +42,6 @@ pub mod time;
 
 pub use config::{Config, ConfigError};
 pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};
-pub use message::{ActionResult, DriverRole, FromDriver, Message, ToDriver};
+pub use message::{ActionResult, DriverRole, FromDriver, HealthChange, Message, ToDriver};
 pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};
 pub use time::Instant;

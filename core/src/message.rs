@@ -170,6 +170,46 @@ pub enum ToDriver {
         /// The daemon's current term when it saw the change.
         term: Term,
     },
+    /// The node's health or eligibility changed (its checks, a driver's report, a failed
+    /// start, maintenance): a cluster event for drivers that tell people (the notify
+    /// driver). Sent on transitions only, never acknowledged; drivers must not act on it
+    /// (the role tells them what to run).
+    Health {
+        /// The daemon's node id.
+        node: NodeId,
+        /// The daemon's current term.
+        term: Term,
+        /// What changed.
+        change: HealthChange,
+        /// Why, in one line (e.g. `check web failed 3 times in a row: exit status 1`).
+        detail: String,
+    },
+}
+
+/// A transition of a node's health or eligibility (see [`ToDriver::Health`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthChange {
+    /// Every check passes again (each passed `rise` times in a row).
+    Healthy,
+    /// A check failed `fall` times in a row (or a start failed).
+    Unhealthy,
+    /// The node may not be master: unhealthy, in maintenance, or a witness.
+    Ineligible,
+    /// The node may be master again.
+    Eligible,
+}
+
+impl HealthChange {
+    /// `"healthy"`, `"unhealthy"`, `"ineligible"` or `"eligible"`: the notify driver's
+    /// event names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Ineligible => "ineligible",
+            Self::Eligible => "eligible",
+        }
+    }
 }
 
 /// The outcome of a driver's action for one transition.
@@ -195,5 +235,22 @@ pub enum FromDriver {
         role: DriverRole,
         /// What happened.
         result: ActionResult,
+    },
+    /// One result of a health check the driver runs (or its own verdict on the service),
+    /// counted by the daemon exactly like one run of a `[[check]]`: `fall` failures in a
+    /// row make the node unhealthy, `rise` successes in a row healthy again. The daemon
+    /// names the check `<driver id>/<check>` and forgets it when the driver disconnects.
+    Health {
+        /// The check's name, as the driver calls it (`check` for the shell driver's
+        /// `script.check`).
+        check: String,
+        /// Whether this run passed.
+        healthy: bool,
+        /// One line on what happened (the script's last output line, an error).
+        detail: String,
+        /// Consecutive failures that make the node unhealthy (at least 1).
+        fall: u32,
+        /// Consecutive successes that make it healthy again (at least 1).
+        rise: u32,
     },
 }
