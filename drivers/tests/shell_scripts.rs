@@ -332,3 +332,44 @@ async fn a_stop_that_may_outlast_the_stop_budget_is_warned_about_once() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_captured_run_returns_the_last_line_printed_and_the_duration() {
+    init_tracing();
+    let run = runner(10_000)
+        .run_captured(
+            "check",
+            "echo starting; sleep 0.2; echo 'connection refused' >&2; echo; exit 7",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        run.outcome,
+        ScriptOutcome::Failed {
+            code: Some(7),
+            signal: None
+        }
+    );
+    assert_eq!(run.last_line.as_deref(), Some("connection refused"));
+    let quiet = runner(10_000).run_captured("check", "sleep 0.2", &[]).await;
+    assert_eq!(quiet.outcome, ScriptOutcome::Success);
+    assert_eq!(quiet.last_line, None);
+    assert!(
+        quiet.elapsed >= Duration::from_millis(200),
+        "{:?}",
+        quiet.elapsed
+    );
+}
+
+#[tokio::test]
+async fn a_captured_run_does_not_wait_for_a_background_process_holding_the_pipes() {
+    init_tracing();
+    let began = std::time::Instant::now();
+    let run = runner(10_000)
+        .run_captured("check", "echo ok; (sleep 30 &); exit 0", &[])
+        .await;
+    assert_eq!(run.outcome, ScriptOutcome::Success);
+    assert_eq!(run.last_line.as_deref(), Some("ok"));
+    // Generous: the grace after exit is 100 ms; the background sleep lasts 30 s.
+    assert!(began.elapsed() < Duration::from_secs(20), "{:?}", began.elapsed());
+}

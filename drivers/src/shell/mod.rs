@@ -20,7 +20,7 @@ use std::time::Duration;
 use clustd_core::{ActionResult, DriverRole, NodeId};
 use serde::Deserialize;
 
-pub use script::{ScriptOutcome, ScriptRunner};
+pub use script::{CAPTURE_GRACE, ScriptOutcome, ScriptRun, ScriptRunner};
 
 use crate::config::{ConfigError, DaemonKeys, load_toml, parse_toml, resolve};
 use crate::driver::{Driver, RoleChange};

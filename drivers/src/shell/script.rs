@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clustd_core::ActionResult;
@@ -20,6 +21,20 @@ use tokio::time::{Instant, sleep, timeout};
 
 /// The longest line logged; longer lines are cut (a script cannot flood one log record).
 const MAX_LOG_LINE: usize = 4096;
+
+/// How long [`ScriptRunner::run_captured`] keeps reading a script's output after it exited.
+pub const CAPTURE_GRACE: Duration = Duration::from_millis(100);
+
+/// What [`ScriptRunner::run_captured`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptRun {
+    /// How it ended.
+    pub outcome: ScriptOutcome,
+    /// The last non-empty line it printed on stdout or stderr (cut like a log line).
+    pub last_line: Option<String>,
+    /// From spawn to exit (or to the end of the kill after a timeout).
+    pub elapsed: Duration,
+}
 
 /// How a script ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +105,49 @@ impl ScriptRunner {
     /// Dropping the future before it completes (cancellation) kills the script's whole
     /// process group at once with SIGKILL.
     pub async fn run(&self, name: &str, script: &str, vars: &[(String, String)]) -> ScriptOutcome {
+        self.run_inner(name, script, vars, false).await.outcome
+    }
+
+    /// Like [`ScriptRunner::run`] (same process group, timeout, kill and logging
+    /// discipline), and also returns the last line the script printed (stdout or stderr)
+    /// and how long it ran: for health checks, whose status shows both. After the script
+    /// exits, its output is read for at most [`CAPTURE_GRACE`] more (a process it left in
+    /// the background may hold the pipes open).
+    pub async fn run_captured(
+        &self,
+        name: &str,
+        script: &str,
+        vars: &[(String, String)],
+    ) -> ScriptRun {
+        self.run_inner(name, script, vars, true).await
+    }
+
+    async fn run_inner(
+        &self,
+        name: &str,
+        script: &str,
+        vars: &[(String, String)],
+        capture: bool,
+    ) -> ScriptRun {
+        let began = Instant::now();
+        let last_line = Arc::new(Mutex::new(None));
+        let outcome = self.run_script(name, script, vars, capture, &last_line).await;
+        let last_line = last_line.lock().map(|l| l.clone()).unwrap_or(None);
+        ScriptRun {
+            outcome,
+            last_line,
+            elapsed: began.elapsed(),
+        }
+    }
+
+    async fn run_script(
+        &self,
+        name: &str,
+        script: &str,
+        vars: &[(String, String)],
+        capture: bool,
+        last_line: &Arc<Mutex<Option<String>>>,
+    ) -> ScriptOutcome {
         let mut command = Command::new(&self.shell);
         command
             .arg("-c")
@@ -128,11 +186,22 @@ impl ScriptRunner {
         tracing::info!(script = name, pid, "running script");
         // Readers are not awaited after exit: a service the script left running in the
         // background may keep the pipes open, and its output keeps going to the log.
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(log_lines(out, name.to_owned(), false));
+            readers.push(tokio::spawn(log_lines(
+                out,
+                name.to_owned(),
+                false,
+                last_line.clone(),
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(log_lines(err, name.to_owned(), true));
+            readers.push(tokio::spawn(log_lines(
+                err,
+                name.to_owned(),
+                true,
+                last_line.clone(),
+            )));
         }
         let started = Instant::now();
         let outcome = match timeout(self.timeout, child.wait()).await {
@@ -165,6 +234,14 @@ impl ScriptRunner {
         // Ran to the end: whatever the script left running in the group (a service
         // started in the background) stays.
         guard.group = None;
+        if capture {
+            let _ = timeout(CAPTURE_GRACE, async {
+                for reader in readers {
+                    let _ = reader.await;
+                }
+            })
+            .await;
+        }
         outcome
     }
 
@@ -235,7 +312,12 @@ impl Default for ScriptRunner {
     }
 }
 
-async fn log_lines(stream: impl AsyncRead + Unpin, script: String, stderr: bool) {
+async fn log_lines(
+    stream: impl AsyncRead + Unpin,
+    script: String,
+    stderr: bool,
+    last_line: Arc<Mutex<Option<String>>>,
+) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -257,6 +339,11 @@ async fn log_lines(stream: impl AsyncRead + Unpin, script: String, stderr: bool)
                     tracing::warn!(script = %script, stream = "stderr", "{line}");
                 } else {
                     tracing::info!(script = %script, stream = "stdout", "{line}");
+                }
+                if !line.trim().is_empty()
+                    && let Ok(mut last) = last_line.lock()
+                {
+                    *last = Some(line);
                 }
             }
         }
