@@ -46,11 +46,40 @@ pub struct Config {
     pub witness: bool,
     /// Seed of the node's random number generator (election timeout jitter).
     pub rng_seed: u64,
+    /// What an unhealthy master does when no healthy, eligible peer is reachable to hand
+    /// over to (see [`crate::Node::set_healthy`]).
+    pub alone: Alone,
+    /// A master is not moved for health reasons (nor preempted) sooner than this after it
+    /// took over in a hand-over, nor sooner than this after its own last health
+    /// hand-over: a flapping check moves mastership at most once per this interval.
+    pub min_master: Duration,
+}
+
+/// What an unhealthy master does when it has no healthy, eligible peer to hand over to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Alone {
+    /// Stay master (the default): a service that may be half-working beats none at all,
+    /// and no other node could do better. Said loudly ([`crate::Event::UnhealthyAlone`]).
+    #[default]
+    Stay,
+    /// Step down anyway: no node is master until one is healthy.
+    StepDown,
+}
+
+impl Alone {
+    /// `"stay"` or `"step-down"`, as in the daemon's `health.alone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stay => "stay",
+            Self::StepDown => "step-down",
+        }
+    }
 }
 
 impl Config {
     /// A configuration with the default timings: heartbeat 100 ms, election timeout
-    /// 1000–2000 ms, drift 5 %, stop budget 200 ms, and the longest safe lease.
+    /// 1000–2000 ms, drift 5 %, stop budget 200 ms, and the longest safe lease; an
+    /// unhealthy master alone stays, `min_master` 30 s.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
         let mut config = Self {
             id,
@@ -65,6 +94,8 @@ impl Config {
             preempt: false,
             witness: false,
             rng_seed: 0,
+            alone: Alone::Stay,
+            min_master: Duration::from_secs(30),
         };
         config.lease = config.max_safe_lease().unwrap_or(Duration::ZERO);
         config

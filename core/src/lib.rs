@@ -40,7 +40,7 @@ pub mod message;
 pub mod node;
 pub mod time;
 
-pub use config::{Config, ConfigError};
+pub use config::{Alone, Config, ConfigError};
 pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};
 pub use message::{ActionResult, DriverRole, FromDriver, HealthChange, Message, ToDriver};
 pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};

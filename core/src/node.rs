@@ -59,6 +59,8 @@ pub enum Reason {
     SteppedDown,
     /// Entered maintenance mode.
     Maintenance,
+    /// Its health checks failed (hand-over to a healthy peer, or `health.alone = "step-down"`).
+    Unhealthy,
     /// Another node has a higher term.
     HigherTerm,
 }
@@ -73,6 +75,7 @@ impl Reason {
             Self::QuorumLost => "quorum-lost",
             Self::SteppedDown => "stepped-down",
             Self::Maintenance => "maintenance",
+            Self::Unhealthy => "unhealthy",
             Self::HigherTerm => "higher-term",
         }
     }
@@ -176,6 +179,15 @@ pub enum Event {
         peer: NodeId,
         /// Whether it is acknowledging.
         reachable: bool,
+    },
+    /// Leader, unhealthy, with no healthy eligible peer reachable to hand over to: it
+    /// stays master ([`crate::Alone::Stay`]) or steps down ([`crate::Alone::StepDown`]).
+    /// Emitted once when this starts (again after it ended); operators must hear of it.
+    UnhealthyAlone {
+        /// Current term.
+        term: Term,
+        /// What the node does about it.
+        alone: crate::Alone,
     },
     /// A message from a voter was dropped unread because its term cannot be honest (see
     /// [`MAX_TERM_JUMP`]): the sender is compromised or broken. Operators should see it.
