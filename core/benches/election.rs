@@ -93,6 +93,7 @@ fn handle_message(c: &mut Criterion) {
                     term: follower_term,
                     round,
                     successors: vec![],
+                    hold_ms: 0,
                 },
             );
             black_box(nodes[1].poll_transmit());

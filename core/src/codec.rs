@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The version byte in front of every frame. Bump it when the format changes.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// The largest frame accepted or produced, version byte included.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -110,12 +110,14 @@ mod tests {
             (
                 term.clone(),
                 any::<u64>(),
-                proptest::collection::vec(node_id(), 0..8)
+                proptest::collection::vec(node_id(), 0..8),
+                any::<u32>()
             )
-                .prop_map(|(term, round, successors)| Message::Heartbeat {
+                .prop_map(|(term, round, successors, hold_ms)| Message::Heartbeat {
                     term,
                     round,
-                    successors
+                    successors,
+                    hold_ms
                 }),
             (
                 term.clone(),
@@ -133,7 +135,7 @@ mod tests {
                         preempt,
                     }
                 }),
-            term.prop_map(|term| Message::TimeoutNow { term }),
+            (term, any::<u32>()).prop_map(|(term, hold_ms)| Message::TimeoutNow { term, hold_ms }),
         ]
     }
 

@@ -76,6 +76,8 @@ pub enum FaultKind {
     Pause,
     /// Disk faults: a crash loses unsynced writes, a torn or corrupt state file.
     Disk,
+    /// A node's service turns unhealthy or healthy again (its checks fail or pass).
+    Health,
     /// A hostile insider (a peer with the cluster secret, compromised or buggy) sends
     /// messages no honest node would: for now, absurd terms ([`Fault::ForgedTerm`]).
     Insider,
@@ -83,7 +85,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Crash,
         Self::Partition,
         Self::OneWayCut,
@@ -97,15 +99,16 @@ impl FaultKind {
         Self::SlowDriver,
         Self::Pause,
         Self::Disk,
+        Self::Health,
         Self::Insider,
     ];
 
     /// Every kind but [`FaultKind::Insider`]: what a cluster of honest nodes suffers, in
     /// [`FaultKind::ALL`] order. For a backend that cannot (yet) play a hostile peer; its
     /// swarms ([`Swarm::draw_among`]) are the ones drawn before `Insider` existed.
-    pub const HONEST: [Self; 13] = {
+    pub const HONEST: [Self; 14] = {
         // `Insider` is the last of `ALL` (tested): the rest, derived rather than listed twice.
-        let mut honest = [Self::Crash; 13];
+        let mut honest = [Self::Crash; 14];
         let mut i = 0;
         while i < honest.len() {
             honest[i] = Self::ALL[i];
@@ -130,6 +133,7 @@ impl FaultKind {
             Self::SlowDriver => "slow-driver",
             Self::Pause => "pause",
             Self::Disk => "disk",
+            Self::Health => "health",
             Self::Insider => "insider",
         }
     }
@@ -143,7 +147,8 @@ impl FaultKind {
             | Self::HeartbeatLoss
             | Self::Drift
             | Self::DriftAtBound
-            | Self::HealNearTimeout => 2,
+            | Self::HealNearTimeout
+            | Self::Health => 2,
             // An insider's forged message must change nothing: more of them would only
             // dilute the faults that do.
             Self::Loss | Self::Delay | Self::Pause | Self::Disk | Self::Insider => 1,
@@ -211,6 +216,9 @@ pub enum Fault {
     Pause(usize, u64),
     /// A disk fault on a node.
     Disk(usize, DiskFault),
+    /// A node's service turns healthy (`true`) or unhealthy: its health checks say so,
+    /// with their hysteresis already applied.
+    Health(usize, bool),
     /// Node `from` (a real peer, compromised or buggy; the next node if it is `to`) sends
     /// `to` one message whose term is `above` above `to`'s current term (capped at
     /// `u64::MAX`). `above` is always more than [`MAX_TERM_JUMP`]: the message must be
@@ -243,6 +251,7 @@ impl Fault {
             Self::DriverStops(..) | Self::DriverLinkDelay(..) => FaultKind::SlowDriver,
             Self::Pause(..) => FaultKind::Pause,
             Self::Disk(..) => FaultKind::Disk,
+            Self::Health(..) => FaultKind::Health,
             Self::ForgedTerm { .. } => FaultKind::Insider,
         })
     }
@@ -320,6 +329,9 @@ impl Fault {
                     _ => DiskFault::Corrupt,
                 },
             ),
+            // Unhealthy a little more often than healthy: most runs then see a master
+            // whose service died, and a cluster where several nodes' services did.
+            FaultKind::Health => Self::Health(node(&mut r), r(5) < 2),
             FaultKind::Insider => Self::ForgedTerm {
                 to: node(&mut r),
                 from: node(&mut r),
@@ -463,8 +475,8 @@ mod tests {
                 assert!(!matches!(fault, Fault::ForgedTerm { .. }), "{fault:?}");
             }
         }
-        assert_eq!(&FaultKind::ALL[..13], &FaultKind::HONEST[..]);
-        assert_eq!(FaultKind::ALL[13], FaultKind::Insider);
+        assert_eq!(&FaultKind::ALL[..14], &FaultKind::HONEST[..]);
+        assert_eq!(FaultKind::ALL[14], FaultKind::Insider);
     }
 
     #[test]

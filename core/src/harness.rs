@@ -173,6 +173,8 @@ struct Slot {
     driver_lease: Option<Instant>,
     /// How the node's driver answers "backup": confirms the stop this long after, or never.
     driver_stops: Option<Duration>,
+    /// The service's health (what the node's checks say), kept across restarts.
+    healthy: bool,
     /// Counts "backup" notices, so a late confirmation of an older one is not taken.
     demotions: u64,
     /// The daemon does not run before this global time (paused, its clock going on).
@@ -271,6 +273,7 @@ impl Cluster {
                     disk: PersistentState::default(),
                     driver_lease: None,
                     driver_stops: None,
+                    healthy: true,
                     demotions: 0,
                     paused_until: Duration::ZERO,
                     clock: Clock {
@@ -443,6 +446,7 @@ impl Cluster {
         for id in self.ids() {
             self.restart(&id);
             self.set_maintenance(&id, false);
+            self.set_healthy(&id, true);
         }
         // A daemon that was paused has timers long overdue (its lease may have run out):
         // let them fire, so that nobody reads its stale "master" as the healed cluster's.
@@ -559,6 +563,7 @@ impl Cluster {
             }
             Fault::StepDown(i) => self.step_down(&pick(i)),
             Fault::Maintenance(i, on) => self.set_maintenance(&pick(i), *on),
+            Fault::Health(i, healthy) => self.set_healthy(&pick(i), *healthy),
             Fault::DriverStops(i, after) => {
                 self.set_driver_stops(&pick(i), after.map(Duration::from_millis));
             }
@@ -604,8 +609,10 @@ impl Cluster {
         let local = slot.local(now);
         let mut config = slot.config.clone();
         config.rng_seed = self.rng.random();
-        let node = Node::new(config, slot.disk.clone(), local)
+        let mut node = Node::new(config, slot.disk.clone(), local)
             .unwrap_or_else(|e| panic!("valid config: {e}"));
+        // The service's health belongs to the machine: a restarted daemon learns it at once.
+        node.set_healthy(local, slot.healthy);
         self.checker.on_term_observed(id, node.term());
         slot.node = Some(node);
     }
@@ -646,6 +653,15 @@ impl Cluster {
     /// Maintenance mode on/off for `id`.
     pub fn set_maintenance(&mut self, id: &NodeId, on: bool) {
         self.with_node(id, |node, now| node.set_maintenance(now, on));
+    }
+
+    /// `id`'s service turns healthy or unhealthy (kept across restarts; a paused daemon
+    /// learns it when it resumes).
+    pub fn set_healthy(&mut self, id: &NodeId, healthy: bool) {
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.healthy = healthy;
+        }
+        self.with_node(id, |node, now| node.set_healthy(now, healthy));
     }
 
     /// Processes the next timer or delivery, whichever comes first, up to `limit`.
@@ -714,6 +730,10 @@ impl Cluster {
                 if let Some(slot) = self.slots.get_mut(&id) {
                     let local = slot.local(now);
                     if let Some(node) = slot.node.as_mut() {
+                        // A daemon that was paused learns its service's health as it resumes.
+                        if node.healthy() != slot.healthy {
+                            node.set_healthy(local, slot.healthy);
+                        }
                         node.handle_timeout(local);
                     }
                 }
@@ -797,6 +817,9 @@ impl Cluster {
             break;
         }
         let term = node.term();
+        // Eligibility changes only through its own inputs, each flushed on its own: a node
+        // ineligible now was ineligible when it won an election of this batch.
+        let eligible = node.eligible();
         self.checker.on_term_observed(id, term);
         let clock = slot.clock;
         let to_global = |local: Instant| clock.global(local);
@@ -812,6 +835,14 @@ impl Cluster {
         for event in &events {
             if let Event::ElectionStarted { term } = event {
                 self.checker.on_vote_cast(id, *term, id);
+            }
+            if let Event::ElectionWon { term } = event
+                && !eligible
+            {
+                self.checker.violation(format!(
+                    "{id} won the election of term {term} while ineligible \
+                     (unhealthy, in maintenance or a witness)"
+                ));
             }
             match event {
                 Event::BecameMaster { lease_until, .. } => slot.driver_lease = Some(*lease_until),
@@ -877,6 +908,7 @@ pub fn forged_message(n: u64, term: Term) -> Message {
             term,
             round: 1,
             successors: Vec::new(),
+            hold_ms: u32::MAX,
         },
         2 => Message::RequestVote {
             term,
@@ -892,7 +924,10 @@ pub fn forged_message(n: u64, term: Term) -> Message {
             granted: true,
             retry_after_ms: None,
         },
-        _ => Message::TimeoutNow { term },
+        _ => Message::TimeoutNow {
+            term,
+            hold_ms: u32::MAX,
+        },
     }
 }
 

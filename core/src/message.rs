@@ -51,6 +51,10 @@ pub enum Message {
         /// The nodes that could take over, best first (priority, then id). Followers
         /// use their rank here to stagger their election timeouts.
         successors: Vec<NodeId>,
+        /// What is left (ms) of the hold after the cluster's last health hand-over: no
+        /// master is moved for health (nor preempted) before it ends, whoever leads then.
+        /// Receivers cap it at their own `min_master`.
+        hold_ms: u32,
     },
     /// Follower → leader: acknowledgement of heartbeat `round`.
     HeartbeatAck {
@@ -60,7 +64,8 @@ pub enum Message {
         round: u64,
         /// The follower's election priority (higher is preferred).
         priority: u8,
-        /// False while the follower is in maintenance or is a witness: it will not lead.
+        /// False while the follower is unhealthy, in maintenance or a witness: it will
+        /// not lead, and the leader neither ranks it as a successor nor hands over to it.
         eligible: bool,
         /// Whether the follower wants to preempt a lower-priority leader.
         preempt: bool,
@@ -70,6 +75,8 @@ pub enum Message {
     TimeoutNow {
         /// The leader's term.
         term: Term,
+        /// As in [`Message::Heartbeat`]: the `min_master` hold the successor inherits.
+        hold_ms: u32,
     },
 }
 
@@ -83,7 +90,7 @@ impl Message {
             | Self::Vote { term, .. }
             | Self::Heartbeat { term, .. }
             | Self::HeartbeatAck { term, .. }
-            | Self::TimeoutNow { term } => *term,
+            | Self::TimeoutNow { term, .. } => *term,
         }
     }
 }

@@ -270,6 +270,13 @@ pub struct Node {
     /// Successor ranking from the last heartbeat; used to stagger election timeouts.
     successors: Vec<NodeId>,
     maintenance: bool,
+    /// The service's health as the caller last reported it ([`Node::set_healthy`]).
+    healthy: bool,
+    /// No health hand-over (nor preemption) before this time: `min_master` after the
+    /// cluster's last health hand-over, as this node began it or heard of it in heartbeats.
+    health_hold_until: Option<Instant>,
+    /// An [`Event::UnhealthyAlone`] was emitted and the situation has not ended since.
+    alone_reported: bool,
     /// `Some(term)` while drivers have been told "master" in that term.
     master_term: Option<Term>,
     master_lease_until: Instant,
@@ -310,6 +317,9 @@ impl Node {
             election_deadline: now,
             successors: Vec::new(),
             maintenance: false,
+            healthy: true,
+            health_hold_until: None,
+            alone_reported: false,
             master_term: None,
             master_lease_until: now,
             persist: None,
@@ -374,6 +384,22 @@ impl Node {
         self.maintenance
     }
 
+    /// The service's health, as last given to [`Node::set_healthy`] (true until then).
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Whether this node may become master: healthy, not in maintenance, not a witness.
+    /// This is what its acknowledgements tell the leader.
+    pub fn eligible(&self) -> bool {
+        self.healthy && !self.maintenance && !self.config.witness
+    }
+
+    /// While a health hand-over (or a preemption) is held back by `min_master`: until when.
+    pub fn health_hold_until(&self, now: Instant) -> Option<Instant> {
+        self.health_hold_until.filter(|until| now < *until)
+    }
+
     /// The state that must be on disk.
     pub fn persistent_state(&self) -> PersistentState {
         PersistentState {
@@ -431,7 +457,8 @@ impl Node {
                 term,
                 round,
                 successors,
-            } => self.on_heartbeat(now, from, term, round, successors),
+                hold_ms,
+            } => self.on_heartbeat(now, from, term, round, successors, hold_ms),
             Message::HeartbeatAck {
                 term,
                 round,
@@ -449,7 +476,7 @@ impl Node {
                 };
                 self.on_heartbeat_ack(now, from, term, info);
             }
-            Message::TimeoutNow { term } => self.on_timeout_now(now, from, term),
+            Message::TimeoutNow { term, hold_ms } => self.on_timeout_now(now, from, term, hold_ms),
         }
         self.refresh_master(now);
     }
@@ -507,6 +534,37 @@ impl Node {
             }
         } else if !matches!(self.state, State::Leader(_)) {
             self.reset_election_deadline(now);
+        }
+        self.refresh_master(now);
+    }
+
+    /// Reports the service's health (the caller's checks, with their own hysteresis).
+    ///
+    /// Unhealthy: the node is ineligible. It never starts a pre-vote, ignores hand-overs
+    /// to it, and its acknowledgements tell the leader, which then never ranks it as a
+    /// successor. If it is master, it demotes and hands over to the best reachable healthy,
+    /// eligible follower, through the usual hand-over (after the drivers confirmed their
+    /// stop, or the last lease plus the stop budget). With no such follower it stays
+    /// master and says so ([`Event::UnhealthyAlone`]), or with [`crate::Alone::StepDown`]
+    /// steps down anyway. A hand-over for health happens no sooner than
+    /// [`Config::min_master`] after the previous one (the leader's heartbeats carry what
+    /// is left of that hold, and whoever leads next keeps it), so a flapping check moves
+    /// mastership at most once per interval; preemption waits for the hold too. Healthy again: it may stand again; it takes mastership back only by
+    /// preemption ([`Config::preempt`]).
+    pub fn set_healthy(&mut self, now: Instant, healthy: bool) {
+        if self.healthy == healthy {
+            return;
+        }
+        self.healthy = healthy;
+        self.alone_reported = false;
+        match self.state {
+            State::Leader(_) => self.health_handoff(now),
+            State::PreCandidate { .. } | State::Candidate { .. } if !healthy => {
+                self.become_follower(None);
+                self.reset_election_deadline(now);
+            }
+            State::Follower if healthy => self.reset_election_deadline(now),
+            _ => {}
         }
         self.refresh_master(now);
     }
@@ -706,6 +764,7 @@ impl Node {
         term: Term,
         round: u64,
         successors: Vec<NodeId>,
+        hold_ms: u32,
     ) {
         if term < self.term {
             // A deposed leader: our reply carries the higher term and makes it step down. It
@@ -731,6 +790,9 @@ impl Node {
         }
         self.leader_contact = now;
         self.successors = successors;
+        // Inherit the leader's `min_master` hold, so whoever leads next (by hand-over or by
+        // election) does not move mastership for health again before it ends.
+        self.inherit_hold(now, hold_ms);
         self.reset_election_deadline(now);
         let ack = self.ack(round);
         self.send(from, ack);
@@ -782,8 +844,10 @@ impl Node {
             }
         }
 
-        // Preemption: a reachable, eligible follower of higher priority that asks for it.
-        if l.handoff.is_none() {
+        // Preemption: a reachable, eligible follower of higher priority that asks for it
+        // (not while `min_master` holds this master in place after a hand-over).
+        let held = self.health_hold_until.is_some_and(|until| now < until);
+        if l.handoff.is_none() && !held {
             let preferred = l
                 .followers
                 .iter()
@@ -801,7 +865,13 @@ impl Node {
         }
     }
 
-    fn on_timeout_now(&mut self, now: Instant, from: &NodeId, term: Term) {
+    fn on_timeout_now(&mut self, now: Instant, from: &NodeId, term: Term, hold_ms: u32) {
+        if term == self.term
+            && self.leader.as_ref() == Some(from)
+            && matches!(self.state, State::Follower)
+        {
+            self.inherit_hold(now, hold_ms);
+        }
         if term == self.term
             && self.leader.as_ref() == Some(from)
             && matches!(self.state, State::Follower)
@@ -844,7 +914,39 @@ impl Node {
                     .push_back(Event::PeerReachability { peer, reachable });
             }
             self.broadcast_heartbeat(now);
+            self.health_handoff(now);
         }
+    }
+
+    /// Leader, unhealthy: hand over to the best reachable healthy follower, unless held
+    /// by `min_master`; with none, stay (or step down, per [`Config::alone`]) and say so.
+    fn health_handoff(&mut self, now: Instant) {
+        if self.healthy || self.health_hold_until(now).is_some() {
+            return;
+        }
+        let hb = self.config.heartbeat_interval;
+        let State::Leader(l) = &self.state else {
+            return;
+        };
+        if l.handoff.is_some() {
+            return;
+        }
+        let target = best_successor(&l.followers, now, hb * 2);
+        if target.is_none() {
+            if !self.alone_reported {
+                self.alone_reported = true;
+                self.events.push_back(Event::UnhealthyAlone {
+                    term: self.term,
+                    alone: self.config.alone,
+                });
+            }
+            if self.config.alone == crate::Alone::Stay {
+                return;
+            }
+        }
+        self.alone_reported = false;
+        self.health_hold_until = Some(now + self.config.min_master);
+        self.begin_handoff(now, target, Reason::Unhealthy);
     }
 
     // ----- internals: transitions ---------------------------------------------------------
@@ -1004,10 +1106,29 @@ impl Node {
             .target
             .filter(|t| l.followers.get(t).is_some_and(|f| f.eligible && recent(f)))
             .or_else(|| best_successor(&l.followers, now, hb * 2));
+        if target.is_none()
+            && handoff.reason == Reason::Unhealthy
+            && self.config.alone == crate::Alone::Stay
+        {
+            // The healthy successor went away (or turned unhealthy) meanwhile: no node is
+            // better placed, so stay leader; still in its term with a majority's
+            // acknowledgements, it is master again as soon as its lease is current. (The
+            // `min_master` hold set when the hand-over began stays: it keeps a flapping
+            // successor from stopping and restarting the service here at its rate.)
+            if !self.alone_reported {
+                self.alone_reported = true;
+                self.events.push_back(Event::UnhealthyAlone {
+                    term: self.term,
+                    alone: crate::Alone::Stay,
+                });
+            }
+            return;
+        }
         let term = self.term;
+        let hold_ms = self.hold_ms(now);
         self.become_follower(Some(handoff.reason));
         if let Some(target) = target {
-            self.send(&target, Message::TimeoutNow { term });
+            self.send(&target, Message::TimeoutNow { term, hold_ms });
         }
         // Do not compete with the successor: stand again only after a full maximum timeout.
         self.leader_contact = now;
@@ -1073,6 +1194,7 @@ impl Node {
 
     fn broadcast_heartbeat(&mut self, now: Instant) {
         let hb = self.config.heartbeat_interval;
+        let hold_ms = self.hold_ms(now);
         let term = self.term;
         let State::Leader(l) = &mut self.state else {
             return;
@@ -1098,6 +1220,7 @@ impl Node {
                     term,
                     round,
                     successors: successors.clone(),
+                    hold_ms,
                 },
             );
         }
@@ -1117,6 +1240,20 @@ impl Node {
             eligible: self.eligible(),
             preempt: self.config.preempt,
         }
+    }
+
+    /// What is left of the `min_master` hold, in ms, as heartbeats and hand-overs carry it.
+    fn hold_ms(&self, now: Instant) -> u32 {
+        self.health_hold_until.map_or(0, |until| {
+            u32::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Takes the leader's hold. Capped at our own `min_master`: a broken peer cannot
+    /// freeze health hand-overs for longer.
+    fn inherit_hold(&mut self, now: Instant, hold_ms: u32) {
+        self.health_hold_until = (hold_ms > 0)
+            .then(|| now + Duration::from_millis(u64::from(hold_ms)).min(self.config.min_master));
     }
 
     fn observe_term(&mut self, term: Term) {
@@ -1149,10 +1286,6 @@ impl Node {
             .filter(|v| **v != self.config.id)
             .cloned()
             .collect()
-    }
-
-    fn eligible(&self) -> bool {
-        !self.maintenance && !self.config.witness
     }
 
     fn can_campaign(&self, now: Instant) -> bool {
@@ -1275,6 +1408,7 @@ mod tests {
             term: Term(term),
             round: 1,
             successors: vec![],
+            hold_ms: 0,
         }
     }
 
@@ -1616,6 +1750,7 @@ mod tests {
                 term,
                 round: 1,
                 successors: vec![],
+                hold_ms: u32::MAX,
             },
             // A transfer request bypasses stickiness: the worst case.
             Message::RequestVote {
@@ -1632,7 +1767,7 @@ mod tests {
                 granted: false,
                 retry_after_ms: None,
             },
-            Message::TimeoutNow { term },
+            Message::TimeoutNow { term, hold_ms: 0 },
         ]
     }
 
@@ -1810,6 +1945,7 @@ mod tests {
             &id("n2"),
             Message::TimeoutNow {
                 term: Term::CEILING,
+                hold_ms: 0,
             },
         );
         assert_eq!(node.term(), Term::CEILING);
@@ -2225,5 +2361,329 @@ mod tests {
             })
             .expect("new master");
         assert_safe(&cluster);
+    }
+
+    // ----- health ------------------------------------------------------------------------
+
+    /// Samples the master every 10 ms for `duration`; counts how often it changed hands
+    /// (to another node, or from none to one after having had one).
+    fn count_moves(
+        cluster: &mut Cluster,
+        duration: Duration,
+        mut between: impl FnMut(&mut Cluster, u64),
+    ) -> usize {
+        let mut last: Option<NodeId> = cluster.masters().first().cloned();
+        let mut moves = 0;
+        for tick in 0..duration.as_millis() as u64 / 10 {
+            between(cluster, tick);
+            cluster.run_for(Duration::from_millis(10));
+            if let Some(now) = cluster.masters().first().cloned() {
+                if last.as_ref().is_some_and(|l| *l != now) {
+                    moves += 1;
+                }
+                last = Some(now);
+            }
+        }
+        moves
+    }
+
+    #[test]
+    fn an_unhealthy_node_never_becomes_master_even_when_it_is_the_only_one_left() {
+        let mut cluster = Cluster::new(3, 21, |_| {});
+        let (n1, n2, n3) = (cluster.id(0), cluster.id(1), cluster.id(2));
+        // Booting with failing checks: n1 and n2 are unhealthy from the start.
+        cluster.set_healthy(&n1, false);
+        cluster.set_healthy(&n2, false);
+        assert_eq!(elect(&mut cluster), n3);
+        cluster.crash(&n3);
+        cluster.run_for(Duration::from_secs(30));
+        assert!(cluster.masters().is_empty(), "{:?}", cluster.masters());
+        assert_eq!(
+            cluster.checker.elections, 1,
+            "unhealthy nodes never campaign"
+        );
+        cluster.set_healthy(&n2, true);
+        assert_eq!(elect(&mut cluster), n2);
+        // The checker also fails any node that wins an election while ineligible.
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn an_unhealthy_master_hands_over_to_a_healthy_node_after_its_stop() {
+        for confirm in [None, Some(Duration::from_millis(20))] {
+            let mut cluster = Cluster::new(3, 22, |_| {});
+            let old = elect(&mut cluster);
+            let others: Vec<NodeId> = cluster.ids().into_iter().filter(|i| *i != old).collect();
+            let (sick, healthy) = (&others[0], &others[1]);
+            cluster.set_healthy(sick, false);
+            cluster.set_driver_stops(&old, confirm);
+            cluster.run_for(Duration::from_millis(500));
+            let start = cluster.now();
+            cluster.set_healthy(&old, false);
+            assert!(
+                cluster.masters().is_empty(),
+                "an unhealthy master demotes first"
+            );
+            cluster
+                .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
+                .expect("a successor");
+            assert_eq!(
+                &cluster.masters()[0],
+                healthy,
+                "never the unhealthy follower"
+            );
+            let took = cluster.now() - start;
+            // Without a confirmed stop the hand-over waits for the lease plus the stop
+            // budget; the checker verifies the intervals, this only that the wait happened.
+            if confirm.is_none() {
+                assert!(took > Duration::from_millis(700), "{took:?}");
+            } else {
+                assert!(took < Duration::from_millis(400), "{took:?}");
+            }
+            assert_safe(&cluster);
+        }
+    }
+
+    #[test]
+    fn when_no_node_is_healthy_the_master_stays_and_says_so() {
+        let mut cluster = Cluster::new(3, 23, |_| {});
+        cluster.trace = true;
+        let master = elect(&mut cluster);
+        // The followers' checks fail first, then the master's: nobody to hand over to.
+        for id in cluster.ids().into_iter().filter(|i| *i != master) {
+            cluster.set_healthy(&id, false);
+        }
+        cluster.run_for(Duration::from_millis(300));
+        cluster.set_healthy(&master, false);
+        cluster.run_for(Duration::from_secs(20));
+        assert_eq!(cluster.masters(), vec![master.clone()]);
+        assert_eq!(cluster.checker.elections, 1);
+        let said = cluster
+            .log
+            .iter()
+            .filter(|l| l.contains(&format!(" {master} UnhealthyAlone")))
+            .count();
+        assert_eq!(said, 1, "said once, not every heartbeat");
+        // A healthy peer appears: now it hands over.
+        let peer = cluster
+            .ids()
+            .into_iter()
+            .find(|i| *i != master)
+            .expect("peer");
+        cluster.set_healthy(&peer, true);
+        cluster
+            .run_until(Duration::from_secs(5), |c| {
+                c.masters() == vec![peer.clone()]
+            })
+            .expect("hand-over to the healthy peer");
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn a_hand_over_whose_successor_turns_unhealthy_meanwhile_keeps_the_master() {
+        let mut cluster = Cluster::new(3, 28, |_| {});
+        cluster.trace = true;
+        let master = elect(&mut cluster);
+        // The master's check fails first (followers look healthy: it demotes and waits for
+        // its lease plus the stop budget), then theirs, before the hand-over is due.
+        cluster.set_healthy(&master, false);
+        assert!(cluster.masters().is_empty());
+        for id in cluster.ids().into_iter().filter(|i| *i != master) {
+            cluster.set_healthy(&id, false);
+        }
+        cluster
+            .run_until(Duration::from_secs(5), |c| {
+                c.masters() == vec![master.clone()]
+            })
+            .expect("master again: no node is better placed");
+        cluster.run_for(Duration::from_secs(10));
+        assert_eq!(cluster.masters(), vec![master.clone()]);
+        assert_eq!(cluster.checker.elections, 1, "same leadership, no election");
+        assert!(
+            cluster
+                .log
+                .iter()
+                .any(|l| l.contains(&format!(" {master} UnhealthyAlone"))),
+            "said so"
+        );
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn alone_step_down_leaves_no_master_until_a_node_is_healthy() {
+        let mut cluster = Cluster::new(3, 24, |c| c.alone = crate::Alone::StepDown);
+        let master = elect(&mut cluster);
+        for id in cluster.ids() {
+            cluster.set_healthy(&id, false);
+        }
+        cluster.run_for(Duration::from_secs(20));
+        assert!(cluster.masters().is_empty(), "{:?}", cluster.masters());
+        cluster.set_healthy(&master, true);
+        cluster
+            .run_until(Duration::from_secs(10), |c| {
+                c.masters() == vec![master.clone()]
+            })
+            .expect("the healthy node stands again");
+        assert_safe(&cluster);
+    }
+
+    /// Every second the current master's check fails and every other node's passes: the
+    /// worst flapping for moves. `min_master` paces them; without it they follow the flaps.
+    fn flapping_moves(min_master: Duration) -> (usize, Cluster) {
+        let mut cluster = Cluster::new(3, 25, |c| c.min_master = min_master);
+        elect(&mut cluster);
+        let moves = count_moves(&mut cluster, Duration::from_secs(60), |c, tick| {
+            if tick % 100 == 0 {
+                let master = c.masters().first().cloned();
+                for id in c.ids() {
+                    c.set_healthy(&id, Some(&id) != master.as_ref());
+                }
+            }
+        });
+        (moves, cluster)
+    }
+
+    #[test]
+    fn a_flapping_check_moves_mastership_at_most_once_per_min_master() {
+        let (moves, cluster) = flapping_moves(Duration::from_secs(5));
+        assert_safe(&cluster);
+        assert!(
+            (2..=13).contains(&moves),
+            "{moves} moves in 60 s with min_master 5 s"
+        );
+        let (unpaced, cluster) = flapping_moves(Duration::ZERO);
+        assert_safe(&cluster);
+        assert!(
+            unpaced > 13,
+            "the test must be able to fail: {unpaced} moves unpaced"
+        );
+    }
+
+    #[test]
+    fn the_hold_is_inherited_by_whoever_leads_next() {
+        // A health move, then the new master crashes: the node elected after it still
+        // waits out the hold before moving for health.
+        let mut cluster = Cluster::new(3, 26, |c| c.min_master = Duration::from_secs(20));
+        let first = elect(&mut cluster);
+        let moved_at = cluster.now();
+        cluster.set_healthy(&first, false);
+        let second = cluster
+            .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
+            .map(|_| cluster.masters()[0].clone())
+            .expect("hand-over");
+        cluster.set_healthy(&first, true);
+        cluster.crash(&second);
+        let third = elect(&mut cluster);
+        assert_eq!(third, first, "the only one left");
+        cluster.restart(&second);
+        cluster.set_healthy(&third, false);
+        let held = cluster.run_until(Duration::from_secs(30), |c| {
+            c.masters() != vec![third.clone()]
+        });
+        let moved = cluster.now() - moved_at;
+        assert!(held.is_some(), "moves once the hold ends");
+        assert!(
+            moved >= Duration::from_secs(20),
+            "moved {moved:?} after the last move"
+        );
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn a_recovered_node_takes_mastership_back_only_by_preemption_after_the_hold() {
+        for preempt in [false, true] {
+            let mut cluster = Cluster::new(3, 27, |c| {
+                c.min_master = Duration::from_secs(10);
+                if c.id.as_str() == "n1" {
+                    c.priority = 10;
+                    c.preempt = preempt;
+                }
+            });
+            // With preemption n1 leads (elected, or preempting); without, whoever won.
+            let n1 = if preempt {
+                let n1 = cluster.id(0);
+                cluster
+                    .run_until(Duration::from_secs(15), |c| c.masters() == vec![n1.clone()])
+                    .expect("n1 leads");
+                n1
+            } else {
+                elect(&mut cluster)
+            };
+            let moved_at = cluster.now();
+            cluster.set_healthy(&n1, false);
+            cluster
+                .run_until(Duration::from_secs(5), |c| c.masters().len() == 1)
+                .expect("hand-over");
+            cluster.run_for(Duration::from_secs(1));
+            cluster.set_healthy(&n1, true);
+            let back =
+                cluster.run_until(Duration::from_secs(30), |c| c.masters() == vec![n1.clone()]);
+            if preempt {
+                back.expect("preempts once the hold ends");
+                assert!(cluster.now() - moved_at >= Duration::from_secs(10));
+            } else {
+                assert!(back.is_none(), "no preemption: the new master stays");
+            }
+            assert_safe(&cluster);
+        }
+    }
+
+    #[test]
+    fn a_peers_hold_is_capped_at_our_min_master() {
+        let mut node = fresh();
+        node.handle_message(
+            ms(10),
+            &id("n2"),
+            Message::Heartbeat {
+                term: Term(1),
+                round: 1,
+                successors: vec![],
+                hold_ms: u32::MAX,
+            },
+        );
+        let until = node.health_hold_until(ms(10)).expect("held");
+        assert_eq!(until, ms(10) + node.config().min_master);
+        // A heartbeat without a hold ends it.
+        node.handle_message(
+            ms(20),
+            &id("n2"),
+            Message::Heartbeat {
+                term: Term(1),
+                round: 2,
+                successors: vec![],
+                hold_ms: 0,
+            },
+        );
+        assert_eq!(node.health_hold_until(ms(20)), None);
+    }
+
+    #[test]
+    fn an_unhealthy_follower_tells_the_leader_and_refuses_a_transfer() {
+        let mut node = fresh();
+        node.set_healthy(ms(0), false);
+        assert!(!node.eligible());
+        node.handle_message(ms(10), &id("n2"), heartbeat(1));
+        let (_, sent) = outputs(&mut node);
+        assert!(
+            sent.iter().any(|(_, m)| matches!(
+                m,
+                Message::HeartbeatAck {
+                    eligible: false,
+                    ..
+                }
+            )),
+            "{sent:?}"
+        );
+        node.handle_message(
+            ms(20),
+            &id("n2"),
+            Message::TimeoutNow {
+                term: Term(1),
+                hold_ms: 0,
+            },
+        );
+        assert_eq!(node.role(), Role::Follower);
+        let (persisted, _) = outputs(&mut node);
+        assert_eq!(persisted, None, "no campaign, no new term");
     }
 }

@@ -72,6 +72,7 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 term: t,
                 round: 1234,
                 successors: vec![id("node-2"), id("node-3")],
+                hold_ms: 29_500,
             }),
         ),
         (
@@ -84,7 +85,13 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 preempt: false,
             }),
         ),
-        ("timeout_now", encode(&Message::TimeoutNow { term: t })),
+        (
+            "timeout_now",
+            encode(&Message::TimeoutNow {
+                term: t,
+                hold_ms: 30_000,
+            }),
+        ),
         (
             "role_master",
             encode(&ToDriver::Role {
@@ -192,6 +199,7 @@ fn handshake() {
         term: Term(3),
         round: 9,
         successors: vec![id("node-2")],
+        hold_ms: 0,
     })
     .expect("frame");
     let sealed = session.seal(Body::Frame, &frame).expect("seal");

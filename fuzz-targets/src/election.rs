@@ -88,6 +88,8 @@ pub enum AnyMessage {
         round: u64,
         /// Successors, as node indices.
         successors: Vec<u8>,
+        /// Health hold.
+        hold_ms: u32,
     },
     /// [`Message::HeartbeatAck`].
     HeartbeatAck {
@@ -101,7 +103,10 @@ pub enum AnyMessage {
         preempt: bool,
     },
     /// [`Message::TimeoutNow`].
-    TimeoutNow,
+    TimeoutNow {
+        /// Health hold.
+        hold_ms: u32,
+    },
 }
 
 impl AnyMessage {
@@ -118,9 +123,14 @@ impl AnyMessage {
             },
             Self::RequestVote { transfer } => Message::RequestVote { term, transfer },
             Self::Vote { granted } => Message::Vote { term, granted },
-            Self::Heartbeat { round, successors } => Message::Heartbeat {
+            Self::Heartbeat {
+                round,
+                successors,
+                hold_ms,
+            } => Message::Heartbeat {
                 term,
                 round,
+                hold_ms,
                 successors: successors
                     .iter()
                     .take(8)
@@ -139,7 +149,7 @@ impl AnyMessage {
                 eligible,
                 preempt,
             },
-            Self::TimeoutNow => Message::TimeoutNow { term },
+            Self::TimeoutNow { hold_ms } => Message::TimeoutNow { term, hold_ms },
         }
     }
 }
