@@ -1269,7 +1269,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 tracing::info!(term = term.0, reason = reason.as_str(), "became backup");
                 metrics.master.set(0);
                 self.role_changed(DriverRole::Backup, term, reason, now);
-                if matches!(reason, Reason::SteppedDown | Reason::Maintenance) {
+                if matches!(
+                    reason,
+                    Reason::SteppedDown | Reason::Maintenance | Reason::Unhealthy
+                ) {
                     self.awaiting_stop = true;
                     self.confirm_stop_if_done();
                 }
