@@ -352,9 +352,7 @@ fn parse_checks(
         if let Some(unknown) = table.keys().find(|k| !CHECK_KEYS.contains(&k.as_str())) {
             return Err(err(
                 unknown,
-                format!(
-                    "unknown key: a check has exactly one of exec, http, tcp (what it runs),                      and name, interval_ms, timeout_ms, fall, rise"
-                ),
+                "unknown key: a check has exactly one of exec, http, tcp (what it runs), and name, interval_ms, timeout_ms, fall, rise".into(),
             ));
         }
         // Only known keys are left, so this is a wrong type; the path names the key.
@@ -485,7 +483,10 @@ fn parse_checks(
                 ));
             }
         }
-        if raw.timeout_ms > raw.interval_ms {
+        // The defaults (1000 and 2000) are such a pair, chosen so: no warning unless one
+        // of the two is set.
+        let timing_set = table.contains_key("interval_ms") || table.contains_key("timeout_ms");
+        if timing_set && raw.timeout_ms > raw.interval_ms {
             warnings.push(ConfigWarning(format!(
                 "{file}: {label}: timeout_ms ({}) is above interval_ms ({}): fine, runs never overlap (the next starts interval_ms after the previous ended), but a hanging check is then seen only every timeout_ms + interval_ms ({} ms)",
                 raw.timeout_ms,

@@ -691,4 +691,23 @@ fn a_timeout_above_the_interval_warns_what_it_means() {
         !warnings.iter().any(|w| w.contains("check[0]")),
         "{warnings:?}"
     );
+    // The defaults (interval 1000, timeout 2000) are such a pair on purpose: no warning.
+    let (_, warnings) =
+        parse_with_warnings(&with_checks("[[check]]\nname = \"web\"\nexec = \"true\""))
+            .expect("allowed");
+    assert!(
+        !warnings.iter().any(|w| w.contains("check[0]")),
+        "{warnings:?}"
+    );
+    // Setting one of them is a choice the warning explains.
+    let (_, warnings) = parse_with_warnings(&with_checks(
+        "[[check]]\nname = \"web\"\nexec = \"true\"\ninterval_ms = 500",
+    ))
+    .expect("allowed");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("check[0] (web): timeout_ms (2000) is above interval_ms (500)")),
+        "{warnings:?}"
+    );
 }
