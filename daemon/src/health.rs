@@ -165,6 +165,21 @@ pub enum DriverCheckRefused {
     },
 }
 
+/// One `FromDriver::Health` report, as [`Tracker::record_driver`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverReport<'a> {
+    /// The check's name as the driver calls it (`A-Z a-z 0-9 . _ -`, 1 to 64).
+    pub check: &'a str,
+    /// Whether this run passed.
+    pub healthy: bool,
+    /// One line on what happened.
+    pub detail: &'a str,
+    /// Consecutive failures that make the check unhealthy (at least 1).
+    pub fall: u32,
+    /// Consecutive successes that make it healthy again (at least 1).
+    pub rise: u32,
+}
+
 /// What [`Tracker::forget_driver`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[must_use = "the removed checks' metrics must be dropped too"]
@@ -410,13 +425,16 @@ impl Tracker {
     pub fn record_driver(
         &mut self,
         driver: &str,
-        check: &str,
-        healthy: bool,
-        detail: &str,
-        fall: u32,
-        rise: u32,
+        report: &DriverReport<'_>,
         now: Instant,
     ) -> Result<Option<HealthTransition>, DriverCheckRefused> {
+        let DriverReport {
+            check,
+            healthy,
+            detail,
+            fall,
+            rise,
+        } = *report;
         if !is_valid_check_name(check) {
             return Err(DriverCheckRefused::BadName {
                 driver: driver.to_string(),
@@ -602,6 +620,22 @@ mod tests {
         }
     }
 
+    fn report<'a>(
+        check: &'a str,
+        healthy: bool,
+        detail: &'a str,
+        fall: u32,
+        rise: u32,
+    ) -> DriverReport<'a> {
+        DriverReport {
+            check,
+            healthy,
+            detail,
+            fall,
+            rise,
+        }
+    }
+
     fn at(ms: u64) -> Instant {
         Instant::from_millis(ms)
     }
@@ -628,7 +662,8 @@ mod tests {
     fn fall_rise_hysteresis() {
         let (t, f) = (true, false);
         // (fall, rise, starts healthy, runs, health after each run)
-        let cases: &[(u32, u32, bool, &[bool], &[bool])] = &[
+        type Case<'a> = (u32, u32, bool, &'a [bool], &'a [bool]);
+        let cases: &[Case<'_>] = &[
             // Starts unhealthy, healthy after `rise` passes in a row.
             (3, 2, false, &[t, t, t], &[f, t, t]),
             (3, 2, false, &[t, f, t, t], &[f, f, f, t]),
@@ -737,18 +772,18 @@ mod tests {
         let mut tracker = Tracker::new(&[], Duration::from_secs(60));
         // First report passes: healthy, no transition.
         assert_eq!(
-            tracker.record_driver("d1", "check", true, "ok", 3, 2, at(0)),
+            tracker.record_driver("d1", &report("check", true, "ok", 3, 2), at(0)),
             Ok(None)
         );
         // First report fails with fall 3: still healthy (one failure counted).
         assert_eq!(
-            tracker.record_driver("d1", "other", false, "down", 3, 2, at(0)),
+            tracker.record_driver("d1", &report("other", false, "down", 3, 2), at(0)),
             Ok(None)
         );
         assert!(tracker.is_healthy());
         // First report fails with fall 1: unhealthy at once.
         let down = tracker
-            .record_driver("d2", "check", false, "pg down", 1, 1, at(1))
+            .record_driver("d2", &report("check", false, "pg down", 1, 1), at(1))
             .expect("counted")
             .expect("transition");
         assert!(!down.healthy);
@@ -782,24 +817,24 @@ mod tests {
         let refused =
             |r: Result<Option<HealthTransition>, DriverCheckRefused>| r.expect_err("refused");
         assert!(matches!(
-            refused(tracker.record_driver("d", "a/b", true, "", 1, 1, at(0))),
+            refused(tracker.record_driver("d", &report("a/b", true, "", 1, 1), at(0))),
             DriverCheckRefused::BadName { .. }
         ));
         assert!(matches!(
-            refused(tracker.record_driver("d", "", true, "", 1, 1, at(0))),
+            refused(tracker.record_driver("d", &report("", true, "", 1, 1), at(0))),
             DriverCheckRefused::BadName { .. }
         ));
         assert!(matches!(
-            refused(tracker.record_driver("d", "c", true, "", 0, 1, at(0))),
+            refused(tracker.record_driver("d", &report("c", true, "", 0, 1), at(0))),
             DriverCheckRefused::BadThreshold { .. }
         ));
         for i in 0..MAX_CHECKS_PER_DRIVER {
             assert_eq!(
-                tracker.record_driver("d", &format!("c{i}"), true, "", 1, 1, at(0)),
+                tracker.record_driver("d", &report(&format!("c{i}"), true, "", 1, 1), at(0)),
                 Ok(None)
             );
         }
-        let too_many = refused(tracker.record_driver("d", "extra", true, "", 1, 1, at(0)));
+        let too_many = refused(tracker.record_driver("d", &report("extra", true, "", 1, 1), at(0)));
         assert!(matches!(
             too_many,
             DriverCheckRefused::TooManyForDriver { .. }
@@ -807,30 +842,27 @@ mod tests {
         assert!(too_many.to_string().contains("driver d"), "{too_many}");
         // An existing check still counts.
         assert_eq!(
-            tracker.record_driver("d", "c0", true, "", 1, 1, at(1)),
+            tracker.record_driver("d", &report("c0", true, "", 1, 1), at(1)),
             Ok(None)
         );
         for driver in 1..MAX_DRIVER_CHECKS / MAX_CHECKS_PER_DRIVER {
             for i in 0..MAX_CHECKS_PER_DRIVER {
+                let name = format!("c{i}");
                 let _ = tracker.record_driver(
                     &format!("d{driver}"),
-                    &format!("c{i}"),
-                    true,
-                    "",
-                    1,
-                    1,
+                    &report(&name, true, "", 1, 1),
                     at(0),
                 );
             }
         }
         assert_eq!(tracker.driver_check_count(), MAX_DRIVER_CHECKS);
         assert!(matches!(
-            refused(tracker.record_driver("late", "c", true, "", 1, 1, at(0))),
+            refused(tracker.record_driver("late", &report("c", true, "", 1, 1), at(0))),
             DriverCheckRefused::TooMany { .. }
         ));
         let _ = tracker.forget_driver("d", at(2));
         assert_eq!(
-            tracker.record_driver("late", "c", true, "", 1, 1, at(3)),
+            tracker.record_driver("late", &report("c", true, "", 1, 1), at(3)),
             Ok(None)
         );
     }
