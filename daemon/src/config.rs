@@ -50,6 +50,12 @@ struct RawFile {
     election: RawElection,
     #[serde(default)]
     admin: RawAdmin,
+    /// `[[check]]` tables, kept as tables so that their errors can name the check
+    /// (`check[1] (web).fall`) and an unknown key can be explained.
+    #[serde(default)]
+    check: Vec<toml::Table>,
+    #[serde(default)]
+    health: RawHealth,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +172,340 @@ impl Default for RawAdmin {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: Option<String>,
+    exec: Option<String>,
+    http: Option<String>,
+    tcp: Option<String>,
+    #[serde(default = "default_check_interval")]
+    interval_ms: u64,
+    #[serde(default = "default_check_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_fall")]
+    fall: u32,
+    #[serde(default = "default_rise")]
+    rise: u32,
+}
+
+/// The keys a `[[check]]` may have, for the error on any other.
+const CHECK_KEYS: [&str; 8] = [
+    "name",
+    "exec",
+    "http",
+    "tcp",
+    "interval_ms",
+    "timeout_ms",
+    "fall",
+    "rise",
+];
+
+fn default_check_interval() -> u64 {
+    1000
+}
+fn default_check_timeout() -> u64 {
+    2000
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_rise() -> u32 {
+    2
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    alone: Option<String>,
+    min_master_ms: Option<u64>,
+    start_failure_ms: Option<u64>,
+}
+
+/// The longest check name (names are metric labels and log fields).
+pub const MAX_CHECK_NAME_LEN: usize = 64;
+
+/// The name of the check a failed `start` creates (see [`crate::health`]); no `[[check]]`
+/// may use it.
+pub const START_CHECK_NAME: &str = "start";
+
+/// What a `[[check]]` runs: exactly one of `exec`, `http`, `tcp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckKind {
+    /// `exec`: a shell command (run like the shell driver's scripts: `/bin/bash -c`, its
+    /// own process group, killed at the timeout); healthy on exit status 0.
+    Exec {
+        /// The command line.
+        command: String,
+    },
+    /// `http`: a GET of an `http://` or `https://` URL; healthy on a 2xx answer.
+    /// Redirects are not followed (a 3xx is a failure).
+    Http {
+        /// The URL, validated.
+        url: reqwest::Url,
+    },
+    /// `tcp`: healthy when a connection to `host:port` is accepted. The host may be a name
+    /// (`localhost:5432`), resolved at every run.
+    Tcp {
+        /// `host:port` (`[v6]:port` for an IPv6 literal).
+        addr: String,
+    },
+}
+
+impl CheckKind {
+    /// `"exec"`, `"http"` or `"tcp"`: the config key, shown in status.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Exec { .. } => "exec",
+            Self::Http { .. } => "http",
+            Self::Tcp { .. } => "tcp",
+        }
+    }
+}
+
+/// One validated `[[check]]`: all of them must pass for the node to be healthy (and so
+/// eligible to be master).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    /// Unique; `A-Z a-z 0-9 . _ -`, at most [`MAX_CHECK_NAME_LEN`]; shown in status,
+    /// metrics, logs and notifications.
+    pub name: String,
+    /// What it runs.
+    pub kind: CheckKind,
+    /// Pause between the end of one run and the start of the next (runs never overlap).
+    pub interval: Duration,
+    /// Time limit of one run; a run past it is a failure (an exec check's process group is
+    /// killed).
+    pub timeout: Duration,
+    /// Consecutive failures that make a healthy check unhealthy (at least 1).
+    pub fall: u32,
+    /// Consecutive successes that make an unhealthy check healthy (at least 1). A check
+    /// starts unhealthy, so a booting node is not eligible before every check passed
+    /// `rise` times.
+    pub rise: u32,
+}
+
+/// `[health]`: what health does to mastership. `health.alone` and `health.min_master_ms`
+/// live in [`Settings::core`] (`alone`, `min_master`), which acts on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// `health.start_failure_ms`: how long a failed `start` keeps the node unhealthy (the
+    /// `start` check), unless a later start succeeds first.
+    pub start_failure: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            start_failure: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether `name` may name a check: 1 to [`MAX_CHECK_NAME_LEN`] of `A-Z a-z 0-9 . _ -`.
+/// (`/` is not among them: `<driver>/<check>` names the checks drivers report.)
+pub fn is_valid_check_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CHECK_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `addr` is `host:port` with a non-zero port: an IP address, `[v6]:port`, or a
+/// name to resolve (`localhost:5432`).
+fn is_valid_tcp_target(addr: &str) -> bool {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return !addr.ends_with(":0");
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    port_ok && host_ok
+}
+
+/// Validates the `[[check]]` tables.
+fn parse_checks(
+    tables: &[toml::Table],
+    file: &str,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<Vec<CheckConfig>, ConfigError> {
+    let mut checks: Vec<CheckConfig> = Vec::with_capacity(tables.len());
+    for (i, table) in tables.iter().enumerate() {
+        // Names the check by index, and by name once it has a usable one.
+        let label = match table.get("name").and_then(toml::Value::as_str) {
+            Some(name) if is_valid_check_name(name) => format!("check[{i}] ({name})"),
+            _ => format!("check[{i}]"),
+        };
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: format!("{label}.{key}"),
+            message,
+        };
+        if let Some(unknown) = table.keys().find(|k| !CHECK_KEYS.contains(&k.as_str())) {
+            return Err(err(
+                unknown,
+                "unknown key: a check has exactly one of exec, http, tcp (what it runs), and name, interval_ms, timeout_ms, fall, rise".into(),
+            ));
+        }
+        // Only known keys are left, so this is a wrong type; the path names the key.
+        let raw: RawCheck = serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                err(&key, e.inner().message().trim().to_string())
+            })?;
+        let name = match raw.name {
+            None => {
+                return Err(err(
+                    "name",
+                    "missing: give every check a unique name (A-Z a-z 0-9 . _ -, at most 64), shown in status, metrics and logs".into(),
+                ));
+            }
+            Some(name) if !is_valid_check_name(&name) => {
+                let why = if name.contains('/') {
+                    "names with `/` are reserved for the checks drivers report (`<driver>/<check>`)"
+                } else {
+                    "use 1 to 64 of A-Z a-z 0-9 . _ -"
+                };
+                return Err(err("name", format!("`{name}` is not a check name: {why}")));
+            }
+            Some(name) if name == START_CHECK_NAME => {
+                return Err(err(
+                    "name",
+                    "`start` is reserved: it is the check a failed `start` creates (see health.start_failure_ms); choose another name".into(),
+                ));
+            }
+            Some(name) => name,
+        };
+        if let Some(earlier) = checks.iter().position(|c| c.name == name) {
+            return Err(err(
+                "name",
+                format!("`{name}` is also check[{earlier}]'s name: names must be unique"),
+            ));
+        }
+        let kinds: Vec<&str> = [
+            ("exec", raw.exec.is_some()),
+            ("http", raw.http.is_some()),
+            ("tcp", raw.tcp.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        let kind = match (raw.exec, raw.http, raw.tcp) {
+            (Some(command), None, None) => {
+                if command.trim().is_empty() {
+                    return Err(err(
+                        "exec",
+                        "empty: give the command to run, e.g. \"curl -fsS http://127.0.0.1:8080/health\"".into(),
+                    ));
+                }
+                CheckKind::Exec { command }
+            }
+            (None, Some(url), None) => {
+                // The URL is not echoed: it may hold a password (`http://user:pass@...`).
+                let parsed = reqwest::Url::parse(url.trim()).map_err(|e| {
+                    err(
+                        "http",
+                        format!("not a URL ({e}): write e.g. \"http://127.0.0.1:8080/health\""),
+                    )
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                    return Err(err(
+                        "http",
+                        format!(
+                            "not an http:// or https:// URL with a host (it is {}://...): write e.g. \"http://127.0.0.1:8080/health\"",
+                            parsed.scheme()
+                        ),
+                    ));
+                }
+                CheckKind::Http { url: parsed }
+            }
+            (None, None, Some(addr)) => {
+                let addr = addr.trim().to_string();
+                if !is_valid_tcp_target(&addr) {
+                    return Err(err(
+                        "tcp",
+                        format!(
+                            "`{addr}` is not host:port: write e.g. \"127.0.0.1:5432\", \"localhost:5432\" or \"[::1]:5432\""
+                        ),
+                    ));
+                }
+                CheckKind::Tcp { addr }
+            }
+            (None, None, None) => {
+                return Err(err(
+                    "exec",
+                    "missing: a check needs exactly one of exec (a command), http (a URL) or tcp (host:port)".into(),
+                ));
+            }
+            _ => {
+                return Err(err(
+                    kinds[1],
+                    format!(
+                        "{} are all set: a check has exactly one of exec, http, tcp; make one check for each",
+                        kinds.join(" and ")
+                    ),
+                ));
+            }
+        };
+        for (key, value) in [
+            ("interval_ms", raw.interval_ms),
+            ("timeout_ms", raw.timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(err(key, "must be positive (milliseconds)".into()));
+            }
+        }
+        for (key, value) in [("fall", raw.fall), ("rise", raw.rise)] {
+            if value == 0 {
+                return Err(err(
+                    key,
+                    format!(
+                        "must be at least 1: the number of consecutive {} that make the check {}",
+                        if key == "fall" {
+                            "failures"
+                        } else {
+                            "successes"
+                        },
+                        if key == "fall" {
+                            "unhealthy"
+                        } else {
+                            "healthy"
+                        }
+                    ),
+                ));
+            }
+        }
+        // The defaults (1000 and 2000) are such a pair, chosen so: no warning unless one
+        // of the two is set.
+        let timing_set = table.contains_key("interval_ms") || table.contains_key("timeout_ms");
+        if timing_set && raw.timeout_ms > raw.interval_ms {
+            warnings.push(ConfigWarning(format!(
+                "{file}: {label}: timeout_ms ({}) is above interval_ms ({}): fine, runs never overlap (the next starts interval_ms after the previous ended), but a hanging check is then seen only every timeout_ms + interval_ms ({} ms)",
+                raw.timeout_ms,
+                raw.interval_ms,
+                raw.timeout_ms + raw.interval_ms
+            )));
+        }
+        checks.push(CheckConfig {
+            name,
+            kind,
+            interval: Duration::from_millis(raw.interval_ms),
+            timeout: Duration::from_millis(raw.timeout_ms),
+            fall: raw.fall,
+            rise: raw.rise,
+        });
+    }
+    Ok(checks)
+}
+
 /// A validated daemon configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -202,6 +542,10 @@ pub struct Settings {
     pub driver_lease_margin: Duration,
     /// Admin API address.
     pub admin_listen: SocketAddr,
+    /// `[[check]]`: the node is healthy only while all of them pass.
+    pub checks: Vec<CheckConfig>,
+    /// `[health]` (its `alone` and `min_master_ms` are in [`Settings::core`]).
+    pub health: HealthSettings,
     /// The transport's limits and timers. Not in the config file (the defaults suit a LAN
     /// cluster); tests shrink them, e.g. the unauthenticated-connection pool.
     pub transport_limits: clustd_transport::Limits,
@@ -481,6 +825,35 @@ impl Settings {
         core.priority = e.priority;
         core.preempt = e.preempt;
         core.witness = raw.node.witness;
+        let checks = parse_checks(&raw.check, file, &mut warnings)?;
+        let mut health = HealthSettings::default();
+        if let Some(alone) = &raw.health.alone {
+            core.alone = match alone.as_str() {
+                "stay" => clustd_core::Alone::Stay,
+                "step-down" => clustd_core::Alone::StepDown,
+                other => {
+                    return Err(err(
+                        "health.alone",
+                        format!(
+                            "`{other}` is neither \"stay\" (an unhealthy master with no healthy peer stays master, and says so) nor \"step-down\" (it steps down anyway: no master until a node is healthy)"
+                        ),
+                    ));
+                }
+            };
+        }
+        if let Some(ms) = raw.health.min_master_ms {
+            core.min_master = Duration::from_millis(ms);
+        }
+        if let Some(ms) = raw.health.start_failure_ms {
+            if ms == 0 {
+                return Err(err(
+                    "health.start_failure_ms",
+                    "must be positive: how long (ms) a failed `start` keeps the node unhealthy"
+                        .into(),
+                ));
+            }
+            health.start_failure = Duration::from_millis(ms);
+        }
         // Jitter seed: OS randomness, with the id mixed in so nodes differ even without it.
         core.rng_seed = random_u64()
             ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -531,6 +904,8 @@ impl Settings {
                 core,
                 driver_lease_margin: margin,
                 admin_listen: raw.admin.listen,
+                checks,
+                health,
                 transport_limits: clustd_transport::Limits::default(),
             },
             warnings,

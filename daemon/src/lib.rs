@@ -10,6 +10,7 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod local;
 pub mod metrics;
 pub mod rejections;

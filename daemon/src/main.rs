@@ -474,6 +474,30 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                 core.election_timeout_max.as_millis(),
                 core.lease.as_millis()
             );
+            let checks: Vec<String> = settings
+                .checks
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} ({}, every {} ms, timeout {} ms, fall {}, rise {})",
+                        c.name,
+                        c.kind.as_str(),
+                        c.interval.as_millis(),
+                        c.timeout.as_millis(),
+                        c.fall,
+                        c.rise
+                    )
+                })
+                .collect();
+            println!(
+                "health: {} check(s){}{}; unhealthy and alone: {}; min_master {} ms; a failed start counts for {} ms",
+                checks.len(),
+                if checks.is_empty() { "" } else { ": " },
+                checks.join(", "),
+                core.alone.as_str(),
+                core.min_master.as_millis(),
+                settings.health.start_failure.as_millis()
+            );
         }
         Cmd::Bench(BenchCmd::Failover(args)) => return bench_failover(args).await,
         Cmd::Demo { transport } => {

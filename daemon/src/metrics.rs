@@ -29,6 +29,14 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label for per-check metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    /// The check's name: a `[[check]]`'s, `start`, or `<driver>/<check>` (at most
+    /// [`crate::health::MAX_DRIVER_CHECKS`] of those, so the label set stays bounded).
+    pub check: String,
+}
+
 /// Every metric the daemon exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -63,6 +71,12 @@ pub struct Metrics {
     /// State writes that failed for a transient reason (EMFILE, ENOSPC, ...): the node
     /// sent nothing until a retry made the state durable.
     pub state_write_failures: Counter,
+    /// 1 while the check passes (after fall/rise), by check.
+    pub check_healthy: Family<CheckLabel, Gauge>,
+    /// Failed runs, by check.
+    pub check_failures: Family<CheckLabel, Counter>,
+    /// 1 while this node may be master: healthy, not in maintenance, not a witness.
+    pub eligible: Gauge,
 }
 
 impl Metrics {
@@ -84,6 +98,9 @@ impl Metrics {
         let handshake_failures = Family::<ReasonLabel, Counter>::default();
         let drivers_refused = Counter::default();
         let state_write_failures = Counter::default();
+        let check_healthy = Family::<CheckLabel, Gauge>::default();
+        let check_failures = Family::<CheckLabel, Counter>::default();
+        let eligible = Gauge::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -137,6 +154,21 @@ impl Metrics {
             "State writes that failed for a transient reason (the node withheld its messages and retried)",
             state_write_failures.clone(),
         );
+        registry.register(
+            "check_healthy",
+            "1 while the health check passes (after fall/rise)",
+            check_healthy.clone(),
+        );
+        registry.register(
+            "check_failures",
+            "Failed runs of the health check",
+            check_failures.clone(),
+        );
+        registry.register(
+            "eligible",
+            "1 while this node may be master (healthy, not in maintenance, not a witness)",
+            eligible.clone(),
+        );
         Self {
             registry,
             master,
@@ -152,7 +184,40 @@ impl Metrics {
             handshake_failures,
             drivers_refused,
             state_write_failures,
+            check_healthy,
+            check_failures,
+            eligible,
         }
+    }
+
+    /// One result of check `name` was counted: `passed` is this run's outcome,
+    /// `healthy` the check's state after it (fall/rise applied).
+    pub fn check_result(&self, name: &str, passed: bool, healthy: bool) {
+        let label = CheckLabel {
+            check: name.to_string(),
+        };
+        self.check_healthy
+            .get_or_create(&label)
+            .set(i64::from(healthy));
+        let failures = self.check_failures.get_or_create(&label);
+        if !passed {
+            failures.inc();
+        }
+    }
+
+    /// Check `name` is gone (its driver disconnected): its series are dropped, so the
+    /// label set holds only current checks.
+    pub fn forget_check(&self, name: &str) {
+        let label = CheckLabel {
+            check: name.to_string(),
+        };
+        self.check_healthy.remove(&label);
+        self.check_failures.remove(&label);
+    }
+
+    /// Sets `clustd_eligible`.
+    pub fn set_eligible(&self, eligible: bool) {
+        self.eligible.set(i64::from(eligible));
     }
 
     /// The Prometheus text exposition.
@@ -166,5 +231,30 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_metrics_follow_results_and_forgotten_checks_go() {
+        let metrics = Metrics::new();
+        metrics.check_result("web", true, true);
+        metrics.check_result("web", false, true);
+        metrics.check_result("shell/check", false, false);
+        metrics.set_eligible(true);
+        let text = metrics.encode();
+        for line in [
+            "clustd_check_healthy{check=\"web\"} 1",
+            "clustd_check_failures_total{check=\"web\"} 1",
+            "clustd_check_healthy{check=\"shell/check\"} 0",
+            "clustd_eligible 1",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        metrics.forget_check("shell/check");
+        assert!(!metrics.encode().contains("shell/check"));
     }
 }

@@ -397,3 +397,317 @@ fn key_errors_name_the_key_and_never_print_key_material() {
         }
     }
 }
+
+/// A config with `extra` (e.g. `[[check]]` tables) appended.
+fn with_checks(extra: &str) -> String {
+    format!("{}\n{extra}\n", config(good_node(), &good_cluster(), ""))
+}
+
+fn parse_with_warnings(text: &str) -> Result<(Settings, Vec<String>), String> {
+    Settings::parse(text, "test.toml", Path::new("/etc/clustd"))
+        .map(|(s, w)| (s, w.into_iter().map(|w| w.0).collect()))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn checks_and_health_parse_with_defaults() {
+    use clustd::config::CheckKind;
+    use std::time::Duration;
+    let (s, _) = parse_with_warnings(&with_checks(
+        r#"
+[[check]]
+name = "web"
+exec = "curl -fsS http://127.0.0.1:8080/health"
+
+[[check]]
+name = "api"
+http = "https://localhost:8443/health"
+interval_ms = 500
+timeout_ms = 400
+fall = 1
+rise = 5
+
+[[check]]
+name = "db.primary_1"
+tcp = "localhost:5432"
+
+[[check]]
+name = "v6"
+tcp = "[::1]:5432"
+
+[health]
+alone = "step-down"
+min_master_ms = 5000
+start_failure_ms = 1000
+"#,
+    ))
+    .expect("valid");
+    assert_eq!(s.checks.len(), 4);
+    let web = &s.checks[0];
+    assert_eq!(web.name, "web");
+    assert_eq!(
+        web.kind,
+        CheckKind::Exec {
+            command: "curl -fsS http://127.0.0.1:8080/health".into()
+        }
+    );
+    assert_eq!(
+        (web.interval, web.timeout, web.fall, web.rise),
+        (
+            Duration::from_millis(1000),
+            Duration::from_millis(2000),
+            3,
+            2
+        )
+    );
+    let api = &s.checks[1];
+    assert!(
+        matches!(&api.kind, CheckKind::Http { url } if url.as_str() == "https://localhost:8443/health")
+    );
+    assert_eq!((api.fall, api.rise), (1, 5));
+    assert_eq!(
+        s.checks[2].kind,
+        CheckKind::Tcp {
+            addr: "localhost:5432".into()
+        }
+    );
+    assert_eq!(s.core.alone, clustd_core::Alone::StepDown);
+    assert_eq!(s.core.min_master, Duration::from_millis(5000));
+    assert_eq!(s.health.start_failure, Duration::from_millis(1000));
+
+    // No checks, no [health]: none, and the defaults.
+    let (s, _) = parse_with_warnings(&with_checks("")).expect("valid");
+    assert!(s.checks.is_empty());
+    assert_eq!(s.core.alone, clustd_core::Alone::Stay);
+    assert_eq!(s.core.min_master, Duration::from_secs(30));
+    assert_eq!(s.health.start_failure, Duration::from_secs(60));
+}
+
+#[test]
+fn table_of_check_errors_names_the_check_and_the_key() {
+    let check = |body: &str| {
+        with_checks(&format!(
+            "[[check]]\nname = \"ok\"\ntcp = \"127.0.0.1:1\"\n\n[[check]]\n{body}"
+        ))
+    };
+    let cases: &[(&str, String, &str, &str)] = &[
+        (
+            "no kind",
+            check("name = \"web\""),
+            "check[1] (web).exec",
+            "exactly one of exec (a command), http (a URL) or tcp",
+        ),
+        (
+            "two kinds",
+            check("name = \"web\"\nexec = \"true\"\ntcp = \"127.0.0.1:1\""),
+            "check[1] (web).tcp",
+            "exec and tcp are all set: a check has exactly one of exec, http, tcp",
+        ),
+        (
+            "unknown kind",
+            check("name = \"web\"\ngrpc = \"127.0.0.1:1\""),
+            "check[1] (web).grpc",
+            "unknown key: a check has exactly one of exec, http, tcp",
+        ),
+        (
+            "fall 0",
+            check("name = \"web\"\nexec = \"true\"\nfall = 0"),
+            "check[1] (web).fall",
+            "at least 1",
+        ),
+        (
+            "rise 0",
+            check("name = \"web\"\nexec = \"true\"\nrise = 0"),
+            "check[1] (web).rise",
+            "at least 1",
+        ),
+        (
+            "interval 0",
+            check("name = \"web\"\nexec = \"true\"\ninterval_ms = 0"),
+            "check[1] (web).interval_ms",
+            "positive",
+        ),
+        (
+            "timeout 0",
+            check("name = \"web\"\nexec = \"true\"\ntimeout_ms = 0"),
+            "check[1] (web).timeout_ms",
+            "positive",
+        ),
+        (
+            "wrong type",
+            check("name = \"web\"\nexec = \"true\"\nfall = \"3\""),
+            "check[1] (web).fall",
+            "invalid type",
+        ),
+        (
+            "empty command",
+            check("name = \"web\"\nexec = \"  \""),
+            "check[1] (web).exec",
+            "empty",
+        ),
+        (
+            "not a url",
+            check("name = \"web\"\nhttp = \"127.0.0.1:8080/health\""),
+            "check[1] (web).http",
+            "not a URL",
+        ),
+        (
+            "empty url",
+            check("name = \"web\"\nhttp = \"\""),
+            "check[1] (web).http",
+            "not a URL",
+        ),
+        (
+            "ftp url",
+            check("name = \"web\"\nhttp = \"ftp://127.0.0.1/health\""),
+            "check[1] (web).http",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "no port",
+            check("name = \"db\"\ntcp = \"127.0.0.1\""),
+            "check[1] (db).tcp",
+            "not host:port",
+        ),
+        (
+            "port 0",
+            check("name = \"db\"\ntcp = \"localhost:0\""),
+            "check[1] (db).tcp",
+            "not host:port",
+        ),
+        (
+            "bad host",
+            check("name = \"db\"\ntcp = \"local host:5432\""),
+            "check[1] (db).tcp",
+            "not host:port",
+        ),
+        (
+            "bare v6",
+            check("name = \"db\"\ntcp = \"::1:5432\""),
+            "check[1] (db).tcp",
+            "[::1]:5432",
+        ),
+        (
+            "no name",
+            check("exec = \"true\""),
+            "check[1].name",
+            "missing: give every check a unique name",
+        ),
+        (
+            "bad name",
+            check("name = \"we b\"\nexec = \"true\""),
+            "check[1].name",
+            "A-Z a-z 0-9 . _ -",
+        ),
+        (
+            "long name",
+            check(&format!("name = \"{}\"\nexec = \"true\"", "a".repeat(65))),
+            "check[1].name",
+            "1 to 64",
+        ),
+        (
+            "slash",
+            check("name = \"shell/check\"\nexec = \"true\""),
+            "check[1].name",
+            "reserved for the checks drivers report",
+        ),
+        (
+            "start",
+            check("name = \"start\"\nexec = \"true\""),
+            "check[1] (start).name",
+            "`start` is reserved",
+        ),
+        (
+            "duplicate",
+            check("name = \"ok\"\nexec = \"true\""),
+            "check[1] (ok).name",
+            "also check[0]'s name: names must be unique",
+        ),
+        (
+            "alone",
+            with_checks("[health]\nalone = \"leave\""),
+            "health.alone",
+            "neither \"stay\"",
+        ),
+        (
+            "alone lists both",
+            with_checks("[health]\nalone = \"leave\""),
+            "health.alone",
+            "\"step-down\"",
+        ),
+        (
+            "start failure 0",
+            with_checks("[health]\nstart_failure_ms = 0"),
+            "health.start_failure_ms",
+            "positive",
+        ),
+        (
+            "unknown health key",
+            with_checks("[health]\nfall = 3"),
+            "health.fall (line 15)",
+            "unknown field `fall`",
+        ),
+    ];
+    for (name, text, key, needle) in cases {
+        let err = parse(text).expect_err(name);
+        assert!(
+            err.starts_with("test.toml: "),
+            "{name}: names the file: {err}"
+        );
+        assert!(
+            err.contains(&format!(": {key}: ")),
+            "{name}: names {key}: {err}"
+        );
+        assert!(err.contains(needle), "{name}: says {needle:?}: {err}");
+    }
+}
+
+#[test]
+fn an_http_url_with_a_password_is_not_echoed() {
+    let err = parse(&with_checks(
+        "[[check]]\nname = \"web\"\nhttp = \"gopher://user:hunter2@127.0.0.1/\"",
+    ))
+    .expect_err("not http");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_timeout_above_the_interval_warns_what_it_means() {
+    let (_, warnings) = parse_with_warnings(&with_checks(
+        "[[check]]\nname = \"web\"\nexec = \"true\"\ninterval_ms = 1000\ntimeout_ms = 5000",
+    ))
+    .expect("allowed");
+    let warning = warnings
+        .iter()
+        .find(|w| w.contains("check[0] (web)"))
+        .expect("a warning for the check");
+    assert!(warning.contains("runs never overlap"), "{warning}");
+    assert!(warning.contains("6000 ms"), "{warning}");
+    let (_, warnings) = parse_with_warnings(&with_checks(
+        "[[check]]\nname = \"web\"\nexec = \"true\"\ninterval_ms = 1000\ntimeout_ms = 1000",
+    ))
+    .expect("allowed");
+    assert!(
+        !warnings.iter().any(|w| w.contains("check[0]")),
+        "{warnings:?}"
+    );
+    // The defaults (interval 1000, timeout 2000) are such a pair on purpose: no warning.
+    let (_, warnings) =
+        parse_with_warnings(&with_checks("[[check]]\nname = \"web\"\nexec = \"true\""))
+            .expect("allowed");
+    assert!(
+        !warnings.iter().any(|w| w.contains("check[0]")),
+        "{warnings:?}"
+    );
+    // Setting one of them is a choice the warning explains.
+    let (_, warnings) = parse_with_warnings(&with_checks(
+        "[[check]]\nname = \"web\"\nexec = \"true\"\ninterval_ms = 500",
+    ))
+    .expect("allowed");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("check[0] (web): timeout_ms (2000) is above interval_ms (500)")),
+        "{warnings:?}"
+    );
+}

@@ -298,6 +298,36 @@ driver_lease_margin_ms = 10
 priority = 200
 preempt = true
 "#;
+    let health = r#"[node]
+id = "node-1"
+data_dir = "/var/lib/clustd"
+
+[cluster]
+listen = "0.0.0.0:7400"
+secret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+peers = [ { id = "node-2", addr = "10.0.0.2:7400" }, { id = "node-3", addr = "10.0.0.3:7400" } ]
+
+[[check]]
+name = "web"
+exec = "curl -fsS http://127.0.0.1:8080/health"
+
+[[check]]
+name = "api"
+http = "http://127.0.0.1:8080/health"
+interval_ms = 500
+timeout_ms = 1000
+fall = 1
+rise = 3
+
+[[check]]
+name = "db"
+tcp = "localhost:5432"
+
+[health]
+alone = "step-down"
+min_master_ms = 30000
+start_failure_ms = 60000
+"#;
     let broken = "[node\nid = 1\n[cluster]\npeers = [ { id = \"node 2\" } ]\n[election]\nelection_timeout_ms = [2000, 1000]\nlease_ms = 900\n";
     for (name, text) in [
         ("design_example.toml", design.to_string()),
@@ -305,6 +335,7 @@ preempt = true
         ("demo_node.toml", demo),
         ("witness_tuned.toml", tuned.to_string()),
         ("broken.toml", broken.to_string()),
+        ("health_checks.toml", health.to_string()),
     ] {
         write("config_parse", name, text.as_bytes());
     }

@@ -78,6 +78,27 @@ pub fn config_parse(data: &[u8]) {
                 settings.driver_lease_margin < settings.core.lease,
                 "accepted a driver lease margin not below the lease"
             );
+            for (i, check) in settings.checks.iter().enumerate() {
+                assert!(
+                    clustd::config::is_valid_check_name(&check.name)
+                        && check.name != clustd::config::START_CHECK_NAME,
+                    "accepted check name {:?}",
+                    check.name
+                );
+                assert!(
+                    settings.checks[..i].iter().all(|c| c.name != check.name),
+                    "accepted two checks named {:?}",
+                    check.name
+                );
+                assert!(
+                    check.fall >= 1
+                        && check.rise >= 1
+                        && !check.interval.is_zero()
+                        && !check.timeout.is_zero(),
+                    "accepted check {:?} with a zero fall, rise, interval or timeout",
+                    check.name
+                );
+            }
         }
         Err(e) => {
             assert_eq!(e.file, FILE, "the error names another file: {e}");
