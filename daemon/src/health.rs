@@ -19,7 +19,7 @@ pub mod run;
 use std::time::Duration;
 
 use clustd_core::Instant;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{CheckConfig, CheckKind, START_CHECK_NAME, is_valid_check_name};
 
@@ -35,7 +35,7 @@ pub const MAX_CHECKS_PER_DRIVER: usize = 16;
 pub const MAX_DRIVER_CHECKS: usize = 64;
 
 /// Where a check comes from, shown in status as `kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum CheckType {
@@ -85,7 +85,7 @@ pub struct HealthTransition {
 }
 
 /// One check, for `clustd status` and the admin API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckStatus {
     /// `web`, `shell-1/check`, `start`.
     pub name: String,

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use clustd_core::check::ServiceInput;
+use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_core::codec;
 use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role,
@@ -36,6 +37,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::health::{self, CheckResult, CheckTasks, DriverReport, HealthTransition, Tracker};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
 use crate::rejections::{FailureReason, Rejections, Report};
 use crate::status::{DriverStatus, PeerStatus, RoleChange, Status, format_unix_ms};
@@ -486,6 +488,14 @@ struct Runtime<C: Clock, S: StateStore> {
     status_drivers_built: Option<Instant>,
     /// The driver list must be rebuilt at the next status update.
     status_drivers_stale: bool,
+    /// The service's health: every check's counting (see [`health`]).
+    health: Tracker,
+    /// The `[[check]]` runners; dropped (aborted) with the runtime.
+    _check_tasks: CheckTasks,
+    /// Whether the node was eligible when drivers and the log last heard of it.
+    told_eligible: bool,
+    /// Drivers whose refused health report was logged (once per connection).
+    health_refusal_logged: BTreeSet<NodeId>,
 }
 
 fn log_rejections(report: &Report) {
@@ -507,7 +517,19 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     shutdown: impl Future<Output = Shutdown>,
 ) -> Result<(), RuntimeError> {
     let persisted = store.load()?;
-    let node = Node::new(settings.core.clone(), persisted, clock.now())?;
+    let mut node = Node::new(settings.core.clone(), persisted, clock.now())?;
+    // A node with checks starts unhealthy: it never becomes master before its service
+    // has passed every check `rise` times.
+    let health = Tracker::new(&settings.checks, settings.health.start_failure);
+    node.set_healthy(clock.now(), health.is_healthy());
+    let (check_tx, mut check_results) = mpsc::channel::<CheckResult>(64);
+    let check_tasks = health::spawn_checks(&settings.checks, check_tx);
+    if !settings.checks.is_empty() {
+        tracing::info!(
+            checks = settings.checks.len(),
+            "unhealthy (not eligible to be master) until every check has passed `rise` times in a row"
+        );
+    }
     let mut config = EndpointConfig::new(
         settings.transport,
         settings.id.clone(),
@@ -561,7 +583,12 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         write_retry_at: Instant::from_millis(0),
         status_drivers_built: None,
         status_drivers_stale: true,
+        told_eligible: true,
+        health,
+        _check_tasks: check_tasks,
+        health_refusal_logged: BTreeSet::new(),
     };
+    rt.sync_eligibility();
     rt.init_status();
     tokio::pin!(shutdown);
     // Set at shutdown: give up waiting for a successor at this time.
@@ -571,6 +598,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         let rejections_due = rt.rejections.poll_timeout();
         let summary_at = rejections_due.map_or(deadline, |at| rt.clock.deadline(at));
         let retry_at = rt.clock.deadline(rt.write_retry_at);
+        let health_due = rt.health.poll_timeout();
+        let health_at = health_due.map_or(deadline, |at| rt.clock.deadline(at));
         tokio::select! {
             biased;
             how = &mut shutdown, if leaving.is_none() => {
@@ -593,6 +622,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                     Command::StepDown => rt.node.step_down(now),
                     Command::Maintenance(on) => rt.node.set_maintenance(now, on),
                 }
+                rt.sync_eligibility();
                 rt.confirm_stop_if_done();
                 rt.flush()?;
                 rt.status_drivers_stale = true;
@@ -613,6 +643,12 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             }
             () = tokio::time::sleep_until(summary_at), if rejections_due.is_some() => {
                 rt.summarize_rejections();
+            }
+            Some(result) = check_results.recv() => rt.on_check_result(result),
+            () = tokio::time::sleep_until(health_at), if health_due.is_some() => {
+                let now = rt.clock.now();
+                let transition = rt.health.handle_timeout(now);
+                rt.apply_health(transition);
             }
         }
         // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
@@ -673,6 +709,13 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 Ok(FromDriver::Ack { seq, role, result }) => {
                     self.on_driver_ack(&from, seq, role, result)
                 }
+                Ok(FromDriver::Health {
+                    check,
+                    healthy,
+                    detail,
+                    fall,
+                    rise,
+                }) => self.on_driver_health(&from, &check, healthy, &detail, fall, rise),
                 Ok(other) => tracing::debug!(driver = %from, ?other, "unexpected driver message"),
                 Err(e) => {
                     tracing::warn!(driver = %from, error = %e, "undecodable frame from driver")
@@ -721,6 +764,18 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         return;
                     };
                     d.connected = false;
+                    self.health_refusal_logged.remove(&id);
+                    let forgotten = self.health.forget_driver(id.as_str(), now);
+                    for name in &forgotten.removed {
+                        self.shared.metrics.forget_check(name);
+                    }
+                    if !forgotten.removed.is_empty() {
+                        tracing::info!(driver = %id, checks = ?forgotten.removed, "driver disconnected: the checks it reported no longer count");
+                    }
+                    self.apply_health(forgotten.transition);
+                    let Some(d) = self.table.drivers.get_mut(&id) else {
+                        return;
+                    };
                     if d.may_run_at(now, self.settle) {
                         // Correct and expected after a crash of the driver's link; it keeps
                         // holding up a hand-over until its fail-safe has surely stopped it.
@@ -876,9 +931,14 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         };
         d.acked_seq = Some(seq);
         d.last_result = Some(text.clone());
+        let latest = seq == d.last_seq;
+        if latest && role == DriverRole::Master {
+            self.on_start_result(from, &result, &text, now);
+            return;
+        }
         // Only an ack of the latest transition counts: an older "backup" ack must not
         // clear a newer "master".
-        if seq != d.last_seq || role != DriverRole::Backup {
+        if !latest || role != DriverRole::Backup {
             return;
         }
         let term = d.last_term;
@@ -1112,6 +1172,179 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
     }
 
+    /// One run of a `[[check]]` finished.
+    fn on_check_result(&mut self, result: CheckResult) {
+        let now = self.clock.now();
+        let transition = self.health.record(&result, now);
+        self.count_check(&result.name, result.healthy);
+        if !result.healthy {
+            let state = self
+                .health
+                .statuses(now)
+                .into_iter()
+                .find(|c| c.name == result.name);
+            let (failures, fall) = state.map_or((0, 0), |c| (c.consecutive_failures, c.fall));
+            tracing::warn!(
+                check = %result.name,
+                failures,
+                fall,
+                duration_ms = u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
+                "check {} failed ({failures} in a row, unhealthy at {fall}): {}",
+                result.name,
+                result.detail
+            );
+        }
+        self.apply_health(transition);
+    }
+
+    /// Sets a check's metrics from its result and the tracker's view of it.
+    fn count_check(&self, name: &str, passed: bool) {
+        let now = self.clock.now();
+        let healthy = self
+            .health
+            .statuses(now)
+            .into_iter()
+            .find(|c| c.name == name)
+            .is_some_and(|c| c.healthy);
+        self.shared.metrics.check_result(name, passed, healthy);
+    }
+
+    /// A driver reported one result of a check it runs (`FromDriver::Health`).
+    fn on_driver_health(
+        &mut self,
+        from: &NodeId,
+        check: &str,
+        healthy: bool,
+        detail: &str,
+        fall: u32,
+        rise: u32,
+    ) {
+        let now = self.clock.now();
+        let report = DriverReport {
+            check,
+            healthy,
+            detail,
+            fall,
+            rise,
+        };
+        match self.health.record_driver(from.as_str(), &report, now) {
+            Ok(transition) => {
+                let name = format!("{from}/{}", health::truncate(check, health::MAX_RESULT_LEN));
+                self.count_check(&name, healthy);
+                if !healthy {
+                    tracing::warn!(driver = %from, check = %name, "driver-reported check {name} failed: {}", health::truncate(detail, health::MAX_RESULT_LEN));
+                }
+                self.apply_health(transition);
+            }
+            Err(refused) => {
+                // Bounded input from a local, authenticated driver: say it once per
+                // connection, not once per report.
+                if self.health_refusal_logged.insert(from.clone()) {
+                    tracing::warn!(driver = %from, "driver health report not counted: {refused} (further refusals from this connection are logged at debug)");
+                } else {
+                    tracing::debug!(driver = %from, "driver health report not counted: {refused}");
+                }
+            }
+        }
+    }
+
+    /// A driver acknowledged its latest `master` transition: a failed start makes the node
+    /// unhealthy (the check `start`), so that it hands over to a healthy peer.
+    fn on_start_result(&mut self, from: &NodeId, result: &ActionResult, text: &str, now: Instant) {
+        // A start cancelled by a demotion or the lease's end is not the service failing.
+        let cancelled = matches!(result, ActionResult::Failed(why) if why.starts_with("cancelled"));
+        let transition = match result {
+            ActionResult::Ok => self.health.start_succeeded(now),
+            _ if cancelled || !self.node.is_master() => None,
+            _ => {
+                tracing::error!(driver = %from, result = %text, "driver {from}: start FAILED ({text}): the node is unhealthy (check `start`) and hands over to a healthy peer if one is reachable");
+                self.count_check(crate::config::START_CHECK_NAME, false);
+                let transition = self.health.start_failed(from.as_str(), text, now);
+                self.count_check(crate::config::START_CHECK_NAME, false);
+                transition
+            }
+        };
+        if matches!(result, ActionResult::Ok) && transition.is_some() {
+            self.count_check(crate::config::START_CHECK_NAME, true);
+        }
+        self.apply_health(transition);
+    }
+
+    /// Passes a change of the node's health to the core, the log and the drivers.
+    fn apply_health(&mut self, transition: Option<HealthTransition>) {
+        let Some(t) = transition else {
+            return;
+        };
+        let now = self.clock.now();
+        if t.healthy {
+            tracing::info!("node HEALTHY again: {}", t.detail);
+        } else {
+            tracing::warn!("node UNHEALTHY: {}", t.detail);
+        }
+        self.node.set_healthy(now, t.healthy);
+        let change = if t.healthy {
+            HealthChange::Healthy
+        } else {
+            HealthChange::Unhealthy
+        };
+        self.tell_drivers_health(change, &t.detail);
+        self.sync_eligibility();
+        self.status_drivers_stale = true;
+    }
+
+    /// Why this node may not be master now, if it may not.
+    fn ineligible_reason(&self) -> Option<String> {
+        if self.settings.core.witness {
+            Some("a witness (votes, never leads)".into())
+        } else if self.node.maintenance() {
+            Some("in maintenance".into())
+        } else if !self.node.healthy() {
+            Some(format!(
+                "unhealthy: {}",
+                self.health.why_unhealthy().unwrap_or_default()
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Tells the log, the metrics and the drivers when eligibility changed.
+    fn sync_eligibility(&mut self) {
+        let eligible = self.node.eligible();
+        self.shared.metrics.set_eligible(eligible);
+        if eligible == self.told_eligible {
+            return;
+        }
+        self.told_eligible = eligible;
+        if eligible {
+            tracing::info!("node ELIGIBLE to be master again");
+            self.tell_drivers_health(HealthChange::Eligible, "eligible to be master");
+        } else {
+            let why = self.ineligible_reason().unwrap_or_default();
+            if self.settings.core.witness {
+                // A witness is ineligible by configuration: nothing went wrong.
+                tracing::info!("node is not eligible to be master: {why}");
+            } else {
+                tracing::error!("node INELIGIBLE to be master: {why}");
+            }
+            self.tell_drivers_health(HealthChange::Ineligible, &why);
+        }
+    }
+
+    /// A health or eligibility change for drivers that tell people (the notify driver).
+    /// Reliable class, like the other cluster events.
+    fn tell_drivers_health(&self, change: HealthChange, detail: &str) {
+        let msg = DriverMsg::Health {
+            node: self.settings.id.clone(),
+            term: self.node.term(),
+            change,
+            detail: truncate_reason(detail),
+        };
+        for id in self.connected_drivers() {
+            self.send_frame(&id, &msg, SendClass::Reliable);
+        }
+    }
+
     /// Sends every connected driver a lease renewal computed at `now`.
     fn renew_driver_leases(&mut self, term: Term, now: Instant) {
         let lease_remaining_ms = self.remaining_lease_ms(now);
@@ -1298,6 +1531,18 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 tracing::info!(term = term.0, "election won");
                 metrics.elections_won.inc();
             }
+            Event::UnhealthyAlone { term, alone } => match alone {
+                clustd_core::Alone::StepDown => tracing::error!(
+                    term = term.0,
+                    "this master is UNHEALTHY ({}) and no healthy peer is reachable to take over: stepping down anyway (health.alone = \"step-down\"); no node is master until one is healthy",
+                    self.health.why_unhealthy().unwrap_or_default()
+                ),
+                _ => tracing::error!(
+                    term = term.0,
+                    "this master is UNHEALTHY ({}) and no healthy peer is reachable to take over: STAYING MASTER (health.alone = \"stay\") until a healthy peer appears",
+                    self.health.why_unhealthy().unwrap_or_default()
+                ),
+            },
             Event::PeerReachability { peer, reachable } => {
                 tracing::info!(peer = %peer, reachable, "peer reachability (as leader)");
             }
