@@ -371,5 +371,9 @@ async fn a_captured_run_does_not_wait_for_a_background_process_holding_the_pipes
     assert_eq!(run.outcome, ScriptOutcome::Success);
     assert_eq!(run.last_line.as_deref(), Some("ok"));
     // Generous: the grace after exit is 100 ms; the background sleep lasts 30 s.
-    assert!(began.elapsed() < Duration::from_secs(20), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        began.elapsed()
+    );
 }

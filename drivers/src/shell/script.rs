@@ -131,7 +131,9 @@ impl ScriptRunner {
     ) -> ScriptRun {
         let began = Instant::now();
         let last_line = Arc::new(Mutex::new(None));
-        let outcome = self.run_script(name, script, vars, capture, &last_line).await;
+        let outcome = self
+            .run_script(name, script, vars, capture, &last_line)
+            .await;
         let last_line = last_line.lock().map(|l| l.clone()).unwrap_or(None);
         ScriptRun {
             outcome,
