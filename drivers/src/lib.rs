@@ -111,4 +111,4 @@ pub use session::{
     DriverConfig, DriverSession, SessionError, TransportKind, connect, connect_with,
     generate_driver_id, run,
 };
-pub use shell::{ShellConfig, ShellDriver};
+pub use shell::{ShellCheck, ShellConfig, ShellDriver};
