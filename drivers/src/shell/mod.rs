@@ -528,3 +528,67 @@ pub async fn run_shell_driver(
     let driver = ShellDriver::from_config(&config);
     crate::session::run(config.connection, driver, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(outcome: ScriptOutcome, last_line: Option<&str>) -> ScriptRun {
+        ScriptRun {
+            outcome,
+            last_line: last_line.map(str::to_owned),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_check_run_becomes_a_verdict_with_its_last_line() {
+        let timeout = Duration::from_millis(2000);
+        let failed = |code| ScriptOutcome::Failed {
+            code: Some(code),
+            signal: None,
+        };
+        for (outcome, line, want) in [
+            (ScriptOutcome::Success, Some("200 OK "), (true, "200 OK")),
+            (ScriptOutcome::Success, None, (true, "exit status 0")),
+            (
+                failed(7),
+                Some("refused"),
+                (false, "exit status 7: refused"),
+            ),
+            (failed(1), None, (false, "exit status 1")),
+            (
+                ScriptOutcome::TimedOut,
+                Some("waiting"),
+                (false, "timed out after 2000 ms: waiting"),
+            ),
+            (
+                ScriptOutcome::SpawnFailed("no such file".into()),
+                None,
+                (false, "cannot start: no such file"),
+            ),
+        ] {
+            let (healthy, detail) = check_verdict(&run(outcome, line), timeout);
+            assert_eq!((healthy, detail.as_str()), want);
+        }
+    }
+
+    #[test]
+    fn a_check_sees_the_node_and_role_of_the_last_change() {
+        let names = |env: Vec<(String, String)>| env.into_iter().collect::<BTreeMap<_, _>>();
+        let before = names(check_env(None));
+        assert_eq!(before.len(), 4);
+        assert!(before.values().all(String::is_empty));
+        let change = RoleChange::new(
+            DriverRole::Master,
+            clustd_core::Term(3),
+            Some(NodeId::new("n1").expect("valid")),
+        );
+        let after = names(check_env(Some(&change)));
+        assert_eq!(after["CLUSTD_NODE_ID"], "n1");
+        assert_eq!(after["CLUSTD_ROLE"], "master");
+        assert_eq!(after["CLUSTD_TERM"], "3");
+        assert_eq!(after["CLUSTD_LEADER_ID"], "");
+        assert_eq!(after.len(), 4);
+    }
+}
