@@ -5,14 +5,16 @@
 //! driver, orders and (where safe) collapses transitions, enforces the fail-safe lease,
 //! cancels a start that a stop must not wait for, and reports each result back to the
 //! daemon. The driver only acts. Cluster events (a peer going down or coming back, a stop
-//! that failed) are news, not orders: they never touch the role or the lease, and most
-//! drivers ignore them.
+//! that failed, the node's health or eligibility changing) are news, not orders: they never
+//! touch the role or the lease, and most drivers ignore them.
 
 use std::future::Future;
 
 use std::time::Duration;
 
-use clustd_core::{ActionResult, DriverRole, NodeId, Term};
+use clustd_core::{ActionResult, DriverRole, HealthChange, NodeId, Term};
+
+use crate::health::HealthReporter;
 
 /// Where a role change came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +156,21 @@ pub enum ClusterEvent {
         /// The daemon's node id, as of its last role message (`None` if none came yet).
         node: Option<NodeId>,
     },
+    /// This node's health or eligibility changed: its checks (the daemon's own, or a
+    /// driver's reports) failed or recovered, or it may no longer (or again) be master —
+    /// unhealthy, in maintenance, a witness. The role that follows, if any, comes as a
+    /// role change; this only tells.
+    Health {
+        /// What changed.
+        change: HealthChange,
+        /// Why, in one line, as the daemon put it (e.g. `check web failed 3 times in a
+        /// row: exit status 1`).
+        detail: String,
+        /// The daemon's term when it changed.
+        term: Term,
+        /// The daemon's node id (the node whose health changed).
+        node: NodeId,
+    },
 }
 
 impl ClusterEvent {
@@ -161,7 +178,7 @@ impl ClusterEvent {
     pub fn peer(&self) -> Option<&NodeId> {
         match self {
             Self::PeerDown { peer, .. } | Self::PeerUp { peer, .. } => Some(peer),
-            Self::StopFailed { .. } => None,
+            Self::StopFailed { .. } | Self::Health { .. } => None,
         }
     }
 
@@ -170,7 +187,8 @@ impl ClusterEvent {
         match self {
             Self::PeerDown { term, .. }
             | Self::PeerUp { term, .. }
-            | Self::StopFailed { term, .. } => *term,
+            | Self::StopFailed { term, .. }
+            | Self::Health { term, .. } => *term,
         }
     }
 
@@ -180,6 +198,7 @@ impl ClusterEvent {
             Self::PeerDown { node, .. }
             | Self::PeerUp { node, .. }
             | Self::StopFailed { node, .. } => node.as_ref(),
+            Self::Health { node, .. } => Some(node),
         }
     }
 }
@@ -199,6 +218,11 @@ impl ClusterEvent {
 /// child processes on drop, as the shell driver does with the start script's process
 /// group — and must not assume that it ran to the end. `Backup` changes (stops) are never
 /// cancelled; they should finish within [`RoleChange::stop_budget`].
+///
+/// [`Driver::on_session_start`] is called once, before anything else, with the session's
+/// [`HealthReporter`]: a driver that checks its service reports through it (from a task of
+/// its own, so checks run whatever the role), and the daemon counts those results like its
+/// own `[[check]]`s. Its default does nothing.
 ///
 /// [`Driver::on_cluster_event`] is called in the same sequence, in the order the daemon sent
 /// things: never while a role change runs, and a role change that arrives after an event
@@ -221,8 +245,16 @@ pub trait Driver: Send + 'static {
     /// change may be dropped before it completes (see "Cancellation" above).
     fn on_role_change(&mut self, change: RoleChange) -> impl Future<Output = ActionResult> + Send;
 
-    /// Hears about a cluster event (a peer down or up, a failed stop). Nothing is reported
-    /// to the daemon.
+    /// Called once when the session starts, before the first role change, with the
+    /// session's health reporter (see [`HealthReporter`]). Must return at once: start a
+    /// task for periodic checks (and stop it when the driver is dropped, as the session
+    /// drops the driver when it ends). The default ignores the reporter.
+    fn on_session_start(&mut self, health: HealthReporter) {
+        let _ = health;
+    }
+
+    /// Hears about a cluster event (a peer down or up, a failed stop, a health or
+    /// eligibility change). Nothing is reported to the daemon.
     ///
     /// Must return quickly (queue slow work elsewhere, as the notify driver does): a role
     /// change waits for it, so the library cancels it after [`CLUSTER_EVENT_BUDGET`] rather

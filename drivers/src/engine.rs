@@ -2,7 +2,8 @@
 //!
 //! It owns the ordering of transitions and cluster events, the fail-safe lease timer, the
 //! start-up wait, the cancellation of a start that a stop must not wait for, and the
-//! acknowledgements. The driver runs in its own task so that the lease timer keeps ticking
+//! acknowledgements, and it carries the driver's health reports (sending each check's latest
+//! result again on every new connection). The driver runs in its own task so that the lease timer keeps ticking
 //! while a long action runs. It knows nothing of sockets: the connection loop feeds it
 //! [`Inbound`] events and carries its [`Outbound`] requests, so tests can drive it through
 //! plain channels. The machine's monotonic clock comes in as a [`MachineClock`], so tests
@@ -17,6 +18,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::clock::MachineClock;
 use crate::driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
+use crate::health::HealthReporter;
 use crate::transition::{AckTo, FailSafeLease, Renewal, Transition, TransitionQueue};
 
 /// What the connection loop tells the engine.
@@ -37,7 +39,7 @@ pub(crate) enum Inbound {
 /// What the engine asks of the connection loop.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outbound {
-    /// Send this acknowledgement, but only on connection `conn`.
+    /// Send this message (an acknowledgement, a health result), but only on connection `conn`.
     Send { conn: u64, msg: FromDriver },
     /// Drop connection `conn` and reconnect: the daemon then re-sends the current role.
     Resync { conn: u64 },
@@ -58,8 +60,12 @@ pub struct SessionStatus {
     pub changes: u64,
     /// How many times the fail-safe lease ran out.
     pub lease_expiries: u64,
-    /// How many cluster events (peer down/up, failed stops) were handed to the driver so far.
+    /// How many cluster events (peer down/up, failed stops, health changes) were handed to
+    /// the driver so far.
     pub cluster_events: u64,
+    /// How many health results were sent to the daemon so far (re-sends after a reconnect
+    /// included).
+    pub health_reports: u64,
     /// When the lease held now runs out (tokio's clock), while master: the earlier of
     /// "received + remaining" and "the daemon's send time + remaining".
     pub lease_expires_at: Option<Instant>,
@@ -152,6 +158,8 @@ struct Engine<C: MachineClock> {
     startup_deadline: Option<Instant>,
     status: watch::Sender<SessionStatus>,
     outbound: mpsc::UnboundedSender<Outbound>,
+    /// The driver's health reports, sent on the current connection.
+    health: HealthReporter,
 }
 
 /// Runs the driver's actions, one at a time; a start is dropped when its cancellation comes.
@@ -199,16 +207,20 @@ async fn work_loop<D: Driver>(
     }
 }
 
-/// Runs the engine until `inbound` closes or `shutdown` flips to true.
+/// Runs the engine until `inbound` closes or `shutdown` flips to true; `health` is the
+/// session's reporter, handed to the driver first.
+#[allow(clippy::too_many_arguments)] // each is one channel end; a struct would only rename them
 pub(crate) async fn run_engine<D: Driver, C: MachineClock>(
-    driver: D,
+    mut driver: D,
     clock: C,
     options: EngineOptions,
     mut inbound: mpsc::Receiver<Inbound>,
     outbound: mpsc::UnboundedSender<Outbound>,
     status: watch::Sender<SessionStatus>,
     mut shutdown: watch::Receiver<bool>,
+    health: HealthReporter,
 ) -> Result<(), EngineError> {
+    driver.on_session_start(health.clone());
     let (work_tx, work_rx) = mpsc::channel::<Work>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(1);
     let worker = tokio::spawn(work_loop(driver, work_rx, done_tx));
@@ -231,6 +243,7 @@ pub(crate) async fn run_engine<D: Driver, C: MachineClock>(
         startup_deadline: Some(Instant::now() + options.startup_wait),
         status,
         outbound,
+        health: health.clone(),
     };
     let result = loop {
         while !engine.busy {
@@ -264,6 +277,8 @@ pub(crate) async fn run_engine<D: Driver, C: MachineClock>(
                 Some(event) => engine.handle(event),
                 None => break Ok(()),
             },
+            // Last: a report never goes before a role, a lease or a result.
+            () = health.reported() => engine.send_health(),
         }
     };
     if result.is_ok() && *shutdown.borrow() {
@@ -338,6 +353,9 @@ impl<C: MachineClock> Engine<C> {
             Inbound::Connected { conn } => {
                 self.conn = Some(conn);
                 self.status.send_modify(|s| s.connected = true);
+                // The daemon knows none of this driver's checks on a new connection.
+                let all = self.health.take_all();
+                self.send_on(conn, all);
             }
             Inbound::Disconnected { conn } => {
                 if self.conn == Some(conn) {
@@ -468,8 +486,45 @@ impl<C: MachineClock> Engine<C> {
                     node,
                 });
             }
+            ToDriver::Health {
+                node,
+                term,
+                change,
+                detail,
+            } => {
+                tracing::info!(%node, %term, change = change.as_str(), %detail, "health event from the daemon");
+                self.hold_event(ClusterEvent::Health {
+                    change,
+                    detail,
+                    term,
+                    node,
+                });
+            }
             other => tracing::debug!(?other, "unknown message from the daemon ignored"),
         }
+    }
+
+    /// Sends the health results reported since the last send, if a daemon is connected;
+    /// otherwise they wait in the reporter's book and go out (latest per check) on connect.
+    fn send_health(&mut self) {
+        let Some(conn) = self.conn else {
+            return;
+        };
+        let pending = self.health.take_pending();
+        self.send_on(conn, pending);
+    }
+
+    fn send_on(&self, conn: u64, messages: Vec<FromDriver>) {
+        if messages.is_empty() {
+            return;
+        }
+        let count = messages.len() as u64;
+        for msg in messages {
+            tracing::debug!(?msg, "health result to the daemon");
+            // The connection loop may be gone at shutdown; nothing to report then.
+            let _ = self.outbound.send(Outbound::Send { conn, msg });
+        }
+        self.status.send_modify(|s| s.health_reports += count);
     }
 
     /// When a lease of `remaining_ms` ends: at the earlier of "received + remaining" and
@@ -790,6 +845,8 @@ impl<C: MachineClock> Engine<C> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use clustd_core::HealthChange;
+
     use super::*;
     use crate::clock::TokioMachineClock;
 
@@ -824,6 +881,7 @@ mod tests {
                 ClusterEvent::PeerDown { peer, .. } => format!("peer-down-{peer}"),
                 ClusterEvent::PeerUp { peer, .. } => format!("peer-up-{peer}"),
                 ClusterEvent::StopFailed { driver, .. } => format!("stop-failed-{driver}"),
+                ClusterEvent::Health { change, .. } => format!("health-{}", change.as_str()),
             };
             self.log.lock().expect("not poisoned").push(entry);
             tokio::time::sleep(self.event_delay).await;
@@ -838,6 +896,7 @@ mod tests {
         seen: Arc<Mutex<Vec<RoleChange>>>,
         log: Arc<Mutex<Vec<String>>>,
         shutdown: watch::Sender<bool>,
+        health: HealthReporter,
     }
 
     fn start(delay: Duration) -> Harness {
@@ -875,6 +934,7 @@ mod tests {
             startup_wait: Duration::from_secs(5),
         };
         let clock = TokioMachineClock::new(ORIGIN_NS);
+        let health = HealthReporter::new();
         tokio::spawn(run_engine(
             driver,
             clock,
@@ -883,6 +943,7 @@ mod tests {
             out_tx,
             status_tx,
             shutdown_rx,
+            health.clone(),
         ));
         Harness {
             clock,
@@ -892,6 +953,7 @@ mod tests {
             seen,
             log,
             shutdown: shutdown_tx,
+            health,
         }
     }
 
@@ -1425,6 +1487,137 @@ mod tests {
         h.wait_for(|s| s.lease_expiries == 1).await;
         assert!(Instant::now() <= granted + Duration::from_millis(1000));
         assert_eq!(h.roles_seen().len(), 2);
+    }
+
+    /// The health results the engine sent, as (conn, check, healthy, detail), until `n` came.
+    async fn next_health(h: &mut Harness, n: usize) -> Vec<(u64, String, bool, String)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match h.outbound.recv().await.expect("engine runs") {
+                Outbound::Send {
+                    conn,
+                    msg:
+                        FromDriver::Health {
+                            check,
+                            healthy,
+                            detail,
+                            ..
+                        },
+                } => got.push((conn, check, healthy, detail)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_reports_wait_for_a_connection_and_are_resent_on_every_new_one() {
+        let mut h = start(Duration::ZERO);
+        // Disconnected: kept, latest per check.
+        h.health
+            .report_with("web", false, "refused", 3, 2)
+            .expect("ok");
+        h.health
+            .report_with("web", true, "answers", 3, 2)
+            .expect("ok");
+        h.health.report("disk", true, "80% free").expect("ok");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            h.outbound.try_recv().is_err(),
+            "nothing without a connection"
+        );
+        h.connect(1).await;
+        assert_eq!(
+            next_health(&mut h, 2).await,
+            [
+                (1, "disk".into(), true, "80% free".into()),
+                (1, "web".into(), true, "answers".into())
+            ]
+        );
+        // Connected: each report goes out once, with its thresholds.
+        h.health
+            .report_with("web", false, "refused", 3, 2)
+            .expect("ok");
+        assert_eq!(
+            h.outbound.recv().await,
+            Some(Outbound::Send {
+                conn: 1,
+                msg: FromDriver::Health {
+                    check: "web".into(),
+                    healthy: false,
+                    detail: "refused".into(),
+                    fall: 3,
+                    rise: 2
+                }
+            })
+        );
+        // A new connection: the daemon forgot the checks, so every latest result again.
+        h.inbound
+            .send(Inbound::Disconnected { conn: 1 })
+            .await
+            .expect("runs");
+        h.connect(2).await;
+        assert_eq!(
+            next_health(&mut h, 2).await,
+            [
+                (2, "disk".into(), true, "80% free".into()),
+                (2, "web".into(), false, "refused".into())
+            ]
+        );
+        h.wait_for(|s| s.health_reports == 5).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            h.outbound.try_recv().is_err(),
+            "each result once per connection"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_reports_never_hold_up_a_role() {
+        let mut h = start(Duration::from_secs(1));
+        h.connect(1).await;
+        h.send(1, h.role(Master, 2, 1, 60_000)).await;
+        // While the start runs, the driver's checks report; they go out at once.
+        h.health.report("web", false, "down").expect("ok");
+        assert_eq!(next_health(&mut h, 1).await[0].1, "web");
+        assert_eq!(h.next_ack().await, (1, 1, Master, ActionResult::Ok));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_events_reach_the_driver_in_order_and_are_not_acknowledged() {
+        let mut h = start(Duration::from_millis(100));
+        h.connect(1).await;
+        h.send(1, h.role(Backup, 1, 1, 0)).await;
+        for change in [HealthChange::Unhealthy, HealthChange::Ineligible] {
+            h.send(
+                1,
+                ToDriver::Health {
+                    node: node(),
+                    term: Term(1),
+                    change,
+                    detail: "check n1/web failed 3 times in a row".into(),
+                },
+            )
+            .await;
+        }
+        // A start waits behind them (a stop would not: see the demotion test above).
+        h.send(1, h.role(Master, 2, 2, 60_000)).await;
+        assert_eq!(h.next_ack().await, (1, 1, Backup, ActionResult::Ok));
+        assert_eq!(h.next_ack().await, (1, 2, Master, ActionResult::Ok));
+        h.wait_for(|s| s.cluster_events == 2).await;
+        assert_eq!(
+            h.log(),
+            [
+                "role-backup-1",
+                "health-unhealthy",
+                "health-ineligible",
+                "role-master-2"
+            ]
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(h.outbound.try_recv().is_err(), "nothing is acknowledged");
+        // Only told: the role is the daemon's.
+        assert_eq!(h.status.borrow().target_role, Some(Master));
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,15 +17,16 @@ use tokio::time::Instant;
 use crate::clock::{MachineClock, TokioMachineClock};
 use crate::driver::{Driver, RoleChange};
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
+use crate::health::HealthReporter;
 
 /// What the engine asked of the connection loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Send this acknowledgement on connection `conn`.
+    /// Send this message (an acknowledgement, a health result) on connection `conn`.
     Send {
         /// The connection.
         conn: u64,
-        /// The acknowledgement.
+        /// The message.
         msg: FromDriver,
     },
     /// Drop connection `conn` and reconnect.
@@ -67,6 +68,7 @@ pub struct EngineHarness {
     seen: Arc<Mutex<Vec<RoleChange>>>,
     clock: TokioMachineClock,
     task: Option<JoinHandle<Result<(), EngineError>>>,
+    health: HealthReporter,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -99,6 +101,7 @@ impl EngineHarness {
             seen: seen.clone(),
         };
         let clock = rt.block_on(async { TokioMachineClock::new(Self::ORIGIN_NS) });
+        let health = HealthReporter::new();
         let task = rt.spawn(run_engine(
             driver,
             clock,
@@ -107,6 +110,7 @@ impl EngineHarness {
             out_tx,
             status_tx,
             shutdown_rx,
+            health.clone(),
         ));
         let mut harness = Self {
             rt,
@@ -116,6 +120,7 @@ impl EngineHarness {
             seen,
             clock,
             task: Some(task),
+            health,
             _shutdown: shutdown_tx,
         };
         harness.settle();
@@ -154,6 +159,22 @@ impl EngineHarness {
             msg,
             received_at,
         });
+    }
+
+    /// The driver reports one result of `check` (as a driver's own task would), then the
+    /// engine runs. Refused reports (a 17th check name, ...) return the error.
+    pub fn report_health(
+        &mut self,
+        check: &str,
+        healthy: bool,
+        fall: u32,
+        rise: u32,
+    ) -> Result<(), crate::HealthError> {
+        let reported = self
+            .health
+            .report_with(check, healthy, "fuzzed", fall, rise);
+        self.settle();
+        reported
     }
 
     /// The machine's monotonic clock now (ns), as the daemon would stamp `sent_at_ns`.

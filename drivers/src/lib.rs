@@ -4,8 +4,8 @@
 //! or stops being master. This crate is the client library for writing one, and the two
 //! drivers clustd ships:
 //!
-//! - the library: [`Driver`] (one async method per role change, and an optional one for
-//!   cluster events such as a peer going down), [`connect`] / [`run`]
+//! - the library: [`Driver`] (one async method per role change, and optional ones for
+//!   cluster events such as a peer going down and for the start of the session), [`connect`] / [`run`]
 //!   (connect over the daemon's transport with the cluster secret, reconnect forever with
 //!   backoff and jitter, report each result back to the daemon), and the **fail-safe lease**:
 //!   a master driver that stops hearing lease renewals demotes itself when the lease the
@@ -14,10 +14,20 @@
 //!   clock ([`MachineClock`]), so a late notice never extends it — drivers must run on the
 //!   daemon's machine. A demotion or the lease's end cancels a running start, so a stop
 //!   never waits behind one;
+//! - **health reports** ([`HealthReporter`]): a driver that checks its service tells the
+//!   daemon how each check went, and the daemon counts the results like its own
+//!   `[[check]]`s (`fall` failures in a row make the node unhealthy and not eligible to be
+//!   master, `rise` successes healthy again). The reporter comes with the session
+//!   ([`Driver::on_session_start`], [`DriverSession::health_reporter`]); reporting never
+//!   blocks, keeps only the latest result per check (at most [`MAX_HEALTH_CHECKS`]) while
+//!   no daemon is connected, and sends every check's latest result again after a
+//!   reconnect. Health and eligibility changes come back as [`ClusterEvent::Health`];
 //! - [`connect_with`]: the same session over any [`clustd_transport::Net`] and any
 //!   [`MachineClock`], so the simulation runs this library on simulated hosts;
-//! - [`shell`]: runs `start`/`stop` scripts ([`ShellDriver`]);
-//! - [`notify`]: webhook, email and SMS notifications ([`NotifyDriver`]).
+//! - [`shell`]: runs `start`/`stop` scripts ([`ShellDriver`]), and an optional `check`
+//!   script whose results it reports as health;
+//! - [`notify`]: webhook, email and SMS notifications ([`NotifyDriver`]), including the
+//!   node's health and eligibility changes.
 //!
 //! A custom driver, complete:
 //! ```no_run
@@ -37,6 +47,43 @@
 //! clustd_drivers::run(config, Log, async { tokio::signal::ctrl_c().await.unwrap() }).await
 //! # }
 //! ```
+//!
+//! A driver that also reports on its service, from a task of its own so the check runs
+//! whatever the role (and ends when the session drops the driver):
+//! ```no_run
+//! use std::time::Duration;
+//! use clustd_drivers::{ActionResult, Driver, HealthReporter, RoleChange};
+//!
+//! struct Web {
+//!     checker: Option<tokio::task::JoinHandle<()>>,
+//! }
+//!
+//! impl Driver for Web {
+//!     async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
+//!         ActionResult::Ok
+//!     }
+//!
+//!     fn on_session_start(&mut self, health: HealthReporter) {
+//!         self.checker = Some(tokio::spawn(async move {
+//!             loop {
+//!                 let up = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
+//!                 // 3 failures in a row make the node unhealthy, 2 successes healthy again.
+//!                 let detail = if up { "port 80 answers" } else { "port 80 refused" };
+//!                 let _ = health.report_with("web", up, detail, 3, 2);
+//!                 tokio::time::sleep(Duration::from_secs(1)).await;
+//!             }
+//!         }));
+//!     }
+//! }
+//!
+//! impl Drop for Web {
+//!     fn drop(&mut self) {
+//!         if let Some(checker) = self.checker.take() {
+//!             checker.abort();
+//!         }
+//!     }
+//! }
+//! ```
 
 mod backoff;
 mod clock;
@@ -46,6 +93,7 @@ mod engine;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod health;
 mod link;
 pub mod notify;
 mod session;
@@ -53,13 +101,14 @@ pub mod shell;
 mod transition;
 
 pub use clock::{MachineClock, MonotonicClock, TokioMachineClock};
-pub use clustd_core::{ActionResult, DriverRole, NodeId, Term};
+pub use clustd_core::{ActionResult, DriverRole, HealthChange, NodeId, Term};
 pub use config::{ConfigError, secret_file_mode_warning};
 pub use driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 pub use engine::{EngineError, SessionStatus};
+pub use health::{HealthError, HealthReporter, MAX_HEALTH_CHECKS, MAX_HEALTH_TEXT};
 pub use notify::{NotifyConfig, NotifyDriver};
 pub use session::{
     DriverConfig, DriverSession, SessionError, TransportKind, connect, connect_with,
     generate_driver_id, run,
 };
-pub use shell::{ShellConfig, ShellDriver};
+pub use shell::{ShellCheck, ShellConfig, ShellDriver};

@@ -30,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::clock::{MachineClock, MonotonicClock};
 use crate::driver::Driver;
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
+use crate::health::HealthReporter;
 
 /// Which transport the daemon's cluster endpoint speaks (`transport` in driver configs:
 /// `"quic"` or `"websocket"`).
@@ -195,6 +196,7 @@ pub struct DriverSession {
     shutdown: watch::Sender<bool>,
     engine: JoinHandle<Result<(), EngineError>>,
     connection: JoinHandle<()>,
+    health: HealthReporter,
 }
 
 impl DriverSession {
@@ -211,6 +213,13 @@ impl DriverSession {
     /// A receiver that sees every status change (`wait_for` on it to wait for a condition).
     pub fn watch_status(&self) -> watch::Receiver<SessionStatus> {
         self.status.clone()
+    }
+
+    /// The session's health reporter (the one its driver got in
+    /// [`Driver::on_session_start`]): reports go to the daemon on the current connection,
+    /// and again on every new one.
+    pub fn health_reporter(&self) -> HealthReporter {
+        self.health.clone()
     }
 
     /// Waits until the session stops by itself (the driver panicked); it never does otherwise.
@@ -293,6 +302,7 @@ pub(crate) fn spawn_session<D: Driver, L: Dialer, C: MachineClock>(
     let options = EngineOptions {
         startup_wait: config.startup_wait,
     };
+    let health = HealthReporter::new();
     let engine = tokio::spawn(run_engine(
         driver,
         clock,
@@ -301,6 +311,7 @@ pub(crate) fn spawn_session<D: Driver, L: Dialer, C: MachineClock>(
         out_tx,
         status_tx,
         shutdown_rx.clone(),
+        health.clone(),
     ));
     let backoff = Backoff::with_rng(config.reconnect_initial, config.reconnect_max, rng);
     let connection = tokio::spawn(connection_loop(
@@ -317,6 +328,7 @@ pub(crate) fn spawn_session<D: Driver, L: Dialer, C: MachineClock>(
         shutdown: shutdown_tx,
         engine,
         connection,
+        health,
     }
 }
 

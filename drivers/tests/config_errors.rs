@@ -126,6 +126,113 @@ fn shell_config_errors_name_the_key() {
 }
 
 #[test]
+fn script_check_loads_with_its_defaults_and_its_keys() {
+    let d = dir();
+    let p = d.path();
+    let c = shell(p, &format!("{HEAD}{SCRIPT}")).expect("valid");
+    assert_eq!(c.check, None, "no check unless configured");
+    let c = shell(
+        p,
+        &format!("{HEAD}{SCRIPT}check = \"curl -sf http://127.0.0.1/\"\n"),
+    )
+    .expect("valid");
+    let check = c.check.expect("configured");
+    assert_eq!(check.command, "curl -sf http://127.0.0.1/");
+    assert_eq!(check.interval.as_millis(), 1000);
+    assert_eq!(check.timeout.as_millis(), 2000);
+    assert_eq!((check.fall, check.rise), (3, 2));
+    let c = shell(
+        p,
+        &format!(
+            "{HEAD}{SCRIPT}check = \"true\"\ncheck_interval_ms = 250\ncheck_timeout_ms = 100\ncheck_fall = 1\ncheck_rise = 5\n"
+        ),
+    )
+    .expect("valid");
+    let check = c.check.expect("configured");
+    assert_eq!(check.interval.as_millis(), 250);
+    assert_eq!(check.timeout.as_millis(), 100);
+    assert_eq!((check.fall, check.rise), (1, 5));
+    // The scripts' own timeout is not the check's.
+    assert_eq!(c.runner.timeout.as_millis(), 30_000);
+}
+
+#[test]
+fn script_check_errors_name_the_key() {
+    let d = dir();
+    let p = d.path();
+    let with_check = |extra: &str| shell(p, &format!("{HEAD}{SCRIPT}check = \"true\"\n{extra}"));
+    for key in [
+        "check_fall",
+        "check_rise",
+        "check_interval_ms",
+        "check_timeout_ms",
+    ] {
+        names(
+            with_check(&format!("{key} = 0\n")),
+            "shell.toml",
+            &format!("script.{key}"),
+            "at least 1",
+        );
+        names(
+            shell(p, &format!("{HEAD}{SCRIPT}{key} = 5\n")),
+            "shell.toml",
+            &format!("script.{key}"),
+            "needs `script.check`",
+        );
+    }
+    names(
+        with_check("check_fall = -1\n"),
+        "shell.toml",
+        "script.check_fall",
+        "invalid value",
+    );
+    names(
+        with_check("check_interval_ms = \"1s\"\n"),
+        "shell.toml",
+        "script.check_interval_ms",
+        "invalid type",
+    );
+    names(
+        shell(p, &format!("{HEAD}{SCRIPT}check = \"  \"\n")),
+        "shell.toml",
+        "script.check",
+        "must not be empty",
+    );
+    names(
+        with_check("check_every_ms = 5\n"),
+        "shell.toml",
+        "script.check_every_ms",
+        "unknown field",
+    );
+}
+
+#[test]
+fn notify_health_events_and_the_detail_field_load() {
+    let d = dir();
+    let c = notify(
+        d.path(),
+        &format!(
+            "events = [\"healthy\", \"unhealthy\", \"ineligible\", \"eligible\"]\n{HEAD}\
+             [templates]\ntext = \"{{node}} {{event}}: {{detail}}\"\n"
+        ),
+    )
+    .expect("valid");
+    let names: Vec<&str> = c.events.iter().map(|e| e.as_str()).collect();
+    assert_eq!(names, ["healthy", "unhealthy", "ineligible", "eligible"]);
+    // By default every event is sent, the health ones included.
+    let c = notify(d.path(), HEAD).expect("valid");
+    for name in [
+        "healthy",
+        "unhealthy",
+        "ineligible",
+        "eligible",
+        "peer-down",
+    ] {
+        assert!(c.events.iter().any(|e| e.as_str() == name), "{name}");
+    }
+}
+
+#[test]
 fn unreadable_secret_file_names_the_key_and_path() {
     let d = dir();
     let err = shell(

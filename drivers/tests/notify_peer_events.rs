@@ -1,14 +1,14 @@
 //! Peer events end to end through the library: a fake daemon (a real clustd-transport
 //! endpoint on 127.0.0.1) sends `ToDriver::Peer`, the notify driver running in-process
 //! through `clustd_drivers::connect` posts `peer-down` / `peer-up` (and `stop-failed` for
-//! `ToDriver::StopFailed`) to a real HTTP server, and nothing about them goes back to the
-//! daemon.
+//! `ToDriver::StopFailed`, and `unhealthy` / `ineligible` for `ToDriver::Health`) to a real
+//! HTTP server, and nothing about them goes back to the daemon.
 
 mod support;
 
 use std::net::SocketAddr;
 
-use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
+use clustd_core::{ActionResult, DriverRole, FromDriver, HealthChange, NodeId, Term, ToDriver};
 use clustd_drivers::{NotifyConfig, NotifyDriver, TransportKind};
 use support::{FakeDaemon, HttpServer, SECRET, init_tracing, wait_until};
 
@@ -172,5 +172,84 @@ async fn a_failed_stop_becomes_a_stop_failed_post() {
     daemon.send(&driver, &backup(4, 2));
     expect_ack(&mut daemon, 2).await;
     session.shutdown().await.expect("clean shutdown");
+    daemon.vanish().await;
+}
+
+/// The node's checks failed: the daemon sends `ToDriver::Health`, and the notify driver posts
+/// `unhealthy` (then `ineligible`, when subscribed) with the daemon's detail — nothing goes
+/// back to the daemon, and unsubscribed health events (`healthy`) are not posted.
+#[tokio::test]
+async fn a_health_change_becomes_an_unhealthy_post() {
+    init_tracing();
+    let kind = TransportKind::WebSocket;
+    let mut server = HttpServer::start(&[], false).await;
+    let localhost: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut daemon = FakeDaemon::start(kind, localhost).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret"), SECRET).expect("write");
+    let text = format!(
+        "daemon = \"{}\"\ntransport = \"websocket\"\nsecret_file = \"secret\"\ndriver_id = \"notify-test\"\n\
+         events = [\"unhealthy\", \"ineligible\"]\n\
+         [templates]\ntext = \"{{node}}: {{event}} ({{detail}}): {{event_text}}\"\n\
+         [[webhook]]\nurl = \"{}\"\n",
+        daemon.addr,
+        server.url("/hook")
+    );
+    let config = NotifyConfig::parse(&dir.path().join("notify.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = clustd_drivers::connect(config.connection.clone(), NotifyDriver::new(&config))
+        .expect("session starts");
+    let driver = daemon.accept_driver().await;
+    daemon.send(&driver, &backup(6, 1));
+    expect_ack(&mut daemon, 1).await;
+    let detail = "check shell-1/check failed 3 times in a row: exit status 1: ready is missing";
+    for change in [
+        HealthChange::Healthy,
+        HealthChange::Unhealthy,
+        HealthChange::Ineligible,
+    ] {
+        daemon.send(
+            &driver,
+            &ToDriver::Health {
+                node: id("node-1"),
+                term: Term(6),
+                change,
+                detail: detail.into(),
+            },
+        );
+    }
+    for (event, what) in [
+        ("unhealthy", "is unhealthy"),
+        ("ineligible", "may not be master"),
+    ] {
+        let req = server.next().await;
+        assert_eq!(req.path, "/hook");
+        let body: serde_json::Value = serde_json::from_str(&req.body).expect("json body");
+        assert_eq!(body["event"], event, "{body}");
+        assert_eq!(body["node"], "node-1", "{body}");
+        assert_eq!(body["term"], "6", "{body}");
+        assert_eq!(body["detail"], detail, "{body}");
+        assert_eq!(body["role"], "backup", "{body}");
+        assert_eq!(body["peer"], "", "{body}");
+        assert_eq!(
+            body["text"],
+            format!("node-1: {event} ({detail}): node node-1 {what}: {detail}"),
+            "{body}"
+        );
+    }
+    let status = session.watch_status();
+    wait_until("the three events reached the driver", || {
+        status.borrow().cluster_events == 3
+    })
+    .await;
+    // Not acknowledged: the next thing from the driver is the next role's ack.
+    daemon.send(&driver, &backup(7, 2));
+    expect_ack(&mut daemon, 2).await;
+    session.shutdown().await.expect("clean shutdown");
+    // `healthy` was not subscribed: nothing more was posted.
+    assert!(
+        server.requests.try_recv().is_err(),
+        "only the subscribed events"
+    );
     daemon.vanish().await;
 }

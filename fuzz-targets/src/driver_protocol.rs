@@ -13,15 +13,20 @@
 //! counted from each notice's send time (`sent_at_ns`, stamped on the harness's machine
 //! clock, in the past, now or the future) or arrival, whichever is earlier — a late notice
 //! never extends a lease; and after a long silence (no renewals) the driver always ends in
-//! backup — the fail-safe — whatever lease values it was given.
+//! backup — the fail-safe — whatever lease values it was given. Health: the driver's
+//! reports are refused only for a reason (a threshold of 0, a 17th check name), every
+//! health result sent names a check that was reported, and once settled on a connection
+//! the daemon has heard every reported check on it (re-sent after each reconnect); the
+//! daemon's health events are never acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use clustd_core::codec;
-use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
+use clustd_core::{ActionResult, DriverRole, FromDriver, HealthChange, NodeId, Term, ToDriver};
 use clustd_drivers::fuzzing::{EngineHarness, Output};
+use clustd_drivers::{HealthError, MAX_HEALTH_CHECKS};
 
 /// One input: the driver's behaviour and what the daemon does.
 #[derive(Arbitrary, Debug)]
@@ -87,6 +92,26 @@ pub enum Op {
     Disconnect,
     /// The driver reconnects (if disconnected).
     Reconnect,
+    /// The daemon reports a health or eligibility change (a cluster event; never acknowledged).
+    Health {
+        /// Which change (mod 4).
+        change: u8,
+        /// Term.
+        term: u64,
+        /// Detail.
+        detail: String,
+    },
+    /// The driver reports one result of check `check % 20` (more names than are allowed).
+    ReportHealth {
+        /// The check's number.
+        check: u8,
+        /// Whether it passed.
+        healthy: bool,
+        /// `fall` (0 is refused).
+        fall: u8,
+        /// `rise` (0 is refused).
+        rise: u8,
+    },
 }
 
 /// Replays the connection loop's side and checks the engine's answers.
@@ -102,6 +127,10 @@ struct Model {
     /// The latest any lease notice accepted so far allows (machine clock, ns): the earlier
     /// of its stamp and its arrival, plus its lease. The driver is never master after it.
     lease_bound_ns: u64,
+    /// The checks the driver reported (accepted reports only).
+    reported: BTreeSet<String>,
+    /// The checks whose results went out, per connection.
+    health_sent: BTreeMap<u64, BTreeSet<String>>,
 }
 
 impl Model {
@@ -188,6 +217,16 @@ impl Model {
                         self.unacked.remove(&(conn, seq));
                     }
                 }
+                Output::Send {
+                    conn,
+                    msg: FromDriver::Health { check, .. },
+                } => {
+                    assert!(
+                        self.reported.contains(&check),
+                        "after {context:?}: a result for `{check}`, which was never reported"
+                    );
+                    self.health_sent.entry(conn).or_default().insert(check);
+                }
                 Output::Send { msg, .. } => panic!("after {context:?}: unexpected {msg:?}"),
                 Output::Resync { conn } => {
                     if self.conn == Some(conn) {
@@ -208,6 +247,25 @@ impl Model {
                 "after {context:?}: still master {} ns after the most generous lease ended: {status:?}",
                 now - self.lease_bound_ns
             );
+        }
+    }
+
+    /// The driver reports a result; a refusal must have its reason.
+    fn report(&mut self, check: u8, healthy: bool, fall: u8, rise: u8) {
+        let name = format!("check-{}", check % 20);
+        let result = self
+            .harness
+            .report_health(&name, healthy, u32::from(fall), u32::from(rise));
+        match result {
+            Ok(()) => {
+                self.reported.insert(name);
+            }
+            Err(HealthError::ZeroThreshold { .. }) => assert!(fall == 0 || rise == 0),
+            Err(HealthError::TooManyChecks(refused)) => {
+                assert_eq!(refused, name);
+                assert!(self.reported.len() >= MAX_HEALTH_CHECKS && !self.reported.contains(&name));
+            }
+            Err(e) => panic!("report of `{name}` refused: {e}"),
         }
     }
 
@@ -271,6 +329,8 @@ pub fn driver_protocol(data: &[u8]) {
         unacked: BTreeMap::new(),
         longest_action,
         lease_bound_ns: 0,
+        reported: BTreeSet::new(),
+        health_sent: BTreeMap::new(),
     };
     let end = Op::Advance(0);
     model.reconnect();
@@ -356,6 +416,32 @@ pub fn driver_protocol(data: &[u8]) {
             Op::Advance(ms) => model.harness.advance(Duration::from_millis(u64::from(*ms))),
             Op::Disconnect => model.disconnect(),
             Op::Reconnect => model.reconnect(),
+            Op::Health {
+                change,
+                term,
+                detail,
+            } => {
+                let change = [
+                    HealthChange::Healthy,
+                    HealthChange::Unhealthy,
+                    HealthChange::Ineligible,
+                    HealthChange::Eligible,
+                ][usize::from(*change % 4)];
+                let msg = ToDriver::Health {
+                    node: node(),
+                    term: Term(*term),
+                    change,
+                    detail: detail.chars().take(64).collect(),
+                };
+                let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
+                model.frame(&frame);
+            }
+            Op::ReportHealth {
+                check,
+                healthy,
+                fall,
+                rise,
+            } => model.report(*check, *healthy, *fall, *rise),
         }
         model.outputs(op);
     }
@@ -379,6 +465,15 @@ pub fn driver_protocol(data: &[u8]) {
         "roles never acknowledged: {:?}",
         model.unacked
     );
+    // The daemon on the current connection has heard every check the driver reported.
+    if let Some(conn) = model.conn {
+        let heard = model.health_sent.get(&conn).cloned().unwrap_or_default();
+        assert!(
+            model.reported.is_subset(&heard),
+            "reported {:?}, but connection {conn} heard only {heard:?}",
+            model.reported
+        );
+    }
 
     // The fail-safe: silence long enough for any lease (u32::MAX ms is under 50 days).
     model.harness.advance(Duration::from_secs(50 * 24 * 3600));

@@ -39,9 +39,11 @@ use clap::Parser;
 ///   to = ["ops@example.com"]
 ///
 /// Template fields: {event} {event_text} {node} {role} {previous_role} {term} {leader}
-/// {previous_leader} {reason} {time} {peer} {driver}. Events: became-master, lost-master,
-/// master-lost, new-master, peer-down, peer-up, stop-failed (a driver of this node reported
-/// that its stop failed or timed out; {driver} names it). Logging: RUST_LOG (default "info").
+/// {previous_leader} {reason} {time} {peer} {driver} {detail}. Events: became-master,
+/// lost-master, master-lost, new-master, peer-down, peer-up, stop-failed (a driver of this
+/// node reported that its stop failed or timed out; {driver} names it), healthy, unhealthy,
+/// ineligible, eligible (this node's health or eligibility changed; {detail} says why).
+/// Logging: RUST_LOG (default "info").
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {

@@ -21,7 +21,9 @@ use clap::Parser;
 /// Scripts run as `SHELL -c SCRIPT` in their own process group with CLUSTD_ROLE
 /// (master|backup), CLUSTD_TERM, CLUSTD_NODE_ID, CLUSTD_LEADER_ID, CLUSTD_PREV_ROLE and
 /// CLUSTD_REASON set; their output goes to the log; past `timeout_ms` the whole group is
-/// killed (SIGTERM, then SIGKILL after `kill_grace_ms`).
+/// killed (SIGTERM, then SIGKILL after `kill_grace_ms`). With `check` set, the check runs
+/// the same way every `check_interval_ms`, on master and backup alike, and each result
+/// (exit status 0: healthy; the last line printed as the detail) goes to the daemon.
 ///
 /// Example config:
 ///
@@ -36,6 +38,12 @@ use clap::Parser;
 ///   start = "systemctl start myapp"
 ///   stop = "systemctl stop myapp"
 ///   timeout_ms = 30000
+///   # optional health check, reported to the daemon as <driver id>/check:
+///   check = "curl -sf http://127.0.0.1:8080/health"
+///   check_interval_ms = 1000
+///   check_timeout_ms = 2000   # then its process group is killed: unhealthy
+///   check_fall = 3            # failures in a row that make the node unhealthy
+///   check_rise = 2            # successes in a row that make it healthy again
 ///
 /// Logging: RUST_LOG (default "info").
 #[derive(Parser, Debug)]

@@ -1,5 +1,6 @@
-//! The notify driver: tells people about role changes and cluster events through webhooks,
-//! email and SMS, with templates, retries and flap protection.
+//! The notify driver: tells people about role changes and cluster events (peers, failed
+//! stops, the node's health and eligibility) through webhooks, email and SMS, with
+//! templates, retries and flap protection.
 //!
 //! Acting is only queueing: [`NotifyDriver::on_role_change`] and
 //! [`NotifyDriver::on_cluster_event`] return at once, so a slow mail server never delays the
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use clustd_core::{ActionResult, DriverRole, NodeId};
+use clustd_core::{ActionResult, DriverRole, HealthChange, NodeId};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Deserialize;
@@ -51,6 +52,16 @@ pub enum EventKind {
     /// it): the service may still run here beside a new master until that driver's lease
     /// ends. Sent by every node's notify driver for its own node.
     StopFailed,
+    /// This node's checks pass again (each passed `rise` times in a row); `{detail}` says
+    /// which.
+    Healthy,
+    /// A check of this node failed `fall` times in a row (or a start failed); `{detail}`
+    /// says which and how.
+    Unhealthy,
+    /// This node may not be master (unhealthy, in maintenance, a witness); `{detail}` says why.
+    Ineligible,
+    /// This node may be master again; `{detail}` says why.
+    Eligible,
 }
 
 impl EventKind {
@@ -64,10 +75,24 @@ impl EventKind {
             Self::PeerDown => "peer-down",
             Self::PeerUp => "peer-up",
             Self::StopFailed => "stop-failed",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Ineligible => "ineligible",
+            Self::Eligible => "eligible",
         }
     }
 
-    const ALL: [EventKind; 7] = [
+    /// The event for a health or eligibility change (named as the daemon names it).
+    pub fn for_health(change: HealthChange) -> Self {
+        match change {
+            HealthChange::Healthy => Self::Healthy,
+            HealthChange::Unhealthy => Self::Unhealthy,
+            HealthChange::Ineligible => Self::Ineligible,
+            HealthChange::Eligible => Self::Eligible,
+        }
+    }
+
+    const ALL: [EventKind; 11] = [
         Self::BecameMaster,
         Self::LostMaster,
         Self::MasterLost,
@@ -75,6 +100,10 @@ impl EventKind {
         Self::PeerDown,
         Self::PeerUp,
         Self::StopFailed,
+        Self::Healthy,
+        Self::Unhealthy,
+        Self::Ineligible,
+        Self::Eligible,
     ];
 }
 
@@ -121,6 +150,10 @@ fn event_text(kind: EventKind, change: &RoleChange) -> String {
         EventKind::PeerDown => "a peer went down".into(),
         EventKind::PeerUp => "a peer came back".into(),
         EventKind::StopFailed => "a driver's stop failed".into(),
+        EventKind::Healthy => "healthy again".into(),
+        EventKind::Unhealthy => "unhealthy".into(),
+        EventKind::Ineligible => "may not be master".into(),
+        EventKind::Eligible => "may be master again".into(),
     }
 }
 
@@ -147,11 +180,30 @@ fn cluster_event_text(event: &ClusterEvent) -> (EventKind, String) {
                 ),
             )
         }
+        ClusterEvent::Health {
+            change,
+            detail,
+            node,
+            ..
+        } => {
+            let what = match change {
+                HealthChange::Healthy => "is healthy again",
+                HealthChange::Unhealthy => "is unhealthy",
+                HealthChange::Ineligible => "may not be master",
+                HealthChange::Eligible => "may be master again",
+            };
+            let text = if detail.is_empty() {
+                format!("node {node} {what}")
+            } else {
+                format!("node {node} {what}: {detail}")
+            };
+            (EventKind::for_health(*change), text)
+        }
     }
 }
 
-/// The template fields for `change`. `peer` and `driver` are empty: only peer events
-/// name a peer, only `stop-failed` a driver.
+/// The template fields for `change`. `peer`, `driver` and `detail` are empty: only peer
+/// events name a peer, only `stop-failed` a driver, only health events have a detail.
 fn fields(
     kind: &str,
     text: String,
@@ -178,12 +230,13 @@ fn fields(
         ("reason", change.reason.clone()),
         ("peer", String::new()),
         ("driver", String::new()),
+        ("detail", String::new()),
         ("time", humantime::format_rfc3339_seconds(time).to_string()),
     ])
 }
 
 /// The template fields for a cluster event: the event's own (`event`, `event_text`, `peer`
-/// or `driver`, `node`, `term`, `time`), and this node's current state from the last role
+/// or `driver` or `detail`, `node`, `term`, `time`), and this node's current state from the last role
 /// change (`role`, `previous_role`, `leader`, `previous_leader`, `reason`; empty before the
 /// first).
 fn cluster_fields(
@@ -203,6 +256,7 @@ fn cluster_fields(
             "reason",
             "peer",
             "driver",
+            "detail",
         ]
         .into_iter()
         .map(|k| (k, String::new()))
@@ -223,8 +277,14 @@ fn cluster_fields(
     if let Some(peer) = event.peer() {
         fields.insert("peer", peer.to_string());
     }
-    if let ClusterEvent::StopFailed { driver, .. } = event {
-        fields.insert("driver", driver.to_string());
+    match event {
+        ClusterEvent::StopFailed { driver, .. } => {
+            fields.insert("driver", driver.to_string());
+        }
+        ClusterEvent::Health { detail, .. } => {
+            fields.insert("detail", detail.clone());
+        }
+        ClusterEvent::PeerDown { .. } | ClusterEvent::PeerUp { .. } => {}
     }
     fields
 }
@@ -577,7 +637,8 @@ fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
 // ---------------------------------------------------------------------------------------
 // The driver
 
-/// Sends notifications on role changes and cluster events (peers, failed stops).
+/// Sends notifications on role changes and cluster events (peers, failed stops, the
+/// node's health and eligibility).
 #[derive(Debug)]
 pub struct NotifyDriver {
     events: Vec<EventKind>,
@@ -831,5 +892,70 @@ mod tests {
         assert_eq!(f["node"], "a");
         assert_eq!(f["role"], "");
         assert!(TEMPLATE_FIELDS.iter().all(|k| f.contains_key(k)), "{f:?}");
+    }
+
+    #[test]
+    fn health_events_are_named_like_the_change_and_carry_the_detail() {
+        let time = SystemTime::UNIX_EPOCH;
+        let last = RoleChange::new(DriverRole::Master, Term(4), id("a")).with_leader(id("a"));
+        for (change, event, text) in [
+            (
+                HealthChange::Unhealthy,
+                "unhealthy",
+                "node a is unhealthy: check web failed 3 times in a row: exit status 1",
+            ),
+            (
+                HealthChange::Healthy,
+                "healthy",
+                "node a is healthy again: check web failed 3 times in a row: exit status 1",
+            ),
+            (
+                HealthChange::Ineligible,
+                "ineligible",
+                "node a may not be master: check web failed 3 times in a row: exit status 1",
+            ),
+            (
+                HealthChange::Eligible,
+                "eligible",
+                "node a may be master again: check web failed 3 times in a row: exit status 1",
+            ),
+        ] {
+            let health = ClusterEvent::Health {
+                change,
+                detail: "check web failed 3 times in a row: exit status 1".into(),
+                term: Term(4),
+                node: NodeId::new("a").expect("valid"),
+            };
+            let (kind, t) = cluster_event_text(&health);
+            assert_eq!(kind.as_str(), event);
+            assert_eq!(kind.as_str(), change.as_str(), "the daemon's name");
+            assert_eq!(t, text);
+            let f = cluster_fields(kind, t, &health, Some(&last), time);
+            assert_eq!(f["event"], event);
+            assert_eq!(f["node"], "a");
+            assert_eq!(f["term"], "4");
+            assert_eq!(
+                f["detail"],
+                "check web failed 3 times in a row: exit status 1"
+            );
+            assert_eq!((f["peer"].as_str(), f["driver"].as_str()), ("", ""));
+            assert_eq!(f["role"], "master");
+            assert!(TEMPLATE_FIELDS.iter().all(|k| f.contains_key(k)), "{f:?}");
+        }
+        // No detail: the text ends with what changed.
+        let bare = ClusterEvent::Health {
+            change: HealthChange::Eligible,
+            detail: String::new(),
+            term: Term(4),
+            node: NodeId::new("a").expect("valid"),
+        };
+        assert_eq!(cluster_event_text(&bare).1, "node a may be master again");
+        // Every event kind parses from its config name.
+        for kind in EventKind::ALL {
+            let parsed: EventKind =
+                serde_json::from_value(serde_json::Value::String(kind.as_str().into()))
+                    .expect("parses");
+            assert_eq!(parsed, kind);
+        }
     }
 }

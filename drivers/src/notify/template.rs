@@ -16,6 +16,7 @@ pub const FIELDS: &[&str] = &[
     "reason",
     "peer",
     "driver",
+    "detail",
     "time",
 ];
 
