@@ -408,6 +408,19 @@ impl Node {
         }
     }
 
+    /// Leader only: whether `peer`'s latest acknowledgement said it is eligible (healthy,
+    /// not in maintenance, not a witness); `None` before its first, or unless leader.
+    pub fn peer_eligible(&self, peer: &NodeId) -> Option<bool> {
+        match &self.state {
+            State::Leader(l) => l
+                .followers
+                .get(peer)
+                .filter(|f| f.last_ack.is_some())
+                .map(|f| f.eligible),
+            _ => None,
+        }
+    }
+
     /// Leader only: followers that acknowledged a heartbeat within `ET_min`.
     pub fn reachable_followers(&self, now: Instant) -> Vec<NodeId> {
         match &self.state {

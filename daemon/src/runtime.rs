@@ -26,12 +26,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use clustd_core::check::ServiceInput;
-use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_core::codec;
 use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role,
     Term, ToDriver,
 };
+use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -1672,8 +1672,19 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 last_heard_ms_ago: self.last_heard.get(id).map(|t| {
                     u64::try_from(now.saturating_duration_since(*t).as_millis()).unwrap_or(u64::MAX)
                 }),
+                eligible: self.node.peer_eligible(id),
             })
             .collect();
+        status.healthy = self.node.healthy();
+        status.eligible = self.node.eligible();
+        status.ineligible_reason = self.ineligible_reason();
+        status.health_hold_ms = self.node.health_hold_until(now).map(|until| {
+            u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        });
+        // (While held, it stays for the hold, not for want of a peer: the hold line says so.)
+        status.unhealthy_alone =
+            self.node.is_master() && !self.node.healthy() && status.health_hold_ms.is_none();
+        status.checks = self.health.statuses(now);
         if rebuild_drivers {
             // At most MAX_REMEMBERED_DRIVERS entries, each with reasons cut to MAX_REASON_LEN.
             status.drivers = self

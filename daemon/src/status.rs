@@ -4,6 +4,12 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::CheckStatus;
+
+fn yes() -> bool {
+    true
+}
+
 /// How many role changes the history keeps.
 pub const HISTORY_LEN: usize = 32;
 
@@ -26,6 +32,25 @@ pub struct Status {
     pub maintenance: bool,
     /// Witness node (votes, never leads).
     pub witness: bool,
+    /// Every check passes (`[[check]]`s, driver-reported checks, no recent failed start).
+    #[serde(default = "yes")]
+    pub healthy: bool,
+    /// May become master: healthy, not in maintenance, not a witness.
+    #[serde(default = "yes")]
+    pub eligible: bool,
+    /// Why not eligible, e.g. `unhealthy: check web failed 3 times in a row: exit status 1`.
+    #[serde(default)]
+    pub ineligible_reason: Option<String>,
+    /// Master and unhealthy with no healthy peer reachable: staying master (`health.alone`).
+    #[serde(default)]
+    pub unhealthy_alone: bool,
+    /// While mastership may not move for health (`health.min_master_ms` after the
+    /// cluster's last health hand-over): milliseconds left.
+    #[serde(default)]
+    pub health_hold_ms: Option<u64>,
+    /// Every check, configured and driver-reported, and `start` after a failed start.
+    #[serde(default)]
+    pub checks: Vec<CheckStatus>,
     /// `quic` or `websocket`.
     pub transport: String,
     /// Cluster listen address.
@@ -74,6 +99,10 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Milliseconds since the last message from it, if any.
     pub last_heard_ms_ago: Option<u64>,
+    /// As its latest acknowledgement said (shown by the leader only): whether it may
+    /// become master.
+    #[serde(default)]
+    pub eligible: Option<bool>,
 }
 
 /// One driver.
@@ -149,6 +178,29 @@ impl Status {
             flags
         );
         let _ = writeln!(out, "transport {} on {}", self.transport, self.listen);
+        match (&self.ineligible_reason, self.healthy) {
+            (None, _) => {
+                let _ = writeln!(out, "eligible to be master (every check passes)");
+            }
+            (Some(why), true) => {
+                let _ = writeln!(out, "not eligible to be master: {why}");
+            }
+            (Some(why), false) => {
+                let _ = writeln!(out, "!! NOT ELIGIBLE to be master: {why}");
+            }
+        }
+        if self.unhealthy_alone {
+            let _ = writeln!(
+                out,
+                "!! UNHEALTHY MASTER with no healthy peer reachable: staying master (health.alone)"
+            );
+        }
+        if let Some(ms) = self.health_hold_ms {
+            let _ = writeln!(
+                out,
+                "mastership is not moved for health for {ms} ms more (health.min_master_ms)"
+            );
+        }
         if let Some(error) = &self.state_write_error {
             let _ = writeln!(
                 out,
@@ -164,8 +216,8 @@ impl Status {
         }
         let _ = writeln!(
             out,
-            "\n{:<20} {:<24} {:<10} LAST HEARD",
-            "PEER", "ADDRESS", "CONNECTED"
+            "\n{:<20} {:<24} {:<10} {:<9} LAST HEARD",
+            "PEER", "ADDRESS", "CONNECTED", "ELIGIBLE"
         );
         for p in &self.peers {
             let heard = p
@@ -173,12 +225,51 @@ impl Status {
                 .map_or("-".to_string(), |ms| format!("{ms} ms ago"));
             let _ = writeln!(
                 out,
-                "{:<20} {:<24} {:<10} {}",
+                "{:<20} {:<24} {:<10} {:<9} {}",
                 p.id,
                 p.addr,
                 if p.connected { "yes" } else { "no" },
+                match p.eligible {
+                    Some(true) => "yes",
+                    Some(false) => "NO",
+                    None => "-",
+                },
                 heard
             );
+        }
+        if !self.checks.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<24} {:<7} {:<10} {:<9} {:<9} LAST RESULT",
+                "CHECK", "KIND", "STATE", "FAILS", "TOOK"
+            );
+            for c in &self.checks {
+                let state = match (c.healthy, c.runs_total) {
+                    (_, 0) => "not run",
+                    (true, _) => "healthy",
+                    (false, _) => "UNHEALTHY",
+                };
+                let took = c
+                    .last_duration_ms
+                    .map_or("-".to_string(), |ms| format!("{ms} ms"));
+                let mut last = c.last_result.clone().unwrap_or_else(|| "-".into());
+                if let Some(ms) = c.last_run_ms_ago {
+                    last = format!("{last} ({ms} ms ago)");
+                }
+                if let Some(ms) = c.clears_in_ms {
+                    last = format!("{last}; counts for {ms} ms more");
+                }
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<7} {:<10} {:<9} {:<9} {}",
+                    c.name,
+                    c.kind.as_str(),
+                    state,
+                    format!("{}/{}", c.consecutive_failures, c.fall),
+                    took,
+                    last
+                );
+            }
         }
         if !self.drivers.is_empty() {
             let _ = writeln!(
@@ -300,6 +391,81 @@ mod tests {
             }
             assert!(out.contains(text), "{out}");
         }
+    }
+
+    #[test]
+    fn an_unhealthy_node_says_why_and_shows_each_check() {
+        use crate::health::CheckType;
+        let status = Status {
+            healthy: false,
+            eligible: false,
+            ineligible_reason: Some(
+                "unhealthy: check web failed 3 times in a row: exit status 7".into(),
+            ),
+            checks: vec![CheckStatus {
+                name: "web".into(),
+                kind: CheckType::Exec,
+                healthy: false,
+                consecutive_failures: 3,
+                consecutive_successes: 0,
+                fall: 3,
+                rise: 2,
+                failures_total: 4,
+                runs_total: 9,
+                last_result: Some("exit status 7: connection refused".into()),
+                last_duration_ms: Some(12),
+                last_run_ms_ago: Some(150),
+                clears_in_ms: None,
+            }],
+            ..Status::default()
+        };
+        let out = status.render();
+        assert!(
+            out.contains("!! NOT ELIGIBLE to be master: unhealthy: check web failed 3 times"),
+            "{out}"
+        );
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("web "))
+            .expect("a row for the check");
+        for part in [
+            "exec",
+            "UNHEALTHY",
+            "3/3",
+            "12 ms",
+            "connection refused",
+            "150 ms ago",
+        ] {
+            assert!(row.contains(part), "{part:?} missing from {row:?}");
+        }
+        let healthy = Status {
+            healthy: true,
+            eligible: true,
+            ..Status::default()
+        };
+        assert!(
+            healthy
+                .render()
+                .contains("eligible to be master (every check passes)")
+        );
+    }
+
+    #[test]
+    fn old_status_json_without_the_health_fields_reads_as_healthy() {
+        let mut json = serde_json::to_value(Status::default()).expect("serializes");
+        let map = json.as_object_mut().expect("object");
+        for key in [
+            "healthy",
+            "eligible",
+            "ineligible_reason",
+            "checks",
+            "health_hold_ms",
+            "unhealthy_alone",
+        ] {
+            map.remove(key);
+        }
+        let status: Status = serde_json::from_value(json).expect("parses");
+        assert!(status.healthy && status.eligible && status.checks.is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use clustd::health::{MAX_DRIVER_CHECKS, MAX_RESULT_LEN};
 use clustd::local::{DRIVER_SECRET_FILE, LocalCluster, LocalNode, ServiceWatch};
 use clustd::runtime::{
     Command, MAX_CONNECTED_DRIVERS, MAX_REASON_LEN, MAX_REMEMBERED_DRIVERS, Shutdown,
@@ -107,16 +108,27 @@ async fn vanishing_driver(
             ..
         }) = codec::decode::<ToDriver>(&frame)
         {
+            // A started service (a failed start would make the node unhealthy and hand
+            // over, which is not what this flood is about), with a huge health report.
             let ack = FromDriver::Ack {
                 seq,
                 role: DriverRole::Master,
-                result: ActionResult::Failed("é".repeat(reason_len / 2)),
+                result: ActionResult::Ok,
             };
-            let _ = endpoint.send(
-                &from,
-                codec::encode(&ack).expect("encodes"),
-                SendClass::Reliable,
-            );
+            let report = FromDriver::Health {
+                check: "check".into(),
+                healthy: true,
+                detail: "é".repeat(reason_len / 2),
+                fall: 1,
+                rise: 1,
+            };
+            for msg in [ack, report] {
+                let _ = endpoint.send(
+                    &from,
+                    codec::encode(&msg).expect("encodes"),
+                    SendClass::Reliable,
+                );
+            }
             let _ = told.send(id.clone());
             break;
         }
@@ -159,6 +171,20 @@ impl Bounds {
                 assert!(text.len() <= MAX_REASON_LEN, "{} bytes", text.len());
             }
         }
+        // Driver-reported checks: capped in number, each result cut.
+        assert!(
+            status.checks.len() <= MAX_DRIVER_CHECKS,
+            "{} checks",
+            status.checks.len()
+        );
+        for c in &status.checks {
+            let len = c.last_result.as_ref().map_or(0, String::len);
+            assert!(len <= MAX_RESULT_LEN, "{len} bytes");
+        }
+        assert!(
+            status.healthy,
+            "healthy reports never make the node unhealthy"
+        );
         // A step-down now would wait at most a lease plus the stop budget for them.
         assert!(
             status.drivers_may_run_for_ms <= wait_bound_ms,
@@ -221,10 +247,11 @@ async fn flood(kind: TransportKind) {
             .expect("open");
         told.push(id);
     }
-    // Their 60 KB failure reasons arrive cut.
-    wait_until("the admitted drivers' acks are in", || {
+    // Their acks are in, and their 60 KB health reports arrive cut.
+    wait_until("the admitted drivers' acks and reports are in", || {
         let s = handle.status();
         s.drivers.iter().filter(|d| d.last_result.is_some()).count() == MAX_CONNECTED_DRIVERS
+            && s.checks.len() == MAX_DRIVER_CHECKS
     })
     .await;
     bounds.check(&handle, wait_bound_ms);

@@ -118,6 +118,8 @@ impl Probe {
                 let mut runner = ScriptRunner::new();
                 runner.timeout = check.timeout;
                 runner.kill_grace = EXEC_KILL_GRACE;
+                // Every interval: the runtime logs failures (WARN) and transitions itself.
+                runner.quiet = true;
                 Self::Exec {
                     runner,
                     command: command.clone(),

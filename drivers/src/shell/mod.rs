@@ -213,6 +213,7 @@ impl ShellConfig {
                 env: s.env,
                 timeout: Duration::from_millis(s.timeout_ms),
                 kill_grace: Duration::from_millis(s.kill_grace_ms),
+                quiet: false,
             },
             start: s.start,
             stop: s.stop,
@@ -356,7 +357,8 @@ async fn run_checks(
         let vars = check_env(last_change.borrow().as_ref());
         let run = runner.run_captured(CHECK_NAME, &check.command, &vars).await;
         let (healthy, detail) = check_verdict(&run, check.timeout);
-        // Logged on changes only: the runner logs every run already.
+        // Logged on changes only (the runner logs every run at DEBUG; the daemon logs
+        // every failed result of a check at WARN).
         if was_healthy != Some(healthy) {
             if healthy {
                 tracing::info!(%detail, "script.check passes");
@@ -485,6 +487,8 @@ impl Driver for ShellDriver {
         // check's own time limit.
         let runner = ScriptRunner {
             timeout: check.timeout,
+            // Every interval: the driver logs failed checks itself, the daemon counts them.
+            quiet: true,
             ..self.runner.clone()
         };
         let task = tokio::spawn(run_checks(

@@ -86,6 +86,10 @@ pub struct ScriptRunner {
     pub timeout: Duration,
     /// After SIGTERM on timeout, how long before SIGKILL.
     pub kill_grace: Duration,
+    /// Routine runs (health checks, every interval): the start, the result and the output
+    /// lines go to the log at DEBUG instead of INFO/ERROR (the caller reports failures
+    /// itself); a timeout and its kills are still logged at ERROR.
+    pub quiet: bool,
 }
 
 impl ScriptRunner {
@@ -97,6 +101,7 @@ impl ScriptRunner {
             env: BTreeMap::new(),
             timeout: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
+            quiet: false,
         }
     }
 
@@ -185,7 +190,11 @@ impl ScriptRunner {
             script: name.to_owned(),
             group: Some(group),
         };
-        tracing::info!(script = name, pid, "running script");
+        if self.quiet {
+            tracing::debug!(script = name, pid, "running script");
+        } else {
+            tracing::info!(script = name, pid, "running script");
+        }
         // Readers are not awaited after exit: a service the script left running in the
         // background may keep the pipes open, and its output keeps going to the log.
         let mut readers = Vec::new();
@@ -194,6 +203,7 @@ impl ScriptRunner {
                 out,
                 name.to_owned(),
                 false,
+                self.quiet,
                 last_line.clone(),
             )));
         }
@@ -202,6 +212,7 @@ impl ScriptRunner {
                 err,
                 name.to_owned(),
                 true,
+                self.quiet,
                 last_line.clone(),
             )));
         }
@@ -211,10 +222,18 @@ impl ScriptRunner {
                 use std::os::unix::process::ExitStatusExt;
                 let elapsed_ms = started.elapsed().as_millis();
                 if status.success() {
-                    tracing::info!(script = name, elapsed_ms, "script succeeded");
+                    if self.quiet {
+                        tracing::debug!(script = name, elapsed_ms, "script succeeded");
+                    } else {
+                        tracing::info!(script = name, elapsed_ms, "script succeeded");
+                    }
                     ScriptOutcome::Success
                 } else {
-                    tracing::error!(script = name, elapsed_ms, "script failed: {status}");
+                    if self.quiet {
+                        tracing::debug!(script = name, elapsed_ms, "script failed: {status}");
+                    } else {
+                        tracing::error!(script = name, elapsed_ms, "script failed: {status}");
+                    }
                     ScriptOutcome::Failed {
                         code: status.code(),
                         signal: status.signal(),
@@ -318,6 +337,7 @@ async fn log_lines(
     stream: impl AsyncRead + Unpin,
     script: String,
     stderr: bool,
+    quiet: bool,
     last_line: Arc<Mutex<Option<String>>>,
 ) {
     let mut reader = BufReader::new(stream);
@@ -337,7 +357,9 @@ async fn log_lines(
                     line.truncate(cut);
                     line.push_str(" [...]");
                 }
-                if stderr {
+                if quiet {
+                    tracing::debug!(script = %script, stderr, "{line}");
+                } else if stderr {
                     tracing::warn!(script = %script, stream = "stderr", "{line}");
                 } else {
                     tracing::info!(script = %script, stream = "stdout", "{line}");
