@@ -28,10 +28,9 @@ use std::time::Duration;
 use clustd_core::check::ServiceInput;
 use clustd_core::codec;
 use clustd_core::{
-    ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role,
-    Term, ToDriver,
+    ActionResult, DriverRole, Event, FromDriver, HealthChange, Instant, Message, Node, NodeId,
+    Reason, Role, Term, ToDriver,
 };
-use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -1333,7 +1332,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     /// A health or eligibility change for drivers that tell people (the notify driver).
     /// Reliable class, like the other cluster events.
     fn tell_drivers_health(&self, change: HealthChange, detail: &str) {
-        let msg = DriverMsg::Health {
+        let msg = ToDriver::Health {
             node: self.settings.id.clone(),
             term: self.node.term(),
             change,
