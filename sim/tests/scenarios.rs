@@ -683,7 +683,7 @@ both!(flapping_health_paced_by_min_master, |name, t| {
             return;
         }
         flipped = second + 1;
-        if second % 2 == 0 {
+        if second.is_multiple_of(2) {
             if let Some(m) = c.master() {
                 c.set_service_healthy(m, false);
             }
