@@ -1258,8 +1258,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             _ if cancelled || !self.node.is_master() => None,
             _ => {
                 tracing::error!(driver = %from, result = %text, "driver {from}: start FAILED ({text}): the node is unhealthy (check `start`) and hands over to a healthy peer if one is reachable");
-                self.count_check(crate::config::START_CHECK_NAME, false);
                 let transition = self.health.start_failed(from.as_str(), text, now);
+                // Counted once, after the tracker holds the failure: the gauge then shows
+                // the check unhealthy.
                 self.count_check(crate::config::START_CHECK_NAME, false);
                 transition
             }
