@@ -31,6 +31,7 @@ use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, HealthChange, Instant, Message, Node, NodeId,
     Reason, Role, Term, ToDriver,
 };
+use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -1258,6 +1259,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             _ => {
                 tracing::error!(driver = %from, result = %text, "driver {from}: start FAILED ({text}): the node is unhealthy (check `start`) and hands over to a healthy peer if one is reachable");
                 let transition = self.health.start_failed(from.as_str(), text, now);
+                // Counted once, after the tracker holds the failure: the gauge then shows
+                // the check unhealthy.
                 self.count_check(crate::config::START_CHECK_NAME, false);
                 transition
             }

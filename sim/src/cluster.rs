@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use clustd::runtime::{Command, DriverRecord, Handle, RoleNotice, RuntimeError, Shutdown};
 use clustd::store::StoreError;
 use clustd_core::{ActionResult, DriverRole, Instant};
-use clustd_drivers::{Driver, DriverConfig, RoleChange};
+use clustd_drivers::{Driver, DriverConfig, HealthReporter, RoleChange};
 use clustd_transport::TransportKind;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use turmoil::{Protocol, Segment, Sim};
@@ -78,6 +78,19 @@ pub struct SimConfig {
     pub swarm: Option<String>,
     /// Add the insider host (needed by [`Fault::ForgedTerm`]).
     pub insider: bool,
+    /// `health.min_master_ms` (the daemon's default, 30 s, when `None`): how often health
+    /// (and preemption) may move mastership.
+    pub min_master_ms: Option<u64>,
+    /// `health.alone` (`"stay"` or `"step-down"`; the daemon's default, stay, when `None`).
+    pub alone: Option<&'static str>,
+    /// `health.start_failure_ms` (the daemon's default, 60 s, when `None`).
+    pub start_failure_ms: Option<u64>,
+    /// `election.preempt` per node (default off): a node that preempts takes mastership
+    /// back from a lower-priority master.
+    pub preempt: Vec<bool>,
+    /// The drivers' largest reconnect delay (ms). Short, a driver reports its service's
+    /// health to a restarted daemon long before that daemon may campaign.
+    pub driver_reconnect_max_ms: u64,
 }
 
 impl SimConfig {
@@ -103,6 +116,11 @@ impl SimConfig {
             service_stop_ms: 30,
             insider: false,
             swarm: None,
+            min_master_ms: None,
+            alone: None,
+            start_failure_ms: None,
+            preempt: Vec::new(),
+            driver_reconnect_max_ms: 1000,
         }
     }
 
@@ -125,6 +143,26 @@ impl SimConfig {
                 self.seed, self.name
             )
         }
+    }
+}
+
+/// The `[health]` section of every node's config: only what the scenario set, so the
+/// daemon's defaults hold otherwise.
+fn health_section(config: &SimConfig) -> String {
+    let mut out = String::new();
+    if let Some(alone) = config.alone {
+        let _ = writeln!(out, "alone = \"{alone}\"");
+    }
+    if let Some(ms) = config.min_master_ms {
+        let _ = writeln!(out, "min_master_ms = {ms}");
+    }
+    if let Some(ms) = config.start_failure_ms {
+        let _ = writeln!(out, "start_failure_ms = {ms}");
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!("\n[health]\n{out}")
     }
 }
 
@@ -173,7 +211,7 @@ pub fn init_logging() {
 }
 
 /// How a node's simulated driver behaves, and what it did (shared with its host).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceState {
     /// Start takes this long.
     pub start: Duration,
@@ -185,12 +223,46 @@ pub struct ServiceState {
     pub log: Vec<(Duration, String)>,
     /// Whether the simulated service runs now.
     pub running: bool,
+    /// What the driver's health check of the service finds (reported as `d{i}/service`
+    /// every [`HEALTH_EVERY`]).
+    pub healthy: bool,
+    /// Starts report `Failed` (after taking [`ServiceState::start`]); the service is
+    /// counted as running until the stop that follows, as a half-started one might be.
+    pub start_fails: bool,
 }
+
+impl Default for ServiceState {
+    fn default() -> Self {
+        Self {
+            start: Duration::ZERO,
+            stop: Duration::ZERO,
+            fail_stops: false,
+            log: Vec::new(),
+            running: false,
+            healthy: true,
+            start_fails: false,
+        }
+    }
+}
+
+/// How often a simulated driver reports its service's health (each report is one run of
+/// the check, `fall` = `rise` = 1).
+pub const HEALTH_EVERY: Duration = Duration::from_millis(100);
 
 /// The simulated service behind a node's real driver session.
 struct SimService {
     node: usize,
     state: Arc<Mutex<ServiceState>>,
+    /// The health-reporting task, ended with the driver.
+    reporting: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SimService {
+    fn drop(&mut self) {
+        if let Some(task) = self.reporting.take() {
+            task.abort();
+        }
+    }
 }
 
 fn lock_state(state: &Mutex<ServiceState>) -> std::sync::MutexGuard<'_, ServiceState> {
@@ -200,11 +272,31 @@ fn lock_state(state: &Mutex<ServiceState>) -> std::sync::MutexGuard<'_, ServiceS
 }
 
 impl Driver for SimService {
+    fn on_session_start(&mut self, health: HealthReporter) {
+        // Periodic, whatever the role, from the first moment of the session: the daemon
+        // hears the verdict on connect (the library re-sends the latest on every connection).
+        let state = self.state.clone();
+        self.reporting = Some(tokio::spawn(async move {
+            loop {
+                let healthy = lock_state(&state).healthy;
+                let detail = if healthy {
+                    "the simulated service answers"
+                } else {
+                    "the simulated service does not answer (simulated failure)"
+                };
+                if let Err(e) = health.report("service", healthy, detail) {
+                    tracing::error!("simulated health report refused (a sim bug): {e}");
+                }
+                tokio::time::sleep(HEALTH_EVERY).await;
+            }
+        }));
+    }
+
     async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
         let (took, fail) = {
             let s = lock_state(&self.state);
             match change.role {
-                DriverRole::Master => (s.start, false),
+                DriverRole::Master => (s.start, s.start_fails),
                 DriverRole::Backup => (s.stop, s.fail_stops),
             }
         };
@@ -223,7 +315,8 @@ impl Driver for SimService {
         let end = turmoil::sim_elapsed().unwrap_or_default();
         let mut s = lock_state(&self.state);
         let what = match (change.role, fail) {
-            (DriverRole::Master, _) => "started".to_string(),
+            (DriverRole::Master, false) => "started".to_string(),
+            (DriverRole::Master, true) => "start FAILED (simulated)".to_string(),
             (DriverRole::Backup, false) => {
                 s.running = false;
                 "stopped".to_string()
@@ -246,7 +339,11 @@ impl Driver for SimService {
             ),
         ));
         if fail {
-            ActionResult::Failed("simulated stop failure".into())
+            let what = match change.role {
+                DriverRole::Master => "simulated start failure",
+                DriverRole::Backup => "simulated stop failure",
+            };
+            ActionResult::Failed(what.into())
         } else {
             ActionResult::Ok
         }
@@ -375,7 +472,7 @@ impl Cluster {
                 })
                 .collect();
             let toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\nkey = \"{}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\ndriver_secret = \"{driver_secret}\"\ndriver_socket = \"\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\nstop_budget_ms = {}\n",
+                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\nkey = \"{}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\ndriver_secret = \"{driver_secret}\"\ndriver_socket = \"\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\npreempt = {}\nstop_budget_ms = {}\n{}",
                 names[i],
                 names[i],
                 config.witnesses.contains(&i),
@@ -388,7 +485,9 @@ impl Cluster {
                 config.election_timeout_ms[1],
                 config.max_clock_drift,
                 config.priorities.get(i).copied().unwrap_or(0),
+                config.preempt.get(i).copied().unwrap_or(false),
                 config.stop_budget_ms,
+                health_section(&config),
             );
             let (settings, _warnings) =
                 clustd::Settings::parse(&toml, &format!("sim/{}.toml", names[i]), Path::new("/"))
@@ -471,6 +570,7 @@ impl Cluster {
             let transport = config.transport;
             let machine = MachineTime::new(rates[i]);
             let seed = config.seed;
+            let reconnect_max_ms = config.driver_reconnect_max_ms;
             sim.host(name.as_str(), move || {
                 let state = state.clone();
                 async move {
@@ -479,10 +579,14 @@ impl Cluster {
                             .with_driver_id(format!("d{i}"))
                             .unwrap_or_else(|_| unreachable!("d<digits> is a valid id"));
                     driver.rng_seed = Some(mix(&[seed, i as u64, 3]));
-                    driver.reconnect_max = Duration::from_secs(1);
+                    driver.reconnect_max = Duration::from_millis(reconnect_max_ms);
                     driver.daemon_key = Some(daemon_key);
                     let net = SimNet::new(mix(&[seed, i as u64, 4]));
-                    let service = SimService { node: i, state };
+                    let service = SimService {
+                        node: i,
+                        state,
+                        reporting: None,
+                    };
                     let mut session = clustd_drivers::connect_with(driver, service, net, machine)
                         .map_err(|e| format!("driver d{i}: {e}"))?;
                     session
@@ -1041,6 +1145,30 @@ impl Cluster {
         s.fail_stops = fail;
     }
 
+    /// Node `i`'s service turns healthy or unhealthy: its driver reports so from its next
+    /// health check on (within [`HEALTH_EVERY`]).
+    pub fn set_service_healthy(&mut self, i: usize, healthy: bool) {
+        let now = self.now();
+        let what = if healthy { "healthy" } else { "UNHEALTHY" };
+        self.observer
+            .event(now, format!("fault: d{i}'s service turns {what}"));
+        lock_state(&self.services[i]).healthy = healthy;
+    }
+
+    /// Whether node `i`'s service is healthy (what its driver reports).
+    pub fn service_healthy(&self, i: usize) -> bool {
+        lock_state(&self.services[i]).healthy
+    }
+
+    /// Whether node `i`'s simulated starts fail (`ActionResult::Failed`) from now on.
+    pub fn set_start_fails(&mut self, i: usize, fail: bool) {
+        let now = self.now();
+        let what = if fail { "fail" } else { "work" };
+        self.observer
+            .event(now, format!("fault: d{i}'s starts {what}"));
+        lock_state(&self.services[i]).start_fails = fail;
+    }
+
     /// Whether node `i`'s simulated service runs now (ground truth).
     pub fn service_running(&self, i: usize) -> bool {
         lock_state(&self.services[i]).running
@@ -1212,6 +1340,7 @@ impl Cluster {
                 self.pause(i, Duration::from_millis(*ms));
             }
             Fault::Disk(i, how) => self.damage_disk(node(i), *how),
+            Fault::Health(i, healthy) => self.set_service_healthy(node(i), *healthy),
             Fault::ForgedTerm { to, from, above } => {
                 let (to, from) = (node(to), node(from));
                 let insider = self.insider.as_ref().unwrap_or_else(|| {
@@ -1232,7 +1361,9 @@ impl Cluster {
                     self.take_insider_reports();
                 }
             }
-            _ => {}
+            // `Fault` grows (it is non-exhaustive): a fault this match does not know would
+            // make every sweep that draws it silently lenient.
+            other => panic!("the simulation cannot apply {other:?}: teach Cluster::apply"),
         }
     }
 

@@ -118,8 +118,8 @@ pub fn plan(seed: u64) -> Plan {
 }
 
 /// Runs seed `seed` on `transport`: its [`plan`], then the faults stop (heal, restart
-/// every node whose disk is whole, maintenance off) and a master must appear within the
-/// liveness bound and then stay.
+/// every node whose disk is whole, maintenance off, every service healthy with working
+/// starts) and a master must appear within the liveness bound and then stay.
 pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
     let plan = plan(seed);
     let name = format!("sweep-{}", crate::transport_name(transport));
@@ -148,6 +148,8 @@ pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
         }
         c.maintenance(i, false);
         c.set_service_stop(i, Duration::from_millis(30), false);
+        c.set_service_healthy(i, true);
+        c.set_start_fails(i, false);
     }
     if c.expect_master_within(liveness).is_some() {
         // Let reconnections finish (a stalled stream lingers until the transport's idle

@@ -527,3 +527,287 @@ both!(insider_cannot_pose_as_a_node, |name, t| {
     c.expect_stable(secs(5));
     c.assert_ok();
 });
+
+// ----- health (issue 12) ---------------------------------------------------------------
+
+/// Runs for `d`, sampling the master after every tick; returns how many times mastership
+/// moved to another node (a gap without a master between two different masters is one
+/// move, the same master before and after a gap is none).
+fn run_counting_moves(c: &mut Cluster, d: Duration, mut each: impl FnMut(&mut Cluster)) -> usize {
+    let until = c.now() + d;
+    let mut last = c.master();
+    let mut moves = 0;
+    while c.now() < until {
+        c.step();
+        each(c);
+        if let Some(m) = c.master() {
+            if last.is_some_and(|l| l != m) {
+                moves += 1;
+            }
+            last = Some(m);
+        }
+    }
+    moves
+}
+
+/// Runs for `d` and requires that node `i` is never master meanwhile.
+fn never_master(c: &mut Cluster, i: usize, d: Duration, what: &str) {
+    let until = c.now() + d;
+    while c.now() < until {
+        c.step();
+        let m = c.master();
+        c.require(m != Some(i), what);
+    }
+}
+
+// The master's service dies: the master hands over (after its drivers confirmed the
+// stop) to a follower whose service is healthy.
+both!(unhealthy_master_hands_over, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let old = settle(&mut c);
+    c.set_service_healthy(old, false);
+    let new = c.run_until(FAILOVER, |c| c.master().is_some_and(|m| m != old));
+    c.require(new, "a healthy follower takes over");
+    let new = c.master().unwrap_or(old);
+    c.require(
+        c.service_healthy(new),
+        "the new master's service is healthy",
+    );
+    never_master(
+        &mut c,
+        old,
+        secs(5),
+        "the unhealthy old master stays backup",
+    );
+    c.expect_stable(secs(5));
+    c.assert_ok();
+});
+
+// Every service dies (the followers' first, so that no hand-over can start to a node about
+// to fail): with nobody healthy to hand over to, the master stays (`health.alone = stay`,
+// the default) and nobody campaigns.
+both!(every_service_unhealthy_master_stays, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    for f in c.others(&[m]) {
+        c.set_service_healthy(f, false);
+    }
+    c.run_for(secs(1));
+    c.set_service_healthy(m, false);
+    c.expect_stable(secs(10));
+    c.require(
+        c.service_running(m),
+        "the unhealthy master keeps its service",
+    );
+    for i in 0..3 {
+        c.set_service_healthy(i, true);
+    }
+    c.expect_stable(secs(3));
+    c.assert_ok();
+});
+
+// The master's service dies as it is cut off: its lease runs out whatever its health, the
+// majority elects a healthy node, and after the heal the unhealthy old master never comes
+// back.
+both!(unhealthy_master_isolated, |name, t| {
+    let mut c = cluster(name, 5, t);
+    let old = settle(&mut c);
+    c.failover_started(old);
+    c.isolate(old);
+    c.set_service_healthy(old, false);
+    let new = c.expect_failover_within(old, FAILOVER).map(|(m, _)| m);
+    c.require(
+        new.is_some_and(|m| m != old && c.service_healthy(m)),
+        "the majority elects a healthy node",
+    );
+    never_master(
+        &mut c,
+        old,
+        secs(3),
+        "the isolated old master is not master",
+    );
+    c.heal_all();
+    never_master(
+        &mut c,
+        old,
+        secs(8),
+        "the unhealthy old master never returns",
+    );
+    c.expect_stable(secs(5));
+    c.assert_ok();
+});
+
+// The master keeps a majority with one peer, the third node cut off; its service dies:
+// it hands over to that peer, the only healthy node it reaches.
+both!(
+    unhealthy_master_in_majority_hands_over_to_its_peer,
+    |name, t| {
+        let mut c = cluster(name, 3, t);
+        let m = settle(&mut c);
+        let (peer, far) = ((m + 1) % 3, (m + 2) % 3);
+        c.partition(&[m, peer], &[far]);
+        c.run_for(secs(2));
+        c.require(c.master() == Some(m), "the master keeps its majority");
+        c.set_service_healthy(m, false);
+        let moved = c.run_until(FAILOVER, |c| c.master().is_some_and(|x| x != m));
+        c.require(moved, "the unhealthy master hands over");
+        c.require(
+            c.master() == Some(peer),
+            "to its healthy peer on the majority side",
+        );
+        c.run_for(secs(3));
+        c.heal_all();
+        c.run_for(secs(6));
+        c.require(
+            c.master() == Some(peer),
+            "the peer stays master after the heal",
+        );
+        c.expect_stable(secs(5));
+        c.assert_ok();
+    }
+);
+
+// A flapping check, at its worst: every second the current master's service fails, the
+// second after every service is healthy again, for 60 s. With `min_master_ms = 10000`
+// mastership moves at most once per 10 s (60 / 10 + 1 times).
+both!(flapping_health_paced_by_min_master, |name, t| {
+    let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+    config.min_master_ms = Some(10_000);
+    let mut c = Cluster::new(config);
+    settle(&mut c);
+    let start = c.now();
+    let mut flipped = 0u64;
+    let moves = run_counting_moves(&mut c, secs(60), |c| {
+        let second = (c.now() - start).as_secs();
+        if second < flipped {
+            return;
+        }
+        flipped = second + 1;
+        if second.is_multiple_of(2) {
+            if let Some(m) = c.master() {
+                c.set_service_healthy(m, false);
+            }
+        } else {
+            for i in 0..3 {
+                c.set_service_healthy(i, true);
+            }
+        }
+    });
+    eprintln!("{name}: {moves} moves in 60 s");
+    c.require(moves >= 2, "the flapping check moves mastership at all");
+    c.require(moves <= 7, &format!("{moves} moves in 60 s: at most 7"));
+    for i in 0..3 {
+        c.set_service_healthy(i, true);
+    }
+    c.run_for(secs(3));
+    c.assert_ok();
+});
+
+// Every node restarts, one of them (the preferred node, by priority) with a failing service:
+// its driver reports that before the daemon could campaign, so it is never master. The
+// daemon counts a node with no report yet as healthy, so this holds only because the
+// drivers noticed the outage (a QUIC connection to a dead host lingers until the 5 s idle
+// timeout: the outage lasts 6 s) and retry every 100 ms, while an election takes ET_min =
+// 1 s at least. After a shorter outage the daemon may win an election before its driver
+// is back (SIM_SEED=3, outage 1 s, on QUIC): a daemon-side gap, not closed here.
+both!(
+    booting_with_a_failing_check_never_becomes_master,
+    |name, t| {
+        let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+        config.priorities = vec![10, 0, 0];
+        config.driver_reconnect_max_ms = 100;
+        let mut c = Cluster::new(config);
+        settle(&mut c);
+        for i in 0..3 {
+            c.crash_fin(i);
+        }
+        c.run_for(secs(6));
+        c.set_service_healthy(0, false);
+        for i in 0..3 {
+            c.restart(i);
+        }
+        never_master(
+            &mut c,
+            0,
+            secs(10),
+            "the node booting unhealthy is never master",
+        );
+        c.require(c.master().is_some(), "the healthy nodes elect a master");
+        c.set_service_healthy(0, true);
+        c.run_for(secs(2));
+        c.expect_stable(secs(5));
+        c.assert_ok();
+    }
+);
+
+// Health comes back without preemption: mastership stays where it went.
+both!(recovered_health_does_not_move_back, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let old = settle(&mut c);
+    c.set_service_healthy(old, false);
+    let moved = c.run_until(FAILOVER, |c| c.master().is_some_and(|m| m != old));
+    c.require(moved, "the unhealthy master hands over");
+    c.set_service_healthy(old, true);
+    c.run_for(secs(2));
+    c.expect_stable(secs(10));
+    c.assert_ok();
+});
+
+// Health comes back on a preempting node of higher priority: it takes mastership back, but
+// only once `min_master` (5 s) has passed since the health hand-over.
+both!(recovered_health_preempts_after_min_master, |name, t| {
+    let mut config = SimConfig::new(name, 3, t, seed_from_env(1));
+    config.priorities = vec![10, 0, 0];
+    config.preempt = vec![true, false, false];
+    config.min_master_ms = Some(5000);
+    // Clocks at exactly global time, so that "after min_master" is exact.
+    config.drift = false;
+    let mut c = Cluster::new(config);
+    settle(&mut c);
+    let first = c.run_until(LIVENESS, |c| c.master() == Some(0));
+    c.require(first, "the preferred node becomes master");
+    c.run_for(secs(1));
+    let failed = c.now();
+    c.set_service_healthy(0, false);
+    let moved = c.run_until(FAILOVER, |c| c.master().is_some_and(|m| m != 0));
+    c.require(moved, "the unhealthy master hands over");
+    c.set_service_healthy(0, true);
+    let back = c.run_until(secs(10), |c| c.master() == Some(0));
+    c.require(back, "the recovered preferred node preempts");
+    let after = c.now() - failed;
+    eprintln!("{name}: preempted {after:?} after the service failed");
+    c.require(
+        after >= secs(5),
+        &format!("preempted {after:?} after the hand-over, before min_master"),
+    );
+    c.expect_stable(secs(5));
+    c.assert_ok();
+});
+
+// The new master's start fails (the check `start`): it hands over to a node whose start
+// works. The third node is in maintenance while the failing node takes over, so that it
+// is the only successor.
+both!(failing_start_hands_over, |name, t| {
+    let mut c = cluster(name, 3, t);
+    let m = settle(&mut c);
+    let (bad, spare) = ((m + 1) % 3, (m + 2) % 3);
+    c.set_start_fails(bad, true);
+    c.maintenance(spare, true);
+    c.run_for(secs(1));
+    c.step_down(m);
+    let took = c.run_until(FAILOVER, |c| c.master() == Some(bad));
+    c.require(took, "the only eligible successor takes over");
+    c.maintenance(spare, false);
+    let moved = c.run_until(FAILOVER, |c| {
+        c.master().is_some_and(|x| x != bad && c.service_running(x))
+    });
+    c.require(moved, "the failed start hands over to a working node");
+    never_master(
+        &mut c,
+        bad,
+        secs(5),
+        "the node whose start failed stays backup",
+    );
+    c.expect_stable(secs(5));
+    c.assert_ok();
+});
