@@ -26,12 +26,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use clustd_core::check::ServiceInput;
-use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_core::codec;
 use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, Instant, Message, Node, NodeId, Reason, Role,
     Term, ToDriver,
 };
+use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
