@@ -2,7 +2,8 @@
 //!
 //! Starts N `clustd` daemons (child processes on loopback, temp dirs), each with a real
 //! `clustd-shell-driver` whose start/stop scripts append a timestamped line to a log. Then,
-//! round after round, it fails the master (SIGKILL, SIGTERM, SIGSTOP or step-down), waits for
+//! round after round, it fails the master (SIGKILL, SIGTERM, SIGSTOP, step-down, a partition
+//! or a failing health check), waits for
 //! the new master's `start`, brings the old node back and waits for the cluster to settle.
 //! The start scripts' log lines time the failover. Whether two masters ever overlapped is
 //! decided by the one strict checker, [`clustd_core::check::ServiceChecker`], fed with the
@@ -52,6 +53,34 @@ pub enum Mode {
     /// Cut every network link to and from the master (through the [`proxy`]; its local
     /// drivers stay connected), heal after the failover: the old master rejoins as backup.
     Partition,
+    /// Make the master unhealthy: every node has an exec `[[check]]` on a file of its own
+    /// ([`HealthProfile`]); the master's file is removed, and put back after the failover
+    /// (the next round waits until the old master is eligible again).
+    Unhealthy,
+}
+
+/// The health check of an `unhealthy` run: `test -f DIR/node-N.ok` on every node, with
+/// `health.min_master_ms = 0` so that the rounds are not paced by the hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HealthProfile {
+    /// `check.interval_ms` (also its `timeout_ms`).
+    pub interval_ms: u64,
+    /// `check.fall`: failed runs in a row that make the node unhealthy.
+    pub fall: u32,
+    /// `check.rise`: passed runs in a row that make it healthy again.
+    pub rise: u32,
+}
+
+impl HealthProfile {
+    /// The bench's default for a heartbeat: an interval of 10 heartbeats (1000 ms at the
+    /// defaults, 200 ms at the fast profile's 20 ms), fall 3, rise 2.
+    pub fn for_heartbeat(heartbeat_ms: u64) -> Self {
+        Self {
+            interval_ms: heartbeat_ms.saturating_mul(10).max(1),
+            fall: 3,
+            rise: 2,
+        }
+    }
 }
 
 /// What to run.
@@ -71,6 +100,8 @@ pub struct Options {
     pub stop_budget_ms: Option<u64>,
     /// How the master is failed.
     pub mode: Mode,
+    /// The check of [`Mode::Unhealthy`] (ignored by the other modes).
+    pub health: HealthProfile,
     /// Path of the `clustd` binary to run.
     pub clustd_bin: PathBuf,
     /// Path of the `clustd-shell-driver` binary to run.
@@ -113,6 +144,8 @@ pub struct Report {
     pub et_min_ms: u64,
     /// Heartbeat, ms.
     pub heartbeat_ms: u64,
+    /// The check that failed the master ([`Mode::Unhealthy`] only).
+    pub health: Option<HealthProfile>,
     /// Rounds that failed over.
     pub rounds: Vec<Round>,
     /// Rounds with no new master in time.
@@ -208,6 +241,8 @@ struct NodeProc {
     daemon: Option<Child>,
     driver: Child,
     daemon_log: PathBuf,
+    /// The file its health check tests ([`Mode::Unhealthy`]).
+    health_file: Option<PathBuf>,
 }
 
 fn unix_now() -> f64 {
@@ -281,8 +316,24 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             .stop_budget_ms
             .map(|ms| format!("stop_budget_ms = {ms}\n"))
             .unwrap_or_default();
+        let health_file = (opts.mode == Mode::Unhealthy).then(|| work.join(format!("{name}.ok")));
+        let health = match &health_file {
+            Some(file) => {
+                std::fs::write(file, "")?;
+                let HealthProfile {
+                    interval_ms,
+                    fall,
+                    rise,
+                } = opts.health;
+                format!(
+                    "\n[[check]]\nname = \"file\"\nexec = \"test -f {}\"\ninterval_ms = {interval_ms}\ntimeout_ms = {interval_ms}\nfall = {fall}\nrise = {rise}\n\n[health]\nmin_master_ms = 0\n",
+                    toml_escape(&shell_quote(&file.display().to_string()))
+                )
+            }
+            None => String::new(),
+        };
         let config = format!(
-            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\nkey_file = \"{name}.key\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\ndriver_secret_file = \"driver-secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n[admin]\nlisten = \"{admin}\"\n",
+            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\nkey_file = \"{name}.key\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\ndriver_secret_file = \"driver-secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n[admin]\nlisten = \"{admin}\"\n{health}",
             transport_name(transport),
             ports[i],
             peers.join(", "),
@@ -329,6 +380,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             daemon: Some(daemon),
             driver,
             daemon_log,
+            health_file,
         });
     }
 
@@ -340,6 +392,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         nodes: opts.nodes,
         et_min_ms: et_min,
         heartbeat_ms: opts.heartbeat_ms,
+        health: (opts.mode == Mode::Unhealthy).then_some(opts.health),
         rounds: Vec::new(),
         failed_rounds: 0,
         overlaps: Vec::new(),
@@ -444,6 +497,11 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
     Ok(report)
 }
 
+/// `s` in single quotes for `/bin/sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 fn toml_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -515,8 +573,15 @@ async fn fail(
         Mode::Partition => network
             .ok_or_else(|| BenchError::Stuck("partition mode without a fault proxy".into()))?
             .isolate(index),
+        Mode::Unhealthy => std::fs::remove_file(health_file(node)?)?,
     }
     Ok(None)
+}
+
+fn health_file(node: &NodeProc) -> Result<&Path, BenchError> {
+    node.health_file
+        .as_deref()
+        .ok_or_else(|| BenchError::Stuck(format!("{} has no health check file", node.id)))
 }
 
 async fn recover(
@@ -550,6 +615,25 @@ async fn recover(
         Mode::Partition => {
             if let Some(network) = network {
                 network.recover();
+            }
+        }
+        Mode::Unhealthy => {
+            std::fs::write(health_file(node)?, "")?;
+            // Healthy again (rise passes) before the next round, so that every round has
+            // two healthy successors to choose from.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let metrics = Client::new(node.admin).metrics().await.unwrap_or_default();
+                if metrics.lines().any(|l| l.trim() == "clustd_eligible 1") {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(BenchError::Stuck(format!(
+                        "{} was not eligible again 60 s after its check file came back",
+                        node.id
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
     }
@@ -801,6 +885,13 @@ pub fn render(reports: &[Report]) -> String {
             r.rounds.len(),
             r.failed_rounds
         );
+        if let Some(h) = r.health {
+            let _ = writeln!(
+                out,
+                "  failure: the master's exec check fails (interval {} ms, fall {}, rise {}); health.min_master_ms = 0: rounds are not paced",
+                h.interval_ms, h.fall, h.rise
+            );
+        }
         let _ = writeln!(
             out,
             "  {:<28} {:>7} {:>7} {:>7} {:>7} {:>7}",

@@ -161,6 +161,11 @@ enum ModeArg {
     /// Cut every network link to and from the master (an in-process fault proxy between the
     /// daemons), heal it after the failover.
     Partition,
+    /// Make the master unhealthy: every node gets an exec [[check]] `test -f DIR/node-N.ok`
+    /// (--check-interval-ms, --check-fall, rise 2) and health.min_master_ms = 0, so rounds
+    /// are not paced; the master's file is removed, and put back after the failover (the
+    /// next round waits until the old master is eligible again). Measured from the removal.
+    Unhealthy,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,6 +191,13 @@ struct FailoverArgs {
     /// How the master is failed.
     #[arg(long, value_enum, default_value_t = ModeArg::Kill)]
     mode: ModeArg,
+    /// `--mode unhealthy`: the check's interval_ms (and timeout_ms) [default: 10 heartbeats,
+    /// 1000 at the defaults, 200 at --heartbeat-ms 20].
+    #[arg(long)]
+    check_interval_ms: Option<u64>,
+    /// `--mode unhealthy`: the check's fall (failures in a row that make a node unhealthy).
+    #[arg(long, default_value_t = 3)]
+    check_fall: u32,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -204,7 +216,7 @@ struct FailoverArgs {
 }
 
 async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
-    use clustd::bench::{Mode, Options};
+    use clustd::bench::{HealthProfile, Mode, Options};
     let me = std::env::current_exe().context("locating this binary")?;
     let driver_bin = args
         .driver_bin
@@ -234,6 +246,14 @@ async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             ModeArg::Freeze => Mode::Freeze,
             ModeArg::StepDown => Mode::StepDown,
             ModeArg::Partition => Mode::Partition,
+            ModeArg::Unhealthy => Mode::Unhealthy,
+        },
+        health: HealthProfile {
+            interval_ms: args
+                .check_interval_ms
+                .unwrap_or(HealthProfile::for_heartbeat(args.heartbeat_ms).interval_ms),
+            fall: args.check_fall,
+            ..HealthProfile::for_heartbeat(args.heartbeat_ms)
         },
         clustd_bin: me,
         driver_bin,

@@ -31,6 +31,7 @@ use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, HealthChange, Instant, Message, Node, NodeId,
     Reason, Role, Term, ToDriver,
 };
+use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 

@@ -1,56 +1,38 @@
 //! The CI-sized failover benchmark with real processes: 3 `clustd` daemons and 3
 //! `clustd-shell-driver`s per transport, the master SIGKILLed 5 times. Asserts what users
 //! rely on — every round fails over and the strict service checker, fed with the daemons'
-//! service records, never finds two masters — not speed. Also step-down, and network
-//! partitions through the bench's fault proxy.
+//! service records, never finds two masters — not speed. Also step-down, network
+//! partitions through the bench's fault proxy, and a master whose health check fails.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
-use clustd::bench::{Mode, Options, run};
+use clustd::bench::{HealthProfile, Mode, Options, run};
 use clustd_transport::TransportKind;
-
-/// The shell driver binary beside `clustd` in the target dir, built (or brought up to date: a
-/// stale driver may not speak the current wire format) once per test run.
-fn driver_bin() -> PathBuf {
-    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
-    DRIVER
-        .get_or_init(|| {
-            let clustd = PathBuf::from(env!("CARGO_BIN_EXE_clustd"));
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args([
-                "build",
-                "-p",
-                "clustd-drivers",
-                "--bin",
-                "clustd-shell-driver",
-            ]);
-            if clustd
-                .parent()
-                .and_then(|p| p.file_name())
-                .is_some_and(|n| n == "release")
-            {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("cargo runs");
-            assert!(status.success(), "building clustd-shell-driver failed");
-            clustd.with_file_name("clustd-shell-driver")
-        })
-        .clone()
-}
+use common::procs::{clustd_bin, driver_bin};
 
 async fn bench(mode: Mode, rounds: usize) {
+    bench_with(mode, rounds, 100, [1000, 2000], None).await;
+}
+
+async fn bench_with(
+    mode: Mode,
+    rounds: usize,
+    heartbeat_ms: u64,
+    election_timeout_ms: [u64; 2],
+    stop_budget_ms: Option<u64>,
+) {
     let opts = Options {
         nodes: 3,
         rounds,
         transports: vec![TransportKind::Quic, TransportKind::WebSocket],
-        heartbeat_ms: 100,
-        election_timeout_ms: [1000, 2000],
-        stop_budget_ms: None,
+        heartbeat_ms,
+        election_timeout_ms,
+        stop_budget_ms,
         mode,
-        clustd_bin: PathBuf::from(env!("CARGO_BIN_EXE_clustd")),
+        health: HealthProfile::for_heartbeat(heartbeat_ms),
+        clustd_bin: clustd_bin(),
         driver_bin: driver_bin(),
         idle_secs: 1,
         progress: false,
@@ -108,4 +90,12 @@ async fn step_down_three_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_the_master_three_times() {
     bench(Mode::Partition, 3).await;
+}
+
+/// The master's health check fails (its file removed) at the fast profile (heartbeat 20 ms,
+/// ET_min 100 ms, check every 200 ms, fall 3): a healthy node takes over after the stop,
+/// and the old master is eligible again before the next round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_the_master_unhealthy_three_times() {
+    bench_with(Mode::Unhealthy, 3, 20, [100, 200], Some(20)).await;
 }

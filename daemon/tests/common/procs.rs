@@ -1,0 +1,275 @@
+//! Real processes on loopback: `clustd run` daemons, each with a `clustd-shell-driver`, in
+//! one temporary directory; their state read over the admin API.
+//!
+//! The in-process [`clustd::local::LocalCluster`] cannot show what only separate processes
+//! do (a driver's scripts racing another machine's, exit codes, real `[[check]]` commands),
+//! so these tests pay for child processes. The configs come from the same
+//! [`clustd::local::node_config`] the in-process clusters use.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use clustd::admin::Client;
+use clustd::local::{LocalFiles, LocalPeer, free_port, node_config, write_private};
+use clustd_transport::TransportKind;
+use tokio::process::{Child, Command};
+
+/// The shell driver binary beside `clustd` in the target dir, built (or brought up to date: a
+/// stale driver may not speak the current wire format) once per test run.
+pub(crate) fn driver_bin() -> PathBuf {
+    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+    DRIVER
+        .get_or_init(|| {
+            let clustd = clustd_bin();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args([
+                "build",
+                "-p",
+                "clustd-drivers",
+                "--bin",
+                "clustd-shell-driver",
+            ]);
+            if clustd
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n == "release")
+            {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("cargo runs");
+            assert!(status.success(), "building clustd-shell-driver failed");
+            clustd.with_file_name("clustd-shell-driver")
+        })
+        .clone()
+}
+
+/// The `clustd` binary under test.
+pub(crate) fn clustd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_clustd"))
+}
+
+/// What one node runs: extra daemon TOML after `[election]` and `[admin]` (e.g. `[[check]]`
+/// and `[health]`), and its driver's `start` and `stop` scripts.
+pub(crate) struct NodeSpec {
+    /// Appended to the daemon's config.
+    pub(crate) daemon_toml: String,
+    /// `script.start` (run by `/bin/sh`).
+    pub(crate) start: String,
+    /// `script.stop`.
+    pub(crate) stop: String,
+}
+
+/// One daemon and its shell driver, both child processes (killed on drop).
+pub(crate) struct ProcNode {
+    /// `node-1`, `node-2`, …
+    pub(crate) id: String,
+    /// Its admin API.
+    pub(crate) admin: SocketAddr,
+    /// The daemon's stderr (its log).
+    pub(crate) daemon_log: PathBuf,
+    /// The driver's stderr.
+    pub(crate) driver_log: PathBuf,
+    _daemon: Child,
+    _driver: Child,
+}
+
+/// `n` real daemons with one shell driver each, in `dir`.
+pub(crate) struct ProcCluster {
+    /// Configs, keys, data and logs (deleted on drop, after the processes are killed).
+    pub(crate) dir: tempfile::TempDir,
+    /// By index: node `i` is `node-{i+1}`.
+    pub(crate) nodes: Vec<ProcNode>,
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn log_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+impl ProcCluster {
+    /// Configures and starts one daemon and one driver per spec (`node-1`… in order);
+    /// `election` is the body of `[election]`.
+    pub(crate) fn start(
+        dir: tempfile::TempDir,
+        kind: TransportKind,
+        election: &str,
+        specs: &[NodeSpec],
+    ) -> std::io::Result<Self> {
+        let path = dir.path();
+        let secret = path.join(clustd::local::SECRET_FILE);
+        let driver_secret = path.join(clustd::local::DRIVER_SECRET_FILE);
+        let keygen = || clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()));
+        write_private(&secret, &keygen()?)?;
+        write_private(&driver_secret, &keygen()?)?;
+        let ids: Vec<String> = (1..=specs.len()).map(|i| format!("node-{i}")).collect();
+        let key_files: Vec<PathBuf> = ids
+            .iter()
+            .map(|id| path.join(format!("{id}.key")))
+            .collect();
+        let keys = key_files
+            .iter()
+            .map(|f| clustd::config::write_node_key(f))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let ports = ids
+            .iter()
+            .map(|_| free_port())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let transport = match kind {
+            TransportKind::Quic => "quic",
+            TransportKind::WebSocket => "websocket",
+        };
+        let mut nodes = Vec::new();
+        for (i, (id, spec)) in ids.iter().zip(specs).enumerate() {
+            let peers: Vec<LocalPeer> = (0..ids.len())
+                .filter(|j| *j != i)
+                .map(|j| LocalPeer {
+                    id: ids[j].clone(),
+                    port: ports[j],
+                    key: keys[j],
+                })
+                .collect();
+            let files = LocalFiles {
+                secret: &secret,
+                driver_secret: &driver_secret,
+                node_key: &key_files[i],
+            };
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            // node_config ends in `[election]`: the tables after it are this node's.
+            let rest = format!(
+                "{election}\n\n[admin]\nlisten = \"{admin}\"\n\n{}\n",
+                spec.daemon_toml
+            );
+            let text = node_config(id, ports[i], &peers, kind, &files, &path.join(id), &rest);
+            let config = path.join(format!("{id}.toml"));
+            std::fs::write(&config, text)?;
+            let driver_config = path.join(format!("driver-{id}.toml"));
+            std::fs::write(
+                &driver_config,
+                format!(
+                    "daemon = \"127.0.0.1:{}\"\ndaemon_key = \"{}\"\ntransport = \"{transport}\"\nsecret_file = {}\ndriver_id = \"shell-{id}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/sh\"\nstart = {}\nstop = {}\ntimeout_ms = 10000\n",
+                    ports[i],
+                    keys[i],
+                    toml_string(&driver_secret.display().to_string()),
+                    toml_string(&spec.start),
+                    toml_string(&spec.stop),
+                ),
+            )?;
+            let daemon_log = path.join(format!("{id}.log"));
+            let daemon = Command::new(clustd_bin())
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&daemon_log)?)
+                .kill_on_drop(true)
+                .spawn()?;
+            let driver_log = path.join(format!("driver-{id}.log"));
+            let driver = Command::new(driver_bin())
+                .arg("--config")
+                .arg(&driver_config)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&driver_log)?)
+                .kill_on_drop(true)
+                .spawn()?;
+            nodes.push(ProcNode {
+                id: id.clone(),
+                admin,
+                daemon_log,
+                driver_log,
+                _daemon: daemon,
+                _driver: driver,
+            });
+        }
+        Ok(Self { dir, nodes })
+    }
+
+    /// Index of the node with this id.
+    pub(crate) fn index(&self, id: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// `GET /status` of node `i` as JSON (None while it does not answer).
+    pub(crate) async fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let body = Client::new(self.nodes[i].admin).status_json().await.ok()?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The nodes whose status says `role: master` (those that answer).
+    pub(crate) async fn masters(&self) -> Vec<String> {
+        let mut masters = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(s) = self.status(i).await
+                && s["role"] == "master"
+            {
+                masters.push(node.id.clone());
+            }
+        }
+        masters
+    }
+
+    /// Whether node `i`'s metrics say `clustd_eligible 1` (healthy, not in maintenance).
+    pub(crate) async fn eligible(&self, i: usize) -> bool {
+        Client::new(self.nodes[i].admin)
+            .metrics()
+            .await
+            .is_ok_and(|m| m.lines().any(|l| l.trim() == "clustd_eligible 1"))
+    }
+
+    /// The last `lines` lines of every daemon's and driver's log, for a failure message.
+    pub(crate) fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            for path in [&n.daemon_log, &n.driver_log] {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("--- {}\n", path.display()));
+                out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Polls `condition` every 50 ms until it gives a value; panics after `timeout` with
+    /// `what` and the ends of the logs.
+    pub(crate) async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: F,
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(value) = condition().await {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting until {what}\n{}",
+                self.logs(25)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
