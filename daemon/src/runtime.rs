@@ -31,7 +31,6 @@ use clustd_core::{
     ActionResult, DriverRole, Event, FromDriver, HealthChange, Instant, Message, Node, NodeId,
     Reason, Role, Term, ToDriver,
 };
-use clustd_core::{HealthChange, ToDriver as DriverMsg};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -687,6 +686,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         let rtt = now.saturating_duration_since(*sent_at);
                         self.shared.metrics.heartbeat_rtt.observe(rtt.as_secs_f64());
                         self.rtt_pending.remove(&from);
+                    }
+                    if let Message::TimeoutNow { term, .. } = &msg {
+                        tracing::debug!(peer = %from, term = term.0, "hand-over: asked to campaign now");
                     }
                     self.node.handle_message(now, &from, msg);
                 }
@@ -1431,6 +1433,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     Message::HeartbeatAck { .. } => SendClass::Heartbeat,
                     _ => SendClass::Reliable,
                 };
+                if let Message::TimeoutNow { term, .. } = &msg {
+                    tracing::info!(to = %to, term = term.0, "hand-over: asking {to} to campaign now");
+                }
                 self.send_frame(&to, &msg, class);
                 continue;
             }
