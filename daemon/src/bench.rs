@@ -518,7 +518,16 @@ fn spawn_daemon(opts: &Options, config: &Path, log: &Path) -> std::io::Result<Ch
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
         // Lease renewals are logged at debug; the checker needs every one of them.
-        .env("RUST_LOG", format!("info,{SERVICE_LOG_TARGET}=debug"))
+        // `CLUSTD_BENCH_LOG` adds directives (e.g. `clustd::runtime=debug`) to look closer.
+        .env(
+            "RUST_LOG",
+            match std::env::var("CLUSTD_BENCH_LOG") {
+                Ok(extra) if !extra.is_empty() => {
+                    format!("info,{SERVICE_LOG_TARGET}=debug,{extra}")
+                }
+                _ => format!("info,{SERVICE_LOG_TARGET}=debug"),
+            },
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(append(log)?)

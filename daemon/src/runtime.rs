@@ -688,7 +688,15 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         self.rtt_pending.remove(&from);
                     }
                     if let Message::TimeoutNow { term, .. } = &msg {
-                        tracing::debug!(peer = %from, term = term.0, "hand-over: asked to campaign now");
+                        tracing::debug!(
+                            peer = %from,
+                            term = term.0,
+                            our_term = self.node.term().0,
+                            role = ?self.node.role(),
+                            leader = ?self.node.leader(),
+                            eligible = self.node.eligible(),
+                            "hand-over: asked to campaign now"
+                        );
                     }
                     self.node.handle_message(now, &from, msg);
                 }
