@@ -784,6 +784,10 @@ impl Cluster {
         let Some(node) = slot.node.as_mut() else {
             return;
         };
+        // A daemon that was paused learns its service's health as it resumes.
+        if node.healthy() != slot.healthy {
+            node.set_healthy(local, slot.healthy);
+        }
         node.handle_message(local, &m.from, m.msg.0);
         self.delivered += 1;
         self.flush(&m.to);
@@ -818,8 +822,9 @@ impl Cluster {
         }
         let term = node.term();
         // Eligibility changes only through its own inputs, each flushed on its own: a node
-        // ineligible now was ineligible when it won an election of this batch.
-        let eligible = node.eligible();
+        // ineligible now was ineligible when it won an election of this batch. Judged from
+        // the harness's own record of the service's health, not from the node's word.
+        let eligible = slot.healthy && !node.maintenance() && !node.config().witness;
         self.checker.on_term_observed(id, term);
         let clock = slot.clock;
         let to_global = |local: Instant| clock.global(local);

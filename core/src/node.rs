@@ -392,7 +392,8 @@ impl Node {
     /// Whether this node may become master: healthy, not in maintenance, not a witness.
     /// This is what its acknowledgements tell the leader.
     pub fn eligible(&self) -> bool {
-        self.healthy && !self.maintenance && !self.config.witness
+        // (`clustd_mutant = "h1"` ignores health here, for README's mutation table.)
+        (self.healthy || cfg!(clustd_mutant = "h1")) && !self.maintenance && !self.config.witness
     }
 
     /// While a health hand-over (or a preemption) is held back by `min_master`: until when.
@@ -934,7 +935,9 @@ impl Node {
     /// Leader, unhealthy: hand over to the best reachable healthy follower, unless held
     /// by `min_master`; with none, stay (or step down, per [`Config::alone`]) and say so.
     fn health_handoff(&mut self, now: Instant) {
-        if self.healthy || self.health_hold_until(now).is_some() {
+        // (`clustd_mutant = "h2"` ignores the `min_master` hold, for README's mutation table.)
+        let held = self.health_hold_until(now).is_some() && !cfg!(clustd_mutant = "h2");
+        if self.healthy || held {
             return;
         }
         let hb = self.config.heartbeat_interval;
@@ -960,6 +963,10 @@ impl Node {
         self.alone_reported = false;
         self.health_hold_until = Some(now + self.config.min_master);
         self.begin_handoff(now, target, Reason::Unhealthy);
+        // Tell every follower of the hold now, not at the next heartbeat: a confirmed stop
+        // may complete the hand-over sooner, and if the successor then fails to take over,
+        // whoever is elected instead must hold too.
+        self.broadcast_heartbeat(now);
     }
 
     // ----- internals: transitions ---------------------------------------------------------

@@ -180,6 +180,66 @@ proptest! {
     }
 }
 
+/// Random health flips on a stable network: whatever the schedule, no ineligible node wins,
+/// services never overlap, and mastership moves at most once per `min_master` (plus the
+/// first move). Ends healthy: a master exists.
+fn check_health_flips(seed: u64, flips: &[(usize, bool, u64)]) -> Result<(), TestCaseError> {
+    const MIN_MASTER: Duration = Duration::from_secs(5);
+    let mut cluster = Cluster::new(3, seed, |c| c.min_master = MIN_MASTER);
+    for id in cluster.ids() {
+        cluster.set_driver_stops(&id, Some(Duration::from_millis(3)));
+    }
+    let took = cluster.run_until(LIVENESS_BOUND, |c| c.masters().len() == 1);
+    prop_assert!(took.is_some(), "no master to begin with");
+    let start = cluster.now();
+    let mut last = cluster.masters().first().cloned();
+    let mut moves = 0usize;
+    for &(node, healthy, wait_ms) in flips {
+        cluster.apply(&Fault::Health(node, healthy));
+        // Sample often enough to see every master between flips.
+        let until = cluster.now() + Duration::from_millis(wait_ms % 1500);
+        while cluster.now() < until {
+            cluster.run_for(Duration::from_millis(10));
+            if let Some(m) = cluster.masters().first().cloned() {
+                if last.as_ref().is_some_and(|l| *l != m) {
+                    moves += 1;
+                }
+                last = Some(m);
+            }
+        }
+        prop_assert!(
+            cluster.checker.violations().is_empty(),
+            "{:?}",
+            cluster.checker.violations()
+        );
+    }
+    let elapsed = cluster.now() - start;
+    let bound = (elapsed.as_millis() / MIN_MASTER.as_millis()) as usize + 1;
+    prop_assert!(
+        moves <= bound,
+        "{moves} moves in {elapsed:?}, at most {bound} with min_master {MIN_MASTER:?}"
+    );
+    cluster.heal();
+    let took = cluster.run_until(LIVENESS_BOUND, |c| c.masters().len() == 1);
+    prop_assert!(
+        took.is_some(),
+        "no master after every node is healthy again"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn health_flips_move_mastership_at_most_once_per_min_master(
+        seed in any::<u64>(),
+        flips in proptest::collection::vec((0..3usize, any::<bool>(), any::<u64>()), 1..80),
+    ) {
+        check_health_flips(seed, &flips)?;
+    }
+}
+
 /// Found by `three_nodes`: a clock-rate change used to make the harness clock jump, which
 /// expired a lease early and looked like a needless election.
 #[test]
