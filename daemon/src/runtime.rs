@@ -1335,6 +1335,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             if self.settings.core.witness {
                 // A witness is ineligible by configuration: nothing went wrong.
                 tracing::info!("node is not eligible to be master: {why}");
+            } else if self.node.healthy() {
+                // Maintenance: an operator's choice, not a fault.
+                tracing::warn!("node not eligible to be master: {why}");
             } else {
                 tracing::error!("node INELIGIBLE to be master: {why}");
             }
