@@ -62,7 +62,8 @@ pub enum Alone {
     /// and no other node could do better. Said loudly ([`crate::Event::UnhealthyAlone`]).
     #[default]
     Stay,
-    /// Step down anyway: no node is master until one is healthy.
+    /// Step down anyway (once a running `min_master` hold has ended): no node is master
+    /// until one is healthy.
     StepDown,
 }
 

@@ -824,7 +824,9 @@ impl Cluster {
         // Eligibility changes only through its own inputs, each flushed on its own: a node
         // ineligible now was ineligible when it won an election of this batch. Judged from
         // the harness's own record of the service's health, not from the node's word.
-        let eligible = slot.healthy && !node.maintenance() && !node.config().witness;
+        let node_in_maintenance = node.maintenance();
+        let witness = node.config().witness;
+        let eligible = slot.healthy && !node_in_maintenance && !witness;
         self.checker.on_term_observed(id, term);
         let clock = slot.clock;
         let to_global = |local: Instant| clock.global(local);
@@ -840,6 +842,14 @@ impl Cluster {
         for event in &events {
             if let Event::ElectionStarted { term } = event {
                 self.checker.on_vote_cast(id, *term, id);
+            }
+            if let Event::BecameMaster { term, reason, .. } = event
+                && (node_in_maintenance || witness)
+            {
+                self.checker.violation(format!(
+                    "{id} became master ({}) in term {term} while in maintenance or a witness",
+                    reason.as_str()
+                ));
             }
             if let Event::ElectionWon { term } = event
                 && !eligible

@@ -1091,7 +1091,16 @@ impl Node {
         let State::Leader(l) = &mut self.state else {
             return;
         };
-        if l.handoff.is_some() {
+        if let Some(pending) = &mut l.handoff {
+            // A health hand-over may be cancelled if nobody healthy is left to take over;
+            // a step-down or maintenance asked for meanwhile must not be: it takes over the
+            // pending hand-over (same time), with its own target if it names one.
+            if pending.reason == Reason::Unhealthy && reason != Reason::Unhealthy {
+                pending.reason = reason;
+                if target.is_some() {
+                    pending.target = target;
+                }
+            }
             return;
         }
         // Drivers holding a lease may run until it ends, and their stop may take the stop
@@ -1129,6 +1138,7 @@ impl Node {
         if target.is_none()
             && handoff.reason == Reason::Unhealthy
             && self.config.alone == crate::Alone::Stay
+            && !self.maintenance
         {
             // The healthy successor went away (or turned unhealthy) meanwhile: no node is
             // better placed, so stay leader; still in its term with a majority's
@@ -2526,6 +2536,38 @@ mod tests {
                 .any(|l| l.contains(&format!(" {master} UnhealthyAlone"))),
             "said so"
         );
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn maintenance_asked_during_a_health_hand_over_is_not_cancelled_with_it() {
+        let mut cluster = Cluster::new(3, 29, |_| {});
+        let master = elect(&mut cluster);
+        // Unhealthy with healthy followers: the hand-over begins (the drivers never confirm
+        // here, so it waits for lease end + stop budget)...
+        cluster.set_healthy(&master, false);
+        // ... the operator puts the node into maintenance, then every follower turns
+        // unhealthy before the hand-over is due: a health hand-over alone would be
+        // cancelled (nobody better placed), but maintenance must still be honoured.
+        cluster.set_maintenance(&master, true);
+        for id in cluster.ids().into_iter().filter(|i| *i != master) {
+            cluster.set_healthy(&id, false);
+        }
+        cluster.run_for(Duration::from_secs(10));
+        assert!(
+            !cluster.masters().contains(&master),
+            "{:?}",
+            cluster.masters()
+        );
+        // Healthy again, still in maintenance: it stays out.
+        cluster.set_healthy(&master, true);
+        cluster.run_for(Duration::from_secs(10));
+        assert!(
+            !cluster.masters().contains(&master),
+            "{:?}",
+            cluster.masters()
+        );
+        // The checker also fails a node that becomes master in maintenance.
         assert_safe(&cluster);
     }
 

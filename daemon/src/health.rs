@@ -337,6 +337,9 @@ pub struct Tracker {
     /// Configured checks in config order, then driver checks as they came, then `start`.
     checks: Vec<Check>,
     start_failure: Duration,
+    /// Drivers whose latest start failed (and still counts): only each one's own later
+    /// successful start clears it, so another driver's `Ok` cannot hide it.
+    start_failed_by: std::collections::BTreeSet<String>,
 }
 
 impl Tracker {
@@ -357,6 +360,7 @@ impl Tracker {
                 })
                 .collect(),
             start_failure,
+            start_failed_by: std::collections::BTreeSet::new(),
         }
     }
 
@@ -400,6 +404,7 @@ impl Tracker {
         start.healthy = true;
         start.clears_at = None;
         start.consecutive_failures = 0;
+        self.start_failed_by.clear();
         let cause = format!(
             "the failed start counted for {} ms",
             self.start_failure.as_millis()
@@ -540,12 +545,17 @@ impl Tracker {
         );
         start.count(false, &text, None, now);
         start.clears_at = Some(now + self.start_failure);
+        self.start_failed_by.insert(driver.to_string());
         let cause = start.describe();
         self.transition(before, &cause)
     }
 
-    /// A start succeeded: a failed one no longer counts.
-    pub fn start_succeeded(&mut self, now: Instant) -> Option<HealthTransition> {
+    /// `driver`'s start succeeded: its failed one no longer counts (another driver's still
+    /// does).
+    pub fn start_succeeded(&mut self, driver: &str, now: Instant) -> Option<HealthTransition> {
+        if !self.start_failed_by.remove(driver) || !self.start_failed_by.is_empty() {
+            return None;
+        }
         let before = self.is_healthy();
         let start = self
             .checks
@@ -904,10 +914,15 @@ mod tests {
         // Cleared by a successful start.
         let _ = tracker.start_failed("shell", "timed out", at(100_000));
         assert!(!tracker.is_healthy());
-        let up = tracker.start_succeeded(at(100_500)).expect("healthy");
+        // Another driver's successful start does not hide it.
+        assert_eq!(tracker.start_succeeded("notify", at(100_200)), None);
+        assert!(!tracker.is_healthy());
+        let up = tracker
+            .start_succeeded("shell", at(100_500))
+            .expect("healthy");
         assert_eq!(up.detail, "all checks pass (a start succeeded)");
         assert_eq!(tracker.poll_timeout(), None);
-        assert_eq!(tracker.start_succeeded(at(100_600)), None);
+        assert_eq!(tracker.start_succeeded("shell", at(100_600)), None);
     }
 
     #[test]

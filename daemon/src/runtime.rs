@@ -523,6 +523,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     node.set_healthy(clock.now(), health.is_healthy());
     let (check_tx, mut check_results) = mpsc::channel::<CheckResult>(64);
     let check_tasks = health::spawn_checks(&settings.checks, check_tx);
+    let node_eligible_at_start = node.eligible();
     if !settings.checks.is_empty() {
         tracing::info!(
             checks = settings.checks.len(),
@@ -582,7 +583,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         write_retry_at: Instant::from_millis(0),
         status_drivers_built: None,
         status_drivers_stale: true,
-        told_eligible: true,
+        // Told at boot by the INFO line above, not as a fault.
+        told_eligible: node_eligible_at_start,
         health,
         _check_tasks: check_tasks,
         health_refusal_logged: BTreeSet::new(),
@@ -1262,9 +1264,11 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     /// unhealthy (the check `start`), so that it hands over to a healthy peer.
     fn on_start_result(&mut self, from: &NodeId, result: &ActionResult, text: &str, now: Instant) {
         // A start cancelled by a demotion or the lease's end is not the service failing.
-        let cancelled = matches!(result, ActionResult::Failed(why) if why.starts_with("cancelled"));
+        // (The driver library's words for it: `Failed("cancelled: ...")`.)
+        let cancelled =
+            matches!(result, ActionResult::Failed(why) if why.starts_with("cancelled: "));
         let transition = match result {
-            ActionResult::Ok => self.health.start_succeeded(now),
+            ActionResult::Ok => self.health.start_succeeded(from.as_str(), now),
             _ if cancelled || !self.node.is_master() => None,
             _ => {
                 tracing::error!(driver = %from, result = %text, "driver {from}: start FAILED ({text}): the node is unhealthy (check `start`) and hands over to a healthy peer if one is reachable");
