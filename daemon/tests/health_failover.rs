@@ -134,13 +134,44 @@ async fn health_moves_mastership_between_real_processes(kind: TransportKind) {
         })
         .await;
     assert!(!cluster.eligible(2).await, "node-3 has no file");
-    if let Some(status) = cluster.status(f).await {
-        // Shown once the runtime puts health into the status (field names may still change).
-        eprintln!(
-            "master status: healthy={} eligible={} checks={}",
-            status["healthy"], status["eligible"], status["checks"]
-        );
-    }
+    // What an operator reads: node-3 says it is not eligible and why; the master shows its
+    // passing check; the leader shows node-3 as ineligible among its peers.
+    let sick = cluster
+        .wait_for(
+            "node-3's status shows its check's last result",
+            WAIT,
+            || async {
+                cluster
+                    .status(2)
+                    .await
+                    .filter(|s| s["checks"][0]["last_result"].is_string())
+            },
+        )
+        .await;
+    assert_eq!(sick["eligible"], false, "{sick}");
+    assert_eq!(sick["healthy"], false, "{sick}");
+    let why = sick["ineligible_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("unhealthy") && why.contains("file"), "{why:?}");
+    assert_eq!(sick["checks"][0]["name"], "file", "{sick}");
+    assert_eq!(sick["checks"][0]["healthy"], false, "{sick}");
+    assert!(
+        sick["checks"][0]["last_result"]
+            .as_str()
+            .is_some_and(|r| r.contains("exit status 1")),
+        "{sick}"
+    );
+    let master = cluster.status(f).await.expect("the master answers /status");
+    assert_eq!(master["eligible"], true, "{master}");
+    assert_eq!(master["checks"][0]["healthy"], true, "{master}");
+    let peers = master["peers"].as_array().cloned().unwrap_or_default();
+    let node3 = peers
+        .iter()
+        .find(|p| p["id"] == "node-3")
+        .expect("node-3 is a peer");
+    assert_eq!(
+        node3["eligible"], false,
+        "the leader sees node-3 ineligible: {master}"
+    );
 
     // (b) The master's check fails: the other healthy node starts, after the old one stopped.
     let first_started = first_after(&files.script_log(&first), "start", 0).expect("seen");
