@@ -386,6 +386,14 @@ impl Tracker {
         self.checks.iter().map(|c| c.status(now)).collect()
     }
 
+    /// One check's status, by name (`web`, `<driver>/<check>`, `start`).
+    pub fn status(&self, name: &str, now: Instant) -> Option<CheckStatus> {
+        self.checks
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.status(now))
+    }
+
     /// The number of checks drivers report.
     pub fn driver_check_count(&self) -> usize {
         self.checks
@@ -454,7 +462,7 @@ impl Tracker {
                 rise,
             });
         }
-        let name = format!("{driver}/{check}");
+        let name = driver_check_name(driver, check);
         let before = self.is_healthy();
         let index = match self.checks.iter().position(|c| c.name == name) {
             Some(index) => index,
@@ -590,6 +598,11 @@ impl Tracker {
             },
         })
     }
+}
+
+/// The name of a check a driver reports: `<driver>/<check>`.
+pub fn driver_check_name(driver: &str, check: &str) -> String {
+    format!("{driver}/{check}")
 }
 
 /// `text` cut to at most `max` bytes at a character boundary.

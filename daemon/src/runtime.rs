@@ -1190,11 +1190,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         let transition = self.health.record(&result, now);
         self.count_check(&result.name, result.healthy);
         if !result.healthy {
-            let state = self
-                .health
-                .statuses(now)
-                .into_iter()
-                .find(|c| c.name == result.name);
+            let state = self.health.status(&result.name, now);
             let (failures, fall) = state.map_or((0, 0), |c| (c.consecutive_failures, c.fall));
             tracing::warn!(
                 check = %result.name,
@@ -1212,12 +1208,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     /// Sets a check's metrics from its result and the tracker's view of it.
     fn count_check(&self, name: &str, passed: bool) {
         let now = self.clock.now();
-        let healthy = self
-            .health
-            .statuses(now)
-            .into_iter()
-            .find(|c| c.name == name)
-            .is_some_and(|c| c.healthy);
+        let healthy = self.health.status(name, now).is_some_and(|c| c.healthy);
         self.shared.metrics.check_result(name, passed, healthy);
     }
 
@@ -1241,7 +1232,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         };
         match self.health.record_driver(from.as_str(), &report, now) {
             Ok(transition) => {
-                let name = format!("{from}/{}", health::truncate(check, health::MAX_RESULT_LEN));
+                let name = health::driver_check_name(from.as_str(), check);
                 self.count_check(&name, healthy);
                 if !healthy {
                     tracing::warn!(driver = %from, check = %name, "driver-reported check {name} failed: {}", health::truncate(detail, health::MAX_RESULT_LEN));
