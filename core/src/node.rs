@@ -217,7 +217,8 @@ struct Follower {
 /// A leader that has demoted itself and waits before handing over.
 #[derive(Clone, Debug)]
 struct Handoff {
-    /// Hand over at this time at the latest (when the last lease given out has run out).
+    /// Hand over at this time at the latest (when the last lease given out has run out),
+    /// or, with no successor acknowledging fresh enough then, a heartbeat later.
     at: Instant,
     /// Preferred successor (preemption), else the best reachable eligible follower.
     target: Option<NodeId>,
@@ -1131,15 +1132,36 @@ impl Node {
             f.last_ack
                 .is_some_and(|t| now.saturating_duration_since(t) < et_min)
         };
+        // A `TimeoutNow` only helps a follower that hears it: pick one that acknowledged
+        // within an election timeout (the same freshness for the named target and the rest).
         let target = handoff
             .target
+            .clone()
             .filter(|t| l.followers.get(t).is_some_and(|f| f.eligible && recent(f)))
-            .or_else(|| best_successor(&l.followers, now, hb * 2));
-        if target.is_none()
-            && handoff.reason == Reason::Unhealthy
+            .or_else(|| best_successor(&l.followers, now, et_min));
+        let cancellable = handoff.reason == Reason::Unhealthy
             && self.config.alone == crate::Alone::Stay
-            && !self.maintenance
-        {
+            && !self.maintenance;
+        if target.is_none() && cancellable {
+            // Acknowledgements late under load are not a successor gone: while an eligible
+            // follower acknowledged within the longest election timeout, wait a heartbeat
+            // for a fresh one instead of giving the master back to an unhealthy node (its
+            // service already stopped; the lease given out stays run out).
+            let et_max = self.config.election_timeout_max;
+            let late = l.followers.values().any(|f| {
+                f.eligible
+                    && f.last_ack
+                        .is_some_and(|t| now.saturating_duration_since(t) < et_max)
+            });
+            if late {
+                l.handoff = Some(Handoff {
+                    at: now + hb,
+                    ..handoff
+                });
+                return;
+            }
+        }
+        if target.is_none() && cancellable {
             // The healthy successor went away (or turned unhealthy) meanwhile: no node is
             // better placed, so stay leader; still in its term with a majority's
             // acknowledgements, it is master again as soon as its lease is current. (The
@@ -2535,6 +2557,42 @@ mod tests {
                 .iter()
                 .any(|l| l.contains(&format!(" {master} UnhealthyAlone"))),
             "said so"
+        );
+        assert_safe(&cluster);
+    }
+
+    #[test]
+    fn a_successor_whose_acks_run_late_still_takes_over_a_health_hand_over() {
+        let mut cluster = Cluster::new(3, 30, |_| {});
+        cluster.trace = true;
+        let master = elect(&mut cluster);
+        let others: Vec<NodeId> = cluster.ids().into_iter().filter(|i| *i != master).collect();
+        let (sick, healthy) = (&others[0], &others[1]);
+        cluster.set_healthy(sick, false);
+        cluster.run_for(Duration::from_millis(500));
+        // The healthy follower's acknowledgements stop reaching the master (a loaded
+        // machine: late, not gone) just before the master's check fails, so it is still
+        // fresh when the hand-over begins and stale (past ET_min) when it is due.
+        cluster.cut_one_way(healthy, &master);
+        cluster.run_for(Duration::from_millis(190));
+        cluster.set_healthy(&master, false);
+        assert!(cluster.masters().is_empty(), "demoted for the hand-over");
+        cluster.run_for(Duration::from_millis(1200));
+        cluster.heal_one_way(healthy, &master);
+        cluster
+            .run_until(Duration::from_secs(5), |c| !c.masters().is_empty())
+            .expect("a master");
+        assert_eq!(
+            cluster.masters(),
+            vec![healthy.clone()],
+            "the healthy node, not the unhealthy master given back"
+        );
+        assert!(
+            !cluster
+                .log
+                .iter()
+                .any(|l| l.contains(&format!(" {master} UnhealthyAlone"))),
+            "a healthy successor was there all along"
         );
         assert_safe(&cluster);
     }
