@@ -29,7 +29,7 @@ use clustd_transport::TransportKind;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use self::proxy::{FaultProxy, Link, Protocol};
+use self::proxy::Network;
 use self::service_log::ServiceLog;
 use crate::admin::Client;
 use crate::clock::machine_monotonic_ns;
@@ -176,62 +176,6 @@ pub enum BenchError {
     /// A config the bench wrote does not load (so the bench cannot know its stop budget).
     #[error("{0}")]
     Config(#[from] ConfigError),
-}
-
-/// The peer links of a partition run, each directed link A→B through its own proxy port.
-struct Network {
-    /// Owns the forwarding tasks: they end when the run does.
-    _proxy: FaultProxy,
-    /// `(from, to, link)` by node index.
-    links: Vec<(usize, usize, Link)>,
-}
-
-impl Network {
-    /// Proxy ports for every directed link between `ports` (the daemons' real listen ports).
-    async fn new(transport: TransportKind, ports: &[u16]) -> std::io::Result<Self> {
-        let protocol = match transport {
-            TransportKind::Quic => Protocol::Udp,
-            TransportKind::WebSocket => Protocol::Tcp,
-        };
-        let mut proxy = FaultProxy::new();
-        let mut links = Vec::new();
-        for from in 0..ports.len() {
-            for (to, port) in ports.iter().enumerate().filter(|(to, _)| *to != from) {
-                let target = SocketAddr::from(([127, 0, 0, 1], *port));
-                links.push((from, to, proxy.link(protocol, target).await?));
-            }
-        }
-        Ok(Self {
-            _proxy: proxy,
-            links,
-        })
-    }
-
-    /// The address node `from` dials to reach node `to`.
-    fn addr(&self, from: usize, to: usize) -> Option<SocketAddr> {
-        self.links
-            .iter()
-            .find(|(f, t, _)| (*f, *t) == (from, to))
-            .map(|(_, _, link)| link.listen_addr())
-    }
-
-    /// Cuts every link to and from `node`.
-    fn isolate(&self, node: usize) {
-        for (_, _, link) in self
-            .links
-            .iter()
-            .filter(|(f, t, _)| *f == node || *t == node)
-        {
-            link.cut();
-        }
-    }
-
-    /// Heals every link.
-    fn recover(&self) {
-        for (_, _, link) in &self.links {
-            link.heal();
-        }
-    }
 }
 
 struct NodeProc {

@@ -56,6 +56,7 @@ struct RawFile {
     check: Vec<toml::Table>,
     #[serde(default)]
     health: RawHealth,
+    fence: Option<RawFence>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +221,30 @@ struct RawHealth {
     alone: Option<String>,
     min_master_ms: Option<u64>,
     start_failure_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFence {
+    command: String,
+    #[serde(default = "default_fence_timeout")]
+    timeout_ms: u64,
+}
+fn default_fence_timeout() -> u64 {
+    150
+}
+
+/// `[fence]`: what the daemon does itself when a driver that may run the service has not
+/// confirmed its stop by its lease end (a frozen or wedged driver, a failed stop): it runs
+/// `command` (`/bin/sh -c`, in its own process group, killed at `timeout`), so that the
+/// service is dead by lease end plus the stop budget, when a new master may start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceSettings {
+    /// `fence.command`, e.g. `systemctl kill --signal=SIGKILL myapp.service`.
+    pub command: String,
+    /// `fence.timeout_ms`: at most `election.stop_budget_ms`. The daemon starts the command
+    /// this long before the stop budget after the driver's lease end runs out.
+    pub timeout: Duration,
 }
 
 /// The longest check name (names are metric labels and log fields).
@@ -546,6 +571,8 @@ pub struct Settings {
     pub checks: Vec<CheckConfig>,
     /// `[health]` (its `alone` and `min_master_ms` are in [`Settings::core`]).
     pub health: HealthSettings,
+    /// `[fence]`, if configured.
+    pub fence: Option<FenceSettings>,
     /// The transport's limits and timers. Not in the config file (the defaults suit a LAN
     /// cluster); tests shrink them, e.g. the unauthenticated-connection pool.
     pub transport_limits: clustd_transport::Limits,
@@ -882,6 +909,33 @@ impl Settings {
                 ),
             ));
         }
+        let fence = match &raw.fence {
+            None => None,
+            Some(f) => {
+                if f.command.trim().is_empty() {
+                    return Err(err(
+                        "fence.command",
+                        "empty: give the command that kills the service for sure, e.g. \"systemctl kill --signal=SIGKILL myapp.service\"".into(),
+                    ));
+                }
+                if f.timeout_ms == 0 || f.timeout_ms > e.stop_budget_ms {
+                    return Err(err(
+                        "fence.timeout_ms",
+                        format!(
+                            "{} ms does not fit inside election.stop_budget_ms ({} ms): the fence must \
+                             have killed the service by lease end plus the stop budget, when a new \
+                             master may start; lower fence.timeout_ms (0 < timeout_ms <= {}) or raise \
+                             election.stop_budget_ms",
+                            f.timeout_ms, e.stop_budget_ms, e.stop_budget_ms
+                        ),
+                    ));
+                }
+                Some(FenceSettings {
+                    command: f.command.clone(),
+                    timeout: Duration::from_millis(f.timeout_ms),
+                })
+            }
+        };
         if peers.len() == 1 && !raw.node.witness {
             warnings.push(ConfigWarning(format!(
                 "{file}: a 2-node cluster has no majority when either node is down; add a third node (node.witness = true on a small machine will do)"
@@ -906,6 +960,7 @@ impl Settings {
                 admin_listen: raw.admin.listen,
                 checks,
                 health,
+                fence,
                 transport_limits: clustd_transport::Limits::default(),
             },
             warnings,

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub check_failures: Family<CheckLabel, Counter>,
     /// 1 while this node may be master: healthy, not in maintenance, not a witness.
     pub eligible: Gauge,
+    /// `[fence]` runs (a driver that may run the service did not confirm its stop by its
+    /// lease end), by result (`ok`, `failed`, `timed_out`). Alert on any.
+    pub fences: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -101,6 +104,7 @@ impl Metrics {
         let check_healthy = Family::<CheckLabel, Gauge>::default();
         let check_failures = Family::<CheckLabel, Counter>::default();
         let eligible = Gauge::default();
+        let fences = Family::<ResultLabel, Counter>::default();
         registry.register("master", "1 while this node is master", master.clone());
         registry.register("term", "Current election term", term.clone());
         registry.register(
@@ -169,6 +173,11 @@ impl Metrics {
             "1 while this node may be master (healthy, not in maintenance, not a witness)",
             eligible.clone(),
         );
+        registry.register(
+            "fences",
+            "Fence command runs (a driver did not confirm its stop by its lease end), by result",
+            fences.clone(),
+        );
         Self {
             registry,
             master,
@@ -187,6 +196,7 @@ impl Metrics {
             check_healthy,
             check_failures,
             eligible,
+            fences,
         }
     }
 

@@ -36,10 +36,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::fence;
 use crate::health::{self, CheckResult, CheckTasks, DriverReport, HealthTransition, Tracker};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
 use crate::rejections::{FailureReason, Rejections, Report};
-use crate::status::{DriverStatus, PeerStatus, RoleChange, Status, format_unix_ms};
+use crate::status::{DriverStatus, FenceStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
 
 /// At most one WARN per peer this often about its rejected messages (the rest are counted
@@ -381,6 +382,15 @@ impl DriverState {
         (self.may_run && now < self.lease_until + settle)
             || self.held_until.is_some_and(|until| now < until + settle)
     }
+    /// The latest lease end this driver (or an earlier connection of its id) was given
+    /// and never confirmed a stop for: what a `[fence]` covers.
+    fn unconfirmed_until(&self) -> Option<Instant> {
+        self.may_run
+            .then_some(self.lease_until)
+            .into_iter()
+            .chain(self.held_until)
+            .max()
+    }
 }
 
 /// The drivers a runtime remembers, and how long the forgotten ones may still run: the
@@ -495,6 +505,16 @@ struct Runtime<C: Clock, S: StateStore> {
     told_eligible: bool,
     /// Drivers whose refused health report was logged (once per connection).
     health_refusal_logged: BTreeSet<NodeId>,
+    /// Unconfirmed lease ends up to this one are fenced (or being fenced).
+    fenced_through: Option<Instant>,
+    /// A fence command is running.
+    fence_running: bool,
+    /// Where fence runs report.
+    fence_tx: mpsc::Sender<fence::FenceDone>,
+    /// The last fence run, for status.
+    last_fence: Option<FenceStatus>,
+    /// Fence runs since start.
+    fences: u64,
 }
 
 fn log_rejections(report: &Report) {
@@ -522,6 +542,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     let health = Tracker::new(&settings.checks, settings.health.start_failure);
     node.set_healthy(clock.now(), health.is_healthy());
     let (check_tx, mut check_results) = mpsc::channel::<CheckResult>(64);
+    let (fence_tx, mut fence_results) = mpsc::channel::<fence::FenceDone>(4);
     let check_tasks = health::spawn_checks(&settings.checks, check_tx);
     let node_eligible_at_start = node.eligible();
     if !settings.checks.is_empty() {
@@ -588,6 +609,11 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         health,
         _check_tasks: check_tasks,
         health_refusal_logged: BTreeSet::new(),
+        fenced_through: None,
+        fence_running: false,
+        fence_tx,
+        last_fence: None,
+        fences: 0,
     };
     rt.sync_eligibility();
     rt.init_status();
@@ -601,6 +627,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         let retry_at = rt.clock.deadline(rt.write_retry_at);
         let health_due = rt.health.poll_timeout();
         let health_at = health_due.map_or(deadline, |at| rt.clock.deadline(at));
+        let fence_due = rt.fence_due();
+        let fence_at = fence_due.map_or(deadline, |at| rt.clock.deadline(at));
         tokio::select! {
             biased;
             how = &mut shutdown, if leaving.is_none() => {
@@ -646,12 +674,16 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 rt.summarize_rejections();
             }
             Some(result) = check_results.recv() => rt.on_check_result(result),
+            () = tokio::time::sleep_until(fence_at), if fence_due.is_some() => {}
+            Some(done) = fence_results.recv() => rt.on_fence_done(done),
             () = tokio::time::sleep_until(health_at), if health_due.is_some() => {
                 let now = rt.clock.now();
                 let transition = rt.health.handle_timeout(now);
                 rt.apply_health(transition);
             }
         }
+        // Before anything is forgotten: a driver whose lease ended unconfirmed is fenced.
+        rt.fence_if_due();
         // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
         rt.forget_settled_drivers();
         rt.confirm_stop_if_done();
@@ -1121,6 +1153,113 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     }
 
     /// Forgets disconnected drivers that can no longer run (see [`DriverTable::forget_settled`]).
+    /// When the next `[fence]` run is due: the earliest unconfirmed lease end not fenced
+    /// yet, plus the stop budget, minus the fence's timeout.
+    fn fence_due(&self) -> Option<Instant> {
+        let fence = self.settings.fence.as_ref()?;
+        if self.fence_running {
+            return None;
+        }
+        self.table
+            .drivers
+            .values()
+            .filter_map(DriverState::unconfirmed_until)
+            .filter(|end| self.fenced_through.is_none_or(|t| *end > t))
+            .min()
+            .map(|end| fence::start_at(end, self.settings.core.stop_budget, fence))
+    }
+
+    /// Runs the `[fence]` command if a driver's lease ended without a confirmed stop and
+    /// the driver's own stop has had all the time the fence leaves it.
+    fn fence_if_due(&mut self) {
+        let now = self.clock.now();
+        if self.fence_due().is_none_or(|at| now < at) {
+            return;
+        }
+        let Some(fence) = self.settings.fence.clone() else {
+            return;
+        };
+        let budget = self.settings.core.stop_budget;
+        let mut drivers = Vec::new();
+        let mut through = self.fenced_through;
+        for (id, d) in &self.table.drivers {
+            if let Some(end) = d.unconfirmed_until()
+                && self.fenced_through.is_none_or(|t| end > t)
+                && fence::start_at(end, budget, &fence) <= now
+            {
+                drivers.push(id.clone());
+                through = Some(through.map_or(end, |t| t.max(end)));
+            }
+        }
+        self.fenced_through = through;
+        self.fence_running = true;
+        let names = drivers
+            .iter()
+            .map(NodeId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::error!(
+            node = %self.settings.id,
+            drivers = %names,
+            timeout_ms = fence.timeout.as_millis() as u64,
+            "FENCING: driver(s) {names} did not confirm a stop by the end of their lease (frozen, wedged or a failed stop); running the [fence] command so the service is dead by lease end plus the stop budget"
+        );
+        fence::spawn(
+            &fence,
+            &self.settings.id,
+            self.node.term().0,
+            drivers,
+            now,
+            self.fence_tx.clone(),
+        );
+    }
+
+    fn on_fence_done(&mut self, done: fence::FenceDone) {
+        self.fence_running = false;
+        self.fences += 1;
+        let now = self.clock.now();
+        let (label, text) = match &done.result {
+            ActionResult::Ok => ("ok", "ok".to_string()),
+            ActionResult::Failed(why) => ("failed", truncate_reason(&format!("failed: {why}"))),
+            ActionResult::TimedOut => ("timed_out", "timed-out".to_string()),
+        };
+        self.shared
+            .metrics
+            .fences
+            .get_or_create(&ResultLabel {
+                result: label.into(),
+            })
+            .inc();
+        let names: Vec<String> = done.drivers.iter().map(|d| d.to_string()).collect();
+        let elapsed_ms = done.elapsed.as_millis() as u64;
+        if done.result == ActionResult::Ok {
+            tracing::error!(
+                node = %self.settings.id,
+                drivers = %names.join(", "),
+                elapsed_ms,
+                "fence done: the [fence] command succeeded for driver(s) {}; find out why they did not stop the service themselves",
+                names.join(", ")
+            );
+        } else {
+            tracing::error!(
+                node = %self.settings.id,
+                drivers = %names.join(", "),
+                elapsed_ms,
+                result = %text,
+                "fence FAILED ({text}) for driver(s) {}: the service may STILL RUN on this node while another node becomes master; stop it by hand now",
+                names.join(", ")
+            );
+        }
+        let ago = u64::try_from(now.saturating_duration_since(done.started).as_millis())
+            .unwrap_or(u64::MAX);
+        self.last_fence = Some(FenceStatus {
+            at_unix_ms: self.clock.wall_clock_ms().saturating_sub(ago),
+            drivers: names,
+            result: text,
+            elapsed_ms,
+        });
+    }
+
     fn forget_settled_drivers(&mut self) {
         let now = self.clock.now();
         if self.table.forget_settled(now, self.settle) {
@@ -1725,6 +1864,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         status.state_write_error = self.write_failing.as_ref().map(|(e, _)| e.clone());
         let m = &self.shared.metrics;
         status.state_write_failures = m.state_write_failures.get();
+        status.last_fence = self.last_fence.clone();
+        status.fences = self.fences;
         status.drivers_refused = m.drivers_refused.get();
         status.elections_started = m.elections_started.get();
         status.elections_won = m.elections_won.get();

@@ -78,6 +78,12 @@ pub struct Status {
     /// Transient state write failures since start.
     #[serde(default)]
     pub state_write_failures: u64,
+    /// The last `[fence]` run, if any since start.
+    #[serde(default)]
+    pub last_fence: Option<FenceStatus>,
+    /// `[fence]` runs since start.
+    #[serde(default)]
+    pub fences: u64,
     /// Recent role changes, oldest first.
     pub history: VecDeque<RoleChange>,
     /// Elections this node started.
@@ -474,4 +480,17 @@ mod tests {
         let d: DriverStatus = serde_json::from_str(json).expect("parses");
         assert!(!d.stop_failed && !d.may_run && d.last_stop_failure.is_none());
     }
+}
+
+/// One run of the `[fence]` command.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FenceStatus {
+    /// When it started (Unix ms, the node's wall clock).
+    pub at_unix_ms: u64,
+    /// The drivers that had not confirmed their stop by their lease end.
+    pub drivers: Vec<String>,
+    /// `ok`, `failed: exit status 3`, `timed-out`, ...
+    pub result: String,
+    /// How long it ran.
+    pub elapsed_ms: u64,
 }

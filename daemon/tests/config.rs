@@ -711,3 +711,42 @@ fn a_timeout_above_the_interval_warns_what_it_means() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn a_fence_parses_and_must_fit_inside_the_stop_budget() {
+    let s = parse(&with_checks(
+        "[fence]\ncommand = \"systemctl kill --signal=SIGKILL myapp.service\"",
+    ))
+    .expect("valid");
+    let fence = s.fence.expect("fence configured");
+    assert_eq!(fence.timeout.as_millis(), 150, "default timeout");
+    assert!(parse(&with_checks("")).expect("valid").fence.is_none());
+
+    // 250 ms does not fit the default 200 ms stop budget: the error says which keys and what to do.
+    let e = parse(&with_checks(
+        "[fence]\ncommand = \"kill-it\"\ntimeout_ms = 250",
+    ))
+    .expect_err("does not fit");
+    assert!(e.contains("test.toml"), "{e}");
+    assert!(e.contains("fence.timeout_ms"), "{e}");
+    assert!(e.contains("election.stop_budget_ms (200 ms)"), "{e}");
+    // It fits when the stop budget is raised.
+    let text = config(
+        good_node(),
+        &good_cluster(),
+        "stop_budget_ms = 300\nelection_timeout_ms = [1500, 3000]",
+    ) + "\n[fence]\ncommand = \"kill-it\"\ntimeout_ms = 250\n";
+    assert_eq!(
+        parse(&text)
+            .expect("fits")
+            .fence
+            .expect("fence")
+            .timeout
+            .as_millis(),
+        250
+    );
+    let e = parse(&with_checks("[fence]\ncommand = \"  \"")).expect_err("empty");
+    assert!(e.contains("fence.command"), "{e}");
+    let e = parse(&with_checks("[fence]\ncommand = \"x\"\ntimeout = 5")).expect_err("unknown key");
+    assert!(e.contains("timeout"), "{e}");
+}

@@ -98,7 +98,9 @@ async fn health_moves_mastership_between_real_processes(kind: TransportKind) {
         std::fs::write(files.ok(id), "").expect("ok file");
     }
     let specs: Vec<NodeSpec> = ids.iter().map(|id| files.spec(id)).collect();
-    let cluster = ProcCluster::start(dir, kind, ELECTION, &specs).expect("processes start");
+    let cluster = ProcCluster::start(dir, kind, ELECTION, &specs)
+        .await
+        .expect("processes start");
     eprintln!("work dir {}", cluster.dir.path().display());
 
     // (a) A master among the healthy two; node-3 is never it while its file is absent (checked

@@ -44,6 +44,66 @@ const MAX_DATAGRAM: usize = 65_535;
 /// TCP copy buffer per direction.
 const TCP_BUFFER: usize = 16 * 1024;
 
+/// The peer links of a cluster on loopback, each directed link A→B through its own proxy
+/// port: write [`Network::addr`] into A's config as B's address, then cut and heal.
+pub struct Network {
+    /// Owns the forwarding tasks: they end when the run does.
+    _proxy: FaultProxy,
+    /// `(from, to, link)` by node index.
+    links: Vec<(usize, usize, Link)>,
+}
+
+impl Network {
+    /// Proxy ports for every directed link between `ports` (the daemons' real listen ports).
+    pub async fn new(
+        transport: clustd_transport::TransportKind,
+        ports: &[u16],
+    ) -> std::io::Result<Self> {
+        let protocol = match transport {
+            clustd_transport::TransportKind::Quic => Protocol::Udp,
+            clustd_transport::TransportKind::WebSocket => Protocol::Tcp,
+        };
+        let mut proxy = FaultProxy::new();
+        let mut links = Vec::new();
+        for from in 0..ports.len() {
+            for (to, port) in ports.iter().enumerate().filter(|(to, _)| *to != from) {
+                let target = SocketAddr::from(([127, 0, 0, 1], *port));
+                links.push((from, to, proxy.link(protocol, target).await?));
+            }
+        }
+        Ok(Self {
+            _proxy: proxy,
+            links,
+        })
+    }
+
+    /// The address node `from` dials to reach node `to`.
+    pub fn addr(&self, from: usize, to: usize) -> Option<SocketAddr> {
+        self.links
+            .iter()
+            .find(|(f, t, _)| (*f, *t) == (from, to))
+            .map(|(_, _, link)| link.listen_addr())
+    }
+
+    /// Cuts every link to and from `node`.
+    pub fn isolate(&self, node: usize) {
+        for (_, _, link) in self
+            .links
+            .iter()
+            .filter(|(f, t, _)| *f == node || *t == node)
+        {
+            link.cut();
+        }
+    }
+
+    /// Heals every link.
+    pub fn recover(&self) {
+        for (_, _, link) in &self.links {
+            link.heal();
+        }
+    }
+}
+
 /// What a link forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

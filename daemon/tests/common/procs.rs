@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use clustd::admin::Client;
+use clustd::bench::proxy::Network;
 use clustd::local::{LocalFiles, LocalPeer, free_port, node_config, write_private};
 use clustd_transport::TransportKind;
 use tokio::process::{Child, Command};
@@ -84,6 +85,8 @@ pub(crate) struct ProcCluster {
     pub(crate) dir: tempfile::TempDir,
     /// By index: node `i` is `node-{i+1}`.
     pub(crate) nodes: Vec<ProcNode>,
+    /// The peer links through a fault proxy, when started with [`ProcCluster::start_cuttable`].
+    network: Option<Network>,
 }
 
 fn toml_string(s: &str) -> String {
@@ -100,11 +103,32 @@ fn log_file(path: &Path) -> std::io::Result<std::fs::File> {
 impl ProcCluster {
     /// Configures and starts one daemon and one driver per spec (`node-1`… in order);
     /// `election` is the body of `[election]`.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         dir: tempfile::TempDir,
         kind: TransportKind,
         election: &str,
         specs: &[NodeSpec],
+    ) -> std::io::Result<Self> {
+        Self::start_with(dir, kind, election, specs, false).await
+    }
+
+    /// Like [`ProcCluster::start`], with every peer link through a fault proxy, so that
+    /// [`ProcCluster::isolate`] can cut a node off while its driver stays connected.
+    pub(crate) async fn start_cuttable(
+        dir: tempfile::TempDir,
+        kind: TransportKind,
+        election: &str,
+        specs: &[NodeSpec],
+    ) -> std::io::Result<Self> {
+        Self::start_with(dir, kind, election, specs, true).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        kind: TransportKind,
+        election: &str,
+        specs: &[NodeSpec],
+        cuttable: bool,
     ) -> std::io::Result<Self> {
         let path = dir.path();
         let secret = path.join(clustd::local::SECRET_FILE);
@@ -125,6 +149,11 @@ impl ProcCluster {
             .iter()
             .map(|_| free_port())
             .collect::<std::io::Result<Vec<_>>>()?;
+        let network = if cuttable {
+            Some(Network::new(kind, &ports).await?)
+        } else {
+            None
+        };
         let transport = match kind {
             TransportKind::Quic => "quic",
             TransportKind::WebSocket => "websocket",
@@ -135,7 +164,10 @@ impl ProcCluster {
                 .filter(|j| *j != i)
                 .map(|j| LocalPeer {
                     id: ids[j].clone(),
-                    port: ports[j],
+                    port: network
+                        .as_ref()
+                        .and_then(|n| n.addr(i, j))
+                        .map_or(ports[j], |a| a.port()),
                     key: keys[j],
                 })
                 .collect();
@@ -194,7 +226,29 @@ impl ProcCluster {
                 _driver: driver,
             });
         }
-        Ok(Self { dir, nodes })
+        Ok(Self {
+            dir,
+            nodes,
+            network,
+        })
+    }
+
+    /// Cuts every peer link to and from node `i` (its driver stays connected).
+    pub(crate) fn isolate(&self, i: usize) {
+        self.network
+            .as_ref()
+            .expect("started with start_cuttable")
+            .isolate(i);
+    }
+
+    /// Sends `signal` (e.g. `SIGSTOP`, `SIGCONT`) to node `i`'s driver process.
+    pub(crate) fn signal_driver(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i]._driver.id().expect("driver running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// Index of the node with this id.
