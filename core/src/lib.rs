@@ -42,6 +42,8 @@ pub mod time;
 
 pub use config::{Alone, Config, ConfigError};
 pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};
-pub use message::{ActionResult, DriverRole, FromDriver, HealthChange, Message, ToDriver};
+pub use message::{
+    ActionResult, DRIVER_ALIVE_INTERVAL, DriverRole, FromDriver, HealthChange, Message, ToDriver,
+};
 pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};
 pub use time::Instant;

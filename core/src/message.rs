@@ -260,4 +260,11 @@ pub enum FromDriver {
         /// Consecutive successes that make it healthy again (at least 1).
         rise: u32,
     },
+    /// "Still running": sent by the driver every [`DRIVER_ALIVE_INTERVAL`] on every
+    /// connection, so the daemon notices a driver that stopped running (frozen, swapped
+    /// out, wedged) before it matters (`health.driver_timeout_ms`).
+    Alive,
 }
+
+/// How often a driver says [`FromDriver::Alive`].
+pub const DRIVER_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);

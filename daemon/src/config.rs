@@ -221,6 +221,7 @@ struct RawHealth {
     alone: Option<String>,
     min_master_ms: Option<u64>,
     start_failure_ms: Option<u64>,
+    driver_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,12 +319,17 @@ pub struct HealthSettings {
     /// `health.start_failure_ms`: how long a failed `start` keeps the node unhealthy (the
     /// `start` check), unless a later start succeeds first.
     pub start_failure: Duration,
+    /// `health.driver_timeout_ms`: a connected driver silent this long (drivers say
+    /// `Alive` every [`clustd_core::DRIVER_ALIVE_INTERVAL`]) is not responding: the node is
+    /// unhealthy (check `<driver>/responding`) until it is heard again.
+    pub driver_timeout: Duration,
 }
 
 impl Default for HealthSettings {
     fn default() -> Self {
         Self {
             start_failure: Duration::from_secs(60),
+            driver_timeout: Duration::from_millis(1000),
         }
     }
 }
@@ -880,6 +886,19 @@ impl Settings {
                 ));
             }
             health.start_failure = Duration::from_millis(ms);
+        }
+        if let Some(ms) = raw.health.driver_timeout_ms {
+            let floor = 2 * clustd_core::DRIVER_ALIVE_INTERVAL.as_millis() as u64;
+            if ms < floor {
+                return Err(err(
+                    "health.driver_timeout_ms",
+                    format!(
+                        "{ms} ms is too short: drivers say they are alive every {} ms, so allow at least {floor} ms (default 1000)",
+                        clustd_core::DRIVER_ALIVE_INTERVAL.as_millis()
+                    ),
+                ));
+            }
+            health.driver_timeout = Duration::from_millis(ms);
         }
         // Jitter seed: OS randomness, with the id mixed in so nodes differ even without it.
         core.rng_seed = random_u64()

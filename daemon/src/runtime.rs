@@ -371,6 +371,11 @@ struct DriverState {
     /// this id, replacing the real driver's connection, and confirm a stop the real driver
     /// never made; and a driver that reconnected is no better known than that.
     held_until: Option<Instant>,
+    /// When any frame of its current connection last arrived (its `Alive` every
+    /// [`clustd_core::DRIVER_ALIVE_INTERVAL`], acknowledgements, reports).
+    last_heard: Option<Instant>,
+    /// Silent past `health.driver_timeout_ms` (and told so): its check `responding` fails.
+    unresponsive: bool,
 }
 
 impl DriverState {
@@ -392,6 +397,9 @@ impl DriverState {
             .max()
     }
 }
+
+/// The check an unresponsive driver fails (`<driver>/responding`).
+const RESPONDING_CHECK: &str = "responding";
 
 /// The drivers a runtime remembers, and how long the forgotten ones may still run: the
 /// bounded table's rules, apart from any I/O so they are tested on their own.
@@ -627,6 +635,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         let retry_at = rt.clock.deadline(rt.write_retry_at);
         let health_due = rt.health.poll_timeout();
         let health_at = health_due.map_or(deadline, |at| rt.clock.deadline(at));
+        let silence_due = rt.driver_silence_due();
+        let silence_at = silence_due.map_or(deadline, |at| rt.clock.deadline(at));
         let fence_due = rt.fence_due();
         let fence_at = fence_due.map_or(deadline, |at| rt.clock.deadline(at));
         tokio::select! {
@@ -675,6 +685,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             }
             Some(result) = check_results.recv() => rt.on_check_result(result),
             () = tokio::time::sleep_until(fence_at), if fence_due.is_some() => {}
+            () = tokio::time::sleep_until(silence_at), if silence_due.is_some() => {}
             Some(done) = fence_results.recv() => rt.on_fence_done(done),
             () = tokio::time::sleep_until(health_at), if health_due.is_some() => {
                 let now = rt.clock.now();
@@ -682,6 +693,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 rt.apply_health(transition);
             }
         }
+        rt.check_driver_liveness();
         // Before anything is forgotten: a driver whose lease ended unconfirmed is fenced.
         rt.fence_if_due();
         // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
@@ -749,22 +761,28 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 from,
                 kind: PeerKind::Driver,
                 frame,
-            } => match codec::decode::<FromDriver>(&frame) {
-                Ok(FromDriver::Ack { seq, role, result }) => {
-                    self.on_driver_ack(&from, seq, role, result)
+            } => {
+                self.driver_heard(&from, now);
+                match codec::decode::<FromDriver>(&frame) {
+                    Ok(FromDriver::Alive) => {}
+                    Ok(FromDriver::Ack { seq, role, result }) => {
+                        self.on_driver_ack(&from, seq, role, result)
+                    }
+                    Ok(FromDriver::Health {
+                        check,
+                        healthy,
+                        detail,
+                        fall,
+                        rise,
+                    }) => self.on_driver_health(&from, &check, healthy, &detail, fall, rise),
+                    Ok(other) => {
+                        tracing::debug!(driver = %from, ?other, "unexpected driver message")
+                    }
+                    Err(e) => {
+                        tracing::warn!(driver = %from, error = %e, "undecodable frame from driver")
+                    }
                 }
-                Ok(FromDriver::Health {
-                    check,
-                    healthy,
-                    detail,
-                    fall,
-                    rise,
-                }) => self.on_driver_health(&from, &check, healthy, &detail, fall, rise),
-                Ok(other) => tracing::debug!(driver = %from, ?other, "unexpected driver message"),
-                Err(e) => {
-                    tracing::warn!(driver = %from, error = %e, "undecodable frame from driver")
-                }
-            },
+            }
             TransportEvent::Connected { id, kind } => match kind {
                 PeerKind::Peer => {
                     tracing::info!(peer = %id, "peer connected");
@@ -808,6 +826,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         return;
                     };
                     d.connected = false;
+                    d.unresponsive = false;
                     self.health_refusal_logged.remove(&id);
                     let forgotten = self.health.forget_driver(id.as_str(), now);
                     for name in &forgotten.removed {
@@ -887,6 +906,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.table.make_room_for(id, now, self.settle);
         let d = self.table.drivers.entry(id.clone()).or_default();
         d.connected = true;
+        d.last_heard = Some(now);
         if d.may_run_at(now, self.settle) {
             // Whatever this connection says, the one before may still run until its lease
             // end plus the stop budget.
@@ -1153,6 +1173,75 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     }
 
     /// Forgets disconnected drivers that can no longer run (see [`DriverTable::forget_settled`]).
+    /// A frame from connected driver `from`: it runs. If it had been silent past the
+    /// timeout, its `responding` check passes again.
+    fn driver_heard(&mut self, from: &NodeId, now: Instant) {
+        let Some(d) = self.table.drivers.get_mut(from) else {
+            return;
+        };
+        let silent = d.last_heard.map(|t| now.saturating_duration_since(t));
+        d.last_heard = Some(now);
+        if !d.unresponsive {
+            return;
+        }
+        d.unresponsive = false;
+        self.status_drivers_stale = true;
+        let silent_ms = silent.unwrap_or_default().as_millis();
+        tracing::warn!(driver = %from, silent_ms, "driver {from} responding again after {silent_ms} ms of silence");
+        self.on_driver_health(
+            from,
+            RESPONDING_CHECK,
+            true,
+            &format!("responding again after {silent_ms} ms"),
+            1,
+            1,
+        );
+    }
+
+    /// When the next connected driver that is heard from would count as not responding.
+    fn driver_silence_due(&self) -> Option<Instant> {
+        let timeout = self.settings.health.driver_timeout;
+        self.table
+            .drivers
+            .values()
+            .filter(|d| d.connected && !d.unresponsive)
+            .filter_map(|d| d.last_heard)
+            .min()
+            .map(|t| t + timeout)
+    }
+
+    /// Connected drivers silent past `health.driver_timeout_ms` make the node unhealthy
+    /// (check `<driver>/responding`): an unresponsive driver cannot start the service, nor
+    /// stop it, so this node must not campaign, and a master hands over (its `[fence]` then
+    /// stops what the driver cannot).
+    fn check_driver_liveness(&mut self) {
+        let now = self.clock.now();
+        let timeout = self.settings.health.driver_timeout;
+        let silent: Vec<(NodeId, Duration)> = self
+            .table
+            .drivers
+            .iter_mut()
+            .filter(|(_, d)| d.connected && !d.unresponsive)
+            .filter_map(|(id, d)| {
+                let for_ = now.saturating_duration_since(d.last_heard?);
+                (for_ >= timeout).then(|| {
+                    d.unresponsive = true;
+                    (id.clone(), for_)
+                })
+            })
+            .collect();
+        for (id, for_) in silent {
+            self.status_drivers_stale = true;
+            let detail = format!(
+                "driver {id} not responding for {:.1} s (health.driver_timeout_ms = {})",
+                for_.as_secs_f64(),
+                timeout.as_millis()
+            );
+            tracing::error!(driver = %id, "{detail}: this node is unhealthy until it is heard again");
+            self.on_driver_health(&id, RESPONDING_CHECK, false, &detail, 1, 1);
+        }
+    }
+
     /// When the next `[fence]` run is due: the earliest unconfirmed lease end not fenced
     /// yet, plus the stop budget, minus the fence's timeout.
     fn fence_due(&self) -> Option<Instant> {
@@ -1851,6 +1940,12 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     may_run: d.may_run_at(now, self.settle),
                     stop_failed: d.stop_failed,
                     last_stop_failure: d.last_stop_failure.clone(),
+                    not_responding: d.unresponsive.then(|| {
+                        let silent = d
+                            .last_heard
+                            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                        format!("not responding for {:.1} s", silent.as_secs_f64())
+                    }),
                 })
                 .collect();
             self.status_drivers_built = Some(now);

@@ -135,6 +135,10 @@ pub struct DriverStatus {
     /// The last failed or timed-out stop, e.g. `term 7: failed: exit status 1`.
     #[serde(default)]
     pub last_stop_failure: Option<String>,
+    /// Connected and silent past `health.driver_timeout_ms` (frozen, wedged): e.g.
+    /// `not responding for 1.2 s`. The node is unhealthy meanwhile.
+    #[serde(default)]
+    pub not_responding: Option<String>,
 }
 
 /// One role change in the history.
@@ -277,6 +281,22 @@ impl Status {
                 );
             }
         }
+        if let Some(f) = &self.last_fence {
+            let _ = writeln!(
+                out,
+                "\nFENCE: {} run(s); last for {} at {}: {} ({} ms){}",
+                self.fences,
+                f.drivers.join(", "),
+                format_unix_ms(f.at_unix_ms),
+                f.result,
+                f.elapsed_ms,
+                if f.result == "ok" {
+                    ""
+                } else {
+                    "  !! the service may still run on this node"
+                }
+            );
+        }
         if !self.drivers.is_empty() {
             let _ = writeln!(
                 out,
@@ -304,6 +324,9 @@ impl Status {
                     result.push_str(
                         "  (may still run until its stop is confirmed or its lease ends)",
                     );
+                }
+                if let Some(silent) = &d.not_responding {
+                    let _ = write!(result, "  !! {}", silent.to_uppercase());
                 }
                 let _ = writeln!(
                     out,
@@ -363,6 +386,7 @@ mod tests {
             may_run,
             stop_failed,
             last_stop_failure: stop_failed.then(|| "term 7: failed: exit 1".into()),
+            not_responding: None,
         }
     }
 

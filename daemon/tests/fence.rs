@@ -26,6 +26,7 @@ const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
 both_transports!(
     a_frozen_driver_on_a_cut_off_master_is_fenced_before_the_new_master_starts,
     a_failed_fence_is_reported_and_two_services_may_run,
+    a_frozen_driver_makes_its_master_hand_over_after_the_fence,
 );
 
 /// `(node, action, unix ns)` per line of the shared script log, in time order.
@@ -98,6 +99,11 @@ fn specs(log: &Path, fence_works: bool) -> Vec<NodeSpec> {
 /// off; returns the cluster, the old master's index and the new master's id once it ran
 /// `start`.
 async fn freeze_and_cut(kind: TransportKind, fence_works: bool) -> (ProcCluster, usize, String) {
+    freeze(kind, fence_works, true).await
+}
+
+/// [`freeze_and_cut`], or with `cut` false only the freeze.
+async fn freeze(kind: TransportKind, fence_works: bool, cut: bool) -> (ProcCluster, usize, String) {
     let dir = tempfile::Builder::new()
         .prefix("clustd-fence-")
         .tempdir()
@@ -117,7 +123,9 @@ async fn freeze_and_cut(kind: TransportKind, fence_works: bool) -> (ProcCluster,
         .await;
     let o = cluster.index(&old);
     cluster.signal_driver(o, "STOP");
-    cluster.isolate(o);
+    if cut {
+        cluster.isolate(o);
+    }
     let new = cluster
         .wait_for("another node is master and ran start", WAIT, || async {
             let masters = cluster.masters().await;
@@ -211,4 +219,43 @@ async fn a_failed_fence_is_reported_and_two_services_may_run(kind: TransportKind
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     cluster.signal_driver(o, "CONT");
+}
+
+/// No cut: the master's driver freezes, the daemon notices (no `Alive` for
+/// `health.driver_timeout_ms`), turns unhealthy and hands over; the driver cannot stop the
+/// service, so the fence does, before the successor starts.
+async fn a_frozen_driver_makes_its_master_hand_over_after_the_fence(kind: TransportKind) {
+    let (cluster, o, new) = freeze(kind, true, false).await;
+    let log = cluster.dir.path().join("scripts.log");
+    let old = cluster.nodes[o].id.clone();
+    let fenced = first(&log, &old, "fence").expect("fenced");
+    let started = first(&log, &new, "start").expect("new master started");
+    assert!(
+        fenced < started,
+        "fenced at {fenced}, new start at {started}"
+    );
+    assert_eq!(
+        overlaps(&log),
+        vec![],
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // The operator sees why: the driver is not responding, so the node is not eligible.
+    let status = cluster.status(o).await.expect("status");
+    let reason = status["ineligible_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not responding"), "{status}");
+    let driver = &status["drivers"][0];
+    assert!(
+        driver["not_responding"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("not responding for ")),
+        "{status}"
+    );
+    // Heard again: healthy again.
+    cluster.signal_driver(o, "CONT");
+    cluster
+        .wait_for("the old master is eligible again", WAIT, || async {
+            cluster.eligible(o).await.then_some(())
+        })
+        .await;
 }

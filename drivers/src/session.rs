@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clustd_core::codec::{decode, encode};
-use clustd_core::{InvalidNodeId, NodeId, ToDriver};
+use clustd_core::{FromDriver, InvalidNodeId, NodeId, ToDriver};
 use clustd_transport::{Net, TokioNet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -418,10 +418,22 @@ async fn serve<K: Link>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> (String, bool) {
     let mut heard_role = false;
+    // Proof of life for the daemon (`health.driver_timeout_ms`): a frozen process sends none.
+    let mut alive = tokio::time::interval(clustd_core::DRIVER_ALIVE_INTERVAL);
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.changed() => return ("shutting down".into(), heard_role),
+            _ = alive.tick() => {
+                let frame = match encode(&FromDriver::Alive) {
+                    Ok(frame) => frame,
+                    Err(e) => return (format!("cannot encode a keepalive: {e}"), heard_role),
+                };
+                if let Err(e) = link.send(frame) {
+                    return (format!("send failed: {e}"), heard_role);
+                }
+            }
             out = outbound.recv() => match out {
                 None => return ("the engine stopped".into(), heard_role),
                 Some(Outbound::Send { conn: c, msg }) if c == conn => {
