@@ -177,6 +177,17 @@ pub enum ToDriver {
         /// The daemon's current term when it saw the change.
         term: Term,
     },
+    /// The daemon ran its `[fence]` command because drivers told "master" had not
+    /// confirmed their stop by their lease end (frozen, wedged, a failed stop): a cluster
+    /// event for drivers that tell people. Never acknowledged; drivers must not act on it.
+    Fenced {
+        /// The drivers it was run for.
+        drivers: Vec<NodeId>,
+        /// The daemon's current term.
+        term: Term,
+        /// `Ok`, or how it failed: then the service may still run on this node.
+        result: ActionResult,
+    },
     /// The node's health or eligibility changed (its checks, a driver's report, a failed
     /// start, maintenance): a cluster event for drivers that tell people (the notify
     /// driver). Sent on transitions only, never acknowledged; drivers must not act on it

@@ -9,9 +9,9 @@
 //! long to confirm) and is killed, with its whole process group, at `fence.timeout_ms`.
 //!
 //! The fence is a layer under the driver's lease, not a shortcut: a hand-over still waits
-//! for lease end plus the stop budget, whatever the fence reports. A fence that fails or
-//! times out is reported (ERROR, status, metrics, `ToDriver::StopFailed`-style events are
-//! the notify driver's job): the service may then still run there.
+//! for lease end plus the stop budget, whatever the fence reports. Every fence is reported
+//! (ERROR, status, metrics, a `fenced` event to the drivers); one that fails or times out
+//! means the service may still run there.
 
 use std::time::Duration;
 

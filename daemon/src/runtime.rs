@@ -1339,6 +1339,14 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 names.join(", ")
             );
         }
+        let msg = ToDriver::Fenced {
+            drivers: done.drivers.clone(),
+            term: self.node.term(),
+            result: done.result.clone(),
+        };
+        for id in self.connected_drivers() {
+            self.send_frame(&id, &msg, SendClass::Reliable);
+        }
         let ago = u64::try_from(now.saturating_duration_since(done.started).as_millis())
             .unwrap_or(u64::MAX);
         self.last_fence = Some(FenceStatus {

@@ -156,6 +156,19 @@ pub enum ClusterEvent {
         /// The daemon's node id, as of its last role message (`None` if none came yet).
         node: Option<NodeId>,
     },
+    /// The daemon ran its `[fence]` command for drivers that had not confirmed their
+    /// stop by their lease end. `Ok`: the command succeeded; otherwise the service may
+    /// still run here beside a new master.
+    Fenced {
+        /// The drivers it was run for.
+        drivers: Vec<NodeId>,
+        /// The daemon's term when it ran.
+        term: Term,
+        /// How the command ended.
+        result: ActionResult,
+        /// The daemon's node id, as of its last role message (`None` if none came yet).
+        node: Option<NodeId>,
+    },
     /// This node's health or eligibility changed: its checks (the daemon's own, or a
     /// driver's reports) failed or recovered, or it may no longer (or again) be master —
     /// unhealthy, in maintenance, a witness. The role that follows, if any, comes as a
@@ -178,7 +191,7 @@ impl ClusterEvent {
     pub fn peer(&self) -> Option<&NodeId> {
         match self {
             Self::PeerDown { peer, .. } | Self::PeerUp { peer, .. } => Some(peer),
-            Self::StopFailed { .. } | Self::Health { .. } => None,
+            Self::StopFailed { .. } | Self::Fenced { .. } | Self::Health { .. } => None,
         }
     }
 
@@ -188,6 +201,7 @@ impl ClusterEvent {
             Self::PeerDown { term, .. }
             | Self::PeerUp { term, .. }
             | Self::StopFailed { term, .. }
+            | Self::Fenced { term, .. }
             | Self::Health { term, .. } => *term,
         }
     }
@@ -197,7 +211,8 @@ impl ClusterEvent {
         match self {
             Self::PeerDown { node, .. }
             | Self::PeerUp { node, .. }
-            | Self::StopFailed { node, .. } => node.as_ref(),
+            | Self::StopFailed { node, .. }
+            | Self::Fenced { node, .. } => node.as_ref(),
             Self::Health { node, .. } => Some(node),
         }
     }

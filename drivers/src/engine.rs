@@ -486,6 +486,20 @@ impl<C: MachineClock> Engine<C> {
                     node,
                 });
             }
+            ToDriver::Fenced {
+                drivers,
+                term,
+                result,
+            } => {
+                tracing::warn!(?drivers, %term, ?result, "the daemon reports that it fenced drivers");
+                let node = self.node.clone();
+                self.hold_event(ClusterEvent::Fenced {
+                    drivers,
+                    term,
+                    result,
+                    node,
+                });
+            }
             ToDriver::Health {
                 node,
                 term,
@@ -881,6 +895,7 @@ mod tests {
                 ClusterEvent::PeerDown { peer, .. } => format!("peer-down-{peer}"),
                 ClusterEvent::PeerUp { peer, .. } => format!("peer-up-{peer}"),
                 ClusterEvent::StopFailed { driver, .. } => format!("stop-failed-{driver}"),
+                ClusterEvent::Fenced { .. } => "fenced".to_string(),
                 ClusterEvent::Health { change, .. } => format!("health-{}", change.as_str()),
             };
             self.log.lock().expect("not poisoned").push(entry);

@@ -175,6 +175,64 @@ async fn a_failed_stop_becomes_a_stop_failed_post() {
     daemon.vanish().await;
 }
 
+/// The daemon fenced a frozen driver, then a fence failed: the notify driver posts `fenced`
+/// and `fence-failed`, naming the drivers and the result; nothing goes back to the daemon.
+#[tokio::test]
+async fn fences_become_fenced_and_fence_failed_posts() {
+    init_tracing();
+    let kind = TransportKind::Quic;
+    let mut server = HttpServer::start(&[], false).await;
+    let localhost: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut daemon = FakeDaemon::start(kind, localhost).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret"), SECRET).expect("write");
+    let text = format!(
+        "daemon = \"{}\"\ntransport = \"quic\"\nsecret_file = \"secret\"\ndriver_id = \"notify-test\"\n\
+         events = [\"fenced\", \"fence-failed\"]\n\
+         [templates]\ntext = \"{{node}}: {{event}} {{driver}} ({{detail}})\"\n\
+         [[webhook]]\nurl = \"{}\"\n",
+        daemon.addr,
+        server.url("/hook")
+    );
+    let config = NotifyConfig::parse(&dir.path().join("notify.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = clustd_drivers::connect(config.connection.clone(), NotifyDriver::new(&config))
+        .expect("session starts");
+    let driver = daemon.accept_driver().await;
+    daemon.send(&driver, &backup(3, 1));
+    expect_ack(&mut daemon, 1).await;
+    for (result, event, detail) in [
+        (ActionResult::Ok, "fenced", "ok"),
+        (
+            ActionResult::Failed("exit status 3".into()),
+            "fence-failed",
+            "failed: exit status 3",
+        ),
+    ] {
+        daemon.send(
+            &driver,
+            &ToDriver::Fenced {
+                drivers: vec![id("shell-1"), id("shell-2")],
+                term: Term(3),
+                result,
+            },
+        );
+        let req = server.next().await;
+        let body: serde_json::Value = serde_json::from_str(&req.body).expect("json body");
+        assert_eq!(body["event"], event, "{body}");
+        assert_eq!(body["driver"], "shell-1,shell-2", "{body}");
+        assert_eq!(
+            body["text"],
+            format!("node-1: {event} shell-1,shell-2 ({detail})"),
+            "{body}"
+        );
+    }
+    daemon.send(&driver, &backup(4, 2));
+    expect_ack(&mut daemon, 2).await;
+    session.shutdown().await.expect("clean shutdown");
+    daemon.vanish().await;
+}
+
 /// The node's checks failed: the daemon sends `ToDriver::Health`, and the notify driver posts
 /// `unhealthy` (then `ineligible`, when subscribed) with the daemon's detail — nothing goes
 /// back to the daemon, and unsubscribed health events (`healthy`) are not posted.

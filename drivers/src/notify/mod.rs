@@ -52,6 +52,12 @@ pub enum EventKind {
     /// it): the service may still run here beside a new master until that driver's lease
     /// ends. Sent by every node's notify driver for its own node.
     StopFailed,
+    /// The daemon ran its `[fence]` command and it succeeded (`{driver}`: the drivers it
+    /// was run for, comma-separated): they had not confirmed their stop by their lease end.
+    Fenced,
+    /// The daemon's `[fence]` command failed or timed out (`{detail}` says how): the
+    /// service may still run here beside a new master.
+    FenceFailed,
     /// This node's checks pass again (each passed `rise` times in a row); `{detail}` says
     /// which.
     Healthy,
@@ -75,6 +81,8 @@ impl EventKind {
             Self::PeerDown => "peer-down",
             Self::PeerUp => "peer-up",
             Self::StopFailed => "stop-failed",
+            Self::Fenced => "fenced",
+            Self::FenceFailed => "fence-failed",
             Self::Healthy => "healthy",
             Self::Unhealthy => "unhealthy",
             Self::Ineligible => "ineligible",
@@ -92,7 +100,7 @@ impl EventKind {
         }
     }
 
-    const ALL: [EventKind; 11] = [
+    const ALL: [EventKind; 13] = [
         Self::BecameMaster,
         Self::LostMaster,
         Self::MasterLost,
@@ -100,6 +108,8 @@ impl EventKind {
         Self::PeerDown,
         Self::PeerUp,
         Self::StopFailed,
+        Self::Fenced,
+        Self::FenceFailed,
         Self::Healthy,
         Self::Unhealthy,
         Self::Ineligible,
@@ -150,6 +160,8 @@ fn event_text(kind: EventKind, change: &RoleChange) -> String {
         EventKind::PeerDown => "a peer went down".into(),
         EventKind::PeerUp => "a peer came back".into(),
         EventKind::StopFailed => "a driver's stop failed".into(),
+        EventKind::Fenced => "the daemon fenced drivers".into(),
+        EventKind::FenceFailed => "the daemon's fence failed".into(),
         EventKind::Healthy => "healthy again".into(),
         EventKind::Unhealthy => "unhealthy".into(),
         EventKind::Ineligible => "may not be master".into(),
@@ -179,6 +191,35 @@ fn cluster_event_text(event: &ClusterEvent) -> (EventKind, String) {
                     "driver {driver}'s stop {what}; the service may still run here beside a new master until that driver's lease ends"
                 ),
             )
+        }
+        ClusterEvent::Fenced {
+            drivers, result, ..
+        } => {
+            let list = drivers
+                .iter()
+                .map(NodeId::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            match result {
+                ActionResult::Ok => (
+                    EventKind::Fenced,
+                    format!(
+                        "the daemon fenced driver(s) {list}: they had not confirmed their stop by their lease end (frozen or wedged?)"
+                    ),
+                ),
+                ActionResult::Failed(why) => (
+                    EventKind::FenceFailed,
+                    format!(
+                        "the daemon's fence for driver(s) {list} FAILED ({why}): the service may still run here beside a new master; stop it by hand"
+                    ),
+                ),
+                ActionResult::TimedOut => (
+                    EventKind::FenceFailed,
+                    format!(
+                        "the daemon's fence for driver(s) {list} TIMED OUT: the service may still run here beside a new master; stop it by hand"
+                    ),
+                ),
+            }
         }
         ClusterEvent::Health {
             change,
@@ -283,6 +324,22 @@ fn cluster_fields(
         }
         ClusterEvent::Health { detail, .. } => {
             fields.insert("detail", detail.clone());
+        }
+        ClusterEvent::Fenced {
+            drivers, result, ..
+        } => {
+            let list = drivers
+                .iter()
+                .map(NodeId::as_str)
+                .collect::<Vec<_>>()
+                .join(",");
+            fields.insert("driver", list);
+            let detail = match result {
+                ActionResult::Ok => "ok".to_owned(),
+                ActionResult::Failed(why) => format!("failed: {why}"),
+                ActionResult::TimedOut => "timed out".to_owned(),
+            };
+            fields.insert("detail", detail);
         }
         ClusterEvent::PeerDown { .. } | ClusterEvent::PeerUp { .. } => {}
     }
