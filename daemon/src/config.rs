@@ -227,9 +227,11 @@ struct RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFence {
-    command: String,
+    command: Option<String>,
     #[serde(default = "default_fence_timeout")]
     timeout_ms: u64,
+    watchdog: Option<PathBuf>,
+    watchdog_timeout_ms: Option<u64>,
 }
 fn default_fence_timeout() -> u64 {
     150
@@ -577,8 +579,10 @@ pub struct Settings {
     pub checks: Vec<CheckConfig>,
     /// `[health]` (its `alone` and `min_master_ms` are in [`Settings::core`]).
     pub health: HealthSettings,
-    /// `[fence]`, if configured.
+    /// `[fence]` command, if configured.
     pub fence: Option<FenceSettings>,
+    /// `[fence] watchdog`, if configured.
+    pub watchdog: Option<crate::watchdog::WatchdogSettings>,
     /// The transport's limits and timers. Not in the config file (the defaults suit a LAN
     /// cluster); tests shrink them, e.g. the unauthenticated-connection pool.
     pub transport_limits: clustd_transport::Limits,
@@ -928,10 +932,68 @@ impl Settings {
                 ),
             ));
         }
+        let watchdog = match &raw.fence {
+            Some(RawFence {
+                watchdog: Some(device),
+                watchdog_timeout_ms,
+                ..
+            }) => {
+                let Some(ms) = *watchdog_timeout_ms else {
+                    return Err(err(
+                        "fence.watchdog_timeout_ms",
+                        "required with fence.watchdog: the device's own timeout (set it on the device, e.g. `modprobe softdog soft_margin=2` for 2000)".into(),
+                    ));
+                };
+                // Fed only while `now + timeout <= lease end + stop budget`; right after a
+                // renewal the lease left is about `lease - heartbeat`.
+                let room = core.lease + core.stop_budget;
+                let need = Duration::from_millis(ms) + core.heartbeat_interval;
+                if ms == 0 || need > room {
+                    return Err(err(
+                        "fence.watchdog_timeout_ms",
+                        format!(
+                            "{ms} ms fires too late for the lease inequality: a watchdog must reset this machine by lease end + stop budget ({} + {} ms), before a new master may start, so it can be fed only while that much lease is left, and with a heartbeat of {} ms it never would be. Lower fence.watchdog_timeout_ms to at most {} or lengthen election.election_timeout_ms (a longer lease)",
+                            core.lease.as_millis(),
+                            core.stop_budget.as_millis(),
+                            core.heartbeat_interval.as_millis(),
+                            room.saturating_sub(core.heartbeat_interval).as_millis()
+                        ),
+                    ));
+                }
+                Some(crate::watchdog::WatchdogSettings {
+                    device: base.join(device),
+                    timeout: Duration::from_millis(ms),
+                })
+            }
+            Some(RawFence {
+                watchdog: None,
+                watchdog_timeout_ms: Some(_),
+                ..
+            }) => {
+                return Err(err(
+                    "fence.watchdog_timeout_ms",
+                    "set without fence.watchdog: name the device too (e.g. \"/dev/watchdog\")"
+                        .into(),
+                ));
+            }
+            _ => None,
+        };
         let fence = match &raw.fence {
             None => None,
+            Some(RawFence {
+                command: None,
+                watchdog: Some(_),
+                ..
+            }) => None,
+            Some(RawFence { command: None, .. }) => {
+                return Err(err(
+                    "fence.command",
+                    "required (or fence.watchdog): give the command that kills the service for sure, e.g. \"systemctl kill --signal=SIGKILL myapp.service\"".into(),
+                ));
+            }
             Some(f) => {
-                if f.command.trim().is_empty() {
+                let command = f.command.clone().unwrap_or_default();
+                if command.trim().is_empty() {
                     return Err(err(
                         "fence.command",
                         "empty: give the command that kills the service for sure, e.g. \"systemctl kill --signal=SIGKILL myapp.service\"".into(),
@@ -950,7 +1012,7 @@ impl Settings {
                     ));
                 }
                 Some(FenceSettings {
-                    command: f.command.clone(),
+                    command,
                     timeout: Duration::from_millis(f.timeout_ms),
                 })
             }
@@ -980,6 +1042,7 @@ impl Settings {
                 checks,
                 health,
                 fence,
+                watchdog,
                 transport_limits: clustd_transport::Limits::default(),
             },
             warnings,

@@ -18,6 +18,7 @@ pub mod rejections;
 pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod watchdog;
 
 pub use clock::{Clock, TokioClock};
 pub use config::{ConfigError, Settings};

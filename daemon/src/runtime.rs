@@ -42,6 +42,7 @@ use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
 use crate::rejections::{FailureReason, Rejections, Report};
 use crate::status::{DriverStatus, FenceStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
+use crate::watchdog::{self, Watchdog};
 
 /// At most one WARN per peer this often about its rejected messages (the rest are counted
 /// in `clustd_rejected_messages_total` and summed into the next WARN).
@@ -523,6 +524,8 @@ struct Runtime<C: Clock, S: StateStore> {
     last_fence: Option<FenceStatus>,
     /// Fence runs since start.
     fences: u64,
+    /// `[fence] watchdog`, if configured.
+    watchdog: Option<Watchdog>,
 }
 
 fn log_rejections(report: &Report) {
@@ -622,7 +625,9 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         fence_tx,
         last_fence: None,
         fences: 0,
+        watchdog: None,
     };
+    rt.watchdog = rt.settings.watchdog.clone().map(Watchdog::new);
     rt.sync_eligibility();
     rt.init_status();
     tokio::pin!(shutdown);
@@ -696,6 +701,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         rt.check_driver_liveness();
         // Before anything is forgotten: a driver whose lease ended unconfirmed is fenced.
         rt.fence_if_due();
+        rt.tend_watchdog();
         // Drivers whose lease plus stop budget ran out no longer hold up a hand-over.
         rt.forget_settled_drivers();
         rt.confirm_stop_if_done();
@@ -708,6 +714,10 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 break;
             }
         }
+    }
+    let stopped = rt.service_stopped(rt.clock.now());
+    if let Some(w) = &mut rt.watchdog {
+        w.close(stopped);
     }
     tracing::info!(term = rt.node.term().0, "clustd node stopped");
     rt.endpoint.shutdown().await;
@@ -1239,6 +1249,53 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             );
             tracing::error!(driver = %id, "{detail}: this node is unhealthy until it is heard again");
             self.on_driver_health(&id, RESPONDING_CHECK, false, &detail, 1, 1);
+        }
+    }
+
+    /// Whether the service surely does not run here: not master, and every driver told
+    /// "master" confirmed its stop, or a successful fence covered its lease.
+    fn service_stopped(&self, now: Instant) -> bool {
+        if self.node.is_master() || self.fence_running {
+            return false;
+        }
+        if self.table.forgotten_may_run_until.is_some_and(|u| now < u) {
+            return false;
+        }
+        let fence_ok = self.last_fence.as_ref().is_some_and(|f| f.result == "ok");
+        self.table
+            .drivers
+            .values()
+            .filter(|d| d.may_run_at(now, self.settle))
+            .all(|d| {
+                fence_ok
+                    && d.unconfirmed_until()
+                        .is_some_and(|end| self.fenced_through.is_some_and(|t| end <= t))
+            })
+    }
+
+    /// Feeds the watchdog while master with enough lease left and every driver responsive;
+    /// disarms it once the service stopped here.
+    fn tend_watchdog(&mut self) {
+        let now = self.clock.now();
+        let Some(timeout) = self.watchdog.as_ref().map(Watchdog::timeout) else {
+            return;
+        };
+        let responsive = !self
+            .table
+            .drivers
+            .values()
+            .any(|d| d.connected && d.unresponsive);
+        let feed = self.node.is_master()
+            && responsive
+            && watchdog::may_feed(
+                now,
+                self.node.lease_until(),
+                timeout,
+                self.settings.core.stop_budget,
+            );
+        let stopped = !feed && self.service_stopped(now);
+        if let Some(w) = &mut self.watchdog {
+            w.update(now, feed, stopped);
         }
     }
 
@@ -1969,6 +2026,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         status.state_write_failures = m.state_write_failures.get();
         status.last_fence = self.last_fence.clone();
         status.fences = self.fences;
+        status.watchdog_armed = self.watchdog.as_ref().is_some_and(Watchdog::armed);
         status.drivers_refused = m.drivers_refused.get();
         status.elections_started = m.elections_started.get();
         status.elections_won = m.elections_won.get();

@@ -84,6 +84,9 @@ pub struct Status {
     /// `[fence]` runs since start.
     #[serde(default)]
     pub fences: u64,
+    /// The `[fence] watchdog` device is open (armed): fed while master.
+    #[serde(default)]
+    pub watchdog_armed: bool,
     /// Recent role changes, oldest first.
     pub history: VecDeque<RoleChange>,
     /// Elections this node started.

@@ -750,3 +750,40 @@ fn a_fence_parses_and_must_fit_inside_the_stop_budget() {
     let e = parse(&with_checks("[fence]\ncommand = \"x\"\ntimeout = 5")).expect_err("unknown key");
     assert!(e.contains("timeout"), "{e}");
 }
+
+#[test]
+fn a_watchdog_timeout_that_fires_too_late_for_the_lease_is_refused() {
+    // Default timings: lease 714 ms + stop budget 200 ms; a 1000 ms watchdog cannot be fed safely.
+    let e = parse(&with_checks(
+        "[fence]\nwatchdog = \"/dev/watchdog\"\nwatchdog_timeout_ms = 1000",
+    ))
+    .expect_err("too late");
+    assert!(e.contains("fence.watchdog_timeout_ms"), "{e}");
+    assert!(e.contains("fires too late for the lease inequality"), "{e}");
+    assert!(e.contains("at most 814"), "{e}");
+    assert!(e.contains("election.election_timeout_ms"), "{e}");
+    // A longer election timeout makes room: lease 2524 ms.
+    let text = config(
+        good_node(),
+        &good_cluster(),
+        "election_timeout_ms = [3000, 6000]",
+    ) + "\n[fence]\nwatchdog = \"/dev/watchdog\"\nwatchdog_timeout_ms = 2000\n";
+    let s = parse(&text).expect("fits");
+    let w = s.watchdog.expect("watchdog");
+    assert_eq!(w.device, Path::new("/dev/watchdog"));
+    assert_eq!(w.timeout.as_millis(), 2000);
+    assert!(s.fence.is_none(), "a watchdog alone needs no command");
+    // The timeout is required, and not without a device.
+    let e = parse(&with_checks("[fence]\nwatchdog = \"/dev/watchdog\"")).expect_err("no timeout");
+    assert!(
+        e.contains("fence.watchdog_timeout_ms") && e.contains("required"),
+        "{e}"
+    );
+    let e = parse(&with_checks(
+        "[fence]\ncommand = \"x\"\nwatchdog_timeout_ms = 500",
+    ))
+    .expect_err("no device");
+    assert!(e.contains("fence.watchdog_timeout_ms"), "{e}");
+    let e = parse(&with_checks("[fence]\ntimeout_ms = 100")).expect_err("neither");
+    assert!(e.contains("fence.command") && e.contains("required"), "{e}");
+}

@@ -244,11 +244,13 @@ impl ProcCluster {
     /// Sends `signal` (e.g. `SIGSTOP`, `SIGCONT`) to node `i`'s driver process.
     pub(crate) fn signal_driver(&self, i: usize, signal: &str) {
         let pid = self.nodes[i]._driver.id().expect("driver running");
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {pid}");
+        signal_pid(pid, signal);
+    }
+
+    /// Sends `signal` to node `i`'s daemon process.
+    pub(crate) fn signal_daemon(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i]._daemon.id().expect("daemon running");
+        signal_pid(pid, signal);
     }
 
     /// Index of the node with this id.
@@ -326,4 +328,12 @@ impl ProcCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+fn signal_pid(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
 }
