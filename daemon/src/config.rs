@@ -944,19 +944,22 @@ impl Settings {
                         "required with fence.watchdog: the device's own timeout (set it on the device, e.g. `modprobe softdog soft_margin=2` for 2000)".into(),
                     ));
                 };
-                // Fed only while `now + timeout <= lease end + stop budget`; right after a
-                // renewal the lease left is about `lease - heartbeat`.
+                // Fed only while `now + timeout <= lease end + stop budget`. The lease runs
+                // from a heartbeat's send time, so what is left at its acknowledgement is
+                // the lease minus the round trip: leave a quarter of the lease (at least two
+                // heartbeats) for round trips and the feeding cadence.
                 let room = core.lease + core.stop_budget;
-                let need = Duration::from_millis(ms) + core.heartbeat_interval;
+                let slack = (core.heartbeat_interval * 2).max(core.lease / 4);
+                let need = Duration::from_millis(ms) + slack;
                 if ms == 0 || need > room {
                     return Err(err(
                         "fence.watchdog_timeout_ms",
                         format!(
-                            "{ms} ms fires too late for the lease inequality: a watchdog must reset this machine by lease end + stop budget ({} + {} ms), before a new master may start, so it can be fed only while that much lease is left, and with a heartbeat of {} ms it never would be. Lower fence.watchdog_timeout_ms to at most {} or lengthen election.election_timeout_ms (a longer lease)",
+                            "{ms} ms fires too late for the lease inequality: a watchdog must reset this machine by lease end + stop budget ({} + {} ms), before a new master may start, so it is fed only while that much is left, and {} ms of that is kept for round trips. Lower fence.watchdog_timeout_ms to at most {} or lengthen election.election_timeout_ms (a longer lease)",
                             core.lease.as_millis(),
                             core.stop_budget.as_millis(),
-                            core.heartbeat_interval.as_millis(),
-                            room.saturating_sub(core.heartbeat_interval).as_millis()
+                            slack.as_millis(),
+                            room.saturating_sub(slack).as_millis()
                         ),
                     ));
                 }

@@ -24,8 +24,8 @@ use crate::config::FenceSettings;
 /// One finished fence run.
 #[derive(Debug)]
 pub(crate) struct FenceDone {
-    /// The drivers it was run for.
-    pub(crate) drivers: Vec<NodeId>,
+    /// The drivers it was run for, each with the unconfirmed lease end it covers.
+    pub(crate) drivers: Vec<(NodeId, Instant)>,
     /// When it started (node's clock).
     pub(crate) started: Instant,
     /// `Ok`, or why not.
@@ -49,7 +49,7 @@ pub(crate) fn spawn(
     fence: &FenceSettings,
     node: &NodeId,
     term: u64,
-    drivers: Vec<NodeId>,
+    drivers: Vec<(NodeId, Instant)>,
     started: Instant,
     done: mpsc::Sender<FenceDone>,
 ) {
@@ -61,7 +61,7 @@ pub(crate) fn spawn(
     let command = fence.command.clone();
     let list = drivers
         .iter()
-        .map(NodeId::as_str)
+        .map(|(id, _)| id.as_str())
         .collect::<Vec<_>>()
         .join(",");
     let vars = vec![

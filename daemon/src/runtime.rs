@@ -377,6 +377,8 @@ struct DriverState {
     last_heard: Option<Instant>,
     /// Silent past `health.driver_timeout_ms` (and told so): its check `responding` fails.
     unresponsive: bool,
+    /// A successful `[fence]` covered its unconfirmed leases up to this end.
+    fenced_ok_until: Option<Instant>,
 }
 
 impl DriverState {
@@ -389,12 +391,14 @@ impl DriverState {
             || self.held_until.is_some_and(|until| now < until + settle)
     }
     /// The latest lease end this driver (or an earlier connection of its id) was given
-    /// and never confirmed a stop for: what a `[fence]` covers.
-    fn unconfirmed_until(&self) -> Option<Instant> {
+    /// and never confirmed a stop for, while it may still run (`now` before that end plus
+    /// `settle`): what a `[fence]` covers. A spent `held_until` is no reason to fence.
+    fn unconfirmed_until(&self, now: Instant, settle: Duration) -> Option<Instant> {
         self.may_run
             .then_some(self.lease_until)
             .into_iter()
             .chain(self.held_until)
+            .filter(|end| now < *end + settle)
             .max()
     }
 }
@@ -698,7 +702,12 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 rt.apply_health(transition);
             }
         }
-        rt.check_driver_liveness();
+        // Judged only with the transport's queue drained: after a stall of this loop (a
+        // slow write, SIGSTOP of the daemon) the drivers' keepalives wait unread there, and
+        // the select takes events before timers.
+        if events.is_empty() {
+            rt.check_driver_liveness();
+        }
         // Before anything is forgotten: a driver whose lease ended unconfirmed is fenced.
         rt.fence_if_due();
         rt.tend_watchdog();
@@ -1182,7 +1191,6 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.node.confirm_demoted(now);
     }
 
-    /// Forgets disconnected drivers that can no longer run (see [`DriverTable::forget_settled`]).
     /// A frame from connected driver `from`: it runs. If it had been silent past the
     /// timeout, its `responding` check passes again.
     fn driver_heard(&mut self, from: &NodeId, now: Instant) {
@@ -1261,15 +1269,14 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         if self.table.forgotten_may_run_until.is_some_and(|u| now < u) {
             return false;
         }
-        let fence_ok = self.last_fence.as_ref().is_some_and(|f| f.result == "ok");
+        let settle = self.settle;
         self.table
             .drivers
             .values()
-            .filter(|d| d.may_run_at(now, self.settle))
+            .filter(|d| d.may_run_at(now, settle))
             .all(|d| {
-                fence_ok
-                    && d.unconfirmed_until()
-                        .is_some_and(|end| self.fenced_through.is_some_and(|t| end <= t))
+                d.unconfirmed_until(now, settle)
+                    .is_some_and(|end| d.fenced_ok_until.is_some_and(|t| end <= t))
             })
     }
 
@@ -1285,15 +1292,23 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             .drivers
             .values()
             .any(|d| d.connected && d.unresponsive);
-        let feed = self.node.is_master()
+        // Fed while the service may run here under a lease: as master, and after a demotion
+        // until its stop is confirmed, but never so late that, unfed, it would fire after
+        // the latest lease given out plus the stop budget.
+        let stopped = self.service_stopped(now);
+        let lease = if self.node.is_master() {
+            self.node.lease_until()
+        } else {
+            self.table
+                .drivers
+                .values()
+                .filter(|d| d.may_run_at(now, self.settle))
+                .map(|d| d.lease_until)
+                .max()
+        };
+        let feed = !stopped
             && responsive
-            && watchdog::may_feed(
-                now,
-                self.node.lease_until(),
-                timeout,
-                self.settings.core.stop_budget,
-            );
-        let stopped = !feed && self.service_stopped(now);
+            && watchdog::may_feed(now, lease, timeout, self.settings.core.stop_budget);
         if let Some(w) = &mut self.watchdog {
             w.update(now, feed, stopped);
         }
@@ -1303,13 +1318,16 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
     /// yet, plus the stop budget, minus the fence's timeout.
     fn fence_due(&self) -> Option<Instant> {
         let fence = self.settings.fence.as_ref()?;
-        if self.fence_running {
+        // A master may run the service (a driver that left while master included): the
+        // fence is for a node that must no longer run it.
+        if self.fence_running || self.node.is_master() {
             return None;
         }
+        let (now, settle) = (self.clock.now(), self.settle);
         self.table
             .drivers
             .values()
-            .filter_map(DriverState::unconfirmed_until)
+            .filter_map(|d| d.unconfirmed_until(now, settle))
             .filter(|end| self.fenced_through.is_none_or(|t| *end > t))
             .min()
             .map(|end| fence::start_at(end, self.settings.core.stop_budget, fence))
@@ -1329,11 +1347,11 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         let mut drivers = Vec::new();
         let mut through = self.fenced_through;
         for (id, d) in &self.table.drivers {
-            if let Some(end) = d.unconfirmed_until()
+            if let Some(end) = d.unconfirmed_until(now, self.settle)
                 && self.fenced_through.is_none_or(|t| end > t)
                 && fence::start_at(end, budget, &fence) <= now
             {
-                drivers.push(id.clone());
+                drivers.push((id.clone(), end));
                 through = Some(through.map_or(end, |t| t.max(end)));
             }
         }
@@ -1341,7 +1359,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.fence_running = true;
         let names = drivers
             .iter()
-            .map(NodeId::as_str)
+            .map(|(id, _)| id.as_str())
             .collect::<Vec<_>>()
             .join(", ");
         tracing::error!(
@@ -1376,7 +1394,14 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 result: label.into(),
             })
             .inc();
-        let names: Vec<String> = done.drivers.iter().map(|d| d.to_string()).collect();
+        if done.result == ActionResult::Ok {
+            for (id, end) in &done.drivers {
+                if let Some(d) = self.table.drivers.get_mut(id) {
+                    d.fenced_ok_until = Some(d.fenced_ok_until.map_or(*end, |t| t.max(*end)));
+                }
+            }
+        }
+        let names: Vec<String> = done.drivers.iter().map(|(d, _)| d.to_string()).collect();
         let elapsed_ms = done.elapsed.as_millis() as u64;
         if done.result == ActionResult::Ok {
             tracing::error!(
@@ -1397,7 +1422,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             );
         }
         let msg = ToDriver::Fenced {
-            drivers: done.drivers.clone(),
+            drivers: done.drivers.iter().map(|(id, _)| id.clone()).collect(),
             term: self.node.term(),
             result: done.result.clone(),
         };
@@ -1414,6 +1439,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         });
     }
 
+    /// Forgets disconnected drivers that can no longer run (see [`DriverTable::forget_settled`]).
     fn forget_settled_drivers(&mut self) {
         let now = self.clock.now();
         if self.table.forget_settled(now, self.settle) {

@@ -760,7 +760,7 @@ fn a_watchdog_timeout_that_fires_too_late_for_the_lease_is_refused() {
     .expect_err("too late");
     assert!(e.contains("fence.watchdog_timeout_ms"), "{e}");
     assert!(e.contains("fires too late for the lease inequality"), "{e}");
-    assert!(e.contains("at most 814"), "{e}");
+    assert!(e.contains("at most 714"), "{e}");
     assert!(e.contains("election.election_timeout_ms"), "{e}");
     // A longer election timeout makes room: lease 2524 ms.
     let text = config(

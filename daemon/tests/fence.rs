@@ -27,6 +27,7 @@ both_transports!(
     a_frozen_driver_on_a_cut_off_master_is_fenced_before_the_new_master_starts,
     a_failed_fence_is_reported_and_two_services_may_run,
     a_frozen_driver_makes_its_master_hand_over_after_the_fence,
+    a_driver_that_leaves_a_master_is_fenced_only_once_the_node_is_no_longer_master,
 );
 
 /// `(node, action, unix ns)` per line of the shared script log, in time order.
@@ -258,4 +259,65 @@ async fn a_frozen_driver_makes_its_master_hand_over_after_the_fence(kind: Transp
             cluster.eligible(o).await.then_some(())
         })
         .await;
+}
+
+/// A driver killed on a master: its lease ends unconfirmed, but while the node is master it
+/// may run the service, so nothing is fenced then. (Over WebSocket the daemon sees the
+/// connection close and the node stays master; over QUIC the dead driver is first silent,
+/// "not responding", so the node hands over, and only then may the fence run.)
+async fn a_driver_that_leaves_a_master_is_fenced_only_once_the_node_is_no_longer_master(
+    kind: TransportKind,
+) {
+    let dir = tempfile::Builder::new()
+        .prefix("clustd-fence-")
+        .tempdir()
+        .expect("tempdir");
+    let log = dir.path().join("scripts.log");
+    let cluster = ProcCluster::start_cuttable(dir, kind, ELECTION, &specs(&log, true))
+        .await
+        .expect("processes start");
+    let master = cluster
+        .wait_for("a master runs start", WAIT, || async {
+            match &cluster.masters().await[..] {
+                [one] if first(&log, one, "start").is_some() => Some(one.clone()),
+                _ => None,
+            }
+        })
+        .await;
+    let m = cluster.index(&master);
+    cluster.signal_driver(m, "KILL");
+    cluster
+        .wait_for("the master sees its driver gone", WAIT, || async {
+            let s = cluster.status(m).await?;
+            (s["drivers_connected"] == 0).then_some(())
+        })
+        .await;
+    // Past the driver's lease end plus the stop budget (lease 714 ms, budget 200 ms).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let status = cluster.status(m).await.expect("status");
+    let demoted_at = status["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["role"] == "backup")
+        .filter_map(|h| h["at_unix_ms"].as_u64())
+        .max();
+    match (status["role"].as_str(), demoted_at) {
+        (Some("master"), _) => {
+            assert_eq!(
+                status["fences"], 0,
+                "nothing to fence on a master: {status}"
+            );
+            assert_eq!(first(&log, &master, "fence"), None);
+        }
+        (_, Some(demoted)) => {
+            if let Some(at) = status["last_fence"]["at_unix_ms"].as_u64() {
+                assert!(
+                    at >= demoted,
+                    "fenced at {at}, while master (demoted at {demoted}): {status}"
+                );
+            }
+        }
+        _ => panic!("backup without a demotion in its history: {status}"),
+    }
 }
