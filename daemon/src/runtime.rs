@@ -403,6 +403,16 @@ impl DriverState {
     }
 }
 
+/// A driver's or the fence's result as a metric label (`ok`, `failed`, `timed_out`) and as
+/// text for logs and status (`ok`, `failed: ...` cut to length, `timed-out`).
+fn describe_result(result: &ActionResult) -> (&'static str, String) {
+    match result {
+        ActionResult::Ok => ("ok", "ok".to_string()),
+        ActionResult::Failed(why) => ("failed", truncate_reason(&format!("failed: {why}"))),
+        ActionResult::TimedOut => ("timed_out", "timed-out".to_string()),
+    }
+}
+
 /// The check an unresponsive driver fails (`<driver>/responding`).
 const RESPONDING_CHECK: &str = "responding";
 
@@ -989,11 +999,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             ActionResult::Failed(why) => ActionResult::Failed(truncate_reason(&why)),
             other => other,
         };
-        let label = match &result {
-            ActionResult::Ok => "ok",
-            ActionResult::Failed(_) => "failed",
-            ActionResult::TimedOut => "timed_out",
-        };
+        let (label, text) = describe_result(&result);
         self.shared
             .metrics
             .driver_results
@@ -1001,11 +1007,6 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 result: label.into(),
             })
             .inc();
-        let text = match &result {
-            ActionResult::Ok => "ok".to_string(),
-            ActionResult::Failed(why) => truncate_reason(&format!("failed: {why}")),
-            ActionResult::TimedOut => "timed-out".to_string(),
-        };
         tracing::info!(driver = %from, seq, role = role.as_str(), result = %text, "driver acknowledged");
         let now = self.clock.now();
         let settle = self.settle;
@@ -1382,11 +1383,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         self.fence_running = false;
         self.fences += 1;
         let now = self.clock.now();
-        let (label, text) = match &done.result {
-            ActionResult::Ok => ("ok", "ok".to_string()),
-            ActionResult::Failed(why) => ("failed", truncate_reason(&format!("failed: {why}"))),
-            ActionResult::TimedOut => ("timed_out", "timed-out".to_string()),
-        };
+        let (label, text) = describe_result(&done.result);
         self.shared
             .metrics
             .fences

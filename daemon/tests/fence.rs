@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clustd_transport::TransportKind;
-use common::procs::{NodeSpec, ProcCluster};
+use common::procs::{NodeSpec, ProcCluster, script_lines};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
@@ -29,23 +29,6 @@ both_transports!(
     a_frozen_driver_makes_its_master_hand_over_after_the_fence,
     a_driver_that_leaves_a_master_is_fenced_only_once_the_node_is_no_longer_master,
 );
-
-/// `(node, action, unix ns)` per line of the shared script log, in time order.
-fn script_lines(log: &Path) -> Vec<(String, String, u128)> {
-    let mut lines: Vec<(String, String, u128)> = std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            let node = parts.next()?.to_owned();
-            let action = parts.next()?.to_owned();
-            let at = parts.next()?.parse().ok()?;
-            Some((node, action, at))
-        })
-        .collect();
-    lines.sort_by_key(|(_, _, at)| *at);
-    lines
-}
 
 /// Every `start` while another node's service runs (started, not stopped or fenced since):
 /// `(starting node, running node, at)`. A failed fence (`fence-failed`) ends nothing.

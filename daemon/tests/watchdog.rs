@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clustd_transport::TransportKind;
-use common::procs::{NodeSpec, ProcCluster};
+use common::procs::{NodeSpec, ProcCluster, script_lines};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// ET_min 3000 ms gives a lease of 2524 ms: a 2000 ms watchdog can be fed (2000 + 100 ≤ 2524 + 200).
@@ -75,18 +75,9 @@ fn disarmed(seen: &Seen) -> bool {
 }
 
 fn first_start(log: &Path, node: &str, after: u128) -> Option<u128> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut p = l.split_whitespace();
-            Some((
-                p.next()?.to_owned(),
-                p.next()?.to_owned(),
-                p.next()?.parse().ok()?,
-            ))
-        })
-        .find(|(n, a, at): &(String, String, u128)| n == node && a == "start" && *at > after)
+    script_lines(log)
+        .into_iter()
+        .find(|(n, a, at)| n == node && a == "start" && *at > after)
         .map(|(_, _, at)| at)
 }
 

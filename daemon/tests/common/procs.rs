@@ -337,3 +337,21 @@ fn signal_pid(pid: u32, signal: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// `(node, action, unix ns)` per line of a script log shared by the nodes (each script
+/// appends `<node> <action> $(date +%s%N)`), in time order.
+pub(crate) fn script_lines(log: &Path) -> Vec<(String, String, u128)> {
+    let mut lines: Vec<(String, String, u128)> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let node = parts.next()?.to_owned();
+            let action = parts.next()?.to_owned();
+            let at = parts.next()?.parse().ok()?;
+            Some((node, action, at))
+        })
+        .collect();
+    lines.sort_by_key(|(_, _, at)| *at);
+    lines
+}
