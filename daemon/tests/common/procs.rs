@@ -331,11 +331,10 @@ impl ProcCluster {
 }
 
 fn signal_pid(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{signal} {pid}");
+    // nix, not the `kill` binary: a fresh machine need not have procps.
+    let signal: nix::sys::signal::Signal = format!("SIG{signal}").parse().expect("a signal name");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
 }
 
 /// `(node, action, unix ns)` per line of a script log shared by the nodes (each script
