@@ -8,7 +8,12 @@
 //! - it **ends** when every driver that was told "master" has ended, each at the earliest of
 //!   - its `Ok` acknowledgement of "backup" (the stop completed: [`ServiceChecker::stop_confirmed`]),
 //!   - the end of the last lease it holds ([`ServiceChecker::lease`]) **plus the stop budget**
-//!     (the time a stop may take once the driver decides to stop).
+//!     (the time a stop may take once the driver decides to stop) — unless the driver is
+//!     frozen ([`ServiceChecker::frozen`]: SIGSTOPped, wedged), when a lease ends nothing
+//!     until the driver thaws ([`ServiceChecker::thawed`]: it acts on its lease from then on),
+//!   - a successful fence run by its daemon for it ([`ServiceChecker::fenced`]: the daemon's
+//!     `[fence]` killed the service), at the fence's completion,
+//!   - a reset of its machine (a watchdog firing: [`ServiceChecker::machine_reset`]).
 //!
 //! A "backup" notice shortens nothing (it can be lost or late), a failed or timed-out stop
 //! ends nothing ([`ServiceChecker::stop_failed`] only records it), and a crashed daemon's
@@ -45,6 +50,15 @@ pub enum EndReason {
     StopConfirmed(Duration),
     /// The driver's lease ends at this time; the interval ends a stop budget later.
     LeaseEnd(Duration),
+    /// The daemon's fence for the driver succeeded at this time.
+    Fenced(Duration),
+    /// The machine was reset (a watchdog fired) at this time.
+    MachineReset(Duration),
+    /// The driver is frozen since this time and nothing stopped it yet: no end in sight.
+    Frozen(Duration),
+    /// The driver thawed at this time, after its lease had ended: it stops from then on,
+    /// within the stop budget.
+    Thawed(Duration),
 }
 
 impl fmt::Display for EndReason {
@@ -52,27 +66,65 @@ impl fmt::Display for EndReason {
         match self {
             Self::StopConfirmed(at) => write!(f, "stop confirmed at {at:?}"),
             Self::LeaseEnd(at) => write!(f, "lease end {at:?} + stop budget"),
+            Self::Fenced(at) => write!(f, "fenced at {at:?}"),
+            Self::MachineReset(at) => write!(f, "machine reset at {at:?}"),
+            Self::Frozen(at) => write!(f, "frozen since {at:?}, neither fenced nor reset"),
+            Self::Thawed(at) => write!(f, "thawed at {at:?} after its lease end, + stop budget"),
         }
     }
+}
+
+/// How a driver's service was surely stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Its `Ok` to "backup".
+    Confirmed,
+    /// Its daemon's successful fence.
+    Fenced,
+    /// Its machine's reset.
+    Reset,
 }
 
 /// One driver's view while its node's interval is open.
 #[derive(Clone, Debug)]
 struct DriverRun {
     lease_end: Duration,
-    stopped: Option<Duration>,
+    stopped: Option<(Duration, Stop)>,
     failed_stops: u32,
+    /// Frozen since (the driver cannot act on its lease).
+    frozen: Option<Duration>,
+    /// The latest thaw: a driver thawed after its lease end stops from then on.
+    thawed: Option<Duration>,
 }
 
 impl DriverRun {
-    fn end(&self, stop_budget: Duration) -> (Duration, EndReason) {
-        match self.stopped {
-            // A stop confirmed after lease plus budget changes nothing: it had stopped by then.
-            Some(at) if at < self.lease_end + stop_budget => (at, EndReason::StopConfirmed(at)),
+    /// Where the driver's own handling of its lease ends the service, ignoring any stop.
+    fn lease_based_end(&self, stop_budget: Duration) -> (Duration, EndReason) {
+        if let Some(since) = self.frozen {
+            return (Duration::MAX, EndReason::Frozen(since));
+        }
+        match self.thawed {
+            Some(at) if at > self.lease_end => (at + stop_budget, EndReason::Thawed(at)),
             _ => (
                 self.lease_end + stop_budget,
                 EndReason::LeaseEnd(self.lease_end),
             ),
+        }
+    }
+
+    fn end(&self, stop_budget: Duration) -> (Duration, EndReason) {
+        let (lease_based, why) = self.lease_based_end(stop_budget);
+        match self.stopped {
+            // A stop after the lease-based end changes nothing: it had stopped by then.
+            Some((at, how)) if at < lease_based => (
+                at,
+                match how {
+                    Stop::Confirmed => EndReason::StopConfirmed(at),
+                    Stop::Fenced => EndReason::Fenced(at),
+                    Stop::Reset => EndReason::MachineReset(at),
+                },
+            ),
+            _ => (lease_based, why),
         }
     }
 }
@@ -114,8 +166,13 @@ impl Open {
         } else {
             String::new()
         };
+        let end = if end == Duration::MAX {
+            "(no end)".to_string()
+        } else {
+            format!("{end:?}")
+        };
         format!(
-            "{node} (term {}) {:?}..{end:?}{why}{crashed}{failed}",
+            "{node} (term {}) {:?}..{end}{why}{crashed}{failed}",
             self.term, self.start
         )
     }
@@ -167,6 +224,23 @@ pub enum ServiceInput {
     },
     /// See [`ServiceChecker::crashed`].
     Crashed,
+    /// See [`ServiceChecker::fenced`].
+    Fenced {
+        /// The driver whose service the fence killed.
+        driver: NodeId,
+    },
+    /// See [`ServiceChecker::frozen`].
+    Frozen {
+        /// The driver that froze.
+        driver: NodeId,
+    },
+    /// See [`ServiceChecker::thawed`].
+    Thawed {
+        /// The driver that thawed.
+        driver: NodeId,
+    },
+    /// See [`ServiceChecker::machine_reset`].
+    MachineReset,
 }
 
 /// Watches service intervals; see the module docs. Read [`ServiceChecker::violations`].
@@ -229,10 +303,13 @@ impl ServiceChecker {
                 lease_end,
                 stopped: None,
                 failed_stops: 0,
+                frozen: None,
+                thawed: None,
             });
             // A new "master" notice restarts a driver that had stopped: its lease is the new one.
             if run.stopped.is_some() {
                 run.lease_end = lease_end;
+                run.thawed = None;
             } else {
                 run.lease_end = run.lease_end.max(lease_end);
             }
@@ -259,6 +336,10 @@ impl ServiceChecker {
             ServiceInput::StopConfirmed { driver } => self.stop_confirmed(at, node, driver),
             ServiceInput::StopFailed { driver } => self.stop_failed(at, node, driver),
             ServiceInput::Crashed => self.crashed(at, node),
+            ServiceInput::Fenced { driver } => self.fenced(at, node, driver),
+            ServiceInput::Frozen { driver } => self.frozen(at, node, driver),
+            ServiceInput::Thawed { driver } => self.thawed(at, node, driver),
+            ServiceInput::MachineReset => self.machine_reset(at, node),
         }
     }
 
@@ -297,10 +378,63 @@ impl ServiceChecker {
     /// `driver` of `node` acknowledged "backup" with `Ok` at `at`: it has stopped.
     pub fn stop_confirmed(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
         self.advance(at);
+        self.stop(at, node, driver, Stop::Confirmed);
+    }
+
+    /// `node`'s daemon ran its `[fence]` for `driver` and it succeeded, finishing at `at`:
+    /// the driver's service is dead from then on, frozen or not.
+    pub fn fenced(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
+        self.advance(at);
+        self.stop(at, node, driver, Stop::Fenced);
+    }
+
+    /// `node`'s machine was reset at `at` (its watchdog fired): every driver there, and the
+    /// service with them, is gone.
+    pub fn machine_reset(&mut self, at: Duration, node: &NodeId) {
+        self.advance(at);
+        let drivers: Vec<NodeId> = self
+            .open
+            .get(node)
+            .map(|open| open.drivers.keys().cloned().collect())
+            .unwrap_or_default();
+        for driver in &drivers {
+            self.stop(at, node, driver, Stop::Reset);
+        }
+        self.close_ended(node, at);
+    }
+
+    /// `driver` of `node` froze at `at` (SIGSTOP, a wedged process): from now on its lease
+    /// ends nothing, because it cannot act on it. A driver that had surely stopped by `at`
+    /// (its lease plus the stop budget behind it) stays stopped.
+    pub fn frozen(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
+        self.advance(at);
+        let Some(stop_budget) = self.open.get(node).map(|open| open.stop_budget) else {
+            return;
+        };
+        if let Some(run) = self.run_of(node, driver)
+            && run.frozen.is_none()
+            && run.end(stop_budget).0 > at
+        {
+            run.frozen = Some(at);
+        }
+    }
+
+    /// `driver` of `node` runs again from `at`: if its lease has ended, it stops now, within
+    /// the stop budget.
+    pub fn thawed(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
+        self.advance(at);
+        if let Some(run) = self.run_of(node, driver)
+            && run.frozen.take().is_some()
+        {
+            run.thawed = Some(at);
+        }
+    }
+
+    fn stop(&mut self, at: Duration, node: &NodeId, driver: &NodeId, how: Stop) {
         if let Some(run) = self.run_of(node, driver)
             && run.stopped.is_none()
         {
-            run.stopped = Some(at);
+            run.stopped = Some((at, how));
         }
         self.close_ended(node, at);
     }
@@ -483,6 +617,73 @@ mod tests {
         c.told_master(ms(2000), &a, &id("d"), Term(3), ms(2700), BUDGET);
         assert!(c.violations().is_empty());
         assert_eq!(c.intervals().len(), 2, "{:?}", c.intervals());
+    }
+
+    /// Node `a`'s driver `da` holds a lease to 700 ms and freezes at 500; when may `b` start?
+    #[test]
+    fn a_frozen_driver_ends_only_when_fenced_reset_or_thawed() {
+        // (what happens after the freeze, when b is told master, overlap?)
+        let cases: &[(&str, u64, bool)] = &[
+            // The lease ends nothing while the driver cannot act on it.
+            ("nothing", 950, true),
+            ("nothing", 100_000, true),
+            ("fenced at 880", 890, false),
+            ("fenced at 880", 870, true),
+            ("reset at 850", 860, false),
+            ("reset at 850", 840, true),
+            // Thawed after its lease end: it stops within the budget from then on.
+            ("thawed at 2000", 2150, true),
+            ("thawed at 2000", 2200, false),
+            // Thawed before its lease end: the lease rules again.
+            ("thawed at 600", 900, false),
+            ("thawed at 600", 850, true),
+            // A failed fence ends nothing.
+            ("fence failed", 100_000, true),
+        ];
+        for (what, b_at, overlap) in cases {
+            let mut c = ServiceChecker::new();
+            let (a, b, da, db) = (id("a"), id("b"), id("da"), id("db"));
+            c.told_master(ms(0), &a, &da, Term(1), ms(700), BUDGET);
+            c.frozen(ms(500), &a, &da);
+            match *what {
+                "fenced at 880" => c.fenced(ms(880), &a, &da),
+                "reset at 850" => c.machine_reset(ms(850), &a),
+                "thawed at 2000" => c.thawed(ms(2000), &a, &da),
+                "thawed at 600" => c.thawed(ms(600), &a, &da),
+                _ => {}
+            }
+            c.told_master(ms(*b_at), &b, &db, Term(2), ms(*b_at + 700), BUDGET);
+            assert_eq!(
+                !c.violations().is_empty(),
+                *overlap,
+                "{what}, b at {b_at}: {:?}",
+                c.violations()
+            );
+            if *what == "nothing" {
+                let text = &c.violations()[0].0;
+                assert!(text.contains("frozen since 500ms"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_freeze_after_the_service_surely_stopped_reopens_nothing() {
+        let mut c = ServiceChecker::new();
+        let (a, b, da, db) = (id("a"), id("b"), id("da"), id("db"));
+        c.told_master(ms(0), &a, &da, Term(1), ms(700), BUDGET);
+        // Past lease plus budget (900): the driver had stopped by then.
+        c.frozen(ms(950), &a, &da);
+        c.told_master(ms(960), &b, &db, Term(2), ms(1600), BUDGET);
+        // A confirmed stop before the freeze, too.
+        c.stop_confirmed(ms(1000), &b, &db);
+        c.frozen(ms(1010), &b, &db);
+        c.told_master(ms(1020), &a, &da, Term(3), ms(1700), BUDGET);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // A reset ends every driver of the machine, frozen or not.
+        c.told_master(ms(1030), &a, &id("da2"), Term(3), ms(1700), BUDGET);
+        c.frozen(ms(1040), &a, &da);
+        c.machine_reset(ms(1050), &a);
+        assert!(!c.may_run(&a, ms(1050)));
     }
 
     #[test]

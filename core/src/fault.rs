@@ -78,6 +78,13 @@ pub enum FaultKind {
     Disk,
     /// A node's service turns unhealthy or healthy again (its checks fail or pass).
     Health,
+    /// A node's driver stops running for a while (SIGSTOP, swapped out, wedged): it cannot
+    /// act on its lease, so only its daemon's fence, or the machine's watchdog, stops the
+    /// service in time.
+    DriverPause,
+    /// The link between a daemon and its driver delays delivery (a descheduled driver, a
+    /// busy queue): renewals arrive late.
+    DriverLink,
     /// A hostile insider (a peer with the cluster secret, compromised or buggy) sends
     /// messages no honest node would: for now, absurd terms ([`Fault::ForgedTerm`]).
     Insider,
@@ -85,7 +92,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::Crash,
         Self::Partition,
         Self::OneWayCut,
@@ -100,15 +107,17 @@ impl FaultKind {
         Self::Pause,
         Self::Disk,
         Self::Health,
+        Self::DriverPause,
+        Self::DriverLink,
         Self::Insider,
     ];
 
     /// Every kind but [`FaultKind::Insider`]: what a cluster of honest nodes suffers, in
     /// [`FaultKind::ALL`] order. For a backend that cannot (yet) play a hostile peer; its
     /// swarms ([`Swarm::draw_among`]) are the ones drawn before `Insider` existed.
-    pub const HONEST: [Self; 14] = {
+    pub const HONEST: [Self; 16] = {
         // `Insider` is the last of `ALL` (tested): the rest, derived rather than listed twice.
-        let mut honest = [Self::Crash; 14];
+        let mut honest = [Self::Crash; 16];
         let mut i = 0;
         while i < honest.len() {
             honest[i] = Self::ALL[i];
@@ -134,6 +143,8 @@ impl FaultKind {
             Self::Pause => "pause",
             Self::Disk => "disk",
             Self::Health => "health",
+            Self::DriverPause => "driver-pause",
+            Self::DriverLink => "driver-link",
             Self::Insider => "insider",
         }
     }
@@ -148,10 +159,16 @@ impl FaultKind {
             | Self::Drift
             | Self::DriftAtBound
             | Self::HealNearTimeout
-            | Self::Health => 2,
+            | Self::Health
+            | Self::DriverPause => 2,
             // An insider's forged message must change nothing: more of them would only
             // dilute the faults that do.
-            Self::Loss | Self::Delay | Self::Pause | Self::Disk | Self::Insider => 1,
+            Self::Loss
+            | Self::Delay
+            | Self::Pause
+            | Self::Disk
+            | Self::DriverLink
+            | Self::Insider => 1,
         }
     }
 }
@@ -214,6 +231,9 @@ pub enum Fault {
     DriverLinkDelay(usize, u64),
     /// A node's daemon stops running for this many ms while its clock goes on.
     Pause(usize, u64),
+    /// A node's driver stops running for this many ms (SIGSTOP): it neither stops the
+    /// service at its lease end nor answers its daemon, and the service runs on meanwhile.
+    DriverPause(usize, u64),
     /// A disk fault on a node.
     Disk(usize, DiskFault),
     /// A node's service turns healthy (`true`) or unhealthy: its health checks say so,
@@ -248,8 +268,10 @@ impl Fault {
             Self::DriftAtBound { .. } => FaultKind::DriftAtBound,
             Self::HealNearTimeout => FaultKind::HealNearTimeout,
             Self::StepDown(_) | Self::Maintenance(..) => FaultKind::HandOver,
-            Self::DriverStops(..) | Self::DriverLinkDelay(..) => FaultKind::SlowDriver,
+            Self::DriverStops(..) => FaultKind::SlowDriver,
+            Self::DriverLinkDelay(..) => FaultKind::DriverLink,
             Self::Pause(..) => FaultKind::Pause,
+            Self::DriverPause(..) => FaultKind::DriverPause,
             Self::Disk(..) => FaultKind::Disk,
             Self::Health(..) => FaultKind::Health,
             Self::ForgedTerm { .. } => FaultKind::Insider,
@@ -306,8 +328,11 @@ impl Fault {
                 0 => Self::Maintenance(node(&mut r), r(2) == 0),
                 _ => Self::StepDown(node(&mut r)),
             },
-            FaultKind::SlowDriver if r(4) == 0 => {
+            FaultKind::DriverLink => {
                 Self::DriverLinkDelay(node(&mut r), r(limits.et_max_ms / 2 + 1))
+            }
+            FaultKind::DriverPause => {
+                Self::DriverPause(node(&mut r), 1 + r(2 * limits.et_max_ms.max(1)))
             }
             FaultKind::SlowDriver => {
                 let i = node(&mut r);
@@ -442,7 +467,9 @@ mod tests {
                 }
                 match fault {
                     Fault::Drift(_, d) => assert!(d.abs() <= 50_000, "{d}"),
-                    Fault::Pause(_, ms) => assert!((1..=4000).contains(&ms)),
+                    Fault::Pause(_, ms) | Fault::DriverPause(_, ms) => {
+                        assert!((1..=4000).contains(&ms));
+                    }
                     Fault::Delay(ms) => assert!((1..2500).contains(&ms)),
                     Fault::ForgedTerm { above, .. } => assert!(above > MAX_TERM_JUMP),
                     _ => {}
@@ -475,8 +502,8 @@ mod tests {
                 assert!(!matches!(fault, Fault::ForgedTerm { .. }), "{fault:?}");
             }
         }
-        assert_eq!(&FaultKind::ALL[..14], &FaultKind::HONEST[..]);
-        assert_eq!(FaultKind::ALL[14], FaultKind::Insider);
+        assert_eq!(&FaultKind::ALL[..16], &FaultKind::HONEST[..]);
+        assert_eq!(FaultKind::ALL[16], FaultKind::Insider);
     }
 
     #[test]

@@ -502,7 +502,9 @@ impl Cluster {
 
     /// Applies one fault of the shared vocabulary. The core harness has no disk to tear:
     /// every [`Fault::Disk`] is a crash here (writes are synchronous); its drivers read each
-    /// lease as sent, so [`Fault::DriverLinkDelay`] changes nothing. A
+    /// lease as sent, so [`Fault::DriverLinkDelay`] changes nothing; it has no fence and no
+    /// watchdog, so a [`Fault::DriverPause`] (which only those can make safe) lets its time
+    /// pass instead — the simulation plays it. A
     /// [`Fault::ForgedTerm`] is [`Cluster::forge_term`].
     pub fn apply(&mut self, fault: &Fault) {
         let ids = self.ids();
@@ -570,6 +572,7 @@ impl Cluster {
             Fault::Pause(i, ms) => self.pause(&pick(i), Duration::from_millis(*ms)),
             // The harness's driver reads each lease as sent: delivery delay cannot matter.
             Fault::DriverLinkDelay(..) => {}
+            Fault::DriverPause(_, ms) => self.run_for(Duration::from_millis(*ms)),
             Fault::ForgedTerm { to, from, above } => {
                 let (to_i, from_i) = (*to % ids.len(), *from % ids.len());
                 let from_i = if from_i == to_i {

@@ -13,6 +13,9 @@
 //! (ERROR, status, metrics, a `fenced` event to the drivers); one that fails or times out
 //! means the service may still run there.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clustd_core::{ActionResult, Instant, NodeId};
@@ -20,6 +23,75 @@ use clustd_drivers::shell::ScriptRunner;
 use tokio::sync::mpsc;
 
 use crate::config::FenceSettings;
+
+/// What one fence run is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceRequest {
+    /// This node.
+    pub node: NodeId,
+    /// Its current term.
+    pub term: u64,
+    /// The drivers whose stop is unconfirmed, in id order.
+    pub drivers: Vec<NodeId>,
+}
+
+/// How the daemon fences: by default the `[fence] command` ([`CommandFencer`]); a runtime
+/// that models the machine itself (the simulation) or embeds the daemon supplies its own
+/// ([`crate::runtime::Control::with_fencer`]). The runtime gives a run `fence.timeout_ms`
+/// (then a short grace) and counts one that takes longer as timed out.
+pub trait Fencer: Send + Sync + 'static {
+    /// Kills the service the request's drivers may still run; `Ok` only if it is dead.
+    fn fence(&self, request: FenceRequest) -> Pin<Box<dyn Future<Output = ActionResult> + Send>>;
+}
+
+/// The `[fence] command`, run with `/bin/sh -c` in its own process group (SIGKILL of the
+/// group at the timeout), with `CLUSTD_NODE`, `CLUSTD_TERM` and `CLUSTD_FENCE_DRIVERS`
+/// (a comma-separated list) in its environment.
+#[derive(Debug, Clone)]
+pub struct CommandFencer {
+    command: String,
+    timeout: Duration,
+}
+
+impl CommandFencer {
+    /// The command fencer of `fence`.
+    pub fn new(fence: &FenceSettings) -> Self {
+        Self {
+            command: fence.command.clone(),
+            timeout: fence.timeout,
+        }
+    }
+}
+
+impl Fencer for CommandFencer {
+    fn fence(&self, request: FenceRequest) -> Pin<Box<dyn Future<Output = ActionResult> + Send>> {
+        let mut runner = ScriptRunner::new();
+        runner.shell = "/bin/sh".into();
+        runner.timeout = self.timeout;
+        // At the timeout there is no time left for a grace period: the budget is spent.
+        runner.kill_grace = Duration::ZERO;
+        let command = self.command.clone();
+        let list = request
+            .drivers
+            .iter()
+            .map(NodeId::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        let vars = vec![
+            ("CLUSTD_NODE".to_string(), request.node.as_str().to_string()),
+            ("CLUSTD_TERM".to_string(), request.term.to_string()),
+            ("CLUSTD_FENCE_DRIVERS".to_string(), list),
+        ];
+        Box::pin(async move {
+            let run = runner.run_captured("fence", &command, &vars).await;
+            let mut result = ActionResult::from(run.outcome);
+            if let (ActionResult::Failed(why), Some(line)) = (&mut result, &run.last_line) {
+                *why = format!("{why}: {line}");
+            }
+            result
+        })
+    }
+}
 
 /// One finished fence run.
 #[derive(Debug)]
@@ -43,44 +115,30 @@ pub(crate) fn start_at(
     lease_end + stop_budget.saturating_sub(fence.timeout)
 }
 
-/// Runs `fence.command` with `/bin/sh -c` in its own process group (SIGKILL of the group
-/// at the timeout), in a task; the result goes to `done`.
+/// A run that outlives its timeout by this much more is abandoned as timed out (the
+/// command fencer kills its process group at the timeout itself).
+const GRACE: Duration = Duration::from_millis(100);
+
+/// Runs `fencer` for `drivers` in a task; the result goes to `done`.
 pub(crate) fn spawn(
-    fence: &FenceSettings,
-    node: &NodeId,
-    term: u64,
+    fencer: Arc<dyn Fencer>,
+    timeout: Duration,
+    request: FenceRequest,
     drivers: Vec<(NodeId, Instant)>,
     started: Instant,
     done: mpsc::Sender<FenceDone>,
 ) {
-    let mut runner = ScriptRunner::new();
-    runner.shell = "/bin/sh".into();
-    runner.timeout = fence.timeout;
-    // At the timeout there is no time left for a grace period: the budget is spent.
-    runner.kill_grace = Duration::ZERO;
-    let command = fence.command.clone();
-    let list = drivers
-        .iter()
-        .map(|(id, _)| id.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    let vars = vec![
-        ("CLUSTD_NODE".to_string(), node.as_str().to_string()),
-        ("CLUSTD_TERM".to_string(), term.to_string()),
-        ("CLUSTD_FENCE_DRIVERS".to_string(), list),
-    ];
     tokio::spawn(async move {
-        let run = runner.run_captured("fence", &command, &vars).await;
-        let mut result = ActionResult::from(run.outcome);
-        if let (ActionResult::Failed(why), Some(line)) = (&mut result, &run.last_line) {
-            *why = format!("{why}: {line}");
-        }
+        let begin = tokio::time::Instant::now();
+        let result = tokio::time::timeout(timeout + GRACE, fencer.fence(request))
+            .await
+            .unwrap_or(ActionResult::TimedOut);
         let _ = done
             .send(FenceDone {
                 drivers,
                 started,
                 result,
-                elapsed: run.elapsed,
+                elapsed: begin.elapsed(),
             })
             .await;
     });

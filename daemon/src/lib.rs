@@ -10,7 +10,7 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;
-mod fence;
+pub mod fence;
 pub mod health;
 pub mod local;
 pub mod metrics;

@@ -37,12 +37,13 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::fence;
+use crate::fence::Fencer;
 use crate::health::{self, CheckResult, CheckTasks, DriverReport, HealthTransition, Tracker};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
 use crate::rejections::{FailureReason, Rejections, Report};
 use crate::status::{DriverStatus, FenceStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
-use crate::watchdog::{self, Watchdog};
+use crate::watchdog::{self, Watchdog, WatchdogDevice};
 
 /// At most one WARN per peer this often about its rejected messages (the rest are counted
 /// in `clustd_rejected_messages_total` and summed into the next WARN).
@@ -194,6 +195,14 @@ pub enum DriverRecord {
         /// What the driver reported.
         result: ActionResult,
     },
+    /// The `[fence]` run for `driver` succeeded: the service it may have run is dead. Heard
+    /// when the run finished (no earlier than it did).
+    Fenced {
+        /// When the run's success was heard.
+        at: Instant,
+        /// The driver.
+        driver: NodeId,
+    },
 }
 
 impl DriverRecord {
@@ -203,7 +212,8 @@ impl DriverRecord {
             Self::ToldMaster { at, .. }
             | Self::LeaseGiven { at, .. }
             | Self::StopConfirmed { at, .. }
-            | Self::StopFailed { at, .. } => *at,
+            | Self::StopFailed { at, .. }
+            | Self::Fenced { at, .. } => *at,
         }
     }
 
@@ -235,6 +245,9 @@ impl DriverRecord {
             Self::StopFailed { driver, .. } => ServiceInput::StopFailed {
                 driver: driver.clone(),
             },
+            Self::Fenced { driver, .. } => ServiceInput::Fenced {
+                driver: driver.clone(),
+            },
         }
     }
 
@@ -244,16 +257,46 @@ impl DriverRecord {
             Self::ToldMaster { driver, .. }
             | Self::LeaseGiven { driver, .. }
             | Self::StopConfirmed { driver, .. }
-            | Self::StopFailed { driver, .. } => driver,
+            | Self::StopFailed { driver, .. }
+            | Self::Fenced { driver, .. } => driver,
         }
     }
 }
 
 /// The runtime's side of the control channel.
-#[derive(Debug)]
 pub struct Control {
     commands: mpsc::Receiver<(Command, oneshot::Sender<()>)>,
     shared: Arc<Shared>,
+    fencer: Option<Arc<dyn Fencer>>,
+    watchdog_device: Option<Box<dyn WatchdogDevice>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("custom_fencer", &self.fencer.is_some())
+            .field("custom_watchdog_device", &self.watchdog_device.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Fences with `fencer` instead of the `[fence] command` (a runtime that models the
+    /// machine itself, like the simulation, or that embeds the daemon). Only when `[fence]`
+    /// is configured: its timing rules and reports stay the same.
+    #[must_use]
+    pub fn with_fencer(mut self, fencer: Arc<dyn Fencer>) -> Self {
+        self.fencer = Some(fencer);
+        self
+    }
+
+    /// Arms, feeds and disarms `device` instead of the `[fence] watchdog` file. Only when
+    /// `[fence] watchdog` is configured: its timeout and feeding rules stay the same.
+    #[must_use]
+    pub fn with_watchdog_device(mut self, device: Box<dyn WatchdogDevice>) -> Self {
+        self.watchdog_device = Some(device);
+        self
+    }
 }
 
 /// A cheap handle to a running node: status, metrics, commands, role notices.
@@ -289,6 +332,8 @@ pub fn control() -> (Control, Handle) {
         Control {
             commands: rx,
             shared: shared.clone(),
+            fencer: None,
+            watchdog_device: None,
         },
         Handle {
             commands: tx,
@@ -538,6 +583,8 @@ struct Runtime<C: Clock, S: StateStore> {
     last_fence: Option<FenceStatus>,
     /// Fence runs since start.
     fences: u64,
+    /// What runs a fence, if `[fence]` is configured.
+    fencer: Option<Arc<dyn Fencer>>,
     /// `[fence] watchdog`, if configured.
     watchdog: Option<Watchdog>,
 }
@@ -605,7 +652,16 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     let Control {
         mut commands,
         shared,
+        fencer,
+        watchdog_device,
     } = control;
+    let fencer = settings.fence.as_ref().map(|fence| {
+        fencer.unwrap_or_else(|| Arc::new(fence::CommandFencer::new(fence)) as Arc<dyn Fencer>)
+    });
+    let watchdog = settings
+        .watchdog
+        .clone()
+        .map(|w| Watchdog::new(w, watchdog_device));
     let mut rt = Runtime {
         node,
         endpoint,
@@ -639,9 +695,9 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         fence_tx,
         last_fence: None,
         fences: 0,
-        watchdog: None,
+        fencer,
+        watchdog,
     };
-    rt.watchdog = rt.settings.watchdog.clone().map(Watchdog::new);
     rt.sync_eligibility();
     rt.init_status();
     tokio::pin!(shutdown);
@@ -1166,6 +1222,14 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 at_mono_ns = mono(*at),
                 "driver {driver} confirmed its stop (term {term})"
             ),
+            DriverRecord::Fenced { at, driver } => tracing::info!(
+                target: SERVICE_LOG_TARGET,
+                record = "fenced",
+                node = %node,
+                driver = %driver,
+                at_mono_ns = mono(*at),
+                "driver {driver}'s service fenced"
+            ),
             DriverRecord::StopFailed { .. } => {}
         }
         // No receiver is fine: nobody is checking.
@@ -1341,7 +1405,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         if self.fence_due().is_none_or(|at| now < at) {
             return;
         }
-        let Some(fence) = self.settings.fence.clone() else {
+        let (Some(fence), Some(fencer)) = (self.settings.fence.clone(), self.fencer.clone()) else {
             return;
         };
         let budget = self.settings.core.stop_budget;
@@ -1369,10 +1433,15 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             timeout_ms = fence.timeout.as_millis() as u64,
             "FENCING: driver(s) {names} did not confirm a stop by the end of their lease (frozen, wedged or a failed stop); running the [fence] command so the service is dead by lease end plus the stop budget"
         );
+        let request = fence::FenceRequest {
+            node: self.settings.id.clone(),
+            term: self.node.term().0,
+            drivers: drivers.iter().map(|(id, _)| id.clone()).collect(),
+        };
         fence::spawn(
-            &fence,
-            &self.settings.id,
-            self.node.term().0,
+            fencer,
+            fence.timeout,
+            request,
             drivers,
             now,
             self.fence_tx.clone(),
@@ -1396,6 +1465,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 if let Some(d) = self.table.drivers.get_mut(id) {
                     d.fenced_ok_until = Some(d.fenced_ok_until.map_or(*end, |t| t.max(*end)));
                 }
+                self.record(DriverRecord::Fenced {
+                    at: now,
+                    driver: id.clone(),
+                });
             }
         }
         let names: Vec<String> = done.drivers.iter().map(|(d, _)| d.to_string()).collect();

@@ -10,7 +10,9 @@
 //! "master" confirmed its stop (or the fence succeeded for them). On a graceful stop it
 //! disarms under the same rule; otherwise it leaves the watchdog to fire, and says so.
 //!
-//! The device path is configurable, so tests use a FIFO whose writes they record.
+//! The device path is configurable, so tests use a FIFO whose writes they record; a runtime
+//! that models the machine itself (the simulation) supplies its own [`WatchdogDevice`]
+//! ([`crate::runtime::Control::with_watchdog_device`]).
 //! The device's own timeout must be set to `watchdog_timeout_ms` by the operator (e.g.
 //! `modprobe softdog soft_margin=2`): setting it takes an ioctl, which this crate does not do.
 
@@ -42,21 +44,91 @@ pub(crate) fn may_feed(
     lease_until.is_some_and(|until| now + timeout <= until + stop_budget)
 }
 
-/// The open (armed) device, if armed.
+/// A watchdog device: `/dev/watchdog` ([`FileDevice`]) or, for a runtime that models the
+/// machine itself (the simulation), its own. Opening arms it; every write feeds it;
+/// writing `V` and closing disarms it (the magic close); closing without it leaves it to fire.
+pub trait WatchdogDevice: Send + 'static {
+    /// Opens (arms) the device.
+    fn open(&mut self) -> std::io::Result<()>;
+    /// Feeds the open device.
+    fn feed(&mut self) -> std::io::Result<()>;
+    /// The magic close: disarms and closes the open device.
+    fn disarm(&mut self) -> std::io::Result<()>;
+    /// Closes the open device without disarming it: it fires at its timeout.
+    fn abandon(&mut self);
+}
+
+/// A watchdog device file (`/dev/watchdog`, or a FIFO in tests).
 #[derive(Debug)]
+pub struct FileDevice {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl FileDevice {
+    /// The device at `path` (not opened yet).
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, file: None }
+    }
+
+    fn write(&mut self, what: &[u8]) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.write_all(what).and_then(|()| f.flush()),
+            None => Err(std::io::Error::other("not open")),
+        }
+    }
+}
+
+impl WatchdogDevice for FileDevice {
+    fn open(&mut self) -> std::io::Result<()> {
+        self.file = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
+        Ok(())
+    }
+
+    fn feed(&mut self) -> std::io::Result<()> {
+        self.write(b"1")
+    }
+
+    fn disarm(&mut self) -> std::io::Result<()> {
+        let result = self.write(b"V");
+        self.file = None;
+        result
+    }
+
+    fn abandon(&mut self) {
+        self.file = None;
+    }
+}
+
+/// The watchdog as the runtime tends it: armed or not, when last fed.
 pub(crate) struct Watchdog {
     settings: WatchdogSettings,
-    device: Option<File>,
+    device: Box<dyn WatchdogDevice>,
+    armed: bool,
     last_feed: Option<Instant>,
     /// Why the last open or write failed, logged once per streak.
     failing: Option<String>,
 }
 
+impl std::fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchdog")
+            .field("settings", &self.settings)
+            .field("armed", &self.armed)
+            .field("last_feed", &self.last_feed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Watchdog {
-    pub(crate) fn new(settings: WatchdogSettings) -> Self {
+    /// The watchdog of `settings`, on `device` (the device file when `None`).
+    pub(crate) fn new(settings: WatchdogSettings, device: Option<Box<dyn WatchdogDevice>>) -> Self {
+        let device =
+            device.unwrap_or_else(|| Box::new(FileDevice::new(settings.device.clone())) as _);
         Self {
             settings,
-            device: None,
+            device,
+            armed: false,
             last_feed: None,
             failing: None,
         }
@@ -64,7 +136,7 @@ impl Watchdog {
 
     /// Whether the device is open (armed).
     pub(crate) fn armed(&self) -> bool {
-        self.device.is_some()
+        self.armed
     }
 
     /// The device's timeout.
@@ -79,18 +151,15 @@ impl Watchdog {
             let interval = (self.settings.timeout / 10).max(Duration::from_millis(10));
             if self
                 .last_feed
-                .is_some_and(|t| self.device.is_some() && now < t + interval)
+                .is_some_and(|t| self.armed && now < t + interval)
             {
                 return;
             }
-            if self.device.is_none() {
-                match std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&self.settings.device)
-                {
-                    Ok(file) => {
+            if !self.armed {
+                match self.device.open() {
+                    Ok(()) => {
                         tracing::info!(device = %self.settings.device.display(), timeout_ms = self.settings.timeout.as_millis() as u64, "watchdog armed (master)");
-                        self.device = Some(file);
+                        self.armed = true;
                     }
                     Err(e) => {
                         self.fail(format!("cannot open it: {e}"));
@@ -98,28 +167,23 @@ impl Watchdog {
                     }
                 }
             }
-            let result = self
-                .device
-                .as_mut()
-                .map(|f| f.write_all(b"1").and_then(|()| f.flush()));
-            match result {
-                Some(Ok(())) => {
+            match self.device.feed() {
+                Ok(()) => {
                     self.last_feed = Some(now);
                     if self.failing.take().is_some() {
                         tracing::info!(device = %self.settings.device.display(), "watchdog fed again");
                     }
                 }
-                Some(Err(e)) => self.fail(format!("cannot write to it: {e}")),
-                None => {}
+                Err(e) => self.fail(format!("cannot write to it: {e}")),
             }
-        } else if stopped && self.device.is_some() {
+        } else if stopped && self.armed {
             self.disarm();
         }
     }
 
     /// Graceful stop: disarms if `stopped`, else leaves it armed to fire (ERROR).
     pub(crate) fn close(&mut self, stopped: bool) {
-        if self.device.is_none() {
+        if !self.armed {
             return;
         }
         if stopped {
@@ -127,19 +191,19 @@ impl Watchdog {
         } else {
             tracing::error!(device = %self.settings.device.display(), "leaving the watchdog ARMED at exit: a driver may still run the service here, so the watchdog will reset this machine");
             // Closing without the magic character leaves a real watchdog running.
-            self.device = None;
+            self.device.abandon();
+            self.armed = false;
         }
     }
 
     fn disarm(&mut self) {
-        if let Some(mut file) = self.device.take() {
-            match file.write_all(b"V").and_then(|()| file.flush()) {
-                Ok(()) => {
-                    tracing::info!(device = %self.settings.device.display(), "watchdog disarmed (magic close): the service stopped here")
-                }
-                Err(e) => {
-                    tracing::error!(device = %self.settings.device.display(), "watchdog magic close failed ({e}): it may reset this machine")
-                }
+        self.armed = false;
+        match self.device.disarm() {
+            Ok(()) => {
+                tracing::info!(device = %self.settings.device.display(), "watchdog disarmed (magic close): the service stopped here")
+            }
+            Err(e) => {
+                tracing::error!(device = %self.settings.device.display(), "watchdog magic close failed ({e}): it may reset this machine")
             }
         }
         self.last_feed = None;
@@ -173,10 +237,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("watchdog");
         std::fs::write(&path, "").expect("file");
-        let mut w = Watchdog::new(WatchdogSettings {
-            device: path.clone(),
-            timeout: Duration::from_millis(1000),
-        });
+        let mut w = Watchdog::new(
+            WatchdogSettings {
+                device: path.clone(),
+                timeout: Duration::from_millis(1000),
+            },
+            None,
+        );
         let t = Instant::from_millis;
         w.update(t(0), false, true);
         assert!(!w.armed(), "never armed before a feed");

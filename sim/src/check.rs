@@ -118,6 +118,10 @@ pub struct Observer {
     pub told_master: u64,
     /// Global time of the latest record fed.
     last_record: Duration,
+    /// Successful fences: when each was heard, and the node.
+    pub fences: Vec<(Duration, usize)>,
+    /// Watchdog resets: when each machine was reset.
+    pub resets: Vec<(Duration, usize)>,
 }
 
 fn ms(t: Duration) -> String {
@@ -240,6 +244,14 @@ impl Observer {
                     at,
                     format!("n{node} driver {driver} reported a FAILED stop"),
                 );
+            }
+            ServiceInput::Fenced { driver } => {
+                self.fences.push((at, node));
+                self.event(at, format!("n{node} fenced driver {driver}'s service"));
+            }
+            ServiceInput::MachineReset => {
+                self.resets.push((at, node));
+                self.event(at, format!("n{node}'s machine reset (watchdog)"));
             }
             _ => {}
         }
@@ -367,6 +379,11 @@ impl Observer {
             .filter(|(_, a)| a.lease_end >= now)
             .max_by_key(|(_, a)| a.term)
             .map(|(node, _)| *node)
+    }
+
+    /// The end (global time) of the last lease node's daemon announced to its drivers.
+    pub fn announced_lease_end(&self, node: usize) -> Option<Duration> {
+        self.announced.get(&node).map(|a| a.lease_end)
     }
 
     /// The term of node's current "master" announcement.

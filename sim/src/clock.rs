@@ -53,8 +53,35 @@ impl clustd_drivers::MachineClock for MachineTime {
     }
 }
 
-/// Shared between the harness and a daemon: the global time (ns) until which the daemon is
-/// paused (0: not paused).
+/// The clock a machine's driver reads: the machine's clock, with the driver's own pause
+/// switch (a SIGSTOPped driver handles no lease timer before it resumes).
+#[derive(Debug, Clone)]
+pub struct DriverTime {
+    machine: MachineTime,
+    pause: Pause,
+}
+
+impl DriverTime {
+    /// The driver's view of `machine`, paused by `pause`.
+    pub fn new(machine: MachineTime, pause: Pause) -> Self {
+        Self { machine, pause }
+    }
+}
+
+impl clustd_drivers::MachineClock for DriverTime {
+    fn now_ns(&self) -> u64 {
+        self.machine.now_ns()
+    }
+
+    fn deadline(&self, at_ns: u64) -> tokio::time::Instant {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        let resume = tokio::time::Instant::now() + self.pause.get().saturating_sub(now);
+        self.machine.deadline(at_ns).max(resume)
+    }
+}
+
+/// Shared between the harness and a daemon (or a driver): the global time (ns) until which
+/// it is paused (0: not paused).
 #[derive(Debug, Clone, Default)]
 pub struct Pause(Arc<AtomicU64>);
 
@@ -65,8 +92,14 @@ impl Pause {
         self.0.fetch_max(ns, Ordering::Relaxed);
     }
 
-    fn get(&self) -> Duration {
+    /// Paused until this global time (zero or past: running).
+    pub fn get(&self) -> Duration {
         Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Ends the pause now (the machine rebooted).
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 

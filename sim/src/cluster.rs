@@ -29,8 +29,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use turmoil::{Protocol, Segment, Sim};
 
 use crate::check::{Observer, Seen};
-use crate::clock::{DriftClock, MachineTime, Pause};
+use crate::clock::{DriftClock, DriverTime, MachineTime, Pause};
 use crate::insider::{Forge, Insider, Setup};
+use crate::machine::{SimFencer, SimWatchdog, WatchdogState};
 use crate::net::{SimNet, mix, splitmix};
 use crate::store::{Disk, SharedDisk, SimStore, lock};
 use clustd_core::check::ServiceInput;
@@ -91,6 +92,16 @@ pub struct SimConfig {
     /// The drivers' largest reconnect delay (ms). Short, a driver reports its service's
     /// health to a restarted daemon long before that daemon may campaign.
     pub driver_reconnect_max_ms: u64,
+    /// Configure `[fence]` on every node: a fence run takes this long (ms) and kills the
+    /// node's simulated service ([`crate::machine::SimFencer`]); `fence.timeout_ms` is half
+    /// the stop budget.
+    pub fence_ms: Option<u64>,
+    /// Fence runs report failure (the service runs on).
+    pub fence_fails: bool,
+    /// Configure `[fence] watchdog` on every node, with the longest timeout the config
+    /// allows (the strictest test of its load check): a watchdog not fed by then resets the
+    /// machine ([`crate::machine::SimWatchdog`]).
+    pub watchdog: bool,
 }
 
 impl SimConfig {
@@ -121,6 +132,9 @@ impl SimConfig {
             start_failure_ms: None,
             preempt: Vec::new(),
             driver_reconnect_max_ms: 1000,
+            fence_ms: None,
+            fence_fails: false,
+            watchdog: false,
         }
     }
 
@@ -166,10 +180,47 @@ fn health_section(config: &SimConfig) -> String {
     }
 }
 
+/// The `[fence]` section of every node's config, if the scenario asks for one; the watchdog
+/// timeout is the longest `lease` allows.
+fn fence_section(config: &SimConfig, node: &str, lease: Duration) -> String {
+    let mut out = String::new();
+    if config.fence_ms.is_some() {
+        let _ = writeln!(
+            out,
+            "command = \"(simulated: the harness's fencer)\"\ntimeout_ms = {}",
+            (config.stop_budget_ms / 2).max(1)
+        );
+    }
+    if config.watchdog {
+        let hb = Duration::from_millis(config.heartbeat_ms);
+        let slack = (hb * 2).max(lease / 4);
+        let timeout = (lease + Duration::from_millis(config.stop_budget_ms)).saturating_sub(slack);
+        let _ = writeln!(
+            out,
+            "watchdog = \"/sim/{node}/watchdog\"\nwatchdog_timeout_ms = {}",
+            timeout.as_millis()
+        );
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!("\n[fence]\n{out}")
+    }
+}
+
+/// How long a machine reset by its watchdog takes to boot its daemon and driver again.
+pub const REBOOT: Duration = Duration::from_secs(2);
+
 /// Every simulated cluster's secret.
 const CLUSTER_SECRET: &str = "sim-cluster-secret-0123456789abcdef0123456789";
 /// Every simulated cluster's drivers' credential.
 const DRIVER_SECRET: &str = "sim-driver-credential-0123456789abcdef01234";
+
+/// The checker's name for node `i`'s driver.
+pub fn driver_id(i: usize) -> clustd_core::NodeId {
+    clustd_core::NodeId::new(format!("d{i}"))
+        .unwrap_or_else(|_| unreachable!("d<digits> is a valid id"))
+}
 
 /// The node key of node `i` in every simulated cluster.
 pub fn node_key(i: usize) -> clustd_transport::NodeKey {
@@ -210,7 +261,8 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// How a node's simulated driver behaves, and what it did (shared with its host).
+/// How a node's simulated driver behaves, and what it did (shared with its host, its
+/// daemon's fencer and the harness).
 #[derive(Debug)]
 pub struct ServiceState {
     /// Start takes this long.
@@ -253,6 +305,8 @@ pub const HEALTH_EVERY: Duration = Duration::from_millis(100);
 struct SimService {
     node: usize,
     state: Arc<Mutex<ServiceState>>,
+    /// The driver's pause switch: a paused driver finishes no start or stop before it ends.
+    pause: Pause,
     /// The health-reporting task, ended with the driver.
     reporting: Option<tokio::task::JoinHandle<()>>,
 }
@@ -265,7 +319,7 @@ impl Drop for SimService {
     }
 }
 
-fn lock_state(state: &Mutex<ServiceState>) -> std::sync::MutexGuard<'_, ServiceState> {
+pub(crate) fn lock_state(state: &Mutex<ServiceState>) -> std::sync::MutexGuard<'_, ServiceState> {
     state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -311,6 +365,15 @@ impl Driver for SimService {
             lock_state(&self.state).running = true;
         }
         tokio::time::sleep(took).await;
+        // SIGSTOPped meanwhile: the action completes only once the driver runs again.
+        loop {
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            let until = self.pause.get();
+            if until <= now {
+                break;
+            }
+            tokio::time::sleep(until - now).await;
+        }
         cancelled.armed = false;
         let end = turmoil::sim_elapsed().unwrap_or_default();
         let mut s = lock_state(&self.state);
@@ -369,6 +432,13 @@ impl Drop for CancelGuard {
     }
 }
 
+/// What is paused: a node's daemon or its driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paused {
+    Daemon(usize),
+    Driver(usize),
+}
+
 /// What one incarnation of a node exposes to the harness.
 struct Live {
     handle: Handle,
@@ -408,8 +478,15 @@ pub struct Cluster {
     rates: Vec<f64>,
     /// Each daemon's pause switch.
     pauses: Vec<Pause>,
-    /// Paused daemons and when they resume (global time).
-    paused: Vec<(Duration, usize)>,
+    /// Paused daemons and drivers, and when they resume (global time).
+    paused: Vec<(Duration, Paused)>,
+    /// Each driver's pause switch.
+    driver_pauses: Vec<Pause>,
+    /// Each machine's watchdog.
+    watchdogs: Vec<Arc<Mutex<WatchdogState>>>,
+    /// Machines reset by their watchdog, when they boot again, and whether their daemon
+    /// ran at the reset (it is started again then).
+    reboots: Vec<(Duration, usize, bool)>,
     /// Each node's simulated service.
     services: Vec<Arc<Mutex<ServiceState>>>,
     /// Driver host names (`d{i}`).
@@ -458,6 +535,19 @@ impl Cluster {
         let (secret, driver_secret) = (CLUSTER_SECRET, DRIVER_SECRET);
         // Every node proves its own key; fixed per node index, so runs replay.
         let keys: Vec<clustd_transport::NodeKey> = (0..config.nodes).map(node_key).collect();
+        // Each machine's simulated service, watchdog and driver pause switch.
+        let services: Vec<Arc<Mutex<ServiceState>>> = (0..config.nodes)
+            .map(|_| {
+                Arc::new(Mutex::new(ServiceState {
+                    start: Duration::from_millis(config.service_start_ms),
+                    stop: Duration::from_millis(config.service_stop_ms),
+                    ..ServiceState::default()
+                }))
+            })
+            .collect();
+        let watchdogs: Vec<Arc<Mutex<WatchdogState>>> =
+            (0..config.nodes).map(|_| Arc::default()).collect();
+        let driver_pauses: Vec<Pause> = (0..config.nodes).map(|_| Pause::default()).collect();
         let mut slots = Vec::new();
         for i in 0..config.nodes {
             let peers: Vec<String> = (0..config.nodes)
@@ -489,11 +579,32 @@ impl Cluster {
                 config.stop_budget_ms,
                 health_section(&config),
             );
-            let (settings, _warnings) =
-                clustd::Settings::parse(&toml, &format!("sim/{}.toml", names[i]), Path::new("/"))
+            let parse = |toml: &str| {
+                clustd::Settings::parse(toml, &format!("sim/{}.toml", names[i]), Path::new("/"))
                     .unwrap_or_else(|e| {
                         panic!("the simulation's generated config is invalid (a sim bug): {e}")
-                    });
+                    })
+                    .0
+            };
+            let mut settings = parse(&toml);
+            let fence = fence_section(&config, &names[i], settings.core.lease);
+            if !fence.is_empty() {
+                settings = parse(&format!("{toml}{fence}"));
+            }
+            let fencer: Option<Arc<dyn clustd::fence::Fencer>> = config.fence_ms.map(|ms| {
+                Arc::new(SimFencer {
+                    node: i,
+                    service: services[i].clone(),
+                    took: Duration::from_millis(ms),
+                    fails: config.fence_fails,
+                }) as _
+            });
+            let watchdog_device = settings.watchdog.as_ref().map(|w| SimWatchdog {
+                state: watchdogs[i].clone(),
+                timeout: w.timeout,
+                rate: rates[i],
+            });
+
             let slot = Rc::new(RefCell::new(Slot::default()));
             slots.push(slot.clone());
             let disk = disk.clone();
@@ -505,6 +616,8 @@ impl Cluster {
                 let mut settings = settings.clone();
                 let disk = disk.clone();
                 let pause = pause.clone();
+                let fencer = fencer.clone();
+                let watchdog_device = watchdog_device.clone();
                 async move {
                     let incarnation = {
                         let mut s = slot.borrow_mut();
@@ -514,7 +627,13 @@ impl Cluster {
                     // The loader seeds from OS randomness: replace it with the run's seed.
                     settings.core.rng_seed = mix(&[seed, i as u64, incarnation, 1]);
                     let clock = DriftClock::start(machine, pause);
-                    let (control, handle) = clustd::control();
+                    let (mut control, handle) = clustd::control();
+                    if let Some(fencer) = &fencer {
+                        control = control.with_fencer(fencer.clone());
+                    }
+                    if let Some(device) = watchdog_device {
+                        control = control.with_watchdog_device(Box::new(device));
+                    }
                     let (stop_tx, stop_rx) = oneshot::channel();
                     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
                     slot.borrow_mut().live = Some(Live {
@@ -554,15 +673,10 @@ impl Cluster {
             });
         }
         // One driver host per node, on the same machine clock, dialing its daemon.
-        let mut services = Vec::new();
         let mut driver_names = Vec::new();
         for i in 0..config.nodes {
-            let state = Arc::new(Mutex::new(ServiceState {
-                start: Duration::from_millis(config.service_start_ms),
-                stop: Duration::from_millis(config.service_stop_ms),
-                ..ServiceState::default()
-            }));
-            services.push(state.clone());
+            let state = services[i].clone();
+            let pause = driver_pauses[i].clone();
             let name = format!("d{i}");
             driver_names.push(name.clone());
             let daemon = SocketAddr::new(addrs[i], PORT);
@@ -573,6 +687,7 @@ impl Cluster {
             let reconnect_max_ms = config.driver_reconnect_max_ms;
             sim.host(name.as_str(), move || {
                 let state = state.clone();
+                let pause = pause.clone();
                 async move {
                     let mut driver =
                         DriverConfig::new(daemon, transport, driver_secret.as_bytes(), "sim")
@@ -585,9 +700,11 @@ impl Cluster {
                     let service = SimService {
                         node: i,
                         state,
+                        pause: pause.clone(),
                         reporting: None,
                     };
-                    let mut session = clustd_drivers::connect_with(driver, service, net, machine)
+                    let time = DriverTime::new(machine, pause);
+                    let mut session = clustd_drivers::connect_with(driver, service, net, time)
                         .map_err(|e| format!("driver d{i}: {e}"))?;
                     session
                         .wait()
@@ -632,6 +749,9 @@ impl Cluster {
             rates,
             pauses,
             paused: Vec::new(),
+            driver_pauses,
+            watchdogs,
+            reboots: Vec::new(),
             services,
             driver_names,
             last_cut: None,
@@ -672,6 +792,7 @@ impl Cluster {
         self.steps += 1;
         self.observe((start, end));
         self.resume_paused(end);
+        self.boot_reset_machines(end);
     }
 
     /// Runs for `d` of simulated time.
@@ -725,9 +846,14 @@ impl Cluster {
                 format!("observer of n{i} lost {k} driver records (harness bug)"),
             );
         }
+        let resets = self.watchdog_resets(now);
+        fed.extend(resets.iter().cloned());
         fed.sort_by_key(|(at, i, _)| (*at, *i));
         for (at, i, item) in &fed {
             self.observer.on_record(*at, *i, item);
+        }
+        for (at, i, _) in resets {
+            self.reset_machine(at, i);
         }
         let mut running = Vec::new();
         for i in 0..self.services.len() {
@@ -1209,32 +1335,162 @@ impl Cluster {
             self.sim.hold(n.as_str(), m.as_str());
         }
         self.sim.hold(n.as_str(), self.driver_names[i].as_str());
-        self.paused.push((now + d, i));
+        self.paused.push((now + d, Paused::Daemon(i)));
+    }
+
+    /// Pauses node `i`'s driver for `d` (SIGSTOP, swapped out, wedged): its link to its
+    /// daemon is held and it finishes no start or stop and handles no lease timer before it
+    /// resumes, while the service it runs goes on. The checker is told: a frozen driver's
+    /// lease ends nothing until it resumes, is fenced, or its machine is reset.
+    pub fn pause_driver(&mut self, i: usize, d: Duration) {
+        let now = self.now();
+        self.observer
+            .event(now, format!("fault: driver d{i} paused for {d:?}"));
+        self.observer.on_record(
+            now,
+            i,
+            &ServiceInput::Frozen {
+                driver: driver_id(i),
+            },
+        );
+        self.driver_pauses[i].until(now + d);
+        self.sim
+            .hold(self.names[i].as_str(), self.driver_names[i].as_str());
+        self.paused.push((now + d, Paused::Driver(i)));
+    }
+
+    fn is_paused(&self, what: Paused) -> bool {
+        self.paused.iter().any(|(_, p)| *p == what)
     }
 
     fn resume_paused(&mut self, now: Duration) {
-        let due: Vec<usize> = self
+        let due: Vec<Paused> = self
             .paused
             .iter()
             .filter(|(until, _)| *until <= now)
-            .map(|(_, i)| *i)
+            .map(|(_, p)| *p)
             .collect();
         if due.is_empty() {
             return;
         }
         self.paused.retain(|(until, _)| *until > now);
-        for i in due {
-            if self.paused.iter().any(|(_, j)| *j == i) {
+        for what in due {
+            if self.is_paused(what) {
                 continue;
             }
-            self.observer.event(now, format!("n{i} resumes"));
-            let n = self.names[i].clone();
-            for j in self.others(&[i]) {
-                let m = self.names[j].clone();
-                self.sim.release(n.as_str(), m.as_str());
+            let i = match what {
+                Paused::Daemon(i) => {
+                    self.observer.event(now, format!("n{i} resumes"));
+                    let n = self.names[i].clone();
+                    for j in self.others(&[i]) {
+                        let m = self.names[j].clone();
+                        self.sim.release(n.as_str(), m.as_str());
+                    }
+                    i
+                }
+                Paused::Driver(i) => {
+                    self.observer.event(now, format!("driver d{i} resumes"));
+                    self.observer.on_record(
+                        now,
+                        i,
+                        &ServiceInput::Thawed {
+                            driver: driver_id(i),
+                        },
+                    );
+                    i
+                }
+            };
+            // The daemon-driver link flows again once neither end is paused.
+            if !self.is_paused(Paused::Daemon(i)) && !self.is_paused(Paused::Driver(i)) {
+                self.sim
+                    .release(self.names[i].as_str(), self.driver_names[i].as_str());
             }
-            self.sim.release(n.as_str(), self.driver_names[i].as_str());
         }
+    }
+
+    /// Resets every machine whose watchdog deadline passed by `now`: the service dies with
+    /// it, the daemon (if it ran) and the driver go down, and both boot again after
+    /// [`REBOOT`]. Returns the resets as checker inputs, at their deadlines.
+    fn watchdog_resets(&mut self, now: Duration) -> Vec<(Duration, usize, ServiceInput)> {
+        let mut resets = Vec::new();
+        for i in 0..self.watchdogs.len() {
+            let fired = {
+                let mut w = self.watchdogs[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match w.fires_at {
+                    Some(at) if at <= now => {
+                        w.fires_at = None;
+                        Some(at)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(at) = fired {
+                resets.push((at, i, ServiceInput::MachineReset));
+            }
+        }
+        resets
+    }
+
+    /// Takes machine `i` down for a watchdog reset at `at` (its checker input is fed by the
+    /// caller).
+    fn reset_machine(&mut self, at: Duration, i: usize) {
+        let now = self.now();
+        self.observer.event(
+            at,
+            format!("WATCHDOG fired: machine n{i} reset (service, daemon and driver gone)"),
+        );
+        {
+            let mut s = lock_state(&self.services[i]);
+            s.running = false;
+        }
+        let daemon_was_up = self.is_up(i);
+        if daemon_was_up {
+            self.sim.crash(self.names[i].as_str());
+            self.down[i] = true;
+            self.slots[i].borrow_mut().live = None;
+            self.observer.on_down(i, now);
+        }
+        self.sim.crash(self.driver_names[i].as_str());
+        self.pauses[i].clear();
+        self.driver_pauses[i].clear();
+        self.paused
+            .retain(|(_, p)| *p != Paused::Daemon(i) && *p != Paused::Driver(i));
+        // Links held for a pause are let go: the machine that held them is gone.
+        let n = self.names[i].clone();
+        for j in self.others(&[i]) {
+            let m = self.names[j].clone();
+            self.sim.release(n.as_str(), m.as_str());
+        }
+        self.sim.release(n.as_str(), self.driver_names[i].as_str());
+        self.reboots.push((now + REBOOT, i, daemon_was_up));
+    }
+
+    fn boot_reset_machines(&mut self, now: Duration) {
+        let due: Vec<(usize, bool)> = self
+            .reboots
+            .iter()
+            .filter(|(at, _, _)| *at <= now)
+            .map(|(_, i, up)| (*i, *up))
+            .collect();
+        self.reboots.retain(|(at, _, _)| *at > now);
+        for (i, daemon) in due {
+            self.observer
+                .event(now, format!("machine n{i} booted after its watchdog reset"));
+            self.sim.bounce(self.driver_names[i].as_str());
+            if daemon && !self.is_up(i) {
+                self.restart(i);
+            }
+        }
+    }
+
+    /// Node `i`'s watchdog: armed (and when it fires), feeds and magic closes so far.
+    pub fn watchdog(&self, i: usize) -> WatchdogState {
+        self.watchdogs[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs until one heartbeat before a follower's election timeout after the latest cut
@@ -1338,6 +1594,10 @@ impl Cluster {
                 let i = node(i);
                 self.failover_started(i);
                 self.pause(i, Duration::from_millis(*ms));
+            }
+            Fault::DriverPause(i, ms) => {
+                let i = node(i);
+                self.pause_driver(i, Duration::from_millis(*ms));
             }
             Fault::Disk(i, how) => self.damage_disk(node(i), *how),
             Fault::Health(i, healthy) => self.set_service_healthy(node(i), *healthy),

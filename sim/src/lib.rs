@@ -12,6 +12,7 @@ pub mod check;
 pub mod clock;
 pub mod cluster;
 pub mod insider;
+pub mod machine;
 pub mod net;
 pub mod store;
 pub mod sweep;

@@ -129,6 +129,12 @@ pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
     config.latency = (Duration::from_millis(1), Rng::new(seed ^ 1).millis(2, 20));
     config.swarm = Some(plan.swarm.to_string());
     config.insider = plan.swarm.has(FaultKind::Insider);
+    if plan.swarm.has(FaultKind::DriverPause) {
+        // A frozen driver is safe only with the layers made for it: the daemon's fence, and
+        // the watchdog for a driver frozen while its daemon is paused or crashed.
+        config.fence_ms = Some(20);
+        config.watchdog = true;
+    }
     let liveness = config.et_max() * LIVENESS_ET_MAX;
     let mut c = Cluster::new(config);
     if c.expect_master_within(liveness).is_none() {

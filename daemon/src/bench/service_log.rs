@@ -152,6 +152,9 @@ fn parse_line(line: &str) -> Result<Option<Event>, String> {
         "stop_failed" => ServiceInput::StopFailed {
             driver: id("driver")?,
         },
+        "fenced" => ServiceInput::Fenced {
+            driver: id("driver")?,
+        },
         other => return Err(format!("unknown record `{other}`")),
     };
     Ok(Some(Event {
