@@ -228,6 +228,8 @@ struct RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawFence {
     command: Option<String>,
+    #[serde(default)]
+    kill_driver: bool,
     #[serde(default = "default_fence_timeout")]
     timeout_ms: u64,
     watchdog: Option<PathBuf>,
@@ -238,13 +240,19 @@ fn default_fence_timeout() -> u64 {
 }
 
 /// `[fence]`: what the daemon does itself when a driver that may run the service has not
-/// confirmed its stop by its lease end (a frozen or wedged driver, a failed stop): it runs
-/// `command` (`/bin/sh -c`, in its own process group, killed at `timeout`), so that the
-/// service is dead by lease end plus the stop budget, when a new master may start.
+/// confirmed its stop by its lease end (a frozen or wedged driver, a failed stop): with
+/// `kill_driver`, it SIGKILLs the driver's process tree; then it runs `command`
+/// (`/bin/sh -c`, in its own process group, killed at `timeout`), so that the service is
+/// dead by lease end plus the stop budget, when a new master may start. At least one of
+/// the two.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FenceSettings {
     /// `fence.command`, e.g. `systemctl kill --signal=SIGKILL myapp.service`.
-    pub command: String,
+    pub command: Option<String>,
+    /// `fence.kill_driver`: SIGKILL the process tree of each such driver that connected
+    /// over the local driver socket (known by the kernel's peer credentials), before the
+    /// command if there is one.
+    pub kill_driver: bool,
     /// `fence.timeout_ms`: at most `election.stop_budget_ms`. The daemon starts the command
     /// this long before the stop budget after the driver's lease end runs out.
     pub timeout: Duration,
@@ -985,18 +993,23 @@ impl Settings {
             None => None,
             Some(RawFence {
                 command: None,
+                kill_driver: false,
                 watchdog: Some(_),
                 ..
             }) => None,
-            Some(RawFence { command: None, .. }) => {
+            Some(RawFence {
+                command: None,
+                kill_driver: false,
+                ..
+            }) => {
                 return Err(err(
                     "fence.command",
-                    "required (or fence.watchdog): give the command that kills the service for sure, e.g. \"systemctl kill --signal=SIGKILL myapp.service\"".into(),
+                    "required (or fence.kill_driver = true, or fence.watchdog): give the command that kills the service for sure, e.g. \"systemctl kill --signal=SIGKILL myapp.service\"".into(),
                 ));
             }
             Some(f) => {
-                let command = f.command.clone().unwrap_or_default();
-                if command.trim().is_empty() {
+                let command = f.command.clone();
+                if command.as_ref().is_some_and(|c| c.trim().is_empty()) {
                     return Err(err(
                         "fence.command",
                         "empty: give the command that kills the service for sure, e.g. \"systemctl kill --signal=SIGKILL myapp.service\"".into(),
@@ -1016,6 +1029,7 @@ impl Settings {
                 }
                 Some(FenceSettings {
                     command,
+                    kill_driver: f.kill_driver,
                     timeout: Duration::from_millis(f.timeout_ms),
                 })
             }

@@ -23,6 +23,7 @@ use clustd_drivers::shell::ScriptRunner;
 use tokio::sync::mpsc;
 
 use crate::config::FenceSettings;
+use crate::proctree::DriverProcess;
 
 /// What one fence run is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,10 @@ pub struct FenceRequest {
     pub term: u64,
     /// The drivers whose stop is unconfirmed, in id order.
     pub drivers: Vec<NodeId>,
+    /// The processes each of those drivers connected from over the local driver socket
+    /// (the kernel's peer credentials), while it may have run the service; none over the
+    /// network.
+    pub processes: Vec<(NodeId, Vec<DriverProcess>)>,
 }
 
 /// How the daemon fences: by default the `[fence] command` ([`CommandFencer`]); a runtime
@@ -44,22 +49,62 @@ pub trait Fencer: Send + Sync + 'static {
     fn fence(&self, request: FenceRequest) -> Pin<Box<dyn Future<Output = ActionResult> + Send>>;
 }
 
-/// The `[fence] command`, run with `/bin/sh -c` in its own process group (SIGKILL of the
-/// group at the timeout), with `CLUSTD_NODE`, `CLUSTD_TERM` and `CLUSTD_FENCE_DRIVERS`
-/// (a comma-separated list) in its environment.
+/// The configured fence: with `fence.kill_driver`, first the process tree of each driver
+/// that connected over the local socket ([`crate::proctree::kill_tree`]; a driver known
+/// only over the network cannot be reached that way, which fails the run); then
+/// `fence.command`, run with `/bin/sh -c` in its own process group (SIGKILL of the group at
+/// the timeout), with `CLUSTD_NODE`, `CLUSTD_TERM` and `CLUSTD_FENCE_DRIVERS` (a
+/// comma-separated list) in its environment. `Ok` only if every part succeeded.
 #[derive(Debug, Clone)]
 pub struct CommandFencer {
-    command: String,
+    command: Option<String>,
+    kill_driver: bool,
     timeout: Duration,
 }
 
 impl CommandFencer {
-    /// The command fencer of `fence`.
+    /// The fencer of `fence`.
     pub fn new(fence: &FenceSettings) -> Self {
         Self {
             command: fence.command.clone(),
+            kill_driver: fence.kill_driver,
             timeout: fence.timeout,
         }
+    }
+}
+
+/// Kills the process trees of the request's drivers; `Ok`, or every reason it did not.
+async fn kill_drivers(request: &FenceRequest) -> ActionResult {
+    let mut failures = Vec::new();
+    for driver in &request.drivers {
+        let processes: Vec<DriverProcess> = request
+            .processes
+            .iter()
+            .filter(|(id, _)| id == driver)
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        if processes.is_empty() {
+            failures.push(format!(
+                "driver {driver} did not connect over the local driver socket, so its process is unknown"
+            ));
+            continue;
+        }
+        for process in processes {
+            let killed =
+                tokio::task::spawn_blocking(move || crate::proctree::kill_tree(process)).await;
+            match killed {
+                Ok(Ok(n)) => {
+                    tracing::warn!(driver = %driver, pid = process.pid, processes = n, "fence: killed the driver's process tree")
+                }
+                Ok(Err(why)) => failures.push(format!("driver {driver}: {why}")),
+                Err(e) => failures.push(format!("driver {driver}: the kill task failed: {e}")),
+            }
+        }
+    }
+    if failures.is_empty() {
+        ActionResult::Ok
+    } else {
+        ActionResult::Failed(format!("kill_driver: {}", failures.join("; ")))
     }
 }
 
@@ -71,6 +116,7 @@ impl Fencer for CommandFencer {
         // At the timeout there is no time left for a grace period: the budget is spent.
         runner.kill_grace = Duration::ZERO;
         let command = self.command.clone();
+        let kill_driver = self.kill_driver;
         let list = request
             .drivers
             .iter()
@@ -83,12 +129,30 @@ impl Fencer for CommandFencer {
             ("CLUSTD_FENCE_DRIVERS".to_string(), list),
         ];
         Box::pin(async move {
+            let killed = if kill_driver {
+                kill_drivers(&request).await
+            } else {
+                ActionResult::Ok
+            };
+            let Some(command) = command else {
+                return killed;
+            };
+            // The command runs even if a kill failed: it may reach what the kill could not.
             let run = runner.run_captured("fence", &command, &vars).await;
             let mut result = ActionResult::from(run.outcome);
             if let (ActionResult::Failed(why), Some(line)) = (&mut result, &run.last_line) {
                 *why = format!("{why}: {line}");
             }
-            result
+            match (killed, result) {
+                (ActionResult::Ok, result) => result,
+                (ActionResult::Failed(why), ActionResult::Ok) => ActionResult::Failed(format!(
+                    "{why} (fence.command succeeded, but the driver's own processes may run on)"
+                )),
+                (ActionResult::Failed(why), other) => {
+                    ActionResult::Failed(format!("{why}; fence.command: {other:?}"))
+                }
+                (killed, _) => killed,
+            }
         })
     }
 }
@@ -151,7 +215,8 @@ mod tests {
     #[test]
     fn the_fence_starts_so_that_its_timeout_ends_with_the_stop_budget() {
         let fence = FenceSettings {
-            command: "true".into(),
+            command: Some("true".into()),
+            kill_driver: false,
             timeout: Duration::from_millis(150),
         };
         let end = Instant::from_millis(1000);

@@ -40,6 +40,7 @@ use crate::fence;
 use crate::fence::Fencer;
 use crate::health::{self, CheckResult, CheckTasks, DriverReport, HealthTransition, Tracker};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
+use crate::proctree::DriverProcess;
 use crate::rejections::{FailureReason, Rejections, Report};
 use crate::status::{DriverStatus, FenceStatus, PeerStatus, RoleChange, Status, format_unix_ms};
 use crate::store::{StateStore, StoreError};
@@ -424,7 +425,14 @@ struct DriverState {
     unresponsive: bool,
     /// A successful `[fence]` covered its unconfirmed leases up to this end.
     fenced_ok_until: Option<Instant>,
+    /// The processes its connections over the local driver socket came from since it last
+    /// surely did not run the service (kernel peer credentials; at most
+    /// [`MAX_DRIVER_PROCESSES`], the latest): what `fence.kill_driver` kills.
+    processes: Vec<DriverProcess>,
 }
+
+/// How many of a driver's processes are remembered for `fence.kill_driver`.
+const MAX_DRIVER_PROCESSES: usize = 4;
 
 impl DriverState {
     /// Whether the driver may be running the service at `now`. `settle` is the stop budget
@@ -868,7 +876,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     }
                 }
             }
-            TransportEvent::Connected { id, kind } => match kind {
+            TransportEvent::Connected { id, kind, process } => match kind {
                 PeerKind::Peer => {
                     tracing::info!(peer = %id, "peer connected");
                     self.shared
@@ -882,7 +890,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         self.tell_drivers_peer(id, true);
                     }
                 }
-                PeerKind::Driver => self.driver_connected(&id, now),
+                PeerKind::Driver => self.driver_connected(&id, now, process),
             },
             TransportEvent::Disconnected { id, kind } => match kind {
                 PeerKind::Peer => {
@@ -969,7 +977,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     /// A driver connected: admitted (told its role at once) unless
     /// [`MAX_CONNECTED_DRIVERS`] are connected already.
-    fn driver_connected(&mut self, id: &NodeId, now: Instant) {
+    fn driver_connected(&mut self, id: &NodeId, now: Instant, process: Option<u32>) {
         let connected = self.table.drivers.values().filter(|d| d.connected).count();
         if connected >= MAX_CONNECTED_DRIVERS {
             self.shared.metrics.drivers_refused.inc();
@@ -992,6 +1000,17 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         let d = self.table.drivers.entry(id.clone()).or_default();
         d.connected = true;
         d.last_heard = Some(now);
+        if !d.may_run_at(now, self.settle) {
+            d.processes.clear();
+        }
+        if let Some(process) = process.and_then(DriverProcess::of)
+            && !d.processes.contains(&process)
+        {
+            if d.processes.len() >= MAX_DRIVER_PROCESSES {
+                d.processes.remove(0);
+            }
+            d.processes.push(process);
+        }
         if d.may_run_at(now, self.settle) {
             // Whatever this connection says, the one before may still run until its lease
             // end plus the stop budget.
@@ -1025,7 +1044,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             {
                 return;
             }
-            self.driver_connected(&id, now);
+            // Its process id came with its refused `Connected`: unknown now (`kill_driver` fails for it).
+            self.driver_connected(&id, now, None);
         }
     }
 
@@ -1431,12 +1451,19 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             node = %self.settings.id,
             drivers = %names,
             timeout_ms = fence.timeout.as_millis() as u64,
-            "FENCING: driver(s) {names} did not confirm a stop by the end of their lease (frozen, wedged or a failed stop); running the [fence] command so the service is dead by lease end plus the stop budget"
+            "FENCING: driver(s) {names} did not confirm a stop by the end of their lease (frozen, wedged or a failed stop); running [fence] so the service is dead by lease end plus the stop budget"
         );
         let request = fence::FenceRequest {
             node: self.settings.id.clone(),
             term: self.node.term().0,
             drivers: drivers.iter().map(|(id, _)| id.clone()).collect(),
+            processes: drivers
+                .iter()
+                .filter_map(|(id, _)| {
+                    let d = self.table.drivers.get(id)?;
+                    Some((id.clone(), d.processes.clone()))
+                })
+                .collect(),
         };
         fence::spawn(
             fencer,

@@ -786,4 +786,23 @@ fn a_watchdog_timeout_that_fires_too_late_for_the_lease_is_refused() {
     assert!(e.contains("fence.watchdog_timeout_ms"), "{e}");
     let e = parse(&with_checks("[fence]\ntimeout_ms = 100")).expect_err("neither");
     assert!(e.contains("fence.command") && e.contains("required"), "{e}");
+    assert!(e.contains("fence.kill_driver = true"), "{e}");
+}
+
+#[test]
+fn the_built_in_fence_needs_no_command_and_may_go_with_one() {
+    let fence = parse(&with_checks("[fence]\nkill_driver = true"))
+        .expect("valid")
+        .fence
+        .expect("fence configured");
+    assert!(fence.kill_driver && fence.command.is_none(), "{fence:?}");
+    let fence = parse(&with_checks(
+        "[fence]\nkill_driver = true\ncommand = \"kill-it\"",
+    ))
+    .expect("valid")
+    .fence
+    .expect("fence configured");
+    assert!(fence.kill_driver && fence.command.as_deref() == Some("kill-it"));
+    let e = parse(&with_checks("[fence]\nkill_driver = \"yes\"")).expect_err("not a bool");
+    assert!(e.contains("kill_driver"), "{e}");
 }

@@ -28,6 +28,7 @@ both_transports!(
     a_failed_fence_is_reported_and_two_services_may_run,
     a_frozen_driver_makes_its_master_hand_over_after_the_fence,
     a_driver_that_leaves_a_master_is_fenced_only_once_the_node_is_no_longer_master,
+    the_built_in_fence_kills_a_frozen_drivers_process_tree_before_the_new_master_starts,
 );
 
 /// Every `start` while another node's service runs (started, not stopped or fenced since):
@@ -59,21 +60,37 @@ fn first(log: &Path, node: &str, action: &str) -> Option<u128> {
         .map(|(_, _, at)| at)
 }
 
-/// Node specs whose fence command logs `fence` (exit 0) or `fence-failed` (exit 3).
-fn specs(log: &Path, fence_works: bool) -> Vec<NodeSpec> {
+/// How the nodes fence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// A command that logs `fence` (exit 0).
+    Works,
+    /// A command that logs `fence-failed` (exit 3).
+    Fails,
+    /// `kill_driver = true` and no command, drivers on the local socket.
+    KillDriver,
+}
+
+/// Node specs that fence as `how` says.
+fn specs(log: &Path, how: Fence) -> Vec<NodeSpec> {
     let log = log.display();
     (1..=3)
         .map(|i| {
             let id = format!("node-{i}");
-            let fence = if fence_works {
-                format!("echo \"{id} fence $(date +%s%N)\" >> '{log}'")
-            } else {
-                format!("echo \"{id} fence-failed $(date +%s%N)\" >> '{log}'; echo 'permission denied' >&2; exit 3")
+            let fence = match how {
+                Fence::Works => format!(
+                    "command = '''echo \"{id} fence $(date +%s%N)\" >> '{log}''''"
+                ),
+                Fence::Fails => format!(
+                    "command = '''echo \"{id} fence-failed $(date +%s%N)\" >> '{log}'; echo 'permission denied' >&2; exit 3'''"
+                ),
+                Fence::KillDriver => "kill_driver = true".to_string(),
             };
             NodeSpec {
-                daemon_toml: format!("[fence]\ncommand = '''{fence}'''\ntimeout_ms = 150\n"),
+                daemon_toml: format!("[fence]\n{fence}\ntimeout_ms = 150\n"),
                 start: format!("echo \"{id} start $(date +%s%N)\" >> '{log}'"),
                 stop: format!("echo \"{id} stop $(date +%s%N)\" >> '{log}'"),
+                socket: how == Fence::KillDriver,
             }
         })
         .collect()
@@ -82,18 +99,18 @@ fn specs(log: &Path, fence_works: bool) -> Vec<NodeSpec> {
 /// Starts the cluster, waits for a master that ran `start`, freezes its driver and cuts it
 /// off; returns the cluster, the old master's index and the new master's id once it ran
 /// `start`.
-async fn freeze_and_cut(kind: TransportKind, fence_works: bool) -> (ProcCluster, usize, String) {
-    freeze(kind, fence_works, true).await
+async fn freeze_and_cut(kind: TransportKind, how: Fence) -> (ProcCluster, usize, String) {
+    freeze(kind, how, true).await
 }
 
 /// [`freeze_and_cut`], or with `cut` false only the freeze.
-async fn freeze(kind: TransportKind, fence_works: bool, cut: bool) -> (ProcCluster, usize, String) {
+async fn freeze(kind: TransportKind, how: Fence, cut: bool) -> (ProcCluster, usize, String) {
     let dir = tempfile::Builder::new()
         .prefix("clustd-fence-")
         .tempdir()
         .expect("tempdir");
     let log = dir.path().join("scripts.log");
-    let cluster = ProcCluster::start_cuttable(dir, kind, ELECTION, &specs(&log, fence_works))
+    let cluster = ProcCluster::start_cuttable(dir, kind, ELECTION, &specs(&log, how))
         .await
         .expect("processes start");
     eprintln!("work dir {}", cluster.dir.path().display());
@@ -125,7 +142,7 @@ async fn freeze(kind: TransportKind, fence_works: bool, cut: bool) -> (ProcClust
 async fn a_frozen_driver_on_a_cut_off_master_is_fenced_before_the_new_master_starts(
     kind: TransportKind,
 ) {
-    let (cluster, o, new) = freeze_and_cut(kind, true).await;
+    let (cluster, o, new) = freeze_and_cut(kind, Fence::Works).await;
     let log = cluster.dir.path().join("scripts.log");
     let old = cluster.nodes[o].id.clone();
     let fenced = first(&log, &old, "fence").unwrap_or_else(|| {
@@ -174,7 +191,7 @@ async fn a_frozen_driver_on_a_cut_off_master_is_fenced_before_the_new_master_sta
 }
 
 async fn a_failed_fence_is_reported_and_two_services_may_run(kind: TransportKind) {
-    let (cluster, o, new) = freeze_and_cut(kind, false).await;
+    let (cluster, o, new) = freeze_and_cut(kind, Fence::Fails).await;
     let log = cluster.dir.path().join("scripts.log");
     let old = cluster.nodes[o].id.clone();
     let status = cluster
@@ -209,7 +226,7 @@ async fn a_failed_fence_is_reported_and_two_services_may_run(kind: TransportKind
 /// `health.driver_timeout_ms`), turns unhealthy and hands over; the driver cannot stop the
 /// service, so the fence does, before the successor starts.
 async fn a_frozen_driver_makes_its_master_hand_over_after_the_fence(kind: TransportKind) {
-    let (cluster, o, new) = freeze(kind, true, false).await;
+    let (cluster, o, new) = freeze(kind, Fence::Works, false).await;
     let log = cluster.dir.path().join("scripts.log");
     let old = cluster.nodes[o].id.clone();
     let fenced = first(&log, &old, "fence").expect("fenced");
@@ -256,7 +273,7 @@ async fn a_driver_that_leaves_a_master_is_fenced_only_once_the_node_is_no_longer
         .tempdir()
         .expect("tempdir");
     let log = dir.path().join("scripts.log");
-    let cluster = ProcCluster::start_cuttable(dir, kind, ELECTION, &specs(&log, true))
+    let cluster = ProcCluster::start_cuttable(dir, kind, ELECTION, &specs(&log, Fence::Works))
         .await
         .expect("processes start");
     let master = cluster
@@ -303,4 +320,52 @@ async fn a_driver_that_leaves_a_master_is_fenced_only_once_the_node_is_no_longer
         }
         _ => panic!("backup without a demotion in its history: {status}"),
     }
+}
+
+/// Whether process `pid` is dead (gone, or a zombie not reaped yet).
+fn dead(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
+/// `[fence] kill_driver = true`, drivers on the local socket: the daemon knows each
+/// driver's process from the kernel, and the fence SIGKILLs the frozen driver's process
+/// tree, before the new master starts.
+async fn the_built_in_fence_kills_a_frozen_drivers_process_tree_before_the_new_master_starts(
+    kind: TransportKind,
+) {
+    let (cluster, o, new) = freeze_and_cut(kind, Fence::KillDriver).await;
+    let log = cluster.dir.path().join("scripts.log");
+    let pid = cluster.driver_pid(o);
+    let status = cluster
+        .wait_for("the old master reports its fence", WAIT, || async {
+            let s = cluster.status(o).await?;
+            (s["fences"] == 1).then_some(s)
+        })
+        .await;
+    assert_eq!(
+        status["last_fence"]["result"],
+        "ok",
+        "{status}\n{}",
+        cluster.logs(30)
+    );
+    assert!(dead(pid), "the frozen driver (pid {pid}) was killed");
+    // Fenced (start + elapsed, wall clock ms) before the new master's start (ns).
+    let fenced_ms = status["last_fence"]["at_unix_ms"].as_u64().expect("at")
+        + status["last_fence"]["elapsed_ms"]
+            .as_u64()
+            .expect("elapsed");
+    let started = first(&log, &new, "start").expect("new master started");
+    assert!(
+        u128::from(fenced_ms) * 1_000_000 < started,
+        "fenced at {fenced_ms} ms, {new} started at {started} ns"
+    );
+    let daemon_log = std::fs::read_to_string(&cluster.nodes[o].daemon_log).expect("log");
+    assert!(
+        daemon_log.contains("killed the driver's process tree"),
+        "{daemon_log}"
+    );
 }

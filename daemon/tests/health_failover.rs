@@ -80,6 +80,7 @@ impl Files {
                 self.fail_start(id).display()
             ),
             stop: format!("echo \"stop $(date +%s%N)\" >> '{log}'"),
+            socket: false,
         }
     }
 }

@@ -103,6 +103,7 @@ async fn the_watchdog_is_fed_only_while_master_and_fires_before_a_new_master_sta
                 ),
                 start: format!("echo \"{id} start $(date +%s%N)\" >> '{}'", log.display()),
                 stop: format!("echo \"{id} stop $(date +%s%N)\" >> '{}'", log.display()),
+                socket: false,
             }
         })
         .collect();

@@ -92,6 +92,7 @@ impl<N: Net> Dialer for TransportDialer<N> {
                     TransportEvent::Connected {
                         id,
                         kind: PeerKind::Peer,
+                        ..
                     } => return Ok(id),
                     TransportEvent::HandshakeFailed { error, .. } => {
                         return Err(DialError {

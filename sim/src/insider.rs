@@ -156,7 +156,10 @@ async fn attempt(setup: &Setup, forge: Forge, how: How, n: u64) -> Option<String
     let deadline = tokio::time::Instant::now() + ATTEMPT;
     let mut k = n;
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
-        if let TransportEvent::Connected { id: remote, kind } = event {
+        if let TransportEvent::Connected {
+            id: remote, kind, ..
+        } = event
+        {
             if !matches!(how, How::Driver) && kind == PeerKind::Peer {
                 report = Some(format!(
                     "the insider ({how:?}) got a peer connection to {target} as {claimed}"

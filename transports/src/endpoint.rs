@@ -29,6 +29,9 @@ pub enum TransportEvent {
         id: NodeId,
         /// Daemon or driver.
         kind: PeerKind,
+        /// The peer's process id, from the kernel's credentials of the local driver socket
+        /// (`SO_PEERCRED`: not something the peer says); `None` over the network.
+        process: Option<u32>,
     },
     /// The connection to `id` is gone (or was replaced; a `Connected` follows then).
     Disconnected {
@@ -179,6 +182,7 @@ impl Shared {
         &self,
         remote: &Hello,
         dialer: NodeId,
+        process: Option<u32>,
     ) -> Option<(u64, Arc<SendQueue>)> {
         let _order = self.status_order.lock().await;
         if self.is_stopped() {
@@ -232,6 +236,7 @@ impl Shared {
             .send(TransportEvent::Connected {
                 id: remote.id.clone(),
                 kind: remote.kind,
+                process,
             })
             .await;
         self.changed.send_modify(|v| *v += 1);

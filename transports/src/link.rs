@@ -219,7 +219,7 @@ where
             Err(_) => return Err(TransportError::HandshakeTimeout),
         };
     let dialer = shared.config.local_id.clone();
-    run_session(shared, tx, rx, session, remote, dialer).await;
+    run_session(shared, tx, rx, session, remote, dialer, None).await;
     Ok(())
 }
 
@@ -232,6 +232,7 @@ pub(crate) async fn accept_flow<T, R, F>(
     addr: SocketAddr,
     via: Via,
     mut ticket: Ticket,
+    process: Option<u32>,
     establish: F,
 ) where
     T: LinkTx,
@@ -261,7 +262,7 @@ pub(crate) async fn accept_flow<T, R, F>(
     match result {
         Ok((tx, rx, remote, session)) => {
             let dialer = remote.id.clone();
-            run_session(&shared, tx, rx, session, remote, dialer).await;
+            run_session(&shared, tx, rx, session, remote, dialer, process).await;
         }
         Err(error) => shared.handshake_failed(addr, error),
     }
@@ -276,8 +277,9 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     session: Session,
     remote: Hello,
     dialer: clustd_core::NodeId,
+    process: Option<u32>,
 ) {
-    let Some((generation, queue)) = shared.register(&remote, dialer).await else {
+    let Some((generation, queue)) = shared.register(&remote, dialer, process).await else {
         return;
     };
     let Session { sealer, opener } = session;

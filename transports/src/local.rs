@@ -107,6 +107,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListene
             }
         };
         let ticket = shared.unauthenticated.admit(LOCAL_ADDR);
+        // The kernel's word for who connected (for a fence that kills the driver's
+        // processes): the driver cannot forge it.
+        let process = stream
+            .peer_cred()
+            .ok()
+            .and_then(|cred| cred.pid())
+            .and_then(|pid| u32::try_from(pid).ok());
         let establish = async move {
             let (tx, rx) = ws::server(Box::new(stream), config).await?;
             Ok((tx, rx, LOCAL_BINDING.to_vec()))
@@ -116,6 +123,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListene
             LOCAL_ADDR,
             Via::LocalSocket,
             ticket,
+            process,
             establish,
         ));
     }

@@ -344,6 +344,7 @@ async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             addr,
             Via::Network,
             ticket,
+            None,
             establish,
         ));
     }

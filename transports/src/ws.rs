@@ -236,6 +236,7 @@ async fn serve<N: Net>(
             addr,
             Via::Network,
             ticket,
+            None,
             establish,
         ));
     }

@@ -399,14 +399,14 @@ async fn driver_dials_by_address(kind: TransportKind) {
     })
     .await;
     assert!(
-        matches!(event, TransportEvent::Connected { ref id, kind: PeerKind::Peer } if id.as_str() == "n1")
+        matches!(event, TransportEvent::Connected { ref id, kind: PeerKind::Peer, process: None } if id.as_str() == "n1")
     );
     let (event, _) = wait_for(&mut de, "daemon sees driver", |e| {
         matches!(e, TransportEvent::Connected { .. })
     })
     .await;
     assert!(
-        matches!(event, TransportEvent::Connected { ref id, kind: PeerKind::Driver } if id.as_str() == "shell-1")
+        matches!(event, TransportEvent::Connected { ref id, kind: PeerKind::Driver, process: None } if id.as_str() == "shell-1")
     );
     send_when_connected(&daemon, "shell-1", b"role", SendClass::Reliable).await;
     send_when_connected(&driver, "n1", b"ack", SendClass::Reliable).await;
@@ -1017,7 +1017,13 @@ async fn a_local_driver_connects_on_the_socket_without_a_secret(kind: TransportK
     );
     let (driver, mut driver_events) = start(cfg).await;
     driver.dial_socket(&path);
-    connected(&mut e1, "drv").await;
+    // The daemon learns the driver's process from the kernel (here: this test process).
+    let me = std::process::id();
+    wait_for(&mut e1, "Connected(drv) with its process id", |e| {
+        matches!(e, TransportEvent::Connected { id, process: Some(pid), .. }
+            if id.as_str() == "drv" && *pid == me)
+    })
+    .await;
     connected(&mut driver_events, "n1").await;
     n1.send(&id("drv"), b"over the socket".to_vec(), SendClass::Reliable)
         .expect("queued");

@@ -63,6 +63,9 @@ pub(crate) struct NodeSpec {
     pub(crate) start: String,
     /// `script.stop`.
     pub(crate) stop: String,
+    /// The driver connects on the daemon's local driver socket (`<data_dir>/driver.sock`)
+    /// instead of over the transport.
+    pub(crate) socket: bool,
 }
 
 /// One daemon and its shell driver, both child processes (killed on drop).
@@ -188,14 +191,26 @@ impl ProcCluster {
             let driver_config = path.join(format!("driver-{id}.toml"));
             std::fs::write(
                 &driver_config,
-                format!(
-                    "daemon = \"127.0.0.1:{}\"\ndaemon_key = \"{}\"\ntransport = \"{transport}\"\nsecret_file = {}\ndriver_id = \"shell-{id}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/sh\"\nstart = {}\nstop = {}\ntimeout_ms = 10000\n",
-                    ports[i],
-                    keys[i],
-                    toml_string(&driver_secret.display().to_string()),
-                    toml_string(&spec.start),
-                    toml_string(&spec.stop),
-                ),
+                if spec.socket {
+                    format!(
+                        "daemon = {}\ndriver_id = \"shell-{id}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/sh\"\nstart = {}\nstop = {}\ntimeout_ms = 10000\n",
+                        toml_string(&format!(
+                            "unix:{}",
+                            path.join(id).join("driver.sock").display()
+                        )),
+                        toml_string(&spec.start),
+                        toml_string(&spec.stop),
+                    )
+                } else {
+                    format!(
+                        "daemon = \"127.0.0.1:{}\"\ndaemon_key = \"{}\"\ntransport = \"{transport}\"\nsecret_file = {}\ndriver_id = \"shell-{id}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/sh\"\nstart = {}\nstop = {}\ntimeout_ms = 10000\n",
+                        ports[i],
+                        keys[i],
+                        toml_string(&driver_secret.display().to_string()),
+                        toml_string(&spec.start),
+                        toml_string(&spec.stop),
+                    )
+                },
             )?;
             let daemon_log = path.join(format!("{id}.log"));
             let daemon = Command::new(clustd_bin())
@@ -239,6 +254,11 @@ impl ProcCluster {
             .as_ref()
             .expect("started with start_cuttable")
             .isolate(i);
+    }
+
+    /// Node `i`'s driver process id.
+    pub(crate) fn driver_pid(&self, i: usize) -> u32 {
+        self.nodes[i]._driver.id().expect("driver running")
     }
 
     /// Sends `signal` (e.g. `SIGSTOP`, `SIGCONT`) to node `i`'s driver process.

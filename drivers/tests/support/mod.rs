@@ -345,6 +345,7 @@ impl FakeDaemon {
             if let TransportEvent::Connected {
                 id,
                 kind: PeerKind::Driver,
+                ..
             } = self.next_event().await
             {
                 return id;
