@@ -251,6 +251,8 @@ pub struct ServiceChecker {
     violations: Vec<Violation>,
     failed_stops: u64,
     last_at: Duration,
+    /// Drivers frozen now (node, driver) and since when, whether or not they run.
+    frozen: BTreeMap<(NodeId, NodeId), Duration>,
 }
 
 impl ServiceChecker {
@@ -306,6 +308,10 @@ impl ServiceChecker {
                 frozen: None,
                 thawed: None,
             });
+            // Told "master" while frozen: it cannot act on this lease either.
+            if let Some(since) = self.frozen.get(&(node.clone(), driver.clone())) {
+                run.frozen = run.frozen.or(Some(*since));
+            }
             // A new "master" notice restarts a driver that had stopped: its lease is the new one.
             if run.stopped.is_some() {
                 run.lease_end = lease_end;
@@ -385,13 +391,22 @@ impl ServiceChecker {
     /// the driver's service is dead from then on, frozen or not.
     pub fn fenced(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
         self.advance(at);
-        self.stop(at, node, driver, Stop::Fenced);
+        // A fence covers leases that ended before it finished; a lease that ends later was
+        // given after (the node was master again), and the fence says nothing of it.
+        if self
+            .run_of(node, driver)
+            .is_some_and(|run| run.lease_end <= at)
+        {
+            self.stop(at, node, driver, Stop::Fenced);
+        }
     }
 
     /// `node`'s machine was reset at `at` (its watchdog fired): every driver there, and the
     /// service with them, is gone.
     pub fn machine_reset(&mut self, at: Duration, node: &NodeId) {
         self.advance(at);
+        // Its drivers start afresh after the reboot.
+        self.frozen.retain(|(n, _), _| n != node);
         let drivers: Vec<NodeId> = self
             .open
             .get(node)
@@ -408,6 +423,9 @@ impl ServiceChecker {
     /// (its lease plus the stop budget behind it) stays stopped.
     pub fn frozen(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
         self.advance(at);
+        self.frozen
+            .entry((node.clone(), driver.clone()))
+            .or_insert(at);
         let Some(stop_budget) = self.open.get(node).map(|open| open.stop_budget) else {
             return;
         };
@@ -423,6 +441,7 @@ impl ServiceChecker {
     /// the stop budget.
     pub fn thawed(&mut self, at: Duration, node: &NodeId, driver: &NodeId) {
         self.advance(at);
+        self.frozen.remove(&(node.clone(), driver.clone()));
         if let Some(run) = self.run_of(node, driver)
             && run.frozen.take().is_some()
         {
@@ -684,6 +703,25 @@ mod tests {
         c.frozen(ms(1040), &a, &da);
         c.machine_reset(ms(1050), &a);
         assert!(!c.may_run(&a, ms(1050)));
+    }
+
+    #[test]
+    fn a_fence_covers_no_lease_given_after_it_and_a_freeze_before_master_counts() {
+        let mut c = ServiceChecker::new();
+        let (a, b, da, db) = (id("a"), id("b"), id("da"), id("db"));
+        c.told_master(ms(0), &a, &da, Term(1), ms(700), BUDGET);
+        c.frozen(ms(100), &a, &da);
+        // Master again (a new lease to 1500) while the fence for the old one ran.
+        c.lease(ms(600), &a, &da, ms(1500));
+        c.fenced(ms(880), &a, &da);
+        c.told_master(ms(1000), &b, &db, Term(2), ms(1700), BUDGET);
+        assert_eq!(c.violations().len(), 1, "{:?}", c.violations());
+        // Frozen before it was ever told "master": the lease it is given ends nothing.
+        let mut c = ServiceChecker::new();
+        c.frozen(ms(0), &a, &da);
+        c.told_master(ms(10), &a, &da, Term(1), ms(700), BUDGET);
+        c.told_master(ms(2000), &b, &db, Term(2), ms(2700), BUDGET);
+        assert_eq!(c.violations().len(), 1, "{:?}", c.violations());
     }
 
     #[test]

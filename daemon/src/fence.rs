@@ -35,9 +35,20 @@ pub struct FenceRequest {
     /// The drivers whose stop is unconfirmed, in id order.
     pub drivers: Vec<NodeId>,
     /// The processes each of those drivers connected from over the local driver socket
-    /// (the kernel's peer credentials), while it may have run the service; none over the
-    /// network.
-    pub processes: Vec<(NodeId, Vec<DriverProcess>)>,
+    /// (the kernel's peer credentials) while it may have run the service.
+    pub processes: Vec<DriverProcesses>,
+}
+
+/// A driver's processes, for `fence.kill_driver`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverProcesses {
+    /// The driver.
+    pub driver: NodeId,
+    /// The processes its local-socket connections came from.
+    pub processes: Vec<DriverProcess>,
+    /// Every connection that may have run the service is among them (none came over the
+    /// network, none was forgotten).
+    pub complete: bool,
 }
 
 /// How the daemon fences: by default the `[fence] command` ([`CommandFencer`]); a runtime
@@ -77,17 +88,13 @@ impl CommandFencer {
 async fn kill_drivers(request: &FenceRequest) -> ActionResult {
     let mut failures = Vec::new();
     for driver in &request.drivers {
-        let processes: Vec<DriverProcess> = request
-            .processes
-            .iter()
-            .filter(|(id, _)| id == driver)
-            .flat_map(|(_, p)| p.iter().copied())
-            .collect();
-        if processes.is_empty() {
+        let known = request.processes.iter().find(|p| p.driver == *driver);
+        let processes: Vec<DriverProcess> = known.map(|p| p.processes.clone()).unwrap_or_default();
+        if processes.is_empty() || known.is_some_and(|p| !p.complete) {
+            // Still kill what is known; the run fails either way.
             failures.push(format!(
-                "driver {driver} did not connect over the local driver socket, so its process is unknown"
+                "driver {driver} (or an earlier connection under its id) did not connect over the local driver socket, so its process is unknown"
             ));
-            continue;
         }
         for process in processes {
             let killed =

@@ -13,47 +13,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A driver's process as its connection was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DriverProcess {
-    /// Its pid (from the kernel).
-    pub pid: u32,
-    /// Its start time (`/proc/<pid>/stat` field 22, clock ticks since boot).
-    pub start_time: u64,
+pub use clustd_transport::PeerProcess as DriverProcess;
+use clustd_transport::{ProcStat, proc_stat};
+
+/// Whether `process` still is the process it was (same pid, same start time, alive).
+fn is_alive(process: DriverProcess) -> bool {
+    stat(process.pid)
+        .is_some_and(|s| s.start_time == process.start_time && !matches!(s.state, 'Z' | 'X'))
 }
 
-impl DriverProcess {
-    /// The process `pid` as it is now, if it exists.
-    pub fn of(pid: u32) -> Option<Self> {
-        stat(pid).map(|s| Self {
-            pid,
-            start_time: s.start_time,
-        })
-    }
+/// The owner of process `pid` (its effective uid, as `/proc` shows it).
+fn owner(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Stat {
-    /// `R`, `S`, `T`, `Z` (a zombie: dead, not reaped yet)...
-    state: char,
-    ppid: u32,
-    start_time: u64,
-}
-
-/// Fields 4 (ppid) and 22 (start time) of `/proc/<pid>/stat`; the command name (field 2)
-/// may hold spaces and parentheses, so fields are counted after its last `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
-}
-
-fn stat(pid: u32) -> Option<Stat> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+fn stat(pid: u32) -> Option<ProcStat> {
+    proc_stat(pid)
 }
 
 /// Every live process's parent, now.
@@ -96,9 +74,16 @@ fn tree(parents: &BTreeMap<u32, u32>, root: u32) -> BTreeSet<u32> {
     out
 }
 
-/// Kills `root`'s process tree; returns how many processes it signalled. Refuses a tree
-/// that holds this daemon (or pid 1), and a root that is gone or whose pid now belongs to
-/// another process: its children can no longer be found that way.
+/// How many times the tree is walked for processes forked while it was being frozen.
+const ROUNDS: usize = 8;
+
+/// Kills `root`'s process tree; returns how many processes it killed. Only processes owned
+/// by the driver's user are signalled (a setuid descendant, which the driver could not kill
+/// itself, fails the run instead); every process is frozen (SIGSTOP) first and killed only
+/// if it still is the process that was frozen (pid and start time). Refuses a tree that
+/// holds this daemon (or pid 1), a root that is gone, a zombie or whose pid now belongs to
+/// another process (a service it started is no longer in its tree), and a tree that does
+/// not stop growing.
 pub fn kill_tree(root: DriverProcess) -> Result<usize, String> {
     let me = std::process::id();
     if root.pid <= 1 || root.pid == me {
@@ -107,15 +92,16 @@ pub fn kill_tree(root: DriverProcess) -> Result<usize, String> {
             root.pid
         ));
     }
-    if DriverProcess::of(root.pid) != Some(root) {
+    if !is_alive(root) {
         return Err(format!(
             "driver process {} is gone: a service it started is no longer in its tree; set fence.command to reach it",
             root.pid
         ));
     }
-    let mut stopped = BTreeSet::new();
+    let mut frozen: BTreeMap<u32, DriverProcess> = BTreeMap::new();
+    let mut settled = false;
     // Freeze what is there, then look again for what was forked meanwhile.
-    for _ in 0..8 {
+    for _ in 0..ROUNDS {
         let all = tree(&parents()?, root.pid);
         if all.contains(&me) {
             return Err(format!(
@@ -123,26 +109,62 @@ pub fn kill_tree(root: DriverProcess) -> Result<usize, String> {
                 root.pid
             ));
         }
-        let new: Vec<u32> = all.difference(&stopped).copied().collect();
+        let new: Vec<u32> = all
+            .into_iter()
+            .filter(|p| !frozen.contains_key(p))
+            .collect();
         if new.is_empty() {
+            settled = true;
             break;
         }
         for pid in new {
-            signal(pid, Signal::SIGSTOP)?;
-            stopped.insert(pid);
+            let Some(process) = stat(pid).map(|s| DriverProcess {
+                pid,
+                uid: root.uid,
+                start_time: s.start_time,
+            }) else {
+                continue; // gone meanwhile
+            };
+            if owner(pid) != Some(root.uid) {
+                for p in frozen.values() {
+                    let _ = signal(p.pid, Signal::SIGCONT);
+                }
+                return Err(format!(
+                    "pid {pid} in driver process {}'s tree belongs to another user: not killed",
+                    root.pid
+                ));
+            }
+            if signal(pid, Signal::SIGSTOP)? {
+                frozen.insert(pid, process);
+            }
         }
     }
-    for pid in &stopped {
-        signal(*pid, Signal::SIGKILL)?;
+    if !settled {
+        for p in frozen.values() {
+            let _ = signal(p.pid, Signal::SIGCONT);
+        }
+        return Err(format!(
+            "driver process {}'s tree kept growing over {ROUNDS} walks (a fork bomb?): not killed",
+            root.pid
+        ));
     }
-    Ok(stopped.len())
+    let mut killed = 0;
+    for process in frozen.values() {
+        // Still the process we froze (a stopped process does not exit by itself, but it can
+        // be killed by someone else and its pid reused).
+        if is_alive(*process) && signal(process.pid, Signal::SIGKILL)? {
+            killed += 1;
+        }
+    }
+    Ok(killed)
 }
 
-fn signal(pid: u32, signal: Signal) -> Result<(), String> {
+/// Sends `signal`; `Ok(false)` if the process is gone already.
+fn signal(pid: u32, signal: Signal) -> Result<bool, String> {
     let target = Pid::from_raw(i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?);
     match kill(target, signal) {
-        // Gone already: nothing left to stop.
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::ESRCH) => Ok(false),
         Err(e) => Err(format!("cannot send {signal} to pid {pid}: {e}")),
     }
 }
@@ -154,9 +176,9 @@ mod tests {
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
         let line = "4242 (a (weird) name) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3";
-        let s = parse_stat(line).expect("parsed");
+        let s = ProcStat::parse(line).expect("parsed");
         assert_eq!((s.state, s.ppid, s.start_time), ('S', 17, 987_654));
-        assert!(parse_stat("garbage").is_none());
+        assert!(ProcStat::parse("garbage").is_none());
     }
 
     #[test]
@@ -176,7 +198,7 @@ mod tests {
         let pid = child.id();
         let root = (0..200)
             .find_map(|_| {
-                let p = DriverProcess::of(pid)?;
+                let p = DriverProcess::of(pid, nix::unistd::getuid().as_raw())?;
                 let all = tree(&parents().ok()?, pid);
                 if all.len() >= 2 {
                     Some(p)
@@ -190,6 +212,14 @@ mod tests {
             start_time: root.start_time + 1,
             ..root
         };
+        let other_user = DriverProcess {
+            uid: root.uid + 1,
+            ..root
+        };
+        assert!(
+            kill_tree(other_user).is_err(),
+            "another user's processes are not signalled"
+        );
         assert!(
             kill_tree(stale).is_err(),
             "another start time is another process"
@@ -212,9 +242,12 @@ mod tests {
         assert!(
             kill_tree(DriverProcess {
                 pid: std::process::id(),
+                uid: 0,
                 start_time: 0
             })
             .is_err()
         );
+        // The shell is gone now: its children (if any were left) are out of reach.
+        assert!(kill_tree(root).is_err());
     }
 }

@@ -429,6 +429,9 @@ struct DriverState {
     /// surely did not run the service (kernel peer credentials; at most
     /// [`MAX_DRIVER_PROCESSES`], the latest): what `fence.kill_driver` kills.
     processes: Vec<DriverProcess>,
+    /// Some connection since then came from a process not in `processes` (over the
+    /// network, or one too many): `kill_driver` cannot be sure to reach the service.
+    process_unknown: bool,
 }
 
 /// How many of a driver's processes are remembered for `fence.kill_driver`.
@@ -977,7 +980,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     /// A driver connected: admitted (told its role at once) unless
     /// [`MAX_CONNECTED_DRIVERS`] are connected already.
-    fn driver_connected(&mut self, id: &NodeId, now: Instant, process: Option<u32>) {
+    fn driver_connected(&mut self, id: &NodeId, now: Instant, process: Option<DriverProcess>) {
         let connected = self.table.drivers.values().filter(|d| d.connected).count();
         if connected >= MAX_CONNECTED_DRIVERS {
             self.shared.metrics.drivers_refused.inc();
@@ -1002,14 +1005,16 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         d.last_heard = Some(now);
         if !d.may_run_at(now, self.settle) {
             d.processes.clear();
+            d.process_unknown = false;
         }
-        if let Some(process) = process.and_then(DriverProcess::of)
-            && !d.processes.contains(&process)
-        {
-            if d.processes.len() >= MAX_DRIVER_PROCESSES {
-                d.processes.remove(0);
+        match process {
+            Some(process) if d.processes.contains(&process) => {}
+            Some(process) if d.processes.len() < MAX_DRIVER_PROCESSES => {
+                d.processes.push(process);
             }
-            d.processes.push(process);
+            // Over the network, or more connections than remembered: some connection that
+            // may run the service is of an unknown process, and `kill_driver` says so.
+            _ => d.process_unknown = true,
         }
         if d.may_run_at(now, self.settle) {
             // Whatever this connection says, the one before may still run until its lease
@@ -1461,7 +1466,11 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 .iter()
                 .filter_map(|(id, _)| {
                     let d = self.table.drivers.get(id)?;
-                    Some((id.clone(), d.processes.clone()))
+                    Some(fence::DriverProcesses {
+                        driver: id.clone(),
+                        processes: d.processes.clone(),
+                        complete: !d.process_unknown,
+                    })
                 })
                 .collect(),
         };
@@ -1488,14 +1497,18 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             })
             .inc();
         if done.result == ActionResult::Ok {
+            let mut fenced = Vec::new();
             for (id, end) in &done.drivers {
                 if let Some(d) = self.table.drivers.get_mut(id) {
                     d.fenced_ok_until = Some(d.fenced_ok_until.map_or(*end, |t| t.max(*end)));
+                    // Told "master" again while the fence ran: the new run is not covered.
+                    if d.lease_until <= *end && d.held_until.is_none_or(|h| h <= *end) {
+                        fenced.push(id.clone());
+                    }
                 }
-                self.record(DriverRecord::Fenced {
-                    at: now,
-                    driver: id.clone(),
-                });
+            }
+            for driver in fenced {
+                self.record(DriverRecord::Fenced { at: now, driver });
             }
         }
         let names: Vec<String> = done.drivers.iter().map(|(d, _)| d.to_string()).collect();

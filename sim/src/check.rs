@@ -120,7 +120,8 @@ pub struct Observer {
     last_record: Duration,
     /// Successful fences: when each was heard, and the node.
     pub fences: Vec<(Duration, usize)>,
-    /// Watchdog resets: when each machine was reset.
+    /// Watchdog resets: when each machine's watchdog fired (its deadline; the checker
+    /// counts the machine as reset at the end of that tick).
     pub resets: Vec<(Duration, usize)>,
 }
 
@@ -250,7 +251,6 @@ impl Observer {
                 self.event(at, format!("n{node} fenced driver {driver}'s service"));
             }
             ServiceInput::MachineReset => {
-                self.resets.push((at, node));
                 self.event(at, format!("n{node}'s machine reset (watchdog)"));
             }
             _ => {}
@@ -379,6 +379,11 @@ impl Observer {
             .filter(|(_, a)| a.lease_end >= now)
             .max_by_key(|(_, a)| a.term)
             .map(|(node, _)| *node)
+    }
+
+    /// Node `node`'s watchdog fired at `at` (its deadline).
+    pub fn watchdog_fired(&mut self, at: Duration, node: usize) {
+        self.resets.push((at, node));
     }
 
     /// The end (global time) of the last lease node's daemon announced to its drivers.

@@ -97,6 +97,18 @@ impl Pause {
         Duration::from_nanos(self.0.load(Ordering::Relaxed))
     }
 
+    /// Waits (in simulated time) until the pause is over.
+    pub async fn wait_until_running(&self) {
+        loop {
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            let until = self.get();
+            if until <= now {
+                return;
+            }
+            tokio::time::sleep(until - now).await;
+        }
+    }
+
     /// Ends the pause now (the machine rebooted).
     pub fn clear(&self) {
         self.0.store(0, Ordering::Relaxed);

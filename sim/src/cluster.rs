@@ -360,19 +360,22 @@ impl Driver for SimService {
             state: self.state.clone(),
             node: self.node,
             armed: change.role == DriverRole::Master,
+            pause: self.pause.clone(),
         };
         if change.role == DriverRole::Master {
             lock_state(&self.state).running = true;
         }
-        tokio::time::sleep(took).await;
-        // SIGSTOPped meanwhile: the action completes only once the driver runs again.
+        // The action takes `took` of time in which the driver runs: SIGSTOPped meanwhile,
+        // it makes no progress, and it completes only while running.
+        let mut left = took;
         loop {
-            let now = turmoil::sim_elapsed().unwrap_or_default();
-            let until = self.pause.get();
-            if until <= now {
+            self.pause.wait_until_running().await;
+            if left.is_zero() {
                 break;
             }
-            tokio::time::sleep(until - now).await;
+            let step = left.min(PAUSE_STEP);
+            tokio::time::sleep(step).await;
+            left -= step;
         }
         cancelled.armed = false;
         let end = turmoil::sim_elapsed().unwrap_or_default();
@@ -418,16 +421,36 @@ struct CancelGuard {
     state: Arc<Mutex<ServiceState>>,
     node: usize,
     armed: bool,
+    pause: Pause,
 }
+
+/// A paused driver's action makes progress in steps this long, each while it runs.
+const PAUSE_STEP: Duration = Duration::from_millis(5);
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if self.armed {
+        if !self.armed {
+            return;
+        }
+        let (state, node, pause) = (self.state.clone(), self.node, self.pause.clone());
+        let kill = move || {
             let at = turmoil::sim_elapsed().unwrap_or_default();
-            let mut s = lock_state(&self.state);
+            let mut s = lock_state(&state);
             s.running = false;
             s.log
-                .push((at, format!("d{} start cancelled (killed)", self.node)));
+                .push((at, format!("d{node} start cancelled (killed)")));
+        };
+        // A frozen driver kills nothing: a cancellation (a lease timer armed before the
+        // freeze) takes effect once it runs again.
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if pause.get() > now => {
+                runtime.spawn(async move {
+                    pause.wait_until_running().await;
+                    kill();
+                });
+            }
+            _ => kill(),
         }
     }
 }
@@ -487,6 +510,11 @@ pub struct Cluster {
     /// Machines reset by their watchdog, when they boot again, and whether their daemon
     /// ran at the reset (it is started again then).
     reboots: Vec<(Duration, usize, bool)>,
+    /// Directions cut between daemons (`from`, `to`): a pause's hold and release share
+    /// turmoil's link state with cuts, so cuts are put back after a release.
+    cuts: std::collections::BTreeSet<(IpAddr, IpAddr)>,
+    /// Daemon-driver links cut (a disconnected driver, a silent crash).
+    driver_cut: Vec<bool>,
     /// Each node's simulated service.
     services: Vec<Arc<Mutex<ServiceState>>>,
     /// Driver host names (`d{i}`).
@@ -752,6 +780,8 @@ impl Cluster {
             driver_pauses,
             watchdogs,
             reboots: Vec::new(),
+            cuts: std::collections::BTreeSet::new(),
+            driver_cut: vec![false; nodes],
             services,
             driver_names,
             last_cut: None,
@@ -846,13 +876,16 @@ impl Cluster {
                 format!("observer of n{i} lost {k} driver records (harness bug)"),
             );
         }
+        // Fed at the end of the tick, not at the deadline: the machine is torn down only
+        // now, and until then the harness has let it run.
         let resets = self.watchdog_resets(now);
-        fed.extend(resets.iter().cloned());
+        fed.extend(resets.iter().map(|(_, i, input)| (now, *i, input.clone())));
         fed.sort_by_key(|(at, i, _)| (*at, *i));
         for (at, i, item) in &fed {
             self.observer.on_record(*at, *i, item);
         }
         for (at, i, _) in resets {
+            self.observer.watchdog_fired(at, i);
             self.reset_machine(at, i);
         }
         let mut running = Vec::new();
@@ -1034,6 +1067,8 @@ impl Cluster {
         for x in self.hosts(a) {
             for y in self.hosts(b) {
                 self.sim.partition(x, y);
+                self.cuts.insert((x, y));
+                self.cuts.insert((y, x));
             }
         }
     }
@@ -1047,6 +1082,7 @@ impl Cluster {
         for x in self.hosts(from) {
             for y in self.hosts(to) {
                 self.sim.partition_oneway(x, y);
+                self.cuts.insert((x, y));
             }
         }
     }
@@ -1066,8 +1102,11 @@ impl Cluster {
                 self.sim.repair(x, y);
                 self.sim.repair_oneway(x, y);
                 self.sim.repair_oneway(y, x);
+                self.cuts.remove(&(x, y));
+                self.cuts.remove(&(y, x));
             }
         }
+        self.rehold_paused();
     }
 
     /// Repairs every link between running nodes and removes loss and extra latency.
@@ -1082,6 +1121,8 @@ impl Cluster {
                 self.sim.repair(a, b);
                 self.sim.repair_oneway(a, b);
                 self.sim.repair_oneway(b, a);
+                self.cuts.remove(&(a, b));
+                self.cuts.remove(&(b, a));
             }
         }
         // Drivers reconnected to their daemons, at the default latency.
@@ -1089,12 +1130,14 @@ impl Cluster {
             if !self.cut_for_crash[i] {
                 let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
                 self.sim.repair(n.as_str(), d.as_str());
+                self.driver_cut[i] = false;
                 self.sim
                     .set_link_latency(n.as_str(), d.as_str(), self.config.latency.0);
             }
         }
         self.set_loss(0.0);
         self.set_latency(self.config.latency.0, self.config.latency.1);
+        self.rehold_paused();
     }
 
     /// Message loss on every link: each message has probability `rate` to fail the link,
@@ -1132,6 +1175,7 @@ impl Cluster {
         self.partition(&[i], &others);
         let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
         self.sim.partition(n.as_str(), d.as_str());
+        self.driver_cut[i] = true;
         self.cut_for_crash[i] = true;
         self.crash_now(i, "crash (silent)");
     }
@@ -1182,10 +1226,14 @@ impl Cluster {
             for x in self.hosts(&[i]) {
                 for y in self.hosts(&others) {
                     self.sim.repair(x, y);
+                    self.cuts.remove(&(x, y));
+                    self.cuts.remove(&(y, x));
                 }
             }
             let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
             self.sim.repair(n.as_str(), d.as_str());
+            self.driver_cut[i] = false;
+            self.rehold_paused();
         }
         let damaged = lock(&self.disk).damaged.get(&i).copied();
         let refused_before = self.slots[i].borrow().refused;
@@ -1246,10 +1294,13 @@ impl Cluster {
             self.observer
                 .event(now, format!("fault: driver d{i} disconnected"));
             self.sim.partition(n.as_str(), d.as_str());
+            self.driver_cut[i] = true;
         } else {
             self.observer
                 .event(now, format!("heal: driver d{i} reconnects"));
             self.sim.repair(n.as_str(), d.as_str());
+            self.driver_cut[i] = false;
+            self.rehold_paused();
         }
     }
 
@@ -1329,13 +1380,8 @@ impl Cluster {
         self.observer
             .event(now, format!("fault: n{i} paused for {d:?}"));
         self.pauses[i].until(now + d);
-        let n = self.names[i].clone();
-        for j in self.others(&[i]) {
-            let m = self.names[j].clone();
-            self.sim.hold(n.as_str(), m.as_str());
-        }
-        self.sim.hold(n.as_str(), self.driver_names[i].as_str());
         self.paused.push((now + d, Paused::Daemon(i)));
+        self.rehold_paused();
     }
 
     /// Pauses node `i`'s driver for `d` (SIGSTOP, swapped out, wedged): its link to its
@@ -1354,9 +1400,8 @@ impl Cluster {
             },
         );
         self.driver_pauses[i].until(now + d);
-        self.sim
-            .hold(self.names[i].as_str(), self.driver_names[i].as_str());
         self.paused.push((now + d, Paused::Driver(i)));
+        self.rehold_paused();
     }
 
     fn is_paused(&self, what: Paused) -> bool {
@@ -1404,6 +1449,49 @@ impl Cluster {
             if !self.is_paused(Paused::Daemon(i)) && !self.is_paused(Paused::Driver(i)) {
                 self.sim
                     .release(self.names[i].as_str(), self.driver_names[i].as_str());
+            }
+            self.restore_cuts();
+        }
+    }
+
+    /// Puts back every cut a release healed (turmoil's release makes a link healthy).
+    fn restore_cuts(&mut self) {
+        for (x, y) in self.cuts.clone() {
+            self.sim.partition_oneway(x, y);
+        }
+        for i in 0..self.config.nodes {
+            if self.driver_cut[i] {
+                self.sim
+                    .partition(self.names[i].as_str(), self.driver_names[i].as_str());
+            }
+        }
+    }
+
+    /// Holds again the links of every paused daemon and driver that a repair made healthy
+    /// (a cut stays a cut: a paused process behind one hears nothing either way).
+    fn rehold_paused(&mut self) {
+        let paused: Vec<Paused> = self.paused.iter().map(|(_, p)| *p).collect();
+        for what in paused {
+            match what {
+                Paused::Daemon(i) => {
+                    let x = self.sim.lookup(self.names[i].as_str());
+                    for j in self.others(&[i]) {
+                        let y = self.sim.lookup(self.names[j].as_str());
+                        if !self.cuts.contains(&(x, y)) && !self.cuts.contains(&(y, x)) {
+                            self.sim.hold(x, y);
+                        }
+                    }
+                    if !self.driver_cut[i] {
+                        self.sim
+                            .hold(self.names[i].as_str(), self.driver_names[i].as_str());
+                    }
+                }
+                Paused::Driver(i) => {
+                    if !self.driver_cut[i] {
+                        self.sim
+                            .hold(self.names[i].as_str(), self.driver_names[i].as_str());
+                    }
+                }
             }
         }
     }

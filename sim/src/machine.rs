@@ -94,6 +94,11 @@ impl SimWatchdog {
         let now = turmoil::sim_elapsed().unwrap_or_default();
         let fires = now + self.timeout.div_f64(self.rate);
         let mut s = self.lock();
+        // Fired already (the harness resets the machine at the end of this tick): a feed
+        // now comes too late to save it.
+        if s.fires_at.is_some_and(|at| at <= now) {
+            return;
+        }
         s.fires_at = Some(fires);
         s.feeds += 1;
     }
@@ -111,7 +116,12 @@ impl WatchdogDevice for SimWatchdog {
     }
 
     fn disarm(&mut self) -> std::io::Result<()> {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
         let mut s = self.lock();
+        if s.fires_at.is_some_and(|at| at <= now) {
+            // Too late: it fired.
+            return Ok(());
+        }
         s.fires_at = None;
         s.disarms += 1;
         Ok(())

@@ -29,9 +29,9 @@ pub enum TransportEvent {
         id: NodeId,
         /// Daemon or driver.
         kind: PeerKind,
-        /// The peer's process id, from the kernel's credentials of the local driver socket
-        /// (`SO_PEERCRED`: not something the peer says); `None` over the network.
-        process: Option<u32>,
+        /// The peer's process, from the kernel's credentials of the local driver socket
+        /// (`SO_PEERCRED`: not something the peer says) at accept; `None` over the network.
+        process: Option<crate::PeerProcess>,
     },
     /// The connection to `id` is gone (or was replaced; a `Connected` follows then).
     Disconnected {
@@ -182,7 +182,7 @@ impl Shared {
         &self,
         remote: &Hello,
         dialer: NodeId,
-        process: Option<u32>,
+        process: Option<crate::PeerProcess>,
     ) -> Option<(u64, Arc<SendQueue>)> {
         let _order = self.status_order.lock().await;
         if self.is_stopped() {

@@ -70,5 +70,5 @@ pub use config::{
 };
 pub use endpoint::{Endpoint, TransportEvent};
 pub use error::{RefuseReason, SendError, TransportError};
-pub use local::LocalSocket;
+pub use local::{LocalSocket, PeerProcess, ProcStat, proc_stat};
 pub use net::{Net, TokioNet};

@@ -232,7 +232,7 @@ pub(crate) async fn accept_flow<T, R, F>(
     addr: SocketAddr,
     via: Via,
     mut ticket: Ticket,
-    process: Option<u32>,
+    process: Option<crate::PeerProcess>,
     establish: F,
 ) where
     T: LinkTx,
@@ -277,7 +277,7 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     session: Session,
     remote: Hello,
     dialer: clustd_core::NodeId,
-    process: Option<u32>,
+    process: Option<crate::PeerProcess>,
 ) {
     let Some((generation, queue)) = shared.register(&remote, dialer, process).await else {
         return;

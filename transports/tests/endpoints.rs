@@ -1020,8 +1020,8 @@ async fn a_local_driver_connects_on_the_socket_without_a_secret(kind: TransportK
     // The daemon learns the driver's process from the kernel (here: this test process).
     let me = std::process::id();
     wait_for(&mut e1, "Connected(drv) with its process id", |e| {
-        matches!(e, TransportEvent::Connected { id, process: Some(pid), .. }
-            if id.as_str() == "drv" && *pid == me)
+        matches!(e, TransportEvent::Connected { id, process: Some(p), .. }
+            if id.as_str() == "drv" && p.pid == me && p.start_time > 0)
     })
     .await;
     connected(&mut driver_events, "n1").await;
