@@ -3,6 +3,11 @@
 //!
 //! Run: `cargo run -p clustd-core --example embed`
 //! It prints the election, stops the master's thread, and prints the failover and its time.
+//!
+//! "Who may serve" is the lease gate ([`Node::may_serve`]), published as the gate's end on
+//! the std clock: a node whose thread stopped still *says* master (`is_master()`: as of its
+//! last input), but its gate shuts at its lease end, before any other node's opens. The
+//! main thread checks that no two gates are ever open at once.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,14 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use clustd_core::{Config, Event, Instant, Message, Node, NodeId, PersistentState};
+use clustd_core::{Config, Event, Message, Node, NodeId, PersistentState, StdClock};
 
 type Inbox = Sender<(NodeId, Message)>;
 
-/// Shared view for the main thread: who is master right now.
+/// Shared view for the main thread: each node's open lease gate, until when.
 #[derive(Default)]
 struct View {
-    masters: BTreeMap<NodeId, bool>,
+    gates: BTreeMap<NodeId, std::time::Instant>,
 }
 
 fn run_node(
@@ -27,10 +32,11 @@ fn run_node(
     peers: BTreeMap<NodeId, Inbox>,
     stop: Arc<AtomicBool>,
     view: Arc<Mutex<View>>,
-    origin: std::time::Instant,
+    clock: StdClock,
 ) {
     // The caller owns the clock: here, a monotonic std clock relative to a shared origin.
-    let now = || Instant::from_elapsed(origin.elapsed());
+    let now = || clock.now();
+    let origin = clock.to_std(clustd_core::Instant::ZERO);
     let mut disk = PersistentState::default(); // a real program writes this to a file + fsync
     while !stop.load(Ordering::Relaxed) {
         let wait = node.poll_timeout().saturating_duration_since(now());
@@ -72,8 +78,17 @@ fn run_node(
                 }
                 _ => {}
             }
-            if let Ok(mut v) = view.lock() {
-                v.masters.insert(node.id().clone(), node.is_master());
+        }
+        // The gate, read at the moment of publishing it: open until the lease end.
+        let t = now();
+        if let Ok(mut v) = view.lock() {
+            match node.lease_until() {
+                Some(until) if node.may_serve(t) => {
+                    v.gates.insert(node.id().clone(), clock.to_std(until));
+                }
+                _ => {
+                    v.gates.remove(node.id());
+                }
             }
         }
     }
@@ -85,14 +100,24 @@ fn run_node(
     );
 }
 
+/// Waits for a node other than `except` whose gate is open; panics if two gates are ever
+/// open at the same instant.
 fn wait_for_master(view: &Mutex<View>, except: Option<&NodeId>) -> NodeId {
     loop {
-        if let Ok(v) = view.lock()
-            && let Some((id, _)) = v.masters.iter().find(|(id, m)| **m && Some(*id) != except)
-        {
-            return id.clone();
+        if let Ok(v) = view.lock() {
+            let now = std::time::Instant::now();
+            let open: Vec<&NodeId> = v
+                .gates
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(id, _)| id)
+                .collect();
+            assert!(open.len() <= 1, "two lease gates open at once: {open:?}");
+            if let Some(id) = open.into_iter().find(|id| Some(*id) != except) {
+                return id.clone();
+            }
         }
-        thread::sleep(Duration::from_millis(5));
+        thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -101,7 +126,8 @@ fn main() {
         .iter()
         .map(|s| NodeId::new(s).unwrap_or_else(|e| panic!("{e}")))
         .collect();
-    let origin = std::time::Instant::now();
+    let clock = StdClock::new();
+    let origin = clock.to_std(clustd_core::Instant::ZERO);
     let view = Arc::new(Mutex::new(View::default()));
     let channels: Vec<_> = ids.iter().map(|_| mpsc::channel()).collect();
     let senders: BTreeMap<NodeId, Inbox> = ids
@@ -119,18 +145,14 @@ fn main() {
             Duration::from_millis(1000),
         );
         config.rng_seed = i as u64 + 1;
-        let node = Node::new(
-            config,
-            PersistentState::default(),
-            Instant::from_elapsed(origin.elapsed()),
-        )
-        .unwrap_or_else(|e| panic!("config: {e}"));
+        let node = Node::new(config, PersistentState::default(), clock.now())
+            .unwrap_or_else(|e| panic!("config: {e}"));
         let stop = Arc::new(AtomicBool::new(false));
         stops.insert(id.clone(), stop.clone());
         let peers = senders.clone();
         let view = view.clone();
         handles.push(thread::spawn(move || {
-            run_node(node, rx, peers, stop, view, origin)
+            run_node(node, rx, peers, stop, view, clock)
         }));
     }
     drop(senders);

@@ -113,6 +113,39 @@ impl Config {
         self.heartbeat_interval = heartbeat;
         self.election_timeout_min = election_timeout_min;
         self.election_timeout_max = election_timeout_max;
+        self.derive_lease();
+    }
+
+    /// The fast LAN profile (README's): heartbeat 10 ms, election timeout 100–200 ms, stop
+    /// budget 20 ms (a driver that stops fast, e.g. a VIP move), drift 5 %, and the longest
+    /// safe lease for those.
+    pub fn fast_lan(id: NodeId, voters: Vec<NodeId>) -> Self {
+        let mut config = Self::new(id, voters);
+        config.stop_budget = Duration::from_millis(20);
+        config.set_timings(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+        );
+        config
+    }
+
+    /// Sets the stop budget, and the lease to the longest safe value for it.
+    pub fn set_stop_budget(&mut self, stop_budget: Duration) {
+        self.stop_budget = stop_budget;
+        self.derive_lease();
+    }
+
+    /// Sets `ρ`, and the lease to the longest safe value for it.
+    pub fn set_max_clock_drift(&mut self, rho: f64) {
+        self.max_clock_drift = rho;
+        self.derive_lease();
+    }
+
+    /// Sets the lease to the longest safe value for the current timings, stop budget and
+    /// drift (zero if none is safe; [`Config::validate`] then says why). Call it after
+    /// setting those fields directly: the lease is not recomputed by itself.
+    pub fn derive_lease(&mut self) {
         self.lease = self.max_safe_lease().unwrap_or(Duration::ZERO);
     }
 
@@ -167,6 +200,9 @@ impl Config {
             });
         }
         let max_safe = self.max_safe_lease();
+        if max_safe.is_some() && self.lease.is_zero() {
+            return Err(ConfigError::NoLease { max_safe });
+        }
         if max_safe.is_none_or(|max| self.lease > max) {
             return Err(ConfigError::UnsafeLease {
                 lease: self.lease,
@@ -227,6 +263,15 @@ pub enum ConfigError {
         /// The largest safe lease, if any lease is safe.
         max_safe: Option<Duration>,
     },
+    /// The lease is zero while a positive one is safe: it was derived before the timings,
+    /// stop budget or drift it depends on were changed, or never.
+    #[error(
+        "the lease is 0 ms: it was derived for other timings (fields set directly, or a stop budget changed after set_timings); call Config::derive_lease() (the longest safe lease now is {max_safe:?}), or use Config::set_timings / set_stop_budget / set_max_clock_drift, which derive it"
+    )]
+    NoLease {
+        /// The largest safe lease.
+        max_safe: Option<Duration>,
+    },
 }
 
 #[cfg(test)]
@@ -254,6 +299,40 @@ mod tests {
         let rho = config.max_clock_drift;
         let lhs = config.lease.as_secs_f64() / (1.0 - rho) + config.stop_budget.as_secs_f64();
         assert!(lhs <= config.election_timeout_min.as_secs_f64() / (1.0 + rho));
+    }
+
+    #[test]
+    fn the_fast_profile_is_the_same_in_every_order_of_setting_it() {
+        let ms = Duration::from_millis;
+        let fast = Config::fast_lan(base().id, base().voters);
+        fast.validate().expect("the preset is valid");
+        let mut timings_first = base();
+        timings_first.set_timings(ms(10), ms(100), ms(200));
+        timings_first.set_stop_budget(ms(20));
+        let mut budget_first = base();
+        budget_first.set_stop_budget(ms(20));
+        budget_first.set_timings(ms(10), ms(100), ms(200));
+        for c in [&timings_first, &budget_first] {
+            c.validate().expect("valid");
+            assert_eq!(
+                (c.lease, c.stop_budget, c.heartbeat_interval),
+                (fast.lease, fast.stop_budget, fast.heartbeat_interval)
+            );
+        }
+        // Fields set directly leave the lease as it was: the error names that, not the heartbeat.
+        let mut direct = base();
+        direct.set_timings(ms(10), ms(100), ms(200)); // the lease is 0: 200 ms budget is too big
+        direct.stop_budget = ms(20);
+        let e = direct.validate().expect_err("lease left at 0");
+        assert!(matches!(e, ConfigError::NoLease { .. }), "{e}");
+        assert!(e.to_string().contains("derive_lease"), "{e}");
+        direct.derive_lease();
+        assert_eq!(direct.lease, fast.lease);
+        // Drift changes the safe lease too.
+        let mut drift = fast.clone();
+        drift.set_max_clock_drift(0.01);
+        assert!(drift.lease > fast.lease);
+        drift.validate().expect("valid");
     }
 
     #[test]

@@ -798,6 +798,35 @@ impl Cluster {
 
     /// Carries out a node's outputs in order: persist, send, events.
     fn flush(&mut self, id: &NodeId) {
+        self.flush_outputs(id);
+        self.check_gates();
+    }
+
+    /// The lease gate as an embedder uses it ([`Node::may_serve`], asked of every running
+    /// node at the global now, on its own clock, whether it was driven lately or not): at
+    /// most one node's gate is open at any instant the harness stops at.
+    fn check_gates(&mut self) {
+        let now = self.now;
+        let open: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|(id, s)| {
+                let node = s.node.as_ref()?;
+                node.may_serve(s.clock.local(now)).then(|| {
+                    let until = node.lease_until().map_or(now, |at| s.clock.global(at));
+                    format!("{id} (lease until {until:?})")
+                })
+            })
+            .collect();
+        if open.len() > 1 {
+            self.checker.violation(format!(
+                "two lease gates open at {now:?}: {}",
+                open.join(", ")
+            ));
+        }
+    }
+
+    fn flush_outputs(&mut self, id: &NodeId) {
         let now = self.now;
         let Some(slot) = self.slots.get_mut(id) else {
             return;

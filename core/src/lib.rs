@@ -27,6 +27,45 @@
 //! while let Some((to, msg)) = node.poll_transmit() { /* then send */ let _ = (to, msg); }
 //! while let Some(event) = node.poll_event() { /* then tell drivers */ let _ = event; }
 //! ```
+//!
+//! ## Embedding: a checklist
+//!
+//! `core/examples/embed.rs` runs all of this on plain threads (`cargo run -p clustd-core
+//! --example embed`).
+//!
+//! 1. **Clock.** One monotonic clock per node, the same one for every input and for the gate
+//!    below. [`StdClock`] counts core [`Instant`]s from an origin on `std::time::Instant` and
+//!    converts both ways (`to_std` for sleeping until [`Node::poll_timeout`]). Its rate may
+//!    drift from real time by at most [`Config::max_clock_drift`]; a clock that stops while
+//!    the machine is suspended is outside the model.
+//! 2. **Config.** [`Config::new`] or [`Config::fast_lan`]; change timings with
+//!    [`Config::set_timings`], [`Config::set_stop_budget`] and
+//!    [`Config::set_max_clock_drift`], which re-derive the lease (setting fields directly
+//!    does not: call [`Config::derive_lease`]). [`Node::new`] validates.
+//! 3. **Persist, then send.** After every input, drain [`Node::poll_persist`] and write the
+//!    state durably (write, fsync, rename) **before** sending anything from
+//!    [`Node::poll_transmit`]: a vote that is sent and then forgotten in a crash lets a node
+//!    vote twice. If a write fails, stop driving the node (send nothing) until it succeeds;
+//!    never skip `poll_persist`.
+//! 4. **Authenticate senders.** [`Message`] carries no sender: the `from` you pass to
+//!    [`Node::handle_message`] must come from an authenticated channel (clustd's transports
+//!    use Noise sessions bound to node keys). Anyone who can forge `from` can vote as a peer.
+//! 5. **Events.** Safety-relevant: [`Event::BecameMaster`], [`Event::LeaseRenewed`] and
+//!    [`Event::BecameBackup`] (start, extend, stop the service). Everything else is
+//!    informational (logs, metrics).
+//! 6. **The lease gate.** Let the service act only while [`Node::may_serve`] is true at the
+//!    moment of acting, read from the same clock. [`Node::is_master`] is the role as of the
+//!    last input: a node that is no longer driven keeps saying `true` while a new master
+//!    serves elsewhere. A new master starts no sooner than this node's lease end plus
+//!    [`Config::stop_budget`]: an in-process service keeps each action shorter than the stop
+//!    budget; a service in another process gets [`Node::lease_remaining`] (minus a margin
+//!    for delivery) and stops by itself at that lease end, whatever it hears.
+//! 7. **Graceful shutdown.** [`Node::step_down`], stop the service, then
+//!    [`Node::confirm_demoted`]; keep driving the node (inputs, timers, sends) until it has
+//!    sent its hand-over (a successor leads), then exit.
+//!
+//! What this crate does not do for you yet: authenticated sessions outside tokio (use
+//! `clustd-transport`, or your own authenticated channel) and a reusable durable store.
 
 pub mod check;
 pub mod codec;
@@ -38,6 +77,7 @@ pub mod harness;
 pub mod ids;
 pub mod message;
 pub mod node;
+pub mod rng;
 pub mod time;
 
 pub use config::{Alone, Config, ConfigError};
@@ -46,4 +86,4 @@ pub use message::{
     ActionResult, DRIVER_ALIVE_INTERVAL, DriverRole, FromDriver, HealthChange, Message, ToDriver,
 };
 pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};
-pub use time::Instant;
+pub use time::{Instant, StdClock};

@@ -11,8 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use crate::rng::SplitMix;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
@@ -65,6 +64,30 @@ pub enum Reason {
     HigherTerm,
 }
 
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Role {
+    /// A short kebab-case name: `follower`, `pre-candidate`, `candidate`, `leader`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Follower => "follower",
+            Self::PreCandidate => "pre-candidate",
+            Self::Candidate => "candidate",
+            Self::Leader => "leader",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Reason {
     /// A short kebab-case name, as given to drivers and scripts.
     pub fn as_str(self) -> &'static str {
@@ -106,6 +129,12 @@ impl RejectReason {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The saved vote names a node that is not a voter: the state belongs to another
+    /// cluster (or the voter list lost a node that this one voted for in its last term).
+    #[error(
+        "the saved state votes for {0}, which is not among the voters: this state file belongs to another cluster, or the voter list changed; restore the right state file or keep {0} in the voter list until the term has passed"
+    )]
+    VoteForNonVoter(NodeId),
     /// The configuration is invalid.
     #[error("election config: {0}")]
     Config(#[from] ConfigError),
@@ -258,7 +287,7 @@ enum State {
 #[derive(Debug)]
 pub struct Node {
     config: Config,
-    rng: StdRng,
+    rng: SplitMix,
     term: Term,
     voted_for: Option<NodeId>,
     state: State,
@@ -301,13 +330,18 @@ impl Node {
         now: Instant,
     ) -> Result<Self, StartError> {
         config.validate()?;
+        if let Some(vote) = &persisted.voted_for
+            && !config.voters.contains(vote)
+        {
+            return Err(StartError::VoteForNonVoter(vote.clone()));
+        }
         if persisted.term > Term::CEILING {
             return Err(StartError::TermAboveCeiling {
                 term: persisted.term,
                 ceiling: Term::CEILING,
             });
         }
-        let rng = StdRng::seed_from_u64(config.rng_seed);
+        let rng = SplitMix(config.rng_seed);
         let mut node = Self {
             rng,
             term: persisted.term,
@@ -369,10 +403,39 @@ impl Node {
         self.leader.as_ref()
     }
 
-    /// Whether drivers have been told this node is master (and the lease has not run out
-    /// as of the last input). This is the only state in which a service may run.
+    /// Whether this node announced itself master and had not seen its lease run out **as of
+    /// its last input**. A node that is no longer driven (its loop stalled, its thread
+    /// starved, its process paused) keeps answering `true` while a new master serves
+    /// elsewhere, so this is a role, not permission: gate the service with
+    /// [`Node::may_serve`] at the moment of acting.
     pub fn is_master(&self) -> bool {
         self.master_term.is_some()
+    }
+
+    /// The gate for a service: whether this node may serve at `now` — it is master and `now`
+    /// (read from the same clock that drives the node, at the moment of acting) is before
+    /// its lease end. Once it is false it stays false until the node is master again.
+    ///
+    /// The lease inequality keeps every new master from starting before this lease end plus
+    /// [`Config::stop_budget`] (in real time, at the drift bound): an action that passed the
+    /// gate must have finished, or be cut off, within the stop budget. For a service in the
+    /// same process, check the gate before each externally visible action and keep each
+    /// action shorter than the stop budget. For a service in another process (a driver),
+    /// hand it the remaining lease ([`Node::lease_remaining`]) minus a margin for delivery,
+    /// and have it stop by itself at that lease end within the stop budget, whatever it
+    /// hears (as `clustd`'s drivers do).
+    pub fn may_serve(&self, now: Instant) -> bool {
+        self.master_term.is_some() && now < self.master_lease_until
+    }
+
+    /// While the gate is open ([`Node::may_serve`]): how much of the lease is left at `now`;
+    /// zero otherwise.
+    pub fn lease_remaining(&self, now: Instant) -> Duration {
+        if self.may_serve(now) {
+            self.master_lease_until.saturating_duration_since(now)
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// While master: when the lease ends unless renewed.
@@ -1392,7 +1455,7 @@ impl Node {
 
     fn random_up_to(&mut self, max: Duration) -> Duration {
         let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(self.rng.random_range(0..=nanos))
+        Duration::from_nanos(self.rng.up_to(nanos))
     }
 }
 
@@ -1462,6 +1525,50 @@ mod tests {
             successors: vec![],
             hold_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_master_not_driven_past_its_lease_end_is_master_but_may_not_serve() {
+        let mut c = Cluster::new(3, 7, |_| {});
+        c.run_until(Duration::from_secs(10), |c| !c.masters().is_empty());
+        let m = c.masters()[0].clone();
+        let node = c.node(&m).expect("running");
+        let now = c.local_now(&m).expect("running");
+        let until = node.lease_until().expect("master");
+        assert!(node.may_serve(now) && node.lease_remaining(now) > Duration::ZERO);
+        assert_eq!(
+            node.lease_remaining(now),
+            until.saturating_duration_since(now)
+        );
+        // No input since: the node still says master, but its gate is shut at lease end.
+        assert!(node.is_master());
+        assert!(!node.may_serve(until));
+        assert_eq!(node.lease_remaining(until), Duration::ZERO);
+        // A follower's gate is shut.
+        let f = c.ids().into_iter().find(|i| *i != m).expect("a follower");
+        let follower = c.node(&f).expect("running");
+        assert!(!follower.may_serve(c.local_now(&f).expect("running")));
+    }
+
+    #[test]
+    fn a_saved_vote_for_a_non_voter_is_refused() {
+        let voters = vec![id("n1"), id("n2"), id("n3")];
+        let state = PersistentState {
+            term: Term(4),
+            voted_for: Some(id("n9")),
+        };
+        let Err(e) = Node::new(Config::new(voters[0].clone(), voters), state, ms(0)) else {
+            panic!("a vote for a non-voter must be refused");
+        };
+        assert_eq!(e, StartError::VoteForNonVoter(id("n9")));
+        assert!(e.to_string().contains("not among the voters"), "{e}");
+    }
+
+    #[test]
+    fn roles_reasons_and_instants_display_as_their_names() {
+        assert_eq!(Role::PreCandidate.to_string(), "pre-candidate");
+        assert_eq!(Reason::LeaseExpired.to_string(), "lease-expired");
+        assert_eq!(Instant::from_millis(12_345).to_string(), "12.345000s");
     }
 
     #[test]

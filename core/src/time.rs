@@ -39,6 +39,54 @@ impl Instant {
     }
 }
 
+impl std::fmt::Display for Instant {
+    /// Seconds since the clock's origin, to the microsecond: `12.345678s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:06}s", self.0.as_secs(), self.0.subsec_micros())
+    }
+}
+
+/// A clock for embedders: core [`Instant`]s counted from an origin on
+/// `std::time::Instant` (monotonic), with conversions both ways. The core itself never
+/// reads it (nor any clock): the runtime reads it and passes `now` in.
+#[derive(Clone, Copy, Debug)]
+pub struct StdClock {
+    origin: std::time::Instant,
+}
+
+impl StdClock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        Self::with_origin(std::time::Instant::now())
+    }
+
+    /// A clock whose origin is `origin`.
+    pub fn with_origin(origin: std::time::Instant) -> Self {
+        Self { origin }
+    }
+
+    /// Now, as a core instant.
+    pub fn now(&self) -> Instant {
+        self.from_std(std::time::Instant::now())
+    }
+
+    /// `at` as a core instant (the origin if `at` is before it).
+    pub fn from_std(&self, at: std::time::Instant) -> Instant {
+        Instant(at.saturating_duration_since(self.origin))
+    }
+
+    /// A core instant as a `std::time::Instant`, e.g. to sleep until [`crate::Node::poll_timeout`].
+    pub fn to_std(&self, at: Instant) -> std::time::Instant {
+        self.origin + at.0
+    }
+}
+
+impl Default for StdClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Add<Duration> for Instant {
     type Output = Self;
     fn add(self, rhs: Duration) -> Self {
