@@ -156,6 +156,26 @@ fn main() {
         }));
     }
     drop(senders);
+    // The check, all along the run: never two lease gates open at one instant.
+    let watching = Arc::new(AtomicBool::new(true));
+    let monitor = {
+        let (view, watching) = (view.clone(), watching.clone());
+        thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                if let Ok(v) = view.lock() {
+                    let now = std::time::Instant::now();
+                    let open: Vec<&NodeId> = v
+                        .gates
+                        .iter()
+                        .filter(|(_, until)| **until > now)
+                        .map(|(id, _)| id)
+                        .collect();
+                    assert!(open.len() <= 1, "two lease gates open at once: {open:?}");
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
 
     let first = wait_for_master(&view, None);
     thread::sleep(Duration::from_millis(500));
@@ -174,4 +194,10 @@ fn main() {
     for handle in handles {
         let _ = handle.join();
     }
+    watching.store(false, Ordering::Relaxed);
+    if monitor.join().is_err() {
+        eprintln!("FAILED: two lease gates were open at once");
+        std::process::exit(1);
+    }
+    println!("--- never two lease gates open at once");
 }

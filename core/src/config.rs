@@ -200,7 +200,7 @@ impl Config {
             });
         }
         let max_safe = self.max_safe_lease();
-        if max_safe.is_some() && self.lease.is_zero() {
+        if max_safe.is_some_and(|max| !max.is_zero()) && self.lease.is_zero() {
             return Err(ConfigError::NoLease { max_safe });
         }
         if max_safe.is_none_or(|max| self.lease > max) {

@@ -36,8 +36,11 @@
 //! 1. **Clock.** One monotonic clock per node, the same one for every input and for the gate
 //!    below. [`StdClock`] counts core [`Instant`]s from an origin on `std::time::Instant` and
 //!    converts both ways (`to_std` for sleeping until [`Node::poll_timeout`]). Its rate may
-//!    drift from real time by at most [`Config::max_clock_drift`]; a clock that stops while
-//!    the machine is suspended is outside the model.
+//!    drift from real time by at most [`Config::max_clock_drift`]. **Suspend breaks it:**
+//!    on Linux `std::time::Instant` (`CLOCK_MONOTONIC`) does not count time suspended, so a
+//!    master resumed from suspend believes in the rest of its lease while a new master
+//!    serves. Keep cluster members from suspending (or feed the core a clock that counts
+//!    suspend, such as `CLOCK_BOOTTIME`).
 //! 2. **Config.** [`Config::new`] or [`Config::fast_lan`]; change timings with
 //!    [`Config::set_timings`], [`Config::set_stop_budget`] and
 //!    [`Config::set_max_clock_drift`], which re-derive the lease (setting fields directly
@@ -50,19 +53,24 @@
 //! 4. **Authenticate senders.** [`Message`] carries no sender: the `from` you pass to
 //!    [`Node::handle_message`] must come from an authenticated channel (clustd's transports
 //!    use Noise sessions bound to node keys). Anyone who can forge `from` can vote as a peer.
-//! 5. **Events.** Safety-relevant: [`Event::BecameMaster`], [`Event::LeaseRenewed`] and
-//!    [`Event::BecameBackup`] (start, extend, stop the service). Everything else is
-//!    informational (logs, metrics).
+//! 5. **Events.** Safety-relevant: [`Event::BecameMaster`] (the gate opens),
+//!    [`Event::LeaseRenewed`] (it stays open, or opens again, until the new lease end) and
+//!    [`Event::BecameBackup`] (it is shut: stop the service). Everything else is
+//!    informational (logs, metrics). The gate itself is the rule; events only tell you
+//!    when to look.
 //! 6. **The lease gate.** Let the service act only while [`Node::may_serve`] is true at the
 //!    moment of acting, read from the same clock. [`Node::is_master`] is the role as of the
 //!    last input: a node that is no longer driven keeps saying `true` while a new master
 //!    serves elsewhere. A new master starts no sooner than this node's lease end plus
 //!    [`Config::stop_budget`]: an in-process service keeps each action shorter than the stop
-//!    budget; a service in another process gets [`Node::lease_remaining`] (minus a margin
-//!    for delivery) and stops by itself at that lease end, whatever it hears.
-//! 7. **Graceful shutdown.** [`Node::step_down`], stop the service, then
-//!    [`Node::confirm_demoted`]; keep driving the node (inputs, timers, sends) until it has
-//!    sent its hand-over (a successor leads), then exit.
+//!    budget; a service in another process gets [`Node::lease_remaining`] with the send
+//!    time (it counts from the send time, minus a safety margin) and stops by itself at
+//!    that lease end, whatever it hears.
+//! 7. **Graceful shutdown.** On a leader, [`Node::step_down`] (it does nothing on a
+//!    follower, which may just exit); stop the service, then [`Node::confirm_demoted`] (or
+//!    let the lease plus stop budget pass); keep driving the node (inputs, timers, sends)
+//!    until another node is named leader ([`Node::leader`]) or a bound of your choosing
+//!    (the daemon waits up to about two maximum election timeouts), then exit.
 //!
 //! What this crate does not do for you yet: authenticated sessions outside tokio (use
 //! `clustd-transport`, or your own authenticated channel) and a reusable durable store.

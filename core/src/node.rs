@@ -132,7 +132,7 @@ pub enum StartError {
     /// The saved vote names a node that is not a voter: the state belongs to another
     /// cluster (or the voter list lost a node that this one voted for in its last term).
     #[error(
-        "the saved state votes for {0}, which is not among the voters: this state file belongs to another cluster, or the voter list changed; restore the right state file or keep {0} in the voter list until the term has passed"
+        "the saved state votes for {0}, which is not among the voters: this state file belongs to another cluster, or the voter list changed; restore the right state file, or (only if this node has been down for longer than the maximum election timeout, so the term is over) move it away to start fresh"
     )]
     VoteForNonVoter(NodeId),
     /// The configuration is invalid.
@@ -414,16 +414,19 @@ impl Node {
 
     /// The gate for a service: whether this node may serve at `now` — it is master and `now`
     /// (read from the same clock that drives the node, at the moment of acting) is before
-    /// its lease end. Once it is false it stays false until the node is master again.
+    /// its lease end. A master that was not driven past its lease end may find the gate
+    /// open again after a late acknowledgement renews its lease ([`Event::LeaseRenewed`]);
+    /// that is safe, the lease being as fresh as the round it comes from.
     ///
     /// The lease inequality keeps every new master from starting before this lease end plus
     /// [`Config::stop_budget`] (in real time, at the drift bound): an action that passed the
     /// gate must have finished, or be cut off, within the stop budget. For a service in the
     /// same process, check the gate before each externally visible action and keep each
     /// action shorter than the stop budget. For a service in another process (a driver),
-    /// hand it the remaining lease ([`Node::lease_remaining`]) minus a margin for delivery,
-    /// and have it stop by itself at that lease end within the stop budget, whatever it
-    /// hears (as `clustd`'s drivers do).
+    /// hand it the remaining lease ([`Node::lease_remaining`]) with the send time on a
+    /// clock both share, minus a safety margin, so that it counts from the send time and not
+    /// from delivery, and have it stop by itself at that lease end within the stop budget,
+    /// whatever it hears (as `clustd`'s drivers do).
     pub fn may_serve(&self, now: Instant) -> bool {
         self.master_term.is_some() && now < self.master_lease_until
     }

@@ -1,7 +1,7 @@
 //! The core's one source of randomness: SplitMix64 (Steele, Lea and Flood, 2014), written
 //! out here so that its output is fixed by this crate, not by a dependency's release: the
-//! same [`crate::Config::rng_seed`] gives the same election timeouts in every version
-//! (pinned by a test). It only spreads election timeouts; nothing depends on it being
+//! same [`crate::Config::rng_seed`] gives the same election timeouts from the same inputs
+//! (the generator's outputs are pinned by a test). It only spreads election timeouts; nothing depends on it being
 //! unpredictable.
 
 /// SplitMix64: a tiny, seedable generator.
@@ -18,8 +18,8 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 
-    /// A number in `0..=max` (modulo reduction: the bias is below 2^-40 for the ranges the
-    /// core draws, nanoseconds of a few seconds).
+    /// A number in `0..=max` (modulo reduction: the bias is about `max / 2^64`, below
+    /// 2^-32 for the ranges the core draws, nanoseconds of a few seconds).
     pub fn up_to(&mut self, max: u64) -> u64 {
         match max.checked_add(1) {
             Some(n) => self.next_u64() % n,

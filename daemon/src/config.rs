@@ -917,6 +917,12 @@ impl Settings {
             ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
+        if e.lease_ms == Some(0) {
+            return Err(err(
+                "election.lease_ms",
+                "0 ms is no lease: leave the key out for the longest safe lease".into(),
+            ));
+        }
         core.validate().map_err(|ce| {
             use clustd_core::ConfigError as C;
             let key = match &ce {
@@ -925,6 +931,7 @@ impl Settings {
                 C::Heartbeat { .. } => "election.heartbeat_ms",
                 C::UnsafeLease { .. } if e.lease_ms.is_some() => "election.lease_ms",
                 C::UnsafeLease { .. } => "election.stop_budget_ms",
+                C::NoLease { .. } => "election.lease_ms",
                 _ => "cluster.peers",
             };
             err(key, ce.to_string())

@@ -806,3 +806,13 @@ fn the_built_in_fence_needs_no_command_and_may_go_with_one() {
     let e = parse(&with_checks("[fence]\nkill_driver = \"yes\"")).expect_err("not a bool");
     assert!(e.contains("kill_driver"), "{e}");
 }
+
+#[test]
+fn a_zero_lease_is_refused_under_its_own_key() {
+    let text = config(good_node(), &good_cluster(), "lease_ms = 0");
+    let e = parse(&text).expect_err("no lease");
+    assert!(
+        e.contains("election.lease_ms") && e.contains("leave the key out"),
+        "{e}"
+    );
+}
