@@ -426,8 +426,9 @@ struct DriverState {
     /// A successful `[fence]` covered its unconfirmed leases up to this end.
     fenced_ok_until: Option<Instant>,
     /// The processes its connections over the local driver socket came from since it last
-    /// surely did not run the service (kernel peer credentials; at most
-    /// [`MAX_DRIVER_PROCESSES`], the latest): what `fence.kill_driver` kills.
+    /// surely did not run the service (kernel peer credentials; the first
+    /// [`MAX_DRIVER_PROCESSES`], any more mark `process_unknown`): what `fence.kill_driver`
+    /// kills.
     processes: Vec<DriverProcess>,
     /// Some connection since then came from a process not in `processes` (over the
     /// network, or one too many): `kill_driver` cannot be sure to reach the service.
