@@ -26,6 +26,24 @@ struct View {
     gates: BTreeMap<NodeId, std::time::Instant>,
 }
 
+/// The nodes whose gate is open now; panics (with the view unlocked, so that the other
+/// threads go on) if there are two.
+fn open_gates(view: &Mutex<View>) -> Vec<NodeId> {
+    let open: Vec<NodeId> = {
+        let v = view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        v.gates
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    assert!(open.len() <= 1, "two lease gates open at once: {open:?}");
+    open
+}
+
 fn run_node(
     mut node: Node,
     inbox: Receiver<(NodeId, Message)>,
@@ -104,18 +122,8 @@ fn run_node(
 /// open at the same instant.
 fn wait_for_master(view: &Mutex<View>, except: Option<&NodeId>) -> NodeId {
     loop {
-        if let Ok(v) = view.lock() {
-            let now = std::time::Instant::now();
-            let open: Vec<&NodeId> = v
-                .gates
-                .iter()
-                .filter(|(_, until)| **until > now)
-                .map(|(id, _)| id)
-                .collect();
-            assert!(open.len() <= 1, "two lease gates open at once: {open:?}");
-            if let Some(id) = open.into_iter().find(|id| Some(*id) != except) {
-                return id.clone();
-            }
+        if let Some(id) = open_gates(view).into_iter().find(|id| Some(id) != except) {
+            return id;
         }
         thread::sleep(Duration::from_millis(1));
     }
@@ -162,16 +170,7 @@ fn main() {
         let (view, watching) = (view.clone(), watching.clone());
         thread::spawn(move || {
             while watching.load(Ordering::Relaxed) {
-                if let Ok(v) = view.lock() {
-                    let now = std::time::Instant::now();
-                    let open: Vec<&NodeId> = v
-                        .gates
-                        .iter()
-                        .filter(|(_, until)| **until > now)
-                        .map(|(id, _)| id)
-                        .collect();
-                    assert!(open.len() <= 1, "two lease gates open at once: {open:?}");
-                }
+                open_gates(&view);
                 thread::sleep(Duration::from_millis(1));
             }
         })
