@@ -86,6 +86,7 @@ pub mod ids;
 pub mod message;
 pub mod node;
 pub mod rng;
+pub mod store;
 pub mod time;
 
 pub use config::{Alone, Config, ConfigError};

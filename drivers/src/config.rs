@@ -203,11 +203,9 @@ impl DaemonKeys {
                 ));
             }
             Some(text) => {
-                let key = text
-                    .parse()
-                    .map_err(|e: clustd_transport::TransportError| {
-                        ConfigError::invalid(file, "daemon_key", e.to_string())
-                    })?;
+                let key = text.parse().map_err(|e: clustd_transport::SessionError| {
+                    ConfigError::invalid(file, "daemon_key", e.to_string())
+                })?;
                 config.daemon_key = Some(key);
             }
             None if socket.is_some() => {}

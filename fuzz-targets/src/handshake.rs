@@ -8,7 +8,7 @@ use clustd_core::NodeId;
 use clustd_transport::session::{
     Acceptor, Body, Credential, Hello, Initiator, Proof, Reply, Responder, Session,
 };
-use clustd_transport::{NodeKey, PeerKind, RefuseReason, Secret, TransportError};
+use clustd_transport::{NodeKey, PeerKind, RefuseReason, Secret, SessionError};
 
 /// One handshake scenario.
 #[derive(Arbitrary, Debug)]
@@ -227,7 +227,7 @@ fn run(case: Case, keys: &Keys) {
                     assert_eq!(Some(&got), expected.as_ref(), "hello decoded differently");
                     let _ = resp.reply(&Reply::Refused(RefuseReason::UnknownNode));
                 }
-                Err(TransportError::AuthenticationFailed) => {
+                Err(SessionError::AuthenticationFailed) => {
                     panic!("a correctly keyed message 1 failed authentication")
                 }
                 Err(_) => assert!(expected.is_none(), "a valid hello was refused"),
@@ -247,7 +247,7 @@ fn run(case: Case, keys: &Keys) {
                     let (body, _) = rs.open(&confirm).expect("the confirmation opens");
                     assert_eq!(body, Body::Confirm);
                 }
-                Err(TransportError::AuthenticationFailed) => {
+                Err(SessionError::AuthenticationFailed) => {
                     panic!("a correctly keyed message 2 failed authentication")
                 }
                 Err(_) => assert!(expected.is_none(), "a valid reply was refused"),

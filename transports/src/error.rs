@@ -3,7 +3,8 @@
 use std::io;
 
 use clustd_core::NodeId;
-use serde::{Deserialize, Serialize};
+pub use clustd_session::RefuseReason;
+use clustd_session::SessionError;
 
 /// Why a connection, handshake or endpoint failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,37 +78,6 @@ pub enum TransportError {
     Config(String),
 }
 
-/// Why an authenticated remote was refused. Travels (encrypted) in the handshake reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum RefuseReason {
-    /// The node id is not in the configured peers.
-    UnknownNode,
-    /// This endpoint does not accept that kind (e.g. drivers at a node without `accept_drivers`).
-    KindNotAccepted,
-    /// The node id is our own.
-    SameId,
-    /// A connection with this id already exists and is kept instead.
-    Duplicate,
-    /// This node id must prove its configured node key (and did not, or proved another).
-    KeyRequired,
-    /// `Limits::max_drivers` drivers are connected already; retry later.
-    TooManyDrivers,
-}
-
-impl std::fmt::Display for RefuseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::UnknownNode => "unknown node id",
-            Self::KindNotAccepted => "kind not accepted",
-            Self::SameId => "same node id as ours",
-            Self::Duplicate => "duplicate connection",
-            Self::KeyRequired => "this node id must prove its node key",
-            Self::TooManyDrivers => "too many drivers are connected",
-        })
-    }
-}
-
 /// Why [`crate::Endpoint::send`] did not queue a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -127,4 +97,19 @@ pub enum SendError {
     /// re-established) rather than dropping the frame silently or blocking.
     #[error("send queue to {0} full; connection closed")]
     Congested(NodeId),
+}
+
+impl From<SessionError> for TransportError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::AuthenticationFailed => Self::AuthenticationFailed,
+            SessionError::BadFrame => Self::BadFrame,
+            SessionError::Replay => Self::Replay,
+            SessionError::Oversized { len, limit } => Self::Oversized { len, limit },
+            SessionError::Protocol(why) => Self::Protocol(why),
+            SessionError::Config(why) => Self::Config(why),
+            // `SessionError` is non-exhaustive: anything newer is a protocol failure.
+            other => Self::Protocol(other.to_string()),
+        }
+    }
 }

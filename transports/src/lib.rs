@@ -28,7 +28,8 @@
 //! - [`Net`] is the socket seam: [`TokioNet`] in production, a turmoil implementation in `sim`.
 //!
 //! # Security
-//! Every connection runs a Noise handshake (see [`session`]): between daemons
+//! Every connection runs a Noise handshake (see [`session`], from the runtime-free
+//! `clustd-session` crate, which embedders of the core use too): between daemons
 //! `IKpsk1_25519_ChaChaPoly_SHA256`, proving each node's static key with the cluster secret as
 //! pre-shared key (a connection is the node whose key it proves, never the one it claims);
 //! `NNpsk0` with the cluster secret alone for peers configured without keys; for drivers
@@ -60,14 +61,12 @@ mod net;
 mod queue;
 mod quic;
 pub mod raw;
-pub mod session;
 mod tls;
 mod ws;
 
-pub use config::{
-    EndpointConfig, Limits, NodeKey, PeerKind, PublicKey, Secret, SendClass, TlsFiles,
-    TransportKind,
-};
+pub use clustd_session::handshake as session;
+pub use clustd_session::{NodeKey, PeerKind, PublicKey, Secret, SessionError};
+pub use config::{EndpointConfig, Limits, SendClass, TlsFiles, TransportKind};
 pub use endpoint::{Endpoint, TransportEvent};
 pub use error::{RefuseReason, SendError, TransportError};
 pub use local::{LocalSocket, PeerProcess, ProcStat, proc_stat};

@@ -94,7 +94,7 @@ impl RawConn {
     /// Seals `frame` as the next message of the session, without sending it.
     pub fn seal(&mut self, frame: &[u8]) -> Result<Vec<u8>, TransportError> {
         let session = self.session.as_mut().ok_or(TransportError::Closed)?;
-        session.seal(Body::Frame, frame)
+        Ok(session.seal(Body::Frame, frame)?)
     }
 
     /// Sends bytes as one link message, as they are.

@@ -38,8 +38,7 @@ use serde::{Deserialize, Serialize};
 use snow::params::NoiseParams;
 use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 
-use crate::error::RefuseReason;
-use crate::{NodeKey, PeerKind, PublicKey, Secret, TransportError};
+use crate::{NodeKey, PeerKind, PublicKey, RefuseReason, Secret, SessionError};
 
 /// Peers with node keys: the initiator knows the responder's static key, sends its own.
 const PEER_PATTERN: &str = "Noise_IKpsk1_25519_ChaChaPoly_SHA256";
@@ -267,12 +266,12 @@ fn build(
     binding: &[u8],
     seed: [u8; 32],
     initiator: bool,
-) -> Result<snow::HandshakeState, TransportError> {
-    let setup = |e: snow::Error| TransportError::Protocol(format!("noise setup: {e}"));
+) -> Result<snow::HandshakeState, SessionError> {
+    let setup = |e: snow::Error| SessionError::Protocol(format!("noise setup: {e}"));
     let params: NoiseParams = flavour
         .pattern()
         .parse()
-        .map_err(|e| TransportError::Protocol(format!("noise params: {e}")))?;
+        .map_err(|e| SessionError::Protocol(format!("noise params: {e}")))?;
     let psk = keys.secret.psk(flavour.psk_label());
     let mut prologue = flavour.prologue_label().to_vec();
     prologue.extend_from_slice(binding);
@@ -310,8 +309,8 @@ impl Initiator {
         binding: &[u8],
         seed: [u8; 32],
         hello: &Hello,
-    ) -> Result<(Self, Vec<u8>), TransportError> {
-        let payload = codec::encode(hello).map_err(|e| TransportError::Protocol(e.to_string()))?;
+    ) -> Result<(Self, Vec<u8>), SessionError> {
+        let payload = codec::encode(hello).map_err(|e| SessionError::Protocol(e.to_string()))?;
         Self::start_raw(credential, binding, seed, &payload)
     }
 
@@ -324,7 +323,7 @@ impl Initiator {
         binding: &[u8],
         seed: [u8; 32],
         payload: &[u8],
-    ) -> Result<(Self, Vec<u8>), TransportError> {
+    ) -> Result<(Self, Vec<u8>), SessionError> {
         Self::start_raw(credential, binding, seed, payload)
     }
 
@@ -333,7 +332,7 @@ impl Initiator {
         binding: &[u8],
         seed: [u8; 32],
         payload: &[u8],
-    ) -> Result<(Self, Vec<u8>), TransportError> {
+    ) -> Result<(Self, Vec<u8>), SessionError> {
         let (flavour, keys) = match credential {
             Credential::NodeKey {
                 secret,
@@ -362,24 +361,24 @@ impl Initiator {
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
         let len = state
             .write_message(payload, &mut msg)
-            .map_err(|e| TransportError::Protocol(format!("noise write: {e}")))?;
+            .map_err(|e| SessionError::Protocol(format!("noise write: {e}")))?;
         msg.truncate(len);
         Ok((Self { state }, msg))
     }
 
     /// Reads message 2. On success returns the reply, the session, and the key-confirmation
     /// message to send (even when the reply is a refusal the session is returned unused).
-    pub fn finish(mut self, msg2: &[u8]) -> Result<(Reply, Session, Vec<u8>), TransportError> {
+    pub fn finish(mut self, msg2: &[u8]) -> Result<(Reply, Session, Vec<u8>), SessionError> {
         if msg2.len() > MAX_HANDSHAKE_MSG {
-            return Err(TransportError::AuthenticationFailed);
+            return Err(SessionError::AuthenticationFailed);
         }
         let mut payload = vec![0u8; MAX_HANDSHAKE_MSG];
         let len = self
             .state
             .read_message(msg2, &mut payload)
-            .map_err(|_| TransportError::AuthenticationFailed)?;
+            .map_err(|_| SessionError::AuthenticationFailed)?;
         let reply: Reply = codec::decode(&payload[..len])
-            .map_err(|e| TransportError::Protocol(format!("handshake reply: {e}")))?;
+            .map_err(|e| SessionError::Protocol(format!("handshake reply: {e}")))?;
         let mut session = Session::new(self.state)?;
         let confirm = session.seal(Body::Confirm, &[])?;
         Ok((reply, session, confirm))
@@ -410,9 +409,9 @@ impl Responder {
         binding: &[u8],
         seed: [u8; 32],
         msg1: &[u8],
-    ) -> Result<(Self, Hello, Proof), TransportError> {
+    ) -> Result<(Self, Hello, Proof), SessionError> {
         if msg1.len() > MAX_HANDSHAKE_MSG {
-            return Err(TransportError::AuthenticationFailed);
+            return Err(SessionError::AuthenticationFailed);
         }
         let mut tries: Vec<(Flavour, Keys<'_>, Proof)> = Vec::with_capacity(4);
         if let Some(driver) = acceptor.driver {
@@ -469,22 +468,22 @@ impl Responder {
                     let key: [u8; 32] = state
                         .get_remote_static()
                         .and_then(|k| k.try_into().ok())
-                        .ok_or(TransportError::AuthenticationFailed)?;
+                        .ok_or(SessionError::AuthenticationFailed)?;
                     Proof::NodeKey(PublicKey(key))
                 }
             };
             let hello: Hello = codec::decode(&payload[..len])
-                .map_err(|e| TransportError::Protocol(format!("handshake hello: {e}")))?;
+                .map_err(|e| SessionError::Protocol(format!("handshake hello: {e}")))?;
             return Ok((Self { state }, hello, proof));
         }
-        Err(TransportError::AuthenticationFailed)
+        Err(SessionError::AuthenticationFailed)
     }
 
     /// Writes message 2 with `reply`; returns it and the session. The session is not yet
     /// authenticated: the caller must [`Session::open`] the initiator's first message and
     /// check it is a [`Body::Confirm`] before trusting the peer.
-    pub fn reply(self, reply: &Reply) -> Result<(Vec<u8>, Session), TransportError> {
-        let payload = codec::encode(reply).map_err(|e| TransportError::Protocol(e.to_string()))?;
+    pub fn reply(self, reply: &Reply) -> Result<(Vec<u8>, Session), SessionError> {
+        let payload = codec::encode(reply).map_err(|e| SessionError::Protocol(e.to_string()))?;
         self.reply_raw(&payload)
     }
 
@@ -492,16 +491,16 @@ impl Responder {
     /// reply, so a fuzzer holding the secret can reach the initiator's reply decoding.
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
-    pub fn reply_with_payload(self, payload: &[u8]) -> Result<(Vec<u8>, Session), TransportError> {
+    pub fn reply_with_payload(self, payload: &[u8]) -> Result<(Vec<u8>, Session), SessionError> {
         self.reply_raw(payload)
     }
 
-    fn reply_raw(mut self, payload: &[u8]) -> Result<(Vec<u8>, Session), TransportError> {
+    fn reply_raw(mut self, payload: &[u8]) -> Result<(Vec<u8>, Session), SessionError> {
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
         let len = self
             .state
             .write_message(payload, &mut msg)
-            .map_err(|e| TransportError::Protocol(format!("noise write: {e}")))?;
+            .map_err(|e| SessionError::Protocol(format!("noise write: {e}")))?;
         msg.truncate(len);
         Ok((msg, Session::new(self.state)?))
     }
@@ -531,11 +530,11 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(state: snow::HandshakeState) -> Result<Self, TransportError> {
+    fn new(state: snow::HandshakeState) -> Result<Self, SessionError> {
         let keys = Arc::new(
             state
                 .into_stateless_transport_mode()
-                .map_err(|e| TransportError::Protocol(format!("noise split: {e}")))?,
+                .map_err(|e| SessionError::Protocol(format!("noise split: {e}")))?,
         );
         Ok(Self {
             sealer: Sealer {
@@ -553,12 +552,12 @@ impl Session {
     }
 
     /// Seals a reliable message (see [`Sealer::seal`]).
-    pub fn seal(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, TransportError> {
+    pub fn seal(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, SessionError> {
         self.sealer.seal(body, payload)
     }
 
     /// Opens a reliable message (see [`Opener::open`]).
-    pub fn open(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), TransportError> {
+    pub fn open(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), SessionError> {
         self.opener.open(wire)
     }
 }
@@ -571,7 +570,7 @@ pub fn sealed_len(len: usize) -> usize {
 
 impl Sealer {
     /// Seals a reliable, in-order message.
-    pub fn seal(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, TransportError> {
+    pub fn seal(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, SessionError> {
         let nonce = self.next_nonce;
         let (wire, chunks) = self.seal_with(nonce, body, payload)?;
         self.next_nonce += chunks;
@@ -579,11 +578,11 @@ impl Sealer {
     }
 
     /// Seals a datagram (own nonce space, may arrive out of order or not at all).
-    pub fn seal_datagram(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, TransportError> {
+    pub fn seal_datagram(&mut self, body: Body, payload: &[u8]) -> Result<Vec<u8>, SessionError> {
         let nonce = self.next_datagram_nonce;
         let (wire, chunks) = self.seal_with(nonce, body, payload)?;
         if chunks != 1 {
-            return Err(TransportError::Oversized {
+            return Err(SessionError::Oversized {
                 len: payload.len(),
                 limit: CHUNK_PLAIN - 1,
             });
@@ -597,7 +596,7 @@ impl Sealer {
         nonce: u64,
         body: Body,
         payload: &[u8],
-    ) -> Result<(Vec<u8>, u64), TransportError> {
+    ) -> Result<(Vec<u8>, u64), SessionError> {
         let mut plain = Vec::with_capacity(payload.len() + 1);
         plain.push(body as u8);
         plain.extend_from_slice(payload);
@@ -612,7 +611,7 @@ impl Sealer {
             let written = self
                 .keys
                 .write_message(n, chunk, &mut wire[at..])
-                .map_err(|e| TransportError::Protocol(format!("seal: {e}")))?;
+                .map_err(|e| SessionError::Protocol(format!("seal: {e}")))?;
             at += written;
             chunks += 1;
         }
@@ -623,10 +622,10 @@ impl Sealer {
 
 impl Opener {
     /// Opens a reliable message: it must carry exactly the next nonce and verify.
-    pub fn open(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), TransportError> {
+    pub fn open(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), SessionError> {
         let nonce = read_nonce(wire)?;
         if nonce != self.expected_nonce {
-            return Err(TransportError::Replay);
+            return Err(SessionError::Replay);
         }
         let (body, payload, chunks) = self.open_with(nonce, wire)?;
         self.expected_nonce += chunks;
@@ -634,22 +633,22 @@ impl Opener {
     }
 
     /// Opens a datagram: fresh nonce (sliding window of 64) and a valid tag.
-    pub fn open_datagram(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), TransportError> {
+    pub fn open_datagram(&mut self, wire: &[u8]) -> Result<(Body, Vec<u8>), SessionError> {
         let nonce = read_nonce(wire)?;
         if nonce & DATAGRAM_BIT == 0 {
-            return Err(TransportError::Replay);
+            return Err(SessionError::Replay);
         }
         let seq = nonce & !DATAGRAM_BIT;
         // seq is 0-based; datagram_top is (highest seen + 1), 0 when none was seen.
         if seq < self.datagram_top {
             let age = self.datagram_top - 1 - seq;
             if age >= 64 || self.datagram_seen & (1 << age) != 0 {
-                return Err(TransportError::Replay);
+                return Err(SessionError::Replay);
             }
         }
         let (body, payload, chunks) = self.open_with(nonce, wire)?;
         if chunks != 1 {
-            return Err(TransportError::BadFrame);
+            return Err(SessionError::BadFrame);
         }
         if seq + 1 > self.datagram_top {
             let shift = seq + 1 - self.datagram_top;
@@ -667,10 +666,10 @@ impl Opener {
         Ok((body, payload))
     }
 
-    fn open_with(&self, nonce: u64, wire: &[u8]) -> Result<(Body, Vec<u8>, u64), TransportError> {
+    fn open_with(&self, nonce: u64, wire: &[u8]) -> Result<(Body, Vec<u8>, u64), SessionError> {
         let sealed = &wire[NONCE_LEN..];
         if sealed.is_empty() || nonce & FINAL_CHUNK_BIT != 0 {
-            return Err(TransportError::BadFrame);
+            return Err(SessionError::BadFrame);
         }
         let mut plain = vec![0u8; sealed.len()];
         let mut at = 0;
@@ -678,11 +677,11 @@ impl Opener {
         let count = sealed.len().div_ceil(MAX_NOISE_MSG) as u64;
         for chunk in sealed.chunks(MAX_NOISE_MSG) {
             if chunk.len() <= TAG_LEN {
-                return Err(TransportError::BadFrame);
+                return Err(SessionError::BadFrame);
             }
-            let n = nonce.checked_add(chunks).ok_or(TransportError::Replay)?;
+            let n = nonce.checked_add(chunks).ok_or(SessionError::Replay)?;
             if n & FINAL_CHUNK_BIT != 0 {
-                return Err(TransportError::Replay);
+                return Err(SessionError::Replay);
             }
             let n = if chunks + 1 == count {
                 n | FINAL_CHUNK_BIT
@@ -692,24 +691,24 @@ impl Opener {
             let read = self
                 .keys
                 .read_message(n, chunk, &mut plain[at..])
-                .map_err(|_| TransportError::BadFrame)?;
+                .map_err(|_| SessionError::BadFrame)?;
             at += read;
             chunks += 1;
         }
         plain.truncate(at);
-        let (&first, _) = plain.split_first().ok_or(TransportError::BadFrame)?;
+        let (&first, _) = plain.split_first().ok_or(SessionError::BadFrame)?;
         let body = Body::from_byte(first)
-            .ok_or_else(|| TransportError::Protocol(format!("unknown body type {first}")))?;
+            .ok_or_else(|| SessionError::Protocol(format!("unknown body type {first}")))?;
         plain.remove(0);
         Ok((body, plain, chunks))
     }
 }
 
-fn read_nonce(wire: &[u8]) -> Result<u64, TransportError> {
+fn read_nonce(wire: &[u8]) -> Result<u64, SessionError> {
     let bytes: [u8; NONCE_LEN] = wire
         .get(..NONCE_LEN)
         .and_then(|b| b.try_into().ok())
-        .ok_or(TransportError::BadFrame)?;
+        .ok_or(SessionError::BadFrame)?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -739,7 +738,7 @@ mod tests {
     }
 
     /// Runs the whole handshake in memory; returns (initiator session, responder session).
-    fn pair(binding_i: &[u8], binding_r: &[u8]) -> Result<(Session, Session), TransportError> {
+    fn pair(binding_i: &[u8], binding_r: &[u8]) -> Result<(Session, Session), SessionError> {
         let s = secret("k");
         let (init, msg1) = Initiator::start(
             Credential::ClusterSecret(&s),
@@ -788,7 +787,7 @@ mod tests {
         forged[last] ^= 1;
         assert!(matches!(
             init.finish(&forged),
-            Err(TransportError::AuthenticationFailed)
+            Err(SessionError::AuthenticationFailed)
         ));
     }
 
@@ -840,7 +839,7 @@ mod tests {
         let (_, msg1) = dial(&a, &b.public());
         assert!(matches!(
             Responder::read_hello(&c_accepts, b"bind", [6; 32], &msg1),
-            Err(TransportError::AuthenticationFailed)
+            Err(SessionError::AuthenticationFailed)
         ));
         // Without the cluster secret the node key alone opens nothing.
         let other = secret("other");
@@ -916,10 +915,10 @@ mod tests {
         let m1 = a.seal(Body::Frame, b"one").expect("seal");
         let m2 = a.seal(Body::Frame, b"two").expect("seal");
         assert_eq!(b.open(&m1).expect("open"), (Body::Frame, b"one".to_vec()));
-        assert!(matches!(b.open(&m1), Err(TransportError::Replay)));
+        assert!(matches!(b.open(&m1), Err(SessionError::Replay)));
         let mut flipped = m2.clone();
         flipped[12] ^= 0x40;
-        assert!(matches!(b.open(&flipped), Err(TransportError::BadFrame)));
+        assert!(matches!(b.open(&flipped), Err(SessionError::BadFrame)));
         assert_eq!(b.open(&m2).expect("open").1, b"two");
         let d1 = a.sealer.seal_datagram(Body::Frame, b"hb1").expect("seal");
         let d2 = a.sealer.seal_datagram(Body::Frame, b"hb2").expect("seal");
@@ -927,9 +926,9 @@ mod tests {
         assert_eq!(b.opener.open_datagram(&d1).expect("older once").1, b"hb1");
         assert!(matches!(
             b.opener.open_datagram(&d1),
-            Err(TransportError::Replay)
+            Err(SessionError::Replay)
         ));
-        assert!(matches!(b.open(&d1), Err(TransportError::Replay)));
+        assert!(matches!(b.open(&d1), Err(SessionError::Replay)));
     }
 
     /// Found while writing the `handshake` fuzz target: a two-chunk message cut after its
@@ -941,10 +940,7 @@ mod tests {
         let wire = a.seal(Body::Frame, &payload).expect("seal");
         let cut = NONCE_LEN + MAX_NOISE_MSG;
         assert!(wire.len() > cut);
-        assert!(matches!(
-            b.open(&wire[..cut]),
-            Err(TransportError::BadFrame)
-        ));
+        assert!(matches!(b.open(&wire[..cut]), Err(SessionError::BadFrame)));
         // The refused cut changed nothing: the whole message still opens.
         assert_eq!(b.open(&wire).expect("opens"), (Body::Frame, payload));
     }
