@@ -84,8 +84,9 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::{ActionResult, DriverRole, FromDriver, HealthChange, ToDriver};
     use crate::ids::{NodeId, Term};
-    use crate::message::{ActionResult, DriverRole, FromDriver, HealthChange, Message, ToDriver};
+    use crate::message::Message;
     use proptest::prelude::*;
 
     fn node_id() -> impl Strategy<Value = NodeId> {

@@ -2,9 +2,11 @@
 //!
 //! The election state machine of clustd, its messages and its wire codec.
 //!
-//! **This crate does no I/O, reads no clock and uses no OS randomness.** Time comes in as
-//! an argument ([`Instant`]) to every method that needs it; randomness comes from a seed in
-//! the [`Config`]; output is polled. That makes it embeddable in any runtime (tokio, plain
+//! **The election state machine does no I/O, reads no clock and uses no OS randomness.**
+//! Time comes in as an argument ([`Instant`]) to every method that needs it; randomness
+//! comes from a seed in the [`Config`]; output is polled. (The one module that touches a
+//! file system, [`store`], is a durable state file you may use or replace; nothing else
+//! calls it.) That makes it embeddable in any runtime (tokio, plain
 //! threads, a simulator) and makes every run reproducible from its inputs.
 //!
 //! The protocol is Raft's leader election without a log, with pre-vote, check-quorum, a
@@ -30,8 +32,17 @@
 //!
 //! ## Embedding: a checklist
 //!
-//! `core/examples/embed.rs` runs all of this on plain threads (`cargo run -p clustd-core
-//! --example embed`).
+//! Three runnable examples, each checking all along its run that at most one lease gate is
+//! open (CI runs all three):
+//! - `cargo run -p clustd-core --example udp`: std UDP sockets in one thread, authenticated
+//!   senders, state files; elects, refuses an attacker's replay and forgery, fails over,
+//!   restarts a member from its file. Start here.
+//! - `cargo run -p clustd-core --example smol`: the same members as tasks of the `smol`
+//!   runtime (no tokio).
+//! - `cargo run -p clustd-core --example embed`: plain threads and channels, the smallest.
+//!
+//! The runtime-independent half of the first two is `core/examples/common/mod.rs`: what to
+//! do with a datagram, a timer and the outputs, in about a hundred lines.
 //!
 //! 1. **Clock.** One monotonic clock per node, the same one for every input and for the gate
 //!    below. [`StdClock`] counts core [`Instant`]s from an origin on `std::time::Instant` and
@@ -48,11 +59,16 @@
 //! 3. **Persist, then send.** After every input, drain [`Node::poll_persist`] and write the
 //!    state durably (write, fsync, rename) **before** sending anything from
 //!    [`Node::poll_transmit`]: a vote that is sent and then forgotten in a crash lets a node
-//!    vote twice. If a write fails, stop driving the node (send nothing) until it succeeds;
-//!    never skip `poll_persist`.
+//!    vote twice. [`store::FileStore`] does the write (the daemon's own store: checksum,
+//!    atomic rename, directory fsync, and a refusal to start on a corrupt file). If a write
+//!    fails, stop driving the node (send nothing) until it succeeds; never skip
+//!    `poll_persist`: a node whose state is never taken stays silent.
 //! 4. **Authenticate senders.** [`Message`] carries no sender: the `from` you pass to
-//!    [`Node::handle_message`] must come from an authenticated channel (clustd's transports
-//!    use Noise sessions bound to node keys). Anyone who can forge `from` can vote as a peer.
+//!    [`Node::handle_message`] must come from an authenticated channel. Anyone who can forge
+//!    `from` can vote as a peer. The `clustd-session` crate (no runtime, bytes in and out)
+//!    has clustd's Noise handshakes and, for datagram sockets, `clustd_session::datagram`:
+//!    an envelope whose sender id the session proves, with replay protection. With node
+//!    keys, even a holder of the cluster secret cannot speak as another node.
 //! 5. **Events.** Safety-relevant: [`Event::BecameMaster`] (the gate opens),
 //!    [`Event::LeaseRenewed`] (it stays open, or opens again, until the new lease end) and
 //!    [`Event::BecameBackup`] (it is shut: stop the service). Everything else is
@@ -72,12 +88,12 @@
 //!    until another node is named leader ([`Node::leader`]) or a bound of your choosing
 //!    (the daemon waits up to about two maximum election timeouts), then exit.
 //!
-//! What this crate does not do for you yet: authenticated sessions outside tokio (use
-//! `clustd-transport`, or your own authenticated channel) and a reusable durable store.
+//! The daemon–driver protocol (for a service in another process) is in [`driver`].
 
 pub mod check;
 pub mod codec;
 pub mod config;
+pub mod driver;
 #[cfg(any(test, feature = "harness"))]
 pub mod fault;
 #[cfg(any(test, feature = "harness"))]
@@ -91,8 +107,6 @@ pub mod time;
 
 pub use config::{Alone, Config, ConfigError};
 pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};
-pub use message::{
-    ActionResult, DRIVER_ALIVE_INTERVAL, DriverRole, FromDriver, HealthChange, Message, ToDriver,
-};
+pub use message::Message;
 pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};
 pub use time::{Instant, StdClock};

@@ -330,7 +330,7 @@ pub struct HealthSettings {
     /// `start` check), unless a later start succeeds first.
     pub start_failure: Duration,
     /// `health.driver_timeout_ms`: a connected driver silent this long (drivers say
-    /// `Alive` every [`clustd_core::DRIVER_ALIVE_INTERVAL`]) is not responding: the node is
+    /// `Alive` every [`clustd_core::driver::DRIVER_ALIVE_INTERVAL`]) is not responding: the node is
     /// unhealthy (check `<driver>/responding`) until it is heard again.
     pub driver_timeout: Duration,
 }
@@ -900,13 +900,13 @@ impl Settings {
             health.start_failure = Duration::from_millis(ms);
         }
         if let Some(ms) = raw.health.driver_timeout_ms {
-            let floor = 2 * clustd_core::DRIVER_ALIVE_INTERVAL.as_millis() as u64;
+            let floor = 2 * clustd_core::driver::DRIVER_ALIVE_INTERVAL.as_millis() as u64;
             if ms < floor {
                 return Err(err(
                     "health.driver_timeout_ms",
                     format!(
                         "{ms} ms is too short: drivers say they are alive every {} ms, so allow at least {floor} ms (default 1000)",
-                        clustd_core::DRIVER_ALIVE_INTERVAL.as_millis()
+                        clustd_core::driver::DRIVER_ALIVE_INTERVAL.as_millis()
                     ),
                 ));
             }

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clustd_core::{ActionResult, DriverRole, NodeId};
+use clustd_core::NodeId;
+use clustd_core::driver::{ActionResult, DriverRole};
 use clustd_drivers::{ChangeSource, Driver, DriverConfig, DriverSession, RoleChange};
 use clustd_transport::TransportKind;
 use tokio::sync::broadcast;

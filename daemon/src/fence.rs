@@ -18,7 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clustd_core::{ActionResult, Instant, NodeId};
+use clustd_core::driver::ActionResult;
+use clustd_core::{Instant, NodeId};
 use clustd_drivers::shell::ScriptRunner;
 use tokio::sync::mpsc;
 

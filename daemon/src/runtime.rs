@@ -27,10 +27,8 @@ use std::time::Duration;
 
 use clustd_core::check::ServiceInput;
 use clustd_core::codec;
-use clustd_core::{
-    ActionResult, DriverRole, Event, FromDriver, HealthChange, Instant, Message, Node, NodeId,
-    Reason, Role, Term, ToDriver,
-};
+use clustd_core::driver::{ActionResult, DriverRole, FromDriver, HealthChange, ToDriver};
+use clustd_core::{Event, Instant, Message, Node, NodeId, Reason, Role, Term};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -419,7 +417,7 @@ struct DriverState {
     /// never made; and a driver that reconnected is no better known than that.
     held_until: Option<Instant>,
     /// When any frame of its current connection last arrived (its `Alive` every
-    /// [`clustd_core::DRIVER_ALIVE_INTERVAL`], acknowledgements, reports).
+    /// [`clustd_core::driver::DRIVER_ALIVE_INTERVAL`], acknowledgements, reports).
     last_heard: Option<Instant>,
     /// Silent past `health.driver_timeout_ms` (and told so): its check `responding` fails.
     unresponsive: bool,

@@ -24,7 +24,8 @@ use clustd::runtime::{
 use clustd::store::{FileStore, StateStore, StoreError};
 use clustd::{DriverRecord, Handle};
 use clustd_core::codec;
-use clustd_core::{FromDriver, NodeId, PersistentState, ToDriver};
+use clustd_core::driver::{FromDriver, ToDriver};
+use clustd_core::{NodeId, PersistentState};
 use clustd_drivers::{ActionResult, Driver, DriverConfig, DriverRole, DriverSession, RoleChange};
 use clustd_transport::{
     Endpoint, EndpointConfig, PeerKind, Secret, SendClass, TokioNet, TransportEvent, TransportKind,

@@ -19,8 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clustd::local::{DRIVER_SECRET_FILE, LocalCluster, ServiceWatch};
 use clustd::runtime::{Command, Shutdown};
 use clustd::{Clock, DriverRecord};
+use clustd_core::NodeId;
 use clustd_core::codec;
-use clustd_core::{NodeId, ToDriver};
+use clustd_core::driver::ToDriver;
 use clustd_drivers::{
     ActionResult, ClusterEvent, Driver, DriverConfig, DriverRole, DriverSession, RoleChange,
     ShellConfig, ShellDriver,

@@ -12,7 +12,8 @@ use std::future::Future;
 
 use std::time::Duration;
 
-use clustd_core::{ActionResult, DriverRole, HealthChange, NodeId, Term};
+use clustd_core::driver::{ActionResult, DriverRole, HealthChange};
+use clustd_core::{NodeId, Term};
 
 use crate::health::HealthReporter;
 

@@ -12,7 +12,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
+use clustd_core::driver::{ActionResult, DriverRole, FromDriver, ToDriver};
+use clustd_core::{NodeId, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
@@ -859,7 +860,7 @@ impl<C: MachineClock> Engine<C> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use clustd_core::HealthChange;
+    use clustd_core::driver::HealthChange;
 
     use super::*;
     use crate::clock::TokioMachineClock;

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clustd_core::{ActionResult, FromDriver, ToDriver};
+use clustd_core::driver::{ActionResult, FromDriver, ToDriver};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

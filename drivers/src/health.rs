@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use clustd_core::FromDriver;
+use clustd_core::driver::FromDriver;
 use tokio::sync::Notify;
 
 /// Most check names one driver may report; a new name beyond this is refused

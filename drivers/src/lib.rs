@@ -101,7 +101,8 @@ pub mod shell;
 mod transition;
 
 pub use clock::{MachineClock, MonotonicClock, TokioMachineClock};
-pub use clustd_core::{ActionResult, DriverRole, HealthChange, NodeId, Term};
+pub use clustd_core::driver::{ActionResult, DriverRole, HealthChange};
+pub use clustd_core::{NodeId, Term};
 pub use config::{ConfigError, secret_file_mode_warning};
 pub use driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 pub use engine::{EngineError, SessionStatus};

@@ -18,7 +18,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clustd_core::codec::{decode, encode};
-use clustd_core::{FromDriver, InvalidNodeId, NodeId, ToDriver};
+use clustd_core::driver::{FromDriver, ToDriver};
+use clustd_core::{InvalidNodeId, NodeId};
 use clustd_transport::{Net, TokioNet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -419,7 +420,7 @@ async fn serve<K: Link>(
 ) -> (String, bool) {
     let mut heard_role = false;
     // Proof of life for the daemon (`health.driver_timeout_ms`): a frozen process sends none.
-    let mut alive = tokio::time::interval(clustd_core::DRIVER_ALIVE_INTERVAL);
+    let mut alive = tokio::time::interval(clustd_core::driver::DRIVER_ALIVE_INTERVAL);
     alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

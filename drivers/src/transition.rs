@@ -4,7 +4,8 @@
 
 use std::collections::VecDeque;
 
-use clustd_core::{DriverRole, NodeId, Term};
+use clustd_core::driver::DriverRole;
+use clustd_core::{NodeId, Term};
 use tokio::time::Instant;
 
 use crate::driver::{ChangeSource, RoleChange};

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
+use clustd_core::driver::{ActionResult, DriverRole, FromDriver, ToDriver};
+use clustd_core::{NodeId, Term};
 use clustd_drivers::{
     DriverSession, MachineClock, MonotonicClock, ShellConfig, ShellDriver, TokioMachineClock,
     TransportKind,

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use clustd_core::{ActionResult, DriverRole, FromDriver, NodeId, Term, ToDriver};
+use clustd_core::driver::{ActionResult, DriverRole, FromDriver, ToDriver};
+use clustd_core::{NodeId, Term};
 use clustd_drivers::{
     Driver, HealthReporter, MonotonicClock, RoleChange, ShellConfig, ShellDriver, TransportKind,
 };

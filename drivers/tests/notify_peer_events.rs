@@ -8,7 +8,8 @@ mod support;
 
 use std::net::SocketAddr;
 
-use clustd_core::{ActionResult, DriverRole, FromDriver, HealthChange, NodeId, Term, ToDriver};
+use clustd_core::driver::{ActionResult, DriverRole, FromDriver, HealthChange, ToDriver};
+use clustd_core::{NodeId, Term};
 use clustd_drivers::{NotifyConfig, NotifyDriver, TransportKind};
 use support::{FakeDaemon, HttpServer, SECRET, init_tracing, wait_until};
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
 use clustd_core::codec::encode;
-use clustd_core::{ActionResult, DriverRole, FromDriver, Message, NodeId, Term, ToDriver};
+use clustd_core::driver::{ActionResult, DriverRole, FromDriver, ToDriver};
+use clustd_core::{Message, NodeId, Term};
 use clustd_fuzz::election::{Input as ElectionInput, Step};
 use clustd_transport::session::{Body, Hello, Initiator, Reply, Responder};
 use clustd_transport::{PeerKind, RefuseReason, Secret};

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use clustd_core::codec;
-use clustd_core::{ActionResult, DriverRole, FromDriver, HealthChange, NodeId, Term, ToDriver};
+use clustd_core::driver::{ActionResult, DriverRole, FromDriver, HealthChange, ToDriver};
+use clustd_core::{NodeId, Term};
 use clustd_drivers::fuzzing::{EngineHarness, Output};
 use clustd_drivers::{HealthError, MAX_HEALTH_CHECKS};
 

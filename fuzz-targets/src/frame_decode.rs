@@ -2,8 +2,9 @@
 
 use std::fmt::Debug;
 
+use clustd_core::Message;
 use clustd_core::codec::{self, MAX_FRAME_LEN};
-use clustd_core::{FromDriver, Message, ToDriver};
+use clustd_core::driver::{FromDriver, ToDriver};
 use clustd_transport::session::{Hello, Reply};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

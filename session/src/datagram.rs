@@ -46,8 +46,13 @@
 //! session replaces the old one only once a datagram sealed under it opens (which only the
 //! holder of the initiator's keys can produce): a replayed handshake message changes nothing.
 //! A handshake not answered within [`DatagramConfig::handshake_retry`] starts again.
-//! A node that restarts dials everyone with the *fresh* flag; a peer that accepts such a
-//! session dials back at once, since the restarted node forgot the old one.
+//! Every node dials every peer as soon as it starts, with the *fresh* flag set until its
+//! first session to that peer is up. A peer that accepts a fresh session while its own
+//! session to that node is up dials again once the fresh one proves itself: the node
+//! restarted and forgot the old one. (A re-dial is never fresh, so this does not loop.)
+//! A reply that fails to authenticate uses the pending handshake up, so an attacker who
+//! sees the session id can delay a session by one retry each time, as it could by
+//! dropping datagrams.
 //! While a session is being set up, up to [`DatagramConfig::queue`] payloads wait for it
 //! (older ones are dropped first: election messages are superseded by newer ones).
 //!
@@ -268,7 +273,7 @@ impl Header {
 enum Outbound {
     Handshaking {
         session: u64,
-        initiator: Initiator,
+        initiator: Box<Initiator>,
         retry_at: Instant,
     },
     Established {
@@ -520,7 +525,7 @@ impl Datagrams {
         self.transmit.push_back((to.clone(), header.write(&msg1)));
         Ok(Outbound::Handshaking {
             session,
-            initiator,
+            initiator: Box::new(initiator),
             retry_at: now + self.retry,
         })
     }
@@ -614,7 +619,7 @@ impl Datagrams {
             unreachable!("matched above")
         };
         let (reply, session, _stream_confirm) =
-            initiator.finish(msg2).map_err(|error| Refused::Crypto {
+            (*initiator).finish(msg2).map_err(|error| Refused::Crypto {
                 from: from.clone(),
                 error,
             })?;

@@ -19,7 +19,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clustd_core::check::{ServiceChecker, ServiceInput};
-use clustd_core::{DriverRole, NodeId, PersistentState};
+use clustd_core::driver::DriverRole;
+use clustd_core::{NodeId, PersistentState};
 
 use crate::store::Save;
 

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use clustd::runtime::{Command, DriverRecord, Handle, RoleNotice, RuntimeError, Shutdown};
 use clustd::store::StoreError;
-use clustd_core::{ActionResult, DriverRole, Instant};
+use clustd_core::Instant;
+use clustd_core::driver::{ActionResult, DriverRole};
 use clustd_drivers::{Driver, DriverConfig, HealthReporter, RoleChange};
 use clustd_transport::TransportKind;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clustd::fence::{FenceRequest, Fencer};
 use clustd::watchdog::WatchdogDevice;
-use clustd_core::ActionResult;
+use clustd_core::driver::ActionResult;
 
 use crate::cluster::{ServiceState, lock_state};
 

@@ -149,8 +149,8 @@ impl Probe {
                 let reason = match run.outcome {
                     ScriptOutcome::Success => None,
                     ScriptOutcome::TimedOut => Some(timed_out()),
-                    outcome => Some(match clustd_core::ActionResult::from(outcome) {
-                        clustd_core::ActionResult::Failed(why) => why,
+                    outcome => Some(match clustd_core::driver::ActionResult::from(outcome) {
+                        clustd_core::driver::ActionResult::Failed(why) => why,
                         _ => "failed".to_string(),
                     }),
                 };

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use clustd_core::{ActionResult, DriverRole, HealthChange, NodeId};
+use clustd_core::NodeId;
+use clustd_core::driver::{ActionResult, DriverRole, HealthChange};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Deserialize;

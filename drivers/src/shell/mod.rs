@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clustd_core::{ActionResult, DriverRole, NodeId};
+use clustd_core::NodeId;
+use clustd_core::driver::{ActionResult, DriverRole};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

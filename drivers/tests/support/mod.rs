@@ -9,8 +9,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clustd_core::NodeId;
 use clustd_core::codec::{decode, encode};
-use clustd_core::{FromDriver, NodeId, ToDriver};
+use clustd_core::driver::{FromDriver, ToDriver};
 use clustd_transport::{
     Endpoint, EndpointConfig, PeerKind, Secret, SendClass, TokioNet, TransportEvent, TransportKind,
 };
