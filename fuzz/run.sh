@@ -21,7 +21,7 @@ seconds=$1
 shift
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(frame_decode handshake config_parse election driver_protocol)
+    targets=(frame_decode handshake config_parse election driver_protocol datagram)
 fi
 export RUSTC_BOOTSTRAP=1
 

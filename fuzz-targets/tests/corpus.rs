@@ -109,6 +109,7 @@ target_test!(handshake, 3000, 512);
 target_test!(config_parse, 3000, 512);
 target_test!(election, 2000, 512);
 target_test!(driver_protocol, 2000, 512);
+target_test!(datagram, 2000, 256);
 
 #[test]
 fn every_target_has_a_test_and_a_corpus() {
