@@ -184,11 +184,25 @@ async fn run(ex: &LocalExecutor<'_>) {
         first.clone(),
         ex.spawn(drive(member.clone(), socket, addresses.clone(), clock)),
     );
+    // Rejoined: it follows the master, and the master hears its acknowledgements (followers
+    // talk to the leader only, so that is all there is to hear).
+    let acks_before = members[&second]
+        .borrow()
+        .heard
+        .get(&first)
+        .copied()
+        .unwrap_or(0);
     until("rejoin", || {
-        members
-            .values()
-            .all(|m| m.borrow().net.established().len() == 2)
-            && member.borrow().node.leader().is_some()
+        let m = member.borrow();
+        m.node.leader() == Some(&second)
+            && m.heard.contains_key(&second)
+            && members[&second]
+                .borrow()
+                .heard
+                .get(&first)
+                .copied()
+                .unwrap_or(0)
+                > acks_before
     })
     .await;
     Timer::after(Duration::from_millis(300)).await;

@@ -21,6 +21,7 @@ use std::thread;
 use std::time::Duration;
 
 use clustd_core::{NodeId, StdClock};
+use clustd_session::datagram::{Envelope, Kind, Refused};
 use common::{Member, ScratchDir, open_gates};
 
 /// A member and its socket; no socket once it crashed.
@@ -54,7 +55,9 @@ impl Cluster {
             match host.member.flush() {
                 Ok(out) => {
                     for (to, bytes) in out {
-                        if bytes.get(1) == Some(&3) {
+                        let sealed = Envelope::parse(&bytes)
+                            .is_ok_and(|(envelope, _)| envelope.kind == Kind::Sealed);
+                        if sealed {
                             let key = (host.member.me().clone(), to.clone());
                             self.last_sealed.insert(key, bytes.clone());
                         }
@@ -77,6 +80,10 @@ impl Cluster {
     }
 
     /// Turns until `done` holds; exits the process after 10 s.
+    ///
+    /// Three members share this one thread, so it polls their sockets every half
+    /// millisecond. A program with one member and one socket blocks instead:
+    /// `socket.set_read_timeout(Some(member.next_wakeup() - now))`, then `recv_from`.
     fn until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
         let start = std::time::Instant::now();
         while !done(self) {
@@ -162,34 +169,69 @@ fn main() {
         c.last_sealed.contains_key(&(first.clone(), victim.clone()))
     });
     let recorded = cluster.last_sealed[&(first.clone(), victim.clone())].clone();
-    let mut forged = recorded.clone();
     let other = ids
         .iter()
         .find(|id| **id != first && **id != victim)
         .unwrap_or_else(|| unreachable!());
-    // Envelope: version, kind, from (length + id), ...: claim `other` sent it.
-    let from_len = usize::from(forged[2]);
-    forged.splice(
-        2..3 + from_len,
-        [&[other.as_str().len() as u8][..], other.as_str().as_bytes()].concat(),
-    );
+    // The same sealed body under an envelope that claims `other` sent it.
+    let (mut envelope, body) = Envelope::parse(&recorded).unwrap_or_else(|e| panic!("{e}"));
+    envelope.from = other.clone();
+    let forged = envelope.write(body);
     let attacker = bind("127.0.0.1:0");
-    let refused_before = cluster.host(&victim).member.refused.len();
+    let term = cluster.host(&first).member.node.term();
+    let refused_before = cluster.host(&victim).member.refused;
     for bytes in [&recorded[..], &forged[..], b"\xc1\x03garbage"] {
         let _ = attacker.send_to(bytes, cluster.addresses[&victim]);
     }
     let target = victim.clone();
     cluster.until("refusals", move |c| {
         let host = c.hosts.iter().find(|h| h.member.me() == &target);
-        host.is_some_and(|h| h.member.refused.len() >= refused_before + 3)
+        host.is_some_and(|h| h.member.refused >= refused_before + 3)
     });
-    for refused in &cluster.host(&victim).member.refused[refused_before..] {
+    let reasons: Vec<Refused> = cluster
+        .host(&victim)
+        .member
+        .last_refusals
+        .iter()
+        .cloned()
+        .collect();
+    for refused in &reasons {
         println!("  {victim} refused: {refused}");
     }
+    let replay = reasons
+        .iter()
+        .any(|r| matches!(r, Refused::Crypto { from, .. } if *from == first));
+    let forgery = reasons.iter().any(|r| {
+        matches!(r, Refused::NoSession { from, .. } | Refused::Crypto { from, .. } if from == other)
+    });
+    let garbage = reasons.iter().any(|r| matches!(r, Refused::Malformed(_)));
+    if !(replay && forgery && garbage) {
+        eprintln!("FAILED: the attacker's datagrams were not all refused: {reasons:?}");
+        std::process::exit(1);
+    }
+    // Nothing changed: the same master in the same term, still heard by the victim.
+    let heard = cluster
+        .host(&victim)
+        .member
+        .heard
+        .get(&first)
+        .copied()
+        .unwrap_or(0);
+    let (master, victim_id) = (first.clone(), victim.clone());
+    cluster.until("heartbeats after the attack", move |c| {
+        c.hosts.iter().any(|h| {
+            h.member.me() == &victim_id && h.member.heard.get(&master).copied().unwrap_or(0) > heard
+        })
+    });
     assert_eq!(
         cluster.masters(),
         vec![first.clone()],
-        "the attack changed nothing"
+        "the attack moved mastership"
+    );
+    assert_eq!(
+        cluster.host(&first).member.node.term(),
+        term,
+        "the attack changed the term"
     );
 
     println!("--- crashing {first} (its socket closes, its loop stops: no goodbye)");
@@ -211,15 +253,23 @@ fn main() {
         member,
         socket: Some(bind(&address.to_string())),
     };
+    // Rejoined: it follows the master, and the master hears its acknowledgements (followers
+    // talk to the leader only, so that is all there is to hear).
+    let master = cluster.masters()[0].clone();
+    let acks_before = cluster
+        .host(&master)
+        .member
+        .heard
+        .get(&first)
+        .copied()
+        .unwrap_or(0);
     let rejoined = first.clone();
     cluster.until("rejoin", move |c| {
-        c.hosts
-            .iter()
-            .all(|h| h.member.net.established().len() == 2)
-            && c.hosts
-                .iter()
-                .find(|h| h.member.me() == &rejoined)
-                .is_some_and(|h| h.member.node.leader().is_some())
+        let host = |id: &NodeId| c.hosts.iter().find(|h| h.member.me() == id);
+        host(&rejoined).is_some_and(|h| {
+            h.member.node.leader() == Some(&master) && h.member.heard.contains_key(&master)
+        }) && host(&master)
+            .is_some_and(|h| h.member.heard.get(&rejoined).copied().unwrap_or(0) > acks_before)
     });
     // Let the rejoined cluster run a little, still checking every turn.
     let until = std::time::Instant::now() + Duration::from_millis(300);

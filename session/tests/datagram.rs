@@ -156,16 +156,29 @@ fn sessions_come_up_and_every_delivery_names_its_sender() {
 fn the_envelope_is_as_documented() {
     let s = secret("cluster");
     let mut net = Net::new(&["a", "bb"], &s);
+    let (_, hello) = net
+        .nodes
+        .get_mut(&id("a"))
+        .expect("a")
+        .poll_transmit()
+        .expect("hello");
+    assert_eq!((hello[0], hello[1]), (ENVELOPE_VERSION, 1));
+    assert_ne!(
+        &hello[15..23],
+        &[0; 8],
+        "a hello names its sender's incarnation"
+    );
+    net.receive("bb", &hello).expect("answered");
     net.settle();
     let wire = net.capture("a", "bb", b"x");
     assert_eq!(wire[0], ENVELOPE_VERSION);
     assert_eq!(wire[1], 3, "sealed");
     assert_eq!(&wire[2..4], b"\x01a");
     assert_eq!(&wire[4..7], b"\x02bb");
-    // 8 bytes of session id, then flags (not fresh: a sealed datagram).
-    assert_eq!(wire[15], 0);
+    // 8 bytes of session id, then 8 of incarnation (0: only a hello carries one).
+    assert_eq!(&wire[15..23], &[0; 8]);
     // Then the sealed datagram: top bit set in its nonce.
-    assert_eq!(wire[16] & 0x80, 0x80);
+    assert_eq!(wire[23] & 0x80, 0x80);
     assert_eq!(
         net.receive("bb", &wire)
             .expect("opens")
@@ -289,7 +302,7 @@ fn with_node_keys_a_secret_holder_cannot_claim_another_id() {
         config.node_key = Some(key.clone());
         config.peers = keys
             .iter()
-            .filter(|(n, _)| **n != me)
+            .filter(|(n, k)| **n != me && k.public() != key.public())
             .map(|(n, k)| (id(n), Some(k.public())))
             .collect();
         Datagrams::new(config, [seed; 32], Instant::ZERO).expect("valid")
@@ -300,13 +313,30 @@ fn with_node_keys_a_secret_holder_cannot_claim_another_id() {
     net.nodes.insert(id("c"), keyed("c", &keys["a"], 3));
     net.send("c", "b", b"c says: vote for a");
     net.settle();
-    assert!(net.delivered.is_empty(), "{:?}", net.delivered);
+    // a's key under c's name: b learns the key a proves, which is not c's.
     assert!(
         net.refused.iter().any(|(at, r)| at == &id("b")
-            && matches!(r, Refused::Crypto { .. } | Refused::Impostor { .. })),
+            && matches!(r, Refused::Impostor { why, .. } if why.contains("node key configured"))),
         "{:?}",
         net.refused
     );
+    assert!(!net.nodes[&id("c")].established().contains(&id("b")));
+    // A holder of the secret with no node key at all, claiming c: b wants c's key.
+    let mut bare = DatagramConfig::new(id("c"), s.clone(), [id("b")]);
+    bare.node_key = None;
+    net.nodes.insert(
+        id("c"),
+        Datagrams::new(bare, [5; 32], Instant::ZERO).expect("valid"),
+    );
+    net.refused.clear();
+    net.settle();
+    assert!(
+        net.refused.iter().any(|(at, r)| at == &id("b")
+            && matches!(r, Refused::Impostor { why, .. } if why.contains("node key configured"))),
+        "{:?}",
+        net.refused
+    );
+    assert!(net.delivered.is_empty());
     // The real c gets through.
     net.nodes.insert(id("c"), keyed("c", &keys["c"], 4));
     net.send("c", "b", b"real c");
@@ -315,29 +345,187 @@ fn with_node_keys_a_secret_holder_cannot_claim_another_id() {
     assert_eq!(net.delivered[0].1.from, id("c"));
 }
 
+/// A duplicated or replayed message 1, before or after its session proved itself, gets
+/// the same answer (or none) and never re-keys the responder.
 #[test]
-fn a_replayed_handshake_changes_nothing() {
+fn a_duplicated_or_replayed_hello_changes_no_keys() {
+    let s = secret("cluster");
+    let mut net3 = Net::new(&["a", "b"], &s);
+    let a_hello = {
+        let (to, bytes) = net3
+            .nodes
+            .get_mut(&id("a"))
+            .expect("a")
+            .poll_transmit()
+            .expect("hello");
+        assert_eq!(to, id("b"));
+        bytes
+    };
+    assert!(net3.receive("b", &a_hello).is_ok());
+    assert!(
+        net3.receive("b", &a_hello).is_ok(),
+        "a duplicate is answered"
+    );
+    // b answered twice; both answers must be the same message 2.
+    let replies: Vec<Vec<u8>> =
+        std::iter::from_fn(|| net3.nodes.get_mut(&id("b")).expect("b").poll_transmit())
+            .filter(|(to, bytes)| to == &id("a") && bytes[1] == 2)
+            .map(|(_, bytes)| bytes)
+            .collect();
+    assert_eq!(replies.len(), 2);
+    assert_eq!(replies[0], replies[1], "the same answer, the same keys");
+    for reply in &replies {
+        let _ = net3.receive("a", reply);
+    }
+    net3.settle();
+    net3.send("a", "b", b"still one session");
+    net3.settle();
+    assert_eq!(
+        net3.delivered
+            .iter()
+            .map(|(_, d)| d.payload.clone())
+            .collect::<Vec<_>>(),
+        vec![b"still one session".to_vec()],
+        "{:?}",
+        net3.refused
+    );
+    assert!(net3.nodes[&id("a")].established().contains(&id("b")));
+    // And a hello recorded earlier, replayed once the session is up, changes nothing.
+    assert!(matches!(
+        net3.receive("b", &a_hello),
+        Err(Refused::Stale { .. })
+    ));
+    net3.send("a", "b", b"after the replay");
+    net3.settle();
+    assert_eq!(
+        net3.delivered.last().expect("delivered").1.payload,
+        b"after the replay"
+    );
+}
+
+/// Garbage that names a pending handshake's session id (which travels in clear) must not
+/// use the handshake up.
+#[test]
+fn a_forged_reply_does_not_use_the_handshake_up() {
     let s = secret("cluster");
     let mut net = Net::new(&["a", "b"], &s);
-    let mut hellos = Vec::new();
-    net.run(|from, to, bytes| {
-        if from == &id("a") && to == &id("b") && bytes[1] == 1 {
-            hellos.push(bytes.to_vec());
-        }
-        true
-    });
-    assert_eq!(hellos.len(), 1);
-    net.receive("b", &hellos[0]).expect("answered again");
-    net.send("a", "b", b"still here");
+    let hello = net
+        .nodes
+        .get_mut(&id("a"))
+        .expect("a")
+        .poll_transmit()
+        .expect("hello")
+        .1;
+    let mut forged = hello.clone();
+    forged[1] = 2; // a reply, from b, for a's session
+    forged.splice(2..6, *b"\x01b\x01a");
+    forged.truncate(22);
+    forged[14..22].fill(0); // no incarnation outside a hello
+    forged.extend_from_slice(&[0x55; 48]);
+    assert!(matches!(
+        net.receive("a", &forged),
+        Err(Refused::Crypto { .. })
+    ));
+    // The real handshake still completes, without waiting for a retry.
+    net.receive("b", &hello).expect("answered");
+    net.settle();
+    assert!(
+        net.nodes[&id("a")].established().contains(&id("b")),
+        "{:?}",
+        net.refused
+    );
+}
+
+/// b's handshake is answered by a's old run; a restarts and its fresh handshake reaches b
+/// before that stale answer does. b must not stay on keys a no longer has.
+#[test]
+fn a_stale_answer_after_a_restart_does_not_strand_the_session() {
+    let s = secret("cluster");
+    let mut net = Net::new(&["a", "b"], &s);
+    // b's hello to the old a, and the old a's reply, held back.
+    let b_hello = net
+        .nodes
+        .get_mut(&id("b"))
+        .expect("b")
+        .poll_transmit()
+        .expect("hello")
+        .1;
+    net.nodes
+        .get_mut(&id("a"))
+        .expect("a")
+        .poll_transmit()
+        .expect("a's hello, lost");
+    net.receive("a", &b_hello).expect("old a answers");
+    let stale_reply = net
+        .nodes
+        .get_mut(&id("a"))
+        .expect("a")
+        .poll_transmit()
+        .expect("reply")
+        .1;
+    // a restarts; its fresh hello reaches b first, then the stale reply.
+    net.nodes.insert(id("a"), node("a", &["a", "b"], 42, &s));
+    let fresh_hello = net
+        .nodes
+        .get_mut(&id("a"))
+        .expect("a")
+        .poll_transmit()
+        .expect("hello")
+        .1;
+    net.receive("b", &fresh_hello).expect("b answers the new a");
+    net.receive("b", &stale_reply)
+        .expect("b takes the stale keys, unacknowledged");
+    net.settle();
+    // Whatever b believed, after the retry time both directions work.
+    net.now = net.now + Duration::from_millis(250);
+    let now = net.now;
+    for node in net.nodes.values_mut() {
+        node.handle_timeout(now).expect("retry");
+    }
+    net.settle();
+    net.send("a", "b", b"a to b");
+    net.send("b", "a", b"b to a");
+    net.settle();
+    let mut got: Vec<Vec<u8>> = net
+        .delivered
+        .iter()
+        .map(|(_, d)| d.payload.clone())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![b"a to b".to_vec(), b"b to a".to_vec()],
+        "{:?}",
+        net.refused
+    );
+    assert_eq!(net.nodes[&id("b")].established(), vec![id("a")]);
+}
+
+/// A session counts as established only once its acknowledgement opens; a lost
+/// acknowledgement means a new session after the retry time.
+#[test]
+fn an_unacknowledged_session_is_dialed_again() {
+    let s = secret("cluster");
+    let mut net = Net::new(&["a", "b"], &s);
+    net.run(|from, _, bytes| !(from == &id("b") && bytes[1] == 4));
+    assert!(net.nodes[&id("a")].established().is_empty(), "no ack yet");
+    net.send("a", "b", b"sent on the unacknowledged session");
     net.settle();
     assert_eq!(
         net.delivered.len(),
         1,
-        "{:?} {:?}",
-        net.delivered,
-        net.refused
+        "it still delivers: b has the session"
     );
-    assert_eq!(net.delivered[0].1.payload, b"still here");
+    let retry = net.nodes[&id("a")]
+        .poll_timeout()
+        .expect("waiting for an ack");
+    net.now = retry;
+    for node in net.nodes.values_mut() {
+        node.handle_timeout(retry).expect("redial");
+    }
+    net.settle();
+    assert_eq!(net.nodes[&id("a")].established(), vec![id("b")]);
+    assert_eq!(net.nodes[&id("a")].poll_timeout(), None);
 }
 
 #[test]
@@ -395,8 +583,36 @@ fn configs_that_cannot_work_are_refused() {
     let err = Datagrams::new(config.clone(), [0; 32], Instant::ZERO).expect_err("own id");
     assert!(err.to_string().contains("own peer list"), "{err}");
     config.peers = [(id("b"), Some(NodeKey::from_private([2; 32]).public()))].into();
-    let err = Datagrams::new(config, [0; 32], Instant::ZERO).expect_err("no key");
+    let err = Datagrams::new(config.clone(), [0; 32], Instant::ZERO).expect_err("no key");
     assert!(err.to_string().contains("needs a node key"), "{err}");
+    let own = NodeKey::from_private([1; 32]);
+    config.node_key = Some(own.clone());
+    config.peers = [(id("b"), Some(own.public()))].into();
+    let err = Datagrams::new(config.clone(), [0; 32], Instant::ZERO).expect_err("own key");
+    assert!(err.to_string().contains("own public key"), "{err}");
+    let shared = NodeKey::from_private([2; 32]).public();
+    config.peers = [(id("b"), Some(shared)), (id("c"), Some(shared))].into();
+    let err = Datagrams::new(config.clone(), [0; 32], Instant::ZERO).expect_err("same key");
+    assert!(err.to_string().contains("same public key"), "{err}");
+    config.peers = [(id("b"), Some(clustd_session::PublicKey([0; 32])))].into();
+    let err = Datagrams::new(config, [0; 32], Instant::ZERO).expect_err("weak key");
+    assert!(err.to_string().contains("small-order"), "{err}");
+    let mut config = DatagramConfig::new(id("a"), s, [id("b")]);
+    let endpoint = Datagrams::new(config.clone(), [0; 32], Instant::ZERO).expect("valid");
+    let limit = endpoint.max_payload(&id("b"));
+    let mut endpoint = endpoint;
+    assert!(
+        matches!(
+            endpoint.send(&id("b"), &vec![0; limit + 1]),
+            Err(SessionError::Oversized { .. })
+        ),
+        "refused while the session is still being set up, too"
+    );
+    endpoint
+        .send(&id("b"), &vec![0; limit])
+        .expect("the largest payload");
+    config.queue = 0;
+    assert!(Datagrams::new(config, [0; 32], Instant::ZERO).is_err());
 }
 
 proptest! {
@@ -404,20 +620,29 @@ proptest! {
     /// Unauthenticated input of any shape is refused without a panic and without
     /// disturbing the sessions.
     #[test]
-    fn garbage_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..600), header in any::<bool>()) {
+    fn garbage_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..600), header in any::<bool>(), kind in 1u8..=4) {
         let s = secret("cluster");
         let mut net = Net::new(&["a", "b"], &s);
-        net.settle();
+        // Mid-handshake: a's and b's hellos are out, nothing answered yet.
+        let a_hello = net.nodes.get_mut(&id("a")).expect("a").poll_transmit().expect("hello").1;
+        let b_hello = net.nodes.get_mut(&id("b")).expect("b").poll_transmit().expect("hello").1;
         let mut input = bytes.clone();
         if header {
-            // A valid header in front, so the body reaches the cryptography.
-            let mut h = vec![ENVELOPE_VERSION, 1 + bytes.first().copied().unwrap_or(0) % 3, 1, b'a', 1, b'b'];
+            // A valid header naming a real session, so the body reaches the cryptography:
+            // a's own session for a reply or an ack, b's for a hello or a sealed datagram.
+            let session = if matches!(kind, 2 | 4) { &a_hello[6..14] } else { &b_hello[6..14] };
+            let mut h = vec![ENVELOPE_VERSION, kind, 1, b'b', 1, b'a'];
+            h.extend_from_slice(session);
             h.extend_from_slice(&[0; 8]);
-            h.push(0);
             h.extend_from_slice(&bytes);
             input = h;
         }
-        prop_assert!(net.receive("b", &input).is_err());
+        prop_assert!(net.receive("a", &input).is_err());
+        // Nothing was used up: the handshakes complete without a retry.
+        net.receive("b", &a_hello).expect("b answers a");
+        net.receive("a", &b_hello).expect("a answers b");
+        net.settle();
+        prop_assert!(net.nodes[&id("a")].established().contains(&id("b")));
         net.send("a", "b", b"ok");
         net.settle();
         prop_assert_eq!(net.delivered.len(), 1);

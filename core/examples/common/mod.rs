@@ -8,6 +8,7 @@
 // Each example uses a different part of this module.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use clustd_core::store::{FileStore, StateStore, StoreError};
@@ -22,8 +23,13 @@ pub(crate) struct Member {
     /// Sessions to the other members: who sent what, proven.
     pub(crate) net: Datagrams,
     store: FileStore,
-    /// Datagrams refused (forged, replayed, altered, or from a restarted peer's old session).
-    pub(crate) refused: Vec<Refused>,
+    /// Datagrams refused (forged, replayed, altered, or from a restarted peer's old
+    /// session): a counter, and the last few reasons. Never an unbounded list: refusals
+    /// are the attacker's to multiply.
+    pub(crate) refused: u64,
+    pub(crate) last_refusals: VecDeque<Refused>,
+    /// Authenticated payloads received, per proven sender.
+    pub(crate) heard: BTreeMap<NodeId, u64>,
 }
 
 /// 32 random bytes from the operating system: session keys must not be guessable.
@@ -53,7 +59,8 @@ impl Member {
         let mut store = FileStore::new(dir.join(me.as_str()));
         let saved = store.load()?;
         let mut config = Config::fast_lan(me.clone(), members.to_vec());
-        config.rng_seed = u64::from_le_bytes(os_seed()[..8].try_into().unwrap_or([1; 8]));
+        let [a, b, c, d, e, f, g, h, ..] = os_seed();
+        config.rng_seed = u64::from_le_bytes([a, b, c, d, e, f, g, h]);
         let node = Node::new(config, saved, now).unwrap_or_else(|e| panic!("config: {e}"));
         let peers = members.iter().filter(|id| *id != me).cloned();
         let net = Datagrams::new(
@@ -66,7 +73,9 @@ impl Member {
             node,
             net,
             store,
-            refused: Vec::new(),
+            refused: 0,
+            last_refusals: VecDeque::new(),
+            heard: BTreeMap::new(),
         })
     }
 
@@ -75,7 +84,10 @@ impl Member {
     pub(crate) fn on_datagram(&mut self, bytes: &[u8], now: Instant) {
         match self.net.receive(bytes, now) {
             Ok(Some(delivery)) => match codec::decode::<Message>(&delivery.payload) {
-                Ok(msg) => self.node.handle_message(now, &delivery.from, msg),
+                Ok(msg) => {
+                    *self.heard.entry(delivery.from.clone()).or_default() += 1;
+                    self.node.handle_message(now, &delivery.from, msg);
+                }
                 Err(e) => eprintln!(
                     "{}: undecodable frame from {}: {e}",
                     self.me(),
@@ -83,7 +95,13 @@ impl Member {
                 ),
             },
             Ok(None) => {} // handshakes and confirmations
-            Err(refused) => self.refused.push(refused),
+            Err(refused) => {
+                self.refused += 1;
+                if self.last_refusals.len() == 8 {
+                    self.last_refusals.pop_front();
+                }
+                self.last_refusals.push_back(refused);
+            }
         }
     }
 
