@@ -24,8 +24,9 @@
 //!    a recording), so the responder accepts nobody before it.
 //!
 //! A party without the secret cannot decrypt messages 1 or 2 (the payload keys mix in the
-//! PSK), so it learns nothing, not even node ids. Wire messages after the handshake:
-//! `nonce (u64, big endian) || ciphertext chunks`, each chunk at most 65535 bytes, chunk *i*
+//! PSK), so it learns nothing from them, not even node ids (the datagram envelope of
+//! [`crate::datagram`] carries ids in clear, outside the handshake). Wire messages after
+//! the handshake: `nonce (u64, big endian) || ciphertext chunks`, each chunk at most 65535 bytes, chunk *i*
 //! sealed with nonce + *i*. Reliable messages must carry exactly the next expected nonce;
 //! datagrams use nonces with the top bit set and a 64-entry sliding replay window.
 
