@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clustd_core::{Instant, NodeId};
-use clustd_session::datagram::{DatagramConfig, Datagrams, Delivery, ENVELOPE_VERSION, Refused};
+use clustd_session::datagram::{
+    DatagramConfig, Datagrams, Delivery, ENVELOPE_VERSION, Envelope, Kind, Refused,
+};
 use clustd_session::{NodeKey, Secret, SessionError};
 use proptest::prelude::*;
 
@@ -104,6 +106,16 @@ impl Net {
         bytes
     }
 
+    /// The next datagram `from` would send, taken off the wire undelivered.
+    fn take(&mut self, from: &str) -> Vec<u8> {
+        self.nodes
+            .get_mut(&id(from))
+            .expect("node")
+            .poll_transmit()
+            .expect("a datagram is waiting")
+            .1
+    }
+
     fn receive(&mut self, at: &str, bytes: &[u8]) -> Result<Option<Delivery>, Refused> {
         let now = self.now;
         self.nodes
@@ -156,12 +168,7 @@ fn sessions_come_up_and_every_delivery_names_its_sender() {
 fn the_envelope_is_as_documented() {
     let s = secret("cluster");
     let mut net = Net::new(&["a", "bb"], &s);
-    let (_, hello) = net
-        .nodes
-        .get_mut(&id("a"))
-        .expect("a")
-        .poll_transmit()
-        .expect("hello");
+    let hello = net.take("a");
     assert_eq!((hello[0], hello[1]), (ENVELOPE_VERSION, 1));
     assert_ne!(
         &hello[15..23],
@@ -409,19 +416,17 @@ fn a_duplicated_or_replayed_hello_changes_no_keys() {
 fn a_forged_reply_does_not_use_the_handshake_up() {
     let s = secret("cluster");
     let mut net = Net::new(&["a", "b"], &s);
-    let hello = net
-        .nodes
-        .get_mut(&id("a"))
-        .expect("a")
-        .poll_transmit()
-        .expect("hello")
-        .1;
-    let mut forged = hello.clone();
-    forged[1] = 2; // a reply, from b, for a's session
-    forged.splice(2..6, *b"\x01b\x01a");
-    forged.truncate(22);
-    forged[14..22].fill(0); // no incarnation outside a hello
-    forged.extend_from_slice(&[0x55; 48]);
+    let hello = net.take("a");
+    // A reply from b naming a's session, with garbage for a body.
+    let (hello_envelope, _) = Envelope::parse(&hello).expect("an envelope");
+    let forged = Envelope {
+        kind: Kind::Reply,
+        from: id("b"),
+        to: id("a"),
+        session: hello_envelope.session,
+        incarnation: 0,
+    }
+    .write(&[0x55; 48]);
     assert!(matches!(
         net.receive("a", &forged),
         Err(Refused::Crypto { .. })
@@ -443,35 +448,13 @@ fn a_stale_answer_after_a_restart_does_not_strand_the_session() {
     let s = secret("cluster");
     let mut net = Net::new(&["a", "b"], &s);
     // b's hello to the old a, and the old a's reply, held back.
-    let b_hello = net
-        .nodes
-        .get_mut(&id("b"))
-        .expect("b")
-        .poll_transmit()
-        .expect("hello")
-        .1;
-    net.nodes
-        .get_mut(&id("a"))
-        .expect("a")
-        .poll_transmit()
-        .expect("a's hello, lost");
+    let b_hello = net.take("b");
+    net.take("a"); // a's hello, lost
     net.receive("a", &b_hello).expect("old a answers");
-    let stale_reply = net
-        .nodes
-        .get_mut(&id("a"))
-        .expect("a")
-        .poll_transmit()
-        .expect("reply")
-        .1;
+    let stale_reply = net.take("a");
     // a restarts; its fresh hello reaches b first, then the stale reply.
     net.nodes.insert(id("a"), node("a", &["a", "b"], 42, &s));
-    let fresh_hello = net
-        .nodes
-        .get_mut(&id("a"))
-        .expect("a")
-        .poll_transmit()
-        .expect("hello")
-        .1;
+    let fresh_hello = net.take("a");
     net.receive("b", &fresh_hello).expect("b answers the new a");
     net.receive("b", &stale_reply)
         .expect("b takes the stale keys, unacknowledged");
@@ -624,8 +607,8 @@ proptest! {
         let s = secret("cluster");
         let mut net = Net::new(&["a", "b"], &s);
         // Mid-handshake: a's and b's hellos are out, nothing answered yet.
-        let a_hello = net.nodes.get_mut(&id("a")).expect("a").poll_transmit().expect("hello").1;
-        let b_hello = net.nodes.get_mut(&id("b")).expect("b").poll_transmit().expect("hello").1;
+        let a_hello = net.take("a");
+        let b_hello = net.take("b");
         let mut input = bytes.clone();
         if header {
             // A valid header naming a real session, so the body reaches the cryptography:
