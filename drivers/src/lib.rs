@@ -27,7 +27,10 @@
 //! - [`shell`]: runs `start`/`stop` scripts ([`ShellDriver`]), and an optional `check`
 //!   script whose results it reports as health;
 //! - [`notify`]: webhook, email and SMS notifications ([`NotifyDriver`]), including the
-//!   node's health and eligibility changes.
+//!   node's health and eligibility changes;
+//! - [`vip`]: service addresses that follow the master ([`VipDriver`]): added over
+//!   rtnetlink, announced with gratuitous ARP and neighbour advertisements, reconciled,
+//!   removed on backup, and watched for another host claiming them.
 //!
 //! A custom driver, complete:
 //! ```no_run
@@ -99,6 +102,7 @@ pub mod notify;
 mod session;
 pub mod shell;
 mod transition;
+pub mod vip;
 
 pub use clock::{MachineClock, MonotonicClock, TokioMachineClock};
 pub use clustd_core::driver::{ActionResult, DriverRole, HealthChange};
@@ -113,3 +117,4 @@ pub use session::{
     generate_driver_id, run,
 };
 pub use shell::{ShellCheck, ShellConfig, ShellDriver};
+pub use vip::{VipConfig, VipDriver, VipError};
