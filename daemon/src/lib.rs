@@ -14,6 +14,7 @@ pub mod fence;
 pub mod health;
 pub mod local;
 pub mod metrics;
+pub mod netns;
 pub mod proctree;
 pub mod rejections;
 pub mod runtime;

@@ -28,12 +28,12 @@ pub fn free_port() -> std::io::Result<u16> {
     Err(std::io::Error::other("no free loopback port found"))
 }
 
-/// A peer of a loopback node: its id, port and public key.
+/// A peer of a local node: its id, address and public key.
 pub struct LocalPeer {
     /// Node id.
     pub id: String,
-    /// Loopback port.
-    pub port: u16,
+    /// Its cluster address (a loopback port, or an address in a test's network namespace).
+    pub addr: std::net::SocketAddr,
     /// Its node key's public half.
     pub key: clustd_transport::PublicKey,
 }
@@ -48,10 +48,11 @@ pub struct LocalFiles<'a> {
     pub node_key: &'a std::path::Path,
 }
 
-/// The TOML of a loopback node; `election` is the body of the `[election]` table.
+/// The TOML of a local node listening on `listen`; `election` is the body of the
+/// `[election]` table (and may be followed by more tables).
 pub fn node_config(
     id: &str,
-    port: u16,
+    listen: std::net::SocketAddr,
     peers: &[LocalPeer],
     transport: TransportKind,
     files: &LocalFiles<'_>,
@@ -66,13 +67,13 @@ pub fn node_config(
         .iter()
         .map(|p| {
             format!(
-                "{{ id = \"{}\", addr = \"127.0.0.1:{}\", key = \"{}\" }}",
-                p.id, p.port, p.key
+                "{{ id = \"{}\", addr = \"{}\", key = \"{}\" }}",
+                p.id, p.addr, p.key
             )
         })
         .collect();
     format!(
-        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"{}\"\ndriver_secret_file = \"{}\"\npeers = [{}]\n\n[election]\n{election}\n",
+        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"{listen}\"\nsecret_file = \"{}\"\ndriver_secret_file = \"{}\"\npeers = [{}]\n\n[election]\n{election}\n",
         data_dir.display(),
         files.node_key.display(),
         files.secret.display(),
@@ -236,7 +237,7 @@ impl LocalCluster {
                 .filter(|((other, _), _)| *other != name)
                 .map(|((other, port), key)| LocalPeer {
                     id: other.clone(),
-                    port: *port,
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
                     key: *key,
                 })
                 .collect();
@@ -247,7 +248,7 @@ impl LocalCluster {
             };
             let text = node_config(
                 name,
-                ports[i],
+                std::net::SocketAddr::from(([127, 0, 0, 1], ports[i])),
                 &peers,
                 transport,
                 &files,

@@ -19,34 +19,32 @@ use clustd::local::{LocalFiles, LocalPeer, free_port, node_config, write_private
 use clustd_transport::TransportKind;
 use tokio::process::{Child, Command};
 
-/// The shell driver binary beside `clustd` in the target dir, built (or brought up to date: a
-/// stale driver may not speak the current wire format) once per test run.
+/// The shell driver binary beside `clustd` in the target dir.
 pub(crate) fn driver_bin() -> PathBuf {
-    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
-    DRIVER
-        .get_or_init(|| {
-            let clustd = clustd_bin();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args([
-                "build",
-                "-p",
-                "clustd-drivers",
-                "--bin",
-                "clustd-shell-driver",
-            ]);
-            if clustd
-                .parent()
-                .and_then(|p| p.file_name())
-                .is_some_and(|n| n == "release")
-            {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("cargo runs");
-            assert!(status.success(), "building clustd-shell-driver failed");
-            clustd.with_file_name("clustd-shell-driver")
-        })
-        .clone()
+    built_driver("clustd-shell-driver")
+}
+
+/// The driver binary `name` beside `clustd` in the target dir: every driver binary is built
+/// (or brought up to date: a stale driver may not speak the current wire format) once per
+/// test run.
+pub(crate) fn built_driver(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let clustd = clustd_bin();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-p", "clustd-drivers", "--bins"]);
+        if clustd
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "release")
+        {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building the driver binaries failed");
+    });
+    clustd.with_file_name(name)
 }
 
 /// The `clustd` binary under test.
@@ -167,10 +165,13 @@ impl ProcCluster {
                 .filter(|j| *j != i)
                 .map(|j| LocalPeer {
                     id: ids[j].clone(),
-                    port: network
-                        .as_ref()
-                        .and_then(|n| n.addr(i, j))
-                        .map_or(ports[j], |a| a.port()),
+                    addr: SocketAddr::from((
+                        [127, 0, 0, 1],
+                        network
+                            .as_ref()
+                            .and_then(|n| n.addr(i, j))
+                            .map_or(ports[j], |a| a.port()),
+                    )),
                     key: keys[j],
                 })
                 .collect();
@@ -185,7 +186,8 @@ impl ProcCluster {
                 "{election}\n\n[admin]\nlisten = \"{admin}\"\n\n{}\n",
                 spec.daemon_toml
             );
-            let text = node_config(id, ports[i], &peers, kind, &files, &path.join(id), &rest);
+            let listen = SocketAddr::from(([127, 0, 0, 1], ports[i]));
+            let text = node_config(id, listen, &peers, kind, &files, &path.join(id), &rest);
             let config = path.join(format!("{id}.toml"));
             std::fs::write(&config, text)?;
             let driver_config = path.join(format!("driver-{id}.toml"));

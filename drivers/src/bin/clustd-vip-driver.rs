@@ -62,8 +62,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     use std::io::IsTerminal as _;
+    // The log goes to stderr, beside the start-up errors (journald takes both).
     tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
