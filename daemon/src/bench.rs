@@ -16,6 +16,7 @@
 
 pub mod proxy;
 pub mod service_log;
+pub mod vip;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -7,31 +7,24 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::Read as _;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clustd::local::{LocalFiles, LocalPeer, node_config, write_private};
+use clustd::bench::vip::{NODES, VIP4, VIP6, VipCluster, VipSetup, connect, listen, sole_holder};
 use clustd::netns::Topology;
 use clustd_drivers::vip::frames::{self, MacAddr, Seen, SeenKind};
 use clustd_transport::TransportKind;
 use common::procs::{built_driver, clustd_bin};
-use tokio::process::Child;
 
-const VIP4: &str = "198.18.0.100";
-const VIP6: &str = "fd00::100";
-const PORT: u16 = 8000;
-const CLUSTER_PORT: u16 = 7400;
 const COUNT: usize = 3;
 const INTERVAL_MS: u64 = 200;
 const REFRESH_MS: u64 = 3000;
 const RECONCILE_MS: u64 = 500;
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
-const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
 fn skip() -> bool {
     match clustd::netns::unavailable() {
@@ -71,55 +64,6 @@ fn vip_config(socket: &Path, id: &str) -> String {
         "daemon = \"unix:{}\"\ndriver_id = \"vip-{id}\"\nstartup_wait_ms = 60000\n\n[[vip]]\naddress = \"{VIP4}/24\"\ninterface = \"eth0\"\n\n[[vip]]\naddress = \"{VIP6}/64\"\ninterface = \"eth0\"\n\n[announce]\ncount = {COUNT}\ninterval_ms = {INTERVAL_MS}\nrefresh_ms = {REFRESH_MS}\nreconcile_ms = {RECONCILE_MS}\n",
         socket.display()
     )
-}
-
-/// A TCP listener on every address of a node's namespace that answers with the node's name.
-struct Listener {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn listen(topology: &Topology, host: &str) -> Listener {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    let name = host.to_owned();
-    topology
-        .run_in(host, move || {
-            // Dual-stack: the VIP's IPv4 and IPv6 addresses, whichever this node holds.
-            let listener = TcpListener::bind(("::", PORT)).expect("bind in the namespace");
-            listener.set_nonblocking(true).expect("nonblocking");
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.write_all(name.as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        })
-        .expect("listener thread");
-    Listener { stop }
-}
-
-/// Connects from the client's namespace to `address`:PORT; the name the listener sent.
-fn connect(topology: &Topology, address: &str) -> Option<String> {
-    let addr: SocketAddr = SocketAddr::new(address.parse().expect("ip"), PORT);
-    topology
-        .run_in("client", move || {
-            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-            conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            let mut name = String::new();
-            conn.read_to_string(&mut name).ok()?;
-            Some(name)
-        })
-        .expect("client thread")
-        .join()
-        .expect("client thread ends")
 }
 
 /// Every ARP frame and neighbour advertisement the client's `eth0` receives.
@@ -237,133 +181,32 @@ impl Drop for Sampler {
     }
 }
 
-/// Three daemons with a VIP driver each, one per node namespace; killed on drop (before
-/// the namespaces go).
-struct VipCluster {
-    dir: tempfile::TempDir,
-    daemons: Vec<Option<Child>>,
-    drivers: Vec<Option<Child>>,
-}
+/// Prints every log when the test fails.
+struct Logs(VipCluster);
 
-impl VipCluster {
-    fn start(topology: &Topology, kind: TransportKind) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().to_path_buf();
-        let path = path.as_path();
-        let secret = path.join("secret");
-        let driver_secret = path.join("driver-secret");
-        let keygen = || clustd::config::keygen().expect("keygen");
-        write_private(&secret, &keygen()).expect("secret");
-        write_private(&driver_secret, &keygen()).expect("driver secret");
-        let key_files: Vec<PathBuf> = NODES
-            .iter()
-            .map(|n| path.join(format!("{n}.key")))
-            .collect();
-        let keys: Vec<_> = key_files
-            .iter()
-            .map(|f| clustd::config::write_node_key(f).expect("node key"))
-            .collect();
-        let at = |i: usize| SocketAddr::new(topology.host(NODES[i]).v4.into(), CLUSTER_PORT);
-        let mut cluster = Self {
-            dir,
-            daemons: Vec::new(),
-            drivers: Vec::new(),
-        };
-        for (i, node) in NODES.iter().enumerate() {
-            let peers: Vec<LocalPeer> = (0..NODES.len())
-                .filter(|j| *j != i)
-                .map(|j| LocalPeer {
-                    id: NODES[j].to_owned(),
-                    addr: at(j),
-                    key: keys[j],
-                })
-                .collect();
-            let files = LocalFiles {
-                secret: &secret,
-                driver_secret: &driver_secret,
-                node_key: &key_files[i],
-            };
-            let data = path.join(node);
-            let rest = format!("{ELECTION}\n\n[admin]\nlisten = \"127.0.0.1:7401\"\n");
-            let text = node_config(node, at(i), &peers, kind, &files, &data, &rest);
-            let config = path.join(format!("{node}.toml"));
-            std::fs::write(&config, text).expect("config");
-            let daemon = topology
-                .command(node, clustd_bin())
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file(&path.join(format!("{node}.log"))))
-                .kill_on_drop(true)
-                .spawn()
-                .expect("daemon starts");
-            cluster.daemons.push(Some(daemon));
-            let vip = path.join(format!("vip-{node}.toml"));
-            std::fs::write(&vip, vip_config(&data.join("driver.sock"), node)).expect("vip config");
-            let driver = topology
-                .command(node, built_driver("clustd-vip-driver"))
-                .arg("--config")
-                .arg(&vip)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file(&path.join(format!("vip-{node}.log"))))
-                .kill_on_drop(true)
-                .spawn()
-                .expect("driver starts");
-            cluster.drivers.push(Some(driver));
-        }
-        cluster
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    /// Every log, for a failure message.
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for node in NODES {
-            for name in [node.to_owned(), format!("vip-{node}")] {
-                all.push_str(&format!("\n===== {name}.log\n{}", self.log(&name)));
-            }
-        }
-        all
-    }
-}
-
-impl Drop for VipCluster {
+impl Drop for Logs {
     fn drop(&mut self) {
-        for child in self
-            .daemons
-            .iter_mut()
-            .chain(self.drivers.iter_mut())
-            .flatten()
-        {
-            let _ = child.start_kill();
-        }
         if std::thread::panicking() {
-            eprintln!("{}", self.logs());
+            eprintln!("{}", self.0.logs());
         }
+    }
+}
+
+impl std::ops::Deref for Logs {
+    type Target = VipCluster;
+    fn deref(&self) -> &VipCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Logs {
+    fn deref_mut(&mut self) -> &mut VipCluster {
+        &mut self.0
     }
 }
 
 fn mac(text: &str) -> MacAddr {
     text.parse().expect("a MAC")
-}
-
-/// The node that holds the VIPs, once exactly one does.
-fn sole_holder(topology: &Topology) -> Option<&'static str> {
-    let holders: Vec<&'static str> = NODES
-        .iter()
-        .copied()
-        .filter(|h| {
-            topology.holds(h, VIP4).unwrap_or(false) && topology.holds(h, VIP6).unwrap_or(false)
-        })
-        .collect();
-    (holders.len() == 1).then(|| holders[0])
 }
 
 async fn a_vip_follows_the_master(kind: TransportKind) {
@@ -373,8 +216,20 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
     let topology =
         Arc::new(Topology::create(&["n1", "n2", "n3", "client", "intruder"]).expect("namespaces"));
     let capture = Capture::start(&topology);
-    let _listeners: Vec<Listener> = NODES.iter().map(|n| listen(&topology, n)).collect();
-    let mut cluster = VipCluster::start(&topology, kind);
+    let _listeners: Vec<_> = NODES
+        .iter()
+        .map(|n| listen(&topology, n).expect("listener"))
+        .collect();
+    let setup = VipSetup {
+        kind,
+        election: ELECTION.into(),
+        announce: format!(
+            "count = {COUNT}\ninterval_ms = {INTERVAL_MS}\nrefresh_ms = {REFRESH_MS}\nreconcile_ms = {RECONCILE_MS}"
+        ),
+        clustd_bin: clustd_bin(),
+        driver_bin: built_driver("clustd-vip-driver"),
+    };
+    let mut cluster = Logs(VipCluster::start(&topology, &setup).expect("cluster starts"));
 
     // The master holds both addresses; the client reaches it on both.
     let master = wait_for(Duration::from_secs(60), "one node holding the VIPs", || {
@@ -387,7 +242,7 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
         let name = wait_for(
             Duration::from_secs(10),
             "a TCP connection to the VIP",
-            || connect(&topology, vip),
+            || connect(&topology, "client", vip),
         )
         .await;
         assert_eq!(name, master, "{vip} reaches the master");
@@ -465,11 +320,7 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
     let sampler = Sampler::start(topology.clone());
     let m = NODES.iter().position(|n| *n == master).expect("a node");
     let killed = Instant::now();
-    cluster.daemons[m]
-        .as_mut()
-        .expect("running")
-        .start_kill()
-        .expect("SIGKILL");
+    cluster.kill_daemon(m).await.expect("SIGKILL");
     let (new_master, held_at) = wait_for(
         Duration::from_secs(30),
         "a new master holding the VIPs",
@@ -490,7 +341,7 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
     let name = wait_for(
         Duration::from_secs(5),
         "a TCP connection to the new master",
-        || connect(&topology, VIP4),
+        || connect(&topology, "client", VIP4),
     )
     .await;
     let reached_at = Instant::now();
@@ -615,12 +466,7 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
     drop(capture);
 }
 
-mod quic {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_vip_follows_the_master() {
-        super::a_vip_follows_the_master(clustd_transport::TransportKind::Quic).await
-    }
-}
+both_transports!(a_vip_follows_the_master);
 
 /// Runs the VIP driver alone in `host`'s namespace with `config`; waits for it to exit
 /// or for `until` to hold, then kills it. Its exit status (None: still running) and log.
@@ -696,15 +542,18 @@ async fn start_up_removes_a_vip_it_left_and_refuses_one_it_did_not_add() {
         .join()
         .expect("added");
     assert!(topology.holds("n1", VIP4).expect("ip") && topology.holds("n1", VIP6).expect("ip"));
+    // The driver removes them before it even looks for its daemon (there is none here),
+    // logging each, and keeps running.
+    let gone =
+        |t: &Topology| !t.holds("n1", VIP4).unwrap_or(true) && !t.holds("n1", VIP6).unwrap_or(true);
     let (status, log) = driver_alone(&topology, "n1", dir.path(), &config, |log| {
         log.matches("left on eth0 by an earlier run").count() == 2
+            && log.contains("driver started")
+            && gone(&topology)
     })
     .await;
     assert_eq!(status, None, "the driver keeps running:\n{log}");
-    wait_for(Duration::from_secs(5), "the stale VIPs to be gone", || {
-        (!topology.holds("n1", VIP4).ok()? && !topology.holds("n1", VIP6).ok()?).then_some(())
-    })
-    .await;
+    assert!(gone(&topology), "the stale VIPs stay gone");
 
     // One configured by hand: an error that says what to do, and the address stays.
     topology
