@@ -450,14 +450,15 @@ async fn run_one(opts: &VipOptions, kind: TransportKind) -> Result<VipReport, Be
             report.held_ms.push(ms(held));
             report.neighbour_ms.push(ms(neighbour));
             report.tcp_ms.push(ms(tcp));
-            // The old node comes back as a backup: wait until its driver heard so.
-            let before = cluster.log(&format!("vip-{master}")).matches("reason=started").count();
+            // The old node comes back as a backup: wait until it follows the leader and its
+            // driver acknowledged (the next round needs all three for a quorum of two).
+            let from = cluster.log(master).len();
             cluster.start_daemon(&topology, m)?;
-            wait_for(Duration::from_secs(30), "the restarted daemon's driver to be told backup", || {
-                let log = cluster.log(&format!("vip-{master}"));
-                (log.matches("reason=started").count() > before
-                    && log.lines().last().is_some_and(|l| l.contains("action done")))
-                .then_some(())
+            wait_for(Duration::from_secs(30), "the restarted daemon to follow the leader with its driver", || {
+                let log = cluster.log(master);
+                let tail = log.get(from..).unwrap_or_default();
+                (tail.contains("leader changed") && tail.contains(&format!("driver acknowledged driver=vip-{master}")))
+                    .then_some(())
             })
             .await?;
         }

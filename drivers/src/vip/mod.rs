@@ -126,6 +126,11 @@ struct Schedule {
 /// What only one task changes at a time: the addresses, the announcements, the reports.
 #[derive(Debug)]
 struct Ops {
+    /// The addresses this master holds, or waits to take while another host claims them:
+    /// set by [`Inner::take`] after its probe, cleared by [`Inner::release`]. A reconcile
+    /// repairs only these, so it never takes an address before the probe that must come
+    /// first.
+    wanted: Vec<bool>,
     schedule: Vec<Option<Schedule>>,
     /// A conflict on this address was reported (ERROR logged, health unhealthy).
     reported: Vec<bool>,
@@ -302,6 +307,7 @@ impl VipDriver {
             probe: config.probe,
             master: AtomicBool::new(false),
             ops: Mutex::new(Ops {
+                wanted: vec![false; n],
                 schedule: vec![None; n],
                 reported: vec![false; n],
                 refused_logged: vec![None; n],
@@ -424,6 +430,7 @@ impl Inner {
         };
         let mut failures = Vec::new();
         for (i, vip) in self.vips.iter().enumerate() {
+            ops.wanted[i] = true;
             if let Some(other) = self.claimed_since(i, since) {
                 let text = self.conflict_text(vip, other);
                 tracing::error!(vip = %vip.spec, other = %other, "{text}");
@@ -460,6 +467,7 @@ impl Inner {
         self.master.store(false, Ordering::SeqCst);
         let started = Instant::now();
         let mut ops = self.ops.lock().await;
+        ops.wanted.iter_mut().for_each(|w| *w = false);
         ops.schedule.iter_mut().for_each(|s| *s = None);
         let result = self.remove_all(&mut ops, None).await;
         let took = started.elapsed();
@@ -551,6 +559,10 @@ impl Inner {
             .unwrap_or_else(std::time::Instant::now);
         let mut changed = false;
         for (i, vip) in self.vips.iter().enumerate() {
+            if !ops.wanted[i] {
+                // A master still probing before it takes the address.
+                continue;
+            }
             let claimed = self.claimed_since(i, since);
             let present = actual[&vip.index]
                 .iter()
