@@ -254,16 +254,16 @@ listen = "127.0.0.1:7401"
     let inline = "[node]\nid = \"node-1\"\ndata_dir = \"data\"\n\n[cluster]\ntransport = \"quic\"\nlisten = \"127.0.0.1:7400\"\nsecret = \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"\npeers = [{ id = \"node-2\", addr = \"127.0.0.1:7402\" }, { id = \"node-3\", addr = \"127.0.0.1:7403\" }]\n\n[election]\n\n";
     let demo = clustd::local::node_config(
         "node-2",
-        7412,
+        ([127, 0, 0, 1], 7412).into(),
         &[
             clustd::local::LocalPeer {
                 id: "node-1".to_string(),
-                port: 7411,
+                addr: ([127, 0, 0, 1], 7411).into(),
                 key: clustd_transport::NodeKey::from_private([1; 32]).public(),
             },
             clustd::local::LocalPeer {
                 id: "node-3".to_string(),
-                port: 7413,
+                addr: ([127, 0, 0, 1], 7413).into(),
                 key: clustd_transport::NodeKey::from_private([3; 32]).public(),
             },
         ],

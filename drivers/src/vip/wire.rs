@@ -114,7 +114,7 @@ impl Port {
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
                         Err(e) => {
                             failures += 1;
-                            if failures == 1 || failures % 100 == 0 {
+                            if failures == 1 || failures.is_multiple_of(100) {
                                 tracing::warn!(interface = %name, "receiving on the raw socket failed ({failures} times in a row): {e}; conflicts may go unnoticed");
                             }
                             std::thread::sleep(READ_TIMEOUT);
