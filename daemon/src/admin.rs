@@ -7,7 +7,14 @@
 //! | POST | `/step-down` | graceful step-down (demote, then hand over) |
 //! | POST | `/maintenance/on`, `/maintenance/off` | maintenance mode |
 //!
-//! It has no authentication: keep it on loopback (the default) or behind a firewall.
+//! **Who may use it.** The API is served on a Unix socket (`admin.socket`, default
+//! `<data_dir>/admin.sock`, mode 0660, group `admin.socket_group`): whoever may connect to
+//! it may use it, and the CLI uses it. Over TCP (`admin.listen`, optional) every request
+//! needs `Authorization: Bearer <admin.token_file's token>` (401 without it), except
+//! `GET /metrics` with `admin.metrics_open = true`. On both, a `POST` from a browser is
+//! refused: one with an `Origin` header is 403, one whose body is not declared
+//! `application/json` is 415 (a cross-site form or `text/plain` fetch cannot set it
+//! without a CORS preflight, which is never answered).
 //!
 //! Bounded against local users who open connections and never close them (with the default
 //! 1024-descriptor limit, 1,100 idle connections once made the daemon unable to write its
@@ -61,14 +68,131 @@ impl Default for AdminLimits {
 /// takes a body today.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
-/// Serves the admin API on `listener` until `shutdown` completes, with the default
+/// The admin token (`admin.token_file`): never printed.
+#[derive(Clone)]
+pub struct AdminToken(zeroize::Zeroizing<String>);
+
+impl AdminToken {
+    /// Wraps a token.
+    pub fn new(token: String) -> Self {
+        Self(zeroize::Zeroizing::new(token))
+    }
+
+    /// Whether `offered` is this token, in time that does not depend on where they differ.
+    fn matches(&self, offered: &[u8]) -> bool {
+        let ours = self.0.as_bytes();
+        ours.len() == offered.len()
+            && ours
+                .iter()
+                .zip(offered)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Where the admin API listens.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The admin socket.
+    pub socket: Option<tokio::net::UnixListener>,
+    /// `admin.listen`.
+    pub tcp: Option<tokio::net::TcpListener>,
+}
+
+/// Who may do what over TCP.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The token every TCP request must carry; `None`: TCP requests are all refused.
+    pub token: Option<AdminToken>,
+    /// `GET /metrics` over TCP without the token.
+    pub metrics_open: bool,
+}
+
+/// How a request arrived (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Socket,
+    Tcp,
+}
+
+/// Serves the admin API on `listeners` until `shutdown` completes, with the default
 /// [`AdminLimits`].
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     handle: Handle,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, handle, AdminLimits::default(), shutdown).await
+    serve_with(listeners, handle, access, AdminLimits::default(), shutdown).await
+}
+
+/// Refuses what the caller may not do (see the module docs).
+async fn guard(
+    State(access): State<Arc<Access>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let refuse = |status: StatusCode, error: &str| {
+        (
+            status,
+            Json(serde_json::json!({ "ok": false, "error": error })),
+        )
+            .into_response()
+    };
+    let via = request
+        .extensions()
+        .get::<Via>()
+        .copied()
+        .unwrap_or(Via::Tcp);
+    if via == Via::Tcp {
+        let open = access.metrics_open
+            && request.method() == axum::http::Method::GET
+            && request.uri().path() == "/metrics";
+        let offered = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let allowed = match (&access.token, offered) {
+            (Some(token), Some(offered)) => token.matches(offered),
+            _ => false,
+        };
+        if !open && !allowed {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "this request needs `Authorization: Bearer <token>` with the token of admin.token_file (`clustd status --config FILE` sends it), or use the admin socket",
+            );
+        }
+    }
+    if request.method() == axum::http::Method::POST {
+        if request.headers().contains_key(header::ORIGIN) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "a POST with an Origin header comes from a web page: refused (use the clustd CLI or curl)",
+            );
+        }
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !json {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a POST must send `Content-Type: application/json` (with a JSON body, `{}` will do)",
+            );
+        }
+    }
+    next.run(request).await
 }
 
 /// The open connections, by accept order; `close` is taken when one is told to close.
@@ -101,14 +225,39 @@ impl Drop for Registered {
     }
 }
 
-/// [`serve`] with explicit limits (tests use short timeouts).
+/// One accepted connection, on either listener.
+enum Accepted {
+    Socket(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept_socket(l: &Option<tokio::net::UnixListener>) -> std::io::Result<Accepted> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| Accepted::Socket(s)),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_tcp(l: &Option<tokio::net::TcpListener>) -> std::io::Result<Accepted> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        None => std::future::pending().await,
+    }
+}
+
+/// [`serve`] with explicit limits (tests use short timeouts). The limits hold for both
+/// listeners together.
 pub async fn serve_with(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     handle: Handle,
+    access: Access,
     limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router(handle);
+    let router = router(handle).layer(axum::middleware::from_fn_with_state(
+        Arc::new(access),
+        guard,
+    ));
     let conns = Arc::new(Mutex::new(Conns::default()));
     let mut tasks = tokio::task::JoinSet::new();
     let mut next_id = 0u64;
@@ -118,9 +267,14 @@ pub async fn serve_with(
             biased;
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+            accepted = async {
+                tokio::select! {
+                    a = accept_socket(&listeners.socket) => a,
+                    a = accept_tcp(&listeners.tcp) => a,
+                }
+            } => {
+                let accepted = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and friends: the pending connection stays in the backlog;
                         // pause instead of spinning on the same error.
@@ -138,7 +292,10 @@ pub async fn serve_with(
                 let (close_tx, close_rx) = tokio::sync::oneshot::channel();
                 lock(&conns).open.insert(id, Conn { idle: true, close: Some(close_tx) });
                 let registered = Registered { conns: conns.clone(), id };
-                tasks.spawn(serve_connection(stream, router.clone(), limits, registered, close_rx));
+                match accepted {
+                    Accepted::Socket(s) => tasks.spawn(serve_connection(s, Via::Socket, router.clone(), limits, registered, close_rx)),
+                    Accepted::Tcp(s) => tasks.spawn(serve_connection(s, Via::Tcp, router.clone(), limits, registered, close_rx)),
+                };
             }
         }
     }
@@ -180,7 +337,8 @@ async fn make_room(tasks: &mut tokio::task::JoinSet<()>, conns: &Mutex<Conns>, m
 /// One request on one connection, within the limits; `close_rx` fires when the accept
 /// loop needs the slot.
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    via: Via,
     router: Router,
     limits: AdminLimits,
     registered: Registered,
@@ -190,13 +348,15 @@ async fn serve_connection(
     let service = hyper_util::service::TowerToHyperService::new(router);
     let conns = registered.conns.clone();
     let id = registered.id;
-    let service = hyper::service::service_fn(move |request| {
-        // The request head is in: no longer idle, so not the first to be closed.
-        if let Some(conn) = lock(&conns).open.get_mut(&id) {
-            conn.idle = false;
-        }
-        service.call(request)
-    });
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            // The request head is in: no longer idle, so not the first to be closed.
+            if let Some(conn) = lock(&conns).open.get_mut(&id) {
+                conn.idle = false;
+            }
+            request.extensions_mut().insert(via);
+            service.call(request)
+        });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -274,24 +434,45 @@ async fn maintenance_off(State(handle): State<Handle>) -> impl IntoResponse {
     run_command(&handle, Command::Maintenance(false)).await
 }
 
+/// Where a client finds the admin API.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The admin socket.
+    Socket(std::path::PathBuf),
+    /// `admin.listen`, with the token to send.
+    Tcp {
+        /// The address.
+        addr: SocketAddr,
+        /// `admin.token_file`'s token.
+        token: Option<AdminToken>,
+    },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Socket(path) => write!(f, "{}", path.display()),
+            Self::Tcp { addr, .. } => write!(f, "http://{addr}"),
+        }
+    }
+}
+
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answered, or the answer was not HTTP.
-    #[error(
-        "cannot reach the clustd admin API at {addr}: {source} (is the daemon running, and is admin.listen right?)"
-    )]
+    #[error("cannot reach the clustd admin API at {endpoint}: {message}")]
     Unreachable {
-        /// The address tried.
-        addr: SocketAddr,
-        /// The HTTP client's error.
-        source: reqwest::Error,
+        /// Where.
+        endpoint: String,
+        /// What went wrong, and what to check.
+        message: String,
     },
     /// The daemon answered with an error.
-    #[error("the daemon at {addr} answered {status}: {body}")]
+    #[error("the daemon at {endpoint} answered {status}: {body}")]
     Refused {
-        /// The address tried.
-        addr: SocketAddr,
+        /// Where.
+        endpoint: String,
         /// HTTP status.
         status: u16,
         /// Response body.
@@ -299,39 +480,111 @@ pub enum ClientError {
     },
 }
 
-/// A small client for the admin API.
+/// A small client for the admin API, on its socket or over TCP with the token.
 #[derive(Debug, Clone)]
 pub struct Client {
-    addr: SocketAddr,
+    endpoint: Endpoint,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// A client for the API at `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// A client for the API at `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Self {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .no_proxy()
             .build()
             .unwrap_or_default();
-        Self { addr, http }
+        Self { endpoint, http }
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<String, ClientError> {
-        let addr = self.addr;
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable { addr, source })?;
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|source| ClientError::Unreachable { addr, source })?;
-        if !status.is_success() {
+    /// A client for the admin socket at `path`.
+    pub fn socket(path: impl Into<std::path::PathBuf>) -> Self {
+        Self::new(Endpoint::Socket(path.into()))
+    }
+
+    /// Where it connects.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn call(&self, method: axum::http::Method, path: &str) -> Result<String, ClientError> {
+        let endpoint = self.endpoint.to_string();
+        let unreachable = |message: String| ClientError::Unreachable {
+            endpoint: endpoint.clone(),
+            message,
+        };
+        let post = method == axum::http::Method::POST;
+        let (status, body) = match &self.endpoint {
+            Endpoint::Tcp { addr, token } => {
+                let mut request = self.http.request(method, format!("http://{addr}{path}"));
+                if let Some(token) = token {
+                    request = request.bearer_auth(token.0.as_str());
+                }
+                if post {
+                    request = request
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body("{}");
+                }
+                let response = request.send().await.map_err(|e| {
+                    unreachable(format!(
+                        "{e} (is the daemon running, and is admin.listen right?)"
+                    ))
+                })?;
+                let status = response.status().as_u16();
+                let body = response
+                    .text()
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (status, body)
+            }
+            Endpoint::Socket(socket) => {
+                let request = async {
+                    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+                        let hint = match e.kind() {
+                            std::io::ErrorKind::PermissionDenied => "run as root, as the daemon's user, or as a member of admin.socket_group",
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => "is the daemon running, and is this its config (--config)?",
+                            _ => "is the daemon running?",
+                        };
+                        format!("{e} ({hint})")
+                    })?;
+                    let (mut sender, connection) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    tokio::spawn(connection);
+                    let mut request = axum::http::Request::builder()
+                        .method(method)
+                        .uri(path)
+                        .header(header::HOST, "localhost");
+                    let body = if post {
+                        request = request.header(header::CONTENT_TYPE, "application/json");
+                        axum::body::Body::from("{}")
+                    } else {
+                        axum::body::Body::empty()
+                    };
+                    let request = request.body(body).map_err(|e| e.to_string())?;
+                    let response = sender
+                        .send_request(request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = response.status().as_u16();
+                    let bytes =
+                        axum::body::to_bytes(axum::body::Body::new(response.into_body()), 16 << 20)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+                };
+                tokio::time::timeout(Duration::from_secs(10), request)
+                    .await
+                    .map_err(|_| unreachable("no answer within 10 s".into()))?
+                    .map_err(unreachable)?
+            }
+        };
+        if !(200..300).contains(&status) {
             return Err(ClientError::Refused {
-                addr,
-                status: status.as_u16(),
+                endpoint,
+                status,
                 body,
             });
         }
@@ -340,19 +593,16 @@ impl Client {
 
     /// `GET /status`, raw JSON.
     pub async fn status_json(&self) -> Result<String, ClientError> {
-        self.call(self.http.get(format!("http://{}/status", self.addr)))
-            .await
+        self.call(axum::http::Method::GET, "/status").await
     }
 
-    /// `POST path` (e.g. `/step-down`), raw JSON.
+    /// `POST path` (e.g. `/step-down`) with `Content-Type: application/json`, raw JSON.
     pub async fn post(&self, path: &str) -> Result<String, ClientError> {
-        self.call(self.http.post(format!("http://{}{path}", self.addr)))
-            .await
+        self.call(axum::http::Method::POST, path).await
     }
 
     /// `GET /metrics`.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        self.call(self.http.get(format!("http://{}/metrics", self.addr)))
-            .await
+        self.call(axum::http::Method::GET, "/metrics").await
     }
 }

@@ -182,7 +182,7 @@ pub enum BenchError {
 struct NodeProc {
     id: String,
     config: PathBuf,
-    admin: SocketAddr,
+    admin: Client,
     daemon: Option<Child>,
     driver: Child,
     daemon_log: PathBuf,
@@ -240,9 +240,10 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
     // The checker's stop budget per node: what the daemon itself loads from its config.
     let mut stop_budgets: BTreeMap<NodeId, Duration> = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?)
-            .parse()
-            .map_err(std::io::Error::other)?;
+        let admin = Client::socket(
+            work.join(format!("data-{name}"))
+                .join(crate::config::ADMIN_SOCKET_FILE),
+        );
         let peers: Vec<String> = names
             .iter()
             .zip(&ports)
@@ -278,7 +279,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             None => String::new(),
         };
         let config = format!(
-            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\nkey_file = \"{name}.key\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\ndriver_secret_file = \"driver-secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n[admin]\nlisten = \"{admin}\"\n{health}",
+            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\nkey_file = \"{name}.key\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\ndriver_secret_file = \"driver-secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n{health}",
             transport_name(transport),
             ports[i],
             peers.join(", "),
@@ -519,7 +520,8 @@ async fn fail(
         Mode::Term => signal(daemon, Signal::SIGTERM)?,
         Mode::Freeze => signal(daemon, Signal::SIGSTOP)?,
         Mode::StepDown => {
-            Client::new(node.admin)
+            node.admin
+                .clone()
                 .post("/step-down")
                 .await
                 .map_err(|e| BenchError::Stuck(e.to_string()))?;
@@ -577,7 +579,7 @@ async fn recover(
             // two healthy successors to choose from.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
-                let metrics = Client::new(node.admin).metrics().await.unwrap_or_default();
+                let metrics = node.admin.clone().metrics().await.unwrap_or_default();
                 if metrics.lines().any(|l| l.trim() == "clustd_eligible 1") {
                     break;
                 }
@@ -606,7 +608,7 @@ async fn wait_stable(
     loop {
         let mut statuses = Vec::new();
         for n in nodes {
-            let status = match Client::new(n.admin).status_json().await {
+            let status = match n.admin.clone().status_json().await {
                 Ok(body) => serde_json::from_str::<Status>(&body).ok(),
                 Err(_) => None,
             };

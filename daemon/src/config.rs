@@ -16,8 +16,12 @@ use serde::Deserialize;
 /// The shortest cluster secret accepted, in bytes (`clustd keygen` makes 64 hex characters).
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// The default admin API address.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7401";
+/// Where `clustd status` and the other admin commands look for the config when not given
+/// `--config`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/clustd/clustd.toml";
+
+/// The admin socket's file name in `node.data_dir` when `admin.socket` is not set.
+pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
 
 /// A configuration problem, with where it is and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -152,25 +156,21 @@ impl Default for RawElection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
-    #[serde(default = "default_admin")]
-    listen: SocketAddr,
-}
-
-fn default_admin() -> SocketAddr {
-    DEFAULT_ADMIN_LISTEN
-        .parse()
-        .unwrap_or_else(|_| unreachable!("the default admin address is a valid socket address"))
-}
-
-impl Default for RawAdmin {
-    fn default() -> Self {
-        Self {
-            listen: default_admin(),
-        }
-    }
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    socket_mode: Option<String>,
+    #[serde(default)]
+    socket_group: Option<String>,
+    #[serde(default)]
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    metrics_open: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,8 +581,8 @@ pub struct Settings {
     /// their lease from the daemon's send time (`sent_at_ns`, the machine's monotonic
     /// clock), so delivery time is already accounted for.
     pub driver_lease_margin: Duration,
-    /// Admin API address.
-    pub admin_listen: SocketAddr,
+    /// `[admin]`: where the admin API is served and who may use it.
+    pub admin: AdminSettings,
     /// `[[check]]`: the node is healthy only while all of them pass.
     pub checks: Vec<CheckConfig>,
     /// `[health]` (its `alone` and `min_master_ms` are in [`Settings::core`]).
@@ -766,8 +766,6 @@ impl Settings {
             Some(_) => {}
         }
 
-        // A Unix socket path holds at most 107 bytes (sun_path).
-        const MAX_SOCKET_PATH: usize = 107;
         let driver_socket = match &raw.cluster.driver_socket {
             Some(path) if path.as_os_str().is_empty() => None,
             Some(path) if base.join(path).as_os_str().len() > MAX_SOCKET_PATH => {
@@ -790,31 +788,18 @@ impl Settings {
                 let path = path
                     .as_ref()
                     .map_or_else(|| data_dir.join("driver.sock"), |p| base.join(p));
-                let mode_text = raw.cluster.driver_socket_mode.as_deref().unwrap_or("0660");
-                let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| {
-                        err(
-                            "cluster.driver_socket_mode",
-                            format!("`{mode_text}` is not a file mode like \"0660\""),
-                        )
-                    })?;
-                if mode & 0o002 != 0 {
-                    warnings.push(ConfigWarning(format!(
-                        "{file}: cluster.driver_socket_mode {mode:o} lets every local user connect as a driver (and be told it is master); use 0660 and cluster.driver_socket_group"
-                    )));
-                }
-                let gid = match &raw.cluster.driver_socket_group {
-                    None => None,
-                    Some(name) => Some(
-                        group_id(name)
-                            .map_err(|message| err("cluster.driver_socket_group", message))?,
-                    ),
-                };
-                Some(clustd_transport::LocalSocket { path, mode, gid })
+                Some(local_socket(
+                    &file,
+                    "cluster.driver_socket",
+                    "connect as a driver (and be told it is master)",
+                    path,
+                    raw.cluster.driver_socket_mode.as_deref(),
+                    raw.cluster.driver_socket_group.as_deref(),
+                    &mut warnings,
+                )?)
             }
         };
+        let admin = admin_settings(&file, base, &data_dir, &raw.admin, &mut warnings)?;
         let tls = match (&raw.cluster.tls_cert, &raw.cluster.tls_key) {
             (Some(cert), Some(key)) => Some(clustd_transport::TlsFiles {
                 cert: base.join(cert),
@@ -1062,7 +1047,7 @@ impl Settings {
                 driver_socket,
                 core,
                 driver_lease_margin: margin,
-                admin_listen: raw.admin.listen,
+                admin,
                 checks,
                 health,
                 fence,
@@ -1291,15 +1276,181 @@ pub fn public_key_of_file(path: &Path) -> Result<PublicKey, std::io::Error> {
         .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
 }
 
+/// `[admin]`, checked: the admin socket (always), the TCP listener (optional, with a
+/// token) and whether `/metrics` is open on TCP.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `admin.socket` (default `<data_dir>/admin.sock`), mode `admin.socket_mode` (default
+    /// 0660) and group `admin.socket_group`: who may connect is who may use the API.
+    pub socket: clustd_transport::LocalSocket,
+    /// `admin.listen`: also serve over TCP, where every request needs the token.
+    pub listen: Option<SocketAddr>,
+    /// `admin.token_file`'s token (required with `admin.listen`).
+    pub token: Option<crate::admin::AdminToken>,
+    /// `admin.metrics_open`: `GET /metrics` over TCP without the token.
+    pub metrics_open: bool,
+}
+
+/// A Unix socket path holds at most 107 bytes (sun_path).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A local socket at `path` with the mode and group given under `key`_mode / `key`_group;
+/// `who` says what connecting allows, for the warning about a world-connectable mode.
+fn local_socket(
+    file: &str,
+    key: &str,
+    who: &str,
+    path: PathBuf,
+    mode: Option<&str>,
+    group: Option<&str>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<clustd_transport::LocalSocket, ConfigError> {
+    let err = |key: String, message: String| ConfigError {
+        file: file.to_owned(),
+        key,
+        message,
+    };
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(err(
+            key.to_owned(),
+            format!(
+                "{} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have: choose a shorter path (e.g. /run/clustd/{})",
+                path.display(),
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    let mode_text = mode.unwrap_or("0660");
+    let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            err(
+                format!("{key}_mode"),
+                format!("`{mode_text}` is not a file mode like \"0660\""),
+            )
+        })?;
+    if mode & 0o002 != 0 {
+        warnings.push(ConfigWarning(format!(
+            "{file}: {key}_mode {mode:o} lets every local user {who}; use 0660 and {key}_group"
+        )));
+    }
+    let gid = match group {
+        None => None,
+        Some(name) => Some(group_id(name).map_err(|message| err(format!("{key}_group"), message))?),
+    };
+    Ok(clustd_transport::LocalSocket { path, mode, gid })
+}
+
+/// Reads a token file (`key` names it in errors): trimmed, at least [`MIN_SECRET_LEN`] bytes.
+fn read_token(file: &str, key: &str, path: &Path) -> Result<crate::admin::AdminToken, ConfigError> {
+    let err = |message: String| ConfigError {
+        file: file.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let bytes = zeroize::Zeroizing::new(
+        read_capped(path, MAX_SECRET_FILE_LEN)
+            .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?,
+    );
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| err(format!("{} is not text", path.display())))?
+        .trim();
+    if text.len() < MIN_SECRET_LEN {
+        return Err(err(format!(
+            "the token in {} is {} bytes; at least {MIN_SECRET_LEN} (make one with `clustd keygen --out {}`)",
+            path.display(),
+            text.len(),
+            path.display()
+        )));
+    }
+    Ok(crate::admin::AdminToken::new(text.to_owned()))
+}
+
+fn admin_settings(
+    file: &str,
+    base: &Path,
+    data_dir: &Path,
+    raw: &RawAdmin,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<AdminSettings, ConfigError> {
+    let path = raw
+        .socket
+        .as_ref()
+        .map_or_else(|| data_dir.join(ADMIN_SOCKET_FILE), |p| base.join(p));
+    let socket = local_socket(
+        file,
+        "admin.socket",
+        "step the master down and switch maintenance",
+        path,
+        raw.socket_mode.as_deref(),
+        raw.socket_group.as_deref(),
+        warnings,
+    )?;
+    let token = match (&raw.listen, &raw.token_file) {
+        (Some(_), None) => {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                key: "admin.token_file".into(),
+                message: "admin.listen serves the admin API over TCP, where anyone who can connect could step the master down: set admin.token_file to a file holding a token (`clustd keygen --out /etc/clustd/admin-token`; mode 0600), or remove admin.listen and use the admin socket".into(),
+            });
+        }
+        (None, Some(_)) => {
+            warnings.push(ConfigWarning(format!(
+                "{file}: admin.token_file is set but admin.listen is not: the token is only for the TCP listener; the admin socket's permissions decide who may use it"
+            )));
+            None
+        }
+        (Some(_), Some(token_file)) => {
+            let path = base.join(token_file);
+            if let Some(w) = clustd_drivers::secret_file_mode_warning("admin.token_file", &path) {
+                warnings.push(ConfigWarning(format!("{file}: {w}")));
+            }
+            Some(read_token(file, "admin.token_file", &path)?)
+        }
+        (None, None) => None,
+    };
+    if let Some(listen) = raw.listen
+        && !listen.ip().is_loopback()
+    {
+        warnings.push(ConfigWarning(format!(
+            "{file}: admin.listen {listen} is reachable from other machines: the token is sent in clear text over plain HTTP; keep it on loopback (or a management network you trust) and use the admin socket locally"
+        )));
+    }
+    if raw.metrics_open && raw.listen.is_none() {
+        warnings.push(ConfigWarning(format!(
+            "{file}: admin.metrics_open needs admin.listen: there is no TCP listener to open /metrics on"
+        )));
+    }
+    Ok(AdminSettings {
+        socket,
+        listen: raw.listen,
+        token,
+        metrics_open: raw.metrics_open,
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct AdminOnly {
+    node: AdminOnlyNode,
     #[serde(default)]
     admin: RawAdmin,
 }
 
-/// Reads only `admin.listen` from a config file (for `clustd status` and friends, which do
-/// not need the secret). Falls back to [`DEFAULT_ADMIN_LISTEN`] when the key is absent.
-pub fn admin_listen(path: &Path) -> Result<SocketAddr, ConfigError> {
+#[derive(Debug, Deserialize)]
+struct AdminOnlyNode {
+    data_dir: PathBuf,
+}
+
+/// How `clustd status` and the other admin commands reach the daemon of the config file
+/// at `path`, reading only `node.data_dir` and `[admin]` (not the secrets): its admin
+/// socket, or, with `prefer_tcp` and `admin.listen` set, TCP with `admin.token_file`'s token.
+pub fn admin_endpoint(
+    path: &Path,
+    prefer_tcp: bool,
+) -> Result<crate::admin::Endpoint, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
@@ -1307,10 +1458,18 @@ pub fn admin_listen(path: &Path) -> Result<SocketAddr, ConfigError> {
         message: format!("cannot read the config file: {e}"),
     })?;
     let parsed: AdminOnly = parse_toml(&text, &file)?;
-    Ok(parsed.admin.listen)
-}
-
-/// The default admin address as a socket address.
-pub fn default_admin_listen() -> SocketAddr {
-    default_admin()
+    let base = path.parent().unwrap_or(Path::new("."));
+    let admin = parsed.admin;
+    if prefer_tcp && let Some(addr) = admin.listen {
+        let token = match &admin.token_file {
+            Some(t) => Some(read_token(&file, "admin.token_file", &base.join(t))?),
+            None => None,
+        };
+        return Ok(crate::admin::Endpoint::Tcp { addr, token });
+    }
+    let socket = admin.socket.as_ref().map_or_else(
+        || base.join(&parsed.node.data_dir).join(ADMIN_SOCKET_FILE),
+        |p| base.join(p),
+    );
+    Ok(crate::admin::Endpoint::Socket(socket))
 }

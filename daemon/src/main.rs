@@ -1,6 +1,5 @@
 //! The `clustd` command line: a thin layer over the `clustd` library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -64,35 +63,23 @@ enum Cmd {
     },
     /// Show the local daemon's view of the cluster (via its admin API).
     Status {
-        /// Read admin.listen from this config file (default 127.0.0.1:7401).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Admin API address, overriding the config.
-        #[arg(long)]
-        admin: Option<SocketAddr>,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Ask the local master to step down: it demotes itself first, then hands over.
     StepDown {
-        /// Read admin.listen from this config file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Admin API address, overriding the config.
-        #[arg(long)]
-        admin: Option<SocketAddr>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Maintenance mode: the node never stands for election and hands off if master.
     Maintenance {
         /// on or off.
         state: OnOff,
-        /// Read admin.listen from this config file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Admin API address, overriding the config.
-        #[arg(long)]
-        admin: Option<SocketAddr>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Make credentials: a cluster secret or driver credential (printed; put it in
     /// cluster.secret_file or cluster.driver_secret_file, mode 0600), or with `--node` this
@@ -128,6 +115,24 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Transport::Quic)]
         transport: Transport,
     },
+}
+
+/// How the admin commands find the daemon.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The daemon's config file: the commands use its admin socket (admin.socket, default
+    /// <node.data_dir>/admin.sock), which needs membership of admin.socket_group (or root).
+    #[arg(long, short, default_value = clustd::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Use admin.listen over TCP instead, with admin.token_file's token.
+    #[arg(long)]
+    tcp: bool,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(config::admin_endpoint(&self.config, self.tcp)?))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,16 +359,6 @@ fn init_logging(format: LogFormat, default: &str) {
     }
 }
 
-fn admin_addr(config: Option<&PathBuf>, admin: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
-    if let Some(addr) = admin {
-        return Ok(addr);
-    }
-    match config {
-        Some(path) => Ok(config::admin_listen(path)?),
-        None => Ok(config::default_admin_listen()),
-    }
-}
-
 async fn shutdown_signal() -> Shutdown {
     #[cfg(unix)]
     {
@@ -416,17 +411,35 @@ async fn run_node(path: PathBuf) -> anyhow::Result<()> {
     for w in warnings {
         tracing::warn!("{w}");
     }
-    if !settings.admin_listen.ip().is_loopback() {
-        tracing::warn!(admin = %settings.admin_listen, "the admin API has no authentication and is not on loopback");
-    }
     let (control, handle) = runtime::control();
-    let admin = tokio::net::TcpListener::bind(settings.admin_listen)
-        .await
-        .with_context(|| format!("admin.listen {}: cannot bind", settings.admin_listen))?;
+    let socket =
+        clustd_transport::bind_socket(&settings.admin.socket, "admin socket", "admin.socket")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tcp = match settings.admin.listen {
+        Some(listen) => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("admin.listen {listen}: cannot bind"))?,
+        ),
+        None => None,
+    };
+    let listeners = clustd::admin::Listeners {
+        socket: Some(socket),
+        tcp,
+    };
+    let access = clustd::admin::Access {
+        token: settings.admin.token.clone(),
+        metrics_open: settings.admin.metrics_open,
+    };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(clustd::admin::serve(admin, handle, async move {
-        let _ = admin_stop_rx.await;
-    }));
+    let admin_task = tokio::spawn(clustd::admin::serve(
+        listeners,
+        handle,
+        access,
+        async move {
+            let _ = admin_stop_rx.await;
+        },
+    ));
     let store = FileStore::new(&settings.data_dir);
     let result = runtime::run(
         settings,
@@ -478,12 +491,8 @@ fn main() -> ExitCode {
 async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
     match command {
         Cmd::Run { config } => run_node(config).await?,
-        Cmd::Status {
-            config,
-            admin,
-            json,
-        } => {
-            let client = Client::new(admin_addr(config.as_ref(), admin)?);
+        Cmd::Status { admin, json } => {
+            let client = admin.client()?;
             let body = client.status_json().await?;
             if json {
                 println!("{body}");
@@ -493,17 +502,13 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                 print!("{}", status.render());
             }
         }
-        Cmd::StepDown { config, admin } => {
-            let client = Client::new(admin_addr(config.as_ref(), admin)?);
+        Cmd::StepDown { admin } => {
+            let client = admin.client()?;
             client.post("/step-down").await?;
             println!("step-down requested: the master demotes itself, then hands over");
         }
-        Cmd::Maintenance {
-            state,
-            config,
-            admin,
-        } => {
-            let client = Client::new(admin_addr(config.as_ref(), admin)?);
+        Cmd::Maintenance { state, admin } => {
+            let client = admin.client()?;
             let path = match state {
                 OnOff::On => "/maintenance/on",
                 OnOff::Off => "/maintenance/off",

@@ -1,11 +1,70 @@
-//! The admin API over real HTTP on loopback: status JSON fields, metric names, commands.
+//! The admin API over real HTTP, on its Unix socket and on loopback TCP with a token:
+//! status JSON fields, metric names, commands, who may use it.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clustd::admin::{AdminLimits, Client};
+use clustd::admin::{Access, AdminLimits, AdminToken, Client, Endpoint, Listeners};
 use clustd::local::LocalCluster;
 use clustd::status::Status;
 use clustd_transport::TransportKind;
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef-admin";
+
+/// An admin server on a socket in `dir` (mode 0660) and on a loopback TCP port with
+/// [`TOKEN`]; its socket path and TCP address.
+async fn admin_server(
+    dir: &std::path::Path,
+    handle: clustd::runtime::Handle,
+    metrics_open: bool,
+    limits: AdminLimits,
+) -> (
+    PathBuf,
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let path = dir.join("admin.sock");
+    let socket = clustd_transport::bind_socket(
+        &clustd_transport::LocalSocket {
+            path: path.clone(),
+            mode: 0o660,
+            gid: None,
+        },
+        "admin socket",
+        "admin.socket",
+    )
+    .expect("bind the socket");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(clustd::admin::serve_with(
+        Listeners {
+            socket: Some(socket),
+            tcp: Some(tcp),
+        },
+        handle,
+        Access {
+            token: Some(AdminToken::new(TOKEN.into())),
+            metrics_open,
+        },
+        limits,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    (path, addr, stop_tx, server)
+}
+
+fn tcp_client(addr: SocketAddr) -> Client {
+    Client::new(Endpoint::Tcp {
+        addr,
+        token: Some(AdminToken::new(TOKEN.into())),
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_metrics_and_commands() {
@@ -15,19 +74,17 @@ async fn status_metrics_and_commands() {
         .await
         .expect("a master");
     let i = cluster.index(&master).expect("known");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(clustd::admin::serve(
-        listener,
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (socket, addr, stop_tx, server) = admin_server(
+        dir.path(),
         cluster.nodes[i].handle.clone(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let client = Client::new(addr);
+        false,
+        AdminLimits::default(),
+    )
+    .await;
+    // The socket for reading, TCP with the token for the commands: both work.
+    let client = Client::socket(&socket);
+    let commands = tcp_client(addr);
 
     let json: serde_json::Value =
         serde_json::from_str(&client.status_json().await.expect("GET /status")).expect("JSON");
@@ -76,7 +133,7 @@ async fn status_metrics_and_commands() {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
     }
 
-    client
+    commands
         .post("/maintenance/on")
         .await
         .expect("POST /maintenance/on");
@@ -119,24 +176,14 @@ async fn idle_connections_are_closed_and_never_exhaust_descriptors() {
         LocalCluster::configure(3, TransportKind::WebSocket, "").expect("configure");
     let mut node = clustd::local::LocalNode::start(&settings[0]);
     node.started().await.expect("the node runs");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let limits = AdminLimits {
         max_connections: 16,
         header_timeout: Duration::from_secs(1),
         connection_lifetime: Duration::from_secs(10),
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(clustd::admin::serve_with(
-        listener,
-        node.handle.clone(),
-        limits,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_socket, addr, stop_tx, server) =
+        admin_server(dir.path(), node.handle.clone(), false, limits).await;
     let before = open_fds();
     // Our own FLOOD sockets, the daemon's share (at most the cap, plus a few being closed
     // or the node's own reconnect attempts to its absent peers).
@@ -148,7 +195,7 @@ async fn idle_connections_are_closed_and_never_exhaust_descriptors() {
         assert!(open_fds() <= bound, "{} descriptors open", open_fds());
     }
     let status: Status = serde_json::from_str(
-        &Client::new(addr)
+        &tcp_client(addr)
             .status_json()
             .await
             .expect("GET /status during the flood"),
@@ -179,10 +226,201 @@ async fn idle_connections_are_closed_and_never_exhaust_descriptors() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Still serving.
-    Client::new(addr)
+    tcp_client(addr)
         .status_json()
         .await
         .expect("GET /status after the flood");
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = node.stop(clustd::Shutdown::Immediate).await;
+}
+
+/// Over TCP every request needs the token (except an opened `/metrics`), and no POST a
+/// browser could send is obeyed, on TCP or the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_needs_the_token_and_browsers_cannot_post() {
+    let (_dir, settings) =
+        LocalCluster::configure(3, TransportKind::WebSocket, "").expect("configure");
+    let mut node = clustd::local::LocalNode::start(&settings[0]);
+    node.started().await.expect("the node runs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (socket, addr, stop_tx, server) = admin_server(
+        dir.path(),
+        node.handle.clone(),
+        true,
+        AdminLimits::default(),
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = |path: &str| format!("http://{addr}{path}");
+    let status_of = |r: reqwest::Response| r.status().as_u16();
+
+    let none = http.get(url("/status")).send().await.expect("answered");
+    assert_eq!(status_of(none), 401, "no token");
+    let wrong = http
+        .get(url("/status"))
+        .bearer_auth("0123456789abcdef0123456789abcdef-wrong")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(status_of(wrong), 401, "wrong token");
+    let short = http
+        .get(url("/status"))
+        .bearer_auth("0123")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(status_of(short), 401, "a prefix of nothing");
+    let body = http
+        .post(url("/step-down"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("answered")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        body.contains("admin.token_file"),
+        "the 401 says what to do: {body}"
+    );
+    let right = http
+        .get(url("/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(status_of(right), 200, "the token");
+    // admin.metrics_open: /metrics without the token, nothing else.
+    let metrics = http.get(url("/metrics")).send().await.expect("answered");
+    assert_eq!(status_of(metrics), 200, "metrics_open");
+
+    // A cross-origin POST (a page the operator's browser has open) and a text/plain one.
+    for (name, request) in [
+        (
+            "cross-origin",
+            http.post(url("/maintenance/on"))
+                .bearer_auth(TOKEN)
+                .header("origin", "http://evil.example")
+                .header("content-type", "application/json")
+                .body("{}"),
+        ),
+        (
+            "text/plain",
+            http.post(url("/maintenance/on"))
+                .bearer_auth(TOKEN)
+                .header("content-type", "text/plain")
+                .body("{}"),
+        ),
+        (
+            "no content type",
+            http.post(url("/maintenance/on")).bearer_auth(TOKEN),
+        ),
+    ] {
+        let code = status_of(request.send().await.expect("answered"));
+        let want = if name == "cross-origin" { 403 } else { 415 };
+        assert_eq!(code, want, "{name}");
+    }
+    let status: Status =
+        serde_json::from_str(&Client::socket(&socket).status_json().await.expect("status"))
+            .expect("JSON");
+    assert!(!status.maintenance, "none of them switched maintenance on");
+
+    // The same refusal on the socket (a browser cannot reach it, but a proxy might).
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/maintenance/on")
+        .header("host", "localhost")
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from("{}"))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(
+        response.status().as_u16(),
+        403,
+        "cross-origin on the socket"
+    );
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = node.stop(clustd::Shutdown::Immediate).await;
+}
+
+/// The socket is mode 0660: a local user who is neither its owner nor in its group cannot
+/// even connect (a child run as `nobody`), while its owner can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_keeps_out_users_without_its_group() {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test must not skip there"
+        );
+        eprintln!("SKIPPED: needs root to run a child as nobody");
+        return;
+    }
+    let (_dir, settings) =
+        LocalCluster::configure(3, TransportKind::WebSocket, "").expect("configure");
+    let mut node = clustd::local::LocalNode::start(&settings[0]);
+    node.started().await.expect("the node runs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Only the socket's own mode may keep nobody out, not its directory's.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (socket, _addr, stop_tx, server) = admin_server(
+        dir.path(),
+        node.handle.clone(),
+        false,
+        AdminLimits::default(),
+    )
+    .await;
+    let meta = std::fs::metadata(&socket).expect("the socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660, "mode 0660");
+
+    // perl is in every Debian base system (perl-base), and executable by anyone.
+    let connect = |as_nobody: bool| {
+        let script = "use IO::Socket::UNIX; IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"connect: $!\\n\"; print \"connected\\n\"";
+        let mut cmd = std::process::Command::new(if as_nobody {
+            "setpriv"
+        } else {
+            "/usr/bin/perl"
+        });
+        if as_nobody {
+            cmd.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/perl",
+            ]);
+        }
+        cmd.args(["-e", script])
+            .arg(&socket)
+            .output()
+            .expect("runs")
+    };
+    let nobody = connect(true);
+    assert!(!nobody.status.success(), "nobody connected: {nobody:?}");
+    assert!(
+        String::from_utf8_lossy(&nobody.stderr).contains("connect: Permission denied"),
+        "refused for permission: {}",
+        String::from_utf8_lossy(&nobody.stderr)
+    );
+    let owner = connect(false);
+    assert!(owner.status.success(), "the owner connects: {owner:?}");
 
     let _ = stop_tx.send(());
     let _ = server.await;

@@ -33,7 +33,12 @@ fn a_good_config_parses_with_defaults() {
     assert_eq!(s.peers.len(), 2);
     assert_eq!(s.core.election_timeout_min.as_millis(), 1000);
     assert_eq!(s.core.lease.as_millis(), 714);
-    assert_eq!(s.admin_listen.to_string(), "127.0.0.1:7401");
+    assert_eq!(
+        s.admin.socket.path,
+        Path::new("/etc/clustd/data/admin.sock")
+    );
+    assert_eq!(s.admin.socket.mode, 0o660);
+    assert!(s.admin.listen.is_none(), "no TCP unless asked for");
     assert_eq!(s.data_dir, Path::new("/etc/clustd/data"));
 }
 
@@ -815,4 +820,34 @@ fn a_zero_lease_is_refused_under_its_own_key() {
         e.contains("election.lease_ms") && e.contains("leave the key out"),
         "{e}"
     );
+}
+
+/// TCP for the admin API needs a token: without one the config names the key and the fix.
+#[test]
+fn admin_listen_needs_a_token_file() {
+    let e = parse(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:7401\"\n",
+        config(good_node(), &good_cluster(), "")
+    ))
+    .expect_err("refused");
+    assert!(
+        e.contains("admin.token_file") && e.contains("clustd keygen --out"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "short").expect("write");
+    let e = Settings::parse(
+        &format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:7401\"\ntoken_file = \"{}\"\n",
+            config(good_node(), &good_cluster(), ""),
+            token.display()
+        ),
+        "test.toml",
+        dir.path(),
+    )
+    .map(|_| ())
+    .expect_err("a short token is refused")
+    .to_string();
+    assert!(e.contains("at least 32"), "{e}");
 }

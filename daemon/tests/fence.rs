@@ -172,7 +172,9 @@ async fn a_frozen_driver_on_a_cut_off_master_is_fenced_before_the_new_master_sta
         format!("shell-{old}"),
         "{status}"
     );
-    let metrics = clustd::admin::Client::new(cluster.nodes[o].admin)
+    let metrics = cluster.nodes[o]
+        .admin
+        .clone()
         .metrics()
         .await
         .expect("metrics");

@@ -69,5 +69,5 @@ pub use clustd_session::{NodeKey, PeerKind, PublicKey, Secret, SessionError};
 pub use config::{EndpointConfig, Limits, SendClass, TlsFiles, TransportKind};
 pub use endpoint::{Endpoint, TransportEvent};
 pub use error::{RefuseReason, SendError, TransportError};
-pub use local::{LocalSocket, PeerProcess, ProcStat, proc_stat};
+pub use local::{LocalSocket, PeerProcess, ProcStat, bind_socket, proc_stat};
 pub use net::{Net, TokioNet};

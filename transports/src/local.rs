@@ -41,10 +41,20 @@ pub(crate) const LOCAL_ADDR: SocketAddr =
 /// Binds `socket`: removes a stale socket file (never any other kind of file), binds, and
 /// sets the mode and group before anyone can be accepted.
 pub(crate) fn bind(socket: &LocalSocket) -> Result<tokio::net::UnixListener, TransportError> {
+    bind_socket(socket, "driver socket", "cluster.driver_socket")
+}
+
+/// [`bind`] for any of the daemon's local sockets: `what` names it in errors (`admin
+/// socket`), `key` is the config key that sets its path.
+pub fn bind_socket(
+    socket: &LocalSocket,
+    what: &str,
+    key: &str,
+) -> Result<tokio::net::UnixListener, TransportError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let path = &socket.path;
-    let failed = |what: &str, e: std::io::Error| {
-        TransportError::Config(format!("driver socket {}: {what}: {e}", path.display()))
+    let failed = |step: &str, e: std::io::Error| {
+        TransportError::Config(format!("{what} {}: {step}: {e}", path.display()))
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| failed("create its directory", e))?;
@@ -56,7 +66,7 @@ pub(crate) fn bind(socket: &LocalSocket) -> Result<tokio::net::UnixListener, Tra
                 && std::os::unix::net::UnixStream::connect(path).is_ok() =>
         {
             return Err(TransportError::Config(format!(
-                "driver socket {}: another process serves it (another clustd on this machine?): give each daemon its own cluster.driver_socket",
+                "{what} {}: another process serves it (another clustd on this machine?): give each daemon its own {key}",
                 path.display()
             )));
         }

@@ -108,10 +108,7 @@ impl VipCluster {
                 driver_secret: &driver_secret,
                 node_key: &key_files[i],
             };
-            let rest = format!(
-                "{}\n\n[admin]\nlisten = \"127.0.0.1:7401\"\n",
-                setup.election
-            );
+            let rest = format!("{}\n", setup.election);
             let text = node_config(
                 node,
                 at(i),

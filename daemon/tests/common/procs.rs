@@ -52,7 +52,7 @@ pub(crate) fn clustd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clustd"))
 }
 
-/// What one node runs: extra daemon TOML after `[election]` and `[admin]` (e.g. `[[check]]`
+/// What one node runs: extra daemon TOML after `[election]` (e.g. `[[check]]`
 /// and `[health]`), and its driver's `start` and `stop` scripts.
 pub(crate) struct NodeSpec {
     /// Appended to the daemon's config.
@@ -70,8 +70,8 @@ pub(crate) struct NodeSpec {
 pub(crate) struct ProcNode {
     /// `node-1`, `node-2`, …
     pub(crate) id: String,
-    /// Its admin API.
-    pub(crate) admin: SocketAddr,
+    /// Its admin API (on its admin socket).
+    pub(crate) admin: Client,
     /// The daemon's stderr (its log).
     pub(crate) daemon_log: PathBuf,
     /// The driver's stderr.
@@ -180,12 +180,9 @@ impl ProcCluster {
                 driver_secret: &driver_secret,
                 node_key: &key_files[i],
             };
-            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let admin = Client::socket(path.join(id).join(clustd::config::ADMIN_SOCKET_FILE));
             // node_config ends in `[election]`: the tables after it are this node's.
-            let rest = format!(
-                "{election}\n\n[admin]\nlisten = \"{admin}\"\n\n{}\n",
-                spec.daemon_toml
-            );
+            let rest = format!("{election}\n\n{}\n", spec.daemon_toml);
             let listen = SocketAddr::from(([127, 0, 0, 1], ports[i]));
             let text = node_config(id, listen, &peers, kind, &files, &path.join(id), &rest);
             let config = path.join(format!("{id}.toml"));
@@ -285,7 +282,7 @@ impl ProcCluster {
 
     /// `GET /status` of node `i` as JSON (None while it does not answer).
     pub(crate) async fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let body = Client::new(self.nodes[i].admin).status_json().await.ok()?;
+        let body = self.nodes[i].admin.clone().status_json().await.ok()?;
         serde_json::from_str(&body).ok()
     }
 
@@ -304,7 +301,9 @@ impl ProcCluster {
 
     /// Whether node `i`'s metrics say `clustd_eligible 1` (healthy, not in maintenance).
     pub(crate) async fn eligible(&self, i: usize) -> bool {
-        Client::new(self.nodes[i].admin)
+        self.nodes[i]
+            .admin
+            .clone()
             .metrics()
             .await
             .is_ok_and(|m| m.lines().any(|l| l.trim() == "clustd_eligible 1"))
