@@ -1239,10 +1239,27 @@ fn group_id(name: &str) -> Result<u32, String> {
 /// Makes a node key pair, writes the private key to `path` (mode 0600, refusing to
 /// overwrite a file) and returns the public key.
 pub fn write_node_key(path: &Path) -> Result<PublicKey, std::io::Error> {
-    use std::io::Write;
     let mut private = zeroize::Zeroizing::new([0u8; 32]);
     getrandom::fill(&mut private[..]).map_err(|e| std::io::Error::other(e.to_string()))?;
     let key = NodeKey::from_private(*private);
+    let mut text = zeroize::Zeroizing::new(key.private_hex());
+    text.push('\n');
+    write_new_private(path, &text, "key")?;
+    Ok(key.public())
+}
+
+/// Writes a new random secret ([`keygen`]) to `path`, mode 0600, never overwriting: a
+/// cluster secret, a drivers' credential or an admin token.
+pub fn write_secret_file(path: &Path) -> Result<(), std::io::Error> {
+    let mut text =
+        zeroize::Zeroizing::new(keygen().map_err(|e| std::io::Error::other(e.to_string()))?);
+    text.push('\n');
+    write_new_private(path, &text, "secret")
+}
+
+/// Creates `path` (mode 0600; an existing file is never overwritten), writes `text`, syncs.
+fn write_new_private(path: &Path, text: &str, what: &str) -> Result<(), std::io::Error> {
+    use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -1254,16 +1271,14 @@ pub fn write_node_key(path: &Path) -> Result<PublicKey, std::io::Error> {
         std::io::Error::new(
             e.kind(),
             format!(
-                "{}: {e} (an existing key is never overwritten)",
+                "{}: {e} (an existing {what} is never overwritten)",
                 path.display()
             ),
         )
     })?;
-    let mut text = key.private_hex();
-    text.push('\n');
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    Ok(key.public())
+    Ok(())
 }
 
 /// The public key of a node's private key file.
@@ -1460,6 +1475,13 @@ pub fn admin_endpoint(
     let parsed: AdminOnly = parse_toml(&text, &file)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let admin = parsed.admin;
+    if prefer_tcp && admin.listen.is_none() {
+        return Err(ConfigError {
+            file,
+            key: "admin.listen".into(),
+            message: "not set, so --tcp has nothing to connect to: leave --tcp off to use the admin socket".into(),
+        });
+    }
     if prefer_tcp && let Some(addr) = admin.listen {
         let token = match &admin.token_file {
             Some(t) => Some(read_token(&file, "admin.token_file", &base.join(t))?),

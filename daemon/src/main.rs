@@ -86,14 +86,16 @@ enum Cmd {
     /// node's key pair (the private key written to `--out`, the public key printed for the
     /// other nodes' `cluster.peers[].key`).
     ///
-    /// Examples: `umask 077; clustd keygen > /etc/clustd/secret`;
+    /// Examples: `clustd keygen --out /etc/clustd/secret` (or `umask 077; clustd keygen >
+    /// /etc/clustd/secret`); `clustd keygen --out /etc/clustd/admin-token`;
     /// `clustd keygen --node --out /etc/clustd/node.key`;
     /// `clustd keygen --public /etc/clustd/node.key`.
     Keygen {
-        /// Make a node key pair instead of a secret.
+        /// Make a node key pair instead of a secret (needs --out for the private key).
         #[arg(long, requires = "out")]
         node: bool,
-        /// Where to write the node's private key (created with mode 0600; never overwritten).
+        /// Write the secret (or with --node the private key) to this file instead of printing
+        /// it (created with mode 0600; never overwritten).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print the public key of this existing private key file.
@@ -531,6 +533,17 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Keygen {
             public: Some(path), ..
         } => println!("{}", config::public_key_of_file(&path)?),
+        Cmd::Keygen {
+            node: false,
+            out: Some(out),
+            public: None,
+        } => {
+            config::write_secret_file(&out)?;
+            eprintln!(
+                "wrote a new secret to {} (mode 0600): use it as cluster.secret_file, cluster.driver_secret_file or admin.token_file",
+                out.display()
+            );
+        }
         Cmd::Keygen { out, .. } => {
             let out = out.context("--node needs --out FILE for the private key")?;
             let public = config::write_node_key(&out)?;

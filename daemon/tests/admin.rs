@@ -1,6 +1,8 @@
 //! The admin API over real HTTP, on its Unix socket and on loopback TCP with a token:
 //! status JSON fields, metric names, commands, who may use it.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -425,4 +427,67 @@ async fn the_socket_keeps_out_users_without_its_group() {
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = node.stop(clustd::Shutdown::Immediate).await;
+}
+
+/// The CLI as an operator runs it on real daemons: `clustd status --config` and
+/// `clustd step-down --config` find the admin socket through the config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_admin_socket_through_the_config() {
+    use common::procs::{NodeSpec, ProcCluster, clustd_bin};
+    let specs: Vec<NodeSpec> = (0..3)
+        .map(|_| NodeSpec {
+            daemon_toml: String::new(),
+            start: "true".into(),
+            stop: "true".into(),
+            socket: true,
+        })
+        .collect();
+    let cluster = ProcCluster::start(
+        tempfile::tempdir().expect("tempdir"),
+        TransportKind::Quic,
+        "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
+        &specs,
+    )
+    .await
+    .expect("cluster");
+    let master = cluster
+        .wait_for("one master", Duration::from_secs(60), || async {
+            let m = cluster.masters().await;
+            (m.len() == 1).then(|| m[0].clone())
+        })
+        .await;
+    let config = |id: &str| cluster.dir.path().join(format!("{id}.toml"));
+    let clustd = |args: &[&str], id: &str| {
+        let out = std::process::Command::new(clustd_bin())
+            .args(args)
+            .arg("--config")
+            .arg(config(id))
+            .output()
+            .expect("clustd runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = clustd(&["status"], &master);
+    assert!(
+        ok && out.contains(&master) && out.contains("MASTER"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = clustd(&["status", "--tcp"], &master);
+    assert!(
+        !ok && err.contains("admin.listen") && err.contains("--tcp"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = clustd(&["status", "--json"], &master);
+    assert!(ok && out.contains("\"role\":\"master\""), "{out}{err}");
+    let (ok, out, err) = clustd(&["step-down"], &master);
+    assert!(ok, "{out}{err}");
+    cluster
+        .wait_for("another master", Duration::from_secs(60), || async {
+            let m = cluster.masters().await;
+            (m.len() == 1 && m[0] != master).then_some(())
+        })
+        .await;
 }
