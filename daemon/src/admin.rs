@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | GET | `/status` | JSON [`Status`] |
 //! | GET | `/metrics` | Prometheus/OpenMetrics text |
-//! | POST | `/step-down` | graceful step-down (demote, then hand over) |
+//! | GET | `/leader` | 200 with JSON while this node is master with a lease left, 503 otherwise (for load balancer health checks) |
+//! | POST | `/step-down` | graceful step-down (demote, then hand over); 409 on a node that is not master |
 //! | POST | `/maintenance/on`, `/maintenance/off` | maintenance mode |
 //!
 //! **Who may use it.** The API is served on a Unix socket (`admin.socket`, default
@@ -387,6 +388,7 @@ pub fn router(handle: Handle) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/leader", get(leader))
         .route("/step-down", post(step_down))
         .route("/maintenance/on", post(maintenance_on))
         .route("/maintenance/off", post(maintenance_off))
@@ -422,7 +424,67 @@ async fn run_command(handle: &Handle, command: Command) -> (StatusCode, Json<ser
     }
 }
 
+/// A fresh status snapshot, or `None` when the runtime does not answer within a second
+/// (hung, or shutting down): then nothing it last said may be trusted.
+async fn fresh_status(handle: &Handle) -> Option<Status> {
+    match tokio::time::timeout(Duration::from_secs(1), handle.command(Command::Refresh)).await {
+        Ok(true) => Some(handle.status()),
+        _ => None,
+    }
+}
+
+fn not_answering() -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(
+            serde_json::json!({ "ok": false, "error": "the daemon's runtime does not answer (hung or shutting down)" }),
+        ),
+    )
+}
+
+/// `GET /leader`: 200 only while this node is master with lease left, so a load balancer
+/// sends traffic to the master alone (like Patroni's `/primary`).
+async fn leader(State(handle): State<Handle>) -> impl IntoResponse {
+    let Some(status) = fresh_status(&handle).await else {
+        return not_answering();
+    };
+    let lease = status.lease_remaining_ms.unwrap_or(0);
+    if status.role == "master" && lease > 0 {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "ok": true, "node_id": status.node_id, "term": status.term, "lease_remaining_ms": lease,
+            })),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "ok": false, "node_id": status.node_id, "role": status.role, "leader": status.leader,
+                "error": format!("{} is not master", status.node_id),
+            })),
+        )
+    }
+}
+
 async fn step_down(State(handle): State<Handle>) -> impl IntoResponse {
+    let Some(status) = fresh_status(&handle).await else {
+        return not_answering();
+    };
+    if status.role != "master" {
+        let master = match &status.leader {
+            Some(leader) if *leader != status.node_id => format!("the master is {leader}"),
+            _ => "no master is known".to_owned(),
+        };
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "ok": false,
+                "error": format!("{} is not master ({master}): run the step-down on the master", status.node_id),
+                "status": status,
+            })),
+        );
+    }
     run_command(&handle, Command::StepDown).await
 }
 
@@ -469,7 +531,7 @@ pub enum ClientError {
         message: String,
     },
     /// The daemon answered with an error.
-    #[error("the daemon at {endpoint} answered {status}: {body}")]
+    #[error("{}", refusal(endpoint, *status, body))]
     Refused {
         /// Where.
         endpoint: String,
@@ -478,6 +540,17 @@ pub enum ClientError {
         /// Response body.
         body: String,
     },
+}
+
+/// The `error` of a JSON answer, or the whole body.
+fn refusal(endpoint: &str, status: u16, body: &str) -> String {
+    let error = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+    match error {
+        Some(error) => format!("{error} (the daemon at {endpoint} answered {status})"),
+        None => format!("the daemon at {endpoint} answered {status}: {body}"),
+    }
 }
 
 /// A small client for the admin API, on its socket or over TCP with the token.
@@ -599,6 +672,11 @@ impl Client {
     /// `POST path` (e.g. `/step-down`) with `Content-Type: application/json`, raw JSON.
     pub async fn post(&self, path: &str) -> Result<String, ClientError> {
         self.call(axum::http::Method::POST, path).await
+    }
+
+    /// `GET path` (e.g. `/leader`), raw JSON.
+    pub async fn get(&self, path: &str) -> Result<String, ClientError> {
+        self.call(axum::http::Method::GET, path).await
     }
 
     /// `GET /metrics`.

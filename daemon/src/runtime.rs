@@ -109,6 +109,9 @@ pub enum Command {
     StepDown,
     /// Maintenance mode on or off.
     Maintenance(bool),
+    /// Refresh the status snapshot now; answering proves the runtime is running (the admin
+    /// API's `/leader` and `/step-down` ask before they answer).
+    Refresh,
 }
 
 /// How to stop.
@@ -745,6 +748,11 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 match command {
                     Command::StepDown => rt.node.step_down(now),
                     Command::Maintenance(on) => rt.node.set_maintenance(now, on),
+                    Command::Refresh => {
+                        rt.update_status();
+                        let _ = done.send(());
+                        continue;
+                    }
                 }
                 rt.sync_eligibility();
                 rt.confirm_stop_if_done();

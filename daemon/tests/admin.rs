@@ -482,6 +482,31 @@ async fn the_cli_finds_the_admin_socket_through_the_config() {
     );
     let (ok, out, err) = clustd(&["status", "--json"], &master);
     assert!(ok && out.contains("\"role\":\"master\""), "{out}{err}");
+    // GET /leader: 200 on the master only (a load balancer's health check).
+    let m = cluster.index(&master);
+    let backup = (m + 1) % 3;
+    let leader = cluster.nodes[m]
+        .admin
+        .get("/leader")
+        .await
+        .expect("200 on the master");
+    assert!(
+        leader.contains(&format!("\"node_id\":\"{master}\"")),
+        "{leader}"
+    );
+    match cluster.nodes[backup].admin.get("/leader").await {
+        Err(clustd::admin::ClientError::Refused { status: 503, .. }) => {}
+        other => panic!("a backup answers /leader with 503, not {other:?}"),
+    }
+    // step-down on a backup: refused, naming the master, with a non-zero exit.
+    let backup_id = cluster.nodes[backup].id.clone();
+    let (ok, out, err) = clustd(&["step-down"], &backup_id);
+    assert!(
+        !ok && err.contains(&format!(
+            "{backup_id} is not master (the master is {master})"
+        )),
+        "{out}{err}"
+    );
     let (ok, out, err) = clustd(&["step-down"], &master);
     assert!(ok, "{out}{err}");
     cluster
