@@ -789,7 +789,7 @@ impl Settings {
                     .as_ref()
                     .map_or_else(|| data_dir.join("driver.sock"), |p| base.join(p));
                 Some(local_socket(
-                    &file,
+                    file,
                     "cluster.driver_socket",
                     "connect as a driver (and be told it is master)",
                     path,
@@ -799,7 +799,7 @@ impl Settings {
                 )?)
             }
         };
-        let admin = admin_settings(&file, base, &data_dir, &raw.admin, &mut warnings)?;
+        let admin = admin_settings(file, base, &data_dir, &raw.admin, &mut warnings)?;
         let tls = match (&raw.cluster.tls_cert, &raw.cluster.tls_key) {
             (Some(cert), Some(key)) => Some(clustd_transport::TlsFiles {
                 cert: base.join(cert),
