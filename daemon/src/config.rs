@@ -79,7 +79,7 @@ struct RawNode {
 struct RawCluster {
     #[serde(default = "default_transport")]
     transport: TransportKind,
-    listen: SocketAddr,
+    listen: String,
     secret_file: Option<PathBuf>,
     secret: Option<String>,
     driver_secret_file: Option<PathBuf>,
@@ -101,7 +101,7 @@ fn default_transport() -> TransportKind {
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     id: String,
-    addr: SocketAddr,
+    addr: String,
     key: Option<String>,
 }
 
@@ -688,6 +688,7 @@ impl Settings {
         })
         .transpose()?;
 
+        let listen = socket_addr(&raw.cluster.listen).map_err(|m| err("cluster.listen", m))?;
         let mut peers = BTreeMap::new();
         for (i, peer) in raw.cluster.peers.iter().enumerate() {
             let key = format!("cluster.peers[{i}].id");
@@ -698,7 +699,25 @@ impl Settings {
                     format!("{peer_id} is this node (node.id); list only the other nodes"),
                 ));
             }
-            if peers.insert(peer_id.clone(), peer.addr).is_some() {
+            let addr_key = format!("cluster.peers[{i}].addr");
+            let addr = socket_addr(&peer.addr).map_err(|m| err(&addr_key, m))?;
+            if addr == listen {
+                return Err(err(
+                    &addr_key,
+                    format!(
+                        "{addr} is this node's own cluster.listen: {peer_id} must be reached at its own address"
+                    ),
+                ));
+            }
+            if let Some((other, _)) = peers.iter().find(|(_, a)| **a == addr) {
+                return Err(err(
+                    &addr_key,
+                    format!(
+                        "{peer_id} has the same address as {other} ({addr}): each node has its own"
+                    ),
+                ));
+            }
+            if peers.insert(peer_id.clone(), addr).is_some() {
                 return Err(err(&key, format!("{peer_id} is listed twice")));
             }
         }
@@ -1037,7 +1056,7 @@ impl Settings {
                 id,
                 data_dir,
                 transport: raw.cluster.transport,
-                listen: raw.cluster.listen,
+                listen,
                 secret,
                 node_key,
                 driver_secret,
@@ -1304,6 +1323,26 @@ pub struct AdminSettings {
     pub token: Option<crate::admin::AdminToken>,
     /// `admin.metrics_open`: `GET /metrics` over TCP without the token.
     pub metrics_open: bool,
+}
+
+/// An IP address with a port. Host names are refused, and say so: resolving them would let
+/// a DNS answer decide who the peers are.
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.trim().parse() {
+        return Ok(addr);
+    }
+    let host_port = text
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    Err(match host_port {
+        Some((host, port)) if host.parse::<std::net::IpAddr>().is_ok() => format!(
+            "`{text}`: an IPv6 address with a port is written in brackets, like [{host}]:{port}"
+        ),
+        Some((host, port)) => format!(
+            "`{text}` names a host: only IP addresses are accepted (write `{host}`'s IP, e.g. 192.0.2.12:{port}), so that a DNS answer can never change who the peers are"
+        ),
+        None => format!("`{text}` is not an IP address with a port, like 192.0.2.12:7400"),
+    })
 }
 
 /// A Unix socket path holds at most 107 bytes (sun_path).

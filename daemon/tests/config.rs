@@ -91,7 +91,7 @@ fn table_of_errors_names_the_key() {
                 "",
             ),
             "cluster.peers[1].addr",
-            "invalid socket address",
+            "is not an IP address with a port, like 192.0.2.12:7400",
         ),
         (
             "bad transport",
@@ -850,4 +850,40 @@ fn admin_listen_needs_a_token_file() {
     .expect_err("a short token is refused")
     .to_string();
     assert!(e.contains("at least 32"), "{e}");
+}
+
+/// Peer addresses: IP addresses only (a host name says so), never this node's own listen
+/// address, never two peers at one address.
+#[test]
+fn peer_addresses_are_ips_of_other_nodes() {
+    let cluster = |peers: &str| {
+        format!(
+            "transport = \"quic\"\nlisten = \"127.0.0.1:7400\"\nsecret = \"0123456789abcdef0123456789abcdef0123\"\npeers = [{peers}]\n"
+        )
+    };
+    for (peers, key, says) in [
+        (
+            "{ id = \"node-2\", addr = \"node-2.example:7400\" }, { id = \"node-3\", addr = \"127.0.0.3:7400\" }",
+            "cluster.peers[0].addr",
+            "names a host: only IP addresses are accepted",
+        ),
+        (
+            "{ id = \"node-2\", addr = \"127.0.0.1:7400\" }, { id = \"node-3\", addr = \"127.0.0.3:7400\" }",
+            "cluster.peers[0].addr",
+            "this node's own cluster.listen",
+        ),
+        (
+            "{ id = \"node-2\", addr = \"127.0.0.3:7400\" }, { id = \"node-3\", addr = \"127.0.0.3:7400\" }",
+            "cluster.peers[1].addr",
+            "the same address as node-2",
+        ),
+        (
+            "{ id = \"node-2\", addr = \"fd00::2:7400\" }, { id = \"node-3\", addr = \"127.0.0.3:7400\" }",
+            "cluster.peers[0].addr",
+            "in brackets, like [fd00::2]:7400",
+        ),
+    ] {
+        let e = parse(&config(good_node(), &cluster(peers), "")).expect_err(says);
+        assert!(e.contains(key) && e.contains(says), "{e}");
+    }
 }
