@@ -52,6 +52,10 @@ struct Args {
     /// The driver's TOML config file.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Check the config (every key, and that the secret file can be read) and exit: 0 and
+    /// `FILE: ok` when it is valid, 2 and what is wrong otherwise. Starts nothing.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -60,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     // Colours only on a terminal: a log file or journald gets plain text.
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -73,6 +77,10 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if args.check_config {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
     clustd_drivers::shell::run_shell_driver(config, shutdown_signal())
         .await
         .context("shell driver stopped")

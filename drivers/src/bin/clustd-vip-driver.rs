@@ -56,6 +56,10 @@ struct Args {
     /// The driver's TOML config file.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Check the config (every key, and that the secret file can be read) and exit: 0 and
+    /// `FILE: ok` when it is valid, 2 and what is wrong otherwise. Starts nothing. The interfaces are checked when it starts.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -65,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     // The log goes to stderr, beside the start-up errors (journald takes both).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -77,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if args.check_config {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
     let driver = match clustd_drivers::VipDriver::start(&config).await {
         Ok(driver) => driver,
         Err(e) => {
