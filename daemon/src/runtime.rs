@@ -96,6 +96,14 @@ pub enum RuntimeError {
     /// The transport could not start.
     #[error("transport: {0}")]
     Transport(#[from] clustd_transport::TransportError),
+    /// The cluster address could not be bound (said once, with the key and the address).
+    #[error("cluster.listen {listen}: {why}")]
+    Listen {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// What went wrong, and what to check.
+        why: String,
+    },
     /// The election core refused to start: its settings were rejected, or the persisted
     /// term is unusable (the message names the recovery).
     #[error(transparent)]
@@ -653,7 +661,22 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     config.tls = settings.tls.clone();
     config.limits = settings.transport_limits.clone();
     let settle = settings.core.stop_budget_at_drift_bound();
-    let (endpoint, mut events) = Endpoint::start(net, config).await?;
+    let (endpoint, mut events) = Endpoint::start(net, config).await.map_err(|e| match e {
+        clustd_transport::TransportError::Io(io) => RuntimeError::Listen {
+            listen: settings.listen,
+            why: match io.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "cannot bind: the address is in use (another clustd, or another program on port {}?)",
+                    settings.listen.port()
+                ),
+                std::io::ErrorKind::AddrNotAvailable => {
+                    "cannot bind: no interface of this machine has that address".to_owned()
+                }
+                _ => format!("cannot bind: {io}"),
+            },
+        },
+        other => RuntimeError::Transport(other),
+    })?;
     *lock(&control.shared.local_addr) = endpoint.local_addr();
     tracing::info!(
         node = %settings.id,
