@@ -558,6 +558,17 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
             for w in &warnings {
                 println!("warning: {w}");
             }
+            let state = clustd::store::probe_data_dir(&settings.data_dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            println!(
+                "data_dir: {} is writable; stored term {}{}",
+                settings.data_dir.display(),
+                state.term.0,
+                state
+                    .voted_for
+                    .map(|v| format!(", voted for {v}"))
+                    .unwrap_or_default()
+            );
             let core = &settings.core;
             println!(
                 "{}: ok — node {}, {} peer(s), transport {:?}, heartbeat {} ms, election timeout {}-{} ms, lease {} ms",
