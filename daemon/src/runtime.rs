@@ -565,6 +565,9 @@ struct Runtime<C: Clock, S: StateStore> {
     /// Peers with a live connection, as last told to drivers: `ToDriver::Peer` goes out
     /// only when this changes, so a duplicate or replaced connection is no news.
     peers_up: BTreeSet<NodeId>,
+    /// Peers without a live connection: since when, and when last warned about (a WARN
+    /// past `ET_max`, then at most once a minute; INFO when back).
+    peers_down: BTreeMap<NodeId, (Instant, Option<Instant>)>,
     /// A step-down is waiting for drivers to confirm they stopped.
     awaiting_stop: bool,
     /// The stop budget at the drift bound, on this node's clock.
@@ -711,6 +714,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         last_heard: BTreeMap::new(),
         rtt_pending: BTreeMap::new(),
         peers_up: BTreeSet::new(),
+        peers_down: BTreeMap::new(),
         awaiting_stop: false,
         settle,
         rejected_warned: BTreeMap::new(),
@@ -734,6 +738,12 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         fencer,
         watchdog,
     };
+    // Every peer starts out unreachable until it connects (warned about past ET_max).
+    let started = rt.clock.now();
+    let peer_ids: Vec<NodeId> = rt.settings.peers.keys().cloned().collect();
+    for peer in peer_ids {
+        rt.peers_down.insert(peer, (started, None));
+    }
     rt.sync_eligibility();
     rt.init_status();
     tokio::pin!(shutdown);
@@ -746,6 +756,8 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         let retry_at = rt.clock.deadline(rt.write_retry_at);
         let health_due = rt.health.poll_timeout();
         let health_at = health_due.map_or(deadline, |at| rt.clock.deadline(at));
+        let unreachable_due = rt.unreachable_due();
+        let unreachable_at = unreachable_due.map_or(deadline, |at| rt.clock.deadline(at));
         let silence_due = rt.driver_silence_due();
         let silence_at = silence_due.map_or(deadline, |at| rt.clock.deadline(at));
         let fence_due = rt.fence_due();
@@ -802,6 +814,9 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             Some(result) = check_results.recv() => rt.on_check_result(result),
             () = tokio::time::sleep_until(fence_at), if fence_due.is_some() => {}
             () = tokio::time::sleep_until(silence_at), if silence_due.is_some() => {}
+            () = tokio::time::sleep_until(unreachable_at), if unreachable_due.is_some() => {
+                rt.warn_unreachable_peers();
+            }
             Some(done) = fence_results.recv() => rt.on_fence_done(done),
             () = tokio::time::sleep_until(health_at), if health_due.is_some() => {
                 let now = rt.clock.now();
@@ -912,6 +927,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             TransportEvent::Connected { id, kind, process } => match kind {
                 PeerKind::Peer => {
                     tracing::info!(peer = %id, "peer connected");
+                    self.peer_reachable(&id, now);
                     self.shared
                         .metrics
                         .peer_up
@@ -942,6 +958,9 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         .connected()
                         .iter()
                         .any(|(p, kind)| *p == id && *kind == PeerKind::Peer);
+                    if !replaced {
+                        self.peers_down.entry(id.clone()).or_insert((now, None));
+                    }
                     if !replaced && self.peers_up.remove(&id) {
                         self.tell_drivers_peer(id, false);
                     }
@@ -1334,6 +1353,90 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             1,
             1,
         );
+    }
+
+    /// When the next WARN about an unreachable peer is due.
+    fn unreachable_due(&self) -> Option<Instant> {
+        let first = self.settings.core.election_timeout_max;
+        self.peers_down
+            .values()
+            .map(|(since, warned)| match warned {
+                None => *since + first,
+                Some(at) => *at + Duration::from_secs(60),
+            })
+            .min()
+    }
+
+    /// WARNs about each peer unreachable for longer than `ET_max`, then once a minute.
+    fn warn_unreachable_peers(&mut self) {
+        let now = self.clock.now();
+        let voters = self.settings.peers.len() + 1;
+        let needed = voters / 2 + 1;
+        // What the transport has right now (the drivers' view, `peers_up`, lags a
+        // replaced connection by an event).
+        let connected: BTreeSet<NodeId> = self
+            .endpoint
+            .connected()
+            .into_iter()
+            .filter(|(_, kind)| *kind == PeerKind::Peer)
+            .map(|(id, _)| id)
+            .collect();
+        let reachable = connected.len() + 1;
+        let quorum = if reachable >= needed {
+            "quorum holds"
+        } else {
+            "NO QUORUM: no node can be master until enough peers are back"
+        };
+        let first = self.settings.core.election_timeout_max;
+        let mut due = Vec::new();
+        for (peer, (since, warned)) in &mut self.peers_down {
+            if connected.contains(peer) {
+                continue;
+            }
+            let at = match warned {
+                None => *since + first,
+                Some(at) => *at + Duration::from_secs(60),
+            };
+            if at <= now {
+                *warned = Some(now);
+                due.push((peer.clone(), now.saturating_duration_since(*since)));
+            }
+        }
+        for (peer, down) in due {
+            let addr = self
+                .settings
+                .peers
+                .get(&peer)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::warn!(
+                peer = %peer,
+                addr = %addr,
+                reachable,
+                voters,
+                needed,
+                "peer {peer} ({addr}) unreachable for {}: {reachable} of {voters} voters reachable, {needed} needed for a quorum; {quorum}",
+                crate::status::human_duration(down)
+            );
+        }
+    }
+
+    /// A peer connected: forgotten as down, and an INFO if it was warned about.
+    fn peer_reachable(&mut self, peer: &NodeId, now: Instant) {
+        if let Some((since, Some(_))) = self.peers_down.remove(peer) {
+            let addr = self
+                .settings
+                .peers
+                .get(peer)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::info!(
+                peer = %peer,
+                addr = %addr,
+                "peer {peer} ({addr}) is reachable again after {}",
+                crate::status::human_duration(now.saturating_duration_since(since))
+            );
+        }
     }
 
     /// When the next connected driver that is heard from would count as not responding.

@@ -521,3 +521,31 @@ pub struct FenceStatus {
     /// How long it ran.
     pub elapsed_ms: u64,
 }
+
+/// A duration for people: `850 ms`, `1.2 s`, `3 m 20 s`, `2 h 5 m`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    let s = d.as_secs();
+    match () {
+        () if ms < 1000 => format!("{ms} ms"),
+        () if s < 60 => format!("{:.1} s", d.as_secs_f64()),
+        () if s < 3600 => format!("{} m {} s", s / 60, s % 60),
+        () => format!("{} h {} m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod human_tests {
+    #[test]
+    fn durations_read_like_a_person_would_say_them() {
+        use std::time::Duration;
+        for (ms, text) in [
+            (850, "850 ms"),
+            (1_200, "1.2 s"),
+            (200_000, "3 m 20 s"),
+            (7_500_000, "2 h 5 m"),
+        ] {
+            assert_eq!(super::human_duration(Duration::from_millis(ms)), text);
+        }
+    }
+}

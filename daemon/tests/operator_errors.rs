@@ -1,6 +1,9 @@
 //! What an operator reads when the daemon cannot start: the key, the value, once.
 
+mod common;
+
 use std::process::Command;
+use std::time::Duration;
 
 /// A cluster port another program holds: one line naming `cluster.listen` and the address
 /// (it used to repeat the OS error three times).
@@ -90,5 +93,65 @@ fn check_config_probes_the_data_dir() {
     assert!(
         !ok && out.contains("node.data_dir: the state file") && out.contains("damaged"),
         "{out}"
+    );
+}
+
+/// A peer gone for longer than ET_max: a WARN naming it, its address and the quorum
+/// arithmetic, on the nodes that miss it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_is_named_with_the_quorum_arithmetic() {
+    use common::procs::{NodeSpec, ProcCluster};
+    let specs: Vec<NodeSpec> = (0..3)
+        .map(|_| NodeSpec {
+            daemon_toml: String::new(),
+            start: "true".into(),
+            stop: "true".into(),
+            socket: true,
+        })
+        .collect();
+    let cluster = ProcCluster::start(
+        tempfile::tempdir().expect("tempdir"),
+        clustd_transport::TransportKind::Quic,
+        "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
+        &specs,
+    )
+    .await
+    .expect("cluster");
+    let master = cluster
+        .wait_for("one master", Duration::from_secs(60), || async {
+            let m = cluster.masters().await;
+            (m.len() == 1).then(|| m[0].clone())
+        })
+        .await;
+    let m = cluster.index(&master);
+    let gone = (m + 1) % 3;
+    let gone_id = cluster.nodes[gone].id.clone();
+    let log = cluster.nodes[m].daemon_log.clone();
+    // Only what comes after the kill (a peer that was slow to start is warned about too).
+    let from = std::fs::read_to_string(&log).unwrap_or_default().len();
+    cluster.signal_daemon(gone, "KILL");
+    let line = cluster
+        .wait_for(
+            "the master to warn about the lost peer",
+            Duration::from_secs(30),
+            || {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let found = log
+                    .get(from..)
+                    .unwrap_or_default()
+                    .lines()
+                    .find(|l| {
+                        l.contains("WARN") && l.contains(&format!("peer {gone_id} (127.0.0.1:"))
+                    })
+                    .map(str::to_owned);
+                async move { found }
+            },
+        )
+        .await;
+    assert!(
+        line.contains("unreachable for")
+            && line.contains("2 of 3 voters reachable, 2 needed for a quorum; quorum holds"),
+        "{line}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
