@@ -320,10 +320,10 @@ impl LocalCluster {
         loop {
             self.nodes[i] = LocalNode::start(&self.settings[i]);
             match self.nodes[i].started().await {
-                Err(RuntimeError::Transport(clustd_transport::TransportError::Io(e)))
-                    if e.kind() == std::io::ErrorKind::AddrInUse
-                        && tokio::time::Instant::now() < deadline =>
-                {
+                Err(RuntimeError::Listen {
+                    kind: std::io::ErrorKind::AddrInUse,
+                    ..
+                }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,

@@ -103,6 +103,8 @@ pub enum RuntimeError {
         listen: std::net::SocketAddr,
         /// What went wrong, and what to check.
         why: String,
+        /// The OS error's kind (`AddrInUse`: worth a retry while an old socket closes).
+        kind: std::io::ErrorKind,
     },
     /// The election core refused to start: its settings were rejected, or the persisted
     /// term is unusable (the message names the recovery).
@@ -667,6 +669,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     let (endpoint, mut events) = Endpoint::start(net, config).await.map_err(|e| match e {
         clustd_transport::TransportError::Io(io) => RuntimeError::Listen {
             listen: settings.listen,
+            kind: io.kind(),
             why: match io.kind() {
                 std::io::ErrorKind::AddrInUse => format!(
                     "cannot bind: the address is in use (another clustd, or another program on port {}?)",
