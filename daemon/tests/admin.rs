@@ -433,29 +433,11 @@ async fn the_socket_keeps_out_users_without_its_group() {
 /// `clustd step-down --config` find the admin socket through the config file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_finds_the_admin_socket_through_the_config() {
-    use common::procs::{NodeSpec, ProcCluster, clustd_bin};
-    let specs: Vec<NodeSpec> = (0..3)
-        .map(|_| NodeSpec {
-            daemon_toml: String::new(),
-            start: "true".into(),
-            stop: "true".into(),
-            socket: true,
-        })
-        .collect();
-    let cluster = ProcCluster::start(
-        tempfile::tempdir().expect("tempdir"),
-        TransportKind::Quic,
-        "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
-        &specs,
-    )
-    .await
-    .expect("cluster");
-    let master = cluster
-        .wait_for("one master", Duration::from_secs(60), || async {
-            let m = cluster.masters().await;
-            (m.len() == 1).then(|| m[0].clone())
-        })
-        .await;
+    use common::procs::{ProcCluster, clustd_bin};
+    let cluster = ProcCluster::start_plain(TransportKind::Quic)
+        .await
+        .expect("cluster");
+    let master = cluster.one_master(Duration::from_secs(60)).await;
     let config = |id: &str| cluster.dir.path().join(format!("{id}.toml"));
     let clustd = |args: &[&str], id: &str| {
         let out = std::process::Command::new(clustd_bin())

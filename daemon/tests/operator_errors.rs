@@ -5,6 +5,14 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+/// node-1 of a three-node cluster listening on 127.0.0.1:`port`, with the secret in
+/// `secret` beside the config.
+fn node_toml(transport: &str, data_dir: &str, port: u16) -> String {
+    format!(
+        "[node]\nid = \"node-1\"\ndata_dir = \"{data_dir}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"secret\"\npeers = [{{ id = \"node-2\", addr = \"127.0.0.2:7400\" }}, {{ id = \"node-3\", addr = \"127.0.0.3:7400\" }}]\n"
+    )
+}
+
 /// A cluster port another program holds: one line naming `cluster.listen` and the address
 /// (it used to repeat the OS error three times).
 #[test]
@@ -20,9 +28,7 @@ fn a_cluster_port_in_use_is_named_once() {
         let config = dir.path().join(format!("{transport}.toml"));
         std::fs::write(
             &config,
-            format!(
-                "[node]\nid = \"node-1\"\ndata_dir = \"data-{transport}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"secret\"\npeers = [{{ id = \"node-2\", addr = \"127.0.0.2:7400\" }}, {{ id = \"node-3\", addr = \"127.0.0.3:7400\" }}]\n"
-            ),
+            node_toml(transport, &format!("data-{transport}"), port),
         )
         .expect("config");
         let out = Command::new(env!("CARGO_BIN_EXE_clustd"))
@@ -51,13 +57,7 @@ fn check_config_probes_the_data_dir() {
     clustd::config::write_secret_file(&secret).expect("secret");
     let check = |data_dir: &str| {
         let config = dir.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[node]\nid = \"node-1\"\ndata_dir = \"{data_dir}\"\n\n[cluster]\nlisten = \"127.0.0.1:7400\"\nsecret_file = \"secret\"\npeers = [{{ id = \"node-2\", addr = \"127.0.0.2:7400\" }}, {{ id = \"node-3\", addr = \"127.0.0.3:7400\" }}]\n"
-            ),
-        )
-        .expect("config");
+        std::fs::write(&config, node_toml("quic", data_dir, 7400)).expect("config");
         let out = Command::new(env!("CARGO_BIN_EXE_clustd"))
             .args(["check-config", "--config"])
             .arg(&config)
@@ -100,29 +100,11 @@ fn check_config_probes_the_data_dir() {
 /// arithmetic, on the nodes that miss it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_peer_is_named_with_the_quorum_arithmetic() {
-    use common::procs::{NodeSpec, ProcCluster};
-    let specs: Vec<NodeSpec> = (0..3)
-        .map(|_| NodeSpec {
-            daemon_toml: String::new(),
-            start: "true".into(),
-            stop: "true".into(),
-            socket: true,
-        })
-        .collect();
-    let cluster = ProcCluster::start(
-        tempfile::tempdir().expect("tempdir"),
-        clustd_transport::TransportKind::Quic,
-        "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
-        &specs,
-    )
-    .await
-    .expect("cluster");
-    let master = cluster
-        .wait_for("one master", Duration::from_secs(60), || async {
-            let m = cluster.masters().await;
-            (m.len() == 1).then(|| m[0].clone())
-        })
-        .await;
+    use common::procs::ProcCluster;
+    let cluster = ProcCluster::start_plain(clustd_transport::TransportKind::Quic)
+        .await
+        .expect("cluster");
+    let master = cluster.one_master(Duration::from_secs(60)).await;
     let m = cluster.index(&master);
     let gone = (m + 1) % 3;
     let gone_id = cluster.nodes[gone].id.clone();

@@ -247,6 +247,36 @@ impl ProcCluster {
         })
     }
 
+    /// Three nodes whose drivers run no-op scripts (`true`) on the local socket, at
+    /// heartbeat 100 ms and election timeout [1000, 2000]: for tests about the daemons
+    /// themselves (their CLI, their logs), not the service.
+    pub(crate) async fn start_plain(kind: TransportKind) -> std::io::Result<Self> {
+        let specs: Vec<NodeSpec> = (0..3)
+            .map(|_| NodeSpec {
+                daemon_toml: String::new(),
+                start: "true".into(),
+                stop: "true".into(),
+                socket: true,
+            })
+            .collect();
+        Self::start(
+            tempfile::tempdir()?,
+            kind,
+            "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
+            &specs,
+        )
+        .await
+    }
+
+    /// Waits until exactly one node says it is master (panics after `timeout`): its id.
+    pub(crate) async fn one_master(&self, timeout: Duration) -> String {
+        self.wait_for("one master", timeout, || async {
+            let m = self.masters().await;
+            (m.len() == 1).then(|| m[0].clone())
+        })
+        .await
+    }
+
     /// Cuts every peer link to and from node `i` (its driver stays connected).
     pub(crate) fn isolate(&self, i: usize) {
         self.network
