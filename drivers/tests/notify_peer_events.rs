@@ -2,7 +2,8 @@
 //! endpoint on 127.0.0.1) sends `ToDriver::Peer`, the notify driver running in-process
 //! through `clustd_drivers::connect` posts `peer-down` / `peer-up` (and `stop-failed` for
 //! `ToDriver::StopFailed`, and `unhealthy` / `ineligible` for `ToDriver::Health`) to a real
-//! HTTP server, and nothing about them goes back to the daemon.
+//! HTTP server, and nothing about them goes back to the daemon. The peers the daemon reports
+//! up decide whether this node is the one that posts `master-lost`.
 
 mod support;
 
@@ -93,7 +94,7 @@ async fn peer_events_become_webhook_posts(kind: TransportKind) {
         assert_eq!(body["event"], event, "{body}");
         assert_eq!(body["peer"], "node-3", "{body}");
         assert_eq!(body["node"], "node-1", "{body}");
-        assert_eq!(body["term"], "1", "{body}");
+        assert_eq!(body["term"], 1, "{body}: the term is a JSON number");
         // The node's own state comes from its last role change.
         assert_eq!(body["role"], "backup", "{body}");
         assert_eq!(body["leader"], "node-2", "{body}");
@@ -162,7 +163,7 @@ async fn a_failed_stop_becomes_a_stop_failed_post() {
     assert_eq!(body["event"], "stop-failed", "{body}");
     assert_eq!(body["driver"], "shell-1", "{body}");
     assert_eq!(body["node"], "node-1", "{body}");
-    assert_eq!(body["term"], "3", "{body}");
+    assert_eq!(body["term"], 3, "{body}: the term is a JSON number");
     assert_eq!(
         body["text"],
         "node-1: stop-failed by shell-1 []: driver shell-1's stop failed: exit status 1; \
@@ -286,7 +287,7 @@ async fn a_health_change_becomes_an_unhealthy_post() {
         let body: serde_json::Value = serde_json::from_str(&req.body).expect("json body");
         assert_eq!(body["event"], event, "{body}");
         assert_eq!(body["node"], "node-1", "{body}");
-        assert_eq!(body["term"], "6", "{body}");
+        assert_eq!(body["term"], 6, "{body}: the term is a JSON number");
         assert_eq!(body["detail"], detail, "{body}");
         assert_eq!(body["role"], "backup", "{body}");
         assert_eq!(body["peer"], "", "{body}");
@@ -311,4 +312,106 @@ async fn a_health_change_becomes_an_unhealthy_post() {
         "only the subscribed events"
     );
     daemon.vanish().await;
+}
+
+/// The master (node-2) is lost: of node-1 and node-3, still connected, only node-1 (the
+/// smallest id) posts `master-lost`; neither posts `new-master` when node-3 then wins, as
+/// backups (node-3's own driver does). `term` is a JSON number throughout.
+async fn master_lost_is_posted_by_the_smallest_connected_node(me: &str) -> Vec<String> {
+    init_tracing();
+    let mut server = HttpServer::start(&[], false).await;
+    let localhost: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut daemon = FakeDaemon::start(TransportKind::WebSocket, localhost).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret"), SECRET).expect("write");
+    let text = format!(
+        "daemon = \"{}\"\ntransport = \"websocket\"\nsecret_file = \"secret\"\ndriver_id = \"notify-test\"\n\
+         events = [\"master-lost\", \"new-master\", \"peer-down\"]\n\
+         [templates]\ntext = \"{{node}}: {{event}} [{{peer}}]\"\n\
+         [[webhook]]\nurl = \"{}\"\n",
+        daemon.addr,
+        server.url("/hook")
+    );
+    let config = NotifyConfig::parse(&dir.path().join("notify.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = clustd_drivers::connect(config.connection.clone(), NotifyDriver::new(&config))
+        .expect("session starts");
+    let driver = daemon.accept_driver().await;
+    let role = |term: u64, leader: Option<&str>, seq: u64| ToDriver::Role {
+        role: DriverRole::Backup,
+        term: Term(term),
+        node: id(me),
+        leader: leader.map(id),
+        lease_remaining_ms: 0,
+        sent_at_ns: 0,
+        stop_budget_ms: 500,
+        reason: "follower".into(),
+        seq,
+    };
+    let peer = |peer: &str, up: bool| ToDriver::Peer {
+        peer: id(peer),
+        up,
+        term: Term(1),
+    };
+    let others: Vec<&str> = ["node-1", "node-2", "node-3"]
+        .into_iter()
+        .filter(|n| *n != me)
+        .collect();
+    // Connected: the first role, then every connected peer (twice, as after a reconnect).
+    daemon.send(&driver, &role(1, Some("node-2"), 1));
+    expect_ack(&mut daemon, 1).await;
+    for _ in 0..2 {
+        for other in &others {
+            daemon.send(&driver, &peer(other, true));
+        }
+    }
+    // The master goes: its connection, then the leaderless role; then node-3 wins term 2.
+    daemon.send(&driver, &peer("node-2", false));
+    let mut posted = vec![post(&mut server).await];
+    daemon.send(&driver, &role(1, None, 2));
+    expect_ack(&mut daemon, 2).await;
+    daemon.send(&driver, &role(2, Some("node-3"), 3));
+    expect_ack(&mut daemon, 3).await;
+    // A last event marks the end: whatever the roles caused was posted before it.
+    let last = others.iter().find(|o| **o != "node-2").expect("a survivor");
+    daemon.send(&driver, &peer(last, false));
+    loop {
+        let text = post(&mut server).await;
+        let done = text.contains("peer-down") && text.contains(last);
+        posted.push(text);
+        if done {
+            break;
+        }
+    }
+    session.shutdown().await.expect("clean shutdown");
+    daemon.vanish().await;
+    posted
+}
+
+/// The next webhook post's text, after checking that its term is a JSON number.
+async fn post(server: &mut HttpServer) -> String {
+    let body: serde_json::Value =
+        serde_json::from_str(&server.next().await.body).expect("json body");
+    assert!(body["term"].is_u64(), "the term is a JSON number: {body}");
+    body["text"].as_str().expect("text").to_owned()
+}
+
+#[tokio::test]
+async fn the_smallest_surviving_node_posts_master_lost() {
+    assert_eq!(
+        master_lost_is_posted_by_the_smallest_connected_node("node-1").await,
+        [
+            "node-1: peer-down [node-2]",
+            "node-1: master-lost []",
+            "node-1: peer-down [node-3]"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_larger_surviving_node_leaves_master_lost_to_the_smallest() {
+    assert_eq!(
+        master_lost_is_posted_by_the_smallest_connected_node("node-3").await,
+        ["node-3: peer-down [node-2]", "node-3: peer-down [node-1]"]
+    );
 }

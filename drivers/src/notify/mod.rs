@@ -6,7 +6,12 @@
 //! [`NotifyDriver::on_cluster_event`] return at once, so a slow mail server never delays the
 //! daemon's view of its drivers, nor a role change behind a peer event. One dispatcher task applies the
 //! flap limiter and fans each message out to one task per sink.
+//!
+//! Events about this node (`became-master`, `peer-down`, ...) are sent by every node for
+//! itself; the cluster-wide `new-master` and `master-lost` once per cluster event, by one
+//! node (see [`EventKind::NewMaster`], [`EventKind::MasterLost`] and [`UpPeers`]).
 
+mod cluster_wide;
 mod limit;
 mod sinks;
 mod template;
@@ -23,6 +28,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+pub use cluster_wide::UpPeers;
 pub use sinks::SmtpSecurity;
 pub use template::{FIELDS as TEMPLATE_FIELDS, Template};
 
@@ -41,9 +47,15 @@ pub enum EventKind {
     BecameMaster,
     /// This node stopped being master (including a fail-safe self-demotion).
     LostMaster,
-    /// The cluster has no known master any more.
+    /// The cluster has no known master any more. Cluster-wide, so sent by one node only: of
+    /// this node and the peers its daemon reports connected, the lost master left out, the
+    /// one with the smallest id (string order); a node that knows no other connected node
+    /// sends it too. The lost master, if alive (its lease ran out), tells of itself with
+    /// `lost-master`.
     MasterLost,
-    /// Another node was elected master.
+    /// A node was elected master (`{leader}`, `{node}` name it). Cluster-wide, so sent only
+    /// by the new master's notify driver, right after its `became-master`; not on the first
+    /// role a driver is given (a driver started on a node that already was master).
     NewMaster,
     /// The local daemon lost its connection to a peer (`{peer}` names it).
     PeerDown,
@@ -118,31 +130,36 @@ impl EventKind {
     ];
 }
 
-/// The events a role change means for people.
-pub fn events_for(change: &RoleChange) -> Vec<EventKind> {
+/// The events a role change means for people, as sent by this node: its own events, and
+/// the cluster-wide ones only where this node is the one to send them (`up_peers`: the peers
+/// its daemon reports connected).
+pub fn events_for(change: &RoleChange, up_peers: &UpPeers) -> Vec<EventKind> {
     let mut events = Vec::new();
     // Only this driver is leaving; the node is still master. Nothing to tell people.
     if change.source == ChangeSource::DriverShutdown {
         return events;
     }
     let was_master = change.previous_role == Some(DriverRole::Master);
+    // On the first change there is no "before": neither an election nor a lost master.
+    let has_before = change.previous_role.is_some();
     match change.role {
-        DriverRole::Master if !was_master => events.push(EventKind::BecameMaster),
+        DriverRole::Master if !was_master => {
+            events.push(EventKind::BecameMaster);
+            if has_before {
+                events.push(EventKind::NewMaster);
+            }
+        }
         DriverRole::Backup if was_master => events.push(EventKind::LostMaster),
         _ => {}
     }
-    // On the first change there is no "before" to compare the leader with.
-    if change.previous_role.is_some()
+    // A backup learning of a new leader says nothing: that leader's driver does.
+    if has_before
         && change.role == DriverRole::Backup
-        && change.leader != change.previous_leader
+        && change.leader.is_none()
+        && let (Some(me), Some(lost)) = (&change.node, &change.previous_leader)
+        && up_peers.sends_master_lost(me, lost)
     {
-        match &change.leader {
-            None if change.previous_leader.is_some() => events.push(EventKind::MasterLost),
-            Some(leader) if change.node.as_ref() != Some(leader) => {
-                events.push(EventKind::NewMaster)
-            }
-            _ => {}
-        }
+        events.push(EventKind::MasterLost);
     }
     events
 }
@@ -705,6 +722,8 @@ pub struct NotifyDriver {
     queue: mpsc::UnboundedSender<Rendered>,
     /// The last role change, whatever its result: peer events report the node's state from it.
     last_change: Option<RoleChange>,
+    /// Decides whether this node is the one to send `master-lost`.
+    up_peers: UpPeers,
 }
 
 impl NotifyDriver {
@@ -744,6 +763,7 @@ impl NotifyDriver {
             subject: config.subject.clone(),
             queue,
             last_change: None,
+            up_peers: UpPeers::default(),
         }
     }
 
@@ -764,7 +784,7 @@ impl Driver for NotifyDriver {
     async fn on_role_change(&mut self, change: RoleChange) -> ActionResult {
         let now = SystemTime::now();
         let mut result = ActionResult::Ok;
-        for kind in events_for(&change) {
+        for kind in events_for(&change, &self.up_peers) {
             if !self.events.contains(&kind) {
                 continue;
             }
@@ -779,6 +799,14 @@ impl Driver for NotifyDriver {
     }
 
     async fn on_cluster_event(&mut self, event: ClusterEvent) {
+        let changed = self.up_peers.handle_event(&event);
+        if let ClusterEvent::PeerUp { peer, .. } = &event
+            && !changed
+        {
+            // The daemon repeats the connected peers on each driver connection.
+            tracing::debug!(%peer, "peer already known up: not news");
+            return;
+        }
         let (kind, text) = cluster_event_text(&event);
         if !self.events.contains(&kind) {
             return;
@@ -881,49 +909,248 @@ mod tests {
         Some(NodeId::new(s).expect("valid"))
     }
 
+    fn up(peers: &[&str]) -> UpPeers {
+        let mut up = UpPeers::default();
+        for p in peers {
+            let peer = NodeId::new(*p).expect("valid");
+            up.handle_event(&ClusterEvent::PeerUp {
+                peer,
+                term: Term(2),
+                node: id("a"),
+            });
+        }
+        up
+    }
+
     #[test]
     fn events_follow_the_role_and_the_leader() {
         use DriverRole::{Backup, Master};
-        let c = |role, prev, leader: Option<NodeId>, prev_leader: Option<NodeId>| {
+        use EventKind::{BecameMaster, LostMaster, MasterLost, NewMaster};
+        let none = Vec::<EventKind>::new();
+        // (role, previous role, leader, previous leader, peers up) for node `a` -> events
+        let table = [
+            // Elected: it tells of itself and, being the new master, of the election.
+            (
+                Master,
+                Some(Backup),
+                id("a"),
+                id("b"),
+                up(&[]),
+                vec![BecameMaster, NewMaster],
+            ),
+            // The first role: no "before", so no election to tell of.
+            (Master, None, id("a"), None, up(&[]), vec![BecameMaster]),
+            // The master lost its lease and knows no peer: it cannot know better.
+            (
+                Backup,
+                Some(Master),
+                None,
+                id("a"),
+                up(&[]),
+                vec![LostMaster, MasterLost],
+            ),
+            // ... with a peer connected, that peer tells the cluster; `a` only of itself.
+            (
+                Backup,
+                Some(Master),
+                None,
+                id("a"),
+                up(&["b"]),
+                vec![LostMaster],
+            ),
+            // A backup learning of a new master says nothing: the new master does.
+            (
+                Backup,
+                Some(Backup),
+                id("c"),
+                id("b"),
+                up(&["c"]),
+                none.clone(),
+            ),
+            // The master was lost: `a` is the smallest node connected, the lost one left out.
+            (
+                Backup,
+                Some(Backup),
+                None,
+                id("b"),
+                up(&[]),
+                vec![MasterLost],
+            ),
+            (
+                Backup,
+                Some(Backup),
+                None,
+                id("b"),
+                up(&["b", "c"]),
+                vec![MasterLost],
+            ),
+            (
+                Backup,
+                Some(Backup),
+                None,
+                id("c"),
+                up(&["0"]),
+                none.clone(),
+            ),
+            (Backup, None, id("b"), None, up(&[]), none.clone()),
+            (Backup, None, None, None, up(&[]), none.clone()),
+            (
+                Backup,
+                Some(Backup),
+                id("b"),
+                id("b"),
+                up(&[]),
+                none.clone(),
+            ),
+        ];
+        for (role, prev, leader, prev_leader, peers, events) in table {
             let mut c = RoleChange::new(role, Term(2), id("a"))
                 .with_leader(leader)
                 .with_previous_role(prev);
             c.previous_leader = prev_leader;
-            events_for(&c)
-        };
-        assert_eq!(
-            c(Master, Some(Backup), id("a"), id("b")),
-            vec![EventKind::BecameMaster]
-        );
-        assert_eq!(
-            c(Master, None, id("a"), None),
-            vec![EventKind::BecameMaster]
-        );
-        assert_eq!(
-            c(Backup, Some(Master), None, id("a")),
-            vec![EventKind::LostMaster, EventKind::MasterLost]
-        );
-        assert_eq!(
-            c(Backup, Some(Backup), id("c"), id("b")),
-            vec![EventKind::NewMaster]
-        );
-        assert_eq!(
-            c(Backup, Some(Backup), None, id("b")),
-            vec![EventKind::MasterLost]
-        );
-        assert_eq!(c(Backup, None, id("b"), None), Vec::<EventKind>::new());
-        assert_eq!(
-            c(Backup, Some(Backup), id("b"), id("b")),
-            Vec::<EventKind>::new()
-        );
+            assert_eq!(events_for(&c, &peers), events, "{c:?}, up {peers:?}");
+        }
         let mut leaving =
             RoleChange::new(Backup, Term(2), id("a")).with_previous_role(Some(Master));
         leaving.source = ChangeSource::DriverShutdown;
         assert_eq!(
-            events_for(&leaving),
-            Vec::<EventKind>::new(),
+            events_for(&leaving, &up(&[])),
+            none,
             "the driver leaving is not a role change"
         );
+    }
+
+    /// One node's notify driver, as far as deciding its events goes: its up-peer set and its
+    /// last role change, fed as the daemon would.
+    struct NodeView {
+        me: NodeId,
+        up: UpPeers,
+        last: Option<RoleChange>,
+        sent: Vec<EventKind>,
+        /// Crashed: its daemon and driver are gone.
+        dead: bool,
+    }
+
+    impl NodeView {
+        fn new(me: &str) -> Self {
+            Self {
+                me: NodeId::new(me).expect("valid"),
+                up: UpPeers::default(),
+                last: None,
+                sent: Vec::new(),
+                dead: false,
+            }
+        }
+
+        fn role(&mut self, role: DriverRole, term: u64, leader: &str) {
+            if self.dead {
+                return;
+            }
+            let leader = (!leader.is_empty()).then(|| NodeId::new(leader).expect("valid"));
+            let mut change = RoleChange::new(role, Term(term), Some(self.me.clone()))
+                .with_leader(leader)
+                .with_previous_role(self.last.as_ref().map(|c| c.role));
+            change.previous_leader = self.last.as_ref().and_then(|c| c.leader.clone());
+            self.sent.extend(events_for(&change, &self.up));
+            self.last = Some(change);
+        }
+
+        fn peer(&mut self, peer: &str, up: bool) {
+            if self.dead {
+                return;
+            }
+            let (peer, term, node) = (NodeId::new(peer).expect("valid"), Term(1), None);
+            self.up.handle_event(&if up {
+                ClusterEvent::PeerUp { peer, term, node }
+            } else {
+                ClusterEvent::PeerDown { peer, term, node }
+            });
+        }
+    }
+
+    /// Three nodes, node-1 master; then `fail` happens, and node-`elected` wins term 2.
+    /// Returns what each node sent from `fail` on.
+    fn failover(fail: impl Fn(&mut [NodeView; 3]), elected: usize) -> Vec<(String, EventKind)> {
+        use DriverRole::{Backup, Master};
+        let mut nodes = [1, 2, 3].map(|n| NodeView::new(&format!("node-{n}")));
+        // Each driver connects: the first role, then the peers its daemon has connected.
+        for i in 0..3 {
+            let role = if i == 0 { Master } else { Backup };
+            nodes[i].role(role, 1, "node-1");
+            for j in (0..3).filter(|j| *j != i) {
+                let peer = nodes[j].me.to_string();
+                nodes[i].peer(&peer, true);
+            }
+        }
+        for node in &mut nodes {
+            node.sent.clear();
+        }
+        fail(&mut nodes);
+        let winner = format!("node-{elected}");
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let role = if i + 1 == elected { Master } else { Backup };
+            node.role(role, 2, &winner);
+        }
+        nodes
+            .iter()
+            .flat_map(|n| n.sent.iter().map(|e| (n.me.to_string(), *e)))
+            .collect()
+    }
+
+    fn count(sent: &[(String, EventKind)], kind: EventKind) -> Vec<&str> {
+        sent.iter()
+            .filter(|(_, k)| *k == kind)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_three_node_failover_sends_one_new_master_and_one_master_lost() {
+        use DriverRole::Backup;
+        // node-1 dies. node-2's daemon reports it down before the leaderless role; node-3's
+        // role comes first (a stop goes before held events): the rule holds either way.
+        let crash = |n: &mut [NodeView; 3]| {
+            n[0].dead = true;
+            n[1].peer("node-1", false);
+            n[1].role(Backup, 1, "");
+            n[2].role(Backup, 1, "");
+            n[2].peer("node-1", false);
+        };
+        // node-1 lives but loses its lease (steps down); everyone stays connected.
+        let lease_lost = |n: &mut [NodeView; 3]| {
+            for node in n.iter_mut() {
+                node.role(Backup, 1, "");
+            }
+        };
+        for (name, sent, elected) in [
+            ("crash, node-2 elected", failover(crash, 2), "node-2"),
+            ("crash, node-3 elected", failover(crash, 3), "node-3"),
+            (
+                "lease lost, node-3 elected",
+                failover(lease_lost, 3),
+                "node-3",
+            ),
+            (
+                "lease lost, node-1 re-elected",
+                failover(lease_lost, 1),
+                "node-1",
+            ),
+        ] {
+            assert_eq!(
+                count(&sent, EventKind::NewMaster),
+                [elected],
+                "{name}: {sent:?}"
+            );
+            assert_eq!(
+                count(&sent, EventKind::MasterLost),
+                ["node-2"],
+                "{name}: {sent:?}"
+            );
+            assert_eq!(count(&sent, EventKind::BecameMaster), [elected], "{name}");
+        }
+        // The old master that lost its lease tells of itself.
+        let sent = failover(lease_lost, 3);
+        assert_eq!(count(&sent, EventKind::LostMaster), ["node-1"]);
     }
 
     #[test]

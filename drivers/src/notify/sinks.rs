@@ -12,6 +12,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 
+use super::template::json_value;
 use crate::backoff::Backoff;
 
 /// One rendered notification.
@@ -83,7 +84,7 @@ impl Sink {
                 let mut body = serde_json::Map::new();
                 body.insert("text".into(), msg.text.clone().into());
                 for (k, v) in &msg.fields {
-                    body.insert((*k).into(), v.clone().into());
+                    body.insert((*k).into(), json_value(k, v));
                 }
                 let mut request = http.post(url.clone()).timeout(timeout).json(&body);
                 for (k, v) in headers {

@@ -20,6 +20,21 @@ pub const FIELDS: &[&str] = &[
     "time",
 ];
 
+/// The fields that are numbers (the term): the webhook's JSON carries them as JSON numbers,
+/// so a consumer compares terms without parsing.
+pub(crate) const NUMBER_FIELDS: &[&str] = &["term"];
+
+/// `value` of `field` as JSON: a number for [`NUMBER_FIELDS`] (`null` if it is not one,
+/// never a string), a string otherwise.
+pub(crate) fn json_value(field: &str, value: &str) -> serde_json::Value {
+    if NUMBER_FIELDS.contains(&field) {
+        return value
+            .parse::<u64>()
+            .map_or(serde_json::Value::Null, serde_json::Value::from);
+    }
+    value.into()
+}
+
 /// A checked template.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template(String);
@@ -87,6 +102,14 @@ mod tests {
         let t = Template::new("{{{node}}} is {role} in term {term}").expect("valid");
         let fields = BTreeMap::from([("node", "n1".to_owned()), ("role", "master".to_owned())]);
         assert_eq!(t.render(&fields), "{n1} is master in term ");
+    }
+
+    #[test]
+    fn the_term_is_a_json_number_and_the_rest_strings() {
+        assert_eq!(json_value("term", "42"), serde_json::json!(42));
+        assert_eq!(json_value("term", ""), serde_json::Value::Null);
+        assert_eq!(json_value("node", "42"), serde_json::json!("42"));
+        assert!(NUMBER_FIELDS.iter().all(|f| FIELDS.contains(f)));
     }
 
     #[test]
