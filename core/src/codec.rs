@@ -136,7 +136,24 @@ mod tests {
                         preempt,
                     }
                 }),
-            (term, any::<u32>()).prop_map(|(term, hold_ms)| Message::TimeoutNow { term, hold_ms }),
+            (term.clone(), any::<u32>())
+                .prop_map(|(term, hold_ms)| Message::TimeoutNow { term, hold_ms }),
+            (term.clone(), node_id()).prop_map(|(term, to)| Message::TransferRequest { term, to }),
+            (
+                term,
+                any::<bool>(),
+                "[ -~]{0,40}",
+                proptest::option::of(node_id())
+            )
+                .prop_map(|(term, master, reason, leader)| Message::Report {
+                    term,
+                    report: Box::new(crate::message::Report {
+                        master,
+                        leader,
+                        ineligible_reason: reason,
+                        ..Default::default()
+                    }),
+                }),
         ]
     }
 

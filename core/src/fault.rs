@@ -210,6 +210,9 @@ pub enum Fault {
     StepDown(usize),
     /// Maintenance on or off.
     Maintenance(usize, bool),
+    /// An operator on node `.0` asks for a switchover to node `.1` (`clustd step-down
+    /// --to`): the leader hands over to it if it may; a refused request does nothing.
+    Switchover(usize, usize),
     /// From now on, a node's driver confirms stops this many ms after being told "backup",
     /// or never (`None`: disconnected, or its stop fails).
     DriverStops(usize, Option<u64>),
@@ -254,7 +257,7 @@ impl Fault {
             Self::Drift(..) => FaultKind::Drift,
             Self::DriftAtBound { .. } => FaultKind::DriftAtBound,
             Self::HealNearTimeout => FaultKind::HealNearTimeout,
-            Self::StepDown(_) | Self::Maintenance(..) => FaultKind::HandOver,
+            Self::StepDown(_) | Self::Maintenance(..) | Self::Switchover(..) => FaultKind::HandOver,
             Self::DriverStops(..) => FaultKind::SlowDriver,
             Self::DriverLinkDelay(..) => FaultKind::DriverLink,
             Self::Pause(..) => FaultKind::Pause,
@@ -311,8 +314,9 @@ impl Fault {
                 leader_fast: r(2) == 0,
             },
             FaultKind::HealNearTimeout => Self::HealNearTimeout,
-            FaultKind::HandOver => match r(3) {
+            FaultKind::HandOver => match r(4) {
                 0 => Self::Maintenance(node(&mut r), r(2) == 0),
+                1 => Self::Switchover(node(&mut r), node(&mut r)),
                 _ => Self::StepDown(node(&mut r)),
             },
             FaultKind::DriverLink => {

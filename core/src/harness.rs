@@ -565,6 +565,12 @@ impl Cluster {
             }
             Fault::StepDown(i) => self.step_down(&pick(i)),
             Fault::Maintenance(i, on) => self.set_maintenance(&pick(i), *on),
+            Fault::Switchover(at, to) => {
+                let to = pick(to);
+                self.with_node(&pick(at), |node, now| {
+                    let _ = node.request_transfer(now, &to);
+                });
+            }
             Fault::Health(i, healthy) => self.set_healthy(&pick(i), *healthy),
             Fault::DriverStops(i, after) => {
                 self.set_driver_stops(&pick(i), after.map(Duration::from_millis));

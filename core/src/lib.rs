@@ -108,5 +108,7 @@ pub mod time;
 pub use config::{Alone, Config, ConfigError};
 pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};
 pub use message::Message;
-pub use node::{Event, Node, PersistentState, Reason, RejectReason, Role, StartError};
+pub use node::{
+    Event, Node, PersistentState, Reason, RejectReason, Role, StartError, TransferError,
+};
 pub use time::{Instant, StdClock};

@@ -79,6 +79,104 @@ pub enum Message {
         /// As in [`Message::Heartbeat`]: the `min_master` hold the successor inherits.
         hold_ms: u32,
     },
+    /// Any node → the leader: an operator asked for a switchover to `to`
+    /// (`clustd step-down --to`). The leader hands over to `to` through the usual
+    /// graceful hand-over if `to` is an eligible follower that acknowledged recently, and
+    /// ignores the request otherwise (the asker watches for the outcome).
+    TransferRequest {
+        /// The asker's current term: a leader of another term ignores it.
+        term: Term,
+        /// The node to hand mastership to.
+        to: NodeId,
+    },
+    /// Any node → each peer, about once a second and when it changes: what the node says
+    /// about itself, for operators (`clustd status --all`). The election ignores it.
+    Report {
+        /// The sender's current term.
+        term: Term,
+        /// What it says.
+        report: Box<Report>,
+    },
+}
+
+/// The most drivers or checks a [`Report`] lists.
+pub const MAX_REPORT_ITEMS: usize = 16;
+/// The longest text field of a [`Report`], in bytes.
+pub const MAX_REPORT_TEXT: usize = 200;
+
+/// A node's summary of itself, for operators: never an input to the election.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Master now (drivers told to run the service).
+    pub master: bool,
+    /// `leader`, `follower`, `pre-candidate` or `candidate`.
+    pub protocol_role: String,
+    /// The leader the sender knows.
+    pub leader: Option<NodeId>,
+    /// While master: milliseconds of lease left when sent.
+    pub lease_remaining_ms: u32,
+    /// Maintenance mode.
+    pub maintenance: bool,
+    /// Every check passes.
+    pub healthy: bool,
+    /// May become master.
+    pub eligible: bool,
+    /// A witness (votes, never leads).
+    pub witness: bool,
+    /// Why not eligible (empty when eligible).
+    pub ineligible_reason: String,
+    /// Drivers connected now, or that may still run the service.
+    pub drivers: Vec<DriverReport>,
+    /// Its checks.
+    pub checks: Vec<CheckReport>,
+}
+
+/// One driver in a [`Report`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverReport {
+    /// The driver's id.
+    pub id: String,
+    /// Connected now.
+    pub connected: bool,
+    /// `master`, `backup`, or empty before the first role.
+    pub role: String,
+    /// Its last result (`ok`, `failed: ...`), or empty.
+    pub last_result: String,
+    /// It may be running the service now.
+    pub may_run: bool,
+    /// Its latest stop failed.
+    pub stop_failed: bool,
+}
+
+/// One check in a [`Report`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// The check's name.
+    pub name: String,
+    /// Passing now.
+    pub healthy: bool,
+    /// Its last result, or empty.
+    pub last_result: String,
+}
+
+impl Report {
+    /// Whether every list and text is within [`MAX_REPORT_ITEMS`] / [`MAX_REPORT_TEXT`]:
+    /// a receiver drops a report that is not.
+    pub fn is_bounded(&self) -> bool {
+        let text = |s: &str| s.len() <= MAX_REPORT_TEXT;
+        text(&self.protocol_role)
+            && text(&self.ineligible_reason)
+            && self.drivers.len() <= MAX_REPORT_ITEMS
+            && self.checks.len() <= MAX_REPORT_ITEMS
+            && self
+                .drivers
+                .iter()
+                .all(|d| text(&d.id) && text(&d.role) && text(&d.last_result))
+            && self
+                .checks
+                .iter()
+                .all(|c| text(&c.name) && text(&c.last_result))
+    }
 }
 
 impl Message {
@@ -91,7 +189,9 @@ impl Message {
             | Self::Vote { term, .. }
             | Self::Heartbeat { term, .. }
             | Self::HeartbeatAck { term, .. }
-            | Self::TimeoutNow { term, .. } => *term,
+            | Self::TimeoutNow { term, .. }
+            | Self::TransferRequest { term, .. }
+            | Self::Report { term, .. } => *term,
         }
     }
 }

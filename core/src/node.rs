@@ -155,6 +155,33 @@ pub enum StartError {
     },
 }
 
+/// Why a switchover ([`Node::transfer_to`], [`Node::request_transfer`]) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Only the leader hands over; this node is not it.
+    #[error("not the leader")]
+    NotLeader,
+    /// No leader is known to pass the request to.
+    #[error("no master is known")]
+    NoLeader,
+    /// The target is this node, which already leads.
+    #[error("{0} is already master")]
+    AlreadyLeader(NodeId),
+    /// The target is not a voter of this cluster.
+    #[error("{0} is not a node of this cluster")]
+    Unknown(NodeId),
+    /// The target said it may not be master (unhealthy, in maintenance, a witness).
+    #[error("{0} is not eligible to be master (unhealthy, in maintenance, or a witness)")]
+    Ineligible(NodeId),
+    /// The target has not acknowledged a heartbeat within `ET_min`.
+    #[error("{0} has not answered the master within the minimum election timeout")]
+    Unreachable(NodeId),
+    /// A step-down, maintenance or switchover hand-over is already under way.
+    #[error("a hand-over is already under way")]
+    InProgress,
+}
+
 /// Something the caller should know about (tell drivers, update status, count metrics).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
@@ -502,6 +529,84 @@ impl Node {
         }
     }
 
+    /// Leader only: the eligible followers that acknowledged within `ET_min`, best first
+    /// (priority, then id): whom a step-down would hand over to now. Empty otherwise.
+    pub fn successors(&self, now: Instant) -> Vec<NodeId> {
+        match &self.state {
+            State::Leader(l) => {
+                ranked_successors(&l.followers, now, self.config.election_timeout_min)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Switchover (leader only): like [`Node::step_down`], but hands over to `to`, which
+    /// must be an eligible follower that acknowledged within `ET_min`. If `to` is gone by
+    /// the time the hand-over completes (after the drivers' stop), the best reachable
+    /// successor takes over instead, as for a step-down.
+    pub fn transfer_to(&mut self, now: Instant, to: &NodeId) -> Result<(), TransferError> {
+        let et_min = self.config.election_timeout_min;
+        if to == &self.config.id {
+            return match self.state {
+                State::Leader(_) => Err(TransferError::AlreadyLeader(to.clone())),
+                _ => Err(TransferError::NotLeader),
+            };
+        }
+        if !self.config.voters.contains(to) {
+            return Err(TransferError::Unknown(to.clone()));
+        }
+        let State::Leader(l) = &self.state else {
+            return Err(TransferError::NotLeader);
+        };
+        if l.handoff
+            .as_ref()
+            .is_some_and(|h| h.reason != Reason::Unhealthy)
+        {
+            return Err(TransferError::InProgress);
+        }
+        let follower = l.followers.get(to);
+        if follower.is_some_and(|f| f.last_ack.is_some() && !f.eligible) {
+            return Err(TransferError::Ineligible(to.clone()));
+        }
+        let recent = follower
+            .and_then(|f| f.last_ack)
+            .is_some_and(|t| now.saturating_duration_since(t) < et_min);
+        if !recent {
+            return Err(TransferError::Unreachable(to.clone()));
+        }
+        self.begin_handoff(now, Some(to.clone()), Reason::SteppedDown);
+        self.refresh_master(now);
+        Ok(())
+    }
+
+    /// Switchover asked on any node: the leader does it ([`Node::transfer_to`]); another
+    /// node passes the request to the leader it knows ([`Message::TransferRequest`]) and
+    /// returns that leader. The leader checks again and ignores a request it must refuse.
+    pub fn request_transfer(&mut self, now: Instant, to: &NodeId) -> Result<NodeId, TransferError> {
+        if let State::Leader(_) = self.state {
+            self.transfer_to(now, to)?;
+            return Ok(self.config.id.clone());
+        }
+        if !self.config.voters.contains(to) && to != &self.config.id {
+            return Err(TransferError::Unknown(to.clone()));
+        }
+        let Some(leader) = self.leader.clone() else {
+            return Err(TransferError::NoLeader);
+        };
+        if &leader == to {
+            return Err(TransferError::AlreadyLeader(leader));
+        }
+        let term = self.term;
+        self.send(
+            &leader,
+            Message::TransferRequest {
+                term,
+                to: to.clone(),
+            },
+        );
+        Ok(leader)
+    }
+
     // ----- handle_* --------------------------------------------------------------------
 
     /// Feeds one message from an authenticated peer. Messages from ids that are not
@@ -511,6 +616,9 @@ impl Node {
     pub fn handle_message(&mut self, now: Instant, from: &NodeId, msg: Message) {
         if from == &self.config.id || !self.config.voters.contains(from) {
             return;
+        }
+        if let Message::Report { .. } = msg {
+            return; // for operators only: never an input to the election
         }
         let term = msg.term();
         if let Some(reason) = self.reject_reason(term) {
@@ -558,6 +666,14 @@ impl Node {
                 self.on_heartbeat_ack(now, from, term, info);
             }
             Message::TimeoutNow { term, hold_ms } => self.on_timeout_now(now, from, term, hold_ms),
+            Message::TransferRequest { term, to } => {
+                // Only for this leadership: a request from another term is stale (or from a
+                // node that has not caught up); never adopt its term.
+                if term == self.term && matches!(self.state, State::Leader(_)) {
+                    let _ = self.transfer_to(now, &to);
+                }
+            }
+            Message::Report { .. } => {}
         }
         self.refresh_master(now);
     }
@@ -2292,6 +2408,83 @@ mod tests {
         // Waits for the last lease to expire plus the stop budget (no driver confirmation
         // here), not for an election timeout: lease 714 ms + budget 210 ms at most.
         assert!(took < Duration::from_millis(1000), "{took:?}");
+        assert_safe(&cluster);
+    }
+
+    /// `step-down --to`: asked on the leader or on any follower, mastership goes to the
+    /// named node (not merely the best-ranked one), through the safe hand-over.
+    #[test]
+    fn a_switchover_hands_mastership_to_the_named_node_from_any_node() {
+        for asked_on_leader in [true, false] {
+            let mut cluster = Cluster::new(5, 11, |_| {});
+            let old = elect(&mut cluster);
+            cluster.run_for(Duration::from_secs(1));
+            let others: Vec<NodeId> = cluster.ids().into_iter().filter(|i| *i != old).collect();
+            // The worst-ranked successor (last by id among equal priorities).
+            let target = others.last().expect("followers").clone();
+            let asker = if asked_on_leader {
+                old.clone()
+            } else {
+                others[0].clone()
+            };
+            let mut answer = None;
+            cluster.with_node(&asker, |node, now| {
+                answer = Some(node.request_transfer(now, &target));
+            });
+            assert_eq!(answer, Some(Ok(old.clone())), "asked on {asker}");
+            cluster
+                .run_until(Duration::from_secs(5), |c| {
+                    c.masters() == vec![target.clone()]
+                })
+                .unwrap_or_else(|| panic!("{target} becomes master (asked on {asker})"));
+            assert_safe(&cluster);
+        }
+    }
+
+    #[test]
+    fn a_switchover_to_an_ineligible_unknown_or_absent_node_is_refused_and_changes_nothing() {
+        let mut cluster = Cluster::new(3, 12, |_| {});
+        let old = elect(&mut cluster);
+        cluster.run_for(Duration::from_secs(1));
+        let others: Vec<NodeId> = cluster.ids().into_iter().filter(|i| *i != old).collect();
+        cluster.set_maintenance(&others[0], true);
+        cluster.crash(&others[1]);
+        cluster.run_for(Duration::from_secs(1));
+        let ghost = id("nobody");
+        let cases = [
+            (
+                others[0].clone(),
+                TransferError::Ineligible(others[0].clone()),
+            ),
+            (
+                others[1].clone(),
+                TransferError::Unreachable(others[1].clone()),
+            ),
+            (ghost.clone(), TransferError::Unknown(ghost.clone())),
+            (old.clone(), TransferError::AlreadyLeader(old.clone())),
+        ];
+        for (to, refusal) in cases {
+            let mut answer = None;
+            cluster.with_node(&old, |node, now| answer = Some(node.transfer_to(now, &to)));
+            assert_eq!(answer, Some(Err(refusal)), "to {to}");
+        }
+        // A forged or stale request from a peer (the leader re-checks) changes nothing either.
+        let term = cluster.node(&old).expect("up").term();
+        cluster.with_node(&old, |node, now| {
+            node.handle_message(
+                now,
+                &others[0],
+                Message::TransferRequest {
+                    term,
+                    to: others[0].clone(),
+                },
+            );
+        });
+        cluster.run_for(Duration::from_secs(2));
+        assert_eq!(cluster.masters(), vec![old.clone()], "still master");
+        let mut successors = None;
+        cluster.with_node(&old, |node, now| successors = Some(node.successors(now)));
+        assert_eq!(successors, Some(vec![]), "nobody may take over");
         assert_safe(&cluster);
     }
 

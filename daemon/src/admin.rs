@@ -5,8 +5,9 @@
 //! | GET | `/status` | JSON [`Status`] |
 //! | GET | `/metrics` | Prometheus/OpenMetrics text |
 //! | GET | `/leader` | 200 with JSON while this node is master with a lease left, 503 otherwise (for load balancer health checks) |
-//! | POST | `/step-down` | graceful step-down (demote, then hand over); 409 on a node that is not master |
-//! | POST | `/maintenance/on`, `/maintenance/off` | maintenance mode |
+//! | GET | `/cluster` | JSON [`ClusterView`]: every node as this one knows it, through the cluster |
+//! | POST | `/step-down` | graceful step-down (demote, then hand over), waiting for the new master; body `{"to": "node-2"}` for a switchover to that node (from any node), `{"force": true}` to step down with no eligible successor; 409 with the reason when refused |
+//! | POST | `/maintenance/on`, `/maintenance/off` | maintenance mode; `on` that would leave no eligible node is refused (409) unless the body says `{"force": true}` |
 //!
 //! **Who may use it.** The API is served on a Unix socket (`admin.socket`, default
 //! `<data_dir>/admin.sock`, mode 0660, group `admin.socket_group`): whoever may connect to
@@ -40,7 +41,7 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
 
 use crate::runtime::{Command, Handle};
-use crate::status::Status;
+use crate::status::{ClusterView, NodeView, Status, human_ms};
 
 /// How much the admin server lets its clients hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +390,7 @@ pub fn router(handle: Handle) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/leader", get(leader))
+        .route("/cluster", get(cluster))
         .route("/step-down", post(step_down))
         .route("/maintenance/on", post(maintenance_on))
         .route("/maintenance/off", post(maintenance_off))
@@ -467,10 +469,117 @@ async fn leader(State(handle): State<Handle>) -> impl IntoResponse {
     }
 }
 
-async fn step_down(State(handle): State<Handle>) -> impl IntoResponse {
+async fn cluster(State(handle): State<Handle>) -> impl IntoResponse {
+    if fresh_status(&handle).await.is_none() {
+        return not_answering().into_response();
+    }
+    Json(handle.cluster()).into_response()
+}
+
+/// The optional JSON body of `POST /step-down` and `POST /maintenance/on`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    /// Switchover to this node.
+    #[serde(default)]
+    to: Option<String>,
+    /// Do it even if it leaves no eligible node (no master).
+    #[serde(default)]
+    force: bool,
+}
+
+type Answer = (StatusCode, Json<serde_json::Value>);
+
+fn refused(status: StatusCode, error: String) -> Answer {
+    (
+        status,
+        Json(serde_json::json!({ "ok": false, "error": error })),
+    )
+}
+
+fn options(body: &[u8]) -> Result<Options, Answer> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Options::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("the request body: {e} (expected {{\"to\": \"NODE\", \"force\": true}}, both optional)"),
+        )
+    })
+}
+
+/// Why each node other than this one may not take over, one clause each.
+fn why_not_eligible(view: &ClusterView) -> String {
+    let reasons: Vec<String> = view
+        .nodes
+        .iter()
+        .filter(|n| !n.this_node)
+        .map(|n| format!("{} {}", n.id, why_not(n)))
+        .collect();
+    if reasons.is_empty() {
+        "it has no peers".to_owned()
+    } else {
+        reasons.join(", ")
+    }
+}
+
+fn why_not(n: &NodeView) -> String {
+    if !n.heard {
+        return match n.last_heard_ms_ago {
+            Some(ms) => format!("not heard from for {}", human_ms(ms)),
+            None => "never heard from".to_owned(),
+        };
+    }
+    match (n.maintenance, n.witness, n.eligible, &n.ineligible_reason) {
+        (Some(true), ..) => "in maintenance".to_owned(),
+        (_, Some(true), ..) => "a witness".to_owned(),
+        (.., Some(false), Some(why)) => format!("not eligible ({why})"),
+        (.., Some(false), None) => "not eligible".to_owned(),
+        _ => {
+            "eligible, but not answering the master within the minimum election timeout".to_owned()
+        }
+    }
+}
+
+/// Polls until `done` says the hand-over finished (`Some`), or `max` passed (`None`).
+async fn wait_for_master(
+    handle: &Handle,
+    max: Duration,
+    done: impl Fn(&Status, &ClusterView) -> bool,
+) -> Option<ClusterView> {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        let status = fresh_status(handle).await?;
+        let view = handle.cluster();
+        if done(&status, &view) {
+            return Some(view);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long a step-down answer waits for the new master: the longest hand-over, within
+/// the connection's lifetime.
+fn handover_wait(status: &Status) -> Duration {
+    Duration::from_millis(status.handover_max_ms).min(Duration::from_secs(12))
+}
+
+async fn step_down(State(handle): State<Handle>, body: axum::body::Bytes) -> impl IntoResponse {
+    let options = match options(&body) {
+        Ok(o) => o,
+        Err(answer) => return answer,
+    };
     let Some(status) = fresh_status(&handle).await else {
         return not_answering();
     };
+    let view = handle.cluster();
+    if let Some(to) = options.to {
+        return switchover(&handle, &status, &view, to).await;
+    }
     if status.role != "master" {
         let master = match &status.leader {
             Some(leader) if *leader != status.node_id => format!("the master is {leader}"),
@@ -480,15 +589,152 @@ async fn step_down(State(handle): State<Handle>) -> impl IntoResponse {
             StatusCode::CONFLICT,
             Json(serde_json::json!({
                 "ok": false,
-                "error": format!("{} is not master ({master}): run the step-down on the master", status.node_id),
+                "error": format!(
+                    "{} is not master ({master}): run it there, or use `clustd step-down --to NODE` from any node",
+                    status.node_id
+                ),
                 "status": status,
             })),
         );
     }
-    run_command(&handle, Command::StepDown).await
+    if status.successors.is_empty() && !options.force {
+        return refused(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has no eligible successor ({}): stepping down would leave the cluster without a master; --force steps down anyway",
+                status.node_id,
+                why_not_eligible(&view)
+            ),
+        );
+    }
+    let me = status.node_id.clone();
+    match handle.call(Command::StepDown).await {
+        None => return not_answering(),
+        Some(Err(why)) => return refused(StatusCode::CONFLICT, why),
+        Some(Ok(())) => {}
+    }
+    if status.successors.is_empty() {
+        return (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "ok": true, "master": null,
+                "note": format!("{me} stepped down with no eligible successor: the cluster has no master until a node may take over"),
+            })),
+        );
+    }
+    let started = tokio::time::Instant::now();
+    let done = |_: &Status, v: &ClusterView| v.master.as_ref().is_some_and(|m| *m != me);
+    handover_answer(
+        wait_for_master(&handle, handover_wait(&status), done).await,
+        started,
+        &me,
+        None,
+    )
 }
 
-async fn maintenance_on(State(handle): State<Handle>) -> impl IntoResponse {
+fn handover_answer(
+    view: Option<ClusterView>,
+    started: tokio::time::Instant,
+    from: &str,
+    to: Option<&str>,
+) -> Answer {
+    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match view {
+        Some(view) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "ok": true, "master": view.master, "took_ms": took })),
+        ),
+        None => refused(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the hand-over from {from}{} did not finish within {}: see `clustd status --all` and the master's log",
+                to.map(|t| format!(" to {t}")).unwrap_or_default(),
+                human_ms(took)
+            ),
+        ),
+    }
+}
+
+async fn switchover(handle: &Handle, status: &Status, view: &ClusterView, to: String) -> Answer {
+    let Some(target) = view.nodes.iter().find(|n| n.id == to) else {
+        let ids: Vec<&str> = view.nodes.iter().map(|n| n.id.as_str()).collect();
+        return refused(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no node {to:?} in this cluster (its nodes: {})",
+                ids.join(", ")
+            ),
+        );
+    };
+    if target.role == "master" {
+        return refused(StatusCode::CONFLICT, format!("{to} is already master"));
+    }
+    if !target.heard || target.eligible != Some(true) {
+        return refused(
+            StatusCode::CONFLICT,
+            format!("cannot hand over to {to}: it is {}", why_not(target)),
+        );
+    }
+    let Ok(id) = clustd_core::NodeId::new(&to) else {
+        return refused(StatusCode::BAD_REQUEST, format!("{to:?} is not a node id"));
+    };
+    let from = view
+        .master
+        .clone()
+        .or_else(|| status.leader.clone())
+        .unwrap_or_default();
+    match handle.call(Command::Switchover(id)).await {
+        None => return not_answering(),
+        Some(Err(why)) => {
+            return refused(
+                StatusCode::CONFLICT,
+                format!("cannot hand over to {to}: {why}"),
+            );
+        }
+        Some(Ok(())) => {}
+    }
+    let started = tokio::time::Instant::now();
+    let done = |_: &Status, v: &ClusterView| v.master.as_deref() == Some(to.as_str());
+    handover_answer(
+        wait_for_master(handle, handover_wait(status), done).await,
+        started,
+        &from,
+        Some(&to),
+    )
+}
+
+async fn maintenance_on(
+    State(handle): State<Handle>,
+    body: axum::body::Bytes,
+) -> impl IntoResponse {
+    let options = match options(&body) {
+        Ok(o) => o,
+        Err(answer) => return answer,
+    };
+    if options.to.is_some() {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "maintenance takes no \"to\"".into(),
+        );
+    }
+    let Some(status) = fresh_status(&handle).await else {
+        return not_answering();
+    };
+    let view = handle.cluster();
+    let others = view
+        .nodes
+        .iter()
+        .any(|n| !n.this_node && n.heard && n.eligible == Some(true));
+    if status.eligible && !status.maintenance && !others && !options.force {
+        return refused(
+            StatusCode::CONFLICT,
+            format!(
+                "maintenance on {} would leave no node eligible to be master ({}): --force turns it on anyway",
+                status.node_id,
+                why_not_eligible(&view)
+            ),
+        );
+    }
     run_command(&handle, Command::Maintenance(true)).await
 }
 
@@ -553,6 +799,9 @@ fn refusal(endpoint: &str, status: u16, body: &str) -> String {
     }
 }
 
+/// How long the client waits for an answer (a step-down waits for the new master).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A small client for the admin API, on its socket or over TCP with the token.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -564,7 +813,7 @@ impl Client {
     /// A client for the API at `endpoint`.
     pub fn new(endpoint: Endpoint) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
+            .timeout(CLIENT_TIMEOUT)
             .no_proxy()
             .build()
             .unwrap_or_default();
@@ -581,7 +830,12 @@ impl Client {
         &self.endpoint
     }
 
-    async fn call(&self, method: axum::http::Method, path: &str) -> Result<String, ClientError> {
+    async fn call(
+        &self,
+        method: axum::http::Method,
+        path: &str,
+        json: &str,
+    ) -> Result<String, ClientError> {
         let endpoint = self.endpoint.to_string();
         let unreachable = |message: String| ClientError::Unreachable {
             endpoint: endpoint.clone(),
@@ -597,7 +851,7 @@ impl Client {
                 if post {
                     request = request
                         .header(header::CONTENT_TYPE, "application/json")
-                        .body("{}");
+                        .body(json.to_owned());
                 }
                 let response = request.send().await.map_err(|e| {
                     unreachable(format!(
@@ -632,7 +886,7 @@ impl Client {
                         .header(header::HOST, "localhost");
                     let body = if post {
                         request = request.header(header::CONTENT_TYPE, "application/json");
-                        axum::body::Body::from("{}")
+                        axum::body::Body::from(json.to_owned())
                     } else {
                         axum::body::Body::empty()
                     };
@@ -648,9 +902,9 @@ impl Client {
                             .map_err(|e| e.to_string())?;
                     Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
                 };
-                tokio::time::timeout(Duration::from_secs(10), request)
+                tokio::time::timeout(CLIENT_TIMEOUT, request)
                     .await
-                    .map_err(|_| unreachable("no answer within 10 s".into()))?
+                    .map_err(|_| unreachable("no answer within 20 s".into()))?
                     .map_err(unreachable)?
             }
         };
@@ -666,21 +920,31 @@ impl Client {
 
     /// `GET /status`, raw JSON.
     pub async fn status_json(&self) -> Result<String, ClientError> {
-        self.call(axum::http::Method::GET, "/status").await
+        self.call(axum::http::Method::GET, "/status", "").await
     }
 
     /// `POST path` (e.g. `/step-down`) with `Content-Type: application/json`, raw JSON.
     pub async fn post(&self, path: &str) -> Result<String, ClientError> {
-        self.call(axum::http::Method::POST, path).await
+        self.call(axum::http::Method::POST, path, "{}").await
+    }
+
+    /// `POST path` with this JSON body, raw JSON.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, ClientError> {
+        self.call(axum::http::Method::POST, path, &body.to_string())
+            .await
     }
 
     /// `GET path` (e.g. `/leader`), raw JSON.
     pub async fn get(&self, path: &str) -> Result<String, ClientError> {
-        self.call(axum::http::Method::GET, path).await
+        self.call(axum::http::Method::GET, path, "").await
     }
 
     /// `GET /metrics`.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        self.call(axum::http::Method::GET, "/metrics").await
+        self.call(axum::http::Method::GET, "/metrics", "").await
     }
 }

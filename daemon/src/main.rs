@@ -61,25 +61,43 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show the local daemon's view of the cluster (via its admin API).
+    /// Show this node's status (via its admin API); `--all` shows every node of the
+    /// cluster as this node hears it (no other node's admin API is needed).
     Status {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Every node: role, term, leader, lease, health, maintenance, last heard, drivers.
+        #[arg(long)]
+        all: bool,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Ask the local master to step down: it demotes itself first, then hands over.
+    /// Move mastership: on the master, step down (demote, let the drivers stop, hand over
+    /// to the best eligible node) and wait for the new master. With `--to NODE`, from any
+    /// node: a switchover to that node. Refused, saying why, when it cannot be done.
+    ///
+    /// Examples: `clustd step-down` (on the master); `clustd step-down --to node-2`.
     StepDown {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Hand mastership to this node (it must be connected and eligible).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// Step down even with no eligible successor: the cluster is left without a master.
+        #[arg(long, conflicts_with = "to")]
+        force: bool,
     },
     /// Maintenance mode: the node never stands for election and hands off if master.
+    /// `on` is refused when it would leave no eligible node, unless `--force`.
     Maintenance {
         /// on or off.
         state: OnOff,
         #[command(flatten)]
         admin: AdminArgs,
+        /// Turn it on even if no other node is eligible to be master.
+        #[arg(long)]
+        force: bool,
     },
     /// Make credentials: a cluster secret or driver credential (printed; put it in
     /// cluster.secret_file or cluster.driver_secret_file, mode 0600), or with `--node` this
@@ -493,7 +511,25 @@ fn main() -> ExitCode {
 async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
     match command {
         Cmd::Run { config } => run_node(config).await?,
-        Cmd::Status { admin, json } => {
+        Cmd::Status {
+            admin,
+            all: true,
+            json,
+        } => {
+            let body = admin.client()?.get("/cluster").await?;
+            if json {
+                println!("{body}");
+            } else {
+                let view: clustd::status::ClusterView =
+                    serde_json::from_str(&body).context("the daemon's cluster JSON")?;
+                print!("{}", view.render());
+            }
+        }
+        Cmd::Status {
+            admin,
+            all: false,
+            json,
+        } => {
             let client = admin.client()?;
             let body = client.status_json().await?;
             if json {
@@ -504,18 +540,38 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                 print!("{}", status.render());
             }
         }
-        Cmd::StepDown { admin } => {
+        Cmd::StepDown { admin, to, force } => {
             let client = admin.client()?;
-            client.post("/step-down").await?;
-            println!("step-down requested: the master demotes itself, then hands over");
+            let body = client
+                .post_json(
+                    "/step-down",
+                    &serde_json::json!({ "to": to, "force": force }),
+                )
+                .await?;
+            let answer: serde_json::Value =
+                serde_json::from_str(&body).context("the daemon's answer")?;
+            match (answer["master"].as_str(), answer["took_ms"].as_u64()) {
+                (Some(master), Some(ms)) => println!(
+                    "{master} is master now (hand-over took {})",
+                    clustd::status::human_ms(ms)
+                ),
+                _ => println!("{}", answer["note"].as_str().unwrap_or("stepped down")),
+            }
         }
-        Cmd::Maintenance { state, admin } => {
+        Cmd::Maintenance {
+            state,
+            admin,
+            force,
+        } => {
             let client = admin.client()?;
-            let path = match state {
-                OnOff::On => "/maintenance/on",
-                OnOff::Off => "/maintenance/off",
+            match state {
+                OnOff::On => {
+                    client
+                        .post_json("/maintenance/on", &serde_json::json!({ "force": force }))
+                        .await?
+                }
+                OnOff::Off => client.post("/maintenance/off").await?,
             };
-            client.post(path).await?;
             println!(
                 "maintenance {}",
                 if matches!(state, OnOff::On) {

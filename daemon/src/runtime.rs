@@ -28,6 +28,7 @@ use std::time::Duration;
 use clustd_core::check::ServiceInput;
 use clustd_core::codec;
 use clustd_core::driver::{ActionResult, DriverRole, FromDriver, HealthChange, ToDriver};
+use clustd_core::message::{CheckReport, DriverReport as DriverLine, Report as NodeReport};
 use clustd_core::{Event, Instant, Message, Node, NodeId, Reason, Role, Term};
 use clustd_transport::{Endpoint, EndpointConfig, Net, PeerKind, SendClass, TransportEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -40,7 +41,10 @@ use crate::health::{self, CheckResult, CheckTasks, DriverReport, HealthTransitio
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
 use crate::proctree::DriverProcess;
 use crate::rejections::{FailureReason, Rejections, Report};
-use crate::status::{DriverStatus, FenceStatus, PeerStatus, RoleChange, Status, format_unix_ms};
+use crate::status::{
+    ClusterView, DriverStatus, FenceStatus, NodeView, PeerStatus, RoleChange, Status,
+    format_unix_ms,
+};
 use crate::store::{StateStore, StoreError};
 use crate::watchdog::{self, Watchdog, WatchdogDevice};
 
@@ -113,10 +117,14 @@ pub enum RuntimeError {
 }
 
 /// An admin command for the runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Graceful step-down (demote, then hand over).
+    /// Graceful step-down (demote, then hand over), even with no eligible successor.
     StepDown,
+    /// Switchover to the named node: on the leader a graceful hand-over to it, on another
+    /// node a request passed to the leader it knows (see `Node::request_transfer`).
+    /// Refused, with the reason, if it cannot be done.
+    Switchover(NodeId),
     /// Maintenance mode on or off.
     Maintenance(bool),
     /// Refresh the status snapshot now; answering proves the runtime is running (the admin
@@ -277,7 +285,7 @@ impl DriverRecord {
 
 /// The runtime's side of the control channel.
 pub struct Control {
-    commands: mpsc::Receiver<(Command, oneshot::Sender<()>)>,
+    commands: mpsc::Receiver<(Command, oneshot::Sender<Result<(), String>>)>,
     shared: Arc<Shared>,
     fencer: Option<Arc<dyn Fencer>>,
     watchdog_device: Option<Box<dyn WatchdogDevice>>,
@@ -314,13 +322,14 @@ impl Control {
 /// A cheap handle to a running node: status, metrics, commands, role notices.
 #[derive(Debug, Clone)]
 pub struct Handle {
-    commands: mpsc::Sender<(Command, oneshot::Sender<()>)>,
+    commands: mpsc::Sender<(Command, oneshot::Sender<Result<(), String>>)>,
     shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
 struct Shared {
     status: Mutex<Status>,
+    cluster: Mutex<ClusterView>,
     metrics: Metrics,
     notices: broadcast::Sender<RoleNotice>,
     records: broadcast::Sender<DriverRecord>,
@@ -334,6 +343,7 @@ pub fn control() -> (Control, Handle) {
     let (tx, rx) = mpsc::channel(16);
     let shared = Arc::new(Shared {
         status: Mutex::new(Status::default()),
+        cluster: Mutex::new(ClusterView::default()),
         metrics: Metrics::new(),
         notices: broadcast::channel(256).0,
         records: broadcast::channel(RECORDS_CAPACITY).0,
@@ -395,13 +405,25 @@ impl Handle {
         *lock(&self.shared.local_addr)
     }
 
-    /// Sends a command and waits until the runtime has applied it. False if it is gone.
+    /// Sends a command and waits until the runtime has applied (or refused) it. False if
+    /// the runtime is gone.
     pub async fn command(&self, command: Command) -> bool {
+        self.call(command).await.is_some()
+    }
+
+    /// Sends a command and waits for the runtime's answer: `Some(Err(why))` when it
+    /// refused it, `None` when the runtime is gone.
+    pub async fn call(&self, command: Command) -> Option<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
         if self.commands.send((command, tx)).await.is_err() {
-            return false;
+            return None;
         }
-        rx.await.is_ok()
+        rx.await.ok()
+    }
+
+    /// The cluster as this node knows it, as of the last [`Command::Refresh`].
+    pub fn cluster(&self) -> ClusterView {
+        lock(&self.shared.cluster).clone()
     }
 }
 
@@ -563,6 +585,13 @@ struct Runtime<C: Clock, S: StateStore> {
     seq: u64,
     last_reason: &'static str,
     last_heard: BTreeMap<NodeId, Instant>,
+    /// What each peer last said about itself (`Message::Report`), with its term and when
+    /// it arrived.
+    reports: BTreeMap<NodeId, (Instant, Term, NodeReport)>,
+    /// What this node last sent as its report, and when (`None`: send now).
+    report_sent: Option<(Instant, NodeReport)>,
+    /// The report changed since it was sent, and goes out at the end of the minimum gap.
+    report_pending: bool,
     rtt_pending: BTreeMap<NodeId, (u64, Instant)>,
     /// Peers with a live connection, as last told to drivers: `ToDriver::Peer` goes out
     /// only when this changes, so a duplicate or replaced connection is no news.
@@ -715,6 +744,9 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         seq: 0,
         last_reason: "started",
         last_heard: BTreeMap::new(),
+        reports: BTreeMap::new(),
+        report_sent: None,
+        report_pending: false,
         rtt_pending: BTreeMap::new(),
         peers_up: BTreeSet::new(),
         peers_down: BTreeMap::new(),
@@ -765,6 +797,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         let silence_at = silence_due.map_or(deadline, |at| rt.clock.deadline(at));
         let fence_due = rt.fence_due();
         let fence_at = fence_due.map_or(deadline, |at| rt.clock.deadline(at));
+        let report_at = rt.clock.deadline(rt.report_due());
         tokio::select! {
             biased;
             how = &mut shutdown, if leaving.is_none() => {
@@ -783,12 +816,23 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             }
             Some((command, done)) = commands.recv() => {
                 let now = rt.clock.now();
+                let mut answer = Ok(());
                 match command {
                     Command::StepDown => rt.node.step_down(now),
+                    Command::Switchover(to) => match rt.node.request_transfer(now, &to) {
+                        Ok(leader) if leader == rt.settings.id => {
+                            tracing::info!(to = %to, "switchover: handing over to {to}");
+                        }
+                        Ok(leader) => {
+                            tracing::info!(to = %to, leader = %leader, "switchover: asked the master {leader} to hand over to {to}");
+                        }
+                        Err(e) => answer = Err(e.to_string()),
+                    },
                     Command::Maintenance(on) => rt.node.set_maintenance(now, on),
                     Command::Refresh => {
                         rt.update_status();
-                        let _ = done.send(());
+                        rt.update_cluster_view();
+                        let _ = done.send(Ok(()));
                         continue;
                     }
                 }
@@ -797,7 +841,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                 rt.flush()?;
                 rt.status_drivers_stale = true;
                 rt.update_status();
-                let _ = done.send(());
+                let _ = done.send(answer);
                 continue;
             }
             event = events.recv() => match event {
@@ -816,6 +860,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             }
             Some(result) = check_results.recv() => rt.on_check_result(result),
             () = tokio::time::sleep_until(fence_at), if fence_due.is_some() => {}
+            () = tokio::time::sleep_until(report_at) => {}
             () = tokio::time::sleep_until(silence_at), if silence_due.is_some() => {}
             () = tokio::time::sleep_until(unreachable_at), if unreachable_due.is_some() => {
                 rt.warn_unreachable_peers();
@@ -841,6 +886,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         rt.confirm_stop_if_done();
         rt.flush()?;
         rt.update_status();
+        rt.send_report_if_due();
         if let Some(until) = leaving {
             // Stay until a successor leads (so the hand-over message got out), or give up.
             let successor = rt.node.leader().is_some_and(|l| *l != rt.settings.id);
@@ -867,8 +913,19 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 kind: PeerKind::Peer,
                 frame,
             } => match codec::decode::<Message>(&frame) {
+                Ok(Message::Report { term, report }) => {
+                    self.last_heard.insert(from.clone(), now);
+                    if report.is_bounded() {
+                        self.reports.insert(from, (now, term, *report));
+                    } else {
+                        tracing::debug!(peer = %from, "report over the size limits: dropped");
+                    }
+                }
                 Ok(msg) => {
                     self.last_heard.insert(from.clone(), now);
+                    if let Message::TransferRequest { to, term } = &msg {
+                        tracing::info!(peer = %from, to = %to, term = term.0, "switchover to {to} requested by {from}");
+                    }
                     if let Message::HeartbeatAck { round, .. } = &msg
                         && let Some((sent_round, sent_at)) = self.rtt_pending.get(&from)
                         && sent_round == round
@@ -929,8 +986,16 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             }
             TransportEvent::Connected { id, kind, process } => match kind {
                 PeerKind::Peer => {
-                    tracing::info!(peer = %id, "peer connected");
+                    // A new connection to a peer already connected (the duplicate of a
+                    // crossed dial) is churn, not news.
+                    if self.peers_up.contains(&id) {
+                        tracing::debug!(peer = %id, "peer connected again (duplicate connection)");
+                    } else {
+                        tracing::info!(peer = %id, "peer connected");
+                    }
                     self.peer_reachable(&id, now);
+                    // It hears what this node says about itself at once.
+                    self.report_sent = None;
                     self.shared
                         .metrics
                         .peer_up
@@ -946,7 +1011,6 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             },
             TransportEvent::Disconnected { id, kind } => match kind {
                 PeerKind::Peer => {
-                    tracing::info!(peer = %id, "peer disconnected");
                     self.shared
                         .metrics
                         .peer_up
@@ -961,7 +1025,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                         .connected()
                         .iter()
                         .any(|(p, kind)| *p == id && *kind == PeerKind::Peer);
-                    if !replaced {
+                    if replaced {
+                        tracing::debug!(peer = %id, "a duplicate connection to the peer closed");
+                    } else {
+                        tracing::info!(peer = %id, "peer disconnected");
                         self.peers_down.entry(id.clone()).or_insert((now, None));
                     }
                     if !replaced && self.peers_up.remove(&id) {
@@ -1078,6 +1145,17 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         // not go out as "master". (Calling early is harmless.)
         self.node.handle_timeout(now);
         self.send_role_to(id, now);
+        // Then the peers connected now, so a driver that tells people knows who is up (the
+        // notify driver picks one node to announce a lost master by it).
+        let term = self.node.term();
+        for peer in &self.peers_up {
+            let msg = ToDriver::Peer {
+                peer: peer.clone(),
+                up: true,
+                term,
+            };
+            self.send_frame(id, &msg, SendClass::Reliable);
+        }
     }
 
     /// After a driver left: admits drivers that were refused and are still connected to
@@ -2198,6 +2276,11 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
         let mut status = lock(&self.shared.status);
         status.node_id = self.settings.id.to_string();
+        status.handover_max_ms = u64::try_from(
+            (max_shutdown_time(&self.settings) + self.settings.core.election_timeout_max)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
         status.witness = self.settings.core.witness;
         status.transport = match self.settings.transport {
             clustd_transport::TransportKind::Quic => "quic".into(),
@@ -2303,6 +2386,158 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         status.elections_started = m.elections_started.get();
         status.elections_won = m.elections_won.get();
         status.leader_changes = m.leader_changes.get();
+        status.successors = self
+            .node
+            .successors(now)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    }
+}
+
+/// How often a node tells its peers about itself when nothing changed (`Message::Report`).
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// The soonest a changed report goes out after the previous one.
+const REPORT_MIN_GAP: Duration = Duration::from_millis(100);
+
+/// `text` cut to at most `max` bytes at a char boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+impl<C: Clock, S: StateStore> Runtime<C, S> {
+    /// What this node says about itself to its peers, from the status snapshot.
+    fn build_report(&self) -> NodeReport {
+        use clustd_core::message::{MAX_REPORT_ITEMS, MAX_REPORT_TEXT};
+        let status = lock(&self.shared.status);
+        let text = |s: &str| cut(s, MAX_REPORT_TEXT);
+        NodeReport {
+            master: status.role == "master",
+            protocol_role: text(&status.protocol_role),
+            leader: self.node.leader().cloned(),
+            lease_remaining_ms: status
+                .lease_remaining_ms
+                .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+            maintenance: status.maintenance,
+            healthy: status.healthy,
+            eligible: status.eligible,
+            witness: status.witness,
+            ineligible_reason: text(status.ineligible_reason.as_deref().unwrap_or("")),
+            drivers: status
+                .drivers
+                .iter()
+                .filter(|d| d.connected || d.may_run || d.stop_failed)
+                .take(MAX_REPORT_ITEMS)
+                .map(|d| DriverLine {
+                    id: text(&d.id),
+                    connected: d.connected,
+                    role: text(d.last_role.as_deref().unwrap_or("")),
+                    last_result: text(d.last_result.as_deref().unwrap_or("")),
+                    may_run: d.may_run,
+                    stop_failed: d.stop_failed,
+                })
+                .collect(),
+            checks: status
+                .checks
+                .iter()
+                .take(MAX_REPORT_ITEMS)
+                .map(|c| CheckReport {
+                    name: text(&c.name),
+                    healthy: c.healthy,
+                    last_result: text(c.last_result.as_deref().unwrap_or("")),
+                })
+                .collect(),
+        }
+    }
+
+    /// When the next report is due: [`REPORT_INTERVAL`] after the last, or sooner
+    /// ([`REPORT_MIN_GAP`]) when it is to go out because something changed.
+    fn report_due(&self) -> Instant {
+        match &self.report_sent {
+            None => self.clock.now(),
+            Some((at, _)) if self.report_pending => *at + REPORT_MIN_GAP,
+            Some((at, _)) => *at + self.report_every(),
+        }
+    }
+
+    /// How often an unchanged report goes out. A master's carries its lease: sent often
+    /// enough that a peer's view never shows a live master's lease run out.
+    fn report_every(&self) -> Duration {
+        if self.node.is_master() {
+            REPORT_INTERVAL.min(self.settings.core.lease / 3)
+        } else {
+            REPORT_INTERVAL
+        }
+    }
+
+    /// Sends this node's report to every connected peer when it changed (at most every
+    /// [`REPORT_MIN_GAP`]) or [`REPORT_INTERVAL`] passed. The lease left changes all the
+    /// time and is no change by itself.
+    fn send_report_if_due(&mut self) {
+        let now = self.clock.now();
+        let report = self.build_report();
+        let (due, changed) = match &self.report_sent {
+            None => (true, true),
+            Some((at, last)) => {
+                let changed = NodeReport {
+                    lease_remaining_ms: report.lease_remaining_ms,
+                    ..last.clone()
+                } != report;
+                let due =
+                    now >= *at + self.report_every() || (changed && now >= *at + REPORT_MIN_GAP);
+                (due, changed)
+            }
+        };
+        if !due {
+            self.report_pending = changed;
+            return;
+        }
+        self.report_pending = false;
+        let msg = Message::Report {
+            term: self.node.term(),
+            report: Box::new(report.clone()),
+        };
+        match codec::encode(&msg) {
+            Ok(frame) => {
+                for peer in self.peers_up.iter() {
+                    let _ = self.endpoint.send(peer, frame.clone(), SendClass::Reliable);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode this node's report"),
+        }
+        self.report_sent = Some((now, report));
+    }
+
+    /// Rebuilds the cluster view from this node's status and its peers' reports.
+    fn update_cluster_view(&mut self) {
+        let now = self.clock.now();
+        let stale_after = (self.settings.core.election_timeout_max * 2).max(REPORT_INTERVAL * 3);
+        let mut nodes = vec![NodeView::of_self(&lock(&self.shared.status))];
+        let connected: BTreeSet<NodeId> = self.peers_up.clone();
+        for (id, addr) in &self.settings.peers {
+            let heard = self
+                .last_heard
+                .get(id)
+                .map(|t| now.saturating_duration_since(*t));
+            let report = self
+                .reports
+                .get(id)
+                .map(|(at, term, r)| (now.saturating_duration_since(*at), *term, r));
+            nodes.push(NodeView::of_peer(
+                id.as_str(),
+                &addr.to_string(),
+                connected.contains(id),
+                heard,
+                report,
+                stale_after,
+            ));
+        }
+        let view = ClusterView::new(self.settings.id.as_str(), nodes);
+        *lock(&self.shared.cluster) = view;
     }
 }
 

@@ -4,6 +4,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use clustd_core::message::{CheckReport, DriverReport, Report};
+
 use crate::health::CheckStatus;
 
 fn yes() -> bool {
@@ -95,6 +97,15 @@ pub struct Status {
     pub elections_won: u64,
     /// Leader changes seen.
     pub leader_changes: u64,
+    /// While leader: the eligible followers that answered within `ET_min`, best first —
+    /// whom a step-down would hand over to now.
+    #[serde(default)]
+    pub successors: Vec<String>,
+    /// The longest a hand-over may take with these settings (last lease + stop budget at
+    /// the drift bound + an election), in milliseconds: how long a step-down waits for
+    /// the new master.
+    #[serde(default)]
+    pub handover_max_ms: u64,
 }
 
 /// One peer daemon.
@@ -172,7 +183,7 @@ impl Status {
         let mut out = String::new();
         let lease = self
             .lease_remaining_ms
-            .map(|ms| format!(", lease {ms} ms"))
+            .map(|ms| format!(", lease {}", human_ms(ms)))
             .unwrap_or_default();
         let flags = match (self.maintenance, self.witness) {
             (true, _) => " [maintenance]",
@@ -202,6 +213,12 @@ impl Status {
                 let _ = writeln!(out, "!! NOT ELIGIBLE to be master: {why}");
             }
         }
+        if self.role == "master" && self.drivers_connected == 0 {
+            let _ = writeln!(
+                out,
+                "!! MASTER WITH NO DRIVER ATTACHED: nothing runs the service (start a driver on this node)"
+            );
+        }
         if self.unhealthy_alone {
             let _ = writeln!(
                 out,
@@ -211,7 +228,8 @@ impl Status {
         if let Some(ms) = self.health_hold_ms {
             let _ = writeln!(
                 out,
-                "mastership is not moved for health for {ms} ms more (health.min_master_ms)"
+                "mastership is not moved for health for {} more (health.min_master_ms)",
+                human_ms(ms)
             );
         }
         if let Some(error) = &self.state_write_error {
@@ -235,7 +253,7 @@ impl Status {
         for p in &self.peers {
             let heard = p
                 .last_heard_ms_ago
-                .map_or("-".to_string(), |ms| format!("{ms} ms ago"));
+                .map_or("never".to_string(), |ms| format!("{} ago", human_ms(ms)));
             let _ = writeln!(
                 out,
                 "{:<20} {:<24} {:<10} {:<9} {}",
@@ -262,15 +280,13 @@ impl Status {
                     (true, _) => "healthy",
                     (false, _) => "UNHEALTHY",
                 };
-                let took = c
-                    .last_duration_ms
-                    .map_or("-".to_string(), |ms| format!("{ms} ms"));
+                let took = c.last_duration_ms.map_or("-".to_string(), human_ms);
                 let mut last = c.last_result.clone().unwrap_or_else(|| "-".into());
                 if let Some(ms) = c.last_run_ms_ago {
-                    last = format!("{last} ({ms} ms ago)");
+                    last = format!("{last} ({} ago)", human_ms(ms));
                 }
                 if let Some(ms) = c.clears_in_ms {
-                    last = format!("{last}; counts for {ms} ms more");
+                    last = format!("{last}; counts for {} more", human_ms(ms));
                 }
                 let _ = writeln!(
                     out,
@@ -522,6 +538,11 @@ pub struct FenceStatus {
     pub elapsed_ms: u64,
 }
 
+/// [`human_duration`] of milliseconds.
+pub fn human_ms(ms: u64) -> String {
+    human_duration(std::time::Duration::from_millis(ms))
+}
+
 /// A duration for people: `850 ms`, `1.2 s`, `3 m 20 s`, `2 h 5 m`.
 pub fn human_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
@@ -547,5 +568,293 @@ mod human_tests {
         ] {
             assert_eq!(super::human_duration(Duration::from_millis(ms)), text);
         }
+    }
+}
+
+/// The whole cluster as one node knows it (`GET /cluster`, `clustd status --all`): its own
+/// status and what each peer last said about itself (`Message::Report`, carried through the
+/// cluster, about once a second), marked when not heard from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterView {
+    /// The node that answered.
+    pub from: String,
+    /// The master, when exactly one node is master by what is known.
+    pub master: Option<String>,
+    /// Every node, this one first, then the peers in id order.
+    pub nodes: Vec<NodeView>,
+    /// What an operator should look at, one line each (empty when all is well).
+    pub warnings: Vec<String>,
+}
+
+/// One node in a [`ClusterView`]. The fields from its report are `None` when nothing
+/// was heard from it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeView {
+    /// Node id.
+    pub id: String,
+    /// Cluster address.
+    pub addr: String,
+    /// The node that answered.
+    pub this_node: bool,
+    /// An authenticated connection to it exists (always true for this node).
+    pub connected: bool,
+    /// Its report is current: connected and heard within the staleness bound.
+    pub heard: bool,
+    /// Milliseconds since anything was heard from it (`None`: never, since this node started).
+    pub last_heard_ms_ago: Option<u64>,
+    /// Milliseconds since its last report.
+    pub report_age_ms: Option<u64>,
+    /// `master`, `backup`, or `unknown` (not heard from, or it said master and that lease
+    /// has run out since).
+    pub role: String,
+    /// `leader`, `follower`, `pre-candidate`, `candidate`.
+    pub protocol_role: Option<String>,
+    /// Its term.
+    pub term: Option<u64>,
+    /// The leader it knows.
+    pub leader: Option<String>,
+    /// While master: lease left now (its report's value less the report's age).
+    pub lease_remaining_ms: Option<u64>,
+    /// Every check passes.
+    pub healthy: Option<bool>,
+    /// May become master.
+    pub eligible: Option<bool>,
+    /// Why not.
+    pub ineligible_reason: Option<String>,
+    /// Maintenance mode.
+    pub maintenance: Option<bool>,
+    /// A witness.
+    pub witness: Option<bool>,
+    /// Its drivers (connected, or that may still run the service).
+    pub drivers: Vec<DriverReport>,
+    /// Its checks.
+    pub checks: Vec<CheckReport>,
+}
+
+fn ms_u64(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl NodeView {
+    /// This node, from its own status.
+    pub fn of_self(status: &Status) -> Self {
+        Self {
+            id: status.node_id.clone(),
+            addr: status.listen.clone(),
+            this_node: true,
+            connected: true,
+            heard: true,
+            last_heard_ms_ago: Some(0),
+            report_age_ms: Some(0),
+            role: status.role.clone(),
+            protocol_role: Some(status.protocol_role.clone()),
+            term: Some(status.term),
+            leader: status.leader.clone(),
+            lease_remaining_ms: status.lease_remaining_ms,
+            healthy: Some(status.healthy),
+            eligible: Some(status.eligible),
+            ineligible_reason: status.ineligible_reason.clone(),
+            maintenance: Some(status.maintenance),
+            witness: Some(status.witness),
+            drivers: status
+                .drivers
+                .iter()
+                .filter(|d| d.connected || d.may_run || d.stop_failed)
+                .map(|d| DriverReport {
+                    id: d.id.clone(),
+                    connected: d.connected,
+                    role: d.last_role.clone().unwrap_or_default(),
+                    last_result: d.last_result.clone().unwrap_or_default(),
+                    may_run: d.may_run,
+                    stop_failed: d.stop_failed,
+                })
+                .collect(),
+            checks: status
+                .checks
+                .iter()
+                .map(|c| CheckReport {
+                    name: c.name.clone(),
+                    healthy: c.healthy,
+                    last_result: c.last_result.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A peer, from what this node knows: whether it is connected, when it was last heard
+    /// from, and its last report (age, term, report). A report older than `stale_after`,
+    /// or from a peer not connected now, is shown but not believed (`heard` false, role
+    /// `unknown`).
+    pub fn of_peer(
+        id: &str,
+        addr: &str,
+        connected: bool,
+        last_heard: Option<std::time::Duration>,
+        report: Option<(std::time::Duration, clustd_core::Term, &Report)>,
+        stale_after: std::time::Duration,
+    ) -> Self {
+        let mut view = Self {
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+            connected,
+            last_heard_ms_ago: last_heard.map(ms_u64),
+            role: "unknown".into(),
+            ..Self::default()
+        };
+        let Some((age, term, r)) = report else {
+            return view;
+        };
+        let lease_left = u64::from(r.lease_remaining_ms).saturating_sub(ms_u64(age));
+        view.heard = connected && age <= stale_after;
+        view.report_age_ms = Some(ms_u64(age));
+        view.role = match (view.heard, r.master) {
+            (true, true) if lease_left > 0 => "master",
+            (true, false) => "backup",
+            _ => "unknown",
+        }
+        .into();
+        view.protocol_role = Some(r.protocol_role.clone());
+        view.term = Some(term.0);
+        view.leader = r.leader.as_ref().map(ToString::to_string);
+        view.lease_remaining_ms = (r.master && lease_left > 0).then_some(lease_left);
+        view.healthy = Some(r.healthy);
+        view.eligible = Some(r.eligible);
+        view.ineligible_reason =
+            (!r.ineligible_reason.is_empty()).then(|| r.ineligible_reason.clone());
+        view.maintenance = Some(r.maintenance);
+        view.witness = Some(r.witness);
+        view.drivers = r.drivers.clone();
+        view.checks = r.checks.clone();
+        view
+    }
+}
+
+impl ClusterView {
+    /// The view from node `from`, with its master and warnings worked out.
+    pub fn new(from: &str, nodes: Vec<NodeView>) -> Self {
+        let masters: Vec<&NodeView> = nodes.iter().filter(|n| n.role == "master").collect();
+        let mut warnings = Vec::new();
+        match masters.as_slice() {
+            [] => warnings.push("no master: no node is master now".to_owned()),
+            [_] => {}
+            many => warnings.push(format!(
+                "!! more than one node says it is master: {}",
+                many.iter()
+                    .map(|n| format!("{} (term {})", n.id, n.term.unwrap_or(0)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+        for m in &masters {
+            if !m.drivers.iter().any(|d| d.connected) {
+                warnings.push(format!(
+                    "{} is master but no driver is attached: nothing runs the service",
+                    m.id
+                ));
+            }
+        }
+        let heard: Vec<&NodeView> = nodes.iter().filter(|n| n.heard).collect();
+        if !heard.iter().any(|n| n.eligible == Some(true)) {
+            warnings.push("no node heard from is eligible to be master".to_owned());
+        }
+        for n in nodes.iter().filter(|n| !n.heard) {
+            warnings.push(match n.last_heard_ms_ago {
+                Some(ms) => format!("{} not heard from for {}", n.id, human_ms(ms)),
+                None => format!("{} never heard from (since {from} started)", n.id),
+            });
+        }
+        let master = match masters.as_slice() {
+            [m] => Some(m.id.clone()),
+            _ => None,
+        };
+        Self {
+            from: from.to_owned(),
+            master,
+            nodes,
+            warnings,
+        }
+    }
+
+    /// The table `clustd status --all` prints.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "cluster as {} sees it: master {}",
+            self.from,
+            self.master.as_deref().unwrap_or("NONE")
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<16} {:<8} {:<6} {:<16} {:<9} {:<10} {:<12} DRIVERS",
+            "NODE", "ROLE", "TERM", "LEADER", "LEASE", "HEALTH", "HEARD"
+        );
+        for n in &self.nodes {
+            let id = if n.this_node {
+                format!("{} *", n.id)
+            } else {
+                n.id.clone()
+            };
+            let health = match (n.maintenance, n.eligible, n.healthy, n.witness) {
+                (None, ..) => "-",
+                (Some(true), ..) => "maint",
+                (_, _, _, Some(true)) => "witness",
+                (_, _, Some(false), _) => "UNHEALTHY",
+                (_, Some(false), ..) => "inelig.",
+                _ => "healthy",
+            };
+            let heard = match (n.this_node, n.heard, n.last_heard_ms_ago) {
+                (true, ..) => "this node".to_owned(),
+                (false, true, Some(ms)) => format!("{} ago", human_ms(ms)),
+                (false, false, Some(ms)) => format!("NOT {}", human_ms(ms)),
+                (false, _, None) => "NEVER".to_owned(),
+            };
+            let drivers = if n.drivers.is_empty() {
+                "-".to_owned()
+            } else {
+                n.drivers
+                    .iter()
+                    .map(|d| {
+                        let role = if d.role.is_empty() { "-" } else { &d.role };
+                        let result = if d.last_result.is_empty() {
+                            "-"
+                        } else {
+                            &d.last_result
+                        };
+                        let flag = match (d.connected, d.stop_failed) {
+                            (_, true) => " STOP FAILED",
+                            (false, _) => " (gone)",
+                            _ => "",
+                        };
+                        format!("{} {role}: {result}{flag}", d.id)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let _ = writeln!(
+                out,
+                "{:<16} {:<8} {:<6} {:<16} {:<9} {:<10} {:<12} {}",
+                id,
+                if n.role == "master" {
+                    "MASTER".to_owned()
+                } else {
+                    n.role.clone()
+                },
+                n.term.map_or("-".to_owned(), |t| t.to_string()),
+                n.leader.as_deref().unwrap_or("-"),
+                n.lease_remaining_ms.map_or("-".to_owned(), human_ms),
+                health,
+                heard,
+                drivers
+            );
+            if let Some(why) = &n.ineligible_reason {
+                let _ = writeln!(out, "{:<16} not eligible: {why}", "");
+            }
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "!! {w}");
+        }
+        out
     }
 }

@@ -498,3 +498,162 @@ async fn the_cli_finds_the_admin_socket_through_the_config() {
         })
         .await;
 }
+
+/// The cluster view and the commands that move mastership, as an operator uses them on
+/// real daemons: `status --all` from a backup shows every node (carried through the
+/// cluster); `step-down --to` from a backup switches over to the named node; maintenance
+/// and step-down that would leave no eligible node are refused without `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_all_switchover_and_refusals_that_would_leave_no_master() {
+    use common::procs::{ProcCluster, clustd_bin};
+    let cluster = ProcCluster::start_plain(TransportKind::WebSocket)
+        .await
+        .expect("cluster");
+    let master = cluster.one_master(Duration::from_secs(60)).await;
+    let m = cluster.index(&master);
+    let (b, t) = ((m + 1) % 3, (m + 2) % 3);
+    let (backup, target) = (cluster.nodes[b].id.clone(), cluster.nodes[t].id.clone());
+    let config = |i: usize| {
+        cluster
+            .dir
+            .path()
+            .join(format!("{}.toml", cluster.nodes[i].id))
+    };
+    let clustd = |args: &[&str], i: usize| {
+        let out = std::process::Command::new(clustd_bin())
+            .args(args)
+            .arg("--config")
+            .arg(config(i))
+            .output()
+            .expect("clustd runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Node `i`'s view, once `ok` holds for it.
+    let view_when = |i: usize, what: &'static str, ok: fn(&serde_json::Value) -> bool| {
+        let admin = cluster.nodes[i].admin.clone();
+        let cluster = &cluster;
+        async move {
+            cluster
+                .wait_for(what, Duration::from_secs(30), || {
+                    let admin = admin.clone();
+                    async move {
+                        let body = admin.get("/cluster").await.ok()?;
+                        let view: serde_json::Value = serde_json::from_str(&body).ok()?;
+                        ok(&view).then_some(view)
+                    }
+                })
+                .await
+        }
+    };
+    let all_heard = |v: &serde_json::Value| {
+        v["nodes"].as_array().is_some_and(|n| {
+            n.len() == 3
+                && n.iter()
+                    .all(|n| n["heard"] == true && n["eligible"] == true)
+        }) && !v["master"].is_null()
+    };
+    let view = view_when(b, "every node heard from, and a master", all_heard).await;
+    assert_eq!(view["master"], master.as_str(), "{view}");
+    // The table, from a backup: every node, the master marked, its driver's result.
+    let (ok, out, err) = clustd(&["status", "--all"], b);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("cluster as {backup} sees it: master {master}")),
+        "{out}"
+    );
+    let row = |id: &str| {
+        out.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("a row for {id} in {out}"))
+            .to_owned()
+    };
+    assert!(
+        row(&master).contains("MASTER") && row(&master).contains("shell"),
+        "{out}"
+    );
+    assert!(
+        row(&target).contains("backup") && row(&backup).contains("this node"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("!!"),
+        "no warnings in a healthy cluster: {out}"
+    );
+
+    // Switchover from a backup to the other backup (not necessarily the best-ranked one).
+    let (ok, out, err) = clustd(&["step-down", "--to", &target], b);
+    assert!(
+        ok && out.contains(&format!("{target} is master now")),
+        "{out}{err}"
+    );
+    assert_eq!(cluster.masters().await, vec![target.clone()]);
+    // To a node that does not exist, or is already master: refused, saying so.
+    let (ok, _, err) = clustd(&["step-down", "--to", "node-9"], m);
+    assert!(!ok && err.contains("no node \"node-9\""), "{err}");
+    let (ok, _, err) = clustd(&["step-down", "--to", &target], m);
+    assert!(
+        !ok && err.contains(&format!("{target} is already master")),
+        "{err}"
+    );
+
+    // The two backups go into maintenance: allowed, the master stays eligible.
+    for i in [m, b] {
+        let (ok, out, err) = clustd(&["maintenance", "on"], i);
+        assert!(ok, "{out}{err}");
+    }
+    view_when(
+        t,
+        "both backups in maintenance, as the master hears it",
+        |v| {
+            v["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .filter(|n| n["maintenance"] == true && n["heard"] == true)
+                    .count()
+                    == 2
+            })
+        },
+    )
+    .await;
+    // A switchover to a node in maintenance is refused.
+    let (ok, _, err) = clustd(&["step-down", "--to", &backup], t);
+    assert!(
+        !ok && err.contains(&format!(
+            "cannot hand over to {backup}: it is in maintenance"
+        )),
+        "{err}"
+    );
+    // Maintenance on the master, or a step-down, would leave no master: refused.
+    let (ok, _, err) = clustd(&["maintenance", "on"], t);
+    assert!(
+        !ok && err.contains("would leave no node eligible to be master") && err.contains("--force"),
+        "{err}"
+    );
+    let (ok, _, err) = clustd(&["step-down"], t);
+    assert!(
+        !ok && err.contains("no eligible successor") && err.contains("in maintenance"),
+        "{err}"
+    );
+    assert_eq!(
+        cluster.masters().await,
+        vec![target.clone()],
+        "nothing moved"
+    );
+    // With --force it steps down, and says the cluster has no master.
+    let (ok, out, err) = clustd(&["step-down", "--force"], t);
+    assert!(ok && out.contains("no eligible successor"), "{out}{err}");
+    let view = view_when(t, "a view with no master", |v| v["master"].is_null()).await;
+    assert!(view["warnings"].to_string().contains("no master"), "{view}");
+    // Maintenance off on one backup: it takes over.
+    let (ok, out, err) = clustd(&["maintenance", "off"], b);
+    assert!(ok, "{out}{err}");
+    cluster
+        .wait_for("a master again", Duration::from_secs(60), || async {
+            let masters = cluster.masters().await;
+            (masters.len() == 1).then_some(())
+        })
+        .await;
+}

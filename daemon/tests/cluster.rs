@@ -164,3 +164,78 @@ async fn corrupted_state_file_stops_the_node_with_a_clear_error() {
         "names the file: {err}"
     );
 }
+
+/// `GET /cluster` from every node: each one hears every other (through the cluster, not
+/// their admin APIs) and names the one master; after a failover, the dead one is marked
+/// not heard and the new master is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_sees_the_whole_cluster_through_it() {
+    let mut cluster =
+        LocalCluster::start(3, TransportKind::WebSocket, ELECTION).expect("cluster");
+    let first = cluster
+        .wait_for_master(None, WAIT)
+        .await
+        .expect("a master is elected");
+    let views_agree = |cluster: &LocalCluster, master: &str, up: &[usize]| {
+        up.iter().all(|&i| {
+            let handle = &cluster.nodes[i].handle;
+            let view = handle.cluster();
+            view.master.as_deref() == Some(master)
+                && view.nodes.len() == 3
+                && view
+                    .nodes
+                    .iter()
+                    .filter(|n| n.heard)
+                    .count()
+                    == up.len()
+        })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for n in &cluster.nodes {
+            n.handle.command(Command::Refresh).await;
+        }
+        if views_agree(&cluster, first.as_str(), &[0, 1, 2]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "views: {:#?}",
+            cluster.nodes.iter().map(|n| n.handle.cluster()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let i = cluster.index(&first).expect("known id");
+    cluster
+        .stop(i, Shutdown::Immediate)
+        .await
+        .expect("clean stop");
+    let second = cluster
+        .wait_for_master(Some(&first), WAIT)
+        .await
+        .expect("failover");
+    let up: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for &j in &up {
+            cluster.nodes[j].handle.command(Command::Refresh).await;
+        }
+        if views_agree(&cluster, second.as_str(), &up) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "views: {:#?}",
+            up.iter().map(|&j| cluster.nodes[j].handle.cluster()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = cluster.nodes[up[0]].handle.cluster();
+    let dead = view.nodes.iter().find(|n| n.id == first.as_str()).expect("listed");
+    assert!(!dead.heard && dead.role == "unknown", "{dead:?}");
+    assert!(
+        view.warnings.iter().any(|w| w.starts_with(&format!("{first} not heard from"))),
+        "{:?}",
+        view.warnings
+    );
+}

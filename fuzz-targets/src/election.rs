@@ -107,6 +107,11 @@ pub enum AnyMessage {
         /// Health hold.
         hold_ms: u32,
     },
+    /// [`Message::TransferRequest`].
+    TransferRequest {
+        /// The target, as a node index.
+        to: u8,
+    },
 }
 
 impl AnyMessage {
@@ -150,6 +155,10 @@ impl AnyMessage {
                 preempt,
             },
             Self::TimeoutNow { hold_ms } => Message::TimeoutNow { term, hold_ms },
+            Self::TransferRequest { to } => Message::TransferRequest {
+                term,
+                to: ids[usize::from(to) % ids.len()].clone(),
+            },
         }
     }
 }

@@ -1663,6 +1663,7 @@ impl Cluster {
                 self.step_down(i);
             }
             Fault::Maintenance(i, on) => self.maintenance(node(i), *on),
+            Fault::Switchover(at, to) => self.switchover(node(at), node(to)),
             Fault::DriverStops(i, after) => {
                 let i = node(i);
                 match after {
@@ -1741,6 +1742,14 @@ impl Cluster {
     /// Admin command: graceful step-down on node `i`.
     pub fn step_down(&mut self, i: usize) {
         self.command(i, Command::StepDown);
+    }
+
+    /// Admin command on node `at`: switchover to node `to` (`clustd step-down --to`).
+    pub fn switchover(&mut self, at: usize, to: usize) {
+        let Ok(to) = clustd_core::NodeId::new(format!("n{to}")) else {
+            return;
+        };
+        self.command(at, Command::Switchover(to));
     }
 
     /// Admin command: maintenance mode on node `i`.
