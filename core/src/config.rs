@@ -150,16 +150,77 @@ impl Config {
     }
 
     /// The longest lease that satisfies the inequality, rounded down to a millisecond,
-    /// or `None` when even a zero lease cannot (the stop budget is too large).
+    /// or `None` when no lease of a millisecond or more does (the stop budget is too large
+    /// for the minimum election timeout).
     pub fn max_safe_lease(&self) -> Option<Duration> {
-        let rho = self.max_clock_drift;
-        let et_min = self.election_timeout_min.as_secs_f64();
-        let budget = self.stop_budget.as_secs_f64();
+        Self::safe_lease_for(
+            self.election_timeout_min,
+            self.stop_budget,
+            self.max_clock_drift,
+        )
+    }
+
+    /// The longest lease that satisfies the inequality for these values, rounded down to a
+    /// millisecond; `None` when no lease of a millisecond or more does. The one formula
+    /// behind [`Config::max_safe_lease`], for callers (the daemon's config check) that try
+    /// other values before they build a `Config`.
+    pub fn safe_lease_for(
+        election_timeout_min: Duration,
+        stop_budget: Duration,
+        max_clock_drift: f64,
+    ) -> Option<Duration> {
+        let rho = max_clock_drift;
+        let et_min = election_timeout_min.as_secs_f64();
+        let budget = stop_budget.as_secs_f64();
         let seconds = (et_min / (1.0 + rho) - budget) * (1.0 - rho);
-        if !(seconds.is_finite() && seconds > 0.0) {
+        if !seconds.is_finite() {
             return None;
         }
-        Some(Duration::from_millis((seconds * 1000.0).floor() as u64))
+        let millis = (seconds * 1000.0).floor();
+        // `as` saturates; a lease beyond u64 milliseconds is no lease anyone configures.
+        (millis >= 1.0).then(|| Duration::from_millis(millis as u64))
+    }
+
+    /// The shortest whole-millisecond minimum election timeout for which `lease` is safe
+    /// with this node's stop budget and drift bound (`None` if the drift bound is out of
+    /// range). Error messages suggest it.
+    fn shortest_election_timeout_min_for(&self, lease: Duration) -> Option<Duration> {
+        let rho = self.max_clock_drift;
+        if !(0.0..0.5).contains(&rho) {
+            return None;
+        }
+        let exact =
+            (lease.as_secs_f64() / (1.0 - rho) + self.stop_budget.as_secs_f64()) * (1.0 + rho);
+        let first = ((exact * 1000.0).ceil() as u64).saturating_sub(1).max(1);
+        // The safe lease is rounded down to a millisecond: step past the rounding.
+        (first..first.saturating_add(1000))
+            .map(Duration::from_millis)
+            .find(|&et_min| {
+                Self::safe_lease_for(et_min, self.stop_budget, rho).is_some_and(|max| max >= lease)
+            })
+    }
+
+    /// The longest whole-millisecond stop budget for which `lease` is safe with this node's
+    /// minimum election timeout and drift bound, if any is.
+    fn longest_stop_budget_for(&self, lease: Duration) -> Option<Duration> {
+        let rho = self.max_clock_drift;
+        if !(0.0..0.5).contains(&rho) {
+            return None;
+        }
+        let exact = self.election_timeout_min.as_secs_f64() / (1.0 + rho)
+            - lease.as_secs_f64() / (1.0 - rho);
+        if !(exact.is_finite() && exact >= 0.0) {
+            return None;
+        }
+        let first = (exact * 1000.0).floor() as u64 + 1;
+        // From just above the exact value down, past the rounding of the safe lease.
+        (first.saturating_sub(1000)..=first)
+            .rev()
+            .map(Duration::from_millis)
+            .find(|&budget| {
+                Self::safe_lease_for(self.election_timeout_min, budget, rho)
+                    .is_some_and(|max| max >= lease)
+            })
     }
 
     /// The stop budget as measured on this node's clock when the clock may run fast by
@@ -200,13 +261,26 @@ impl Config {
             });
         }
         let max_safe = self.max_safe_lease();
-        if max_safe.is_some_and(|max| !max.is_zero()) && self.lease.is_zero() {
+        if let Some(max_safe) = max_safe
+            && self.lease.is_zero()
+        {
             return Err(ConfigError::NoLease { max_safe });
         }
         if max_safe.is_none_or(|max| self.lease > max) {
+            // What the lease must be at least: the configured one, or (a derived lease
+            // that came out as none) one that two heartbeats fit in.
+            let wanted = self
+                .lease
+                .max(self.heartbeat_interval * 2)
+                .max(Duration::from_millis(1));
             return Err(ConfigError::UnsafeLease {
                 lease: self.lease,
                 max_safe,
+                election_timeout_min: self.election_timeout_min,
+                stop_budget: self.stop_budget,
+                max_clock_drift: self.max_clock_drift,
+                shortest_election_timeout_min: self.shortest_election_timeout_min_for(wanted),
+                longest_stop_budget: self.longest_stop_budget_for(wanted),
             });
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease {
@@ -233,7 +307,11 @@ pub enum ConfigError {
     #[error("max clock drift must be at least 0 and below 0.5, got {0}")]
     Drift(f64),
     /// The election timeout range is empty or zero.
-    #[error("election timeout range [{min:?}, {max:?}] is invalid: min must be > 0 and <= max")]
+    #[error(
+        "election timeout range [{}, {}] is invalid: the minimum must be above 0 and at most the maximum",
+        ms(.min),
+        ms(.max)
+    )]
     TimeoutRange {
         /// Configured minimum.
         min: Duration,
@@ -242,8 +320,10 @@ pub enum ConfigError {
     },
     /// Heartbeats are too slow to renew the lease before it expires.
     #[error(
-        "heartbeat interval {heartbeat:?} is too long for a lease of {lease:?}: \
-         it must be positive and at most half the lease; lower the heartbeat interval"
+        "heartbeat interval {} does not fit a lease of {}: it must be positive and at most half the lease; set it to at most {}",
+        ms(.heartbeat),
+        ms(.lease),
+        ms(&(*.lease / 2))
     )]
     Heartbeat {
         /// Configured heartbeat interval.
@@ -252,26 +332,111 @@ pub enum ConfigError {
         lease: Duration,
     },
     /// The lease breaks `lease/(1-ρ) + stop_budget <= ET_min/(1+ρ)`.
-    #[error(
-        "lease {lease:?} is unsafe: it must satisfy lease/(1-drift) + stop_budget <= \
-         election_timeout_min/(1+drift) (largest safe lease: {max_safe:?}); shorten the lease, \
-         raise the minimum election timeout, or lower the stop budget or drift bound"
-    )]
+    #[error("{}", unsafe_lease_text(self))]
     UnsafeLease {
-        /// Configured lease.
+        /// Configured lease (zero: derived, and no lease is safe).
         lease: Duration,
-        /// The largest safe lease, if any lease is safe.
+        /// The largest safe lease; `None`: no lease of a millisecond or more is safe.
         max_safe: Option<Duration>,
+        /// Configured minimum election timeout.
+        election_timeout_min: Duration,
+        /// Configured stop budget.
+        stop_budget: Duration,
+        /// Configured drift bound `ρ`.
+        max_clock_drift: f64,
+        /// The shortest minimum election timeout that makes the lease safe (with two
+        /// heartbeats in it), if any does.
+        shortest_election_timeout_min: Option<Duration>,
+        /// The longest stop budget that makes the lease safe (with two heartbeats in it),
+        /// if any does.
+        longest_stop_budget: Option<Duration>,
     },
     /// The lease is zero while a positive one is safe: it was derived before the timings,
     /// stop budget or drift it depends on were changed, or never.
     #[error(
-        "the lease is 0 ms: it was derived for other timings (fields set directly, or a stop budget changed after set_timings); call Config::derive_lease() (the longest safe lease now is {max_safe:?}), or use Config::set_timings / set_stop_budget / set_max_clock_drift, which derive it"
+        "the lease is 0 ms: it was derived for other timings (fields set directly, or a stop budget changed after set_timings); call Config::derive_lease() (the longest safe lease now is {}), or use Config::set_timings / set_stop_budget / set_max_clock_drift, which derive it",
+        ms(.max_safe)
     )]
     NoLease {
         /// The largest safe lease.
-        max_safe: Option<Duration>,
+        max_safe: Duration,
     },
+}
+
+/// A duration as people read a timing setting: `714 ms`, `95.238 ms`.
+fn ms(duration: &Duration) -> String {
+    let millis = duration.as_secs_f64() * 1000.0;
+    if duration.subsec_nanos() % 1_000_000 == 0 {
+        return format!("{} ms", duration.as_millis());
+    }
+    let text = format!("{millis:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "0" {
+        "less than 0.001 ms".to_owned()
+    } else {
+        format!("{text} ms")
+    }
+}
+
+/// [`ConfigError::UnsafeLease`]'s message: what the rule allows, and values that satisfy it.
+fn unsafe_lease_text(error: &ConfigError) -> String {
+    let ConfigError::UnsafeLease {
+        lease,
+        max_safe,
+        election_timeout_min,
+        stop_budget,
+        max_clock_drift,
+        shortest_election_timeout_min,
+        longest_stop_budget,
+    } = error
+    else {
+        return String::new();
+    };
+    let rule = "lease/(1-drift) + stop_budget <= election_timeout_min/(1+drift)";
+    let given = format!(
+        "election_timeout_min {}, stop_budget {} and drift {max_clock_drift}",
+        ms(election_timeout_min),
+        ms(stop_budget)
+    );
+    let mut fixes = Vec::new();
+    let mut text = match max_safe {
+        Some(max) => {
+            fixes.push(format!(
+                "shorten the lease to at most {} (Config::derive_lease sets the longest)",
+                ms(max)
+            ));
+            format!(
+                "lease {} is unsafe: the rule {rule} allows at most {} with {given}",
+                ms(lease),
+                ms(max)
+            )
+        }
+        None => {
+            let limit = election_timeout_min.as_secs_f64() / (1.0 + max_clock_drift);
+            format!(
+                "every lease is unsafe: the rule {rule} needs the stop budget below election_timeout_min/(1+drift) = {}, with {given}",
+                ms(&Duration::try_from_secs_f64(limit).unwrap_or_default())
+            )
+        }
+    };
+    if let Some(et_min) = shortest_election_timeout_min {
+        fixes.push(format!(
+            "raise election_timeout_min to at least {} (Config::set_timings derives the lease)",
+            ms(et_min)
+        ));
+    }
+    if let Some(budget) = longest_stop_budget {
+        fixes.push(format!(
+            "lower the stop budget to at most {} (Config::set_stop_budget)",
+            ms(budget)
+        ));
+    }
+    if fixes.is_empty() {
+        fixes.push("lower the drift bound".to_owned());
+    }
+    text.push_str("; ");
+    text.push_str(&fixes.join(", or "));
+    text
 }
 
 #[cfg(test)]
@@ -333,6 +498,159 @@ mod tests {
         drift.set_max_clock_drift(0.01);
         assert!(drift.lease > fast.lease);
         drift.validate().expect("valid");
+    }
+
+    /// Fails if `text` shows Rust's Debug output of an `Option` or a `Duration`.
+    fn assert_plain(text: &str) {
+        for debug in ["Some(", "None", "0ns"] {
+            assert!(!text.contains(debug), "{debug:?} in {text:?}");
+        }
+        let bytes = text.as_bytes();
+        for (i, pair) in bytes.windows(2).enumerate() {
+            // `714ms`, `1.2s`, `3µs`: a Duration's Debug; people read `714 ms`.
+            let unit_follows = matches!(pair[1], b'm' | b'n' | b's' | 0xc2);
+            let word_ends = bytes.get(i + 2).is_none_or(|b| !b.is_ascii_alphabetic());
+            assert!(
+                !(pair[0].is_ascii_digit() && unit_follows && word_ends),
+                "a Debug duration in {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsafe_lease_messages_give_values_that_work() {
+        let ms = Duration::from_millis;
+        let lease_too_long = {
+            let mut c = base();
+            c.lease = ms(715);
+            c
+        };
+        let fast_timings_default_budget = {
+            let mut c = base();
+            c.set_timings(ms(10), ms(100), ms(200)); // the 200 ms stop budget leaves no lease
+            c
+        };
+        let budget_set_directly = {
+            let mut c = base();
+            c.stop_budget = ms(960); // the 714 ms lease stays
+            c
+        };
+        for (name, config, needle) in [
+            ("lease too long", lease_too_long, "allows at most 714 ms"),
+            (
+                "no lease for the fast timings",
+                fast_timings_default_budget,
+                "every lease is unsafe",
+            ),
+            (
+                "budget set directly",
+                budget_set_directly,
+                "every lease is unsafe",
+            ),
+        ] {
+            let e = config.validate().expect_err(name);
+            let text = e.to_string();
+            assert_plain(&text);
+            assert!(text.contains(needle), "{name}: {text}");
+            let ConfigError::UnsafeLease {
+                max_safe,
+                shortest_election_timeout_min,
+                longest_stop_budget,
+                ..
+            } = e
+            else {
+                panic!("{name}: {e:?}")
+            };
+            // Every value the message offers passes, applied the way it says.
+            let derived = config.lease.is_zero();
+            if let Some(max) = max_safe {
+                assert!(text.contains(&format!("at most {} ms", max.as_millis())));
+                let mut fixed = config.clone();
+                fixed.lease = max;
+                fixed.validate().expect(name);
+            }
+            let et_min = shortest_election_timeout_min.expect("a longer timeout always works");
+            assert!(
+                text.contains(&format!("at least {} ms", et_min.as_millis())),
+                "{text}"
+            );
+            let mut fixed = config.clone();
+            if derived {
+                let max = config.election_timeout_max.max(et_min);
+                fixed.set_timings(config.heartbeat_interval, et_min, max);
+            } else {
+                fixed.election_timeout_min = et_min;
+                fixed.election_timeout_max = fixed.election_timeout_max.max(et_min);
+            }
+            fixed.validate().expect(name);
+            // One millisecond less is not enough: the value is the boundary.
+            let mut short = fixed.clone();
+            short.election_timeout_min = et_min - ms(1);
+            if derived {
+                short.derive_lease();
+            }
+            assert!(
+                short.validate().is_err(),
+                "{name}: {et_min:?} is not the shortest"
+            );
+            if let Some(budget) = longest_stop_budget {
+                assert!(text.contains(&format!("at most {} ms", budget.as_millis())));
+                let mut fixed = config.clone();
+                if derived {
+                    fixed.set_stop_budget(budget);
+                } else {
+                    fixed.stop_budget = budget;
+                }
+                fixed.validate().expect(name);
+            }
+        }
+        // The whole message, for the fast timings left with the default 200 ms stop budget.
+        let mut c = base();
+        c.set_timings(ms(10), ms(100), ms(200));
+        assert_eq!(
+            c.validate().expect_err("no lease").to_string(),
+            "every lease is unsafe: the rule lease/(1-drift) + stop_budget <= \
+             election_timeout_min/(1+drift) needs the stop budget below \
+             election_timeout_min/(1+drift) = 95.238 ms, with election_timeout_min 100 ms, \
+             stop_budget 200 ms and drift 0.05; raise election_timeout_min to at least 233 ms \
+             (Config::set_timings derives the lease), or lower the stop budget to at most 74 ms \
+             (Config::set_stop_budget)"
+        );
+    }
+
+    #[test]
+    fn heartbeat_and_range_messages_are_plain_and_say_what_works() {
+        let ms = Duration::from_millis;
+        let mut slow = base();
+        slow.heartbeat_interval = ms(400);
+        let e = slow.validate().expect_err("heartbeat too slow").to_string();
+        assert_plain(&e);
+        assert!(
+            e.contains("heartbeat interval 400 ms") && e.contains("at most 357 ms"),
+            "{e}"
+        );
+        slow.heartbeat_interval = ms(357);
+        slow.validate().expect("the suggested heartbeat works");
+
+        let mut range = base();
+        range.election_timeout_max = ms(900);
+        let e = range.validate().expect_err("inverted").to_string();
+        assert_plain(&e);
+        assert!(e.contains("[1000 ms, 900 ms]"), "{e}");
+
+        let mut stale = base();
+        stale.set_timings(ms(10), ms(100), ms(200));
+        stale.stop_budget = ms(20);
+        let e = stale.validate().expect_err("lease left at 0").to_string();
+        assert_plain(&e);
+        assert!(e.contains("the longest safe lease now is 71 ms"), "{e}");
+
+        // Sub-millisecond values read as fractions of a millisecond.
+        let mut fine = base();
+        fine.lease = Duration::from_micros(714_500);
+        let e = fine.validate().expect_err("too long").to_string();
+        assert_plain(&e);
+        assert!(e.contains("lease 714.5 ms"), "{e}");
     }
 
     #[test]

@@ -638,7 +638,8 @@ async fn wait_stable(
                 ));
             }
             return Err(BenchError::Stuck(format!(
-                "the cluster did not settle within {timeout:?}: {silent}{statuses:?}"
+                "the cluster did not settle within {}: {silent}{statuses:?}",
+                crate::status::human_duration(timeout)
             )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -105,56 +105,29 @@ struct RawPeer {
     key: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[election]` as written: a key the file leaves out is `None`, so that an error can tell
+/// a value the operator chose from a default (see [`Timings`]).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawElection {
-    #[serde(default = "default_heartbeat")]
-    heartbeat_ms: u64,
-    #[serde(default = "default_timeout")]
-    election_timeout_ms: [u64; 2],
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<[u64; 2]>,
     #[serde(default)]
     priority: u8,
     #[serde(default)]
     preempt: bool,
-    #[serde(default = "default_drift")]
-    max_clock_drift: f64,
-    #[serde(default = "default_stop_budget")]
-    stop_budget_ms: u64,
+    max_clock_drift: Option<f64>,
+    stop_budget_ms: Option<u64>,
     lease_ms: Option<u64>,
-    #[serde(default = "default_margin")]
-    driver_lease_margin_ms: u64,
+    driver_lease_margin_ms: Option<u64>,
 }
 
-fn default_heartbeat() -> u64 {
-    100
-}
-fn default_timeout() -> [u64; 2] {
-    [1000, 2000]
-}
-fn default_drift() -> f64 {
-    0.05
-}
-fn default_stop_budget() -> u64 {
-    200
-}
-fn default_margin() -> u64 {
-    20
-}
-
-impl Default for RawElection {
-    fn default() -> Self {
-        Self {
-            heartbeat_ms: default_heartbeat(),
-            election_timeout_ms: default_timeout(),
-            priority: 0,
-            preempt: false,
-            max_clock_drift: default_drift(),
-            stop_budget_ms: default_stop_budget(),
-            lease_ms: None,
-            driver_lease_margin_ms: default_margin(),
-        }
-    }
-}
+const DEFAULT_HEARTBEAT_MS: u64 = 100;
+const DEFAULT_ELECTION_TIMEOUT_MS: [u64; 2] = [1000, 2000];
+const DEFAULT_MAX_CLOCK_DRIFT: f64 = 0.05;
+const DEFAULT_STOP_BUDGET_MS: u64 = 200;
+const DEFAULT_DRIVER_LEASE_MARGIN_MS: u64 = 20;
+const DEFAULT_FENCE_TIMEOUT_MS: u64 = 150;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,13 +203,9 @@ struct RawFence {
     command: Option<String>,
     #[serde(default)]
     kill_driver: bool,
-    #[serde(default = "default_fence_timeout")]
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
     watchdog: Option<PathBuf>,
     watchdog_timeout_ms: Option<u64>,
-}
-fn default_fence_timeout() -> u64 {
-    150
 }
 
 /// `[fence]`: what the daemon does itself when a driver that may run the service has not
@@ -547,6 +516,800 @@ fn parse_checks(
     Ok(checks)
 }
 
+/// A key of the timing rule: the `[election]` timings, and the `[fence]` ones that must fit
+/// inside them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimingKey {
+    Heartbeat,
+    ElectionTimeout,
+    Drift,
+    StopBudget,
+    Lease,
+    Margin,
+    FenceTimeout,
+    WatchdogTimeout,
+}
+
+impl TimingKey {
+    /// The dotted key, as errors name it.
+    fn path(self) -> &'static str {
+        match self {
+            Self::Heartbeat => "election.heartbeat_ms",
+            Self::ElectionTimeout => "election.election_timeout_ms",
+            Self::Drift => "election.max_clock_drift",
+            Self::StopBudget => "election.stop_budget_ms",
+            Self::Lease => "election.lease_ms",
+            Self::Margin => "election.driver_lease_margin_ms",
+            Self::FenceTimeout => "fence.timeout_ms",
+            Self::WatchdogTimeout => "fence.watchdog_timeout_ms",
+        }
+    }
+}
+
+/// The largest value the search for a fix tries (about 35 years in milliseconds).
+const MAX_SEARCH_MS: u64 = 1 << 40;
+
+/// The timing keys as numbers (defaults filled in) and which of them the file sets: the
+/// one place that checks the timing rule, and that finds the values an error suggests, so
+/// that a suggestion is always one the check accepts.
+#[derive(Clone, Debug)]
+struct Timings {
+    heartbeat_ms: u64,
+    election_timeout_ms: [u64; 2],
+    max_clock_drift: f64,
+    stop_budget_ms: u64,
+    /// `None`: the longest safe lease.
+    lease_ms: Option<u64>,
+    driver_lease_margin_ms: u64,
+    /// `fence.timeout_ms`, when a fence command or `kill_driver` has to fit in the stop budget.
+    fence_timeout_ms: Option<u64>,
+    /// `fence.watchdog_timeout_ms`, when `fence.watchdog` is set.
+    watchdog_timeout_ms: Option<u64>,
+    /// The keys the file sets; the others hold their defaults.
+    set: Vec<TimingKey>,
+}
+
+/// The first timing rule a [`Timings`] breaks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Broken {
+    /// `max_clock_drift` is outside `[0, 0.5)`.
+    Drift,
+    /// `election_timeout_ms` is not `[min, max]` with `0 < min <= max`.
+    TimeoutRange,
+    /// `heartbeat_ms = 0`.
+    HeartbeatZero,
+    /// `lease_ms = 0`.
+    LeaseZero,
+    /// No lease (of 1 ms or more) is safe: the stop budget takes all of `ET_min/(1+ρ)`.
+    NoSafeLease,
+    /// `lease_ms` is above the longest safe lease.
+    LeaseTooLong { max_safe: u64 },
+    /// More than half the lease passes between heartbeats.
+    HeartbeatTooLong { lease: u64 },
+    /// The drivers' margin is not below the lease.
+    Margin { lease: u64 },
+    /// `fence.timeout_ms` is zero or longer than the stop budget.
+    FenceTimeout,
+    /// The watchdog would fire after lease end + stop budget, so it could never be fed.
+    Watchdog { lease: u64, slack: u64 },
+}
+
+impl Broken {
+    /// The key the rule is about, if it is about one key rather than a derived value.
+    fn subject(self) -> Option<TimingKey> {
+        Some(match self {
+            Self::Drift => TimingKey::Drift,
+            Self::TimeoutRange => TimingKey::ElectionTimeout,
+            Self::HeartbeatZero | Self::HeartbeatTooLong { .. } => TimingKey::Heartbeat,
+            Self::LeaseZero | Self::LeaseTooLong { .. } => TimingKey::Lease,
+            Self::NoSafeLease => return None,
+            Self::Margin { .. } => TimingKey::Margin,
+            Self::FenceTimeout => TimingKey::FenceTimeout,
+            Self::Watchdog { .. } => TimingKey::WatchdogTimeout,
+        })
+    }
+
+    /// The keys that take part, the most likely culprit first.
+    fn keys(self) -> &'static [TimingKey] {
+        use TimingKey as K;
+        match self {
+            Self::Drift => &[K::Drift],
+            Self::TimeoutRange => &[K::ElectionTimeout],
+            Self::HeartbeatZero => &[K::Heartbeat],
+            Self::LeaseZero => &[K::Lease],
+            Self::NoSafeLease => &[K::ElectionTimeout, K::StopBudget, K::Drift],
+            Self::LeaseTooLong { .. } => &[K::Lease, K::ElectionTimeout, K::StopBudget, K::Drift],
+            Self::HeartbeatTooLong { .. } => &[
+                K::Heartbeat,
+                K::Lease,
+                K::ElectionTimeout,
+                K::StopBudget,
+                K::Drift,
+            ],
+            Self::Margin { .. } => &[
+                K::Margin,
+                K::Lease,
+                K::ElectionTimeout,
+                K::StopBudget,
+                K::Drift,
+            ],
+            Self::FenceTimeout => &[K::FenceTimeout, K::StopBudget],
+            Self::Watchdog { .. } => &[
+                K::WatchdogTimeout,
+                K::Lease,
+                K::ElectionTimeout,
+                K::StopBudget,
+                K::Heartbeat,
+                K::Drift,
+            ],
+        }
+    }
+}
+
+/// One change to a timing key, part of a suggested fix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Change {
+    /// A key in milliseconds (not `election_timeout_ms`) gets this value.
+    Ms(TimingKey, u64),
+    ElectionTimeout([u64; 2]),
+    Drift(f64),
+    /// `election.lease_ms` left out: the longest safe lease.
+    DeriveLease,
+}
+
+impl Change {
+    fn key(self) -> TimingKey {
+        match self {
+            Self::Ms(key, _) => key,
+            Self::ElectionTimeout(_) => TimingKey::ElectionTimeout,
+            Self::Drift(_) => TimingKey::Drift,
+            Self::DeriveLease => TimingKey::Lease,
+        }
+    }
+
+    /// As the error message writes it: `election.stop_budget_ms = 20`; `None` for
+    /// [`Change::DeriveLease`], which removes a key.
+    fn assignment(self) -> Option<String> {
+        Some(match self {
+            Self::Ms(key, ms) => format!("{} = {ms}", key.path()),
+            Self::ElectionTimeout([min, max]) => format!("{} = [{min}, {max}]", self.key().path()),
+            Self::Drift(rho) => format!("{} = {rho}", self.key().path()),
+            Self::DeriveLease => return None,
+        })
+    }
+}
+
+/// A timing error: the key at fault, what is wrong and the fixes it offers (each one a set
+/// of changes that [`Timings::check`] accepts).
+#[derive(Debug)]
+struct TimingError {
+    key: TimingKey,
+    message: String,
+    /// What the message offers, as changes (the tests apply each one).
+    #[cfg_attr(not(test), allow(dead_code))]
+    fixes: Vec<Vec<Change>>,
+}
+
+/// The largest `v` in `lo..=hi` for which `ok(v)`, when `ok` holds from `lo` up to some
+/// value and not beyond it. Whatever it returns passed `ok`.
+fn largest(lo: u64, hi: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
+    if lo > hi || !ok(lo) {
+        return None;
+    }
+    if ok(hi) {
+        return Some(hi);
+    }
+    let (mut good, mut bad) = (lo, hi);
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if ok(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Some(good)
+}
+
+/// The smallest `v` in `lo..=hi` for which `ok(v)`, when `ok` fails below some value and
+/// holds from it up to `hi`. Whatever it returns passed `ok`.
+fn smallest(lo: u64, hi: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
+    if lo > hi || !ok(hi) {
+        return None;
+    }
+    if ok(lo) {
+        return Some(lo);
+    }
+    let (mut bad, mut good) = (lo, hi);
+    while good - bad > 1 {
+        let mid = bad + (good - bad) / 2;
+        if ok(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Some(good)
+}
+
+/// `12.3` for a number of milliseconds that need not be whole.
+fn fractional_ms(ms: f64) -> String {
+    let text = format!("{ms:.1}");
+    text.strip_suffix(".0").unwrap_or(&text).to_owned()
+}
+
+impl Timings {
+    /// The timings of `[election]` and `[fence]` as written.
+    fn from_raw(e: &RawElection, fence: Option<&RawFence>) -> Self {
+        use TimingKey as K;
+        let fence_runs = fence.filter(|f| f.command.is_some() || f.kill_driver);
+        let watchdog = fence.filter(|f| f.watchdog.is_some());
+        let set = [
+            (K::Heartbeat, e.heartbeat_ms.is_some()),
+            (K::ElectionTimeout, e.election_timeout_ms.is_some()),
+            (K::Drift, e.max_clock_drift.is_some()),
+            (K::StopBudget, e.stop_budget_ms.is_some()),
+            (K::Lease, e.lease_ms.is_some()),
+            (K::Margin, e.driver_lease_margin_ms.is_some()),
+            (
+                K::FenceTimeout,
+                fence_runs.is_some_and(|f| f.timeout_ms.is_some()),
+            ),
+            (
+                K::WatchdogTimeout,
+                watchdog.is_some_and(|f| f.watchdog_timeout_ms.is_some()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        Self {
+            heartbeat_ms: e.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS),
+            election_timeout_ms: e.election_timeout_ms.unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS),
+            max_clock_drift: e.max_clock_drift.unwrap_or(DEFAULT_MAX_CLOCK_DRIFT),
+            stop_budget_ms: e.stop_budget_ms.unwrap_or(DEFAULT_STOP_BUDGET_MS),
+            lease_ms: e.lease_ms,
+            driver_lease_margin_ms: e
+                .driver_lease_margin_ms
+                .unwrap_or(DEFAULT_DRIVER_LEASE_MARGIN_MS),
+            fence_timeout_ms: fence_runs.map(|f| f.timeout_ms.unwrap_or(DEFAULT_FENCE_TIMEOUT_MS)),
+            watchdog_timeout_ms: watchdog.and_then(|f| f.watchdog_timeout_ms),
+            set,
+        }
+    }
+
+    fn is_set(&self, key: TimingKey) -> bool {
+        self.set.contains(&key)
+    }
+
+    /// The longest safe lease for the election timeout, stop budget and drift, in ms.
+    fn max_safe_lease(&self) -> Option<u64> {
+        CoreConfig::safe_lease_for(
+            Duration::from_millis(self.election_timeout_ms[0]),
+            Duration::from_millis(self.stop_budget_ms),
+            self.max_clock_drift,
+        )
+        .map(|lease| u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The lease (ms) these timings give, or the first rule they break. The rule of
+    /// [`clustd_core::config`], `lease/(1-ρ) + stop_budget <= ET_min/(1+ρ)`, and what the
+    /// daemon adds: two heartbeats per lease, the drivers' margin below it, the fence inside
+    /// the stop budget, a watchdog that fires by lease end + stop budget.
+    fn check(&self) -> Result<u64, Broken> {
+        let [min, max] = self.election_timeout_ms;
+        if !(0.0..0.5).contains(&self.max_clock_drift) {
+            return Err(Broken::Drift);
+        }
+        if min == 0 || max < min {
+            return Err(Broken::TimeoutRange);
+        }
+        if self.heartbeat_ms == 0 {
+            return Err(Broken::HeartbeatZero);
+        }
+        if self.lease_ms == Some(0) {
+            return Err(Broken::LeaseZero);
+        }
+        let max_safe = self.max_safe_lease().ok_or(Broken::NoSafeLease)?;
+        let lease = self.lease_ms.unwrap_or(max_safe);
+        if lease > max_safe {
+            return Err(Broken::LeaseTooLong { max_safe });
+        }
+        if self.heartbeat_ms.saturating_mul(2) > lease {
+            return Err(Broken::HeartbeatTooLong { lease });
+        }
+        if self.driver_lease_margin_ms >= lease {
+            return Err(Broken::Margin { lease });
+        }
+        if let Some(timeout) = self.fence_timeout_ms
+            && (timeout == 0 || timeout > self.stop_budget_ms)
+        {
+            return Err(Broken::FenceTimeout);
+        }
+        if let Some(timeout) = self.watchdog_timeout_ms {
+            // Fed only while `now + timeout <= lease end + stop budget`. The lease runs
+            // from a heartbeat's send time, so what is left at its acknowledgement is the
+            // lease minus the round trip: leave a quarter of the lease (at least two
+            // heartbeats) for round trips and the feeding cadence.
+            let slack = self.heartbeat_ms.saturating_mul(2).max(lease / 4);
+            let room = lease.saturating_add(self.stop_budget_ms);
+            if timeout == 0 || timeout.saturating_add(slack) > room {
+                return Err(Broken::Watchdog { lease, slack });
+            }
+        }
+        Ok(lease)
+    }
+
+    /// These timings with `changes` made.
+    fn with(&self, changes: &[Change]) -> Self {
+        let mut t = self.clone();
+        for change in changes {
+            match *change {
+                Change::Ms(key, ms) => match key {
+                    TimingKey::Heartbeat => t.heartbeat_ms = ms,
+                    TimingKey::StopBudget => t.stop_budget_ms = ms,
+                    TimingKey::Lease => t.lease_ms = Some(ms),
+                    TimingKey::Margin => t.driver_lease_margin_ms = ms,
+                    TimingKey::FenceTimeout => t.fence_timeout_ms = Some(ms),
+                    TimingKey::WatchdogTimeout => t.watchdog_timeout_ms = Some(ms),
+                    TimingKey::ElectionTimeout | TimingKey::Drift => {}
+                },
+                Change::ElectionTimeout(range) => t.election_timeout_ms = range,
+                Change::Drift(rho) => t.max_clock_drift = rho,
+                Change::DeriveLease => t.lease_ms = None,
+            }
+        }
+        t
+    }
+
+    /// The lease after `changes`, if the timings then pass.
+    fn works(&self, changes: &[Change]) -> Option<u64> {
+        self.with(changes).check().ok()
+    }
+
+    /// `key` at the largest value in `lo..=hi` that passes.
+    fn shorter(&self, key: TimingKey, lo: u64, hi: u64) -> Option<Vec<Change>> {
+        let fix = |ms| vec![Change::Ms(key, ms)];
+        largest(lo, hi, |ms| self.works(&fix(ms)).is_some()).map(fix)
+    }
+
+    /// `key` at the smallest value in `lo..=hi` that passes.
+    fn longer(&self, key: TimingKey, lo: u64, hi: u64) -> Option<Vec<Change>> {
+        let fix = |ms| vec![Change::Ms(key, ms)];
+        smallest(lo, hi, |ms| self.works(&fix(ms)).is_some()).map(fix)
+    }
+
+    /// The shortest minimum election timeout from `from` on that passes, with the maximum
+    /// kept unless it would be below the minimum (then twice the minimum).
+    fn longer_election_timeout(&self, from: u64) -> Option<Vec<Change>> {
+        let max = self.election_timeout_ms[1];
+        let fix = |min: u64| {
+            let max = if max >= min {
+                max
+            } else {
+                min.saturating_mul(2)
+            };
+            vec![Change::ElectionTimeout([min, max])]
+        };
+        smallest(from.max(1), MAX_SEARCH_MS, |min| {
+            self.works(&fix(min)).is_some()
+        })
+        .map(fix)
+    }
+
+    /// Fixes that lengthen the lease: a longer `lease_ms` when it is set, else a longer
+    /// election timeout or a shorter stop budget (the lease is derived from them).
+    fn longer_lease(&self) -> Vec<Vec<Change>> {
+        match self.lease_ms {
+            Some(lease) => {
+                let max = self.max_safe_lease().unwrap_or(0);
+                self.longer(TimingKey::Lease, lease.saturating_add(1), max)
+                    .into_iter()
+                    .collect()
+            }
+            None => [
+                self.longer_election_timeout(self.election_timeout_ms[0].saturating_add(1)),
+                self.shorter_stop_budget(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        }
+    }
+
+    /// The longest stop budget below the current one that passes (never below the fence's
+    /// timeout, which must fit in it).
+    fn shorter_stop_budget(&self) -> Option<Vec<Change>> {
+        let floor = self.fence_timeout_ms.unwrap_or(0);
+        self.shorter(
+            TimingKey::StopBudget,
+            floor,
+            self.stop_budget_ms.checked_sub(1)?,
+        )
+    }
+
+    /// Changes that repair `broken`, each accepted by [`Timings::check`].
+    fn fixes(&self, broken: Broken) -> Vec<Vec<Change>> {
+        use TimingKey as K;
+        let [min, max] = self.election_timeout_ms;
+        let mut fixes: Vec<Vec<Change>> = match broken {
+            Broken::Drift => vec![vec![Change::Drift(DEFAULT_MAX_CLOCK_DRIFT)]],
+            Broken::TimeoutRange => {
+                let swapped = vec![Change::ElectionTimeout([max, min])];
+                if max > 0 && max < min && self.works(&swapped).is_some() {
+                    vec![swapped]
+                } else {
+                    self.longer_election_timeout(1).into_iter().collect()
+                }
+            }
+            Broken::HeartbeatZero => self
+                .shorter(K::Heartbeat, 1, DEFAULT_HEARTBEAT_MS)
+                .into_iter()
+                .collect(),
+            Broken::LeaseZero => vec![vec![Change::DeriveLease]],
+            Broken::NoSafeLease => {
+                let budget = self.shorter_stop_budget();
+                // When the stop budget alone cannot help (two heartbeats do not fit what
+                // is left), the defaults' proportions for this election timeout do.
+                let scaled = if budget.is_none() {
+                    self.scaled_to_election_timeout(min)
+                } else {
+                    None
+                };
+                [
+                    self.longer_election_timeout(min.saturating_add(1)),
+                    budget,
+                    scaled,
+                ]
+                .into_iter()
+                .flatten()
+                .collect()
+            }
+            Broken::LeaseTooLong { max_safe } => [
+                Some(vec![Change::Ms(K::Lease, max_safe)]),
+                self.longer_election_timeout(min.saturating_add(1)),
+                self.shorter_stop_budget(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Broken::HeartbeatTooLong { .. } => {
+                let mut fixes: Vec<_> = self
+                    .shorter(K::Heartbeat, 1, self.heartbeat_ms - 1)
+                    .into_iter()
+                    .collect();
+                fixes.extend(self.longer_lease());
+                fixes
+            }
+            Broken::Margin { lease } => {
+                let margin = self.driver_lease_margin_ms;
+                let hi = (margin.saturating_sub(1))
+                    .min(DEFAULT_DRIVER_LEASE_MARGIN_MS)
+                    .min(lease / 2);
+                let mut fixes: Vec<_> = self.shorter(K::Margin, 0, hi).into_iter().collect();
+                fixes.extend(self.longer_lease());
+                fixes
+            }
+            Broken::FenceTimeout => {
+                let timeout = self.fence_timeout_ms.unwrap_or(0);
+                let mut fixes: Vec<_> = self
+                    .shorter(K::FenceTimeout, 1, self.stop_budget_ms)
+                    .into_iter()
+                    .collect();
+                let budget = Change::Ms(K::StopBudget, timeout);
+                if timeout > 0 {
+                    if self.works(&[budget]).is_some() {
+                        fixes.push(vec![budget]);
+                    } else if let Some(mut et) = self
+                        .with(&[budget])
+                        .longer_election_timeout(min.saturating_add(1))
+                    {
+                        et.insert(0, budget);
+                        fixes.push(et);
+                    }
+                }
+                fixes
+            }
+            Broken::Watchdog { .. } => {
+                let timeout = self.watchdog_timeout_ms.unwrap_or(0);
+                let mut fixes: Vec<_> = self
+                    .shorter(K::WatchdogTimeout, 1, timeout.saturating_sub(1))
+                    .into_iter()
+                    .collect();
+                fixes.extend(self.longer_lease());
+                fixes
+            }
+        };
+        fixes.retain(|fix| self.works(fix).is_some());
+        if fixes.is_empty() {
+            // More than one key is off: scale the others to the election timeout (or, if
+            // even that fails, to the default one).
+            let own = (min > 0 && min <= max).then_some(min);
+            fixes.extend(
+                own.into_iter()
+                    .chain([DEFAULT_ELECTION_TIMEOUT_MS[0]])
+                    .find_map(|min| self.scaled_to_election_timeout(min)),
+            );
+        }
+        fixes
+    }
+
+    /// The defaults' proportions for a minimum election timeout of `min` ms (the defaults
+    /// for 1000; stop budget 20 and heartbeat 10 for 100): a stop budget of `min/5`, a
+    /// heartbeat of `min/10` (or the current one, if shorter), the longest safe lease, and
+    /// the drivers' margin, fence and watchdog timeouts brought inside it, when they are
+    /// not already. Only the keys that change are in it, and only if the result passes.
+    fn scaled_to_election_timeout(&self, min: u64) -> Option<Vec<Change>> {
+        use TimingKey as K;
+        let mut changes = Vec::new();
+        let [own_min, own_max] = self.election_timeout_ms;
+        if own_min != min || own_max < min {
+            changes.push(Change::ElectionTimeout([min, min.saturating_mul(2)]));
+        }
+        if !(0.0..0.5).contains(&self.max_clock_drift) {
+            changes.push(Change::Drift(DEFAULT_MAX_CLOCK_DRIFT));
+        }
+        let budget = min / 5;
+        if budget != self.stop_budget_ms {
+            changes.push(Change::Ms(K::StopBudget, budget));
+        }
+        let heartbeat = (min / 10).clamp(1, self.heartbeat_ms.max(1));
+        if heartbeat != self.heartbeat_ms {
+            changes.push(Change::Ms(K::Heartbeat, heartbeat));
+        }
+        if self.lease_ms.is_some() {
+            changes.push(Change::DeriveLease);
+        }
+        let scaled = self.with(&changes);
+        let lease = scaled.max_safe_lease()?;
+        if scaled.driver_lease_margin_ms >= lease {
+            let margin = DEFAULT_DRIVER_LEASE_MARGIN_MS.min(lease / 2);
+            changes.push(Change::Ms(K::Margin, margin));
+        }
+        if scaled
+            .fence_timeout_ms
+            .is_some_and(|t| t == 0 || t > budget)
+        {
+            changes.push(Change::Ms(K::FenceTimeout, budget));
+        }
+        if let Some(timeout) = scaled.watchdog_timeout_ms {
+            let slack = heartbeat.saturating_mul(2).max(lease / 4);
+            let most = lease.saturating_add(budget).saturating_sub(slack);
+            if timeout == 0 || timeout > most {
+                changes.push(Change::Ms(K::WatchdogTimeout, most));
+            }
+        }
+        (!changes.is_empty() && self.works(&changes).is_some()).then_some(changes)
+    }
+
+    /// The key to blame: the one the rule is about if changing it helps; else (a derived
+    /// lease, or a rule no change of its own key repairs) a key the file sets and whose
+    /// change helps, or at least one the file sets.
+    fn blame(&self, broken: Broken, fixes: &[Vec<Change>]) -> TimingKey {
+        let fixed = |key: TimingKey| fixes.iter().any(|fix| fix[0].key() == key);
+        if let Some(subject) = broken.subject()
+            && fixed(subject)
+        {
+            return subject;
+        }
+        let keys = broken.keys();
+        keys.iter()
+            .copied()
+            .find(|&key| self.is_set(key) && fixed(key))
+            .or_else(|| keys.iter().copied().find(|&key| self.is_set(key)))
+            .or_else(|| fixes.first().map(|fix| fix[0].key()))
+            .unwrap_or(keys[0])
+    }
+
+    /// `key`'s value as written in the file: `200`, `[100, 200]`, `0.05`.
+    fn value(&self, key: TimingKey) -> String {
+        let ms = match key {
+            TimingKey::ElectionTimeout => {
+                let [min, max] = self.election_timeout_ms;
+                return format!("[{min}, {max}]");
+            }
+            TimingKey::Drift => return self.max_clock_drift.to_string(),
+            TimingKey::Heartbeat => self.heartbeat_ms,
+            TimingKey::StopBudget => self.stop_budget_ms,
+            TimingKey::Lease => match self.lease_ms {
+                Some(ms) => ms,
+                None => return "(the longest safe lease)".to_owned(),
+            },
+            TimingKey::Margin => self.driver_lease_margin_ms,
+            TimingKey::FenceTimeout => self.fence_timeout_ms.unwrap_or(DEFAULT_FENCE_TIMEOUT_MS),
+            TimingKey::WatchdogTimeout => self.watchdog_timeout_ms.unwrap_or(0),
+        };
+        ms.to_string()
+    }
+
+    /// `key`'s value with its unit, and `(the default)` when the file leaves it out.
+    fn shown(&self, key: TimingKey) -> String {
+        let value = match key {
+            TimingKey::ElectionTimeout | TimingKey::Drift => self.value(key),
+            TimingKey::Lease if self.lease_ms.is_none() => self.value(key),
+            _ => format!("{} ms", self.value(key)),
+        };
+        if self.is_set(key) {
+            value
+        } else {
+            format!("{value} (the default)")
+        }
+    }
+
+    /// `election.stop_budget_ms = 200 (the default) and election.max_clock_drift = 0.05`:
+    /// the keys other than `skip`.
+    fn context(&self, keys: &[TimingKey], skip: TimingKey) -> String {
+        let parts: Vec<String> = keys
+            .iter()
+            .filter(|&&key| key != skip)
+            .map(|&key| {
+                let default = if self.is_set(key) {
+                    ""
+                } else {
+                    " (the default)"
+                };
+                format!("{} = {}{default}", key.path(), self.value(key))
+            })
+            .collect();
+        match parts.split_last() {
+            None => String::new(),
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+
+    /// Where the lease comes from, for messages: `election.lease_ms`, or the inputs of the
+    /// derived one.
+    fn lease_origin(&self, skip: TimingKey) -> String {
+        use TimingKey as K;
+        if self.lease_ms.is_some() {
+            return "election.lease_ms".to_owned();
+        }
+        let inputs = self.context(&[K::ElectionTimeout, K::StopBudget, K::Drift], skip);
+        format!("the longest safe lease for {inputs}")
+    }
+
+    /// `set election.stop_budget_ms = 20 and election.heartbeat_ms = 10 (lease 71 ms)`: the
+    /// resulting lease is shown when the fix changes it without naming it.
+    fn render_fix(&self, fix: &[Change]) -> String {
+        use TimingKey as K;
+        let sets: Vec<String> = fix.iter().filter_map(|c| c.assignment()).collect();
+        let mut text = if sets.is_empty() {
+            String::new()
+        } else {
+            format!("set {}", sets.join(" and "))
+        };
+        if fix.contains(&Change::DeriveLease) {
+            if !text.is_empty() {
+                text.push_str(", and ");
+            }
+            text.push_str("remove election.lease_ms");
+        }
+        let lease_set = fix.iter().any(|c| matches!(c, Change::Ms(K::Lease, _)));
+        let lease_changes = fix.iter().any(|c| {
+            matches!(
+                c.key(),
+                K::ElectionTimeout | K::StopBudget | K::Drift | K::Lease
+            )
+        });
+        if let Some(lease) = self.works(fix)
+            && lease_changes
+            && !lease_set
+        {
+            text.push_str(&format!(" (lease {lease} ms)"));
+        }
+        text
+    }
+
+    /// The error for the first rule these timings break, if any: the key at fault, what is
+    /// wrong (with the values), and values that work.
+    fn diagnose(&self) -> Option<TimingError> {
+        use TimingKey as K;
+        const RULE: &str = "lease/(1-drift) + stop_budget <= election_timeout_min/(1+drift)";
+        let broken = self.check().err()?;
+        let mut fixes = self.fixes(broken);
+        let key = self.blame(broken, &fixes);
+        // The blamed key's own fix first.
+        fixes.sort_by_key(|fix| fix[0].key() != key);
+        let is_subject = broken.subject() == Some(key);
+        let verb = match broken {
+            Broken::Drift => "is out of range".to_owned(),
+            Broken::TimeoutRange => "is not a range".to_owned(),
+            Broken::HeartbeatZero => "is no heartbeat interval".to_owned(),
+            Broken::LeaseZero => "is no lease".to_owned(),
+            Broken::NoSafeLease => "leaves no safe lease".to_owned(),
+            Broken::LeaseTooLong { .. } if is_subject => "is unsafe".to_owned(),
+            Broken::LeaseTooLong { .. } => {
+                format!("makes election.lease_ms = {} unsafe", self.value(K::Lease))
+            }
+            Broken::HeartbeatTooLong { .. } if is_subject => {
+                "is more than half the lease".to_owned()
+            }
+            Broken::Margin { .. } if is_subject => "is not below the lease".to_owned(),
+            Broken::FenceTimeout if is_subject => {
+                "does not fit inside election.stop_budget_ms".to_owned()
+            }
+            Broken::FenceTimeout => "is shorter than fence.timeout_ms".to_owned(),
+            Broken::Watchdog { .. } if is_subject => {
+                "fires too late for the lease inequality".to_owned()
+            }
+            Broken::HeartbeatTooLong { .. } | Broken::Margin { .. } | Broken::Watchdog { .. }
+                if key == K::Lease =>
+            {
+                "is too short".to_owned()
+            }
+            Broken::HeartbeatTooLong { .. } | Broken::Margin { .. } | Broken::Watchdog { .. } => {
+                "makes the lease too short".to_owned()
+            }
+        };
+        let detail = match broken {
+            Broken::Drift => {
+                "max_clock_drift must be at least 0 and below 0.5 (a rate: 0.05 is 5 %)".to_owned()
+            }
+            Broken::TimeoutRange => "write [min, max] with 0 < min <= max".to_owned(),
+            Broken::HeartbeatZero => "heartbeat_ms must be positive".to_owned(),
+            Broken::LeaseZero => match self.works(&[Change::DeriveLease]) {
+                Some(lease) => format!(
+                    "leave the key out for the longest safe lease ({lease} ms with these timings)"
+                ),
+                None => "leave the key out for the longest safe lease".to_owned(),
+            },
+            Broken::NoSafeLease => {
+                let limit = self.election_timeout_ms[0] as f64 / (1.0 + self.max_clock_drift);
+                format!(
+                    "the rule {RULE} needs the stop budget below election_timeout_min/(1+drift) = {} ms, so with {} every lease is unsafe",
+                    fractional_ms(limit),
+                    self.context(&[K::ElectionTimeout, K::StopBudget, K::Drift], key)
+                )
+            }
+            Broken::LeaseTooLong { max_safe } => format!(
+                "the rule {RULE} allows at most {max_safe} ms with {}",
+                self.context(&[K::ElectionTimeout, K::StopBudget, K::Drift], key)
+            ),
+            Broken::HeartbeatTooLong { lease } => {
+                let heartbeat = if key == K::Heartbeat {
+                    String::new()
+                } else {
+                    format!(" and {}", self.context(&[K::Heartbeat], key))
+                };
+                format!(
+                    "the lease is {lease} ms ({}){heartbeat}, and election.heartbeat_ms must be at most half the lease, so that every lease is renewed before it ends",
+                    self.lease_origin(key)
+                )
+            }
+            Broken::Margin { lease } => format!(
+                "election.driver_lease_margin_ms must be below the lease ({lease} ms, {}): it is a safety margin taken off the lease drivers are given (they count it from the daemon's send time)",
+                self.lease_origin(key)
+            ),
+            Broken::FenceTimeout => format!(
+                "the fence must have killed the service by lease end plus the stop budget, when a new master may start, so fence.timeout_ms ({} ms) must be above 0 and at most election.stop_budget_ms ({} ms)",
+                self.value(K::FenceTimeout),
+                self.stop_budget_ms
+            ),
+            Broken::Watchdog { lease, slack } => {
+                let room = lease.saturating_add(self.stop_budget_ms);
+                format!(
+                    "a watchdog must reset this machine by lease end + stop budget ({lease} + {} ms; the lease is {}), before a new master may start, so it is fed only while that much is left, and {slack} ms of that is kept for round trips: fence.watchdog_timeout_ms may be at most {}",
+                    self.stop_budget_ms,
+                    self.lease_origin(key),
+                    room.saturating_sub(slack)
+                )
+            }
+        };
+        let offers: Vec<String> = fixes.iter().map(|fix| self.render_fix(fix)).collect();
+        let offer = if offers.is_empty() {
+            String::new()
+        } else {
+            format!(". Fix: {}", offers.join("; or "))
+        };
+        Some(TimingError {
+            key,
+            message: format!("{} {verb}: {detail}{offer}", self.shown(key)),
+            fixes,
+        })
+    }
+}
+
 /// A validated daemon configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -845,30 +1608,23 @@ impl Settings {
         }
 
         let e = &raw.election;
-        let [min, max] = e.election_timeout_ms;
-        if min == 0 || max < min {
-            return Err(err(
-                "election.election_timeout_ms",
-                format!(
-                    "[{min}, {max}] is not a range: write [min, max] with 0 < min <= max, e.g. [1000, 2000]"
-                ),
-            ));
-        }
-        if e.heartbeat_ms == 0 {
-            return Err(err("election.heartbeat_ms", "must be positive".into()));
+        let timings = Timings::from_raw(e, raw.fence.as_ref());
+        if let Some(broken) = timings.diagnose() {
+            return Err(err(broken.key.path(), broken.message));
         }
         let mut voters: Vec<NodeId> = peers.keys().cloned().collect();
         voters.push(id.clone());
         voters.sort();
         let mut core = CoreConfig::new(id.clone(), voters);
-        core.max_clock_drift = e.max_clock_drift;
-        core.stop_budget = Duration::from_millis(e.stop_budget_ms);
+        let [min, max] = timings.election_timeout_ms;
+        core.max_clock_drift = timings.max_clock_drift;
+        core.stop_budget = Duration::from_millis(timings.stop_budget_ms);
         core.set_timings(
-            Duration::from_millis(e.heartbeat_ms),
+            Duration::from_millis(timings.heartbeat_ms),
             Duration::from_millis(min),
             Duration::from_millis(max),
         );
-        if let Some(lease) = e.lease_ms {
+        if let Some(lease) = timings.lease_ms {
             core.lease = Duration::from_millis(lease);
         }
         core.priority = e.priority;
@@ -921,36 +1677,23 @@ impl Settings {
             ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-        if e.lease_ms == Some(0) {
-            return Err(err(
-                "election.lease_ms",
-                "0 ms is no lease: leave the key out for the longest safe lease".into(),
-            ));
-        }
+        // Timings passed the daemon's own check, which includes the core's rule: an error
+        // here is a bug in one of the two, still reported under the key it concerns.
         core.validate().map_err(|ce| {
             use clustd_core::ConfigError as C;
             let key = match &ce {
-                C::Drift(_) => "election.max_clock_drift",
-                C::TimeoutRange { .. } => "election.election_timeout_ms",
-                C::Heartbeat { .. } => "election.heartbeat_ms",
-                C::UnsafeLease { .. } if e.lease_ms.is_some() => "election.lease_ms",
-                C::UnsafeLease { .. } => "election.stop_budget_ms",
-                C::NoLease { .. } => "election.lease_ms",
-                _ => "cluster.peers",
+                C::Drift(_) => TimingKey::Drift,
+                C::TimeoutRange { .. } => TimingKey::ElectionTimeout,
+                C::Heartbeat { .. } => TimingKey::Heartbeat,
+                C::UnsafeLease { .. } | C::NoLease { .. } if e.lease_ms.is_some() => {
+                    TimingKey::Lease
+                }
+                C::UnsafeLease { .. } | C::NoLease { .. } => TimingKey::ElectionTimeout,
+                _ => return err("cluster.peers", ce.to_string()),
             };
-            err(key, ce.to_string())
+            err(key.path(), ce.to_string())
         })?;
-        let margin = Duration::from_millis(e.driver_lease_margin_ms);
-        if margin >= core.lease {
-            return Err(err(
-                "election.driver_lease_margin_ms",
-                format!(
-                    "must be below the lease ({} ms): it is a safety margin taken off the lease \
-                     drivers are given (they count it from the daemon's send time)",
-                    core.lease.as_millis()
-                ),
-            ));
-        }
+        let margin = Duration::from_millis(timings.driver_lease_margin_ms);
         let watchdog = match &raw.fence {
             Some(RawFence {
                 watchdog: Some(device),
@@ -963,25 +1706,7 @@ impl Settings {
                         "required with fence.watchdog: the device's own timeout (set it on the device, e.g. `modprobe softdog soft_margin=2` for 2000)".into(),
                     ));
                 };
-                // Fed only while `now + timeout <= lease end + stop budget`. The lease runs
-                // from a heartbeat's send time, so what is left at its acknowledgement is
-                // the lease minus the round trip: leave a quarter of the lease (at least two
-                // heartbeats) for round trips and the feeding cadence.
-                let room = core.lease + core.stop_budget;
-                let slack = (core.heartbeat_interval * 2).max(core.lease / 4);
-                let need = Duration::from_millis(ms) + slack;
-                if ms == 0 || need > room {
-                    return Err(err(
-                        "fence.watchdog_timeout_ms",
-                        format!(
-                            "{ms} ms fires too late for the lease inequality: a watchdog must reset this machine by lease end + stop budget ({} + {} ms), before a new master may start, so it is fed only while that much is left, and {} ms of that is kept for round trips. Lower fence.watchdog_timeout_ms to at most {} or lengthen election.election_timeout_ms (a longer lease)",
-                            core.lease.as_millis(),
-                            core.stop_budget.as_millis(),
-                            slack.as_millis(),
-                            room.saturating_sub(slack).as_millis()
-                        ),
-                    ));
-                }
+                // Its fit with the lease was checked with the other timings (`Timings`).
                 Some(crate::watchdog::WatchdogSettings {
                     device: base.join(device),
                     timeout: Duration::from_millis(ms),
@@ -1026,22 +1751,13 @@ impl Settings {
                         "empty: give the command that kills the service for sure, e.g. \"systemctl kill --signal=SIGKILL myapp.service\"".into(),
                     ));
                 }
-                if f.timeout_ms == 0 || f.timeout_ms > e.stop_budget_ms {
-                    return Err(err(
-                        "fence.timeout_ms",
-                        format!(
-                            "{} ms does not fit inside election.stop_budget_ms ({} ms): the fence must \
-                             have killed the service by lease end plus the stop budget, when a new \
-                             master may start; lower fence.timeout_ms (0 < timeout_ms <= {}) or raise \
-                             election.stop_budget_ms",
-                            f.timeout_ms, e.stop_budget_ms, e.stop_budget_ms
-                        ),
-                    ));
-                }
                 Some(FenceSettings {
                     command,
                     kill_driver: f.kill_driver,
-                    timeout: Duration::from_millis(f.timeout_ms),
+                    // Checked to fit in the stop budget with the other timings (`Timings`).
+                    timeout: Duration::from_millis(
+                        f.timeout_ms.unwrap_or(DEFAULT_FENCE_TIMEOUT_MS),
+                    ),
                 })
             }
         };
@@ -1533,4 +2249,362 @@ pub fn admin_endpoint(
         |p| base.join(p),
     );
     Ok(crate::admin::Endpoint::Socket(socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config's keys by table, so that a test can apply a suggested change as an operator
+    /// would: edit the `[election]` or `[fence]` key, or remove it.
+    #[derive(Clone)]
+    struct Keys {
+        election: Vec<(String, String)>,
+        fence: Vec<(String, String)>,
+    }
+
+    impl Keys {
+        fn new(election: &[(&str, &str)], fence: &[(&str, &str)]) -> Self {
+            let own = |pairs: &[(&str, &str)]| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            };
+            Self {
+                election: own(election),
+                fence: own(fence),
+            }
+        }
+
+        fn toml(&self) -> String {
+            let lines = |pairs: &[(String, String)]| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}\n"))
+                    .collect::<String>()
+            };
+            let mut text = format!(
+                "[node]\nid = \"node-1\"\ndata_dir = \"data\"\n\n[cluster]\nlisten = \"127.0.0.1:7400\"\nsecret = \"{}\"\npeers = [{{ id = \"node-2\", addr = \"127.0.0.1:7402\" }}, {{ id = \"node-3\", addr = \"127.0.0.1:7403\" }}]\n\n[election]\n{}",
+                "0123456789abcdef".repeat(4),
+                lines(&self.election)
+            );
+            if !self.fence.is_empty() {
+                text.push_str(&format!("\n[fence]\n{}", lines(&self.fence)));
+            }
+            text
+        }
+
+        /// Makes `change` the way the message words it (`election.x = 5`, `remove ...`).
+        fn apply(&mut self, change: Change) {
+            let (table, name) = change.key().path().split_once('.').expect("dotted path");
+            let pairs = match table {
+                "election" => &mut self.election,
+                "fence" => &mut self.fence,
+                other => panic!("no table {other}"),
+            };
+            pairs.retain(|(k, _)| k != name);
+            if let Some(assignment) = change.assignment() {
+                let (_, value) = assignment.split_once(" = ").expect("an assignment");
+                pairs.push((name.to_owned(), value.to_owned()));
+            }
+        }
+    }
+
+    fn parse(keys: &Keys) -> Result<Settings, ConfigError> {
+        Settings::parse(&keys.toml(), "test.toml", Path::new("/etc/clustd")).map(|(s, _)| s)
+    }
+
+    fn timings(keys: &Keys) -> Timings {
+        let raw: RawFile = parse_toml(&keys.toml(), "test.toml").expect("parses");
+        Timings::from_raw(&raw.election, raw.fence.as_ref())
+    }
+
+    /// Fails if `text` shows Rust's Debug output of an `Option` or a `Duration`.
+    fn assert_plain(text: &str) {
+        for debug in ["Some(", "None", "0ns"] {
+            assert!(!text.contains(debug), "{debug:?} in {text:?}");
+        }
+        let bytes = text.as_bytes();
+        for (i, pair) in bytes.windows(2).enumerate() {
+            // `714ms`, `1.2s`, `3µs` are a Duration's Debug; people read `714 ms`.
+            let unit_follows = matches!(pair[1], b'm' | b'n' | b's' | 0xc2);
+            let word_ends = bytes.get(i + 2).is_none_or(|b| !b.is_ascii_alphabetic());
+            assert!(
+                !(pair[0].is_ascii_digit() && unit_follows && word_ends),
+                "a Debug duration in {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_short_election_timeout_alone_is_blamed_for_leaving_no_lease() {
+        // Issue 14: `election_timeout_ms = [100, 200]` alone used to say
+        // "election.stop_budget_ms: lease 0ns is unsafe ... (largest safe lease: None)".
+        let keys = Keys::new(&[("election_timeout_ms", "[100, 200]")], &[]);
+        let e = parse(&keys).expect_err("no lease fits the default stop budget");
+        assert_eq!(e.key, "election.election_timeout_ms");
+        assert_plain(&e.message);
+        assert_eq!(
+            e.message,
+            "[100, 200] leaves no safe lease: the rule lease/(1-drift) + stop_budget <= \
+             election_timeout_min/(1+drift) needs the stop budget below \
+             election_timeout_min/(1+drift) = 95.2 ms, so with election.stop_budget_ms = 200 \
+             (the default) and election.max_clock_drift = 0.05 (the default) every lease is \
+             unsafe. Fix: set election.election_timeout_ms = [432, 864] (lease 200 ms); or set \
+             election.stop_budget_ms = 20 and election.heartbeat_ms = 10 (lease 71 ms)"
+        );
+        // Both suggestions work as written.
+        let longer = Keys::new(&[("election_timeout_ms", "[432, 864]")], &[]);
+        assert_eq!(parse(&longer).expect("valid").core.lease.as_millis(), 200);
+        let fast = Keys::new(
+            &[
+                ("election_timeout_ms", "[100, 200]"),
+                ("stop_budget_ms", "20"),
+                ("heartbeat_ms", "10"),
+            ],
+            &[],
+        );
+        assert_eq!(parse(&fast).expect("valid").core.lease.as_millis(), 71);
+        // And 432 is the shortest minimum that works with the defaults.
+        let shorter = Keys::new(&[("election_timeout_ms", "[431, 864]")], &[]);
+        assert!(parse(&shorter).is_err());
+    }
+
+    #[test]
+    fn every_timing_error_names_the_key_at_fault_and_offers_values_that_pass() {
+        let watchdog = [
+            ("watchdog", "\"/dev/watchdog\""),
+            ("watchdog_timeout_ms", "1000"),
+        ];
+        /// A name, the `[election]` and `[fence]` keys, the key the error must name.
+        type Case<'a> = (
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            &'a [(&'a str, &'a str)],
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            (
+                "short election timeout",
+                &[("election_timeout_ms", "[100, 200]")],
+                &[],
+                "election.election_timeout_ms",
+            ),
+            (
+                "short election timeout, short heartbeat",
+                &[
+                    ("election_timeout_ms", "[210, 400]"),
+                    ("heartbeat_ms", "10"),
+                ],
+                &[],
+                "election.election_timeout_ms",
+            ),
+            (
+                "short election timeout, long drift",
+                &[
+                    ("election_timeout_ms", "[100, 200]"),
+                    ("stop_budget_ms", "200"),
+                    ("max_clock_drift", "0.2"),
+                ],
+                &[],
+                "election.election_timeout_ms",
+            ),
+            (
+                "long stop budget",
+                &[("stop_budget_ms", "960")],
+                &[],
+                "election.stop_budget_ms",
+            ),
+            (
+                "long stop budget and a short lease",
+                &[("stop_budget_ms", "960"), ("lease_ms", "100")],
+                &[],
+                "election.stop_budget_ms",
+            ),
+            (
+                "long lease",
+                &[("lease_ms", "900")],
+                &[],
+                "election.lease_ms",
+            ),
+            ("zero lease", &[("lease_ms", "0")], &[], "election.lease_ms"),
+            (
+                "lease too short for the heartbeat and the margin",
+                &[("lease_ms", "5"), ("heartbeat_ms", "5")],
+                &[],
+                "election.lease_ms",
+            ),
+            (
+                "slow heartbeat",
+                &[("heartbeat_ms", "500")],
+                &[],
+                "election.heartbeat_ms",
+            ),
+            (
+                "zero heartbeat",
+                &[("heartbeat_ms", "0")],
+                &[],
+                "election.heartbeat_ms",
+            ),
+            (
+                "the default heartbeat and the fast timings",
+                &[
+                    ("election_timeout_ms", "[100, 200]"),
+                    ("stop_budget_ms", "20"),
+                ],
+                &[],
+                "election.heartbeat_ms",
+            ),
+            (
+                "a large drift shortens the lease below two heartbeats",
+                &[
+                    ("max_clock_drift", "0.4"),
+                    ("election_timeout_ms", "[500, 1000]"),
+                ],
+                &[],
+                "election.heartbeat_ms",
+            ),
+            (
+                "inverted range",
+                &[("election_timeout_ms", "[2000, 1000]")],
+                &[],
+                "election.election_timeout_ms",
+            ),
+            (
+                "zero minimum",
+                &[("election_timeout_ms", "[0, 200]")],
+                &[],
+                "election.election_timeout_ms",
+            ),
+            (
+                "drift",
+                &[("max_clock_drift", "0.7")],
+                &[],
+                "election.max_clock_drift",
+            ),
+            (
+                "drift nan",
+                &[("max_clock_drift", "nan")],
+                &[],
+                "election.max_clock_drift",
+            ),
+            (
+                "margin",
+                &[("driver_lease_margin_ms", "800")],
+                &[],
+                "election.driver_lease_margin_ms",
+            ),
+            (
+                "the default margin and a tiny lease",
+                &[
+                    ("election_timeout_ms", "[25, 50]"),
+                    ("stop_budget_ms", "5"),
+                    ("heartbeat_ms", "5"),
+                ],
+                &[],
+                "election.driver_lease_margin_ms",
+            ),
+            (
+                "fence longer than the stop budget",
+                &[],
+                &[("command", "\"kill-it\""), ("timeout_ms", "250")],
+                "fence.timeout_ms",
+            ),
+            (
+                "the default fence timeout and a short stop budget",
+                &[("stop_budget_ms", "100")],
+                &[("kill_driver", "true")],
+                "fence.timeout_ms",
+            ),
+            ("late watchdog", &[], &watchdog, "fence.watchdog_timeout_ms"),
+            (
+                "late watchdog and a set lease",
+                &[("lease_ms", "500")],
+                &watchdog,
+                "fence.watchdog_timeout_ms",
+            ),
+            (
+                "short election timeout and a watchdog",
+                &[("election_timeout_ms", "[100, 200]")],
+                &[
+                    ("command", "\"kill-it\""),
+                    ("watchdog", "\"/dev/watchdog\""),
+                    ("watchdog_timeout_ms", "1000"),
+                ],
+                "election.election_timeout_ms",
+            ),
+            (
+                "several keys off at once",
+                &[
+                    ("election_timeout_ms", "[100, 200]"),
+                    ("lease_ms", "5"),
+                    ("heartbeat_ms", "5"),
+                ],
+                &[],
+                "election.election_timeout_ms",
+            ),
+        ];
+        for (name, election, fence, key) in cases {
+            let keys = Keys::new(election, fence);
+            let e = parse(&keys).expect_err(name);
+            assert_eq!(e.key, *key, "{name}: {e}");
+            assert_plain(&e.to_string());
+            let t = timings(&keys);
+            let diagnosis = t.diagnose().expect(name);
+            assert_eq!(diagnosis.message, e.message, "{name}");
+            assert!(!diagnosis.fixes.is_empty(), "{name}: no fix offered: {e}");
+            for fix in &diagnosis.fixes {
+                let offered = t.render_fix(fix);
+                assert!(
+                    e.message.contains(&offered),
+                    "{name}: {offered:?} not in {e}"
+                );
+                let mut fixed = keys.clone();
+                for change in fix {
+                    fixed.apply(*change);
+                }
+                if let Err(still) = parse(&fixed) {
+                    panic!("{name}: {offered} does not fix it: {still}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_values_offered_are_the_limits() {
+        // The heartbeat: half the 714 ms lease works, one more does not.
+        let keys = Keys::new(&[("heartbeat_ms", "500")], &[]);
+        let e = parse(&keys).expect_err("slow heartbeat");
+        assert!(
+            e.message.contains("at most half the lease")
+                && e.message.contains("set election.heartbeat_ms = 357;"),
+            "{e}"
+        );
+        for (heartbeat, ok) in [("357", true), ("358", false)] {
+            let keys = Keys::new(&[("heartbeat_ms", heartbeat)], &[]);
+            assert_eq!(parse(&keys).is_ok(), ok, "heartbeat {heartbeat}");
+        }
+        // The stop budget: 741 ms leaves a 200 ms lease (two heartbeats), 742 does not.
+        let keys = Keys::new(&[("stop_budget_ms", "960")], &[]);
+        let e = parse(&keys).expect_err("long stop budget");
+        assert!(
+            e.message
+                .contains("set election.stop_budget_ms = 741 (lease 200 ms)"),
+            "{e}"
+        );
+        assert!(e.message.contains("unsafe"), "{e}");
+        for (budget, ok) in [("741", true), ("742", false)] {
+            let keys = Keys::new(&[("stop_budget_ms", budget)], &[]);
+            assert_eq!(parse(&keys).is_ok(), ok, "stop budget {budget}");
+        }
+        // The lease: the longest safe one.
+        let keys = Keys::new(&[("lease_ms", "900")], &[]);
+        let e = parse(&keys).expect_err("long lease");
+        assert!(
+            e.message.contains("allows at most 714 ms")
+                && e.message.contains("set election.lease_ms = 714;"),
+            "{e}"
+        );
+    }
 }

@@ -236,10 +236,12 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
 
     println!("1. electing a master");
     let t0 = TokioInstant::now();
-    let first = observer
-        .wait_master(None)
-        .await
-        .ok_or_else(|| step_error(format!("no master within {STEP_TIMEOUT:?}")))?;
+    let first = observer.wait_master(None).await.ok_or_else(|| {
+        step_error(format!(
+            "no master within {}",
+            crate::status::human_duration(STEP_TIMEOUT)
+        ))
+    })?;
     report.first_election = t0.elapsed();
     observer.watch_for(Duration::from_secs(2)).await;
 
@@ -252,10 +254,12 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
     let _ = members[index].stop(Shutdown::Immediate).await;
     watch.crashed(&first);
     observer.forget(&first);
-    let second = observer
-        .wait_master(Some(&first))
-        .await
-        .ok_or_else(|| step_error(format!("no failover within {STEP_TIMEOUT:?}")))?;
+    let second = observer.wait_master(Some(&first)).await.ok_or_else(|| {
+        step_error(format!(
+            "no failover within {}",
+            crate::status::human_duration(STEP_TIMEOUT)
+        ))
+    })?;
     report.failover = killed_at.elapsed();
     println!(
         "  -> failover {first} -> {second} in {} ms (the old driver stopped by itself at its lease end)",
@@ -307,7 +311,8 @@ pub async fn run(transport: TransportKind) -> Result<DemoReport, DemoError> {
     }
     let third = observer.wait_master(Some(&second)).await.ok_or_else(|| {
         step_error(format!(
-            "no new master after step-down within {STEP_TIMEOUT:?}"
+            "no new master after step-down within {}",
+            crate::status::human_duration(STEP_TIMEOUT)
         ))
     })?;
     report.step_down = stepped_at.elapsed();

@@ -156,9 +156,13 @@ impl Fencer for CommandFencer {
                 (ActionResult::Failed(why), ActionResult::Ok) => ActionResult::Failed(format!(
                     "{why} (fence.command succeeded, but the driver's own processes may run on)"
                 )),
-                (ActionResult::Failed(why), other) => {
-                    ActionResult::Failed(format!("{why}; fence.command: {other:?}"))
-                }
+                (ActionResult::Failed(why), other) => ActionResult::Failed(format!(
+                    "{why}; fence.command: {}",
+                    match other {
+                        ActionResult::Failed(w) => w,
+                        _ => "timed out".to_owned(),
+                    }
+                )),
                 (killed, _) => killed,
             }
         })

@@ -716,7 +716,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     tracing::info!(
         node = %settings.id,
         transport = ?settings.transport,
-        listen = ?endpoint.local_addr(),
+        listen = %endpoint.local_addr().map_or_else(|| "none".to_owned(), |a| a.to_string()),
         term = node.term().0,
         "clustd node started"
     );
@@ -2170,7 +2170,11 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 self.renew_driver_leases(term, now);
             }
             Event::LeaderChanged { term, leader } => {
-                tracing::info!(term = term.0, leader = ?leader, "leader changed");
+                tracing::info!(
+                    term = term.0,
+                    leader = leader.as_ref().map_or("none", NodeId::as_str),
+                    "leader changed"
+                );
                 metrics.leader_changes.inc();
                 // Backup drivers learn of the new (or lost) leader too: the notify driver
                 // reports "new master elected" / "master lost" from this.

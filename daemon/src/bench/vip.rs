@@ -296,7 +296,10 @@ async fn wait_for<T>(
             return Ok(v);
         }
         if start.elapsed() > limit {
-            return Err(BenchError::Stuck(format!("{what} (after {limit:?})")));
+            return Err(BenchError::Stuck(format!(
+                "{what} (after {})",
+                crate::status::human_duration(limit)
+            )));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
