@@ -328,6 +328,14 @@ impl Cluster {
         &self.slots[id].disk
     }
 
+    /// An operator's switchover request ([`Fault::Switchover`]) is still on the wire: the
+    /// hand-over it may start is not a failure, so "nothing failed" begins after it.
+    pub fn transfer_in_flight(&self) -> bool {
+        self.in_flight
+            .iter()
+            .any(|Reverse(f)| matches!(f.msg.0, Message::TransferRequest { .. }))
+    }
+
     /// Nodes that currently consider themselves master.
     pub fn masters(&self) -> Vec<NodeId> {
         self.slots

@@ -5,6 +5,8 @@
 //! | GET | `/status` | JSON [`Status`] |
 //! | GET | `/metrics` | Prometheus/OpenMetrics text |
 //! | GET | `/leader` | 200 with JSON while this node is master with a lease left, 503 otherwise (for load balancer health checks) |
+//! | GET | `/` | the status page: the cluster table (readable without JavaScript), live from `/events` |
+//! | GET | `/events` | server-sent events: `cluster` (the whole view, on connect, on change and every second), `role`, `health`, `peer` |
 //! | GET | `/cluster` | JSON [`ClusterView`]: every node as this one knows it, through the cluster |
 //! | POST | `/step-down` | graceful step-down (demote, then hand over), waiting for the new master; body `{"to": "node-2"}` for a switchover to that node (from any node), `{"force": true}` to step down with no eligible successor; 409 with the reason when refused |
 //! | POST | `/maintenance/on`, `/maintenance/off` | maintenance mode; `on` that would leave no eligible node is refused (409) unless the body says `{"force": true}` |
@@ -13,7 +15,10 @@
 //! `<data_dir>/admin.sock`, mode 0660, group `admin.socket_group`): whoever may connect to
 //! it may use it, and the CLI uses it. Over TCP (`admin.listen`, optional) every request
 //! needs `Authorization: Bearer <admin.token_file's token>` (401 without it), except
-//! `GET /metrics` with `admin.metrics_open = true`. On both, a `POST` from a browser is
+//! `GET /metrics` with `admin.metrics_open = true`. A browser cannot send that header, so
+//! `GET /?token=<token>` answers with a cookie holding it (`HttpOnly`, `SameSite=Strict`)
+//! and a redirect to `/`; the cookie then admits `GET`s (the page and its `/events`), never
+//! a `POST`. On both, a `POST` from a browser is
 //! refused: one with an `Origin` header is 403, one whose body is not declared
 //! `application/json` is 415 (a cross-site form or `text/plain` fetch cannot set it
 //! without a CORS preflight, which is never answered).
@@ -134,6 +139,23 @@ pub async fn serve(
     serve_with(listeners, handle, access, AdminLimits::default(), shutdown).await
 }
 
+/// How long an event stream lives at most (the page reconnects by itself).
+const EVENT_STREAM_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The cookie that carries the admin token for the status page.
+const TOKEN_COOKIE: &str = "clustd_token";
+
+/// The token in the request's `clustd_token` cookie, if any.
+fn token_cookie(headers: &axum::http::HeaderMap) -> Option<Vec<u8>> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+        .map(|t| t.as_bytes().to_vec())
+}
+
 /// Refuses what the caller may not do (see the module docs).
 async fn guard(
     State(access): State<Arc<Access>>,
@@ -160,10 +182,40 @@ async fn guard(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        let allowed = match (&access.token, offered) {
+        let get = request.method() == axum::http::Method::GET;
+        let cookie = get.then(|| token_cookie(request.headers())).flatten();
+        let allowed = match (&access.token, offered.or(cookie.as_deref())) {
             (Some(token), Some(offered)) => token.matches(offered),
             _ => false,
         };
+        // The page's login: `/?token=...` sets the cookie and sends the browser to `/`.
+        if get
+            && request.uri().path() == "/"
+            && let Some(query) = request.uri().query()
+            && let Some(offered) = query.split('&').find_map(|kv| kv.strip_prefix("token="))
+        {
+            if access
+                .token
+                .as_ref()
+                .is_some_and(|t| t.matches(offered.as_bytes()))
+            {
+                return (
+                    StatusCode::SEE_OTHER,
+                    [
+                        (header::LOCATION, "/".to_owned()),
+                        (
+                            header::SET_COOKIE,
+                            format!("{TOKEN_COOKIE}={offered}; HttpOnly; SameSite=Strict; Path=/"),
+                        ),
+                    ],
+                )
+                    .into_response();
+            }
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "the token in the address is not admin.token_file's",
+            );
+        }
         if !open && !allowed {
             return refuse(
                 StatusCode::UNAUTHORIZED,
@@ -207,6 +259,8 @@ struct Conns {
 struct Conn {
     /// No request head has arrived yet.
     idle: bool,
+    /// It asked for `/events`.
+    streaming: bool,
     close: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -292,7 +346,7 @@ pub async fn serve_with(
                 let id = next_id;
                 next_id += 1;
                 let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-                lock(&conns).open.insert(id, Conn { idle: true, close: Some(close_tx) });
+                lock(&conns).open.insert(id, Conn { idle: true, streaming: false, close: Some(close_tx) });
                 let registered = Registered { conns: conns.clone(), id };
                 match accepted {
                     Accepted::Socket(s) => tasks.spawn(serve_connection(s, Via::Socket, router.clone(), limits, registered, close_rx)),
@@ -356,6 +410,11 @@ async fn serve_connection(
             if let Some(conn) = lock(&conns).open.get_mut(&id) {
                 conn.idle = false;
             }
+            if request.uri().path() == "/events"
+                && let Some(conn) = lock(&conns).open.get_mut(&id)
+            {
+                conn.streaming = true;
+            }
             request.extensions_mut().insert(via);
             service.call(request)
         });
@@ -375,11 +434,24 @@ async fn serve_connection(
             std::future::pending::<()>().await;
         }
     };
+    // An event stream lives longer (its count is capped instead); any other connection
+    // at most `connection_lifetime`.
+    let conns = registered.conns.clone();
+    let lifetime = async {
+        tokio::time::sleep(limits.connection_lifetime).await;
+        let streaming = lock(&conns)
+            .open
+            .get(&id)
+            .is_some_and(|conn| conn.streaming);
+        if streaming {
+            tokio::time::sleep(EVENT_STREAM_LIFETIME).await;
+        }
+    };
     tokio::select! {
         _ = connection => {}
         _ = close_rx => {}
         () = idle_too_long => {}
-        () = tokio::time::sleep(limits.connection_lifetime) => {}
+        () = lifetime => {}
     }
     drop(registered);
 }
@@ -387,6 +459,8 @@ async fn serve_connection(
 /// The routes, for embedding or testing.
 pub fn router(handle: Handle) -> Router {
     Router::new()
+        .route("/", get(page))
+        .route("/events", get(events))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/leader", get(leader))
@@ -395,7 +469,43 @@ pub fn router(handle: Handle) -> Router {
         .route("/maintenance/on", post(maintenance_on))
         .route("/maintenance/off", post(maintenance_off))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(axum::Extension(crate::page::Streams::default()))
         .with_state(handle)
+}
+
+async fn page(State(handle): State<Handle>) -> impl IntoResponse {
+    let Some(status) = fresh_status(&handle).await else {
+        return not_answering().into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::page::render(&handle.cluster(), &status),
+    )
+        .into_response()
+}
+
+async fn events(
+    State(handle): State<Handle>,
+    axum::Extension(streams): axum::Extension<crate::page::Streams>,
+) -> axum::response::Response {
+    match crate::page::events(handle, streams) {
+        Some(sse) => sse.into_response(),
+        None => refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} event streams are open already: close one",
+                crate::page::MAX_EVENT_STREAMS
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn status(State(handle): State<Handle>) -> Json<Status> {

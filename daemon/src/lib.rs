@@ -15,6 +15,7 @@ pub mod health;
 pub mod local;
 pub mod metrics;
 pub mod netns;
+pub mod page;
 pub mod proctree;
 pub mod rejections;
 pub mod runtime;

@@ -627,11 +627,14 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
             );
             let core = &settings.core;
             println!(
-                "{}: ok — node {}, {} peer(s), transport {:?}, heartbeat {} ms, election timeout {}-{} ms, lease {} ms",
+                "{}: ok — node {}, {} peer(s), transport {}, heartbeat {} ms, election timeout {}-{} ms, lease {} ms",
                 config.display(),
                 settings.id,
                 settings.peers.len(),
-                settings.transport,
+                match settings.transport {
+                    TransportKind::Quic => "quic",
+                    TransportKind::WebSocket => "websocket",
+                },
                 core.heartbeat_interval.as_millis(),
                 core.election_timeout_min.as_millis(),
                 core.election_timeout_max.as_millis(),

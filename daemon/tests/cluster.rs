@@ -170,8 +170,7 @@ async fn corrupted_state_file_stops_the_node_with_a_clear_error() {
 /// not heard and the new master is named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_sees_the_whole_cluster_through_it() {
-    let mut cluster =
-        LocalCluster::start(3, TransportKind::WebSocket, ELECTION).expect("cluster");
+    let mut cluster = LocalCluster::start(3, TransportKind::WebSocket, ELECTION).expect("cluster");
     let first = cluster
         .wait_for_master(None, WAIT)
         .await
@@ -182,12 +181,7 @@ async fn every_node_sees_the_whole_cluster_through_it() {
             let view = handle.cluster();
             view.master.as_deref() == Some(master)
                 && view.nodes.len() == 3
-                && view
-                    .nodes
-                    .iter()
-                    .filter(|n| n.heard)
-                    .count()
-                    == up.len()
+                && view.nodes.iter().filter(|n| n.heard).count() == up.len()
         })
     };
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -201,7 +195,11 @@ async fn every_node_sees_the_whole_cluster_through_it() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "views: {:#?}",
-            cluster.nodes.iter().map(|n| n.handle.cluster()).collect::<Vec<_>>()
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.handle.cluster())
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -226,15 +224,23 @@ async fn every_node_sees_the_whole_cluster_through_it() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "views: {:#?}",
-            up.iter().map(|&j| cluster.nodes[j].handle.cluster()).collect::<Vec<_>>()
+            up.iter()
+                .map(|&j| cluster.nodes[j].handle.cluster())
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let view = cluster.nodes[up[0]].handle.cluster();
-    let dead = view.nodes.iter().find(|n| n.id == first.as_str()).expect("listed");
+    let dead = view
+        .nodes
+        .iter()
+        .find(|n| n.id == first.as_str())
+        .expect("listed");
     assert!(!dead.heard && dead.role == "unknown", "{dead:?}");
     assert!(
-        view.warnings.iter().any(|w| w.starts_with(&format!("{first} not heard from"))),
+        view.warnings
+            .iter()
+            .any(|w| w.starts_with(&format!("{first} not heard from"))),
         "{:?}",
         view.warnings
     );
