@@ -297,6 +297,9 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// [`crate::Node::reconfigure`] was given another id, voter list or witness flag.
+    #[error("the node id, the voters and the witness flag cannot change while running")]
+    Unchangeable,
     /// The voter list does not contain the node itself.
     #[error("the voter list must contain this node ({0})")]
     SelfNotVoter(NodeId),

@@ -529,6 +529,27 @@ impl Node {
         }
     }
 
+    /// Applies a new configuration without a role change (`clustd reload`): priority,
+    /// preemption, `alone`, `min_master` and timings. The id, the voters and the witness
+    /// flag cannot change this way (an error), and the new configuration must validate.
+    /// Timings take effect from the next timer, heartbeat or lease renewal; whether a
+    /// change is safe while the other nodes still run the old one is the caller's rule
+    /// (the daemon accepts only a lease no longer and an election timeout, stop budget and
+    /// drift bound no smaller than before).
+    pub fn reconfigure(&mut self, now: Instant, config: Config) -> Result<(), ConfigError> {
+        config.validate()?;
+        if config.id != self.config.id
+            || config.voters != self.config.voters
+            || config.witness != self.config.witness
+        {
+            return Err(ConfigError::Unchangeable);
+        }
+        let rng_seed = self.config.rng_seed;
+        self.config = Config { rng_seed, ..config };
+        self.refresh_master(now);
+        Ok(())
+    }
+
     /// Leader only: the eligible followers that acknowledged within `ET_min`, best first
     /// (priority, then id): whom a step-down would hand over to now. Empty otherwise.
     pub fn successors(&self, now: Instant) -> Vec<NodeId> {

@@ -9,6 +9,7 @@
 //! | GET | `/events` | server-sent events: `cluster` (the whole view, on connect, on change and every second), `role`, `health`, `peer` |
 //! | GET | `/cluster` | JSON [`ClusterView`]: every node as this one knows it, through the cluster |
 //! | POST | `/step-down` | graceful step-down (demote, then hand over), waiting for the new master; body `{"to": "node-2"}` for a switchover to that node (from any node), `{"force": true}` to step down with no eligible successor; 409 with the reason when refused |
+//! | POST | `/reload` | re-read the config file and apply what can change without a role change; 409 naming the key when it cannot (the old config keeps running) |
 //! | POST | `/maintenance/on`, `/maintenance/off` | maintenance mode; `on` that would leave no eligible node is refused (409) unless the body says `{"force": true}` |
 //!
 //! **Who may use it.** The API is served on a Unix socket (`admin.socket`, default
@@ -83,6 +84,11 @@ impl AdminToken {
     /// Wraps a token.
     pub fn new(token: String) -> Self {
         Self(zeroize::Zeroizing::new(token))
+    }
+
+    /// Whether `other` is the same token (a reload compares the old and new file's).
+    pub fn same_as(&self, other: &AdminToken) -> bool {
+        self.matches(other.0.as_bytes())
     }
 
     /// Whether `offered` is this token, in time that does not depend on where they differ.
@@ -468,6 +474,7 @@ pub fn router(handle: Handle) -> Router {
         .route("/step-down", post(step_down))
         .route("/maintenance/on", post(maintenance_on))
         .route("/maintenance/off", post(maintenance_off))
+        .route("/reload", post(reload))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(axum::Extension(crate::page::Streams::default()))
         .with_state(handle)
@@ -721,7 +728,7 @@ async fn step_down(State(handle): State<Handle>, body: axum::body::Bytes) -> imp
     match handle.call(Command::StepDown).await {
         None => return not_answering(),
         Some(Err(why)) => return refused(StatusCode::CONFLICT, why),
-        Some(Ok(())) => {}
+        Some(Ok(_)) => {}
     }
     if status.successors.is_empty() {
         return (
@@ -801,7 +808,7 @@ async fn switchover(handle: &Handle, status: &Status, view: &ClusterView, to: St
                 format!("cannot hand over to {to}: {why}"),
             );
         }
-        Some(Ok(())) => {}
+        Some(Ok(_)) => {}
     }
     let started = tokio::time::Instant::now();
     let done = |_: &Status, v: &ClusterView| v.master.as_deref() == Some(to.as_str());
@@ -846,6 +853,17 @@ async fn maintenance_on(
         );
     }
     run_command(&handle, Command::Maintenance(true)).await
+}
+
+async fn reload(State(handle): State<Handle>) -> impl IntoResponse {
+    match handle.call(Command::Reload).await {
+        None => not_answering(),
+        Some(Ok(changes)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "ok": true, "changes": changes })),
+        ),
+        Some(Err(why)) => refused(StatusCode::CONFLICT, why),
+    }
 }
 
 async fn maintenance_off(State(handle): State<Handle>) -> impl IntoResponse {

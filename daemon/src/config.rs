@@ -70,6 +70,8 @@ struct RawNode {
     data_dir: PathBuf,
     #[serde(default)]
     witness: bool,
+    #[serde(default)]
+    maintenance: bool,
     key_file: Option<PathBuf>,
     key: Option<String>,
 }
@@ -1357,6 +1359,11 @@ pub struct Settings {
     /// The transport's limits and timers. Not in the config file (the defaults suit a LAN
     /// cluster); tests shrink them, e.g. the unauthenticated-connection pool.
     pub transport_limits: clustd_transport::Limits,
+    /// `node.maintenance`: start in maintenance mode (and, on `clustd reload`, turn it on
+    /// or off when the file's value changed).
+    pub maintenance: bool,
+    /// The file these settings were read from (what `clustd reload` and `SIGHUP` re-read).
+    pub source: Option<PathBuf>,
 }
 
 impl Settings {
@@ -1369,7 +1376,202 @@ impl Settings {
             message: format!("cannot read the config file: {e}"),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, &file, base)
+        let (mut settings, warnings) = Self::parse(&text, &file, base)?;
+        settings.source = Some(path.to_path_buf());
+        Ok((settings, warnings))
+    }
+
+    /// What `clustd reload` would change, checked against the running settings: one line
+    /// per changed key, or the keys that cannot change without a restart, or a timing that
+    /// is not safe to change while other nodes still run the old one. Nothing is applied
+    /// unless all of it can be.
+    pub fn reload_changes(&self, new: &Settings) -> Result<Vec<String>, String> {
+        let mut fixed = Vec::new();
+        let mut need = |changed: bool, key: &str| {
+            if changed {
+                fixed.push(key.to_owned());
+            }
+        };
+        need(self.id != new.id, "node.id");
+        need(self.data_dir != new.data_dir, "node.data_dir");
+        need(self.core.witness != new.core.witness, "node.witness");
+        need(
+            self.node_key.as_ref().map(NodeKey::public)
+                != new.node_key.as_ref().map(NodeKey::public),
+            "node.key_file",
+        );
+        need(self.transport != new.transport, "cluster.transport");
+        need(self.listen != new.listen, "cluster.listen");
+        need(!self.secret.same_bytes(&new.secret), "cluster.secret_file");
+        need(
+            match (&self.driver_secret, &new.driver_secret) {
+                (Some(a), Some(b)) => !a.same_bytes(b),
+                (None, None) => false,
+                _ => true,
+            },
+            "cluster.driver_secret_file",
+        );
+        need(
+            self.tls != new.tls,
+            "cluster.tls_cert_file / cluster.tls_key_file",
+        );
+        need(
+            self.driver_socket != new.driver_socket,
+            "cluster.driver_socket",
+        );
+        need(
+            self.admin.socket != new.admin.socket
+                || self.admin.listen != new.admin.listen
+                || self.admin.metrics_open != new.admin.metrics_open
+                || match (&self.admin.token, &new.admin.token) {
+                    (Some(a), Some(b)) => !a.same_as(b),
+                    (None, None) => false,
+                    _ => true,
+                },
+            "[admin]",
+        );
+        need(
+            self.fence != new.fence || self.watchdog != new.watchdog,
+            "[fence]",
+        );
+        if self.peers != new.peers || self.peer_keys != new.peer_keys {
+            return Err(
+                "cluster.peers changed: a reload cannot change the peer set (membership change is later work); the old config keeps running. To change it, stop every node, edit every node's cluster.peers alike, and start them again"
+                    .into(),
+            );
+        }
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{} changed, which a reload cannot apply (restart the daemon for it); the old config keeps running",
+                fixed.join(", ")
+            ));
+        }
+        let (a, b) = (&self.core, &new.core);
+        // Another node may still run the old timings: a longer lease, or a shorter election
+        // timeout, stop budget or drift bound here could let a peer time out a master whose
+        // lease is still valid.
+        let ms = |d: Duration| d.as_millis();
+        if b.lease > a.lease {
+            return Err(format!(
+                "election.lease_ms: {} ms is longer than the running {} ms; a reload only shortens the lease (a peer still on the old timings could time the master out while its lease runs). Stop every node and start them with the new timings",
+                ms(b.lease),
+                ms(a.lease)
+            ));
+        }
+        if b.election_timeout_min < a.election_timeout_min {
+            return Err(format!(
+                "election.election_timeout_ms: a minimum of {} ms is below the running {} ms; a reload only lengthens the election timeout (a master elsewhere holds a lease sized for the old one). Stop every node and start them with the new timings",
+                ms(b.election_timeout_min),
+                ms(a.election_timeout_min)
+            ));
+        }
+        if b.stop_budget < a.stop_budget {
+            return Err(format!(
+                "election.stop_budget_ms: {} ms is below the running {} ms; a reload only lengthens the stop budget (a stop already under way was promised the old one)",
+                ms(b.stop_budget),
+                ms(a.stop_budget)
+            ));
+        }
+        if b.max_clock_drift < a.max_clock_drift {
+            return Err(format!(
+                "election.max_clock_drift: {} is below the running {}; a reload only widens the drift bound",
+                b.max_clock_drift, a.max_clock_drift
+            ));
+        }
+        let mut changes = Vec::new();
+        let mut changed = |differs: bool, key: &str, from: String, to: String| {
+            if differs {
+                changes.push(format!("{key}: {from} -> {to}"));
+            }
+        };
+        changed(
+            a.priority != b.priority,
+            "election.priority",
+            a.priority.to_string(),
+            b.priority.to_string(),
+        );
+        changed(
+            a.preempt != b.preempt,
+            "election.preempt",
+            a.preempt.to_string(),
+            b.preempt.to_string(),
+        );
+        changed(
+            a.heartbeat_interval != b.heartbeat_interval,
+            "election.heartbeat_ms",
+            ms(a.heartbeat_interval).to_string(),
+            ms(b.heartbeat_interval).to_string(),
+        );
+        changed(
+            (a.election_timeout_min, a.election_timeout_max)
+                != (b.election_timeout_min, b.election_timeout_max),
+            "election.election_timeout_ms",
+            format!(
+                "[{}, {}]",
+                ms(a.election_timeout_min),
+                ms(a.election_timeout_max)
+            ),
+            format!(
+                "[{}, {}]",
+                ms(b.election_timeout_min),
+                ms(b.election_timeout_max)
+            ),
+        );
+        changed(
+            a.lease != b.lease,
+            "election.lease_ms",
+            ms(a.lease).to_string(),
+            ms(b.lease).to_string(),
+        );
+        changed(
+            a.stop_budget != b.stop_budget,
+            "election.stop_budget_ms",
+            ms(a.stop_budget).to_string(),
+            ms(b.stop_budget).to_string(),
+        );
+        changed(
+            a.max_clock_drift != b.max_clock_drift,
+            "election.max_clock_drift",
+            a.max_clock_drift.to_string(),
+            b.max_clock_drift.to_string(),
+        );
+        changed(
+            a.alone != b.alone,
+            "health.alone",
+            a.alone.as_str().into(),
+            b.alone.as_str().into(),
+        );
+        changed(
+            a.min_master != b.min_master,
+            "health.min_master_ms",
+            ms(a.min_master).to_string(),
+            ms(b.min_master).to_string(),
+        );
+        changed(
+            self.driver_lease_margin != new.driver_lease_margin,
+            "election.driver_lease_margin_ms",
+            ms(self.driver_lease_margin).to_string(),
+            ms(new.driver_lease_margin).to_string(),
+        );
+        changed(
+            self.checks != new.checks,
+            "[[check]]",
+            format!("{} check(s)", self.checks.len()),
+            format!("{} check(s)", new.checks.len()),
+        );
+        changed(
+            self.health != new.health,
+            "[health]",
+            "old".into(),
+            "new".into(),
+        );
+        changed(
+            self.maintenance != new.maintenance,
+            "node.maintenance",
+            self.maintenance.to_string(),
+            new.maintenance.to_string(),
+        );
+        Ok(changes)
     }
 
     /// Parses config text; `file` names it in errors; relative paths are relative to `base`.
@@ -1788,6 +1990,8 @@ impl Settings {
                 fence,
                 watchdog,
                 transport_limits: clustd_transport::Limits::default(),
+                maintenance: raw.node.maintenance,
+                source: None,
             },
             warnings,
         ))

@@ -364,6 +364,39 @@ impl Tracker {
         }
     }
 
+    /// `clustd reload`: the configured checks become `checks` (they were `old`). A check
+    /// whose configuration is unchanged keeps its state; a new or changed one starts
+    /// *passing*, so a reload never moves mastership by itself — it turns the node
+    /// unhealthy only after failing `fall` times. Driver-reported checks and a failed
+    /// `start` stay as they are.
+    pub fn reconfigure(
+        &mut self,
+        checks: &[CheckConfig],
+        old: &[CheckConfig],
+        start_failure: Duration,
+    ) -> Option<HealthTransition> {
+        let before = self.is_healthy();
+        let configured = |k: &Check| !matches!(k.kind, CheckType::Driver | CheckType::Start);
+        let mut next: Vec<Check> = checks
+            .iter()
+            .map(|c| {
+                let unchanged = old.contains(c);
+                match self
+                    .checks
+                    .iter()
+                    .find(|k| configured(k) && k.name == c.name)
+                {
+                    Some(k) if unchanged => k.clone(),
+                    _ => Check::new(c.name.clone(), CheckType::of(&c.kind), c.fall, c.rise, true),
+                }
+            })
+            .collect();
+        next.extend(self.checks.iter().filter(|k| !configured(k)).cloned());
+        self.checks = next;
+        self.start_failure = start_failure;
+        self.transition(before, "the checks were reloaded")
+    }
+
     /// Whether every check passes (true with none).
     pub fn is_healthy(&self) -> bool {
         self.checks.iter().all(|c| c.healthy)

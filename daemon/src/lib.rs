@@ -19,6 +19,7 @@ pub mod page;
 pub mod proctree;
 pub mod rejections;
 pub mod runtime;
+pub mod sdnotify;
 pub mod status;
 pub mod store;
 pub mod watchdog;

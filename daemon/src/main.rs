@@ -99,6 +99,14 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Re-read the daemon's config file and apply what can change without a role change
+    /// (priority, preempt, maintenance, checks, health, timings that stay safe); anything
+    /// else is refused, naming the key, and the old config keeps running. Same as
+    /// `systemctl reload clustd` (SIGHUP).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Make credentials: a cluster secret or driver credential (printed; put it in
     /// cluster.secret_file or cluster.driver_secret_file, mode 0600), or with `--node` this
     /// node's key pair (the private key written to `--out`, the public key printed for the
@@ -452,6 +460,7 @@ async fn run_node(path: PathBuf) -> anyhow::Result<()> {
         metrics_open: settings.admin.metrics_open,
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let systemd = tokio::spawn(tell_systemd(handle.clone()));
     let admin_task = tokio::spawn(clustd::admin::serve(
         listeners,
         handle,
@@ -470,10 +479,63 @@ async fn run_node(path: PathBuf) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
+    clustd::sdnotify::notify("STOPPING=1");
+    systemd.abort();
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
     result?;
     Ok(())
+}
+
+/// READY once the node runs; then, for as long as it runs: a reload on `SIGHUP` (the
+/// runtime logs what changed, or an ERROR naming the key and keeps the old config), and
+/// systemd's watchdog fed while the runtime answers within a second.
+async fn tell_systemd(handle: runtime::Handle) {
+    while handle.status().node_id.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    clustd::sdnotify::notify("READY=1");
+    let watchdog = clustd::sdnotify::watchdog_interval();
+    if let Some(every) = watchdog {
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "feeding the systemd watchdog"
+        );
+    }
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let tick = tokio::time::sleep(watchdog.unwrap_or(std::time::Duration::from_secs(3600)));
+        #[cfg(unix)]
+        let hangup = async {
+            match &mut hup {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = hangup => {
+                tracing::info!("SIGHUP: reloading the config");
+                clustd::sdnotify::reloading();
+                // The runtime logs the outcome.
+                let _ = handle.call(runtime::Command::Reload).await;
+                clustd::sdnotify::notify("READY=1");
+            }
+            () = tick, if watchdog.is_some() => {
+                let alive = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    handle.command(runtime::Command::Refresh),
+                )
+                .await
+                .is_ok_and(|answered| answered);
+                if alive {
+                    clustd::sdnotify::notify("WATCHDOG=1");
+                }
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -539,6 +601,12 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                     serde_json::from_str(&body).context("the daemon's status JSON")?;
                 print!("{}", status.render());
             }
+        }
+        Cmd::Reload { admin } => {
+            let body = admin.client()?.post("/reload").await?;
+            let answer: serde_json::Value =
+                serde_json::from_str(&body).context("the daemon's answer")?;
+            println!("reloaded: {}", answer["changes"].as_str().unwrap_or("done"));
         }
         Cmd::StepDown { admin, to, force } => {
             let client = admin.client()?;

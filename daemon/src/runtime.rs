@@ -130,6 +130,10 @@ pub enum Command {
     /// Refresh the status snapshot now; answering proves the runtime is running (the admin
     /// API's `/leader` and `/step-down` ask before they answer).
     Refresh,
+    /// Re-read the config file the node was started from (`clustd reload`, `SIGHUP`) and
+    /// apply what can change without a role change; answers with the changes, or refuses
+    /// (naming the key) and keeps the old config.
+    Reload,
 }
 
 /// How to stop.
@@ -285,7 +289,7 @@ impl DriverRecord {
 
 /// The runtime's side of the control channel.
 pub struct Control {
-    commands: mpsc::Receiver<(Command, oneshot::Sender<Result<(), String>>)>,
+    commands: mpsc::Receiver<(Command, oneshot::Sender<Result<String, String>>)>,
     shared: Arc<Shared>,
     fencer: Option<Arc<dyn Fencer>>,
     watchdog_device: Option<Box<dyn WatchdogDevice>>,
@@ -322,7 +326,7 @@ impl Control {
 /// A cheap handle to a running node: status, metrics, commands, role notices.
 #[derive(Debug, Clone)]
 pub struct Handle {
-    commands: mpsc::Sender<(Command, oneshot::Sender<Result<(), String>>)>,
+    commands: mpsc::Sender<(Command, oneshot::Sender<Result<String, String>>)>,
     shared: Arc<Shared>,
 }
 
@@ -413,7 +417,7 @@ impl Handle {
 
     /// Sends a command and waits for the runtime's answer: `Some(Err(why))` when it
     /// refused it, `None` when the runtime is gone.
-    pub async fn call(&self, command: Command) -> Option<Result<(), String>> {
+    pub async fn call(&self, command: Command) -> Option<Result<String, String>> {
         let (tx, rx) = oneshot::channel();
         if self.commands.send((command, tx)).await.is_err() {
             return None;
@@ -624,6 +628,8 @@ struct Runtime<C: Clock, S: StateStore> {
     health: Tracker,
     /// The `[[check]]` runners; dropped (aborted) with the runtime.
     _check_tasks: CheckTasks,
+    /// Where the check tasks send their results (new tasks after a reload, too).
+    check_tx: mpsc::Sender<CheckResult>,
     /// Whether the node was eligible when drivers and the log last heard of it.
     told_eligible: bool,
     /// Drivers whose refused health report was logged (once per connection).
@@ -664,11 +670,16 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
 ) -> Result<(), RuntimeError> {
     let persisted = store.load()?;
     let mut node = Node::new(settings.core.clone(), persisted, clock.now())?;
+    if settings.maintenance {
+        tracing::info!("in maintenance (node.maintenance): never standing for election");
+        node.set_maintenance(clock.now(), true);
+    }
     // A node with checks starts unhealthy: it never becomes master before its service
     // has passed every check `rise` times.
     let health = Tracker::new(&settings.checks, settings.health.start_failure);
     node.set_healthy(clock.now(), health.is_healthy());
     let (check_tx, mut check_results) = mpsc::channel::<CheckResult>(64);
+    let check_sender = check_tx.clone();
     let (fence_tx, mut fence_results) = mpsc::channel::<fence::FenceDone>(4);
     let check_tasks = health::spawn_checks(&settings.checks, check_tx);
     let node_eligible_at_start = node.eligible();
@@ -764,6 +775,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         told_eligible: node_eligible_at_start,
         health,
         _check_tasks: check_tasks,
+        check_tx: check_sender,
         health_refusal_logged: BTreeSet::new(),
         fenced_through: None,
         fence_running: false,
@@ -816,7 +828,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             }
             Some((command, done)) = commands.recv() => {
                 let now = rt.clock.now();
-                let mut answer = Ok(());
+                let mut answer = Ok(String::new());
                 match command {
                     Command::StepDown => rt.node.step_down(now),
                     Command::Switchover(to) => match rt.node.request_transfer(now, &to) {
@@ -832,8 +844,15 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
                     Command::Refresh => {
                         rt.update_status();
                         rt.update_cluster_view();
-                        let _ = done.send(Ok(()));
+                        let _ = done.send(Ok(String::new()));
                         continue;
+                    }
+                    Command::Reload => {
+                        answer = rt.reload();
+                        match &answer {
+                            Ok(changes) => tracing::info!("config reloaded: {changes}"),
+                            Err(why) => tracing::error!("config not reloaded: {why}"),
+                        }
                     }
                 }
                 rt.sync_eligibility();
@@ -2396,6 +2415,50 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             .iter()
             .map(ToString::to_string)
             .collect();
+    }
+}
+
+impl<C: Clock, S: StateStore> Runtime<C, S> {
+    /// [`Command::Reload`]: re-reads the config file, checks what changed
+    /// ([`Settings::reload_changes`]) and applies it, all or nothing.
+    fn reload(&mut self) -> Result<String, String> {
+        let Some(path) = self.settings.source.clone() else {
+            return Err("this node was not started from a config file: nothing to re-read".into());
+        };
+        let (new, warnings) = Settings::load(&path).map_err(|e| e.to_string())?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let changes = self.settings.reload_changes(&new)?;
+        if changes.is_empty() {
+            return Ok(format!("{}: nothing changed", path.display()));
+        }
+        let now = self.clock.now();
+        self.node
+            .reconfigure(now, new.core.clone())
+            .map_err(|e| format!("[election]: {e}"))?;
+        if self.settings.checks != new.checks || self.settings.health != new.health {
+            let transition = self.health.reconfigure(
+                &new.checks,
+                &self.settings.checks,
+                new.health.start_failure,
+            );
+            // The old tasks stop (dropped); the new ones start at once.
+            self._check_tasks = health::spawn_checks(&new.checks, self.check_tx.clone());
+            self.apply_health(transition);
+        }
+        if self.settings.maintenance != new.maintenance {
+            self.node.set_maintenance(now, new.maintenance);
+        }
+        let limits = self.settings.transport_limits.clone();
+        self.settings = Settings {
+            transport_limits: limits,
+            ..new
+        };
+        self.settle = self.settings.core.stop_budget_at_drift_bound();
+        self.sync_eligibility();
+        self.init_status();
+        Ok(changes.join("; "))
     }
 }
 

@@ -657,3 +657,104 @@ async fn status_all_switchover_and_refusals_that_would_leave_no_master() {
         })
         .await;
 }
+
+/// `clustd reload` and `SIGHUP` on a real daemon: what may change is applied and named; an
+/// invalid file, a changed peer set or an unsafe timing is refused naming the key, and the
+/// old config keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_what_may_change_and_refuses_the_rest() {
+    use common::procs::{ProcCluster, clustd_bin};
+    let cluster = ProcCluster::start_plain(TransportKind::Quic)
+        .await
+        .expect("cluster");
+    let master = cluster.one_master(Duration::from_secs(60)).await;
+    let b = (cluster.index(&master) + 1) % 3;
+    let path = cluster
+        .dir
+        .path()
+        .join(format!("{}.toml", cluster.nodes[b].id));
+    let original = std::fs::read_to_string(&path).expect("config");
+    let reload = || {
+        let out = std::process::Command::new(clustd_bin())
+            .args(["reload", "--config"])
+            .arg(&path)
+            .output()
+            .expect("clustd runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let with = |from: &str, to: &str| {
+        assert!(original.contains(from), "{from:?} in {original}");
+        std::fs::write(&path, original.replacen(from, to, 1)).expect("write config");
+    };
+    // Nothing changed: says so.
+    let (ok, out, err) = reload();
+    assert!(ok && out.contains("nothing changed"), "{out}{err}");
+    // Priority and maintenance: applied, and named.
+    with("[election]\n", "[election]\npriority = 9\n");
+    let (ok, out, err) = reload();
+    assert!(
+        ok && out.contains("election.priority: 0 -> 9"),
+        "{out}{err}"
+    );
+    with("[node]\n", "[node]\nmaintenance = true\n");
+    let (ok, out, err) = reload();
+    assert!(
+        ok && out.contains("node.maintenance: false -> true"),
+        "{out}{err}"
+    );
+    let status = cluster.status(b).await.expect("status");
+    assert_eq!(status["maintenance"], true, "{status}");
+    // An invalid file: refused naming the key; the daemon runs on with the old config.
+    with("[election]\n", "[election]\nno_such_key = 1\n");
+    let (ok, out, err) = reload();
+    assert!(!ok && err.contains("no_such_key"), "{out}{err}");
+    // A longer lease is refused (a peer on the old timings could time the master out).
+    with(
+        "election_timeout_ms = [1000, 2000]",
+        "election_timeout_ms = [1200, 2400]\nlease_ms = 800",
+    );
+    let (ok, out, err) = reload();
+    assert!(
+        !ok && err.contains("election.lease_ms") && err.contains("only shortens"),
+        "{out}{err}"
+    );
+    // A changed peer set: refused, saying membership changes need a restart.
+    let peer = original
+        .split("addr = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a peer port")
+        .to_owned();
+    with(&format!("127.0.0.1:{peer}"), "127.0.0.1:9");
+    let (ok, out, err) = reload();
+    assert!(!ok && err.contains("cluster.peers changed"), "{out}{err}");
+    let status = cluster.status(b).await.expect("still running");
+    assert_eq!(status["maintenance"], true, "{status}");
+    // SIGHUP reloads too: maintenance off again.
+    std::fs::write(&path, &original).expect("write config");
+    cluster.signal_daemon(b, "HUP");
+    cluster
+        .wait_for(
+            "maintenance off after SIGHUP",
+            Duration::from_secs(30),
+            || async {
+                let s = cluster.status(b).await?;
+                (s["maintenance"] == false).then_some(())
+            },
+        )
+        .await;
+    let log = std::fs::read_to_string(&cluster.nodes[b].daemon_log).expect("log");
+    assert!(
+        log.contains("config reloaded") && log.contains("config not reloaded"),
+        "{log}"
+    );
+    assert_eq!(
+        cluster.masters().await,
+        vec![master],
+        "no reload moved mastership"
+    );
+}

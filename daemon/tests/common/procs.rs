@@ -110,7 +110,7 @@ impl ProcCluster {
         election: &str,
         specs: &[NodeSpec],
     ) -> std::io::Result<Self> {
-        Self::start_with(dir, kind, election, specs, false).await
+        Self::start_with(dir, kind, election, specs, false, &[]).await
     }
 
     /// Like [`ProcCluster::start`], with every peer link through a fault proxy, so that
@@ -121,7 +121,7 @@ impl ProcCluster {
         election: &str,
         specs: &[NodeSpec],
     ) -> std::io::Result<Self> {
-        Self::start_with(dir, kind, election, specs, true).await
+        Self::start_with(dir, kind, election, specs, true, &[]).await
     }
 
     async fn start_with(
@@ -130,6 +130,7 @@ impl ProcCluster {
         election: &str,
         specs: &[NodeSpec],
         cuttable: bool,
+        daemon_env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
         let path = dir.path();
         let secret = path.join(clustd::local::SECRET_FILE);
@@ -216,6 +217,7 @@ impl ProcCluster {
                 .args(["run", "--config"])
                 .arg(&config)
                 .env("RUST_LOG", "info")
+                .envs(daemon_env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file(&daemon_log)?)
@@ -251,6 +253,14 @@ impl ProcCluster {
     /// heartbeat 100 ms and election timeout [1000, 2000]: for tests about the daemons
     /// themselves (their CLI, their logs), not the service.
     pub(crate) async fn start_plain(kind: TransportKind) -> std::io::Result<Self> {
+        Self::start_plain_env(kind, &[]).await
+    }
+
+    /// [`ProcCluster::start_plain`] with these environment variables for the daemons.
+    pub(crate) async fn start_plain_env(
+        kind: TransportKind,
+        daemon_env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let specs: Vec<NodeSpec> = (0..3)
             .map(|_| NodeSpec {
                 daemon_toml: String::new(),
@@ -259,11 +269,13 @@ impl ProcCluster {
                 socket: true,
             })
             .collect();
-        Self::start(
+        Self::start_with(
             tempfile::tempdir()?,
             kind,
             "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
             &specs,
+            false,
+            daemon_env,
         )
         .await
     }
