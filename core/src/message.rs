@@ -129,7 +129,29 @@ pub struct Report {
     pub drivers: Vec<DriverReport>,
     /// Its checks.
     pub checks: Vec<CheckReport>,
+    /// Random, per daemon process: two processes claiming one node id show as two
+    /// incarnations (a restart shows as one replacing the other, never coming back).
+    pub incarnation: u64,
+    /// Its `cluster.listen`, to name it when two processes claim its id.
+    pub listen: String,
+    /// The incarnation it last heard from each peer: a process learns from its peers'
+    /// reports that another process speaks with its id.
+    pub seen: Vec<SeenPeer>,
 }
+
+/// One peer's incarnation as a [`Report`]'s sender last heard it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenPeer {
+    /// The peer.
+    pub id: NodeId,
+    /// Its incarnation, as last heard.
+    pub incarnation: u64,
+    /// Its `cluster.listen`, as it said.
+    pub listen: String,
+}
+
+/// The most peers a [`Report`]'s `seen` lists.
+pub const MAX_REPORT_PEERS: usize = 64;
 
 /// One driver in a [`Report`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +188,9 @@ impl Report {
         let text = |s: &str| s.len() <= MAX_REPORT_TEXT;
         text(&self.protocol_role)
             && text(&self.ineligible_reason)
+            && text(&self.listen)
+            && self.seen.len() <= MAX_REPORT_PEERS
+            && self.seen.iter().all(|p| text(&p.listen))
             && self.drivers.len() <= MAX_REPORT_ITEMS
             && self.checks.len() <= MAX_REPORT_ITEMS
             && self

@@ -596,6 +596,16 @@ struct Runtime<C: Clock, S: StateStore> {
     report_sent: Option<(Instant, NodeReport)>,
     /// The report changed since it was sent, and goes out at the end of the minimum gap.
     report_pending: bool,
+    /// This process's incarnation (random at start), in its reports.
+    incarnation: u64,
+    /// Per peer: the incarnation (and listen address) of its latest report, and the one
+    /// before it. An older one coming back means two processes claim that id.
+    incarnations: BTreeMap<NodeId, ((u64, String), Option<(u64, String)>)>,
+    /// When this process first heard a report from each peer (a peer's reports may still
+    /// name this node's previous incarnation shortly after a restart, until it hears ours).
+    first_report: BTreeMap<NodeId, Instant>,
+    /// Per peer: when two processes with one id were last logged about (once a minute).
+    duplicate_warned: BTreeMap<NodeId, Instant>,
     rtt_pending: BTreeMap<NodeId, (u64, Instant)>,
     /// Peers with a live connection, as last told to drivers: `ToDriver::Peer` goes out
     /// only when this changes, so a duplicate or replaced connection is no news.
@@ -706,6 +716,9 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     config.tls = settings.tls.clone();
     config.limits = settings.transport_limits.clone();
     let settle = settings.core.stop_budget_at_drift_bound();
+    // This process's incarnation: a seed of its own (OS randomness; in the simulation,
+    // derived from the run's seed), never the endpoint's.
+    let net_seed = net.random_seed();
     let (endpoint, mut events) = Endpoint::start(net, config).await.map_err(|e| match e {
         clustd_transport::TransportError::Io(io) => RuntimeError::Listen {
             listen: settings.listen,
@@ -758,6 +771,15 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         reports: BTreeMap::new(),
         report_sent: None,
         report_pending: false,
+        incarnation: {
+            let seed = net_seed;
+            u64::from_le_bytes([
+                seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
+            ])
+        },
+        incarnations: BTreeMap::new(),
+        first_report: BTreeMap::new(),
+        duplicate_warned: BTreeMap::new(),
         rtt_pending: BTreeMap::new(),
         peers_up: BTreeSet::new(),
         peers_down: BTreeMap::new(),
@@ -935,6 +957,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 Ok(Message::Report { term, report }) => {
                     self.last_heard.insert(from.clone(), now);
                     if report.is_bounded() {
+                        self.check_incarnations(&from, &report);
                         self.reports.insert(from, (now, term, *report));
                     } else {
                         tracing::debug!(peer = %from, "report over the size limits: dropped");
@@ -2518,6 +2541,69 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                     last_result: text(c.last_result.as_deref().unwrap_or("")),
                 })
                 .collect(),
+            incarnation: self.incarnation,
+            listen: text(&status.listen),
+            seen: self
+                .incarnations
+                .iter()
+                .take(clustd_core::message::MAX_REPORT_PEERS)
+                .map(
+                    |(id, ((incarnation, listen), _))| clustd_core::message::SeenPeer {
+                        id: id.clone(),
+                        incarnation: *incarnation,
+                        listen: listen.clone(),
+                    },
+                )
+                .collect(),
+        }
+    }
+
+    /// Two processes with one node id: a peer's reports alternate between two
+    /// incarnations, or a peer hears this node's id from another process. An ERROR naming
+    /// both, at most once a minute per peer.
+    fn check_incarnations(&mut self, from: &NodeId, report: &NodeReport) {
+        let now = self.clock.now();
+        let mut problem = None;
+        let current = (report.incarnation, report.listen.clone());
+        match self.incarnations.get_mut(from) {
+            None => {
+                self.incarnations.insert(from.clone(), (current, None));
+            }
+            Some((latest, previous)) if latest.0 != current.0 => {
+                if previous.as_ref().is_some_and(|p| p.0 == current.0) {
+                    problem = Some(format!(
+                        "two daemons run with node id {from}: its reports alternate between two processes, one listening on {}, the other on {}; stop one of them (or give it its own id and key)",
+                        latest.1, current.1
+                    ));
+                }
+                *previous = Some(std::mem::replace(latest, current));
+            }
+            Some(_) => {}
+        }
+        let first = *self.first_report.entry(from.clone()).or_insert(now);
+        let settled = now >= first + REPORT_INTERVAL * 3;
+        if problem.is_none()
+            && settled
+            && let Some(other) = report
+                .seen
+                .iter()
+                .find(|p| p.id == self.settings.id && p.incarnation != self.incarnation)
+        {
+            problem = Some(format!(
+                "another daemon runs with this node's id {}: {from} hears {} from another process (listening on {}); stop one of them (or give it its own id and key)",
+                self.settings.id, self.settings.id, other.listen
+            ));
+        }
+        if let Some(problem) = problem {
+            let due = self
+                .duplicate_warned
+                .get(from)
+                .is_none_or(|at| now >= *at + Duration::from_secs(60));
+            if due {
+                tracing::error!(peer = %from, "{problem}");
+                self.duplicate_warned.insert(from.clone(), now);
+                lock(&self.shared.status).duplicate_id = Some(problem);
+            }
         }
     }
 

@@ -106,6 +106,10 @@ pub struct Status {
     /// the new master.
     #[serde(default)]
     pub handover_max_ms: u64,
+    /// Two processes claim one node id (this one's or a peer's), as last detected: what
+    /// the ERROR said.
+    #[serde(default)]
+    pub duplicate_id: Option<String>,
 }
 
 /// One peer daemon.
@@ -212,6 +216,9 @@ impl Status {
             (Some(why), false) => {
                 let _ = writeln!(out, "!! NOT ELIGIBLE to be master: {why}");
             }
+        }
+        if let Some(problem) = &self.duplicate_id {
+            let _ = writeln!(out, "!! DUPLICATE NODE ID: {problem}");
         }
         if self.role == "master" && self.drivers_connected == 0 {
             let _ = writeln!(

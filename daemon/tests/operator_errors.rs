@@ -137,3 +137,87 @@ async fn an_unreachable_peer_is_named_with_the_quorum_arithmetic() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// Two daemons started with one node id (a copied config): an ERROR on both of them and on
+/// their peers, naming the addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_with_one_node_id_are_an_error_on_both() {
+    use common::procs::{ProcCluster, clustd_bin};
+    let cluster = ProcCluster::start_plain(clustd_transport::TransportKind::Quic)
+        .await
+        .expect("cluster");
+    cluster.one_master(Duration::from_secs(60)).await;
+    // node-1's config, copied to another data dir and port: same id, same key.
+    let original = std::fs::read_to_string(cluster.dir.path().join("node-1.toml")).expect("config");
+    let listen = original
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .expect("cluster.listen")
+        .to_owned();
+    let port = clustd::local::free_port().expect("port");
+    let twin_dir = cluster.dir.path().join("twin");
+    let data_dir = original
+        .lines()
+        .find(|l| l.starts_with("data_dir = "))
+        .expect("node.data_dir")
+        .to_owned();
+    let twin = original
+        .replacen(&listen, &format!("listen = \"127.0.0.1:{port}\""), 1)
+        .replacen(
+            &data_dir,
+            &format!("data_dir = \"{}\"", twin_dir.display()),
+            1,
+        );
+    let twin_config = cluster.dir.path().join("twin.toml");
+    std::fs::write(&twin_config, twin).expect("twin config");
+    let twin_log = cluster.dir.path().join("twin.log");
+    let _twin = tokio::process::Command::new(clustd_bin())
+        .args(["run", "--config"])
+        .arg(&twin_config)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&twin_log).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the twin starts");
+    let error_in = |log: &std::path::Path, what: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("ERROR") && l.contains(what))
+            .map(str::to_owned)
+    };
+    let logs = [
+        ("node-1", cluster.nodes[0].daemon_log.clone()),
+        ("the twin", twin_log.clone()),
+    ];
+    for (who, log) in &logs {
+        let line = cluster
+            .wait_for(
+                &format!("{who} to say another daemon has its id"),
+                Duration::from_secs(60),
+                || {
+                    let found = error_in(log, "another daemon runs with this node's id node-1");
+                    async move { found }
+                },
+            )
+            .await;
+        assert!(line.contains("listening on 127.0.0.1:"), "{line}");
+    }
+    let peer_logs = [
+        cluster.nodes[1].daemon_log.clone(),
+        cluster.nodes[2].daemon_log.clone(),
+    ];
+    let line = cluster
+        .wait_for(
+            "a peer to name both processes",
+            Duration::from_secs(60),
+            || {
+                let found = peer_logs
+                    .iter()
+                    .find_map(|log| error_in(log, "two daemons run with node id node-1"));
+                async move { found }
+            },
+        )
+        .await;
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+}
