@@ -578,6 +578,9 @@ impl DriverTable {
     }
 }
 
+/// A peer process's incarnation and its listen address.
+type Incarnation = (u64, String);
+
 struct Runtime<C: Clock, S: StateStore> {
     node: Node,
     endpoint: Endpoint,
@@ -600,7 +603,7 @@ struct Runtime<C: Clock, S: StateStore> {
     incarnation: u64,
     /// Per peer: the incarnation (and listen address) of its latest report, and the one
     /// before it. An older one coming back means two processes claim that id.
-    incarnations: BTreeMap<NodeId, ((u64, String), Option<(u64, String)>)>,
+    incarnations: BTreeMap<NodeId, (Incarnation, Option<Incarnation>)>,
     /// When this process first heard a report from each peer (a peer's reports may still
     /// name this node's previous incarnation shortly after a restart, until it hears ours).
     first_report: BTreeMap<NodeId, Instant>,
