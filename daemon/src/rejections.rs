@@ -3,11 +3,16 @@
 //! a quiet period is logged at once, with its address and error; the rest of its interval
 //! is counted by reason and by source address and logged as one summary line when the
 //! interval ends; the next interval starts then, and a quiet interval ends the series.
+//! The first of each kind of warning in a series is logged at once (at most one line per
+//! [`FailureReason`], however large the flood), so that a node whose secret differs from its
+//! peers' says so both as the acceptor ("authentication failed from ADDR: cluster secrets
+//! differ, or a stranger") and as the dialer ("... dialing ADDR: it does not accept our
+//! cluster secret ..."), whichever came first.
 //!
 //! Pure (time is passed in), so it is tested here without a clock; the runtime logs what it
 //! returns and counts every failure in the `handshake_failures` metric.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -27,6 +32,9 @@ const MAX_SOURCES: usize = 8;
 pub enum FailureReason {
     /// Wrong secret, or not our protocol (also forged or replayed handshake messages).
     AuthenticationFailed,
+    /// We dialed and the remote said it could not authenticate us: it holds another
+    /// cluster secret (or its node key is not the one configured for it).
+    SecretRefused,
     /// Authenticated, but we refused it or it refused us (unknown id, wrong kind...).
     Refused,
     /// Pushed out of a full admission pool by a newer unauthenticated connection.
@@ -43,9 +51,10 @@ impl FailureReason {
         use TransportError as E;
         match error {
             E::AuthenticationFailed | E::BadFrame | E::Replay => Self::AuthenticationFailed,
+            E::SecretRejected { .. } => Self::SecretRefused,
             E::RefusedRemote { .. } | E::Refused(_) | E::UnexpectedNode { .. } => Self::Refused,
             E::Busy => Self::Evicted,
-            E::HandshakeTimeout => Self::TimedOut,
+            E::HandshakeTimeout | E::ConnectTimeout => Self::TimedOut,
             _ => Self::Failed,
         }
     }
@@ -53,7 +62,8 @@ impl FailureReason {
     /// The `reason` label of the `handshake_failures` metric.
     pub fn label(self) -> &'static str {
         match self {
-            Self::AuthenticationFailed => "authentication_failed",
+            // Both sides of one failure, counted alike (the label set is documented).
+            Self::AuthenticationFailed | Self::SecretRefused => "authentication_failed",
             Self::Refused => "refused",
             Self::Evicted => "evicted",
             Self::TimedOut => "timed_out",
@@ -64,6 +74,7 @@ impl FailureReason {
     fn text(self) -> &'static str {
         match self {
             Self::AuthenticationFailed => "authentication failed",
+            Self::SecretRefused => "refused our secret",
             Self::Refused => "refused",
             Self::Evicted => "evicted (too many unauthenticated connections)",
             Self::TimedOut => "timed out",
@@ -76,7 +87,7 @@ impl FailureReason {
     pub fn is_warning(self) -> bool {
         matches!(
             self,
-            Self::AuthenticationFailed | Self::Refused | Self::Evicted
+            Self::AuthenticationFailed | Self::SecretRefused | Self::Refused | Self::Evicted
         )
     }
 }
@@ -99,9 +110,9 @@ pub struct Rejections {
     by_reason: BTreeMap<FailureReason, u64>,
     by_source: BTreeMap<IpAddr, u64>,
     other_sources: u64,
-    /// A warning was logged at once in this series (else the first one is, even when
-    /// routine failures started the series).
-    warned: bool,
+    /// The kinds of warning logged at once in this series (the first of each other kind is,
+    /// even when routine failures or another kind started the series).
+    warned: BTreeSet<FailureReason>,
 }
 
 impl Rejections {
@@ -125,25 +136,23 @@ impl Rejections {
         let reason = FailureReason::of(error);
         // Under a flood the runtime may not get to its timers: summarize from here too.
         let summary = self.handle_timeout(now);
-        let first_warning = reason.is_warning() && !self.warned;
+        let first_warning = reason.is_warning() && !self.warned.contains(&reason);
         if self.interval_end.is_none() || first_warning {
             if self.interval_end.is_none() {
                 self.interval_end = Some(now + SUMMARY_INTERVAL);
             }
-            self.warned |= reason.is_warning();
+            if reason.is_warning() {
+                self.warned.insert(reason);
+            }
             if let Some(summary) = summary {
                 // Rare (an interval ended just now): the summary goes first, this one is
                 // counted in the next instead of being logged on its own.
                 self.count(reason, addr);
                 return Some(summary);
             }
-            let prefix = if reason.is_warning() {
-                "connection rejected"
-            } else {
-                "connection attempt failed"
-            };
             let text = format!(
-                "{prefix} from {addr}: {error} (more within {} s are summarized)",
+                "{} (more within {} s are summarized)",
+                describe(reason, addr, error),
                 SUMMARY_INTERVAL.as_secs()
             );
             return Some(Report {
@@ -176,7 +185,7 @@ impl Rejections {
         let total: u64 = self.by_reason.values().sum();
         if total == 0 {
             self.interval_end = None;
-            self.warned = false;
+            self.warned.clear();
             return None;
         }
         let mut text = format!(
@@ -209,6 +218,31 @@ impl Rejections {
         self.other_sources = 0;
         self.interval_end = Some(now + SUMMARY_INTERVAL);
         Some(Report { warning, text })
+    }
+}
+
+/// One failed handshake as the operator should read it: what failed, with whom, and for
+/// authentication failures the likely cause (the error alone says only "authentication
+/// failed", which sends people looking at the network).
+fn describe(reason: FailureReason, addr: SocketAddr, error: &TransportError) -> String {
+    match error {
+        TransportError::AuthenticationFailed => format!(
+            "authentication failed from {addr}: cluster secrets differ, or a stranger \
+             (or a driver whose secret_file is not cluster.driver_secret_file)"
+        ),
+        TransportError::SecretRejected { remote_key } => {
+            let key = if *remote_key {
+                ", or its node key is not the key cluster.peers gives for it"
+            } else {
+                ""
+            };
+            format!(
+                "authentication failed dialing {addr}: it does not accept our cluster secret: \
+                 cluster secrets differ{key}"
+            )
+        }
+        _ if reason.is_warning() => format!("connection rejected from {addr}: {error}"),
+        _ => format!("connection attempt failed from {addr}: {error}"),
     }
 }
 
@@ -303,6 +337,68 @@ mod tests {
                 &TransportError::AuthenticationFailed
             ),
             None
+        );
+    }
+
+    #[test]
+    fn authentication_failures_say_the_secrets_differ_on_both_sides() {
+        let mut r = Rejections::new();
+        let acceptor = r
+            .record(
+                at(0),
+                from("10.0.0.1"),
+                &TransportError::AuthenticationFailed,
+            )
+            .expect("logged at once");
+        assert!(acceptor.warning);
+        assert_eq!(
+            acceptor.text,
+            "authentication failed from 10.0.0.1:40000: cluster secrets differ, or a stranger \
+             (or a driver whose secret_file is not cluster.driver_secret_file) \
+             (more within 10 s are summarized)"
+        );
+        // The same node dialing that peer: another kind, so it is not held back either.
+        let dialer = r
+            .record(
+                at(1),
+                from("10.0.0.1"),
+                &TransportError::SecretRejected { remote_key: true },
+            )
+            .expect("the dialer's side is logged at once too");
+        assert!(dialer.warning);
+        assert_eq!(
+            dialer.text,
+            "authentication failed dialing 10.0.0.1:40000: it does not accept our cluster \
+             secret: cluster secrets differ, or its node key is not the key cluster.peers \
+             gives for it (more within 10 s are summarized)"
+        );
+        // Then both are counted, never logged one by one.
+        for i in 2..1000 {
+            let error = if i % 2 == 0 {
+                TransportError::AuthenticationFailed
+            } else {
+                TransportError::SecretRejected { remote_key: false }
+            };
+            assert_eq!(r.record(at(i), from("10.0.0.1"), &error), None);
+        }
+        let summary = r.handle_timeout(at(10_000)).expect("summary");
+        assert_eq!(
+            summary.text,
+            "rejected 998 connections in the last 10 s: 499 authentication failed, \
+             499 refused our secret; from 10.0.0.1 (998)"
+        );
+        assert_eq!(
+            describe(
+                FailureReason::SecretRefused,
+                from("10.0.0.2"),
+                &TransportError::SecretRejected { remote_key: false }
+            ),
+            "authentication failed dialing 10.0.0.2:40000: it does not accept our cluster \
+             secret: cluster secrets differ"
+        );
+        assert_eq!(
+            FailureReason::of(&TransportError::ConnectTimeout),
+            FailureReason::TimedOut
         );
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clustd_core::NodeId;
 use clustd_transport::{
     Endpoint, EndpointConfig, Net, PeerKind, Secret, SendClass, TransportError, TransportEvent,
+    TransportKind,
 };
 use tokio::sync::mpsc;
 
@@ -46,6 +47,13 @@ impl<N: Net> TransportDialer<N> {
     }
 }
 
+impl<N: Net> TransportDialer<N> {
+    /// The daemon's network address, unless the driver dials its local socket.
+    fn network_daemon(&self) -> Option<SocketAddr> {
+        self.socket.is_none().then_some(self.daemon)
+    }
+}
+
 /// One authenticated connection to the daemon.
 pub(crate) struct TransportLink {
     endpoint: Endpoint,
@@ -53,23 +61,82 @@ pub(crate) struct TransportLink {
     daemon: NodeId,
 }
 
-/// Sorts failures into kinds, so each kind is logged once while it lasts.
-fn classify(error: &TransportError) -> &'static str {
-    match error {
-        TransportError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            "connection refused"
+/// Sorts failures into kinds, so each kind is logged once while it lasts, and says what
+/// to check for the ones an operator can fix here: a secret that differs from the
+/// daemon's, or the other transport (`daemon` is `None` on the local driver socket, where
+/// there is no secret and no transport to choose).
+fn describe(
+    error: &TransportError,
+    transport: TransportKind,
+    daemon: Option<SocketAddr>,
+) -> DialError {
+    let hinted = |class, message| DialError { class, message };
+    match (error, daemon) {
+        (TransportError::SecretRejected { remote_key }, _) => {
+            let key = if *remote_key {
+                "; or daemon_key is not the daemon's public key \
+                 (`clustd keygen --public NODE_KEY_FILE` on its machine)"
+            } else {
+                ""
+            };
+            hinted(
+                "authentication failed",
+                format!(
+                    "authentication failed: the secret differs from the daemon's \
+                     (check secret_file / the daemon's cluster.driver_secret_file){key}"
+                ),
+            )
         }
-        TransportError::Io(_) => "network error",
-        TransportError::AuthenticationFailed => {
-            "authentication failed: is the secret the daemon's?"
+        (TransportError::AuthenticationFailed, Some(addr)) => hinted(
+            "authentication failed",
+            format!(
+                "authentication failed: what answers at {addr} does not prove the drivers' \
+                 credential (is it the daemon? is secret_file its cluster.driver_secret_file?)"
+            ),
+        ),
+        (TransportError::Io(e), Some(addr))
+            if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            hinted(
+                "connection refused",
+                nothing_answers(transport, addr, " (connection refused)"),
+            )
         }
-        TransportError::Refused(_) | TransportError::RefusedRemote { .. } => {
-            "refused by the daemon"
+        (TransportError::ConnectTimeout, Some(addr)) => {
+            hinted("no answer", nothing_answers(transport, addr, ""))
         }
-        TransportError::HandshakeTimeout => "no answer",
-        TransportError::Config(_) | TransportError::Tls(_) => "local transport setup",
-        _ => "handshake or protocol error",
+        _ => {
+            let class = match error {
+                TransportError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused"
+                }
+                TransportError::Io(_) => "network error",
+                TransportError::AuthenticationFailed => "authentication failed",
+                TransportError::Refused(_) | TransportError::RefusedRemote { .. } => {
+                    "refused by the daemon"
+                }
+                TransportError::HandshakeTimeout | TransportError::ConnectTimeout => "no answer",
+                TransportError::Config(_) | TransportError::Tls(_) => "local transport setup",
+                _ => "handshake or protocol error",
+            };
+            DialError {
+                class,
+                message: format!("{error} ({class})"),
+            }
+        }
     }
+}
+
+/// Nothing answers `transport` at `addr`: most often the daemon speaks the other one.
+fn nothing_answers(transport: TransportKind, addr: SocketAddr, detail: &str) -> String {
+    let (ours, other) = match transport {
+        TransportKind::Quic => ("QUIC", "websocket"),
+        TransportKind::WebSocket => ("WebSocket", "quic"),
+    };
+    format!(
+        "nothing answers {ours} at {addr}{detail}: \
+         if the daemon's cluster.transport is {other}, set transport = \"{other}\" here"
+    )
 }
 
 impl<N: Net> Dialer for TransportDialer<N> {
@@ -78,15 +145,14 @@ impl<N: Net> Dialer for TransportDialer<N> {
     async fn dial(&mut self) -> Result<TransportLink, DialError> {
         let (endpoint, mut events) = Endpoint::start(self.net.clone(), self.config.clone())
             .await
-            .map_err(|e| DialError {
-                class: classify(&e),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| describe(&e, self.config.kind, self.network_daemon()))?;
         match &self.socket {
             Some(path) => endpoint.dial_socket(path),
             None => endpoint.dial(self.daemon),
         }
-        let waited = tokio::time::timeout(self.timeout, async {
+        // A backstop only: the endpoint's own handshake timeout (`self.timeout` too) ends
+        // every attempt and knows whether anything answered at all, so it must come first.
+        let waited = tokio::time::timeout(self.timeout.saturating_mul(2), async {
             while let Some(event) = events.recv().await {
                 match event {
                     TransportEvent::Connected {
@@ -95,10 +161,7 @@ impl<N: Net> Dialer for TransportDialer<N> {
                         ..
                     } => return Ok(id),
                     TransportEvent::HandshakeFailed { error, .. } => {
-                        return Err(DialError {
-                            class: classify(&error),
-                            message: error.to_string(),
-                        });
+                        return Err(describe(&error, self.config.kind, self.network_daemon()));
                     }
                     _ => {}
                 }
@@ -123,7 +186,10 @@ impl<N: Net> Dialer for TransportDialer<N> {
                 endpoint.shutdown().await;
                 Err(DialError {
                     class: "no answer",
-                    message: format!("no connection within {} ms", self.timeout.as_millis()),
+                    message: format!(
+                        "no connection within {} ms (no answer)",
+                        self.timeout.saturating_mul(2).as_millis()
+                    ),
                 })
             }
         }
@@ -151,5 +217,80 @@ impl Link for TransportLink {
 
     async fn close(self) {
         self.endpoint.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7400))
+    }
+
+    #[test]
+    fn a_refused_secret_says_the_secrets_differ() {
+        let plain = describe(
+            &TransportError::SecretRejected { remote_key: false },
+            TransportKind::Quic,
+            Some(addr()),
+        );
+        assert_eq!(
+            plain.to_string(),
+            "authentication failed: the secret differs from the daemon's (check secret_file / \
+             the daemon's cluster.driver_secret_file)"
+        );
+        let keyed = describe(
+            &TransportError::SecretRejected { remote_key: true },
+            TransportKind::Quic,
+            Some(addr()),
+        );
+        assert!(
+            keyed.to_string().ends_with(
+                "; or daemon_key is not the daemon's public key \
+                 (`clustd keygen --public NODE_KEY_FILE` on its machine)"
+            ),
+            "{keyed}"
+        );
+        assert_eq!(plain.class, keyed.class);
+    }
+
+    #[test]
+    fn nothing_answering_hints_at_the_other_transport() {
+        let quic = describe(
+            &TransportError::ConnectTimeout,
+            TransportKind::Quic,
+            Some(addr()),
+        );
+        assert_eq!(
+            quic.to_string(),
+            "nothing answers QUIC at 127.0.0.1:7400: if the daemon's cluster.transport is \
+             websocket, set transport = \"websocket\" here"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let ws = describe(
+            &TransportError::Io(refused),
+            TransportKind::WebSocket,
+            Some(addr()),
+        );
+        assert_eq!(
+            ws.to_string(),
+            "nothing answers WebSocket at 127.0.0.1:7400 (connection refused): if the daemon's \
+             cluster.transport is quic, set transport = \"quic\" here"
+        );
+        // A stalled handshake is not "nothing answers"; the local socket has no transport.
+        let stalled = describe(
+            &TransportError::HandshakeTimeout,
+            TransportKind::Quic,
+            Some(addr()),
+        );
+        assert_eq!(stalled.to_string(), "handshake timed out (no answer)");
+        let socket = describe(
+            &TransportError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            TransportKind::Quic,
+            None,
+        );
+        assert!(!socket.to_string().contains("transport"), "{socket}");
+        assert_eq!(socket.class, "connection refused");
     }
 }

@@ -161,12 +161,13 @@ pub enum SessionError {
 pub(crate) struct DialError {
     /// `refused`, `timeout`, `handshake`, ... : attempts of the same class are logged once.
     pub(crate) class: &'static str,
+    /// What the log says: the failure, and what to check when that is known.
     pub(crate) message: String,
 }
 
 impl fmt::Display for DialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.class)
+        f.write_str(&self.message)
     }
 }
 

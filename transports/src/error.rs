@@ -19,6 +19,21 @@ pub enum TransportError {
     /// A sealed frame carried a nonce that was already used or is out of order.
     #[error("replayed or reordered frame")]
     Replay,
+    /// We dialed, and the remote could not authenticate our first handshake message and
+    /// said so before closing (an unauthenticated refusal, see the crate docs): it holds
+    /// another secret, or, when `remote_key` is set, the public key we proved ourselves
+    /// against is not its own. Anyone on the path could forge the refusal (as anyone there
+    /// can reset the connection), so this is a diagnosis, never a security decision.
+    #[error("authentication failed: the remote does not accept our secret ({})", if *remote_key {
+        "the secrets differ, or its public key is not the one configured here"
+    } else {
+        "the secrets differ"
+    })]
+    SecretRejected {
+        /// We used a handshake that proves the remote's public key too (node keys, or a
+        /// driver's `daemon_key`): a wrong key is refused exactly like a wrong secret.
+        remote_key: bool,
+    },
     /// The other side authenticated but refused us.
     #[error("refused by the remote: {0}")]
     Refused(RefuseReason),
@@ -41,6 +56,10 @@ pub enum TransportError {
     /// The handshake did not finish within the handshake timeout.
     #[error("handshake timed out")]
     HandshakeTimeout,
+    /// We dialed and the link itself (TCP and the WebSocket upgrade, or the QUIC
+    /// connection) was not established within the handshake timeout: nothing answered.
+    #[error("no answer (no connection within the handshake timeout)")]
+    ConnectTimeout,
     /// Nothing was received for the idle timeout.
     #[error("connection idle for too long")]
     IdleTimeout,

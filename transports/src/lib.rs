@@ -44,7 +44,11 @@
 //! window for QUIC datagrams): replayed, reordered or altered frames close the connection.
 //! The handshake carries the node id and kind, believed only as far as the proof goes;
 //! unknown ids are refused; when two connections of the same node exist, exactly one is kept
-//! and only it delivers frames (see [`Endpoint`]). Daemons may also serve local drivers on a
+//! and only it delivers frames (see [`Endpoint`]).
+//! A responder that cannot authenticate a first handshake message closes the link with a
+//! fixed refusal (a WebSocket close code, a QUIC application close code; no secret material
+//! and nothing a stranger could not already read from the closed connection), so the
+//! dialer can say [`TransportError::SecretRejected`] instead of "connection reset". Daemons may also serve local drivers on a
 //! Unix socket ([`LocalSocket`]), where the socket's permissions authenticate.
 //!
 //! Determinism: no `std::time`, no `HashMap` iteration, `biased` selects, and all randomness

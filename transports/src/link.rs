@@ -15,7 +15,7 @@ use crate::session::{
     Acceptor, Body, Credential, Hello, Initiator, Opener, Proof, Reply, Responder, Sealer, Session,
     sealed_len,
 };
-use crate::{PeerKind, TransportError};
+use crate::{PeerKind, SessionError, TransportError};
 
 /// A message received from a link.
 pub enum Inbound {
@@ -23,6 +23,20 @@ pub enum Inbound {
     Reliable(Vec<u8>),
     /// An unreliable datagram (QUIC only).
     Datagram(Vec<u8>),
+}
+
+/// The code a responder closes a link with when the first handshake message proves no
+/// credential it accepts: in WebSocket's private range of close codes (4000-4999), and the
+/// same number as a QUIC application error code. See [`LinkTx::refuse`].
+pub(crate) const REFUSAL_CODE: u16 = 4401;
+
+/// The reason text sent with [`REFUSAL_CODE`].
+pub(crate) const REFUSAL_REASON: &str = "authentication failed";
+
+/// What a receiving half returns when the remote closed with [`REFUSAL_CODE`]
+/// (`handshake_initiator` fills in which credential we had used).
+pub(crate) fn refused_by_remote() -> TransportError {
+    TransportError::SecretRejected { remote_key: false }
 }
 
 /// Sending side of a link.
@@ -36,6 +50,12 @@ pub(crate) trait LinkTx: Send + 'static {
     /// Makes sure what was sent reaches the remote before the link is dropped
     /// (QUIC discards unacknowledged stream data on close). Bounded in time.
     fn linger(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// Closes the link with the transport's own close (code [`REFUSAL_CODE`]), so that a
+    /// dialer whose first handshake message did not authenticate learns why instead of
+    /// seeing a reset. Must not wait for the remote (a stranger could hold us up).
+    fn refuse(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
     /// Sends one datagram; only called when [`LinkTx::datagram_room`] allowed it.
@@ -87,7 +107,17 @@ pub(crate) async fn handshake_initiator<T: LinkTx, R: LinkRx>(
 ) -> Result<(Hello, Session), TransportError> {
     let (initiator, msg1) = Initiator::start(credential, binding, seed, local)?;
     tx.send(msg1).await?;
-    let msg2 = recv_reliable(rx).await?;
+    let msg2 = recv_reliable(rx).await.map_err(|error| match error {
+        // A handshake that also proves the remote's public key fails at the remote alike
+        // when that key is not the one we were given.
+        TransportError::SecretRejected { .. } => TransportError::SecretRejected {
+            remote_key: matches!(
+                credential,
+                Credential::NodeKey { .. } | Credential::DriverToDaemon { .. }
+            ),
+        },
+        other => other,
+    })?;
     let (reply, session, confirm) = initiator.finish(&msg2)?;
     match reply {
         Reply::Refused(reason) => Err(TransportError::Refused(reason)),
@@ -128,7 +158,21 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
         },
     };
     let (responder, remote, proof) =
-        Responder::read_hello(&acceptor, binding, shared.seed(), &msg1)?;
+        match Responder::read_hello(&acceptor, binding, shared.seed(), &msg1) {
+            Ok(read) => read,
+            Err(SessionError::AuthenticationFailed) => {
+                // Say so before closing, so that a dialer with another secret can tell its
+                // operator (before, it saw "connection reset"). Sound because a plain close
+                // right after message 1 already tells a stranger exactly this (message 1
+                // proved nothing: an honest responder would have answered with message 2):
+                // the refusal is a fixed code, carries nothing derived from a secret, goes
+                // at the same point, and does not wait for the remote, so it costs no more
+                // than the close it replaces (and a flood of garbage no more either).
+                tx.refuse().await;
+                return Err(TransportError::AuthenticationFailed);
+            }
+            Err(error) => return Err(error.into()),
+        };
     let allowed = match (via, proof) {
         (Via::LocalSocket, Proof::Driver) | (Via::Network, _) => {
             inbound_allowed(config, &remote, proof)
@@ -199,8 +243,12 @@ where
         },
         (PeerKind::Peer, None) => Credential::ClusterSecret(&config.secret),
     };
+    // Whether the link came up: a timeout before that means nothing answers at the address
+    // (for a driver, often the daemon speaking the other transport), not a stalled handshake.
+    let mut established = false;
     let handshake = async {
         let (mut tx, mut rx, binding) = establish.await?;
+        established = true;
         let (remote, session) = handshake_initiator(
             &mut tx,
             &mut rx,
@@ -216,7 +264,8 @@ where
     let (tx, rx, remote, session) =
         match tokio::time::timeout(shared.config.limits.handshake_timeout, handshake).await {
             Ok(result) => result?,
-            Err(_) => return Err(TransportError::HandshakeTimeout),
+            Err(_) if established => return Err(TransportError::HandshakeTimeout),
+            Err(_) => return Err(TransportError::ConnectTimeout),
         };
     let dialer = shared.config.local_id.clone();
     run_session(shared, tx, rx, session, remote, dialer, None).await;

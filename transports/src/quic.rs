@@ -12,7 +12,10 @@ use clustd_core::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::endpoint::Shared;
-use crate::link::{Inbound, LinkRx, LinkTx, Via, accept_flow, dial_flow, max_link_msg};
+use crate::link::{
+    Inbound, LinkRx, LinkTx, REFUSAL_CODE, REFUSAL_REASON, Via, accept_flow, dial_flow,
+    max_link_msg, refused_by_remote,
+};
 use crate::net::Net;
 use crate::{Limits, TransportError, tls};
 
@@ -20,6 +23,18 @@ const EXPORTER_LABEL: &[u8] = b"EXPORTER-clustd-noise-binding";
 
 fn quic_err(error: impl std::fmt::Display) -> TransportError {
     TransportError::Quic(error.to_string())
+}
+
+/// A lost connection, told apart when the remote closed it with the refusal.
+fn lost(error: &quinn::ConnectionError) -> TransportError {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from(REFUSAL_CODE) =>
+        {
+            refused_by_remote()
+        }
+        other => quic_err(other),
+    }
 }
 
 /// The exporter value both ends of one QUIC connection agree on, and nobody else knows.
@@ -74,6 +89,13 @@ impl LinkTx for QuicTx {
         }
     }
 
+    async fn refuse(&mut self) {
+        // CONNECTION_CLOSE goes out at once and the connection needs nothing from the remote
+        // any more (unlike stream data, which a close would discard unsent).
+        self.conn
+            .close(quinn::VarInt::from(REFUSAL_CODE), REFUSAL_REASON.as_bytes());
+    }
+
     fn datagram_room(&self) -> Option<usize> {
         self.conn.max_datagram_size()
     }
@@ -113,6 +135,7 @@ async fn read_message(
 fn read_err(error: quinn::ReadExactError) -> TransportError {
     match error {
         quinn::ReadExactError::FinishedEarly(_) => TransportError::Closed,
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => lost(&e),
         quinn::ReadExactError::ReadError(e) => quic_err(e),
     }
 }
@@ -145,7 +168,7 @@ impl LinkRx for QuicRx {
                 result.map(Inbound::Reliable)
             }
             Got::Datagram(datagram) => {
-                let datagram = datagram.map_err(quic_err)?;
+                let datagram = datagram.map_err(|e| lost(&e))?;
                 if datagram.len() > self.max_len {
                     return Err(TransportError::Oversized {
                         len: datagram.len(),

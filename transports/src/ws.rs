@@ -9,10 +9,15 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::endpoint::Shared;
-use crate::link::{Inbound, LinkRx, LinkTx, Via, accept_flow, dial_flow, max_link_msg};
+use crate::link::{
+    Inbound, LinkRx, LinkTx, REFUSAL_CODE, REFUSAL_REASON, Via, accept_flow, dial_flow,
+    max_link_msg, refused_by_remote,
+};
 use crate::net::Net;
 use crate::{TransportError, tls};
 
@@ -53,6 +58,16 @@ impl LinkTx for WsTx {
             .await
             .map_err(ws_err)
     }
+
+    async fn refuse(&mut self) {
+        // Sent and flushed, not waited on: the caller drops the link right after, and the
+        // remote reads the close frame before the end of the stream.
+        let frame = CloseFrame {
+            code: CloseCode::from(REFUSAL_CODE),
+            reason: REFUSAL_REASON.into(),
+        };
+        let _ = self.0.send(Message::Close(Some(frame))).await;
+    }
 }
 
 impl LinkRx for WsRx {
@@ -63,6 +78,11 @@ impl LinkRx for WsRx {
                 Some(Err(e)) => return Err(ws_err(e)),
                 Some(Ok(Message::Binary(bytes))) => return Ok(Inbound::Reliable(bytes.into())),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(Some(frame))))
+                    if frame.code == CloseCode::from(REFUSAL_CODE) =>
+                {
+                    return Err(refused_by_remote());
+                }
                 Some(Ok(Message::Close(_))) => return Err(TransportError::Closed),
                 Some(Ok(Message::Text(_))) => {
                     return Err(TransportError::Protocol("text message".into()));

@@ -452,14 +452,17 @@ async fn reconnects_after_remote_restart(kind: TransportKind) {
     n2.shutdown().await;
 }
 
+/// Two nodes whose cluster secrets differ: each side says so. The acceptor cannot read
+/// the first handshake message ("authentication failed"); the dialer is told so by the
+/// acceptor's refusal and says the secrets differ (or, with node keys, the key) instead of
+/// "connection reset".
 async fn wrong_secret_is_rejected(kind: TransportKind) {
     let (a1, a2) = (free_addr(kind), free_addr(kind));
     let (n1, mut e1) = start(config(kind, "n1", Some(a1), &[("n2", a2)])).await;
     let mut bad = config(kind, "n2", Some(a2), &[("n1", a1)]);
     bad.secret = secret(WRONG_SECRET);
     let (n2, mut e2) = start(bad).await;
-    // Both directions fail: n2 dials n1 and n1 dials n2.
-    let (event, before) = wait_for(&mut e1, "n1 rejects n2", |e| {
+    let auth_failed = |e: &TransportEvent| {
         matches!(
             e,
             TransportEvent::HandshakeFailed {
@@ -467,25 +470,45 @@ async fn wrong_secret_is_rejected(kind: TransportKind) {
                 ..
             }
         )
-    })
-    .await;
-    let TransportEvent::HandshakeFailed { error, .. } = event else {
-        unreachable!("matched")
     };
-    let message = error.to_string();
-    assert_eq!(message, "authentication failed");
-    assert!(!message.contains(SECRET) && !message.contains(WRONG_SECRET));
-    wait_for(&mut e2, "n2 rejects n1", |e| {
-        matches!(
-            e,
-            TransportEvent::HandshakeFailed {
-                error: TransportError::AuthenticationFailed,
-                ..
-            }
-        )
-    })
-    .await;
-    // A raw client with the wrong secret gets nothing back, and its link is closed.
+    let refused_at = |at: SocketAddr| {
+        move |e: &TransportEvent| {
+            matches!(
+                e,
+                TransportEvent::HandshakeFailed {
+                    addr,
+                    error: TransportError::SecretRejected { remote_key: true },
+                } if *addr == at
+            )
+        }
+    };
+    // Both directions fail, and each node sees both sides: n2 dials n1 and n1 dials n2.
+    let mut seen = Vec::new();
+    for (events, who) in [(&mut e1, "n1"), (&mut e2, "n2")] {
+        let (event, before) =
+            wait_for(events, &format!("{who} rejects its peer"), auth_failed).await;
+        let TransportEvent::HandshakeFailed { error, .. } = &event else {
+            unreachable!("matched")
+        };
+        assert_eq!(error.to_string(), "authentication failed");
+        seen.extend(before);
+    }
+    for (events, peer, who) in [(&mut e1, a2, "n1"), (&mut e2, a1, "n2")] {
+        let (event, before) =
+            wait_for(events, &format!("{who}'s dial refused"), refused_at(peer)).await;
+        let TransportEvent::HandshakeFailed { error, .. } = &event else {
+            unreachable!("matched")
+        };
+        let message = error.to_string();
+        assert_eq!(
+            message,
+            "authentication failed: the remote does not accept our secret (the secrets differ, \
+             or its public key is not the one configured here)"
+        );
+        assert!(!message.contains(SECRET) && !message.contains(WRONG_SECRET));
+        seen.extend(before);
+    }
+    // A raw client with the wrong secret (no keys) is told the same, and its link is closed.
     let mut raw = RawConn::connect(kind, a1).await.expect("raw link");
     let result = raw
         .handshake(
@@ -496,7 +519,13 @@ async fn wrong_secret_is_rejected(kind: TransportKind) {
             },
         )
         .await;
-    assert!(result.is_err(), "handshake with a wrong secret must fail");
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::SecretRejected { remote_key: false })
+        ),
+        "{result:?}"
+    );
     let shown = format!(
         "{:?} {}",
         result,
@@ -506,9 +535,9 @@ async fn wrong_secret_is_rejected(kind: TransportKind) {
             .map(ToString::to_string)
             .unwrap_or_default()
     );
+    assert!(shown.contains("the secrets differ"), "{shown}");
     assert!(!shown.contains(SECRET) && !shown.contains(WRONG_SECRET));
     within("raw link closed", raw.closed()).await;
-    let mut seen = before;
     seen.extend(drain(&mut e1));
     seen.extend(drain(&mut e2));
     assert!(no_frames(&seen));
@@ -522,6 +551,68 @@ async fn wrong_secret_is_rejected(kind: TransportKind) {
     assert!(format!("{:?}", secret(SECRET)).contains("redacted"));
     n1.shutdown().await;
     n2.shutdown().await;
+}
+
+/// Garbage that is not a handshake message at all gets the same fixed refusal: it tells a
+/// stranger nothing that the close right after its first message did not tell before.
+async fn garbage_gets_the_fixed_refusal(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |_| {}).await;
+    let mut raw = RawConn::connect(kind, addr).await.expect("raw link");
+    raw.send_raw(vec![0x42; 96]).await.expect("sent");
+    let error = within("refusal", raw.recv_raw()).await.err();
+    assert!(
+        matches!(error, Some(TransportError::SecretRejected { .. })),
+        "{error:?}"
+    );
+    wait_for(&mut e1, "n1 counts the garbage", |e| {
+        matches!(
+            e,
+            TransportEvent::HandshakeFailed {
+                error: TransportError::AuthenticationFailed,
+                ..
+            }
+        )
+    })
+    .await;
+    n1.shutdown().await;
+}
+
+/// A socket that takes what comes (UDP datagrams, or TCP connections into the kernel's
+/// backlog) and never answers: the dial ends as "no answer", not as a stalled handshake,
+/// so a driver can say that nothing speaks its transport there.
+async fn dialing_where_nothing_answers_is_a_connect_timeout(kind: TransportKind) {
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let (_tcp, _udp, silent) = match kind {
+        TransportKind::WebSocket => {
+            let listener = std::net::TcpListener::bind(any).expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            (Some(listener), None, addr)
+        }
+        _ => {
+            let socket = std::net::UdpSocket::bind(any).expect("bind");
+            let addr = socket.local_addr().expect("addr");
+            (None, Some(socket), addr)
+        }
+    };
+    let mut cfg = EndpointConfig::new(kind, id("drv"), PeerKind::Driver, secret(SECRET));
+    cfg.limits.handshake_timeout = Duration::from_millis(500);
+    let (driver, mut events) = start(cfg).await;
+    driver.dial(silent);
+    let (event, _) = wait_for(&mut events, "the dial gives up", |e| {
+        matches!(e, TransportEvent::HandshakeFailed { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            &event,
+            TransportEvent::HandshakeFailed {
+                addr,
+                error: TransportError::ConnectTimeout,
+            } if *addr == silent
+        ),
+        "{event:?}"
+    );
+    driver.shutdown().await;
 }
 
 async fn replayed_frame_is_rejected(kind: TransportKind) {
@@ -1354,6 +1445,8 @@ both_transports!(
     driver_dials_by_address,
     reconnects_after_remote_restart,
     wrong_secret_is_rejected,
+    garbage_gets_the_fixed_refusal,
+    dialing_where_nothing_answers_is_a_connect_timeout,
     replayed_frame_is_rejected,
     flipped_bits_are_rejected,
     oversized_frame_closes_connection,
