@@ -48,8 +48,9 @@
 //! A responder that cannot authenticate a first handshake message closes the link with a
 //! fixed refusal (a WebSocket close code, a QUIC application close code; no secret material
 //! and nothing a stranger could not already read from the closed connection), so the
-//! dialer can say [`TransportError::SecretRejected`] instead of "connection reset". Daemons may also serve local drivers on a
-//! Unix socket ([`LocalSocket`]), where the socket's permissions authenticate.
+//! dialer can say [`TransportError::SecretRejected`] instead of "connection reset".
+//! Daemons may also serve local drivers on a Unix socket ([`LocalSocket`]), where the
+//! socket's permissions authenticate.
 //!
 //! Determinism: no `std::time`, no `HashMap` iteration, `biased` selects, and all randomness
 //! (jitter, Noise ephemerals, quinn's rng, the QUIC certificate key) derives from
