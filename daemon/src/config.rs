@@ -61,6 +61,14 @@ struct RawFile {
     #[serde(default)]
     health: RawHealth,
     fence: Option<RawFence>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1364,6 +1372,9 @@ pub struct Settings {
     pub maintenance: bool,
     /// The file these settings were read from (what `clustd reload` and `SIGHUP` re-read).
     pub source: Option<PathBuf>,
+    /// `log.level`: the log filter (`info`, `debug`, `info,clustd::service=debug`); `RUST_LOG`
+    /// overrides it when set.
+    pub log_level: Option<String>,
 }
 
 impl Settings {
@@ -1564,6 +1575,12 @@ impl Settings {
             "[health]",
             "old".into(),
             "new".into(),
+        );
+        changed(
+            self.log_level != new.log_level,
+            "log.level",
+            self.log_level.clone().unwrap_or_else(|| "unset".into()),
+            new.log_level.clone().unwrap_or_else(|| "unset".into()),
         );
         changed(
             self.maintenance != new.maintenance,
@@ -1969,6 +1986,15 @@ impl Settings {
             )));
         }
 
+        let log_level = match raw.log.level {
+            Some(level) => Some(crate::logging::check_level(&level).map_err(|e| {
+                err(
+                    "log.level",
+                    format!("{level:?} is not a log filter ({e}); e.g. \"info\", \"debug\" or \"info,clustd::service=debug\""),
+                )
+            })?),
+            None => None,
+        };
         Ok((
             Self {
                 id,
@@ -1992,6 +2018,7 @@ impl Settings {
                 transport_limits: clustd_transport::Limits::default(),
                 maintenance: raw.node.maintenance,
                 source: None,
+                log_level,
             },
             warnings,
         ))

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod fence;
 pub mod health;
 pub mod local;
+pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod page;

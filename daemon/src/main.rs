@@ -377,13 +377,27 @@ fn init_logging(format: LogFormat, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: a log file or journald gets plain text.
     use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    // `log.level` may replace the filter later (at start and on reload).
+    macro_rules! init_reloadable {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            clustd::logging::install(move |level| {
+                handle
+                    .reload(tracing_subscriber::EnvFilter::new(level))
+                    .map_err(|e| e.to_string())
+            });
+            builder.init();
+        }};
+    }
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => init_reloadable!(builder),
+        LogFormat::Json => init_reloadable!(builder.json()),
     }
 }
 
@@ -438,6 +452,15 @@ async fn run_node(path: PathBuf) -> anyhow::Result<()> {
     let (settings, warnings) = Settings::load(&path)?;
     for w in warnings {
         tracing::warn!("{w}");
+    }
+    if let Some(level) = &settings.log_level {
+        match clustd::logging::apply(level) {
+            Ok(true) => tracing::info!("log filter {level:?} (log.level)"),
+            Ok(false) => {
+                tracing::info!("RUST_LOG is set: it decides the log filter, not log.level")
+            }
+            Err(e) => tracing::warn!("log.level: {e}"),
+        }
     }
     let (control, handle) = runtime::control();
     let socket =

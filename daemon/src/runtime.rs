@@ -1263,7 +1263,15 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 result: label.into(),
             })
             .inc();
-        tracing::info!(driver = %from, seq, role = role.as_str(), result = %text, "driver acknowledged");
+        if result == ActionResult::Ok {
+            tracing::info!(driver = %from, seq, role = role.as_str(), result = %text, "driver acknowledged");
+        } else {
+            let action = match role {
+                DriverRole::Master => "start",
+                DriverRole::Backup => "stop",
+            };
+            tracing::warn!(driver = %from, seq, role = role.as_str(), result = %text, "driver {from}'s {action} did not succeed: {text}");
+        }
         let now = self.clock.now();
         let settle = self.settle;
         let Some(d) = self.table.drivers.get_mut(from) else {
@@ -2475,6 +2483,17 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
         if self.settings.maintenance != new.maintenance {
             self.node.set_maintenance(now, new.maintenance);
+        }
+        let mut changes = changes;
+        if self.settings.log_level != new.log_level
+            && let Some(level) = &new.log_level
+        {
+            match crate::logging::apply(level) {
+                Ok(true) => {}
+                Ok(false) => changes
+                    .push("(RUST_LOG is set: it decides the log filter, not log.level)".into()),
+                Err(e) => changes.push(format!("(log.level not applied: {e})")),
+            }
         }
         let limits = self.settings.transport_limits.clone();
         self.settings = Settings {

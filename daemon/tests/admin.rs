@@ -758,3 +758,52 @@ async fn reload_applies_what_may_change_and_refuses_the_rest() {
         "no reload moved mastership"
     );
 }
+
+/// `log.level` applies at start and on reload (when `RUST_LOG` does not decide).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_is_set_by_the_config_and_reloaded() {
+    use common::procs::{ProcCluster, clustd_bin};
+    let cluster = ProcCluster::start_plain_env(TransportKind::Quic, &[("RUST_LOG", "")])
+        .await
+        .expect("cluster");
+    cluster.one_master(Duration::from_secs(60)).await;
+    let path = cluster.dir.path().join("node-1.toml");
+    let log = cluster.nodes[0].daemon_log.clone();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text().contains(" DEBUG "), "info by default");
+    let mut config = std::fs::read_to_string(&path).expect("config");
+    config.push_str("\n[log]\nlevel = \"debug\"\n");
+    std::fs::write(&path, &config).expect("write");
+    let out = std::process::Command::new(clustd_bin())
+        .args(["reload", "--config"])
+        .arg(&path)
+        .output()
+        .expect("clustd runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("log.level: unset -> debug"),
+        "{stdout}"
+    );
+    cluster
+        .wait_for(
+            "DEBUG lines after the reload",
+            Duration::from_secs(30),
+            || {
+                let found = text().contains(" DEBUG ");
+                async move { found.then_some(()) }
+            },
+        )
+        .await;
+    // An invalid filter is refused naming the key.
+    std::fs::write(&path, config.replace("level = \"debug\"", "level = \"=[\"")).expect("write");
+    let out = std::process::Command::new(clustd_bin())
+        .args(["reload", "--config"])
+        .arg(&path)
+        .output()
+        .expect("clustd runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("log.level"),
+        "{stderr}"
+    );
+}

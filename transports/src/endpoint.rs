@@ -221,7 +221,7 @@ impl Shared {
         };
         if let Some(old) = replaced {
             queue.adopt(old.queue.replace());
-            tracing::info!(local = %self.config.local_id, peer = %remote.id, "connection replaced by a newer one");
+            tracing::debug!(local = %self.config.local_id, peer = %remote.id, "connection replaced by a newer one");
             let _ = self
                 .events
                 .send(TransportEvent::Disconnected {
@@ -230,7 +230,7 @@ impl Shared {
                 })
                 .await;
         }
-        tracing::info!(local = %self.config.local_id, peer = %remote.id, kind = ?remote.kind, "connected");
+        tracing::debug!(local = %self.config.local_id, peer = %remote.id, kind = ?remote.kind, "connected");
         let _ = self
             .events
             .send(TransportEvent::Connected {
@@ -271,7 +271,7 @@ impl Shared {
             }
         };
         if let Some(conn) = removed {
-            tracing::info!(local = %self.config.local_id, peer = %remote.id, "disconnected");
+            tracing::debug!(local = %self.config.local_id, peer = %remote.id, "disconnected");
             let _ = self
                 .events
                 .send(TransportEvent::Disconnected {

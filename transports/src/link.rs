@@ -349,7 +349,7 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     };
     queue.close();
     if let Err(error) = result {
-        tracing::info!(local = %shared.config.local_id, peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
+        tracing::debug!(local = %shared.config.local_id, peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
     }
     shared.deregister(&remote, generation).await;
 }
