@@ -689,9 +689,11 @@ impl NodeView {
     }
 
     /// A peer, from what this node knows: whether it is connected, when it was last heard
-    /// from, and its last report (age, term, report). A report older than `stale_after`,
-    /// or from a peer not connected now, is shown but not believed (`heard` false, role
-    /// `unknown`).
+    /// from, its last report (age, term, report), and whether this node follows it as
+    /// leader now. A report older than `stale_after`, or from a peer not connected now, is
+    /// shown but not believed (`heard` false, role `unknown`). A report that said master
+    /// counts while the lease it gave has not run out since, or while this node follows
+    /// that peer (its heartbeats say it still leads).
     pub fn of_peer(
         id: &str,
         addr: &str,
@@ -699,6 +701,7 @@ impl NodeView {
         last_heard: Option<std::time::Duration>,
         report: Option<(std::time::Duration, clustd_core::Term, &Report)>,
         stale_after: std::time::Duration,
+        followed: bool,
     ) -> Self {
         let mut view = Self {
             id: id.to_owned(),
@@ -715,7 +718,7 @@ impl NodeView {
         view.heard = connected && age <= stale_after;
         view.report_age_ms = Some(ms_u64(age));
         view.role = match (view.heard, r.master) {
-            (true, true) if lease_left > 0 => "master",
+            (true, true) if lease_left > 0 || followed => "master",
             (true, false) => "backup",
             _ => "unknown",
         }
