@@ -516,19 +516,6 @@ impl Node {
         }
     }
 
-    /// Leader only: followers that acknowledged a heartbeat within `ET_min`.
-    pub fn reachable_followers(&self, now: Instant) -> Vec<NodeId> {
-        match &self.state {
-            State::Leader(l) => l
-                .followers
-                .iter()
-                .filter(|(_, f)| self.is_recent(f.last_ack, now))
-                .map(|(id, _)| id.clone())
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
     /// Applies a new configuration without a role change (`clustd reload`): priority,
     /// preemption, `alone`, `min_master` and timings. The id, the voters and the witness
     /// flag cannot change this way (an error), and the new configuration must validate.
@@ -566,7 +553,6 @@ impl Node {
     /// the time the hand-over completes (after the drivers' stop), the best reachable
     /// successor takes over instead, as for a step-down.
     pub fn transfer_to(&mut self, now: Instant, to: &NodeId) -> Result<(), TransferError> {
-        let et_min = self.config.election_timeout_min;
         if to == &self.config.id {
             return match self.state {
                 State::Leader(_) => Err(TransferError::AlreadyLeader(to.clone())),
@@ -589,10 +575,7 @@ impl Node {
         if follower.is_some_and(|f| f.last_ack.is_some() && !f.eligible) {
             return Err(TransferError::Ineligible(to.clone()));
         }
-        let recent = follower
-            .and_then(|f| f.last_ack)
-            .is_some_and(|t| now.saturating_duration_since(t) < et_min);
-        if !recent {
+        if !self.is_recent(follower.and_then(|f| f.last_ack), now) {
             return Err(TransferError::Unreachable(to.clone()));
         }
         self.begin_handoff(now, Some(to.clone()), Reason::SteppedDown);

@@ -205,13 +205,6 @@ pub async fn run(opts: &Options) -> Result<Vec<Report>, BenchError> {
     Ok(reports)
 }
 
-fn transport_name(t: TransportKind) -> &'static str {
-    match t {
-        TransportKind::Quic => "quic",
-        TransportKind::WebSocket => "websocket",
-    }
-}
-
 async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, BenchError> {
     let dir = tempfile::Builder::new().prefix("clustd-bench-").tempdir()?;
     let work = dir.path().to_path_buf();
@@ -280,7 +273,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         };
         let config = format!(
             "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\nkey_file = \"{name}.key\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\ndriver_secret_file = \"driver-secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n{health}",
-            transport_name(transport),
+            transport.as_str(),
             ports[i],
             peers.join(", "),
             opts.heartbeat_ms,
@@ -302,7 +295,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             "daemon = \"127.0.0.1:{}\"\ndaemon_key = \"{}\"\ntransport = \"{}\"\nsecret_file = \"driver-secret\"\ndriver_id = \"shell-{name}\"\nstartup_wait_ms = 60000\n\n[script]\nshell = \"/bin/bash\"\nstart = \"{}\"\nstop = \"{}\"\ntimeout_ms = 10000\n",
             ports[i],
             public_keys[i],
-            transport_name(transport),
+            transport.as_str(),
             toml_escape(&line("start")),
             toml_escape(&line("stop")),
         );
@@ -333,7 +326,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
     let et_min = opts.election_timeout_ms[0];
     let settle = Duration::from_millis((opts.election_timeout_ms[1] * 10).max(20_000));
     let mut report = Report {
-        transport: transport_name(transport).into(),
+        transport: transport.as_str().into(),
         mode: opts.mode,
         nodes: opts.nodes,
         et_min_ms: et_min,
@@ -396,7 +389,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
                     .map_or("-".to_string(), |r| format!("{:.0} ms", r.failover_ms));
                 eprint!(
                     "\r  {} [{}{}] round {done}/{}  last failover {last}   ",
-                    transport_name(transport),
+                    transport.as_str(),
                     "#".repeat(filled),
                     " ".repeat(width - filled),
                     opts.rounds

@@ -59,10 +59,7 @@ pub fn node_config(
     data_dir: &std::path::Path,
     election: &str,
 ) -> String {
-    let transport = match transport {
-        TransportKind::Quic => "quic",
-        TransportKind::WebSocket => "websocket",
-    };
+    let transport = transport.as_str();
     let peers: Vec<String> = peers
         .iter()
         .map(|p| {

@@ -722,10 +722,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                 config.display(),
                 settings.id,
                 settings.peers.len(),
-                match settings.transport {
-                    TransportKind::Quic => "quic",
-                    TransportKind::WebSocket => "websocket",
-                },
+                settings.transport,
                 core.heartbeat_interval.as_millis(),
                 core.election_timeout_min.as_millis(),
                 core.election_timeout_max.as_millis(),

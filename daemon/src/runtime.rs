@@ -2339,10 +2339,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         )
         .unwrap_or(u64::MAX);
         status.witness = self.settings.core.witness;
-        status.transport = match self.settings.transport {
-            clustd_transport::TransportKind::Quic => "quic".into(),
-            clustd_transport::TransportKind::WebSocket => "websocket".into(),
-        };
+        status.transport = self.settings.transport.as_str().into();
         status.listen = self
             .endpoint
             .local_addr()

@@ -24,13 +24,6 @@ const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
 const DRIVER_SECRET: &str = "test-driver-secret-0123456789ab";
 const WRONG_SECRET: &str = "wrong-driver-secret-9876543210zz";
 
-fn transport_name(kind: TransportKind) -> &'static str {
-    match kind {
-        TransportKind::Quic => "quic",
-        _ => "websocket",
-    }
-}
-
 /// A daemon endpoint on a fresh loopback port, accepting drivers that prove
 /// [`DRIVER_SECRET`].
 async fn daemon(kind: TransportKind) -> (Endpoint, Receiver<TransportEvent>, SocketAddr) {
@@ -56,16 +49,16 @@ async fn driver_says(
     secret: &str,
     expected: &str,
 ) -> String {
-    let secret_file = dir.join(format!("secret-{}", transport_name(kind)));
+    let secret_file = dir.join(format!("secret-{}", kind.as_str()));
     std::fs::write(&secret_file, secret).expect("write the secret");
-    let config = dir.join(format!("driver-{}.toml", transport_name(kind)));
+    let config = dir.join(format!("driver-{}.toml", kind.as_str()));
     std::fs::write(
         &config,
         format!(
             "daemon = \"{daemon}\"\ntransport = \"{}\"\nsecret_file = \"{}\"\n\
              driver_id = \"shell-test\"\n\n\
              [script]\nshell = \"/bin/sh\"\nstart = \"true\"\nstop = \"true\"\n",
-            transport_name(kind),
+            kind.as_str(),
             secret_file.display()
         ),
     )

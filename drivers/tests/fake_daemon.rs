@@ -55,10 +55,7 @@ impl Setup {
         stop_extra: &str,
         extra: &str,
     ) -> DriverSession {
-        let transport = match kind {
-            TransportKind::Quic => "quic",
-            _ => "websocket",
-        };
+        let transport = kind.as_str();
         let line = "$CLUSTD_ROLE|$CLUSTD_TERM|$CLUSTD_NODE_ID|$CLUSTD_LEADER_ID|$CLUSTD_PREV_ROLE|$CLUSTD_REASON|$(date +%s%N)";
         let text = format!(
             "daemon = \"{daemon}\"\ntransport = \"{transport}\"\nsecret_file = \"secret\"\ndriver_id = \"shell-test\"\n{extra}\n\

@@ -50,10 +50,7 @@ async fn peer_events_become_webhook_posts(kind: TransportKind) {
     let mut daemon = FakeDaemon::start(kind, localhost).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("secret"), SECRET).expect("write");
-    let transport = match kind {
-        TransportKind::Quic => "quic",
-        _ => "websocket",
-    };
+    let transport = kind.as_str();
     let text = format!(
         "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"secret\"\ndriver_id = \"notify-test\"\n\
          [templates]\ntext = \"{{node}}: {{event_text}} [{{peer}}]\"\n\

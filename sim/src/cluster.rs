@@ -150,7 +150,7 @@ impl SimConfig {
             format!(
                 "cargo run -p sim --release -- replay --seed {} --transport {}",
                 self.seed,
-                transport_name(self.transport)
+                self.transport.as_str()
             )
         } else {
             format!(
@@ -230,14 +230,6 @@ pub fn node_key(i: usize) -> clustd_transport::NodeKey {
         *b = (i as u8).wrapping_mul(31).wrapping_add(j as u8) ^ 0xa5;
     }
     clustd_transport::NodeKey::from_private(private)
-}
-
-/// "websocket" or "quic".
-pub fn transport_name(t: TransportKind) -> &'static str {
-    match t {
-        TransportKind::Quic => "quic",
-        TransportKind::WebSocket => "websocket",
-    }
 }
 
 /// The seed for a named scenario: `SIM_SEED` if set, else `default`.
@@ -596,7 +588,7 @@ impl Cluster {
                 names[i],
                 config.witnesses.contains(&i),
                 &*keys[i].private_hex(),
-                transport_name(config.transport),
+                config.transport.as_str(),
                 SocketAddr::new(addrs[i], PORT),
                 peers.join(", "),
                 config.heartbeat_ms,
@@ -1022,11 +1014,6 @@ impl Cluster {
     /// The node whose drivers are master now.
     pub fn master(&self) -> Option<usize> {
         self.observer.master_at(self.now())
-    }
-
-    /// Each node's clock rate (1.0 = global simulated time).
-    pub fn clock_rates(&self) -> &[f64] {
-        &self.rates
     }
 
     /// Whether node `i` is running.
@@ -1966,9 +1953,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// The role a notice announced, as text.
-pub fn role_name(role: DriverRole) -> &'static str {
-    role.as_str()
 }

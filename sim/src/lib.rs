@@ -19,6 +19,6 @@ pub mod sweep;
 
 pub use check::{Observer, TraceHash};
 pub use clock::DriftClock;
-pub use cluster::{Cluster, Outcome, SimConfig, seed_from_env, transport_name};
+pub use cluster::{Cluster, Outcome, SimConfig, seed_from_env};
 pub use net::SimNet;
 pub use store::{Disk, SimStore};

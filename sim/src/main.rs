@@ -81,7 +81,7 @@ fn main() {
                 if outcome.violations.is_empty() {
                     println!(
                         "seed {seed} ({}): no violation, trace hash {:016x}",
-                        sim::transport_name(kind),
+                        kind.as_str(),
                         outcome.hash
                     );
                 } else {
@@ -136,7 +136,7 @@ fn sweep(seeds: u64, start: u64, jobs: u64, kinds: &[TransportKind]) -> i32 {
     println!("{}", Summary::header());
     let mut violations = 0;
     for (kind, summary) in kinds.iter().zip(all.iter()) {
-        println!("{}", summary.table(seeds, sim::transport_name(*kind)));
+        println!("{}", summary.table(seeds, kind.as_str()));
         violations += summary.failures.len();
     }
     println!(

@@ -122,7 +122,7 @@ pub fn plan(seed: u64) -> Plan {
 /// starts) and a master must appear within the liveness bound and then stay.
 pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
     let plan = plan(seed);
-    let name = format!("sweep-{}", crate::transport_name(transport));
+    let name = format!("sweep-{}", transport.as_str());
     let mut config = SimConfig::new(&name, plan.nodes, transport, seed);
     config.heartbeat_ms = plan.heartbeat_ms;
     config.clock_rates = plan.rates.clone();

@@ -21,6 +21,25 @@ pub enum TransportKind {
     WebSocket,
 }
 
+impl TransportKind {
+    /// Both, in the order tests and benchmarks run them.
+    pub const ALL: [TransportKind; 2] = [TransportKind::Quic, TransportKind::WebSocket];
+
+    /// `"quic"` or `"websocket"`: the `cluster.transport` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Certificate and private key (PEM files) for serving `wss://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {

@@ -83,10 +83,7 @@ impl VipCluster {
             .map(|f| crate::config::write_node_key(f))
             .collect::<std::io::Result<Vec<_>>>()?;
         let at = |i: usize| SocketAddr::new(topology.host(NODES[i]).v4.into(), CLUSTER_PORT);
-        let transport = match setup.kind {
-            TransportKind::Quic => "quic",
-            TransportKind::WebSocket => "websocket",
-        };
+        let transport = setup.kind.as_str();
         let mut cluster = Self {
             dir,
             daemons: Vec::new(),
@@ -373,7 +370,7 @@ async fn run_one(opts: &VipOptions, kind: TransportKind) -> Result<VipReport, Be
         driver_bin: opts.driver_bin.clone(),
     };
     let mut cluster = VipCluster::start(&topology, &setup)?;
-    let transport = super::transport_name(kind);
+    let transport = kind.as_str();
     let mut report = VipReport {
         transport,
         election: opts.election.replace('\n', ", "),

@@ -156,10 +156,7 @@ impl ProcCluster {
         } else {
             None
         };
-        let transport = match kind {
-            TransportKind::Quic => "quic",
-            TransportKind::WebSocket => "websocket",
-        };
+        let transport = kind.as_str();
         let mut nodes = Vec::new();
         for (i, (id, spec)) in ids.iter().zip(specs).enumerate() {
             let peers: Vec<LocalPeer> = (0..ids.len())
