@@ -138,7 +138,8 @@ mod tests {
                 }),
             (term.clone(), any::<u32>())
                 .prop_map(|(term, hold_ms)| Message::TimeoutNow { term, hold_ms }),
-            (term.clone(), node_id()).prop_map(|(term, to)| Message::TransferRequest { term, to }),
+            (term.clone(), node_id(), any::<u64>())
+                .prop_map(|(term, to, round)| Message::TransferRequest { term, to, round }),
             (
                 term,
                 any::<bool>(),

@@ -88,6 +88,10 @@ pub enum Message {
         term: Term,
         /// The node to hand mastership to.
         to: NodeId,
+        /// The last heartbeat round the asker heard from the leader: a request that waited
+        /// longer than `ET_min` on the wire (a replaced connection's queue, a slow link) is
+        /// stale, and the leader ignores it.
+        round: u64,
     },
     /// Any node → each peer, about once a second and when it changes: what the node says
     /// about itself, for operators (`clustd status --all`). The election ignores it.
@@ -123,6 +127,10 @@ pub struct Report {
     pub eligible: bool,
     /// A witness (votes, never leads).
     pub witness: bool,
+    /// Its election priority.
+    pub priority: u8,
+    /// Whether it preempts a master of lower priority.
+    pub preempt: bool,
     /// Why not eligible (empty when eligible).
     pub ineligible_reason: String,
     /// Drivers connected now, or that may still run the service.

@@ -180,6 +180,21 @@ pub enum TransferError {
     /// A step-down, maintenance or switchover hand-over is already under way.
     #[error("a hand-over is already under way")]
     InProgress,
+    /// A node of higher priority with `preempt` would take mastership back from the
+    /// target at once: the switchover would move the service twice for nothing.
+    #[error(
+        "{by} (priority {by_priority}, preempt on) would take mastership back from {to} (priority {to_priority}) at once: lower its election.priority or turn its election.preempt off first (clustd reload)"
+    )]
+    WouldBePreempted {
+        /// The target.
+        to: NodeId,
+        /// Its priority.
+        to_priority: u8,
+        /// Who would preempt it.
+        by: NodeId,
+        /// That node's priority.
+        by_priority: u8,
+    },
 }
 
 /// Something the caller should know about (tell drivers, update status, count metrics).
@@ -319,6 +334,8 @@ pub struct Node {
     voted_for: Option<NodeId>,
     state: State,
     leader: Option<NodeId>,
+    /// The last heartbeat round heard from `leader` (0: none in this term).
+    heard_round: u64,
     /// Last time this node heard from a live leader (or started): it refuses votes and
     /// does not campaign for `ET_min` after it.
     leader_contact: Instant,
@@ -375,6 +392,7 @@ impl Node {
             voted_for: persisted.voted_for,
             state: State::Follower,
             leader: None,
+            heard_round: 0,
             leader_contact: now,
             election_deadline: now,
             successors: Vec::new(),
@@ -578,6 +596,29 @@ impl Node {
         if !self.is_recent(follower.and_then(|f| f.last_ack), now) {
             return Err(TransferError::Unreachable(to.clone()));
         }
+        let to_priority = follower.map_or(0, |f| f.priority);
+        // This node and every follower that could preempt the target right away.
+        let me = (
+            self.config.id.clone(),
+            self.config.priority,
+            self.config.preempt && self.eligible(),
+        );
+        let preempter = std::iter::once(me)
+            .chain(
+                l.followers
+                    .iter()
+                    .filter(|(id, f)| *id != to && f.eligible && self.is_recent(f.last_ack, now))
+                    .map(|(id, f)| (id.clone(), f.priority, f.preempt)),
+            )
+            .find(|(_, priority, preempt)| *preempt && *priority > to_priority);
+        if let Some((by, by_priority, _)) = preempter {
+            return Err(TransferError::WouldBePreempted {
+                to: to.clone(),
+                to_priority,
+                by,
+                by_priority,
+            });
+        }
         self.begin_handoff(now, Some(to.clone()), Reason::SteppedDown);
         self.refresh_master(now);
         Ok(())
@@ -601,11 +642,13 @@ impl Node {
             return Err(TransferError::AlreadyLeader(leader));
         }
         let term = self.term;
+        let round = self.heard_round;
         self.send(
             &leader,
             Message::TransferRequest {
                 term,
                 to: to.clone(),
+                round,
             },
         );
         Ok(leader)
@@ -670,10 +713,22 @@ impl Node {
                 self.on_heartbeat_ack(now, from, term, info);
             }
             Message::TimeoutNow { term, hold_ms } => self.on_timeout_now(now, from, term, hold_ms),
-            Message::TransferRequest { term, to } => {
+            Message::TransferRequest { term, to, round } => {
                 // Only for this leadership: a request from another term is stale (or from a
-                // node that has not caught up); never adopt its term.
-                if term == self.term && matches!(self.state, State::Leader(_)) {
+                // node that has not caught up); never adopt its term. Nor one whose asker
+                // last heard a round more than ET_min ago: it waited on the wire, and the
+                // operator has been told it did not happen.
+                let window = u64::try_from(
+                    self.config.election_timeout_min.as_nanos()
+                        / self.config.heartbeat_interval.as_nanos().max(1),
+                )
+                .unwrap_or(u64::MAX)
+                .max(1);
+                if term == self.term
+                    && let State::Leader(l) = &self.state
+                    && round <= l.round
+                    && l.round - round <= window
+                {
                     let _ = self.transfer_to(now, &to);
                 }
             }
@@ -990,6 +1045,7 @@ impl Node {
             });
         }
         self.leader_contact = now;
+        self.heard_round = round;
         self.successors = successors;
         // Inherit the leader's `min_master` hold, so whoever leads next (by hand-over or by
         // election) does not move mastership for health again before it ends.
@@ -2481,6 +2537,7 @@ mod tests {
                 Message::TransferRequest {
                     term,
                     to: others[0].clone(),
+                    round: 1,
                 },
             );
         });
@@ -2490,6 +2547,36 @@ mod tests {
         cluster.with_node(&old, |node, now| successors = Some(node.successors(now)));
         assert_eq!(successors, Some(vec![]), "nobody may take over");
         assert_safe(&cluster);
+    }
+
+    /// A switchover that a preempting node of higher priority would undo at once is
+    /// refused, naming it: the service would move twice for nothing.
+    #[test]
+    fn a_switchover_a_preempting_node_would_undo_is_refused() {
+        let mut cluster = Cluster::new(3, 13, |c| {
+            if c.id.as_str() == "n1" {
+                c.priority = 9;
+                c.preempt = true;
+            }
+        });
+        cluster
+            .run_until(Duration::from_secs(10), |c| c.masters() == vec![id("n1")])
+            .expect("n1 (priority 9, preempt) becomes master");
+        cluster.run_for(Duration::from_secs(1));
+        let mut answer = None;
+        cluster.with_node(&id("n1"), |node, now| {
+            answer = Some(node.transfer_to(now, &id("n2")))
+        });
+        assert_eq!(
+            answer,
+            Some(Err(TransferError::WouldBePreempted {
+                to: id("n2"),
+                to_priority: 0,
+                by: id("n1"),
+                by_priority: 9,
+            }))
+        );
+        assert_eq!(cluster.masters(), vec![id("n1")], "nothing moved");
     }
 
     /// F2: a hand-over without an `Ok` stop confirmation waits for lease end plus the stop

@@ -145,6 +145,10 @@ pub async fn serve(
     serve_with(listeners, handle, access, AdminLimits::default(), shutdown).await
 }
 
+/// A connection's mark that it serves an event stream (see [`serve_connection`]).
+#[derive(Debug, Clone, Default)]
+pub struct StreamGrant(Arc<std::sync::atomic::AtomicBool>);
+
 /// How long an event stream lives at most (the page reconnects by itself).
 const EVENT_STREAM_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -265,8 +269,6 @@ struct Conns {
 struct Conn {
     /// No request head has arrived yet.
     idle: bool,
-    /// It asked for `/events`.
-    streaming: bool,
     close: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -352,7 +354,7 @@ pub async fn serve_with(
                 let id = next_id;
                 next_id += 1;
                 let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-                lock(&conns).open.insert(id, Conn { idle: true, streaming: false, close: Some(close_tx) });
+                lock(&conns).open.insert(id, Conn { idle: true, close: Some(close_tx) });
                 let registered = Registered { conns: conns.clone(), id };
                 match accepted {
                     Accepted::Socket(s) => tasks.spawn(serve_connection(s, Via::Socket, router.clone(), limits, registered, close_rx)),
@@ -410,18 +412,18 @@ async fn serve_connection(
     let service = hyper_util::service::TowerToHyperService::new(router);
     let conns = registered.conns.clone();
     let id = registered.id;
+    // Set by the `/events` handler once it has a stream slot (after the guard let the
+    // request through): only then does the connection outlive `connection_lifetime`.
+    let streaming = StreamGrant::default();
+    let granted = streaming.clone();
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             // The request head is in: no longer idle, so not the first to be closed.
             if let Some(conn) = lock(&conns).open.get_mut(&id) {
                 conn.idle = false;
             }
-            if request.uri().path() == "/events"
-                && let Some(conn) = lock(&conns).open.get_mut(&id)
-            {
-                conn.streaming = true;
-            }
             request.extensions_mut().insert(via);
+            request.extensions_mut().insert(streaming.clone());
             service.call(request)
         });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -442,14 +444,9 @@ async fn serve_connection(
     };
     // An event stream lives longer (its count is capped instead); any other connection
     // at most `connection_lifetime`.
-    let conns = registered.conns.clone();
     let lifetime = async {
         tokio::time::sleep(limits.connection_lifetime).await;
-        let streaming = lock(&conns)
-            .open
-            .get(&id)
-            .is_some_and(|conn| conn.streaming);
-        if streaming {
+        if granted.0.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(EVENT_STREAM_LIFETIME).await;
         }
     };
@@ -501,9 +498,15 @@ async fn page(State(handle): State<Handle>) -> impl IntoResponse {
 async fn events(
     State(handle): State<Handle>,
     axum::Extension(streams): axum::Extension<crate::page::Streams>,
+    grant: Option<axum::Extension<StreamGrant>>,
 ) -> axum::response::Response {
     match crate::page::events(handle, streams) {
-        Some(sse) => sse.into_response(),
+        Some(sse) => {
+            if let Some(axum::Extension(grant)) = grant {
+                grant.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            sse.into_response()
+        }
         None => refused(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -790,6 +793,25 @@ async fn switchover(handle: &Handle, status: &Status, view: &ClusterView, to: St
         return refused(
             StatusCode::CONFLICT,
             format!("cannot hand over to {to}: it is {}", why_not(target)),
+        );
+    }
+    // Refused here as the leader would (a follower's request would just time out): a
+    // preempting node of higher priority would take mastership straight back.
+    let to_priority = target.priority.unwrap_or(0);
+    if let Some(by) = view.nodes.iter().find(|n| {
+        n.id != to
+            && n.heard
+            && n.eligible == Some(true)
+            && n.preempt == Some(true)
+            && n.priority.unwrap_or(0) > to_priority
+    }) {
+        return refused(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot hand over to {to}: {} (priority {}, preempt on) would take mastership back from {to} (priority {to_priority}) at once: lower its election.priority or turn its election.preempt off first (clustd reload)",
+                by.id,
+                by.priority.unwrap_or(0)
+            ),
         );
     }
     let Ok(id) = clustd_core::NodeId::new(&to) else {

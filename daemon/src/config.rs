@@ -1464,8 +1464,9 @@ impl Settings {
         let ms = |d: Duration| d.as_millis();
         if b.lease > a.lease {
             return Err(format!(
-                "election.lease_ms: {} ms is longer than the running {} ms; a reload only shortens the lease (a peer still on the old timings could time the master out while its lease runs). Stop every node and start them with the new timings",
+                "election.lease_ms: {} ms is longer than the running {} ms; a reload only shortens the lease (a peer still on the old timings could time the master out while its lease runs). Set election.lease_ms = {} to keep it (a longer election timeout alone lengthens the derived lease), or stop every node and start them with the new timings",
                 ms(b.lease),
+                ms(a.lease),
                 ms(a.lease)
             ));
         }
@@ -1487,6 +1488,20 @@ impl Settings {
             return Err(format!(
                 "election.max_clock_drift: {} is below the running {}; a reload only widens the drift bound",
                 b.max_clock_drift, a.max_clock_drift
+            ));
+        }
+        // And across the two: until every node has reloaded, a master on the new timings is
+        // timed out by a peer on the old ones, so the new lease and stop budget must fit the
+        // old election timeout (the old lease fits the new, longer one already).
+        let rho = a.max_clock_drift.max(b.max_clock_drift);
+        let fits = CoreConfig::safe_lease_for(a.election_timeout_min, b.stop_budget, rho)
+            .is_some_and(|max| b.lease <= max);
+        if !fits {
+            return Err(format!(
+                "election.stop_budget_ms / election.lease_ms: a {} ms lease with a {} ms stop budget does not fit the election timeout the other nodes still run ({} ms minimum) while they have not reloaded; reload in two steps: first a longer election.election_timeout_ms on every node, then the longer stop budget",
+                ms(b.lease),
+                ms(b.stop_budget),
+                ms(a.election_timeout_min)
             ));
         }
         let mut changes = Vec::new();

@@ -643,6 +643,9 @@ struct Runtime<C: Clock, S: StateStore> {
     _check_tasks: CheckTasks,
     /// Where the check tasks send their results (new tasks after a reload, too).
     check_tx: mpsc::Sender<CheckResult>,
+    /// Their results. Replaced with the tasks on a reload, so no result of an old task
+    /// (still queued) counts against a new check of the same name.
+    check_rx: mpsc::Receiver<CheckResult>,
     /// Whether the node was eligible when drivers and the log last heard of it.
     told_eligible: bool,
     /// Drivers whose refused health report was logged (once per connection).
@@ -691,7 +694,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
     // has passed every check `rise` times.
     let health = Tracker::new(&settings.checks, settings.health.start_failure);
     node.set_healthy(clock.now(), health.is_healthy());
-    let (check_tx, mut check_results) = mpsc::channel::<CheckResult>(64);
+    let (check_tx, check_results) = mpsc::channel::<CheckResult>(64);
     let check_sender = check_tx.clone();
     let (fence_tx, mut fence_results) = mpsc::channel::<fence::FenceDone>(4);
     let check_tasks = health::spawn_checks(&settings.checks, check_tx);
@@ -801,6 +804,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         health,
         _check_tasks: check_tasks,
         check_tx: check_sender,
+        check_rx: check_results,
         health_refusal_logged: BTreeSet::new(),
         fenced_through: None,
         fence_running: false,
@@ -902,7 +906,7 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
             () = tokio::time::sleep_until(summary_at), if rejections_due.is_some() => {
                 rt.summarize_rejections();
             }
-            Some(result) = check_results.recv() => rt.on_check_result(result),
+            Some(result) = rt.check_rx.recv() => rt.on_check_result(result),
             () = tokio::time::sleep_until(fence_at), if fence_due.is_some() => {}
             () = tokio::time::sleep_until(report_at) => {}
             () = tokio::time::sleep_until(silence_at), if silence_due.is_some() => {}
@@ -968,7 +972,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 }
                 Ok(msg) => {
                     self.last_heard.insert(from.clone(), now);
-                    if let Message::TransferRequest { to, term } = &msg {
+                    if let Message::TransferRequest { to, term, .. } = &msg {
                         tracing::info!(peer = %from, to = %to, term = term.0, "switchover to {to} requested by {from}");
                     }
                     if let Message::HeartbeatAck { round, .. } = &msg
@@ -2339,6 +2343,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         )
         .unwrap_or(u64::MAX);
         status.witness = self.settings.core.witness;
+        status.priority = self.settings.core.priority;
+        status.preempt = self.settings.core.preempt;
         status.transport = self.settings.transport.as_str().into();
         status.listen = self
             .endpoint
@@ -2465,6 +2471,20 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             return Ok(format!("{}: nothing changed", path.display()));
         }
         let now = self.clock.now();
+        // The guard `clustd maintenance on` has without --force.
+        if new.maintenance && !self.node.maintenance() && self.node.eligible() {
+            self.update_cluster_view();
+            let others = lock(&self.shared.cluster)
+                .nodes
+                .iter()
+                .any(|n| !n.this_node && n.heard && n.eligible == Some(true));
+            if !others {
+                return Err(format!(
+                    "node.maintenance = true would leave no node eligible to be master (no other node heard from is eligible); the old config keeps running. `clustd maintenance on --force` does it anyway (then reload again), path {}",
+                    path.display()
+                ));
+            }
+        }
         self.node
             .reconfigure(now, new.core.clone())
             .map_err(|e| format!("[election]: {e}"))?;
@@ -2475,13 +2495,17 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 new.health.start_failure,
             );
             // The old tasks stop (dropped); the new ones start at once.
-            self._check_tasks = health::spawn_checks(&new.checks, self.check_tx.clone());
+            let (tx, rx) = mpsc::channel::<CheckResult>(64);
+            self._check_tasks = health::spawn_checks(&new.checks, tx.clone());
+            self.check_tx = tx;
+            self.check_rx = rx;
             self.apply_health(transition);
         }
         if self.settings.maintenance != new.maintenance {
             self.node.set_maintenance(now, new.maintenance);
         }
         let mut changes = changes;
+        let mut new = new;
         if self.settings.log_level != new.log_level
             && let Some(level) = &new.log_level
         {
@@ -2489,7 +2513,11 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
                 Ok(true) => {}
                 Ok(false) => changes
                     .push("(RUST_LOG is set: it decides the log filter, not log.level)".into()),
-                Err(e) => changes.push(format!("(log.level not applied: {e})")),
+                Err(e) => {
+                    changes.push(format!("(log.level not applied: {e})"));
+                    // Keep the running one, so the same file reloaded says so again.
+                    new.log_level = self.settings.log_level.clone();
+                }
             }
         }
         let limits = self.settings.transport_limits.clone();
@@ -2535,6 +2563,8 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             healthy: status.healthy,
             eligible: status.eligible,
             witness: status.witness,
+            priority: status.priority,
+            preempt: status.preempt,
             ineligible_reason: text(status.ineligible_reason.as_deref().unwrap_or("")),
             drivers: status
                 .drivers

@@ -110,6 +110,12 @@ pub struct Status {
     /// the ERROR said.
     #[serde(default)]
     pub duplicate_id: Option<String>,
+    /// `election.priority`.
+    #[serde(default)]
+    pub priority: u8,
+    /// `election.preempt`.
+    #[serde(default)]
+    pub preempt: bool,
 }
 
 /// One peer daemon.
@@ -632,6 +638,10 @@ pub struct NodeView {
     pub maintenance: Option<bool>,
     /// A witness.
     pub witness: Option<bool>,
+    /// Its election priority.
+    pub priority: Option<u8>,
+    /// Whether it preempts a master of lower priority.
+    pub preempt: Option<bool>,
     /// Its drivers (connected, or that may still run the service).
     pub drivers: Vec<DriverReport>,
     /// Its checks.
@@ -663,6 +673,8 @@ impl NodeView {
             ineligible_reason: status.ineligible_reason.clone(),
             maintenance: Some(status.maintenance),
             witness: Some(status.witness),
+            priority: Some(status.priority),
+            preempt: Some(status.preempt),
             drivers: status
                 .drivers
                 .iter()
@@ -733,6 +745,8 @@ impl NodeView {
             (!r.ineligible_reason.is_empty()).then(|| r.ineligible_reason.clone());
         view.maintenance = Some(r.maintenance);
         view.witness = Some(r.witness);
+        view.priority = Some(r.priority);
+        view.preempt = Some(r.preempt);
         view.drivers = r.drivers.clone();
         view.checks = r.checks.clone();
         view

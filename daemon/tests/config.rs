@@ -887,3 +887,65 @@ fn peer_addresses_are_ips_of_other_nodes() {
         assert!(e.contains(key) && e.contains(says), "{e}");
     }
 }
+
+/// A reload may change timings only in ways that stay safe while other nodes still run the
+/// old ones: each timing in its safe direction, and the new lease and stop budget inside
+/// the old election timeout (a longer timeout and a longer budget at once would let a peer
+/// on the old timing time out a master whose drivers are still stopping).
+#[test]
+fn reload_timing_changes_must_be_safe_against_the_old_config() {
+    let at =
+        |election: &str| parse(&config(good_node(), &good_cluster(), election)).expect(election);
+    let old = at("");
+    let cases = [
+        ("priority = 9", Ok("election.priority: 0 -> 9")),
+        (
+            "election_timeout_ms = [1200, 2400]",
+            Err("Set election.lease_ms = 714 to keep it"),
+        ),
+        (
+            "election_timeout_ms = [1200, 2400]\nlease_ms = 714",
+            Ok("election.election_timeout_ms"),
+        ),
+        ("lease_ms = 500", Ok("election.lease_ms: 714 -> 500")),
+        (
+            "election_timeout_ms = [1300, 2600]\nstop_budget_ms = 500\nlease_ms = 700",
+            Err("reload in two steps"),
+        ),
+        (
+            "election_timeout_ms = [800, 1600]\nlease_ms = 500",
+            Err("only lengthens the election timeout"),
+        ),
+        (
+            "election_timeout_ms = [1500, 3000]\nlease_ms = 900",
+            Err("only shortens the lease"),
+        ),
+        (
+            "stop_budget_ms = 100
+lease_ms = 714",
+            Err("only lengthens the stop budget"),
+        ),
+    ];
+    for (election, expected) in cases {
+        let got = old.reload_changes(&at(election));
+        match (expected, got) {
+            (Ok(needle), Ok(changes)) => {
+                assert!(
+                    changes.iter().any(|c| c.contains(needle)),
+                    "{election}: {changes:?}"
+                )
+            }
+            (Err(needle), Err(why)) => assert!(why.contains(needle), "{election}: {why}"),
+            (expected, got) => panic!("{election}: expected {expected:?}, got {got:?}"),
+        }
+    }
+    // In two steps it goes through: the longer timeout first, then the longer budget.
+    let step = at("election_timeout_ms = [1300, 2600]\nlease_ms = 714");
+    assert!(old.reload_changes(&step).is_ok());
+    let last = at("election_timeout_ms = [1300, 2600]\nstop_budget_ms = 500\nlease_ms = 700");
+    assert!(
+        step.reload_changes(&last).is_ok(),
+        "{:?}",
+        step.reload_changes(&last)
+    );
+}

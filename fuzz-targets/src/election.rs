@@ -111,6 +111,8 @@ pub enum AnyMessage {
     TransferRequest {
         /// The target, as a node index.
         to: u8,
+        /// The asker's last heard round.
+        round: u64,
     },
 }
 
@@ -155,9 +157,10 @@ impl AnyMessage {
                 preempt,
             },
             Self::TimeoutNow { hold_ms } => Message::TimeoutNow { term, hold_ms },
-            Self::TransferRequest { to } => Message::TransferRequest {
+            Self::TransferRequest { to, round } => Message::TransferRequest {
                 term,
                 to: ids[usize::from(to) % ids.len()].clone(),
+                round,
             },
         }
     }
