@@ -807,3 +807,67 @@ async fn log_level_is_set_by_the_config_and_reloaded() {
         "{stderr}"
     );
 }
+
+/// A switchover that a preempting node of higher priority would undo at once is refused
+/// with that reason, from any node (the master is that node here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_that_preemption_would_undo_is_refused() {
+    use common::procs::{NodeSpec, ProcCluster, clustd_bin};
+    let specs: Vec<NodeSpec> = (0..3)
+        .map(|i| NodeSpec {
+            daemon_toml: if i == 0 {
+                "priority = 9\npreempt = true\n".into()
+            } else {
+                String::new()
+            },
+            start: "true".into(),
+            stop: "true".into(),
+            socket: true,
+        })
+        .collect();
+    let cluster = ProcCluster::start(
+        tempfile::tempdir().expect("tempdir"),
+        TransportKind::Quic,
+        "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]",
+        &specs,
+    )
+    .await
+    .expect("cluster");
+    cluster
+        .wait_for(
+            "node-1 (priority 9, preempt) master",
+            Duration::from_secs(60),
+            || async { (cluster.masters().await == vec!["node-1".to_owned()]).then_some(()) },
+        )
+        .await;
+    // Every node heard, as node-3 sees it.
+    cluster
+        .wait_for("node-3 hears everyone", Duration::from_secs(30), || async {
+            let body = cluster.nodes[2].admin.get("/cluster").await.ok()?;
+            let view: serde_json::Value = serde_json::from_str(&body).ok()?;
+            view["nodes"]
+                .as_array()?
+                .iter()
+                .all(|n| n["heard"] == true && n["eligible"] == true)
+                .then_some(())
+        })
+        .await;
+    let config = cluster.dir.path().join("node-3.toml");
+    let out = std::process::Command::new(clustd_bin())
+        .args(["step-down", "--to", "node-2", "--config"])
+        .arg(&config)
+        .output()
+        .expect("clustd runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err
+                .contains("node-1 (priority 9, preempt on) would take mastership back from node-2"),
+        "{err}"
+    );
+    assert_eq!(
+        cluster.masters().await,
+        vec!["node-1".to_owned()],
+        "nothing moved"
+    );
+}
