@@ -163,6 +163,21 @@ pub struct Report {
     pub idle_cpu_percent: Option<f64>,
     /// Resident memory of one daemon, MiB (highest of the nodes).
     pub idle_rss_mib: Option<f64>,
+    /// The master's daemon while idle.
+    pub idle_leader: Option<IdleSample>,
+    /// The busiest follower's daemon while idle (by CPU).
+    pub idle_follower: Option<IdleSample>,
+}
+
+/// One daemon over the idle sample.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct IdleSample {
+    /// CPU, percent of one core.
+    pub cpu_percent: f64,
+    /// Resident memory at the end, MiB.
+    pub rss_mib: f64,
+    /// Context switches per second, all threads (voluntary and not): its wakeups.
+    pub wakeups_per_sec: f64,
 }
 
 /// Why the benchmark could not run.
@@ -339,6 +354,8 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         failed_stops: 0,
         idle_cpu_percent: None,
         idle_rss_mib: None,
+        idle_leader: None,
+        idle_follower: None,
     };
     let mut service = ServiceLog::new();
     let result = async {
@@ -401,9 +418,11 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         }
         wait_stable(&nodes, &script_log, settle).await?;
         if opts.idle_secs > 0 {
-            let (cpu, rss) = sample_idle(&nodes, opts.idle_secs).await;
-            report.idle_cpu_percent = cpu;
-            report.idle_rss_mib = rss;
+            let idle = sample_idle(&nodes, opts.idle_secs).await;
+            report.idle_cpu_percent = idle.cpu;
+            report.idle_rss_mib = idle.rss;
+            report.idle_leader = idle.leader;
+            report.idle_follower = idle.follower;
         }
         Ok::<(), BenchError>(())
     }
@@ -779,25 +798,75 @@ fn proc_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn sample_idle(nodes: &[NodeProc], secs: u64) -> (Option<f64>, Option<f64>) {
-    let pids: Vec<u32> = nodes
+/// Context switches so far, summed over every thread of `pid`.
+fn proc_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// What [`sample_idle`] measured.
+struct Idle {
+    cpu: Option<f64>,
+    rss: Option<f64>,
+    leader: Option<IdleSample>,
+    follower: Option<IdleSample>,
+}
+
+async fn sample_idle(nodes: &[NodeProc], secs: u64) -> Idle {
+    let pids: Vec<Option<u32>> = nodes
         .iter()
-        .filter_map(|n| n.daemon.as_ref().and_then(Child::id))
+        .map(|n| n.daemon.as_ref().and_then(Child::id))
         .collect();
-    let before: Vec<Option<u64>> = pids.iter().map(|p| proc_ticks(*p)).collect();
+    let before: Vec<Option<(u64, u64)>> = pids
+        .iter()
+        .map(|p| Some((proc_ticks((*p)?)?, proc_switches((*p)?)?)))
+        .collect();
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
-    let cpu = pids
-        .iter()
-        .zip(before)
-        .filter_map(|(p, b)| Some((proc_ticks(*p)? - b?) as f64 / 100.0 / secs as f64 * 100.0))
-        .reduce(f64::max);
-    let rss = pids
-        .iter()
-        .filter_map(|p| proc_rss_kib(*p))
-        .map(|k| k as f64 / 1024.0)
-        .reduce(f64::max);
-    (cpu, rss)
+    let mut samples = Vec::new();
+    for ((node, pid), before) in nodes.iter().zip(&pids).zip(before) {
+        let (Some(pid), Some((ticks, switches))) = (pid, before) else {
+            continue;
+        };
+        let (Some(ticks_now), Some(switches_now), Some(rss)) =
+            (proc_ticks(*pid), proc_switches(*pid), proc_rss_kib(*pid))
+        else {
+            continue;
+        };
+        let master = match node.admin.status_json().await {
+            Ok(body) => serde_json::from_str::<Status>(&body).is_ok_and(|s| s.role == "master"),
+            Err(_) => false,
+        };
+        // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
+        let sample = IdleSample {
+            cpu_percent: (ticks_now - ticks) as f64 / 100.0 / secs as f64 * 100.0,
+            rss_mib: rss as f64 / 1024.0,
+            wakeups_per_sec: (switches_now - switches) as f64 / secs as f64,
+        };
+        samples.push((master, sample));
+    }
+    let max = |f: fn(&IdleSample) -> f64| samples.iter().map(|(_, s)| f(s)).reduce(f64::max);
+    Idle {
+        cpu: max(|s| s.cpu_percent),
+        rss: max(|s| s.rss_mib),
+        leader: samples.iter().find(|(m, _)| *m).map(|(_, s)| *s),
+        follower: samples
+            .iter()
+            .filter(|(m, _)| !*m)
+            .map(|(_, s)| *s)
+            .max_by(|a, b| a.cpu_percent.total_cmp(&b.cpu_percent)),
+    }
 }
 
 /// Percentile (nearest rank) of sorted values.
@@ -905,6 +974,18 @@ pub fn render(reports: &[Report]) -> String {
         }
         if let Some(rss) = r.idle_rss_mib {
             let _ = writeln!(out, "  {:<28} {:>7.1}", "idle RSS, MiB", rss);
+        }
+        for (who, sample) in [
+            ("leader", r.idle_leader),
+            ("busiest follower", r.idle_follower),
+        ] {
+            if let Some(s) = sample {
+                let _ = writeln!(
+                    out,
+                    "  idle {who}: {:.3} % CPU, {:.1} MiB, {:.0} wakeups/s",
+                    s.cpu_percent, s.rss_mib, s.wakeups_per_sec
+                );
+            }
         }
         for o in &r.overlaps {
             let _ = writeln!(out, "  OVERLAP: {o}");

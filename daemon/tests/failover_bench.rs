@@ -72,6 +72,14 @@ async fn bench_with(
             );
         }
         assert!(r.idle_rss_mib.is_some(), "memory was sampled");
+        let (leader, follower) = (
+            r.idle_leader.expect("the leader sampled"),
+            r.idle_follower.expect("a follower sampled"),
+        );
+        assert!(
+            leader.wakeups_per_sec > 0.0 && follower.wakeups_per_sec > 0.0,
+            "a running daemon wakes up: {leader:?} {follower:?}"
+        );
     }
 }
 
