@@ -65,30 +65,6 @@ fn heard_text(n: &NodeView) -> String {
     }
 }
 
-fn drivers_text(n: &NodeView) -> String {
-    if n.drivers.is_empty() {
-        return "-".into();
-    }
-    n.drivers
-        .iter()
-        .map(|d| {
-            let role = if d.role.is_empty() { "-" } else { &d.role };
-            let result = if d.last_result.is_empty() {
-                "-"
-            } else {
-                &d.last_result
-            };
-            let flag = match (d.connected, d.stop_failed) {
-                (_, true) => " STOP FAILED",
-                (false, _) => " (gone)",
-                _ => "",
-            };
-            format!("{} {role}: {result}{flag}", d.id)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// The page, with `view` and this node's `status` (for its recent role changes) in it.
 pub fn render(view: &ClusterView, status: &Status) -> String {
     let mut rows = String::new();
@@ -115,7 +91,7 @@ pub fn render(view: &ClusterView, status: &Status) -> String {
             health = health_word(n),
             heard = esc(&heard_text(n)),
             addr = esc(&n.addr),
-            drivers = esc(&drivers_text(n)),
+            drivers = esc(&n.drivers_text()),
         );
     }
     let warnings: String = view

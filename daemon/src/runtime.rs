@@ -2567,27 +2567,22 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             preempt: status.preempt,
             ineligible_reason: text(status.ineligible_reason.as_deref().unwrap_or("")),
             drivers: status
-                .drivers
-                .iter()
-                .filter(|d| d.connected || d.may_run || d.stop_failed)
+                .driver_lines()
                 .take(MAX_REPORT_ITEMS)
                 .map(|d| DriverLine {
                     id: text(&d.id),
-                    connected: d.connected,
-                    role: text(d.last_role.as_deref().unwrap_or("")),
-                    last_result: text(d.last_result.as_deref().unwrap_or("")),
-                    may_run: d.may_run,
-                    stop_failed: d.stop_failed,
+                    role: text(&d.role),
+                    last_result: text(&d.last_result),
+                    ..d
                 })
                 .collect(),
             checks: status
-                .checks
-                .iter()
+                .check_lines()
                 .take(MAX_REPORT_ITEMS)
                 .map(|c| CheckReport {
                     name: text(&c.name),
-                    healthy: c.healthy,
-                    last_result: text(c.last_result.as_deref().unwrap_or("")),
+                    last_result: text(&c.last_result),
+                    ..c
                 })
                 .collect(),
             incarnation: self.incarnation,

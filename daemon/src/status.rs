@@ -179,6 +179,31 @@ pub struct RoleChange {
 }
 
 impl Status {
+    /// Its drivers as a [`Report`] and the cluster view list them: the connected ones, and
+    /// those that may still run the service or whose stop failed.
+    pub fn driver_lines(&self) -> impl Iterator<Item = DriverReport> + '_ {
+        self.drivers
+            .iter()
+            .filter(|d| d.connected || d.may_run || d.stop_failed)
+            .map(|d| DriverReport {
+                id: d.id.clone(),
+                connected: d.connected,
+                role: d.last_role.clone().unwrap_or_default(),
+                last_result: d.last_result.clone().unwrap_or_default(),
+                may_run: d.may_run,
+                stop_failed: d.stop_failed,
+            })
+    }
+
+    /// Its checks as a [`Report`] and the cluster view list them.
+    pub fn check_lines(&self) -> impl Iterator<Item = CheckReport> + '_ {
+        self.checks.iter().map(|c| CheckReport {
+            name: c.name.clone(),
+            healthy: c.healthy,
+            last_result: c.last_result.clone().unwrap_or_default(),
+        })
+    }
+
     /// Appends to the history, keeping the last [`HISTORY_LEN`].
     pub fn record(&mut self, change: RoleChange) {
         if self.history.len() == HISTORY_LEN {
@@ -653,6 +678,31 @@ fn ms_u64(d: std::time::Duration) -> u64 {
 }
 
 impl NodeView {
+    /// Its drivers in one line: `shell-a master: ok; vip backup: ok (gone)`, or `-`.
+    pub fn drivers_text(&self) -> String {
+        if self.drivers.is_empty() {
+            return "-".into();
+        }
+        self.drivers
+            .iter()
+            .map(|d| {
+                let role = if d.role.is_empty() { "-" } else { &d.role };
+                let result = if d.last_result.is_empty() {
+                    "-"
+                } else {
+                    &d.last_result
+                };
+                let flag = match (d.connected, d.stop_failed) {
+                    (_, true) => " STOP FAILED",
+                    (false, _) => " (gone)",
+                    _ => "",
+                };
+                format!("{} {role}: {result}{flag}", d.id)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// This node, from its own status.
     pub fn of_self(status: &Status) -> Self {
         Self {
@@ -675,28 +725,8 @@ impl NodeView {
             witness: Some(status.witness),
             priority: Some(status.priority),
             preempt: Some(status.preempt),
-            drivers: status
-                .drivers
-                .iter()
-                .filter(|d| d.connected || d.may_run || d.stop_failed)
-                .map(|d| DriverReport {
-                    id: d.id.clone(),
-                    connected: d.connected,
-                    role: d.last_role.clone().unwrap_or_default(),
-                    last_result: d.last_result.clone().unwrap_or_default(),
-                    may_run: d.may_run,
-                    stop_failed: d.stop_failed,
-                })
-                .collect(),
-            checks: status
-                .checks
-                .iter()
-                .map(|c| CheckReport {
-                    name: c.name.clone(),
-                    healthy: c.healthy,
-                    last_result: c.last_result.clone().unwrap_or_default(),
-                })
-                .collect(),
+            drivers: status.driver_lines().collect(),
+            checks: status.check_lines().collect(),
         }
     }
 
@@ -834,28 +864,7 @@ impl ClusterView {
                 (false, false, Some(ms)) => format!("NOT {}", human_ms(ms)),
                 (false, _, None) => "NEVER".to_owned(),
             };
-            let drivers = if n.drivers.is_empty() {
-                "-".to_owned()
-            } else {
-                n.drivers
-                    .iter()
-                    .map(|d| {
-                        let role = if d.role.is_empty() { "-" } else { &d.role };
-                        let result = if d.last_result.is_empty() {
-                            "-"
-                        } else {
-                            &d.last_result
-                        };
-                        let flag = match (d.connected, d.stop_failed) {
-                            (_, true) => " STOP FAILED",
-                            (false, _) => " (gone)",
-                            _ => "",
-                        };
-                        format!("{} {role}: {result}{flag}", d.id)
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
+            let drivers = n.drivers_text();
             let _ = writeln!(
                 out,
                 "{:<16} {:<8} {:<6} {:<16} {:<9} {:<10} {:<12} {}",
