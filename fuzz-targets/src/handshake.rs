@@ -381,11 +381,12 @@ fn established(keys: &Keys) -> (Session, Session) {
 }
 
 fn body(byte: u8) -> Body {
-    match byte % 4 {
+    match byte % 5 {
         0 => Body::Confirm,
         1 => Body::Frame,
         2 => Body::Keepalive,
-        _ => Body::Goodbye,
+        3 => Body::Goodbye,
+        _ => Body::Ready,
     }
 }
 

@@ -955,7 +955,7 @@ impl Datagrams {
         Ok(match kind {
             Body::Frame => Some(Delivery { from, payload }),
             // Datagram sessions end by being replaced; a goodbye changes nothing.
-            Body::Confirm | Body::Keepalive | Body::Goodbye => None,
+            Body::Confirm | Body::Keepalive | Body::Goodbye | Body::Ready => None,
         })
     }
 }

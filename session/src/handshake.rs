@@ -70,9 +70,13 @@ pub enum Body {
     /// Nothing; keeps an idle connection alive.
     Keepalive = 2,
     /// The sender will send nothing more on this connection (it was replaced by another
-    /// one); the receiver closes it at once. Frames still in flight on it are lost, like in
-    /// a break: see `SendClass::Reliable`.
+    /// one). Everything it sent before is still delivered when the replacement was dialed
+    /// by the other side (see the transports' duplicate rule); the receiver then closes it.
     Goodbye = 3,
+    /// The sender registered this connection as the one it uses for the receiver and has
+    /// delivered everything the connection it replaced carried: frames that must not be
+    /// lost may go on it now. Sent once, before the sender's own reliable frames need it.
+    Ready = 4,
 }
 
 impl Body {
@@ -82,6 +86,7 @@ impl Body {
             1 => Some(Self::Frame),
             2 => Some(Self::Keepalive),
             3 => Some(Self::Goodbye),
+            4 => Some(Self::Ready),
             _ => None,
         }
     }

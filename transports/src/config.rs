@@ -55,10 +55,11 @@ pub enum SendClass {
     /// Superseded by the next one: at most one waits per connection (a newer one replaces
     /// it), and over QUIC it travels as a datagram, so it is never retransmitted late.
     Heartbeat,
-    /// Delivered in order unless the connection breaks or is replaced by a duplicate
-    /// connection (both ends dialed each other, or the remote restarted; frames in flight
-    /// on the replaced connection are lost, like in a break). Never dropped because a queue is full without an error. The
-    /// election protocol tolerates loss.
+    /// Delivered once and in order while the remote stays connected, including across
+    /// the swap when both ends dialed each other and one connection replaces the other.
+    /// Lost only when a `Disconnected` is announced: the connection broke, the remote
+    /// restarted, or the queue overflowed (`SendError::Congested`, never silently). The
+    /// election protocol tolerates that loss.
     Reliable,
 }
 

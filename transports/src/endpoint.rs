@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{RefuseReason, SendError};
 use crate::net::Net;
-use crate::queue::{Pushed, SendQueue};
+use crate::queue::{Pushed, Replaced, SendQueue};
 use crate::session::Hello;
 use crate::{EndpointConfig, PeerKind, SendClass, TransportError, TransportKind};
 
@@ -64,6 +64,9 @@ struct Conn {
     kind: PeerKind,
     dialer: NodeId,
     queue: Arc<SendQueue>,
+    /// The duplicate this one replaced, while that one still delivers what the remote sent
+    /// on it before the swap (until the remote's goodbye). This one says `Ready` after.
+    draining: Option<u64>,
 }
 
 /// State shared by the endpoint handle and its tasks; not generic over the transport.
@@ -176,8 +179,13 @@ impl Shared {
     /// kept: if both were dialed by the same side the newer wins (the older is most likely
     /// dead: the remote restarted); otherwise the one dialed by the lower node id wins, which
     /// both ends compute alike. `None`: this one lost (or we are stopping) and must close;
-    /// nothing it carries is delivered. Both connections proved the same credential, so
-    /// this only settles two dials of the same node, never who that node is.
+    /// nothing it carries is delivered (the remote sent no frame that must arrive on it: it
+    /// waits for our `Ready`, which a loser never sends). Both connections proved the same
+    /// credential, so this only settles two dials of the same node, never who that node is.
+    ///
+    /// A duplicate replaced by the other side's dial keeps delivering until the remote's
+    /// goodbye (the remote may have used it), and the winner says `Ready` only after that
+    /// (see [`Shared::drained`]), so the remote's frames arrive once and in order.
     pub(crate) async fn register(
         &self,
         remote: &Hello,
@@ -203,12 +211,15 @@ impl Shared {
             {
                 return None;
             }
+            let mut how = Replaced::Redialed;
             if let Some(existing) = conns.get(&remote.id) {
                 let lower = std::cmp::min(&self.config.local_id, &remote.id);
-                let keep_new = existing.dialer == dialer || dialer == *lower;
-                if !keep_new {
-                    tracing::debug!(local = %self.config.local_id, peer = %remote.id, "duplicate connection: keeping the other");
-                    return None;
+                if existing.dialer != dialer {
+                    if dialer != *lower {
+                        tracing::debug!(local = %self.config.local_id, peer = %remote.id, "duplicate connection: keeping the other");
+                        return None;
+                    }
+                    how = Replaced::Duplicate;
                 }
             }
             let conn = Conn {
@@ -216,11 +227,18 @@ impl Shared {
                 kind: remote.kind,
                 dialer,
                 queue: queue.clone(),
+                draining: None,
             };
-            conns.insert(remote.id.clone(), conn)
+            let old = conns.insert(remote.id.clone(), conn);
+            if let (Some(old), Replaced::Duplicate) = (&old, how)
+                && let Some(conn) = conns.get_mut(&remote.id)
+            {
+                conn.draining = Some(old.generation);
+            }
+            old.map(|old| (old, how))
         };
-        if let Some(old) = replaced {
-            queue.adopt(old.queue.replace());
+        if let Some((old, how)) = replaced {
+            queue.adopt(old.queue.replace(how));
             tracing::debug!(local = %self.config.local_id, peer = %remote.id, "connection replaced by a newer one");
             let _ = self
                 .events
@@ -261,12 +279,38 @@ impl Shared {
         }
     }
 
+    /// Resolves once connection `generation` to `id` has no duplicate draining before it
+    /// (at once for most), or is gone; bounded by the handshake timeout, the most a
+    /// live remote takes to register the winner and say goodbye on the loser.
+    pub(crate) async fn drained(&self, id: &NodeId, generation: u64) {
+        let mut changed = self.changed.subscribe();
+        let wait = async {
+            loop {
+                changed.borrow_and_update();
+                let draining = lock(&self.conns)
+                    .get(id)
+                    .is_some_and(|c| c.generation == generation && c.draining.is_some());
+                if !draining || changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.config.limits.handshake_timeout, wait).await;
+    }
+
     pub(crate) async fn deregister(&self, remote: &Hello, generation: u64) {
         let _order = self.status_order.lock().await;
         let removed = {
             let mut conns = lock(&self.conns);
-            match conns.get(&remote.id) {
+            match conns.get_mut(&remote.id) {
                 Some(conn) if conn.generation == generation => conns.remove(&remote.id),
+                Some(conn) if conn.draining == Some(generation) => {
+                    // A replaced duplicate delivered all it will: its successor may say Ready.
+                    conn.draining = None;
+                    drop(conns);
+                    self.changed.send_modify(|v| *v += 1);
+                    None
+                }
                 _ => None,
             }
         };
@@ -284,8 +328,9 @@ impl Shared {
     }
 
     /// Hands a frame to the daemon, if the connection it came on is still the registered
-    /// one; a replaced connection's frames are dropped (the election protocol tolerates
-    /// loss; two connections must never both speak for one node).
+    /// one or the duplicate it replaced, until that one's goodbye (its successor carries
+    /// nothing reliable before: see [`Shared::register`]). Any other replaced connection's
+    /// frames are dropped: two connections never both speak for one node.
     pub(crate) async fn deliver(
         &self,
         remote: &Hello,
@@ -308,7 +353,7 @@ impl Shared {
         let conns = lock(&self.conns);
         if conns
             .get(&remote.id)
-            .is_none_or(|conn| conn.generation != generation)
+            .is_none_or(|conn| conn.generation != generation && conn.draining != Some(generation))
         {
             return Err(TransportError::Closed);
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::admission::{FirstMessageDeadline, Ticket};
 use crate::endpoint::Shared;
 use crate::error::RefuseReason;
-use crate::queue::Outgoing;
+use crate::queue::{Outgoing, Replaced};
 use crate::session::{
     Acceptor, Body, Credential, Hello, Initiator, Opener, Proof, Reply, Responder, Sealer, Session,
     sealed_len,
@@ -319,6 +319,11 @@ pub(crate) async fn accept_flow<T, R, F>(
 
 /// Runs an authenticated session: registers it (maybe replacing or losing to another
 /// connection with the same id), then pumps frames both ways until either side ends.
+///
+/// Two dials crossing (both ends dialed each other) are settled without losing a reliable
+/// frame: each end sends reliable frames only after the other said `Ready` on that
+/// connection, which it does once it registered it and drained the duplicate it replaced;
+/// a replaced duplicate delivers until the remote's goodbye. See [`Shared::register`].
 pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     shared: &Arc<Shared>,
     tx: T,
@@ -329,23 +334,55 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     process: Option<crate::PeerProcess>,
 ) {
     let Some((generation, queue)) = shared.register(&remote, dialer, process).await else {
+        linger_as_loser(shared, rx, session.opener).await;
         return;
     };
     let Session { sealer, opener } = session;
     // The loops borrow the link halves: a half must outlive its loop (dropping the QUIC
     // receive half closes the connection, which must wait until both loops are done).
     let (mut tx, mut rx) = (tx, rx);
-    let writer = write_loop(&mut tx, sealer, &queue, shared);
-    let reader = read_loop(&mut rx, opener, shared, &remote, generation);
-    tokio::pin!(writer, reader);
-    // Whichever half ends first ends the connection: a replaced one says goodbye (its
-    // writer) and goes, without waiting for anything more from the remote, whose frames
-    // on it would not be delivered anyway.
-    let result = tokio::select! {
-        biased;
-        () = shared.stopped() => Ok(()),
-        result = &mut writer => result,
-        result = &mut reader => result,
+    let writer = write_loop(&mut tx, sealer, &queue, shared, &remote.id, generation);
+    let reader = read_loop(&mut rx, opener, shared, &remote, generation, &queue);
+    let stopped = shared.stopped();
+    tokio::pin!(writer, reader, stopped);
+    let (mut writer_done, mut reader_done) = (false, false);
+    // Armed once one half ended and the other may still have something to do.
+    let mut bound: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = &mut stopped => break Ok(()),
+            result = &mut writer, if !writer_done => {
+                writer_done = true;
+                if result.is_err() {
+                    break result;
+                }
+            }
+            result = &mut reader, if !reader_done => {
+                reader_done = true;
+                if result.is_err() {
+                    break result;
+                }
+            }
+            () = async { bound.as_mut().expect("armed").await }, if bound.is_some() => break Ok(()),
+        }
+        match (writer_done, reader_done) {
+            (true, true) => break Ok(()),
+            // We said goodbye. A duplicate the other side dialed is replaced: the remote
+            // may have sent on it, so read on until its goodbye. Otherwise nothing we
+            // would deliver can come (a redial: the remote left it; or we are closing).
+            (true, false) if queue.was_replaced() != Some(Replaced::Duplicate) => break Ok(()),
+            // The remote said goodbye: it moved to the duplicate it kept, which reaches us
+            // too within a handshake; until then this one stays registered, so what is
+            // queued on it moves there instead of being lost.
+            _ => {
+                if bound.is_none() {
+                    bound = Some(Box::pin(tokio::time::sleep(
+                        shared.config.limits.handshake_timeout,
+                    )));
+                }
+            }
+        }
     };
     queue.close();
     if let Err(error) = result {
@@ -354,28 +391,77 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     shared.deregister(&remote, generation).await;
 }
 
+/// A connection that lost to a duplicate at registration: the remote may still take it
+/// for its connection to us until it registers the winner, so it is not cut (the remote
+/// would drop what it queued on it); it is read until the remote's goodbye or close,
+/// delivering nothing (the remote sent nothing reliable: we never said `Ready`), bounded
+/// by the handshake timeout.
+async fn linger_as_loser<R: LinkRx>(shared: &Shared, mut rx: R, mut opener: Opener) {
+    let read = async {
+        loop {
+            let opened = match rx.recv().await {
+                Ok(Inbound::Reliable(msg)) => opener.open(&msg),
+                Ok(Inbound::Datagram(msg)) => opener.open_datagram(&msg),
+                Err(_) => return,
+            };
+            match opened {
+                Ok((Body::Goodbye, _)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = shared.stopped() => {}
+        _ = tokio::time::timeout(shared.config.limits.handshake_timeout, read) => {}
+    }
+}
+
+/// What the writer does next.
+enum Step {
+    Announce,
+    Send(Option<Outgoing>),
+    Goodbye,
+    Stop,
+}
+
 async fn write_loop<T: LinkTx>(
     tx: &mut T,
     mut sealer: Sealer,
     queue: &crate::queue::SendQueue,
     shared: &Shared,
+    remote: &clustd_core::NodeId,
+    generation: u64,
 ) -> Result<(), TransportError> {
     let keepalive = shared.config.limits.keepalive_interval;
+    let drained = shared.drained(remote, generation);
+    tokio::pin!(drained);
+    let mut announced = false;
     loop {
-        let next = match tokio::time::timeout(keepalive, queue.pop()).await {
-            Ok(Some(next)) => Some(next),
-            Ok(None) if queue.was_replaced() => {
+        let step = tokio::select! {
+            biased;
+            () = &mut drained, if !announced => Step::Announce,
+            popped = tokio::time::timeout(keepalive, queue.pop()) => match popped {
+                Ok(Some(next)) => Step::Send(Some(next)),
+                Ok(None) if queue.was_replaced().is_some() => Step::Goodbye,
+                Ok(None) => Step::Stop,
+                Err(_) => Step::Send(None),
+            },
+        };
+        let msg = match step {
+            Step::Announce => {
+                announced = true;
+                sealer.seal(Body::Ready, &[])?
+            }
+            Step::Goodbye => {
                 let goodbye = sealer.seal(Body::Goodbye, &[])?;
                 tx.send(goodbye).await?;
                 tx.linger().await;
                 return Ok(());
             }
-            Ok(None) => return Ok(()),
-            Err(_) => None,
-        };
-        let msg = match next {
-            None => sealer.seal(Body::Keepalive, &[])?,
-            Some(Outgoing::Heartbeat(frame))
+            Step::Stop => return Ok(()),
+            Step::Send(None) => sealer.seal(Body::Keepalive, &[])?,
+            Step::Send(Some(Outgoing::Heartbeat(frame)))
                 if tx
                     .datagram_room()
                     .is_some_and(|room| sealed_len(frame.len()) <= room) =>
@@ -384,7 +470,7 @@ async fn write_loop<T: LinkTx>(
                 tx.send_datagram(msg)?;
                 continue;
             }
-            Some(Outgoing::Heartbeat(frame) | Outgoing::Reliable(frame)) => {
+            Step::Send(Some(Outgoing::Heartbeat(frame) | Outgoing::Reliable(frame))) => {
                 sealer.seal(Body::Frame, &frame)?
             }
         };
@@ -392,12 +478,14 @@ async fn write_loop<T: LinkTx>(
     }
 }
 
+/// Reads until the remote's goodbye (`Ok`) or an error.
 async fn read_loop<R: LinkRx>(
     rx: &mut R,
     mut opener: Opener,
     shared: &Shared,
     remote: &Hello,
     generation: u64,
+    queue: &crate::queue::SendQueue,
 ) -> Result<(), TransportError> {
     let limits = &shared.config.limits;
     loop {
@@ -419,6 +507,7 @@ async fn read_loop<R: LinkRx>(
                 shared.deliver(remote, generation, frame).await?;
             }
             Body::Keepalive => {}
+            Body::Ready => queue.remote_ready(),
             Body::Goodbye => return Ok(()),
             Body::Confirm => {
                 return Err(TransportError::Protocol(

@@ -1,6 +1,8 @@
 //! The per-connection send queue: never blocks the caller. Reliable frames wait in a
 //! bounded FIFO; at most one heartbeat waits (a newer one replaces it, so a stale heartbeat
-//! is never sent late) and it goes out first.
+//! is never sent late) and it goes out first. Reliable frames wait until the remote said
+//! it uses this connection ([`SendQueue::remote_ready`]): a connection the remote dropped
+//! as a duplicate never swallows one.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -36,7 +38,19 @@ struct State {
     heartbeat: Option<Vec<u8>>,
     closed: bool,
     /// Closed because another connection replaced this one: say goodbye, then drain.
-    replaced: bool,
+    replaced: Option<Replaced>,
+    /// The remote sent `Ready` on this connection: reliable frames may go.
+    remote_ready: bool,
+}
+
+/// How a connection was replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replaced {
+    /// By one the same side dialed: the dialer had given up on this one.
+    Redialed,
+    /// By one the other side dialed (both dialed at once): both ends are alive, so what
+    /// this one carried is still delivered until the remote's goodbye.
+    Duplicate,
 }
 
 pub(crate) struct SendQueue {
@@ -96,7 +110,9 @@ impl SendQueue {
                 if let Some(frame) = state.heartbeat.take() {
                     return Some(Outgoing::Heartbeat(frame));
                 }
-                if let Some(frame) = state.reliable.pop_front() {
+                if state.remote_ready
+                    && let Some(frame) = state.reliable.pop_front()
+                {
                     return Some(Outgoing::Reliable(frame));
                 }
             }
@@ -112,10 +128,10 @@ impl SendQueue {
     /// Closes the queue because a newer connection replaces this one; returns what was not
     /// yet sent so it moves to the new connection: the reliable frames in order, and the
     /// waiting heartbeat (dropping it would lose the latest one, though none newer exists).
-    pub(crate) fn replace(&self) -> Handover {
+    pub(crate) fn replace(&self, how: Replaced) -> Handover {
         let mut state = self.lock();
         state.closed = true;
-        state.replaced = true;
+        state.replaced = Some(how);
         let handover = Handover {
             reliable: std::mem::take(&mut state.reliable),
             heartbeat: state.heartbeat.take(),
@@ -145,8 +161,14 @@ impl SendQueue {
         self.writer.notify_one();
     }
 
-    pub(crate) fn was_replaced(&self) -> bool {
+    pub(crate) fn was_replaced(&self) -> Option<Replaced> {
         self.lock().replaced
+    }
+
+    /// The remote uses this connection now (it sent `Ready`): release the reliable frames.
+    pub(crate) fn remote_ready(&self) {
+        self.lock().remote_ready = true;
+        self.writer.notify_one();
     }
 
     #[cfg(test)]
@@ -166,6 +188,7 @@ mod tests {
     #[tokio::test]
     async fn heartbeats_replace_and_go_first_reliable_overflow_closes() {
         let q = SendQueue::new(2);
+        q.remote_ready();
         assert_eq!(q.push(SendClass::Reliable, vec![1]), Pushed::Queued);
         assert_eq!(q.push(SendClass::Heartbeat, vec![10]), Pushed::Queued);
         assert_eq!(q.push(SendClass::Heartbeat, vec![11]), Pushed::Queued);
@@ -187,9 +210,10 @@ mod tests {
         assert_eq!(old.push(SendClass::Reliable, vec![1]), Pushed::Queued);
         assert_eq!(old.push(SendClass::Heartbeat, vec![10]), Pushed::Queued);
         let new = SendQueue::new(8);
+        new.remote_ready();
         assert_eq!(new.push(SendClass::Reliable, vec![2]), Pushed::Queued);
-        new.adopt(old.replace());
-        assert!(old.was_replaced());
+        new.adopt(old.replace(Replaced::Duplicate));
+        assert_eq!(old.was_replaced(), Some(Replaced::Duplicate));
         assert!(old.pop().await.is_none());
         assert!(matches!(new.pop().await, Some(Outgoing::Heartbeat(f)) if f == [10]));
         assert!(matches!(new.pop().await, Some(Outgoing::Reliable(f)) if f == [1]));
@@ -198,7 +222,29 @@ mod tests {
         let old = SendQueue::new(8);
         assert_eq!(old.push(SendClass::Heartbeat, vec![11]), Pushed::Queued);
         assert_eq!(new.push(SendClass::Heartbeat, vec![12]), Pushed::Queued);
-        new.adopt(old.replace());
+        new.adopt(old.replace(Replaced::Redialed));
         assert!(matches!(new.pop().await, Some(Outgoing::Heartbeat(f)) if f == [12]));
+    }
+
+    /// Reliable frames wait for the remote's `Ready` (a duplicate the remote dropped must
+    /// not swallow them); heartbeats never wait.
+    #[tokio::test]
+    async fn reliable_frames_wait_for_the_remote_heartbeats_do_not() {
+        let q = SendQueue::new(8);
+        assert_eq!(q.push(SendClass::Reliable, vec![1]), Pushed::Queued);
+        assert_eq!(q.push(SendClass::Heartbeat, vec![10]), Pushed::Queued);
+        assert!(matches!(q.pop().await, Some(Outgoing::Heartbeat(f)) if f == [10]));
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), q.pop()).await;
+        assert!(waiting.is_err(), "a reliable frame left before Ready");
+        q.remote_ready();
+        assert!(matches!(q.pop().await, Some(Outgoing::Reliable(f)) if f == [1]));
+        // Held frames move with a replacement, still waiting there.
+        let old = SendQueue::new(8);
+        assert_eq!(old.push(SendClass::Reliable, vec![2]), Pushed::Queued);
+        let new = SendQueue::new(8);
+        new.adopt(old.replace(Replaced::Duplicate));
+        assert!(old.pop().await.is_none());
+        new.remote_ready();
+        assert!(matches!(new.pop().await, Some(Outgoing::Reliable(f)) if f == [2]));
     }
 }

@@ -88,7 +88,16 @@ impl RawConn {
             }
         };
         self.session = Some(session);
+        // As a registered peer does: the remote's reliable frames may come now. Best
+        // effort: a remote that closes right after the handshake is the caller's to see.
+        let ready = self.sealed(Body::Ready)?;
+        let _ = self.send_raw(ready).await;
         Ok(remote)
+    }
+
+    fn sealed(&mut self, body: Body) -> Result<Vec<u8>, TransportError> {
+        let session = self.session.as_mut().ok_or(TransportError::Closed)?;
+        Ok(session.seal(body, &[])?)
     }
 
     /// Seals `frame` as the next message of the session, without sending it.
