@@ -9,6 +9,7 @@
 //! never leave the node before the caller has seen the state that records it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use crate::rng::SplitMix;
@@ -18,6 +19,10 @@ use crate::config::{Config, ConfigError};
 use crate::ids::{MAX_TERM_JUMP, NodeId, Term};
 use crate::message::Message;
 use crate::time::Instant;
+
+mod timer;
+
+use timer::Timer;
 
 /// What must survive a restart: the term and the vote cast in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -738,24 +743,15 @@ impl Node {
     }
 
     /// Advances timers. Call at (or after) [`Node::poll_timeout`]; calling early is harmless.
+    ///
+    /// Handles the timers that are due in one fixed order, each as the node stands after
+    /// the ones before it (the order and why: `Timer::ORDER` in `core/src/node/timer.rs`).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let State::Leader(_) = self.state {
-            self.leader_timeouts(now);
-        } else {
-            if let State::PreCandidate {
-                retry_at: Some(at), ..
-            } = self.state
-                && now >= at
+        for timer in Timer::ORDER {
+            if self.deadline(timer).is_some_and(|at| now >= at)
+                && self.on_timer(now, timer).is_break()
             {
-                self.start_pre_vote(now);
-            }
-            if now >= self.election_deadline {
-                if self.can_campaign(now) {
-                    self.start_pre_vote(now);
-                } else {
-                    self.become_follower(None);
-                    self.reset_election_deadline(now);
-                }
+                break;
             }
         }
         self.refresh_master(now);
@@ -861,27 +857,16 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// When [`Node::handle_timeout`] must be called next.
+    /// When [`Node::handle_timeout`] must be called next: the earliest of the timers the
+    /// node's role arms.
     #[must_use]
     pub fn poll_timeout(&self) -> Instant {
-        match &self.state {
-            State::Leader(l) => {
-                let mut next = l
-                    .next_heartbeat
-                    .min(l.majority_at + self.config.election_timeout_min);
-                if let Some(h) = &l.handoff {
-                    next = next.min(h.at);
-                }
-                if self.master_term.is_some() {
-                    next = next.min(self.master_lease_until);
-                }
-                next
-            }
-            State::PreCandidate {
-                retry_at: Some(at), ..
-            } => self.election_deadline.min(*at),
-            _ => self.election_deadline,
-        }
+        let earliest = Timer::ORDER
+            .into_iter()
+            .filter_map(|timer| self.deadline(timer))
+            .min();
+        // A leader always has a heartbeat due, and every other role an election deadline.
+        earliest.unwrap_or_else(|| unreachable!("no timer armed in {:?}", self.role()))
     }
 
     // ----- internals: message handlers -------------------------------------------------
@@ -1140,39 +1125,87 @@ impl Node {
 
     // ----- internals: timers -------------------------------------------------------------
 
-    fn leader_timeouts(&mut self, now: Instant) {
+    /// When `timer` is due, if the node's role arms it (see [`Timer`]).
+    fn deadline(&self, timer: Timer) -> Option<Instant> {
+        let leadership = match &self.state {
+            State::Leader(l) => Some(l),
+            _ => None,
+        };
+        match timer {
+            Timer::Handoff => leadership?.handoff.as_ref().map(|h| h.at),
+            Timer::CheckQuorum => Some(leadership?.majority_at + self.config.election_timeout_min),
+            Timer::Heartbeat => Some(leadership?.next_heartbeat),
+            Timer::PreVoteRetry => match self.state {
+                State::PreCandidate { retry_at, .. } => retry_at,
+                _ => None,
+            },
+            Timer::Election => leadership.is_none().then_some(self.election_deadline),
+            Timer::LeaseExpiry => {
+                leadership?;
+                self.master_term.map(|_| self.master_lease_until)
+            }
+        }
+    }
+
+    /// Handles one timer that is due; `Break` when the timers after it must wait for the
+    /// next call (see [`Timer::ORDER`]).
+    fn on_timer(&mut self, now: Instant, timer: Timer) -> ControlFlow<()> {
+        match timer {
+            Timer::Handoff => {
+                self.complete_handoff(now);
+                ControlFlow::Break(())
+            }
+            Timer::CheckQuorum => {
+                // A majority has been silent for a whole election timeout.
+                self.become_follower(Some(Reason::QuorumLost));
+                self.reset_election_deadline(now);
+                ControlFlow::Break(())
+            }
+            Timer::Heartbeat => {
+                self.heartbeat_tick(now);
+                ControlFlow::Continue(())
+            }
+            Timer::PreVoteRetry => {
+                self.start_pre_vote(now);
+                ControlFlow::Continue(())
+            }
+            Timer::Election => {
+                if self.can_campaign(now) {
+                    self.start_pre_vote(now);
+                } else {
+                    self.become_follower(None);
+                    self.reset_election_deadline(now);
+                }
+                ControlFlow::Continue(())
+            }
+            // Demoted by the `refresh_master` that ends `handle_timeout`.
+            Timer::LeaseExpiry => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Leader, at each heartbeat: tell which followers started or stopped acknowledging
+    /// within `ET_min`, send the next round, and begin a health hand-over if one is due.
+    fn heartbeat_tick(&mut self, now: Instant) {
         let et_min = self.config.election_timeout_min;
         let State::Leader(l) = &mut self.state else {
             return;
         };
-        if l.handoff.as_ref().is_some_and(|h| now >= h.at) {
-            self.complete_handoff(now);
-            return;
-        }
-        if now >= l.majority_at + et_min {
-            // Check-quorum: a majority has been silent for a whole election timeout.
-            self.become_follower(Some(Reason::QuorumLost));
-            self.reset_election_deadline(now);
-            return;
-        }
-        if now >= l.next_heartbeat {
-            let mut changes = Vec::new();
-            for (id, f) in &mut l.followers {
-                let reachable = f
-                    .last_ack
-                    .is_some_and(|t| now.saturating_duration_since(t) < et_min);
-                if f.reachable != Some(reachable) && (f.reachable.is_some() || !reachable) {
-                    changes.push((id.clone(), reachable));
-                }
-                f.reachable = Some(reachable);
+        let mut changes = Vec::new();
+        for (id, f) in &mut l.followers {
+            let reachable = f
+                .last_ack
+                .is_some_and(|t| now.saturating_duration_since(t) < et_min);
+            if f.reachable != Some(reachable) && (f.reachable.is_some() || !reachable) {
+                changes.push((id.clone(), reachable));
             }
-            for (peer, reachable) in changes {
-                self.events
-                    .push_back(Event::PeerReachability { peer, reachable });
-            }
-            self.broadcast_heartbeat(now);
-            self.health_handoff(now);
+            f.reachable = Some(reachable);
         }
+        for (peer, reachable) in changes {
+            self.events
+                .push_back(Event::PeerReachability { peer, reachable });
+        }
+        self.broadcast_heartbeat(now);
+        self.health_handoff(now);
     }
 
     /// Leader, unhealthy: hand over to the best reachable healthy follower, unless held
