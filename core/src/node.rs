@@ -1324,14 +1324,8 @@ impl Node {
             term: self.term,
             leader: self.leader.clone(),
         });
+        // (A single voter's lease is set by this first round: see `broadcast_heartbeat`.)
         self.broadcast_heartbeat(now);
-        if self.config.quorum() == 1 {
-            // A single-voter cluster: the leader's own ack is the majority.
-            let lease = self.config.lease;
-            if let State::Leader(l) = &mut self.state {
-                l.lease_until = Some(now + lease);
-            }
-        }
         if self.maintenance || self.config.witness {
             self.begin_handoff(now, None, Reason::Maintenance);
         }
@@ -1551,6 +1545,8 @@ impl Node {
                 },
             );
         }
+        // A single voter: its own acknowledgement is the majority, so each round (the first
+        // one sent on election included) runs the lease from its send time.
         if self.config.quorum() == 1
             && let State::Leader(l) = &mut self.state
         {
