@@ -101,6 +101,7 @@ pub mod harness;
 pub mod ids;
 pub mod message;
 pub mod node;
+mod quorum;
 pub mod rng;
 pub mod store;
 pub mod time;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, ConfigError};
 use crate::ids::{MAX_TERM_JUMP, NodeId, Term};
 use crate::message::Message;
+use crate::quorum::{self, LeaseTracker};
 use crate::time::Instant;
 
 mod timer;
@@ -305,13 +306,9 @@ struct Handoff {
 struct Leadership {
     round: u64,
     next_heartbeat: Instant,
-    /// Send time of each recent round, oldest first.
-    sent_at: VecDeque<(u64, Instant)>,
+    /// The rounds' send times, the newest a majority acknowledged and the lease from it.
+    lease: LeaseTracker,
     followers: BTreeMap<NodeId, Follower>,
-    /// End of the lease earned so far (may be in the past).
-    lease_until: Option<Instant>,
-    /// Send time of the latest round a majority acknowledged (or the election time).
-    majority_at: Instant,
     handoff: Option<Handoff>,
     /// Whether this leadership has already made the node master once.
     was_master: bool,
@@ -723,16 +720,13 @@ impl Node {
                 // node that has not caught up); never adopt its term. Nor one whose asker
                 // last heard a round more than ET_min ago: it waited on the wire, and the
                 // operator has been told it did not happen.
-                let window = u64::try_from(
-                    self.config.election_timeout_min.as_nanos()
-                        / self.config.heartbeat_interval.as_nanos().max(1),
-                )
-                .unwrap_or(u64::MAX)
-                .max(1);
+                let window = quorum::rounds_in(
+                    self.config.election_timeout_min,
+                    self.config.heartbeat_interval,
+                );
                 if term == self.term
                     && let State::Leader(l) = &self.state
-                    && round <= l.round
-                    && l.round - round <= window
+                    && quorum::heard_within(l.round, round, window)
                 {
                     let _ = self.transfer_to(now, &to);
                 }
@@ -1071,20 +1065,9 @@ impl Node {
         }
 
         // The lease runs from the send time of the newest round a majority has acked.
-        let mut acked: Vec<u64> = l.followers.values().map(|f| f.acked_round).collect();
-        acked.push(l.round); // the leader acks its own rounds as it sends them
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let majority_round = acked.get(quorum - 1).copied().unwrap_or(0);
-        if let Some(&(_, sent)) = l.sent_at.iter().find(|(r, _)| *r == majority_round) {
-            l.majority_at = l.majority_at.max(sent);
-            let until = sent + lease;
-            if l.lease_until.is_none_or(|u| until > u) {
-                l.lease_until = Some(until);
-            }
-            while l.sent_at.front().is_some_and(|(r, _)| *r < majority_round) {
-                l.sent_at.pop_front();
-            }
-        }
+        let acked = l.followers.values().map(|f| f.acked_round);
+        let majority_round = quorum::majority_round(l.round, acked, quorum);
+        l.lease.majority_acknowledged(majority_round, lease);
 
         // Preemption: a reachable, eligible follower of higher priority that asks for it
         // (not while `min_master` holds this master in place after a hand-over).
@@ -1133,7 +1116,9 @@ impl Node {
         };
         match timer {
             Timer::Handoff => leadership?.handoff.as_ref().map(|h| h.at),
-            Timer::CheckQuorum => Some(leadership?.majority_at + self.config.election_timeout_min),
+            Timer::CheckQuorum => {
+                Some(leadership?.lease.majority_at() + self.config.election_timeout_min)
+            }
             Timer::Heartbeat => Some(leadership?.next_heartbeat),
             Timer::PreVoteRetry => match self.state {
                 State::PreCandidate { retry_at, .. } => retry_at,
@@ -1306,14 +1291,12 @@ impl Node {
         self.state = State::Leader(Box::new(Leadership {
             round: 0,
             next_heartbeat: now,
-            sent_at: VecDeque::new(),
+            lease: LeaseTracker::new(now),
             followers: self
                 .peers()
                 .into_iter()
                 .map(|p| (p, Follower::default()))
                 .collect(),
-            lease_until: None,
-            majority_at: now,
             handoff: None,
             was_master: false,
         }));
@@ -1341,7 +1324,7 @@ impl Node {
             // majority while its own drivers' lease still runs.
             // (`clustd_mutant = "f1"` reintroduces the bug, for README's mutation table.)
             if !cfg!(clustd_mutant = "f1") {
-                self.leader_contact = self.leader_contact.max(l.majority_at);
+                self.leader_contact = self.leader_contact.max(l.lease.majority_at());
             }
         }
         self.state = State::Follower;
@@ -1381,7 +1364,7 @@ impl Node {
         } else {
             self.config.stop_budget_at_drift_bound()
         };
-        let at = l.lease_until.map_or(now, |u| (u + budget).max(now));
+        let at = l.lease.lease_until().map_or(now, |u| (u + budget).max(now));
         l.handoff = Some(Handoff { at, target, reason });
         if self.master_term.is_some() {
             self.demote(reason);
@@ -1472,9 +1455,9 @@ impl Node {
             State::Leader(l) if l.handoff.is_none() => {
                 let lease = if cfg!(clustd_mutant = "no-lease") {
                     // Lease check off: renew from now instead of from an acknowledged round.
-                    l.lease_until.map(|_| now + self.config.lease)
+                    l.lease.lease_until().map(|_| now + self.config.lease)
                 } else {
-                    l.lease_until.filter(|u| *u > now)
+                    l.lease.lease_until().filter(|u| *u > now)
                 };
                 let was_master = l.was_master;
                 l.was_master |= lease.is_some();
@@ -1521,15 +1504,8 @@ impl Node {
             return;
         };
         l.round += 1;
-        l.sent_at.push_back((l.round, now));
-        // Keep the window bounded even if nobody acks: older rounds can no longer give a
-        // lease that has not already expired.
-        let window =
-            usize::try_from(self.config.election_timeout_min.as_nanos() / hb.as_nanos().max(1) + 2)
-                .unwrap_or(usize::MAX);
-        while l.sent_at.len() > window {
-            l.sent_at.pop_front();
-        }
+        let window = quorum::sent_round_window(self.config.election_timeout_min, hb);
+        l.lease.sent(l.round, now, window);
         l.next_heartbeat = now + hb;
         let round = l.round;
         let successors = ranked_successors(&l.followers, now, self.config.election_timeout_min);
@@ -1550,8 +1526,7 @@ impl Node {
         if self.config.quorum() == 1
             && let State::Leader(l) = &mut self.state
         {
-            l.lease_until = Some(now + self.config.lease);
-            l.majority_at = now;
+            l.lease.sole_voter_sent(now, self.config.lease);
         }
     }
 
