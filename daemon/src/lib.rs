@@ -6,7 +6,6 @@
 //! demo ([`demo`]). The `clustd` binary is a thin command-line layer over this library.
 
 pub mod admin;
-pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -15,7 +14,6 @@ pub mod health;
 pub mod local;
 pub mod logging;
 pub mod metrics;
-pub mod netns;
 pub mod page;
 pub mod proctree;
 pub mod rejections;

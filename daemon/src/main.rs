@@ -134,9 +134,6 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Benchmarks with real processes (see `clustd bench failover --help`).
-    #[command(subcommand)]
-    Bench(BenchCmd),
     /// Run a 3-node cluster in this process on loopback and fail it over (about 15 s).
     Demo {
         /// Transport between the demo nodes.
@@ -161,215 +158,6 @@ impl AdminArgs {
     fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(config::admin_endpoint(&self.config, self.tcp)?))
     }
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCmd {
-    /// Fail the master of a real N-process cluster R times and measure the failover to the new
-    /// master's start script; checks the daemons' service records for overlapping masters
-    /// with the strict service checker.
-    ///
-    /// Needs the clustd-shell-driver binary beside this one
-    /// (`cargo build --release -p clustd -p clustd-drivers`).
-    Failover(FailoverArgs),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum TransportChoice {
-    Quic,
-    Websocket,
-    Both,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ModeArg {
-    /// SIGKILL the master daemon.
-    Kill,
-    /// SIGTERM the master daemon (graceful step-down).
-    Term,
-    /// SIGSTOP the master daemon (hung process), SIGCONT after the failover.
-    Freeze,
-    /// POST /step-down to the master.
-    StepDown,
-    /// Cut every network link to and from the master (an in-process fault proxy between the
-    /// daemons), heal it after the failover.
-    Partition,
-    /// Make the master unhealthy: every node gets an exec [[check]] `test -f DIR/node-N.ok`
-    /// (--check-interval-ms, --check-fall, rise 2) and health.min_master_ms = 0, so rounds
-    /// are not paced; the master's file is removed, and put back after the failover (the
-    /// next round waits until the old master is eligible again). Measured from the removal.
-    Unhealthy,
-}
-
-#[derive(Debug, clap::Args)]
-struct FailoverArgs {
-    /// Number of daemons.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
-    /// Failover rounds per transport.
-    #[arg(long, default_value_t = 30)]
-    rounds: usize,
-    /// Transport(s) to measure.
-    #[arg(long, value_enum, default_value_t = TransportChoice::Both)]
-    transport: TransportChoice,
-    /// Heartbeat interval.
-    #[arg(long, default_value_t = 100)]
-    heartbeat_ms: u64,
-    /// Election timeout range, `MIN,MAX`.
-    #[arg(long, value_delimiter = ',', default_values_t = [1000, 2000])]
-    election_timeout_ms: Vec<u64>,
-    /// Stop budget (must fit the lease inequality; e.g. 20 for ET_min 100).
-    #[arg(long)]
-    stop_budget_ms: Option<u64>,
-    /// How the master is failed.
-    #[arg(long, value_enum, default_value_t = ModeArg::Kill)]
-    mode: ModeArg,
-    /// `--mode unhealthy`: the check's interval_ms (and timeout_ms) [default: 10 heartbeats,
-    /// 1000 at the defaults, 200 at --heartbeat-ms 20].
-    #[arg(long)]
-    check_interval_ms: Option<u64>,
-    /// `--mode unhealthy`: the check's fall (failures in a row that make a node unhealthy).
-    #[arg(long, default_value_t = 3)]
-    check_fall: u32,
-    /// Print the results as JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Also draw the failover-time distribution into this SVG file.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-    /// Seconds to sample the idle daemons' CPU and memory afterwards (0: skip).
-    #[arg(long, default_value_t = 20)]
-    idle_secs: u64,
-    /// The clustd-shell-driver binary (default: beside this binary).
-    #[arg(long)]
-    driver_bin: Option<PathBuf>,
-    /// Keep the work directory with all configs and logs.
-    #[arg(long)]
-    keep: bool,
-    /// Measure a virtual IP's failover instead, as a client sees it: three daemons with a
-    /// clustd-vip-driver each and a client, in network namespaces on one bridge (needs root
-    /// and iproute2); from the SIGKILL of the master daemon to the client's neighbour entry
-    /// naming the new master's MAC and to a TCP connection to the VIP answered by the new
-    /// master. Only with --mode kill and 3 nodes; --driver-bin names clustd-vip-driver.
-    #[arg(long)]
-    vip: bool,
-}
-
-async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
-    use clustd::bench::{HealthProfile, Mode, Options};
-    let me = std::env::current_exe().context("locating this binary")?;
-    if args.vip {
-        return bench_vip(args, me).await;
-    }
-    let driver_bin = args
-        .driver_bin
-        .unwrap_or_else(|| me.with_file_name("clustd-shell-driver"));
-    anyhow::ensure!(
-        driver_bin.exists(),
-        "{} not found: build it with `cargo build --release -p clustd-drivers` or pass --driver-bin",
-        driver_bin.display()
-    );
-    let [min, max] = args.election_timeout_ms[..] else {
-        anyhow::bail!("--election-timeout-ms takes MIN,MAX");
-    };
-    let opts = Options {
-        nodes: args.nodes,
-        rounds: args.rounds,
-        transports: match args.transport {
-            TransportChoice::Quic => vec![TransportKind::Quic],
-            TransportChoice::Websocket => vec![TransportKind::WebSocket],
-            TransportChoice::Both => vec![TransportKind::Quic, TransportKind::WebSocket],
-        },
-        heartbeat_ms: args.heartbeat_ms,
-        election_timeout_ms: [min, max],
-        stop_budget_ms: args.stop_budget_ms,
-        mode: match args.mode {
-            ModeArg::Kill => Mode::Kill,
-            ModeArg::Term => Mode::Term,
-            ModeArg::Freeze => Mode::Freeze,
-            ModeArg::StepDown => Mode::StepDown,
-            ModeArg::Partition => Mode::Partition,
-            ModeArg::Unhealthy => Mode::Unhealthy,
-        },
-        health: HealthProfile {
-            interval_ms: args
-                .check_interval_ms
-                .unwrap_or(HealthProfile::for_heartbeat(args.heartbeat_ms).interval_ms),
-            fall: args.check_fall,
-            ..HealthProfile::for_heartbeat(args.heartbeat_ms)
-        },
-        clustd_bin: me,
-        driver_bin,
-        idle_secs: args.idle_secs,
-        progress: !args.json,
-        keep: args.keep,
-    };
-    let reports = clustd::bench::run(&opts).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    } else {
-        print!("{}", clustd::bench::render(&reports));
-    }
-    if let Some(path) = args.plot {
-        std::fs::write(&path, clustd::bench::plot_svg(&reports))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let bad = reports
-        .iter()
-        .any(|r| !r.overlaps.is_empty() || r.failed_rounds > 0);
-    Ok(if bad {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-async fn bench_vip(args: FailoverArgs, me: PathBuf) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        matches!(args.mode, ModeArg::Kill) && args.nodes == 3,
-        "--vip measures --mode kill with --nodes 3 only"
-    );
-    let driver_bin = args
-        .driver_bin
-        .unwrap_or_else(|| me.with_file_name("clustd-vip-driver"));
-    anyhow::ensure!(
-        driver_bin.exists(),
-        "{} not found: build it with `cargo build --release -p clustd-drivers` or pass --driver-bin",
-        driver_bin.display()
-    );
-    let [min, max] = args.election_timeout_ms[..] else {
-        anyhow::bail!("--election-timeout-ms takes MIN,MAX");
-    };
-    let mut election = format!(
-        "heartbeat_ms = {}\nelection_timeout_ms = [{min}, {max}]",
-        args.heartbeat_ms
-    );
-    if let Some(budget) = args.stop_budget_ms {
-        election.push_str(&format!("\nstop_budget_ms = {budget}"));
-    }
-    let opts = clustd::bench::vip::VipOptions {
-        rounds: args.rounds,
-        transports: match args.transport {
-            TransportChoice::Quic => vec![TransportKind::Quic],
-            TransportChoice::Websocket => vec![TransportKind::WebSocket],
-            TransportChoice::Both => vec![TransportKind::Quic, TransportKind::WebSocket],
-        },
-        election,
-        clustd_bin: me,
-        driver_bin,
-        progress: !args.json,
-    };
-    let reports = clustd::bench::vip::run(&opts).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    } else {
-        print!("{}", clustd::bench::vip::render(&reports));
-    }
-    Ok(if reports.iter().any(|r| r.overlaps > 0) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -566,14 +354,14 @@ fn main() -> ExitCode {
     let default_log = match cli.command {
         Cmd::Run { .. } => "info",
         // The demo prints its own story; only errors from the nodes go to stderr.
-        Cmd::Demo { .. } | Cmd::Bench(_) => "error",
+        Cmd::Demo { .. } => "error",
         _ => "warn",
     };
     init_logging(cli.log_format, default_log);
     // One thread is plenty for a node (one election task, a few connections) and keeps the
-    // idle footprint small; the benchmark and demo run many nodes and get a thread per core.
+    // idle footprint small; the demo runs many nodes and gets a thread per core.
     let builder = match cli.command {
-        Cmd::Demo { .. } | Cmd::Bench(_) => tokio::runtime::Builder::new_multi_thread(),
+        Cmd::Demo { .. } => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let mut builder = builder;
@@ -753,7 +541,6 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
                 settings.health.start_failure.as_millis()
             );
         }
-        Cmd::Bench(BenchCmd::Failover(args)) => return bench_failover(args).await,
         Cmd::Demo { transport } => {
             let report = clustd::demo::run(transport.into()).await?;
             if !report.violations.is_empty() {

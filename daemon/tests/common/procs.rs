@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use clustd::admin::Client;
-use clustd::bench::proxy::Network;
 use clustd::local::{LocalFiles, LocalPeer, free_port, node_config, write_private};
+use clustd_bench::proxy::Network;
 use clustd_transport::TransportKind;
 use tokio::process::{Child, Command};
 

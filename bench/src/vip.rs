@@ -1,4 +1,4 @@
-//! `clustd bench failover --vip`: three daemons with a `clustd-vip-driver` each, in network
+//! `clustd-bench failover --vip`: three daemons with a `clustd-vip-driver` each, in network
 //! namespaces on one bridge ([`crate::netns`]), and a client namespace that measures what
 //! a client sees: from the SIGKILL of the master daemon to the client's neighbour entry for
 //! the VIP naming the new master's MAC, and to a TCP connection to the VIP answered by the
@@ -16,8 +16,9 @@ use clustd_transport::TransportKind;
 use serde::Serialize;
 use tokio::process::Child;
 
-use super::BenchError;
-use crate::local::{LocalFiles, LocalPeer, node_config, write_private};
+use clustd::local::{LocalFiles, LocalPeer, node_config, write_private};
+
+use crate::BenchError;
 use crate::netns::Topology;
 
 /// The IPv4 VIP.
@@ -71,7 +72,7 @@ impl VipCluster {
         let path = dir.path().to_path_buf();
         let secret = path.join("secret");
         let driver_secret = path.join("driver-secret");
-        let keygen = || crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()));
+        let keygen = || clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()));
         write_private(&secret, &keygen()?)?;
         write_private(&driver_secret, &keygen()?)?;
         let key_files: Vec<PathBuf> = NODES
@@ -80,7 +81,7 @@ impl VipCluster {
             .collect();
         let keys = key_files
             .iter()
-            .map(|f| crate::config::write_node_key(f))
+            .map(|f| clustd::config::write_node_key(f))
             .collect::<std::io::Result<Vec<_>>>()?;
         let at = |i: usize| SocketAddr::new(topology.host(NODES[i]).v4.into(), CLUSTER_PORT);
         let transport = setup.kind.as_str();
@@ -295,14 +296,14 @@ async fn wait_for<T>(
         if start.elapsed() > limit {
             return Err(BenchError::Stuck(format!(
                 "{what} (after {})",
-                crate::status::human_duration(limit)
+                clustd::status::human_duration(limit)
             )));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-/// What `clustd bench failover --vip` measures.
+/// What `clustd-bench failover --vip` measures.
 #[derive(Clone, Debug)]
 pub struct VipOptions {
     /// Rounds per transport.
@@ -495,8 +496,8 @@ pub fn render(reports: &[VipReport]) -> String {
             }
             format!(
                 "{:.0}/{:.0}/{:.0} ms",
-                super::percentile(&s, 50.0),
-                super::percentile(&s, 99.0),
+                crate::percentile(&s, 50.0),
+                crate::percentile(&s, 99.0),
                 s[s.len() - 1]
             )
         };

@@ -1,5 +1,5 @@
 //! The VIP driver on real kernels: three daemons with a `clustd-vip-driver` each, a client
-//! and an intruder, each in its own network namespace on one bridge (`clustd::netns`).
+//! and an intruder, each in its own network namespace on one bridge (`clustd_bench::netns`).
 //! The client's kernel decides what works: its neighbour table must follow the master,
 //! and a TCP connection to the VIP must reach the master's listener.
 //!
@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clustd::bench::vip::{NODES, VIP4, VIP6, VipCluster, VipSetup, connect, listen, sole_holder};
-use clustd::netns::Topology;
+use clustd_bench::netns::Topology;
+use clustd_bench::vip::{NODES, VIP4, VIP6, VipCluster, VipSetup, connect, listen, sole_holder};
 use clustd_drivers::vip::frames::{self, MacAddr, Seen, SeenKind};
 use clustd_transport::TransportKind;
-use common::procs::{built_driver, clustd_bin};
+use common::{built, clustd_bin};
 
 const COUNT: usize = 3;
 const INTERVAL_MS: u64 = 200;
@@ -27,7 +27,7 @@ const RECONCILE_MS: u64 = 500;
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
 
 fn skip() -> bool {
-    match clustd::netns::unavailable() {
+    match clustd_bench::netns::unavailable() {
         // CI runs as root: there a skip would hide the VIP tests, so it is a failure.
         Some(why) if std::env::var_os("CI").is_some() => {
             panic!("CI is set but the VIP tests cannot run: {why}")
@@ -231,7 +231,7 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
             "count = {COUNT}\ninterval_ms = {INTERVAL_MS}\nrefresh_ms = {REFRESH_MS}\nreconcile_ms = {RECONCILE_MS}"
         ),
         clustd_bin: clustd_bin(),
-        driver_bin: built_driver("clustd-vip-driver"),
+        driver_bin: built("clustd-vip-driver"),
     };
     let mut cluster = Logs(VipCluster::start(&topology, &setup).expect("cluster starts"));
 
@@ -470,7 +470,19 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
     drop(capture);
 }
 
-both_transports!(a_vip_follows_the_master);
+// One test per transport, named `quic::…` and `websocket::…` as in the daemon's tests.
+mod quic {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vip_follows_the_master() {
+        super::a_vip_follows_the_master(clustd_transport::TransportKind::Quic).await
+    }
+}
+mod websocket {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vip_follows_the_master() {
+        super::a_vip_follows_the_master(clustd_transport::TransportKind::WebSocket).await
+    }
+}
 
 /// Runs the VIP driver alone in `host`'s namespace with `config`; waits for it to exit
 /// or for `until` to hold, then kills it. Its exit status (None: still running) and log.
@@ -486,7 +498,7 @@ async fn driver_alone(
     let log = dir.join("vip.log");
     let _ = std::fs::remove_file(&log);
     let mut child = topology
-        .command(host, built_driver("clustd-vip-driver"))
+        .command(host, built("clustd-vip-driver"))
         .arg("--config")
         .arg(&file)
         .stdin(Stdio::null())
@@ -614,7 +626,7 @@ async fn start_up_errors_teach() {
             "--clear-groups",
             "--inh-caps=-all",
         ])
-        .arg(built_driver("clustd-vip-driver"))
+        .arg(built("clustd-vip-driver"))
         .arg("--config")
         .arg(&file)
         .output()

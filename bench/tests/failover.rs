@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use clustd::bench::{HealthProfile, Mode, Options, run};
+use clustd_bench::failover::{HealthProfile, Mode, Options, run};
 use clustd_transport::TransportKind;
-use common::procs::{clustd_bin, driver_bin};
+use common::{clustd_bin, driver_bin};
 
 async fn bench(mode: Mode, rounds: usize) {
     bench_with(mode, rounds, 100, [1000, 2000], None).await;
@@ -42,7 +42,7 @@ async fn bench_with(
         .await
         .expect("the benchmark finishes")
         .expect("the benchmark runs");
-    print!("{}", clustd::bench::render(&reports));
+    print!("{}", clustd_bench::failover::render(&reports));
     for r in &reports {
         assert_eq!(
             r.failed_rounds, 0,

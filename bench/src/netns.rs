@@ -1,5 +1,5 @@
 //! Hosts on one Ethernet segment, in network namespaces: for the VIP driver's tests and
-//! `clustd bench failover --vip`, which need real kernels answering ARP and neighbour
+//! `clustd-bench failover --vip`, which need real kernels answering ARP and neighbour
 //! discovery, not loopback.
 //!
 //! [`Topology::create`] makes one namespace per host and one more holding a bridge; each

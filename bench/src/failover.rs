@@ -1,4 +1,4 @@
-//! `clustd bench failover`: real processes, real failures, measured to the start script.
+//! `clustd-bench failover`: real processes, real failures, measured to the start script.
 //!
 //! Starts N `clustd` daemons (child processes on loopback, temp dirs), each with a real
 //! `clustd-shell-driver` whose start/stop scripts append a timestamped line to a log. Then,
@@ -14,10 +14,6 @@
 //! In `partition` mode every peer link goes through the in-process [`proxy`], which cuts the
 //! master off from its peers (its drivers stay connected to it) and heals it afterwards.
 
-pub mod proxy;
-pub mod service_log;
-pub mod vip;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -25,19 +21,20 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use clustd::Settings;
+use clustd::admin::Client;
+use clustd::clock::machine_monotonic_ns;
+use clustd::local::{free_port, write_private};
+use clustd::runtime::SERVICE_LOG_TARGET;
+use clustd::status::Status;
 use clustd_core::NodeId;
 use clustd_transport::TransportKind;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use self::proxy::Network;
-use self::service_log::ServiceLog;
-use crate::admin::Client;
-use crate::clock::machine_monotonic_ns;
-use crate::config::{ConfigError, Settings};
-use crate::local::{free_port, write_private};
-use crate::runtime::SERVICE_LOG_TARGET;
-use crate::status::Status;
+use crate::proxy::Network;
+use crate::service_log::ServiceLog;
+use crate::{BenchError, percentile};
 
 /// How the master is failed in each round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -180,20 +177,6 @@ pub struct IdleSample {
     pub wakeups_per_sec: f64,
 }
 
-/// Why the benchmark could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// Files, processes, ports.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The cluster did not reach a state in time.
-    #[error("{0}")]
-    Stuck(String),
-    /// A config the bench wrote does not load (so the bench cannot know its stop budget).
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-}
-
 struct NodeProc {
     id: String,
     config: PathBuf,
@@ -223,16 +206,16 @@ pub async fn run(opts: &Options) -> Result<Vec<Report>, BenchError> {
 async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, BenchError> {
     let dir = tempfile::Builder::new().prefix("clustd-bench-").tempdir()?;
     let work = dir.path().to_path_buf();
-    let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let secret = clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
     let secret_file = work.join("secret");
     write_private(&secret_file, &secret)?;
     let driver_secret =
-        crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
+        clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
     write_private(&work.join("driver-secret"), &driver_secret)?;
     let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
     let public_keys: Vec<clustd_transport::PublicKey> = names
         .iter()
-        .map(|name| crate::config::write_node_key(&work.join(format!("{name}.key"))))
+        .map(|name| clustd::config::write_node_key(&work.join(format!("{name}.key"))))
         .collect::<Result<_, _>>()?;
     let ports: Vec<u16> = names
         .iter()
@@ -250,7 +233,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
     for (i, name) in names.iter().enumerate() {
         let admin = Client::socket(
             work.join(format!("data-{name}"))
-                .join(crate::config::ADMIN_SOCKET_FILE),
+                .join(clustd::config::ADMIN_SOCKET_FILE),
         );
         let peers: Vec<String> = names
             .iter()
@@ -651,7 +634,7 @@ async fn wait_stable(
             }
             return Err(BenchError::Stuck(format!(
                 "the cluster did not settle within {}: {silent}{statuses:?}",
-                crate::status::human_duration(timeout)
+                clustd::status::human_duration(timeout)
             )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -867,15 +850,6 @@ async fn sample_idle(nodes: &[NodeProc], secs: u64) -> Idle {
             .map(|(_, s)| *s)
             .max_by(|a, b| a.cpu_percent.total_cmp(&b.cpu_percent)),
     }
-}
-
-/// Percentile (nearest rank) of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// The human-readable table.

@@ -18,7 +18,7 @@ use clustd_core::check::{ServiceChecker, ServiceInput};
 use clustd_core::{NodeId, Term};
 use serde_json::Value;
 
-use crate::runtime::SERVICE_LOG_TARGET;
+use clustd::runtime::SERVICE_LOG_TARGET;
 
 /// One input of the checker, at a `CLOCK_MONOTONIC` reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
