@@ -104,7 +104,9 @@ pub mod node;
 mod quorum;
 pub mod rng;
 pub mod store;
+mod successor;
 pub mod time;
+mod tracker;
 
 pub use config::{Alone, Config, ConfigError};
 pub use ids::{InvalidNodeId, MAX_TERM_JUMP, NodeId, Term};

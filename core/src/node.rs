@@ -19,7 +19,9 @@ use crate::config::{Config, ConfigError};
 use crate::ids::{MAX_TERM_JUMP, NodeId, Term};
 use crate::message::Message;
 use crate::quorum::{self, LeaseTracker};
+use crate::successor;
 use crate::time::Instant;
+use crate::tracker::{AckWindow, Follower};
 
 mod timer;
 
@@ -278,17 +280,6 @@ pub enum Event {
         /// Why.
         reason: RejectReason,
     },
-}
-
-/// A leader's knowledge of one follower.
-#[derive(Clone, Debug, Default)]
-struct Follower {
-    acked_round: u64,
-    last_ack: Option<Instant>,
-    priority: u8,
-    eligible: bool,
-    preempt: bool,
-    reachable: Option<bool>,
 }
 
 /// A leader that has demoted itself and waits before handing over.
@@ -562,7 +553,7 @@ impl Node {
     pub fn successors(&self, now: Instant) -> Vec<NodeId> {
         match &self.state {
             State::Leader(l) => {
-                ranked_successors(&l.followers, now, self.config.election_timeout_min)
+                successor::ranked(&l.followers, now, AckWindow::Reachable.of(&self.config))
             }
             _ => Vec::new(),
         }
@@ -591,11 +582,12 @@ impl Node {
         {
             return Err(TransferError::InProgress);
         }
+        let reachable = AckWindow::Reachable.of(&self.config);
         let follower = l.followers.get(to);
         if follower.is_some_and(|f| f.last_ack.is_some() && !f.eligible) {
             return Err(TransferError::Ineligible(to.clone()));
         }
-        if !self.is_recent(follower.and_then(|f| f.last_ack), now) {
+        if !follower.is_some_and(|f| f.acked_within(now, reachable)) {
             return Err(TransferError::Unreachable(to.clone()));
         }
         let to_priority = follower.map_or(0, |f| f.priority);
@@ -605,15 +597,8 @@ impl Node {
             self.config.priority,
             self.config.preempt && self.eligible(),
         );
-        let preempter = std::iter::once(me)
-            .chain(
-                l.followers
-                    .iter()
-                    .filter(|(id, f)| *id != to && f.eligible && self.is_recent(f.last_ack, now))
-                    .map(|(id, f)| (id.clone(), f.priority, f.preempt)),
-            )
-            .find(|(_, priority, preempt)| *preempt && *priority > to_priority);
-        if let Some((by, by_priority, _)) = preempter {
+        let preempter = successor::preempter_of(to, to_priority, me, &l.followers, now, reachable);
+        if let Some((by, by_priority)) = preempter {
             return Err(TransferError::WouldBePreempted {
                 to: to.clone(),
                 to_priority,
@@ -1073,17 +1058,9 @@ impl Node {
         // (not while `min_master` holds this master in place after a hand-over).
         let held = self.health_hold_until.is_some_and(|until| now < until);
         if l.handoff.is_none() && !held {
-            let preferred = l
-                .followers
-                .iter()
-                .filter(|(_, f)| f.eligible && f.preempt && f.priority > self.config.priority)
-                .filter(|(_, f)| {
-                    f.last_ack.is_some_and(|t| {
-                        now.saturating_duration_since(t) < self.config.heartbeat_interval * 2
-                    })
-                })
-                .max_by(|(a_id, a), (b_id, b)| a.priority.cmp(&b.priority).then(b_id.cmp(a_id)))
-                .map(|(id, _)| id.clone());
+            let answering = AckWindow::Answering.of(&self.config);
+            let preferred =
+                successor::preempting(&l.followers, now, answering, self.config.priority);
             if let Some(target) = preferred {
                 self.begin_handoff(now, Some(target), Reason::SteppedDown);
             }
@@ -1171,15 +1148,13 @@ impl Node {
     /// Leader, at each heartbeat: tell which followers started or stopped acknowledging
     /// within `ET_min`, send the next round, and begin a health hand-over if one is due.
     fn heartbeat_tick(&mut self, now: Instant) {
-        let et_min = self.config.election_timeout_min;
+        let window = AckWindow::Reachable.of(&self.config);
         let State::Leader(l) = &mut self.state else {
             return;
         };
         let mut changes = Vec::new();
         for (id, f) in &mut l.followers {
-            let reachable = f
-                .last_ack
-                .is_some_and(|t| now.saturating_duration_since(t) < et_min);
+            let reachable = f.acked_within(now, window);
             if f.reachable != Some(reachable) && (f.reachable.is_some() || !reachable) {
                 changes.push((id.clone(), reachable));
             }
@@ -1201,14 +1176,14 @@ impl Node {
         if self.healthy || held {
             return;
         }
-        let hb = self.config.heartbeat_interval;
+        let answering = AckWindow::Answering.of(&self.config);
         let State::Leader(l) = &self.state else {
             return;
         };
         if l.handoff.is_some() {
             return;
         }
-        let target = best_successor(&l.followers, now, hb * 2);
+        let target = successor::best(&l.followers, now, answering);
         if target.is_none() {
             if !self.alone_reported {
                 self.alone_reported = true;
@@ -1372,7 +1347,8 @@ impl Node {
     }
 
     fn complete_handoff(&mut self, now: Instant) {
-        let et_min = self.config.election_timeout_min;
+        let reachable = AckWindow::Reachable.of(&self.config);
+        let still_waiting = AckWindow::StillWaiting.of(&self.config);
         let hb = self.config.heartbeat_interval;
         let State::Leader(l) = &mut self.state else {
             return;
@@ -1380,17 +1356,10 @@ impl Node {
         let Some(handoff) = l.handoff.take() else {
             return;
         };
-        let recent = |f: &Follower| {
-            f.last_ack
-                .is_some_and(|t| now.saturating_duration_since(t) < et_min)
-        };
         // A `TimeoutNow` only helps a follower that hears it: pick one that acknowledged
         // within an election timeout (the same freshness for the named target and the rest).
-        let target = handoff
-            .target
-            .clone()
-            .filter(|t| l.followers.get(t).is_some_and(|f| f.eligible && recent(f)))
-            .or_else(|| best_successor(&l.followers, now, et_min));
+        let target =
+            successor::handoff_target(handoff.target.as_ref(), &l.followers, now, reachable);
         let cancellable = handoff.reason == Reason::Unhealthy
             && self.config.alone == crate::Alone::Stay
             && !self.maintenance;
@@ -1399,12 +1368,7 @@ impl Node {
             // follower acknowledged within the longest election timeout, wait a heartbeat
             // for a fresh one instead of giving the master back to an unhealthy node (its
             // service already stopped; the lease given out stays run out).
-            let et_max = self.config.election_timeout_max;
-            let late = l.followers.values().any(|f| {
-                f.eligible
-                    && f.last_ack
-                        .is_some_and(|t| now.saturating_duration_since(t) < et_max)
-            });
+            let late = successor::any_eligible_within(&l.followers, now, still_waiting);
             if late {
                 l.handoff = Some(Handoff {
                     at: now + hb,
@@ -1508,7 +1472,8 @@ impl Node {
         l.lease.sent(l.round, now, window);
         l.next_heartbeat = now + hb;
         let round = l.round;
-        let successors = ranked_successors(&l.followers, now, self.config.election_timeout_min);
+        let reachable = AckWindow::Reachable.of(&self.config);
+        let successors = successor::ranked(&l.followers, now, reachable);
         let peers: Vec<NodeId> = l.followers.keys().cloned().collect();
         for peer in peers {
             self.send(
@@ -1602,10 +1567,6 @@ impl Node {
         }
     }
 
-    fn is_recent(&self, t: Option<Instant>, now: Instant) -> bool {
-        t.is_some_and(|t| now.saturating_duration_since(t) < self.config.election_timeout_min)
-    }
-
     /// `Some(time left)` while this node must refuse votes: it is the leader, or it heard
     /// from a live leader (or started) less than `ET_min` ago.
     fn stickiness_left(&self, now: Instant) -> Option<Duration> {
@@ -1640,32 +1601,6 @@ impl Node {
         let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(self.rng.up_to(nanos))
     }
-}
-
-/// Eligible followers that acked within `recent`, best first: priority, then id.
-fn ranked_successors(
-    followers: &BTreeMap<NodeId, Follower>,
-    now: Instant,
-    recent: Duration,
-) -> Vec<NodeId> {
-    let mut ranked: Vec<(&NodeId, &Follower)> = followers
-        .iter()
-        .filter(|(_, f)| {
-            f.eligible
-                && f.last_ack
-                    .is_some_and(|t| now.saturating_duration_since(t) < recent)
-        })
-        .collect();
-    ranked.sort_by(|(a_id, a), (b_id, b)| b.priority.cmp(&a.priority).then(a_id.cmp(b_id)));
-    ranked.into_iter().map(|(id, _)| id.clone()).collect()
-}
-
-fn best_successor(
-    followers: &BTreeMap<NodeId, Follower>,
-    now: Instant,
-    recent: Duration,
-) -> Option<NodeId> {
-    ranked_successors(followers, now, recent).into_iter().next()
 }
 
 #[cfg(test)]
