@@ -198,7 +198,7 @@ pub struct ServiceInterval {
 pub enum ServiceInput {
     /// See [`ServiceChecker::told_master`].
     ToldMaster {
-        /// The driver told.
+        /// The driver that was told "master".
         driver: NodeId,
         /// The term of the notice.
         term: Term,
@@ -207,7 +207,7 @@ pub enum ServiceInput {
     },
     /// See [`ServiceChecker::lease`].
     Lease {
-        /// The driver renewed.
+        /// The driver whose lease was renewed.
         driver: NodeId,
         /// The end of the lease the driver now holds, global time.
         lease_end: Duration,

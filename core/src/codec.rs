@@ -15,7 +15,7 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// Zero bytes.
+    /// A frame of zero bytes: not even the version byte.
     #[error("empty frame")]
     Empty,
     /// Larger than [`MAX_FRAME_LEN`].

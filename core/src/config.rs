@@ -22,7 +22,7 @@ use crate::ids::NodeId;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Config {
-    /// This node.
+    /// This node's id; it must be one of `voters`.
     pub id: NodeId,
     /// Every voter of the cluster, this node included. A majority of these is a quorum.
     pub voters: Vec<NodeId>,
@@ -30,7 +30,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Smallest election timeout, `ET_min`.
     pub election_timeout_min: Duration,
-    /// Largest election timeout.
+    /// Largest election timeout: a follower times out between `ET_min` and this, earlier
+    /// the better it ranks among the successors its leader advertised (else at random).
     pub election_timeout_max: Duration,
     /// How long a majority-acknowledged heartbeat round keeps the leader master.
     pub lease: Duration,

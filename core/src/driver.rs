@@ -29,13 +29,14 @@ impl DriverRole {
     }
 }
 
-/// Daemon → driver.
+/// What a daemon tells its drivers: the role with a lease the driver counts down itself,
+/// lease renewals, and cluster events for the drivers that tell people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ToDriver {
     /// The node's role, sent at once on connect and on every change.
     Role {
-        /// Master or backup.
+        /// Whether to run the service (`CLUSTD_ROLE` for scripts).
         role: DriverRole,
         /// Current term: the fencing token.
         term: Term,
@@ -62,7 +63,8 @@ pub enum ToDriver {
     },
     /// While master: the lease was renewed.
     LeaseRenewal {
-        /// Current term.
+        /// The term of the mastership renewed: a driver ignores a renewal for a term other
+        /// than the one its lease was given in.
         term: Term,
         /// Remaining validity in ms, counted from `sent_at_ns`.
         lease_remaining_ms: u32,
@@ -112,7 +114,7 @@ pub enum ToDriver {
         node: NodeId,
         /// The daemon's current term.
         term: Term,
-        /// What changed.
+        /// Which transition (the notify driver's event name).
         change: HealthChange,
         /// Why, in one line (e.g. `check web failed 3 times in a row: exit status 1`).
         detail: String,
@@ -156,7 +158,8 @@ pub enum ActionResult {
     TimedOut,
 }
 
-/// Driver → daemon.
+/// What a driver tells its daemon: acknowledgements of transitions, health results and
+/// that it is still running.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum FromDriver {
@@ -166,7 +169,9 @@ pub enum FromDriver {
         seq: u64,
         /// The role acted upon.
         role: DriverRole,
-        /// What happened.
+        /// How the action went. Only `Ok` to "backup" ends the node's service interval
+        /// early; a failed or timed-out stop leaves it open until lease end plus the stop
+        /// budget.
         result: ActionResult,
     },
     /// One result of a health check the driver runs (or its own verdict on the service),

@@ -234,7 +234,7 @@ pub enum Fault {
     /// `u64::MAX`). `above` is always more than [`MAX_TERM_JUMP`]: the message must be
     /// dropped, and nothing may change. The backend picks the kind of message.
     ForgedTerm {
-        /// Receiver.
+        /// The node that receives the forged message.
         to: usize,
         /// Claimed (and authenticated) sender.
         from: usize,

@@ -98,7 +98,8 @@ pub enum Message {
     Report {
         /// The sender's current term.
         term: Term,
-        /// What it says.
+        /// The sender's summary of itself (boxed, so that the small election messages are
+        /// not as large as it).
         report: Box<Report>,
     },
 }
@@ -119,15 +120,15 @@ pub struct Report {
     pub leader: Option<NodeId>,
     /// While master: milliseconds of lease left when sent.
     pub lease_remaining_ms: u32,
-    /// Maintenance mode.
+    /// Whether maintenance mode is on: it stands for no election, and hands over if master.
     pub maintenance: bool,
-    /// Every check passes.
+    /// Whether every check passes.
     pub healthy: bool,
-    /// May become master.
+    /// Whether it may become master: healthy, not in maintenance, not a witness.
     pub eligible: bool,
     /// A witness (votes, never leads).
     pub witness: bool,
-    /// Its election priority.
+    /// Its election priority (higher is preferred as master).
     pub priority: u8,
     /// Whether it preempts a master of lower priority.
     pub preempt: bool,
@@ -135,7 +136,7 @@ pub struct Report {
     pub ineligible_reason: String,
     /// Drivers connected now, or that may still run the service.
     pub drivers: Vec<DriverReport>,
-    /// Its checks.
+    /// Its health checks with their latest results, at most [`MAX_REPORT_ITEMS`].
     pub checks: Vec<CheckReport>,
     /// Random, per daemon process: two processes claiming one node id show as two
     /// incarnations (a restart shows as one replacing the other, never coming back).
@@ -150,7 +151,7 @@ pub struct Report {
 /// One peer's incarnation as a [`Report`]'s sender last heard it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenPeer {
-    /// The peer.
+    /// The peer heard from, by the id it authenticated as.
     pub id: NodeId,
     /// Its incarnation, as last heard.
     pub incarnation: u64,
@@ -166,7 +167,8 @@ pub const MAX_REPORT_PEERS: usize = 64;
 pub struct DriverReport {
     /// The driver's id.
     pub id: String,
-    /// Connected now.
+    /// Whether it is connected to the daemon now (a disconnected one may still run the
+    /// service until its lease ends: see `may_run`).
     pub connected: bool,
     /// `master`, `backup`, or empty before the first role.
     pub role: String,
@@ -181,9 +183,10 @@ pub struct DriverReport {
 /// One check in a [`Report`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckReport {
-    /// The check's name.
+    /// The check's name, as the status shows it (a driver's check is
+    /// `<driver id>/<check>`).
     pub name: String,
-    /// Passing now.
+    /// Whether it passes now, after its fall/rise hysteresis.
     pub healthy: bool,
     /// Its last result, or empty.
     pub last_result: String,

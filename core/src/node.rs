@@ -156,9 +156,9 @@ pub enum StartError {
          all again"
     )]
     TermAboveCeiling {
-        /// The persisted term.
+        /// The term found in the persisted state.
         term: Term,
-        /// [`Term::CEILING`].
+        /// The highest usable term ([`Term::CEILING`]), for the message.
         ceiling: Term,
     },
 }
@@ -194,13 +194,14 @@ pub enum TransferError {
         "{by} (priority {by_priority}, preempt on) would take mastership back from {to} (priority {to_priority}) at once: lower its election.priority or turn its election.preempt off first (clustd reload)"
     )]
     WouldBePreempted {
-        /// The target.
+        /// The node the switchover was asked for.
         to: NodeId,
-        /// Its priority.
+        /// The target's election priority, below `by_priority`.
         to_priority: u8,
-        /// Who would preempt it.
+        /// The eligible node that would preempt it: the operator changes its
+        /// `election.priority` or `election.preempt` first.
         by: NodeId,
-        /// That node's priority.
+        /// That node's election priority.
         by_priority: u8,
     },
 }
@@ -216,28 +217,31 @@ pub enum Event {
         term: Term,
         /// When mastership ends unless a [`Event::LeaseRenewed`] follows.
         lease_until: Instant,
-        /// Why.
+        /// Why ([`Reason::Elected`] or [`Reason::LeaseRegained`]), for logs and for
+        /// drivers, which pass it to scripts (`CLUSTD_REASON`).
         reason: Reason,
     },
     /// This node is no longer master. (A node starts as backup without this event.)
     BecameBackup {
-        /// Current term.
+        /// The term now, the fencing token drivers get with the notice: above the
+        /// mastership's own when a higher term deposed it.
         term: Term,
         /// The known leader, if any.
         leader: Option<NodeId>,
-        /// Why.
+        /// Why mastership ended, for logs and for drivers, which pass it to scripts
+        /// (`CLUSTD_REASON`).
         reason: Reason,
     },
     /// While master: the lease now runs until `until`.
     LeaseRenewed {
-        /// Current term.
+        /// The term of the mastership renewed: the one of its [`Event::BecameMaster`].
         term: Term,
         /// New end of the lease.
         until: Instant,
     },
     /// The node learned of a (different) leader, or lost it.
     LeaderChanged {
-        /// Current term.
+        /// The term `leader` leads in (or in which no leader is known any more).
         term: Term,
         /// The new leader, if known.
         leader: Option<NodeId>,
@@ -254,7 +258,8 @@ pub enum Event {
     },
     /// Leader only: a peer started or stopped acknowledging heartbeats within `ET_min`.
     PeerReachability {
-        /// The peer.
+        /// The follower whose acknowledgements started or stopped (for status and logs;
+        /// the election itself does not act on this event).
         peer: NodeId,
         /// Whether it is acknowledging.
         reachable: bool,
@@ -263,7 +268,7 @@ pub enum Event {
     /// stays master ([`crate::Alone::Stay`]) or steps down ([`crate::Alone::StepDown`]).
     /// Emitted once when this starts (again after it ended); operators must hear of it.
     UnhealthyAlone {
-        /// Current term.
+        /// The term this node leads in.
         term: Term,
         /// What the node does about it.
         alone: crate::Alone,
@@ -277,7 +282,7 @@ pub enum Event {
         term: Term,
         /// This node's term, unchanged.
         ours: Term,
-        /// Why.
+        /// Which bound the term broke, for logs and metrics.
         reason: RejectReason,
     },
 }
@@ -406,17 +411,19 @@ impl Node {
 
     // ----- getters -------------------------------------------------------------------
 
-    /// This node's id.
+    /// This node's id: the `from` its peers pass to their [`Node::handle_message`].
     pub fn id(&self) -> &NodeId {
         &self.config.id
     }
 
-    /// The configuration.
+    /// The configuration it runs with: the last one given to [`Node::reconfigure`] (with
+    /// the random seed it started with), or the one it started with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The current term.
+    /// The current term: the fencing token drivers get, which never decreases (across
+    /// restarts too, once [`Node::poll_persist`]'s state is written).
     pub fn term(&self) -> Term {
         self.term
     }
@@ -780,8 +787,10 @@ impl Node {
     /// steps down anyway. A hand-over for health happens no sooner than
     /// [`Config::min_master`] after the previous one (the leader's heartbeats carry what
     /// is left of that hold, and whoever leads next keeps it), so a flapping check moves
-    /// mastership at most once per interval; preemption waits for the hold too. Healthy again: it may stand again; it takes mastership back only by
-    /// preemption ([`Config::preempt`]).
+    /// mastership at most once per interval; preemption waits for the hold too.
+    ///
+    /// Healthy again: it may stand again; it takes mastership back only by preemption
+    /// ([`Config::preempt`]).
     pub fn set_healthy(&mut self, now: Instant, healthy: bool) {
         if self.healthy == healthy {
             return;

@@ -49,9 +49,9 @@ pub enum StoreError {
          in is over, move it away to start fresh"
     )]
     Corrupt {
-        /// The file.
+        /// The damaged state file, named in the message so the operator can restore it.
         path: PathBuf,
-        /// What is wrong.
+        /// What is wrong with it (checksum, length, undecodable contents).
         reason: String,
     },
 }
