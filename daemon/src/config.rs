@@ -1364,8 +1364,9 @@ pub struct Settings {
     pub fence: Option<FenceSettings>,
     /// `[fence] watchdog`, if configured.
     pub watchdog: Option<crate::watchdog::WatchdogSettings>,
-    /// The transport's limits and timers. Not in the config file (the defaults suit a LAN
-    /// cluster); tests shrink them, e.g. the unauthenticated-connection pool.
+    /// The transport's limits and timers. Not in the config file: the timers follow the
+    /// election timing ([`transport_limits`]), the rest suits a LAN cluster; tests shrink
+    /// them, e.g. the unauthenticated-connection pool.
     pub transport_limits: clustd_transport::Limits,
     /// `node.maintenance`: start in maintenance mode (and, on `clustd reload`, turn it on
     /// or off when the file's value changed).
@@ -2010,6 +2011,7 @@ impl Settings {
             })?),
             None => None,
         };
+        let transport_limits = transport_limits(&core);
         Ok((
             Self {
                 id,
@@ -2030,7 +2032,7 @@ impl Settings {
                 health,
                 fence,
                 watchdog,
-                transport_limits: clustd_transport::Limits::default(),
+                transport_limits,
                 maintenance: raw.node.maintenance,
                 source: None,
                 log_level,
@@ -2038,6 +2040,23 @@ impl Settings {
             warnings,
         ))
     }
+}
+
+/// Shortest idle timeout of a connection to a peer: below it a busy scheduler (or a
+/// garbage-collecting VM) would cut and redial healthy connections.
+pub const MIN_TRANSPORT_IDLE: Duration = Duration::from_millis(250);
+
+/// The transport's timers for this election timing: a connection to a peer that hears
+/// nothing for `election_timeout_min` (at least [`MIN_TRANSPORT_IDLE`], at most the
+/// transport's 5 s default) is closed and redialed, so a stalled stream costs about one
+/// election timeout, the time the election takes to notice a silent leader anyway;
+/// keepalives and the reconnect backoff follow (see `Limits::for_idle_timeout`).
+pub fn transport_limits(core: &CoreConfig) -> clustd_transport::Limits {
+    let idle = core.election_timeout_min.clamp(
+        MIN_TRANSPORT_IDLE,
+        clustd_transport::Limits::default().idle_timeout,
+    );
+    clustd_transport::Limits::for_idle_timeout(idle)
 }
 
 /// Parses TOML into `T`, turning errors into "key (line N): message".
@@ -2814,6 +2833,35 @@ mod tests {
                     panic!("{name}: {offered} does not fix it: {still}");
                 }
             }
+        }
+    }
+
+    /// The transport notices a stalled peer stream in about one election timeout: its
+    /// idle timeout follows `election_timeout_min` (within bounds), keepalives and the
+    /// reconnect backoff with it; drivers keep their own bound.
+    #[test]
+    fn transport_timers_follow_the_election_timeout() {
+        let cases: &[(&[(&str, &str)], u64)] = &[
+            (&[], 1000),
+            (&[("election_timeout_ms", "[2000, 4000]")], 2000),
+            (
+                &[
+                    ("heartbeat_ms", "20"),
+                    ("election_timeout_ms", "[100, 200]"),
+                    ("stop_budget_ms", "20"),
+                ],
+                250,
+            ),
+            (&[("election_timeout_ms", "[8000, 12000]")], 5000),
+        ];
+        for (election, idle_ms) in cases {
+            let settings = parse(&Keys::new(election, &[])).expect("valid");
+            let limits = &settings.transport_limits;
+            let idle = Duration::from_millis(*idle_ms);
+            assert_eq!(limits.idle_timeout, idle, "{election:?}");
+            assert_eq!(limits.keepalive_interval, idle / 4, "{election:?}");
+            assert_eq!(limits.backoff_max, idle, "{election:?}");
+            assert_eq!(limits.driver_idle_timeout, Duration::from_secs(5));
         }
     }
 

@@ -15,12 +15,14 @@ use clustd_core::fault::{Fault, FaultKind, FaultRng, Limits, Swarm};
 use crate::cluster::{Cluster, Outcome, SimConfig};
 use crate::net::splitmix;
 
-/// Liveness bound once faults stop and a majority is connected: 6 × ET_max (12 s with the
+/// Liveness bound once faults stop and a majority is connected: 4 × ET_max (8 s with the
 /// default 1–2 s election timeout). It covers the transport noticing a stalled stream (its
-/// 5 s idle timeout: turmoil's TCP never retransmits, so a cut link stalls until then), a
-/// reconnect, the `ET_min` of silence every node keeps after hearing a leader (or after a
-/// restart), and a randomized election with a possible split vote.
-pub const LIVENESS_ET_MAX: u32 = 6;
+/// idle timeout is `ET_min`: turmoil's TCP never retransmits, so a cut link stalls until
+/// then), a reconnect (the backoff is at most `ET_min`), the `ET_min` of silence every node
+/// keeps after hearing a leader (or after a restart), and a randomized election with a
+/// possible split vote (up to 2 × ET_max): 3 × ET_min + 2 × ET_max = 3.5 × ET_max. It was
+/// 6 × ET_max while the idle timeout was a fixed 5 s.
+pub const LIVENESS_ET_MAX: u32 = 4;
 
 /// How long the healed cluster must then stay quiet (no election, same master).
 pub const STABLE: Duration = Duration::from_secs(10);
@@ -159,7 +161,7 @@ pub fn run_seed(seed: u64, transport: TransportKind) -> Outcome {
     }
     if c.expect_master_within(liveness).is_some() {
         // Let reconnections finish (a stalled stream lingers until the transport's idle
-        // timeout) before demanding silence.
+        // timeout, and redials back off) before demanding silence.
         c.run_for(Duration::from_secs(6));
         c.expect_stable(STABLE);
     }

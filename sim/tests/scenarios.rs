@@ -16,12 +16,10 @@ fn ms(m: u64) -> Duration {
     Duration::from_millis(m)
 }
 
-/// Liveness bound once faults stop and a majority is connected: 6 × ET_max (12 s with the
-/// default 1–2 s election timeout). It covers the transport noticing a stalled stream (its
-/// 5 s idle timeout: turmoil's TCP never retransmits, so a cut link stalls until then), a
-/// reconnect, `ET_min` of silence that every node keeps after hearing a leader, and a
-/// randomized election timeout with a possible split vote.
-const LIVENESS: Duration = Duration::from_secs(12);
+/// Liveness bound once faults stop and a majority is connected: `LIVENESS_ET_MAX` × ET_max
+/// (8 s with the default 1–2 s election timeout; see `sim::sweep::LIVENESS_ET_MAX` for what
+/// it covers: the transport's idle timeout and reconnect backoff now follow `ET_min`).
+const LIVENESS: Duration = Duration::from_secs(8);
 
 /// Failover bound after the master dies or is cut off while the rest is healthy:
 /// the lease runs out, followers wait `ET_min` after the last heartbeat, then an

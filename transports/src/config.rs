@@ -53,7 +53,9 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendClass {
     /// Superseded by the next one: at most one waits per connection (a newer one replaces
-    /// it), and over QUIC it travels as a datagram, so it is never retransmitted late.
+    /// it), and over QUIC it travels as a datagram, so it is never retransmitted late. Not
+    /// ordered: datagrams reorder, and while two crossing connections swap, an older one
+    /// may still arrive on the replaced connection after a newer one on its successor.
     Heartbeat,
     /// Delivered once and in order while the remote stays connected, including across
     /// the swap when both ends dialed each other and one connection replaces the other.
@@ -98,8 +100,15 @@ pub struct Limits {
     pub backoff_max: Duration,
     /// A keepalive is sent after this long without sending anything.
     pub keepalive_interval: Duration,
-    /// The connection is closed after this long without receiving anything.
+    /// A connection to a daemon is closed after this long without receiving anything: a
+    /// stalled stream (a cut link whose retransmissions never arrive) is noticed in this
+    /// time and redialed. Peers must send keepalives well within it (see
+    /// [`Limits::for_idle_timeout`]).
     pub idle_timeout: Duration,
+    /// The same for a connection from a driver: drivers prove they are alive at their own
+    /// pace (the driver library every 250 ms), which the daemon's election timing does not
+    /// set, so it has its own, fixed bound.
+    pub driver_idle_timeout: Duration,
     /// Capacity of the event channel returned by [`crate::Endpoint::start`].
     pub event_queue: usize,
 }
@@ -119,7 +128,25 @@ impl Default for Limits {
             backoff_max: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
+            driver_idle_timeout: Duration::from_secs(5),
             event_queue: 4096,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults with the timers scaled to `idle` (the daemon passes its minimum
+    /// election timeout): connections to daemons close after `idle` of silence; keepalives
+    /// go after `idle / 4` without sending, so a peer whose own `idle` is half ours still
+    /// hears us in time, with room for a busy scheduler; reconnects back off to at most
+    /// `idle`, so a healed link is redialed within about that. The driver bound stays.
+    pub fn for_idle_timeout(idle: Duration) -> Self {
+        let defaults = Self::default();
+        Self {
+            idle_timeout: idle,
+            keepalive_interval: idle / 4,
+            backoff_max: idle.max(defaults.backoff_min),
+            ..defaults
         }
     }
 }

@@ -33,7 +33,9 @@ pub enum TransportEvent {
         /// (`SO_PEERCRED`: not something the peer says) at accept; `None` over the network.
         process: Option<crate::PeerProcess>,
     },
-    /// The connection to `id` is gone (or was replaced; a `Connected` follows then).
+    /// The connection to `id` is gone (or was replaced; a `Connected` follows then). Reliable
+    /// frames may have been lost only when this is announced; when the duplicate the other
+    /// side dialed replaced it, nothing was (the pair is announced all the same).
     Disconnected {
         /// Authenticated node id.
         id: NodeId,
@@ -282,7 +284,9 @@ impl Shared {
     /// Resolves once connection `generation` to `id` has no duplicate draining before it
     /// (at once for most), or is gone; bounded by the handshake timeout, the most a
     /// live remote takes to register the winner and say goodbye on the loser.
-    pub(crate) async fn drained(&self, id: &NodeId, generation: u64) {
+    /// `false` when the bound ran out first: the caller must close the connection rather
+    /// than say `Ready` (what the duplicate still carries would arrive after newer frames).
+    pub(crate) async fn drained(&self, id: &NodeId, generation: u64) -> bool {
         let mut changed = self.changed.subscribe();
         let wait = async {
             loop {
@@ -295,17 +299,27 @@ impl Shared {
                 }
             }
         };
-        let _ = tokio::time::timeout(self.config.limits.handshake_timeout, wait).await;
+        tokio::time::timeout(self.config.limits.handshake_timeout, wait)
+            .await
+            .is_ok()
     }
 
-    pub(crate) async fn deregister(&self, remote: &Hello, generation: u64) {
+    /// Removes connection `generation` to `remote` when it ends. `ended_by_remote`: its
+    /// goodbye or close ended it, not one of our bounds (a stall).
+    pub(crate) async fn deregister(&self, remote: &Hello, generation: u64, ended_by_remote: bool) {
         let _order = self.status_order.lock().await;
         let removed = {
             let mut conns = lock(&self.conns);
             match conns.get_mut(&remote.id) {
                 Some(conn) if conn.generation == generation => conns.remove(&remote.id),
                 Some(conn) if conn.draining == Some(generation) => {
-                    // A replaced duplicate delivered all it will: its successor may say Ready.
+                    // A replaced duplicate delivered all it will: its successor may say
+                    // Ready. Unless we cut it (it stalled before the remote's goodbye):
+                    // then frames may be lost on it, and only a real disconnect may say
+                    // so, so the successor closes too (a `Disconnected` follows).
+                    if !ended_by_remote {
+                        conn.queue.close();
+                    }
                     conn.draining = None;
                     drop(conns);
                     self.changed.send_modify(|v| *v += 1);
@@ -420,9 +434,9 @@ async fn dial_loop<N: Net>(
     let mut changed = shared.changed.subscribe();
     let stopped = shared.stopped();
     tokio::pin!(stopped);
-    // When both ends start at once both dial, and one connection must lose (frames in
-    // flight on it are lost). The higher id gives the lower id's dial, which wins anyway,
-    // a head start, so that race is rare.
+    // When both ends start at once both dial, and one connection must lose (nothing is
+    // lost with it, but the swap costs a round trip or two). The higher id gives the lower
+    // id's dial, which wins anyway, a head start, so that race is rare.
     if expected
         .as_ref()
         .is_some_and(|id| *id < shared.config.local_id)

@@ -334,7 +334,10 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     process: Option<crate::PeerProcess>,
 ) {
     let Some((generation, queue)) = shared.register(&remote, dialer, process).await else {
-        linger_as_loser(shared, rx, session.opener).await;
+        // A driver always dials (no crossing dials): it lost the race for the last slot.
+        if remote.kind == PeerKind::Peer {
+            linger_as_loser(shared, tx, rx, session).await;
+        }
         return;
     };
     let Session { sealer, opener } = session;
@@ -346,6 +349,10 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     let stopped = shared.stopped();
     tokio::pin!(writer, reader, stopped);
     let (mut writer_done, mut reader_done) = (false, false);
+    // Whether it was cut short (a bound or the idle timeout), rather than ended by the
+    // remote: a goodbye, or a close, which the remote makes only after its goodbye or as a
+    // loser that never carried a reliable frame.
+    let mut cut = false;
     // Armed once one half ended and the other may still have something to do.
     let mut bound: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let result = loop {
@@ -364,7 +371,10 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
                     break result;
                 }
             }
-            () = async { bound.as_mut().expect("armed").await }, if bound.is_some() => break Ok(()),
+            () = async { bound.as_mut().expect("armed").await }, if bound.is_some() => {
+                cut = true;
+                break Ok(());
+            }
         }
         match (writer_done, reader_done) {
             (true, true) => break Ok(()),
@@ -385,19 +395,37 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
         }
     };
     queue.close();
-    if let Err(error) = result {
+    if let Err(error) = &result {
         tracing::debug!(local = %shared.config.local_id, peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
     }
-    shared.deregister(&remote, generation).await;
+    if matches!(result, Err(TransportError::IdleTimeout)) {
+        cut = true;
+    }
+    shared.deregister(&remote, generation, !cut).await;
 }
 
 /// A connection that lost to a duplicate at registration: the remote may still take it
 /// for its connection to us until it registers the winner, so it is not cut (the remote
-/// would drop what it queued on it); it is read until the remote's goodbye or close,
-/// delivering nothing (the remote sent nothing reliable: we never said `Ready`), bounded
-/// by the handshake timeout.
-async fn linger_as_loser<R: LinkRx>(shared: &Shared, mut rx: R, mut opener: Opener) {
+/// would drop what it queued on it). We say goodbye (the remote keeps it registered until
+/// its own replacement, or, if it dropped it too, closes it at once) and read until the
+/// remote's goodbye or close, delivering nothing (the remote sent nothing reliable: we
+/// never said `Ready`), bounded by the handshake timeout.
+async fn linger_as_loser<T: LinkTx, R: LinkRx>(
+    shared: &Shared,
+    mut tx: T,
+    mut rx: R,
+    session: Session,
+) {
+    let Session {
+        mut sealer,
+        mut opener,
+    } = session;
     let read = async {
+        if let Ok(goodbye) = sealer.seal(Body::Goodbye, &[])
+            && tx.send(goodbye).await.is_err()
+        {
+            return;
+        }
         loop {
             let opened = match rx.recv().await {
                 Ok(Inbound::Reliable(msg)) => opener.open(&msg),
@@ -440,7 +468,13 @@ async fn write_loop<T: LinkTx>(
     loop {
         let step = tokio::select! {
             biased;
-            () = &mut drained, if !announced => Step::Announce,
+            clean = &mut drained, if !announced => if clean {
+                Step::Announce
+            } else {
+                return Err(TransportError::Protocol(
+                    "the duplicate this connection replaced did not say goodbye in time".into(),
+                ));
+            },
             popped = tokio::time::timeout(keepalive, queue.pop()) => match popped {
                 Ok(Some(next)) => Step::Send(Some(next)),
                 Ok(None) if queue.was_replaced().is_some() => Step::Goodbye,
@@ -488,8 +522,12 @@ async fn read_loop<R: LinkRx>(
     queue: &crate::queue::SendQueue,
 ) -> Result<(), TransportError> {
     let limits = &shared.config.limits;
+    let idle = match remote.kind {
+        PeerKind::Driver => limits.driver_idle_timeout,
+        PeerKind::Peer => limits.idle_timeout,
+    };
     loop {
-        let inbound = tokio::time::timeout(limits.idle_timeout, rx.recv())
+        let inbound = tokio::time::timeout(idle, rx.recv())
             .await
             .map_err(|_| TransportError::IdleTimeout)??;
         let (body, frame) = match inbound {

@@ -201,7 +201,8 @@ fn transport_config(limits: &Limits) -> Result<quinn::TransportConfig, Transport
     let mut transport = quinn::TransportConfig::default();
     // Our own keepalives and idle timeout run on the stream (shared with WebSocket);
     // QUIC's idle timeout is a backstop for a connection whose stream never opened.
-    let idle = quinn::IdleTimeout::try_from(limits.idle_timeout * 2).map_err(quic_err)?;
+    let longest = limits.idle_timeout.max(limits.driver_idle_timeout);
+    let idle = quinn::IdleTimeout::try_from(longest * 2).map_err(quic_err)?;
     transport
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())

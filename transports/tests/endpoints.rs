@@ -752,6 +752,44 @@ async fn silent_connection_times_out(kind: TransportKind) {
     n1.shutdown().await;
 }
 
+/// An authenticated peer that goes silent (a stalled stream: nothing arrives, not even a
+/// keepalive) is closed after the idle timeout, and the daemon hears of it; a silent
+/// driver is judged by its own, longer bound, so it is still connected then.
+async fn a_silent_peer_is_closed_after_the_idle_timeout(kind: TransportKind) {
+    let (n1, mut e1, addr) = lone_daemon(kind, |c| {
+        c.accept_drivers = true;
+        c.limits.idle_timeout = Duration::from_millis(300);
+        c.limits.keepalive_interval = Duration::from_millis(75);
+        c.limits.driver_idle_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let mut driver = RawConn::connect(kind, addr).await.expect("raw link");
+    driver
+        .handshake(
+            Credential::Driver(&secret(SECRET)),
+            &Hello {
+                id: id("drv"),
+                kind: PeerKind::Driver,
+            },
+        )
+        .await
+        .expect("driver handshake");
+    connected(&mut e1, "drv").await;
+    let mut peer = raw_peer(kind, addr, "n2").await;
+    connected(&mut e1, "n2").await;
+    let (event, _) = wait_for(&mut e1, "the silent peer dropped", |e| {
+        matches!(e, TransportEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(
+        matches!(&event, TransportEvent::Disconnected { id: who, kind: PeerKind::Peer } if *who == id("n2")),
+        "the peer goes first: {event:?}"
+    );
+    within("the silent peer's link closed", peer.closed()).await;
+    assert_eq!(n1.connected(), vec![(id("drv"), PeerKind::Driver)]);
+    n1.shutdown().await;
+}
+
 async fn silent_connection_is_dropped_at_the_first_message_deadline(kind: TransportKind) {
     let (n1, mut e1, addr) = lone_daemon(kind, |c| {
         // Far beyond the test: only the first-message deadline may end the handshake.
@@ -1527,6 +1565,7 @@ both_transports!(
     oversized_frame_closes_connection,
     garbage_never_panics,
     silent_connection_times_out,
+    a_silent_peer_is_closed_after_the_idle_timeout,
     silent_connection_is_dropped_at_the_first_message_deadline,
     unknown_node_id_is_refused,
     second_driver_with_same_id_replaces_first,
