@@ -26,7 +26,7 @@ use clustd::admin::Client;
 use clustd::clock::machine_monotonic_ns;
 use clustd::local::{free_port, write_private};
 use clustd::runtime::SERVICE_LOG_TARGET;
-use clustd::status::Status;
+use clustd::status::{ElectionStep, ElectionStepKind, Status};
 use clustd_core::NodeId;
 use clustd_transport::TransportKind;
 use serde::Serialize;
@@ -121,12 +121,86 @@ pub struct Round {
     pub new_master: String,
     /// Failure to the new master's `start` script, ms.
     pub failover_ms: f64,
-    /// Failure to the first new election campaign, ms (none for step-down).
+    /// Failure to the first campaign (a pre-vote quorum, or a hand-over's) on any node, ms.
     pub detect_ms: Option<f64>,
-    /// Failure to the new master's "became MASTER", ms.
+    /// Failure to the new master's mastership (its first majority-acknowledged round), ms.
     pub elected_ms: Option<f64>,
-    /// Elections started across the cluster in this round (more than 1: a split or retry).
+    /// Campaigns started across the cluster in this round (more than 1: a split or retry).
     pub elections: usize,
+    /// Where the time went: the new master's election, step by step.
+    pub breakdown: Breakdown,
+}
+
+/// From the failure to each step of the new master's election, ms, as its daemon recorded
+/// them in its status ([`clustd::status::Status::elections`], on the machine's
+/// `CLOCK_MONOTONIC`); `None`: not recorded (a hand-over fires no timer).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Breakdown {
+    /// Its election timer fired: it asked for pre-votes.
+    pub timer_fired_ms: Option<f64>,
+    /// A majority granted the pre-vote (or a hand-over said "campaign now").
+    pub pre_vote_quorum_ms: Option<f64>,
+    /// Its new term and own vote were written and fsynced.
+    pub persisted_ms: Option<f64>,
+    /// A majority voted for it.
+    pub vote_quorum_ms: Option<f64>,
+    /// A majority acknowledged its first heartbeat round: master.
+    pub master_ms: Option<f64>,
+    /// Its first driver was sent "master".
+    pub drivers_told_ms: Option<f64>,
+}
+
+/// The rows of the breakdown, in election order, as [`render`] prints them; the start
+/// script (the round's `failover_ms`) follows them.
+const STAGES: [(&str, ElectionStepKind); 6] = [
+    ("election timer fired", ElectionStepKind::TimerFired),
+    ("pre-vote quorum", ElectionStepKind::Campaign),
+    ("term+vote persisted", ElectionStepKind::Persisted),
+    ("vote quorum", ElectionStepKind::VoteQuorum),
+    ("master (lease)", ElectionStepKind::Master),
+    ("drivers told", ElectionStepKind::DriversTold),
+];
+
+impl Breakdown {
+    /// The time of `step`.
+    fn get(&self, step: ElectionStepKind) -> Option<f64> {
+        match step {
+            ElectionStepKind::TimerFired => self.timer_fired_ms,
+            ElectionStepKind::Campaign => self.pre_vote_quorum_ms,
+            ElectionStepKind::Persisted => self.persisted_ms,
+            ElectionStepKind::VoteQuorum => self.vote_quorum_ms,
+            ElectionStepKind::Master => self.master_ms,
+            ElectionStepKind::DriversTold => self.drivers_told_ms,
+            _ => None,
+        }
+    }
+
+    /// The breakdown of the election of `term` from the winner's `steps`, relative to the
+    /// failure at `failed` (`CLOCK_MONOTONIC`, ns).
+    fn of(steps: &[ElectionStep], term: u64, failed: u64) -> Self {
+        let since = |s: &ElectionStep| (s.at_mono_ns as f64 - failed as f64) / 1e6;
+        let first = |kind: ElectionStepKind| {
+            steps
+                .iter()
+                .find(|s| s.term == term && s.step == kind && s.at_mono_ns >= failed)
+        };
+        let campaign = first(ElectionStepKind::Campaign);
+        // A pre-vote may fail and the timer fire again: the one that led to the campaign.
+        let timer = steps.iter().rev().find(|s| {
+            s.term == term
+                && s.step == ElectionStepKind::TimerFired
+                && s.at_mono_ns >= failed
+                && campaign.is_none_or(|c| s.at_mono_ns <= c.at_mono_ns)
+        });
+        Self {
+            timer_fired_ms: timer.map(since),
+            pre_vote_quorum_ms: campaign.map(since),
+            persisted_ms: first(ElectionStepKind::Persisted).map(since),
+            vote_quorum_ms: first(ElectionStepKind::VoteQuorum).map(since),
+            master_ms: first(ElectionStepKind::Master).map(since),
+            drivers_told_ms: first(ElectionStepKind::DriversTold).map(since),
+        }
+    }
 }
 
 /// Results for one transport.
@@ -345,35 +419,48 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         for round in 0..opts.rounds {
             let master = wait_stable(&nodes, &script_log, settle).await?;
             let index = nodes.iter().position(|n| n.id == master).unwrap_or(0);
+            // The script log is on the wall clock, the daemons' steps on CLOCK_MONOTONIC:
+            // the failure is read on both, back to back.
             let failed_at = unix_now();
+            let failed_mono = machine_monotonic_ns();
             if let Some(at) = fail(&mut nodes[index], opts.mode, index, network.as_ref()).await? {
                 service.crashed(at, node_id(&master)?);
             }
             let new_start = wait_new_start(&script_log, failed_at, settle).await;
             match new_start {
-                Some((at, new_master)) => {
-                    let events = daemon_events(&nodes, failed_at);
-                    let detect = events
+                Some(start) => {
+                    let failover_ms = (start.at - failed_at) * 1000.0;
+                    // The failed node is left out: a frozen daemon does not answer.
+                    let others: Vec<&NodeProc> = nodes
                         .iter()
-                        .filter(|e| e.1 == "election started")
-                        .map(|e| e.0)
-                        .reduce(f64::min);
-                    let elected = events
+                        .enumerate()
+                        .filter(|(i, _)| *i != index)
+                        .map(|(_, n)| n)
+                        .collect();
+                    let steps = election_steps(&others).await;
+                    let winner: &[ElectionStep] = steps
                         .iter()
-                        .filter(|e| e.1 == "became MASTER" && e.2 == new_master)
-                        .map(|e| e.0)
-                        .reduce(f64::min);
-                    let elections = events
+                        .find(|(id, _)| *id == start.node)
+                        .map_or(&[], |(_, s)| s);
+                    let breakdown = Breakdown::of(winner, start.term, failed_mono);
+                    let since = |s: &ElectionStep| (s.at_mono_ns as f64 - failed_mono as f64) / 1e6;
+                    let campaigns: Vec<f64> = steps
                         .iter()
-                        .filter(|e| e.1 == "election started" && e.0 <= at)
-                        .count();
+                        .flat_map(|(_, s)| s)
+                        .filter(|s| {
+                            s.step == ElectionStepKind::Campaign && s.at_mono_ns >= failed_mono
+                        })
+                        .map(since)
+                        .filter(|ms| *ms <= failover_ms)
+                        .collect();
                     report.rounds.push(Round {
                         old_master: master.clone(),
-                        new_master,
-                        failover_ms: (at - failed_at) * 1000.0,
-                        detect_ms: detect.map(|t| (t - failed_at) * 1000.0),
-                        elected_ms: elected.map(|t| (t - failed_at) * 1000.0),
-                        elections,
+                        new_master: start.node,
+                        failover_ms,
+                        detect_ms: campaigns.iter().copied().reduce(f64::min),
+                        elected_ms: breakdown.master_ms,
+                        elections: campaigns.len(),
+                        breakdown,
                     });
                 }
                 None => report.failed_rounds += 1,
@@ -693,7 +780,7 @@ fn service_lines(log: &str) -> Vec<ServiceLine> {
 }
 
 /// The first `start` after the failure: the new master's service is up.
-async fn wait_new_start(script_log: &Path, after: f64, timeout: Duration) -> Option<(f64, String)> {
+async fn wait_new_start(script_log: &Path, after: f64, timeout: Duration) -> Option<ServiceLine> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let log = std::fs::read_to_string(script_log).unwrap_or_default();
@@ -701,7 +788,7 @@ async fn wait_new_start(script_log: &Path, after: f64, timeout: Duration) -> Opt
             .into_iter()
             .find(|l| l.action == "start" && l.at > after)
         {
-            return Some((line.at, line.node));
+            return Some(line);
         }
         if tokio::time::Instant::now() >= deadline {
             return None;
@@ -710,59 +797,20 @@ async fn wait_new_start(script_log: &Path, after: f64, timeout: Duration) -> Opt
     }
 }
 
-/// `(unix seconds, message, node)` of the daemons' "election started" and "became MASTER"
-/// log lines after `after`.
-fn daemon_events(nodes: &[NodeProc], after: f64) -> Vec<(f64, String, String)> {
-    let mut events = Vec::new();
+/// Each node's recent election steps, from its status (`GET /status`); a node that does
+/// not answer within a second is left out.
+async fn election_steps(nodes: &[&NodeProc]) -> Vec<(String, Vec<ElectionStep>)> {
+    let mut steps = Vec::new();
     for n in nodes {
-        let text = std::fs::read_to_string(&n.daemon_log).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let message = v
-                .pointer("/fields/message")
-                .and_then(|m| m.as_str())
-                .unwrap_or_default();
-            if message != "election started" && message != "became MASTER" {
-                continue;
-            }
-            let Some(at) = v
-                .get("timestamp")
-                .and_then(|t| t.as_str())
-                .and_then(parse_rfc3339)
-            else {
-                continue;
-            };
-            if at > after {
-                events.push((at, message.to_string(), n.id.clone()));
-            }
+        let admin = n.admin.clone();
+        let status = tokio::time::timeout(Duration::from_secs(1), admin.status_json());
+        if let Ok(Ok(body)) = status.await
+            && let Ok(status) = serde_json::from_str::<Status>(&body)
+        {
+            steps.push((n.id.clone(), status.elections.into_iter().collect()));
         }
     }
-    events.sort_by(|a, b| a.0.total_cmp(&b.0));
-    events
-}
-
-/// Parses `YYYY-MM-DDTHH:MM:SS.fffffffffZ` (UTC, as tracing-subscriber writes) to Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<f64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
+    steps
 }
 
 fn proc_ticks(pid: u32) -> Option<u64> {
@@ -858,13 +906,6 @@ pub fn render(reports: &[Report]) -> String {
     for r in reports {
         let mut failover: Vec<f64> = r.rounds.iter().map(|x| x.failover_ms).collect();
         failover.sort_by(f64::total_cmp);
-        let stat = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            format!("{:>7.0}", percentile(&v, 50.0))
-        };
-        let detect: Vec<f64> = r.rounds.iter().filter_map(|x| x.detect_ms).collect();
-        let elected: Vec<f64> = r.rounds.iter().filter_map(|x| x.elected_ms).collect();
         let splits = r.rounds.iter().filter(|x| x.elections > 1).count();
         let et = r.et_min_ms as f64;
         let _ = writeln!(
@@ -913,21 +954,7 @@ pub fn render(reports: &[Report]) -> String {
             );
             let _ = writeln!(out, "  {:<28} {}", "  x ET_min", row(&|v| v / et));
         }
-        if !detect.is_empty() || !elected.is_empty() {
-            let _ = writeln!(
-                out,
-                "  {:<28} {}",
-                "p50 detect (campaign), ms",
-                stat(&detect)
-            );
-            let _ = writeln!(
-                out,
-                "  {:<28} {}",
-                "p50 elected (master), ms",
-                stat(&elected)
-            );
-            let _ = writeln!(out, "  {:<28} {}", "p50 start script, ms", stat(&failover));
-        }
+        render_breakdown(&mut out, r);
         let _ = writeln!(out, "  {:<28} {:>7}", "rounds with >1 election", splits);
         let _ = writeln!(
             out,
@@ -966,6 +993,88 @@ pub fn render(reports: &[Report]) -> String {
         }
     }
     out
+}
+
+/// The breakdown: per step of the new master's election (then its start script), the time
+/// from the failure over the rounds, and the p50 of the step's own share (from the step
+/// before it in the same round); then the rounds one by one.
+fn render_breakdown(out: &mut String, r: &Report) {
+    if r.rounds.iter().all(|x| x.breakdown.master_ms.is_none()) {
+        return;
+    }
+    let names: Vec<&str> = STAGES
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["start script"])
+        .collect();
+    let value = |x: &Round, i: usize| match STAGES.get(i) {
+        Some((_, step)) => x.breakdown.get(*step),
+        None => Some(x.failover_ms),
+    };
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let _ = writeln!(
+        out,
+        "  {:<28} {:>7} {:>7} {:>7} {:>7} {:>9}",
+        "breakdown, ms from failure", "min", "p50", "p99", "max", "step p50"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let at = sorted(r.rounds.iter().filter_map(|x| value(x, i)).collect());
+        let step = sorted(
+            r.rounds
+                .iter()
+                .filter_map(|x| {
+                    let before = (0..i).rev().find_map(|j| value(x, j)).unwrap_or(0.0);
+                    Some(value(x, i)? - before)
+                })
+                .collect(),
+        );
+        let Some(min) = at.first() else {
+            let _ = writeln!(out, "    {name:<26} {:>7}", "-");
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "    {name:<26} {min:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>+9.1}",
+            percentile(&at, 50.0),
+            percentile(&at, 99.0),
+            at[at.len() - 1],
+            percentile(&step, 50.0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    floor: ET_min - heartbeat/2 = {:.0} ms (the last heartbeat came half one before the failure, on average)",
+        r.et_min_ms as f64 - r.heartbeat_ms as f64 / 2.0
+    );
+    let _ = write!(out, "  {:>5} {:<18}", "round", "old -> new");
+    for short in [
+        "timer", "prevote", "fsync", "vote", "master", "told", "script",
+    ] {
+        let _ = write!(out, " {short:>7}");
+    }
+    let _ = writeln!(out);
+    for (k, x) in r.rounds.iter().enumerate() {
+        let _ = write!(
+            out,
+            "  {:>5} {:<18}",
+            k + 1,
+            format!("{} -> {}", x.old_master, x.new_master)
+        );
+        for i in 0..names.len() {
+            match value(x, i) {
+                Some(ms) => {
+                    let _ = write!(out, " {ms:>7.1}");
+                }
+                None => {
+                    let _ = write!(out, " {:>7}", "-");
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
 }
 
 /// An SVG histogram of failover times, one colour per transport.
@@ -1032,11 +1141,41 @@ pub fn plot_svg(reports: &[Report]) -> String {
 mod tests {
     use super::*;
 
+    fn step(step: ElectionStepKind, term: u64, at_ms: u64) -> ElectionStep {
+        ElectionStep {
+            step,
+            term,
+            at_mono_ns: at_ms * 1_000_000,
+            at_unix_ms: 0,
+        }
+    }
+
+    /// The winner's steps of the new term only, after the failure; of two timer firings
+    /// (a pre-vote that failed, then the one that won) the one before the campaign.
     #[test]
-    fn rfc3339_timestamps() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
-        let t = parse_rfc3339("2026-11-25T23:55:52.688951Z").expect("parses");
-        assert!((t - 1_795_650_952.688_951).abs() < 1e-3, "{t}");
-        assert_eq!(parse_rfc3339("garbage"), None);
+    fn the_breakdown_is_the_winning_campaign_of_the_new_term() {
+        use ElectionStepKind::*;
+        let steps = [
+            step(Campaign, 4, 500),
+            step(Master, 4, 510),
+            step(TimerFired, 5, 1_900),
+            step(TimerFired, 5, 2_950),
+            step(Campaign, 5, 2_952),
+            step(Persisted, 5, 2_953),
+            step(VoteQuorum, 5, 2_955),
+            step(Master, 5, 2_957),
+            step(DriversTold, 5, 2_957),
+            step(TimerFired, 6, 3_000),
+        ];
+        let b = Breakdown::of(&steps, 5, 2_000 * 1_000_000);
+        assert_eq!(b.timer_fired_ms, Some(950.0));
+        assert_eq!(b.pre_vote_quorum_ms, Some(952.0));
+        assert_eq!(b.persisted_ms, Some(953.0));
+        assert_eq!(b.vote_quorum_ms, Some(955.0));
+        assert_eq!(b.master_ms, Some(957.0));
+        assert_eq!(b.drivers_told_ms, Some(957.0));
+        // A hand-over's campaign fires no timer.
+        let b = Breakdown::of(&steps[4..], 5, 2_000 * 1_000_000);
+        assert_eq!(b.timer_fired_ms, None);
     }
 }

@@ -42,8 +42,8 @@ use crate::metrics::{Metrics, PeerLabel, ReasonLabel, ResultLabel};
 use crate::proctree::DriverProcess;
 use crate::rejections::{FailureReason, Rejections, Report};
 use crate::status::{
-    ClusterView, DriverStatus, FenceStatus, NodeView, PeerStatus, RoleChange, Status,
-    format_unix_ms,
+    ClusterView, DriverStatus, ElectionStep, ElectionStepKind, FenceStatus, NodeView, PeerStatus,
+    RoleChange, Status, format_unix_ms,
 };
 use crate::store::{StateStore, StoreError};
 use crate::watchdog::{self, Watchdog, WatchdogDevice};
@@ -664,6 +664,22 @@ struct Runtime<C: Clock, S: StateStore> {
     fencer: Option<Arc<dyn Fencer>>,
     /// `[fence] watchdog`, if configured.
     watchdog: Option<Watchdog>,
+    /// What [`Status::elections`] has recorded so far.
+    election_seen: ElectionSeen,
+}
+
+/// The runtime's memory for [`Status::elections`]: the core's events say when a vote
+/// quorum and mastership came, but not when the election timer fired or when the new
+/// term and vote became durable, so those are read off the role and the persisted state.
+struct ElectionSeen {
+    /// The protocol role as of the last [`Runtime::flush`].
+    role: Role,
+    /// The last term whose campaign was recorded.
+    campaign: Option<Term>,
+    /// The last term whose own vote was recorded as durable.
+    persisted: Option<Term>,
+    /// The last term in which a driver was recorded as told "master".
+    told: Option<Term>,
 }
 
 fn log_rejections(report: &Report) {
@@ -813,6 +829,12 @@ pub async fn run<N: Net, C: Clock, S: StateStore>(
         fences: 0,
         fencer,
         watchdog,
+        election_seen: ElectionSeen {
+            role: Role::Follower,
+            campaign: None,
+            persisted: None,
+            told: None,
+        },
     };
     // Every peer starts out unreachable until it connects (warned about past ET_max).
     let started = rt.clock.now();
@@ -1875,6 +1897,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
         let sent = self.send_frame(driver, &msg, SendClass::Reliable);
         if sent && role == DriverRole::Master {
+            if self.election_seen.told != Some(term) {
+                self.election_seen.told = Some(term);
+                self.election_step(ElectionStepKind::DriversTold, term, now);
+            }
             self.record(DriverRecord::ToldMaster {
                 at: now,
                 driver: driver.clone(),
@@ -2115,8 +2141,22 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
 
     /// Carries out the core's outputs: persist, then send, then events.
     fn flush(&mut self) -> Result<(), RuntimeError> {
+        let role = self.node.role();
+        if role != self.election_seen.role {
+            self.election_seen.role = role;
+            if role == Role::PreCandidate {
+                let proposed = Term(self.node.term().0.saturating_add(1));
+                self.election_step(ElectionStepKind::TimerFired, proposed, self.clock.now());
+            }
+        }
         loop {
             if let Some(state) = self.node.poll_persist() {
+                // Only a campaign votes for this node: its new term and own vote.
+                if self.is_own_vote(&state) && self.election_seen.campaign != Some(state.term) {
+                    self.election_seen.campaign = Some(state.term);
+                    let now = self.clock.now();
+                    self.election_step(ElectionStepKind::Campaign, state.term, now);
+                }
                 // A newer state supersedes one still unwritten.
                 self.unwritten = Some(state);
                 self.write_state()?;
@@ -2164,6 +2204,10 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         };
         match self.store.save(state) {
             Ok(()) => {
+                if self.is_own_vote(state) && self.election_seen.persisted != Some(state.term) {
+                    self.election_seen.persisted = Some(state.term);
+                    self.election_step(ElectionStepKind::Persisted, state.term, self.clock.now());
+                }
                 if let Some((error, failures)) = self.write_failing.take() {
                     tracing::warn!(
                         failures,
@@ -2200,6 +2244,21 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         }
     }
 
+    /// Whether `state` is this node's vote for itself: a campaign's.
+    fn is_own_vote(&self, state: &clustd_core::PersistentState) -> bool {
+        state.voted_for.as_ref() == Some(&self.settings.id)
+    }
+
+    /// Records one step of an election in [`Status::elections`].
+    fn election_step(&self, step: ElectionStepKind, term: Term, at: Instant) {
+        lock(&self.shared.status).record_step(ElectionStep {
+            step,
+            term: term.0,
+            at_mono_ns: self.clock.monotonic_ns(at),
+            at_unix_ms: self.clock.wall_clock_ms(),
+        });
+    }
+
     fn on_event(&mut self, event: Event) {
         let now = self.clock.now();
         let shared = self.shared.clone();
@@ -2207,6 +2266,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
         match event {
             Event::BecameMaster { term, reason, .. } => {
                 tracing::info!(term = term.0, reason = reason.as_str(), "became MASTER");
+                self.election_step(ElectionStepKind::Master, term, now);
                 metrics.master.set(1);
                 self.role_changed(DriverRole::Master, term, reason, now);
             }
@@ -2245,6 +2305,7 @@ impl<C: Clock, S: StateStore> Runtime<C, S> {
             }
             Event::ElectionWon { term } => {
                 tracing::info!(term = term.0, "election won");
+                self.election_step(ElectionStepKind::VoteQuorum, term, now);
                 metrics.elections_won.inc();
             }
             Event::UnhealthyAlone { term, alone } => match alone {

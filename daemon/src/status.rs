@@ -15,6 +15,9 @@ fn yes() -> bool {
 /// How many role changes the history keeps.
 pub const HISTORY_LEN: usize = 32;
 
+/// How many election steps [`Status::elections`] keeps: a campaign is up to six.
+pub const ELECTION_STEPS_LEN: usize = 32;
+
 /// The node as the admin API reports it (`GET /status`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -91,6 +94,10 @@ pub struct Status {
     pub watchdog_armed: bool,
     /// Recent role changes, oldest first.
     pub history: VecDeque<RoleChange>,
+    /// The steps of this node's recent elections, oldest first: where a failover's time
+    /// went (`clustd-bench failover` prints them as its breakdown).
+    #[serde(default)]
+    pub elections: VecDeque<ElectionStep>,
     /// Elections this node started.
     pub elections_started: u64,
     /// Elections this node won.
@@ -178,6 +185,44 @@ pub struct RoleChange {
     pub reason: String,
 }
 
+/// One step of an election this node ran, as its runtime saw it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ElectionStep {
+    /// What happened.
+    pub step: ElectionStepKind,
+    /// The term campaigned in (for [`ElectionStepKind::TimerFired`]: the term a won
+    /// pre-vote campaigns in).
+    pub term: u64,
+    /// The machine's `CLOCK_MONOTONIC`, in nanoseconds: one clock for every process on
+    /// the machine, the one the service records and driver leases use.
+    pub at_mono_ns: u64,
+    /// Unix time in milliseconds, for people.
+    pub at_unix_ms: u64,
+}
+
+/// The steps of an election, in the order a won one takes them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ElectionStepKind {
+    /// The election timer fired (no leader heard for the timeout): asking for pre-votes.
+    TimerFired,
+    /// A majority granted the pre-vote (or a hand-over said "campaign now"): the new term
+    /// and its own vote go to disk.
+    Campaign,
+    /// The new term and vote are written and fsynced: the vote requests go out.
+    Persisted,
+    /// A majority voted for it: leader, sending its first heartbeat round.
+    VoteQuorum,
+    /// A majority acknowledged a heartbeat round: master, under a lease.
+    Master,
+    /// The first driver was sent "master" in this term.
+    DriversTold,
+    /// A step a newer daemon records and this reader does not know.
+    #[serde(other)]
+    Other,
+}
+
 impl Status {
     /// Its drivers as a [`Report`] and the cluster view list them: the connected ones, and
     /// those that may still run the service or whose stop failed.
@@ -210,6 +255,14 @@ impl Status {
             self.history.pop_front();
         }
         self.history.push_back(change);
+    }
+
+    /// Appends to [`Status::elections`], keeping the last [`ELECTION_STEPS_LEN`].
+    pub fn record_step(&mut self, step: ElectionStep) {
+        if self.elections.len() == ELECTION_STEPS_LEN {
+            self.elections.pop_front();
+        }
+        self.elections.push_back(step);
     }
 
     /// A human-readable table, as `clustd status` prints it.
@@ -432,6 +485,30 @@ pub fn format_unix_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ring keeps the latest steps; a step this build does not know still parses (a
+    /// newer daemon's status stays readable).
+    #[test]
+    fn election_steps_keep_the_latest_and_read_unknown_ones() {
+        let mut status = Status::default();
+        for term in 0..40 {
+            status.record_step(ElectionStep {
+                step: ElectionStepKind::Campaign,
+                term,
+                at_mono_ns: term,
+                at_unix_ms: 0,
+            });
+        }
+        assert_eq!(status.elections.len(), ELECTION_STEPS_LEN);
+        assert_eq!(status.elections.front().map(|s| s.term), Some(8));
+        let step: ElectionStep = serde_json::from_str(
+            r#"{"step":"pre-vote-quorum","term":3,"at_mono_ns":1,"at_unix_ms":2}"#,
+        )
+        .expect("parses");
+        assert_eq!(step.step, ElectionStepKind::Other);
+        let json = serde_json::to_string(&ElectionStepKind::VoteQuorum).expect("serializes");
+        assert_eq!(json, r#""vote-quorum""#);
+    }
 
     fn driver(stop_failed: bool, may_run: bool) -> DriverStatus {
         DriverStatus {

@@ -245,3 +245,42 @@ async fn every_node_sees_the_whole_cluster_through_it() {
         view.warnings
     );
 }
+
+/// A master's status lists the steps of the election it won, in the order they happen, on
+/// one clock: timer, campaign (pre-vote quorum), durable vote, vote quorum, master. (No
+/// drivers here, so no "drivers told".) What `clustd-bench failover` reads its breakdown from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_lists_the_steps_of_its_election() {
+    use clustd::status::ElectionStepKind as Step;
+    let mut cluster = LocalCluster::start(3, TransportKind::Quic, ELECTION).expect("cluster");
+    let master = cluster.wait_for_master(None, WAIT).await.expect("a master");
+    let i = cluster.index(&master).expect("known id");
+    let status = cluster.nodes[i].handle.status();
+    let won: Vec<_> = status
+        .elections
+        .iter()
+        .filter(|s| s.term == status.term)
+        .collect();
+    let steps: Vec<Step> = won.iter().map(|s| s.step).collect();
+    // A pre-vote may fail and the timer fire again before the one that won.
+    let first_campaign = steps
+        .iter()
+        .position(|s| *s == Step::Campaign)
+        .expect("a campaign");
+    assert_eq!(
+        &steps[first_campaign - 1..],
+        [
+            Step::TimerFired,
+            Step::Campaign,
+            Step::Persisted,
+            Step::VoteQuorum,
+            Step::Master
+        ],
+        "{won:?}"
+    );
+    assert!(
+        won.windows(2).all(|w| w[0].at_mono_ns <= w[1].at_mono_ns),
+        "{won:?}"
+    );
+    cluster.shutdown().await;
+}
