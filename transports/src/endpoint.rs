@@ -2,9 +2,10 @@
 //! over one registry of connections, runs the dial loops that keep configured peers
 //! connected, takes the daemon's frames to send, and shuts it all down.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clustd_core::NodeId;
 use rand::rngs::StdRng;
@@ -19,12 +20,32 @@ use crate::registry::Registry;
 use crate::{EndpointConfig, PeerKind, SendClass, TransportError, TransportKind};
 
 /// The transport-specific half: how to dial and how to serve.
-pub(crate) enum Backend<N: Net> {
+enum Backend<N: Net> {
     WebSocket(crate::ws::WsBackend<N>),
     Quic(crate::quic::QuicBackend),
 }
 
 impl<N: Net> Backend<N> {
+    /// Starts the configured transport (listening if `listen` is set); `seed` keys what the
+    /// transport draws itself (QUIC: its rng, certificate key and tokens).
+    async fn start(
+        net: N,
+        registry: &Arc<Registry>,
+        seed: [u8; 32],
+    ) -> Result<(Self, Option<SocketAddr>), TransportError> {
+        Ok(match registry.config.kind {
+            TransportKind::WebSocket => {
+                let (ws, local_addr) = crate::ws::WsBackend::start(net, registry).await?;
+                (Self::WebSocket(ws), local_addr)
+            }
+            TransportKind::Quic => {
+                let (quic, local_addr) =
+                    crate::quic::QuicBackend::start(&net, registry, seed).await?;
+                (Self::Quic(quic), local_addr)
+            }
+        })
+    }
+
     async fn dial_once(
         &self,
         registry: &Arc<Registry>,
@@ -34,6 +55,32 @@ impl<N: Net> Backend<N> {
         match self {
             Self::WebSocket(ws) => ws.dial_once(registry, addr, expected).await,
             Self::Quic(quic) => quic.dial_once(registry, addr, expected).await,
+        }
+    }
+}
+
+/// What the handle asks of a backend when it shuts down, around waiting for the
+/// registry's tasks: the transport's own teardown, whatever it is.
+trait Teardown: Send + Sync {
+    /// Called once the registry stopped, before its tasks are waited for: closes the
+    /// transport's own sockets at once (QUIC tells every connection it is closing).
+    fn close(&self);
+    /// Called once every task ended: waits, bounded, until the remotes have been told.
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl<N: Net> Teardown for Backend<N> {
+    fn close(&self) {
+        match self {
+            Self::WebSocket(_) => {}
+            Self::Quic(quic) => quic.close(),
+        }
+    }
+
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        match self {
+            Self::WebSocket(_) => Box::pin(async {}),
+            Self::Quic(quic) => Box::pin(quic.closed()),
         }
     }
 }
@@ -138,7 +185,7 @@ pub struct Endpoint {
     registry: Arc<Registry>,
     local_addr: Option<SocketAddr>,
     dial: Arc<dyn Fn(Target) + Send + Sync>,
-    quic: Option<quinn::Endpoint>,
+    backend: Arc<dyn Teardown>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -190,21 +237,11 @@ impl Endpoint {
             ));
         }
         let mut rng = StdRng::from_seed(net.random_seed());
-        let mut quic_seed = [0u8; 32];
-        rng.fill_bytes(&mut quic_seed);
+        // Drawn whichever the transport, so the rest of the rng's stream does not depend on it.
+        let mut backend_seed = [0u8; 32];
+        rng.fill_bytes(&mut backend_seed);
         let (registry, events_rx) = Registry::new(config, rng);
-        let (backend, local_addr, quic) = match registry.config.kind {
-            TransportKind::WebSocket => {
-                let (ws, local_addr) = crate::ws::WsBackend::start(net, &registry).await?;
-                (Backend::WebSocket(ws), local_addr, None)
-            }
-            TransportKind::Quic => {
-                let (quic, local_addr) =
-                    crate::quic::QuicBackend::start(&net, &registry, quic_seed).await?;
-                let endpoint = quic.endpoint().clone();
-                (Backend::Quic(quic), local_addr, Some(endpoint))
-            }
-        };
+        let (backend, local_addr) = Backend::start(net, &registry, backend_seed).await?;
         let backend = Arc::new(backend);
         if let Some(socket) = &registry.config.driver_socket {
             let listener = crate::local::bind(socket)?;
@@ -220,6 +257,7 @@ impl Endpoint {
         }
         let dial = {
             let registry = registry.clone();
+            let backend = backend.clone();
             Arc::new(move |target| {
                 registry.spawn(dial_loop(registry.clone(), backend.clone(), target, None));
             })
@@ -228,7 +266,7 @@ impl Endpoint {
             registry,
             local_addr,
             dial,
-            quic,
+            backend,
         };
         Ok((endpoint, events_rx))
     }
@@ -285,12 +323,8 @@ impl Endpoint {
     /// Closes every connection and listener and waits for the endpoint's tasks to end.
     pub async fn shutdown(self) {
         self.registry.stop();
-        if let Some(quic) = &self.quic {
-            quic.close(0u32.into(), b"shutdown");
-        }
+        self.backend.close();
         self.registry.tasks_ended().await;
-        if let Some(quic) = &self.quic {
-            let _ = tokio::time::timeout(Duration::from_secs(1), quic.wait_idle()).await;
-        }
+        self.backend.closed().await;
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clustd_core::NodeId;
@@ -313,8 +314,15 @@ impl QuicBackend {
         Ok((Self { endpoint }, local_addr))
     }
 
-    pub(crate) fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
+    /// Closes the QUIC endpoint: every connection is told at once (CONNECTION_CLOSE) and
+    /// nothing new is accepted.
+    pub(crate) fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Waits until the closes have gone out (the endpoint is idle), at most a second.
+    pub(crate) async fn closed(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     pub(crate) async fn dial_once(
