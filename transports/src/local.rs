@@ -23,14 +23,15 @@ const LOCAL_BINDING: &[u8] = b"local socket";
 pub(crate) const LOCAL_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
 
-/// Binds `socket`: removes a stale socket file (never any other kind of file), binds, and
-/// sets the mode and group before anyone can be accepted.
+/// Binds the driver socket (see [`bind_socket`]).
 pub(crate) fn bind(socket: &LocalSocket) -> Result<tokio::net::UnixListener, TransportError> {
     bind_socket(socket, "driver socket", "cluster.driver_socket")
 }
 
-/// [`bind`] for any of the daemon's local sockets: `what` names it in errors (`admin
-/// socket`), `key` is the config key that sets its path.
+/// Binds one of the daemon's local sockets (the driver socket, the admin socket): removes a
+/// stale socket file (never any other kind of file), binds, and sets the mode and group
+/// before anyone can be accepted. `what` names it in errors (`admin socket`), `key` is the
+/// config key that sets its path.
 pub fn bind_socket(
     socket: &LocalSocket,
     what: &str,
