@@ -68,6 +68,7 @@ mod policy;
 mod process;
 mod queue;
 mod quic;
+#[cfg(any(test, feature = "test-util"))]
 pub mod raw;
 mod registry;
 mod tls;

@@ -20,6 +20,8 @@ use crate::session::{
 use crate::{PeerKind, Secret, SessionError, TransportError};
 
 /// A message received from a link.
+// Public as `raw::Inbound`, which only the `test-util` feature compiles.
+#[cfg_attr(not(any(test, feature = "test-util")), allow(unreachable_pub))]
 pub enum Inbound {
     /// From the ordered, reliable channel.
     Reliable(Vec<u8>),
