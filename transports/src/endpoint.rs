@@ -110,8 +110,7 @@ async fn dial_loop<N: Net>(
     target: Target,
     expected: Option<NodeId>,
 ) {
-    let limits = registry.config.limits.clone();
-    let mut backoff = limits.backoff_min;
+    let mut backoff = registry.redial_backoff();
     let mut changed = registry.changes();
     let stopped = registry.stopped();
     tokio::pin!(stopped);
@@ -122,7 +121,7 @@ async fn dial_loop<N: Net>(
         .as_ref()
         .is_some_and(|id| *id < registry.config.local_id)
     {
-        let delay = registry.backoff_delay(limits.backoff_min);
+        let delay = backoff.initial_delay();
         tokio::select! {
             biased;
             () = &mut stopped => return,
@@ -159,7 +158,7 @@ async fn dial_loop<N: Net>(
             result = dial => result,
         };
         match attempt {
-            Ok(()) => backoff = limits.backoff_min,
+            Ok(()) => backoff.reset(),
             Err(error) => {
                 tracing::debug!(%target, %error, "dial failed");
                 let addr = match &target {
@@ -169,8 +168,7 @@ async fn dial_loop<N: Net>(
                 registry.handshake_failed(addr, error);
             }
         }
-        let delay = registry.backoff_delay(backoff);
-        backoff = (backoff * 2).min(limits.backoff_max);
+        let delay = backoff.next_delay();
         tokio::select! {
             biased;
             () = &mut stopped => return,

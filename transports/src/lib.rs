@@ -57,6 +57,7 @@
 //! [`Net::random_seed`], so the `sim` crate can replay a run.
 
 mod admission;
+mod backoff;
 mod config;
 mod endpoint;
 mod error;
@@ -74,6 +75,7 @@ mod registry;
 mod tls;
 mod ws;
 
+pub use backoff::Backoff;
 pub use clustd_session::handshake as session;
 pub use clustd_session::{NodeKey, PeerKind, PublicKey, Secret, SessionError};
 pub use config::{EndpointConfig, Limits, LocalSocket, SendClass, TlsFiles, TransportKind};

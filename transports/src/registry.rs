@@ -10,15 +10,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use clustd_core::NodeId;
+use rand::RngCore;
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore};
 use tokio::sync::{mpsc, watch};
 
 use crate::PeerKind;
 use crate::admission::Admission;
+use crate::backoff::Backoff;
 use crate::config::EndpointConfig;
 use crate::error::{RefuseReason, TransportError};
 use crate::event::TransportEvent;
@@ -48,13 +48,38 @@ pub(crate) struct Registry {
     /// Bumped on every registry change; dial loops wait on it.
     changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
-    rng: Mutex<StdRng>,
+    rng: SharedRng,
     next_generation: AtomicU64,
     pub(crate) unauthenticated: Arc<Admission>,
     /// Every task holds a clone; shutdown waits until all are dropped.
     alive: Mutex<Option<mpsc::Sender<()>>>,
     /// Ends (yields `None`) once every clone of `alive` is dropped.
     finished: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+/// The endpoint's one rng, drawn from by every task (Noise ephemeral keys, redial jitter):
+/// one stream from [`crate::Net::random_seed`], so a simulated run repeats.
+#[derive(Clone)]
+pub(crate) struct SharedRng(Arc<Mutex<StdRng>>);
+
+impl SharedRng {
+    fn lock(&self) -> MutexGuard<'_, StdRng> {
+        lock(&self.0)
+    }
+}
+
+impl RngCore for SharedRng {
+    fn next_u32(&mut self) -> u32 {
+        self.lock().next_u32()
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.lock().next_u64()
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.lock().fill_bytes(dst);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,7 +104,7 @@ impl Registry {
             status_order: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
-            rng: Mutex::new(rng),
+            rng: SharedRng(Arc::new(Mutex::new(rng))),
             next_generation: AtomicU64::new(0),
             alive: Mutex::new(Some(alive)),
             finished: tokio::sync::Mutex::new(finished),
@@ -97,7 +122,7 @@ impl Registry {
     /// A fresh seed from the endpoint's rng (Noise ephemeral keys).
     pub(crate) fn seed(&self) -> [u8; 32] {
         let mut seed = [0u8; 32];
-        lock(&self.rng).fill_bytes(&mut seed);
+        self.rng.lock().fill_bytes(&mut seed);
         seed
     }
 
@@ -149,6 +174,13 @@ impl Registry {
     /// Changes whenever a connection is added, replaced, drained or removed.
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// How a dial loop waits between attempts: from `Limits::backoff_min` doubling up to
+    /// `Limits::backoff_max`, jittered from the endpoint's rng.
+    pub(crate) fn redial_backoff(&self) -> Backoff<SharedRng> {
+        let limits = &self.config.limits;
+        Backoff::with_rng(limits.backoff_min, limits.backoff_max, self.rng.clone())
     }
 
     /// Adds an authenticated connection. When one with the same id exists, exactly one is
@@ -365,12 +397,5 @@ impl Registry {
     pub(crate) async fn tasks_ended(&self) {
         let mut finished = self.finished.lock().await;
         while finished.recv().await.is_some() {}
-    }
-
-    pub(crate) fn backoff_delay(&self, backoff: Duration) -> Duration {
-        // Equal jitter: between half and all of the current backoff.
-        let half = backoff / 2;
-        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_nanos(lock(&self.rng).random_range(0..nanos))
     }
 }
