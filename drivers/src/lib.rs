@@ -88,7 +88,6 @@
 //! }
 //! ```
 
-mod backoff;
 mod clock;
 mod config;
 mod driver;

@@ -20,14 +20,13 @@ use std::time::Duration;
 use clustd_core::codec::{decode, encode};
 use clustd_core::driver::{FromDriver, ToDriver};
 use clustd_core::{InvalidNodeId, NodeId};
-use clustd_transport::{Net, TokioNet};
+use clustd_transport::{Backoff, Net, TokioNet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::clock::{MachineClock, MonotonicClock};
 use crate::driver::Driver;
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};

@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::link::{Inbound, LinkRx};
 use crate::{EndpointConfig, Limits, TransportError};
 
 /// The admission pool of one endpoint.
@@ -250,35 +249,11 @@ impl FirstMessage {
             }
         }
     }
-}
 
-/// A receiving half whose first message must arrive within a [`FirstMessage`] deadline
-/// (and then marks its connection as progressed); later messages are not limited here.
-pub(crate) struct FirstMessageDeadline<R> {
-    pub(crate) inner: R,
-    first: Option<FirstMessage>,
-}
-
-impl<R> FirstMessageDeadline<R> {
-    pub(crate) fn new(inner: R, first: FirstMessage) -> Self {
-        Self {
-            inner,
-            first: Some(first),
-        }
-    }
-}
-
-impl<R: LinkRx> LinkRx for FirstMessageDeadline<R> {
-    async fn recv(&mut self) -> Result<Inbound, TransportError> {
-        let Some(first) = self.first.as_mut() else {
-            return self.inner.recv().await;
-        };
-        // Cancel-safe: `LinkRx::recv` is, and the deadline stays until a message came.
-        let inbound = first.within(self.inner.recv()).await??;
-        if let Some(first) = self.first.take() {
-            first.admission.progressed(first.id);
-        }
-        Ok(inbound)
+    /// The first handshake message is in: from now on the connection is evicted only after
+    /// every silent one.
+    pub(crate) fn arrived(self) {
+        self.admission.progressed(self.id);
     }
 }
 

@@ -178,8 +178,8 @@ pub struct EndpointConfig {
     /// Accept `Driver` connections with any valid id (that is not a peer's or ours).
     pub accept_drivers: bool,
     /// Serve local drivers on this Unix socket too (a daemon with `accept_drivers`): access
-    /// by file permissions, no secret (see [`crate::LocalSocket`]). Not in the simulation.
-    pub driver_socket: Option<crate::LocalSocket>,
+    /// by file permissions, no secret (see [`LocalSocket`]). Not in the simulation.
+    pub driver_socket: Option<LocalSocket>,
     /// A driver's daemon's public key (its node key), which the daemon must prove; `None`:
     /// anyone holding the drivers' credential who answers at the daemon's address passes.
     pub daemon_key: Option<PublicKey>,
@@ -221,6 +221,17 @@ impl EndpointConfig {
             limits: Limits::default(),
         }
     }
+}
+
+/// Where a daemon serves its local drivers, and who may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSocket {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// Its permission bits (e.g. `0o660`: owner and group may connect).
+    pub mode: u32,
+    /// Its group (numeric id), if it should not keep the daemon's.
+    pub gid: Option<u32>,
 }
 
 #[cfg(test)]

@@ -57,22 +57,31 @@
 //! [`Net::random_seed`], so the `sim` crate can replay a run.
 
 mod admission;
+mod backoff;
 mod config;
 mod endpoint;
 mod error;
+mod event;
 mod link;
 mod local;
 mod net;
+mod policy;
+mod process;
 mod queue;
 mod quic;
+#[cfg(any(test, feature = "test-util"))]
 pub mod raw;
+mod registry;
 mod tls;
 mod ws;
 
+pub use backoff::Backoff;
 pub use clustd_session::handshake as session;
 pub use clustd_session::{NodeKey, PeerKind, PublicKey, Secret, SessionError};
-pub use config::{EndpointConfig, Limits, SendClass, TlsFiles, TransportKind};
-pub use endpoint::{Endpoint, TransportEvent};
+pub use config::{EndpointConfig, Limits, LocalSocket, SendClass, TlsFiles, TransportKind};
+pub use endpoint::Endpoint;
 pub use error::{RefuseReason, SendError, TransportError};
-pub use local::{LocalSocket, PeerProcess, ProcStat, bind_socket, proc_stat};
+pub use event::TransportEvent;
+pub use local::bind_socket;
 pub use net::{Net, TokioNet};
+pub use process::{PeerProcess, ProcStat, proc_stat};

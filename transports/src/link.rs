@@ -7,17 +7,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::admission::{FirstMessageDeadline, Ticket};
-use crate::endpoint::Shared;
+use crate::admission::{FirstMessage, Ticket};
 use crate::error::RefuseReason;
+use crate::policy::{inbound_allowed, outbound_allowed};
+use crate::process::PeerProcess;
 use crate::queue::{Outgoing, Replaced};
+use crate::registry::Registry;
 use crate::session::{
     Acceptor, Body, Credential, Hello, Initiator, Opener, Proof, Reply, Responder, Sealer, Session,
     sealed_len,
 };
-use crate::{PeerKind, SessionError, TransportError};
+use crate::{PeerKind, Secret, SessionError, TransportError};
 
 /// A message received from a link.
+// Public as `raw::Inbound`, which only the `test-util` feature compiles.
+#[cfg_attr(not(any(test, feature = "test-util")), allow(unreachable_pub))]
 pub enum Inbound {
     /// From the ordered, reliable channel.
     Reliable(Vec<u8>),
@@ -85,13 +89,50 @@ async fn recv_reliable<R: LinkRx>(rx: &mut R) -> Result<Vec<u8>, TransportError>
 }
 
 /// Where a link runs: over the network, or on the daemon's local driver socket (access by
-/// file permissions, drivers only; see `crate::local`).
+/// file permissions, drivers only; see the `local` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Via {
     /// QUIC or WebSocket over the network.
     Network,
     /// The local driver socket.
     LocalSocket,
+}
+
+/// The public pre-shared key of the local driver socket: not a secret (the socket's file
+/// permissions decide who may connect), only what lets that socket run the same handshake.
+pub(crate) fn local_secret() -> Secret {
+    Secret::from_bytes(b"clustd local driver socket: access is by file permissions".to_vec())
+        .unwrap_or_else(|_| unreachable!("longer than the minimum"))
+}
+
+/// A receiving half whose first message must arrive within a [`FirstMessage`] deadline
+/// (and then marks its connection as progressed); later messages are not limited here.
+pub(crate) struct FirstMessageDeadline<R> {
+    pub(crate) inner: R,
+    first: Option<FirstMessage>,
+}
+
+impl<R> FirstMessageDeadline<R> {
+    pub(crate) fn new(inner: R, first: FirstMessage) -> Self {
+        Self {
+            inner,
+            first: Some(first),
+        }
+    }
+}
+
+impl<R: LinkRx> LinkRx for FirstMessageDeadline<R> {
+    async fn recv(&mut self) -> Result<Inbound, TransportError> {
+        let Some(first) = self.first.as_mut() else {
+            return self.inner.recv().await;
+        };
+        // Cancel-safe: `LinkRx::recv` is, and the deadline stays until a message came.
+        let inbound = first.within(self.inner.recv()).await??;
+        if let Some(first) = self.first.take() {
+            first.arrived();
+        }
+        Ok(inbound)
+    }
 }
 
 /// Initiator side of the handshake over a link. `check` vets the responder's hello before
@@ -133,13 +174,13 @@ pub(crate) async fn handshake_initiator<T: LinkTx, R: LinkRx>(
 pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
     tx: &mut T,
     rx: &mut R,
-    shared: &Shared,
+    registry: &Registry,
     binding: &[u8],
     via: Via,
 ) -> Result<(Hello, Session), TransportError> {
     let msg1 = recv_reliable(rx).await?;
-    let config = &shared.config;
-    let local = crate::local::local_secret();
+    let config = &registry.config;
+    let local = local_secret();
     let acceptor = match via {
         Via::Network => Acceptor {
             secret: &config.secret,
@@ -158,7 +199,7 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
         },
     };
     let (responder, remote, proof) =
-        match Responder::read_hello(&acceptor, binding, shared.seed(), &msg1) {
+        match Responder::read_hello(&acceptor, binding, registry.seed(), &msg1) {
             Ok(read) => read,
             Err(SessionError::AuthenticationFailed) => {
                 // Say so before closing, so that a dialer with another secret can tell its
@@ -180,7 +221,7 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
         // Anything but a driver handshake under the socket's public key.
         (Via::LocalSocket, _) => Err(RefuseReason::KindNotAccepted),
     };
-    if let Err(reason) = allowed.and_then(|()| shared.room_for(&remote)) {
+    if let Err(reason) = allowed.and_then(|()| registry.room_for(&remote)) {
         let (msg2, _) = responder.reply(&Reply::Refused(reason))?;
         // Best effort: the remote holds the secret, so it may learn why.
         if tx.send(msg2).await.is_ok() {
@@ -191,7 +232,7 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
             reason,
         });
     }
-    let (msg2, mut session) = responder.reply(&Reply::Accepted(shared.hello()))?;
+    let (msg2, mut session) = responder.reply(&Reply::Accepted(registry.hello()))?;
     tx.send(msg2).await?;
     let confirm = recv_reliable(rx).await?;
     match session.open(&confirm) {
@@ -210,7 +251,7 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
 /// Dials: establishes the link and runs the handshake within the handshake timeout, then
 /// runs the session until it ends. `Err` only for failures before the session started.
 pub(crate) async fn dial_flow<T, R, F>(
-    shared: &Arc<Shared>,
+    registry: &Arc<Registry>,
     expected: Option<&clustd_core::NodeId>,
     via: Via,
     establish: F,
@@ -220,8 +261,8 @@ where
     R: LinkRx,
     F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
 {
-    let config = &shared.config;
-    let local = crate::local::local_secret();
+    let config = &registry.config;
+    let local = local_secret();
     let credential = match (config.local_kind, expected) {
         _ if via == Via::LocalSocket => Credential::Driver(&local),
         (PeerKind::Driver, _) => match &config.daemon_key {
@@ -254,21 +295,21 @@ where
             &mut rx,
             credential,
             &binding,
-            shared.seed(),
-            &shared.hello(),
-            |remote| shared.check_outbound(remote, expected),
+            registry.seed(),
+            &registry.hello(),
+            |remote| outbound_allowed(&registry.config, remote, expected),
         )
         .await?;
         Ok::<_, TransportError>((tx, rx, remote, session))
     };
     let (tx, rx, remote, session) =
-        match tokio::time::timeout(shared.config.limits.handshake_timeout, handshake).await {
+        match tokio::time::timeout(registry.config.limits.handshake_timeout, handshake).await {
             Ok(result) => result?,
             Err(_) if established => return Err(TransportError::HandshakeTimeout),
             Err(_) => return Err(TransportError::ConnectTimeout),
         };
-    let dialer = shared.config.local_id.clone();
-    run_session(shared, tx, rx, session, remote, dialer, None).await;
+    let dialer = registry.config.local_id.clone();
+    run_session(registry, tx, rx, session, remote, dialer, None).await;
     Ok(())
 }
 
@@ -277,24 +318,24 @@ where
 /// admission pool is under pressure), holding an admission ticket; abandoned at once if the
 /// ticket is evicted.
 pub(crate) async fn accept_flow<T, R, F>(
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     addr: SocketAddr,
     via: Via,
     mut ticket: Ticket,
-    process: Option<crate::PeerProcess>,
+    process: Option<PeerProcess>,
     establish: F,
 ) where
     T: LinkTx,
     R: LinkRx,
     F: Future<Output = Result<(T, R, Vec<u8>), TransportError>> + Send,
 {
-    let limits = &shared.config.limits;
+    let limits = &registry.config.limits;
     let mut first = ticket.first_message(limits.first_message_timeout);
     let handshake = async {
         let (mut tx, rx, binding) = first.within(establish).await??;
         let mut rx = FirstMessageDeadline::new(rx, first);
         let (remote, session) =
-            handshake_responder(&mut tx, &mut rx, &shared, &binding, via).await?;
+            handshake_responder(&mut tx, &mut rx, &registry, &binding, via).await?;
         Ok::<_, TransportError>((tx, rx.inner, remote, session))
     };
     let timed = tokio::time::timeout(limits.handshake_timeout, handshake);
@@ -302,7 +343,7 @@ pub(crate) async fn accept_flow<T, R, F>(
         biased;
         // `Endpoint::shutdown` waits for every task: a silent client must not hold it up
         // for the rest of its handshake timeout.
-        () = shared.stopped() => return,
+        () = registry.stopped() => return,
         // A newer connection took the slot; dropping the handshake closes the link.
         () = ticket.evicted() => Err(TransportError::Busy),
         result = timed => result.unwrap_or(Err(TransportError::HandshakeTimeout)),
@@ -311,9 +352,9 @@ pub(crate) async fn accept_flow<T, R, F>(
     match result {
         Ok((tx, rx, remote, session)) => {
             let dialer = remote.id.clone();
-            run_session(&shared, tx, rx, session, remote, dialer, process).await;
+            run_session(&registry, tx, rx, session, remote, dialer, process).await;
         }
-        Err(error) => shared.handshake_failed(addr, error),
+        Err(error) => registry.handshake_failed(addr, error),
     }
 }
 
@@ -323,20 +364,20 @@ pub(crate) async fn accept_flow<T, R, F>(
 /// Two dials crossing (both ends dialed each other) are settled without losing a reliable
 /// frame: each end sends reliable frames only after the other said `Ready` on that
 /// connection, which it does once it registered it and drained the duplicate it replaced;
-/// a replaced duplicate delivers until the remote's goodbye. See [`Shared::register`].
+/// a replaced duplicate delivers until the remote's goodbye. See [`Registry::register`].
 pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
-    shared: &Arc<Shared>,
+    registry: &Arc<Registry>,
     tx: T,
     rx: R,
     session: Session,
     remote: Hello,
     dialer: clustd_core::NodeId,
-    process: Option<crate::PeerProcess>,
+    process: Option<PeerProcess>,
 ) {
-    let Some((generation, queue)) = shared.register(&remote, dialer, process).await else {
+    let Some((generation, queue)) = registry.register(&remote, dialer, process).await else {
         // A driver always dials (no crossing dials): it lost the race for the last slot.
         if remote.kind == PeerKind::Peer {
-            linger_as_loser(shared, tx, rx, session).await;
+            linger_as_loser(registry, tx, rx, session).await;
         }
         return;
     };
@@ -344,9 +385,9 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     // The loops borrow the link halves: a half must outlive its loop (dropping the QUIC
     // receive half closes the connection, which must wait until both loops are done).
     let (mut tx, mut rx) = (tx, rx);
-    let writer = write_loop(&mut tx, sealer, &queue, shared, &remote.id, generation);
-    let reader = read_loop(&mut rx, opener, shared, &remote, generation, &queue);
-    let stopped = shared.stopped();
+    let writer = write_loop(&mut tx, sealer, &queue, registry, &remote.id, generation);
+    let reader = read_loop(&mut rx, opener, registry, &remote, generation, &queue);
+    let stopped = registry.stopped();
     tokio::pin!(writer, reader, stopped);
     let (mut writer_done, mut reader_done) = (false, false);
     // Whether it was cut short (a bound or the idle timeout), rather than ended by the
@@ -388,7 +429,7 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
             _ => {
                 if bound.is_none() {
                     bound = Some(Box::pin(tokio::time::sleep(
-                        shared.config.limits.handshake_timeout,
+                        registry.config.limits.handshake_timeout,
                     )));
                 }
             }
@@ -396,12 +437,12 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
     };
     queue.close();
     if let Err(error) = &result {
-        tracing::debug!(local = %shared.config.local_id, peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
+        tracing::debug!(local = %registry.config.local_id, peer = %remote.id, kind = ?remote.kind, %error, "connection ended");
     }
     if matches!(result, Err(TransportError::IdleTimeout)) {
         cut = true;
     }
-    shared.deregister(&remote, generation, !cut).await;
+    registry.deregister(&remote, generation, !cut).await;
 }
 
 /// A connection that lost to a duplicate at registration: the remote may still take it
@@ -411,7 +452,7 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
 /// remote's goodbye or close, delivering nothing (the remote sent nothing reliable: we
 /// never said `Ready`), bounded by the handshake timeout.
 async fn linger_as_loser<T: LinkTx, R: LinkRx>(
-    shared: &Shared,
+    registry: &Registry,
     mut tx: T,
     mut rx: R,
     session: Session,
@@ -440,8 +481,8 @@ async fn linger_as_loser<T: LinkTx, R: LinkRx>(
     };
     tokio::select! {
         biased;
-        () = shared.stopped() => {}
-        _ = tokio::time::timeout(shared.config.limits.handshake_timeout, read) => {}
+        () = registry.stopped() => {}
+        _ = tokio::time::timeout(registry.config.limits.handshake_timeout, read) => {}
     }
 }
 
@@ -457,12 +498,12 @@ async fn write_loop<T: LinkTx>(
     tx: &mut T,
     mut sealer: Sealer,
     queue: &crate::queue::SendQueue,
-    shared: &Shared,
+    registry: &Registry,
     remote: &clustd_core::NodeId,
     generation: u64,
 ) -> Result<(), TransportError> {
-    let keepalive = shared.config.limits.keepalive_interval;
-    let drained = shared.drained(remote, generation);
+    let keepalive = registry.config.limits.keepalive_interval;
+    let drained = registry.drained(remote, generation);
     tokio::pin!(drained);
     let mut announced = false;
     loop {
@@ -516,12 +557,12 @@ async fn write_loop<T: LinkTx>(
 async fn read_loop<R: LinkRx>(
     rx: &mut R,
     mut opener: Opener,
-    shared: &Shared,
+    registry: &Registry,
     remote: &Hello,
     generation: u64,
     queue: &crate::queue::SendQueue,
 ) -> Result<(), TransportError> {
-    let limits = &shared.config.limits;
+    let limits = &registry.config.limits;
     let idle = match remote.kind {
         PeerKind::Driver => limits.driver_idle_timeout,
         PeerKind::Peer => limits.idle_timeout,
@@ -542,7 +583,7 @@ async fn read_loop<R: LinkRx>(
                         limit: limits.max_frame_len,
                     });
                 }
-                shared.deliver(remote, generation, frame).await?;
+                registry.deliver(remote, generation, frame).await?;
             }
             Body::Keepalive => {}
             Body::Ready => queue.remote_ready(),
@@ -551,55 +592,6 @@ async fn read_loop<R: LinkRx>(
                 return Err(TransportError::Protocol(
                     "unexpected key confirmation".into(),
                 ));
-            }
-        }
-    }
-}
-
-/// Who may connect to us: by what they proved, then by the hello they sent. A hello is a
-/// claim; it is believed only as far as the proof behind it goes.
-pub(crate) fn inbound_allowed(
-    config: &crate::EndpointConfig,
-    remote: &Hello,
-    proof: Proof,
-) -> Result<(), RefuseReason> {
-    if remote.id == config.local_id {
-        return Err(RefuseReason::SameId);
-    }
-    if config.local_kind != PeerKind::Peer {
-        return Err(RefuseReason::KindNotAccepted);
-    }
-    match (proof, remote.kind) {
-        // A driver credential makes a driver, never a peer, and a driver may not take a
-        // peer's id: ids are unique per endpoint.
-        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Peer) => {
-            Err(RefuseReason::KindNotAccepted)
-        }
-        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Driver)
-            if config.peers.contains_key(&remote.id) =>
-        {
-            Err(RefuseReason::UnknownNode)
-        }
-        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Driver) if config.accept_drivers => {
-            Ok(())
-        }
-        (Proof::Driver | Proof::ClusterSecretDriver, PeerKind::Driver) => {
-            Err(RefuseReason::KindNotAccepted)
-        }
-        // Drivers prove the driver credential, never the cluster secret or a node key.
-        (Proof::ClusterSecret | Proof::NodeKey(_), PeerKind::Driver) => {
-            Err(RefuseReason::KindNotAccepted)
-        }
-        (proof, PeerKind::Peer) => {
-            if !config.peers.contains_key(&remote.id) {
-                return Err(RefuseReason::UnknownNode);
-            }
-            match (config.peer_keys.get(&remote.id), proof) {
-                (Some(expected), Proof::NodeKey(proved)) if *expected == proved => Ok(()),
-                // The key of another node (or none): the claim is false.
-                (Some(_), _) => Err(RefuseReason::KeyRequired),
-                // A peer without a configured key: the secret is all it can prove.
-                (None, _) => Ok(()),
             }
         }
     }

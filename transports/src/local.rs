@@ -6,30 +6,15 @@
 //! Production only: the simulation has no Unix sockets.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::endpoint::Shared;
+use crate::config::LocalSocket;
+use crate::error::TransportError;
 use crate::link::{Via, accept_flow, dial_flow};
+use crate::process::PeerProcess;
+use crate::registry::Registry;
 use crate::ws::{self, ws_config};
-use crate::{Secret, TransportError};
-
-/// Where a daemon serves its local drivers, and who may connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalSocket {
-    /// The socket's path.
-    pub path: PathBuf,
-    /// Its permission bits (e.g. `0o660`: owner and group may connect).
-    pub mode: u32,
-    /// Its group (numeric id), if it should not keep the daemon's.
-    pub gid: Option<u32>,
-}
-
-/// The public pre-shared key of the local socket (not a secret: see the module docs).
-pub(crate) fn local_secret() -> Secret {
-    Secret::from_bytes(b"clustd local driver socket: access is by file permissions".to_vec())
-        .unwrap_or_else(|_| unreachable!("longer than the minimum"))
-}
 
 /// The binding of a local link (no TLS exporter to bind to; the socket is the channel).
 const LOCAL_BINDING: &[u8] = b"local socket";
@@ -38,14 +23,15 @@ const LOCAL_BINDING: &[u8] = b"local socket";
 pub(crate) const LOCAL_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
 
-/// Binds `socket`: removes a stale socket file (never any other kind of file), binds, and
-/// sets the mode and group before anyone can be accepted.
+/// Binds the driver socket (see [`bind_socket`]).
 pub(crate) fn bind(socket: &LocalSocket) -> Result<tokio::net::UnixListener, TransportError> {
     bind_socket(socket, "driver socket", "cluster.driver_socket")
 }
 
-/// [`bind`] for any of the daemon's local sockets: `what` names it in errors (`admin
-/// socket`), `key` is the config key that sets its path.
+/// Binds one of the daemon's local sockets (the driver socket, the admin socket): removes a
+/// stale socket file (never any other kind of file), binds, and sets the mode and group
+/// before anyone can be accepted. `what` names it in errors (`admin socket`), `key` is the
+/// config key that sets its path.
 pub fn bind_socket(
     socket: &LocalSocket,
     what: &str,
@@ -90,64 +76,10 @@ pub fn bind_socket(
     Ok(listener)
 }
 
-/// The process on the other end of a local-socket connection, as the kernel named it
-/// when the connection was accepted (`SO_PEERCRED`), with its start time so that a pid
-/// reused later by another process is never taken for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PeerProcess {
-    /// Its pid.
-    pub pid: u32,
-    /// Its user id.
-    pub uid: u32,
-    /// Its start time (`/proc/<pid>/stat` field 22, clock ticks since boot).
-    pub start_time: u64,
-}
-
-impl PeerProcess {
-    /// Process `pid` of user `uid` as it is now, if it exists.
-    pub fn of(pid: u32, uid: u32) -> Option<Self> {
-        proc_stat(pid).map(|s| Self {
-            pid,
-            uid,
-            start_time: s.start_time,
-        })
-    }
-}
-
-/// What `/proc/<pid>/stat` says of a process (the fields this project reads).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    /// `R`, `S`, `T`, `Z` (a zombie: dead, not reaped yet)...
-    pub state: char,
-    /// Its parent.
-    pub ppid: u32,
-    /// Its start time, clock ticks since boot.
-    pub start_time: u64,
-}
-
-impl ProcStat {
-    /// Parses one `/proc/<pid>/stat` line. The command name (field 2) may hold spaces and
-    /// parentheses, so fields are counted after its last `)`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let rest = &text[text.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        Some(Self {
-            state: fields.first()?.chars().next()?,
-            ppid: fields.get(1)?.parse().ok()?,
-            start_time: fields.get(19)?.parse().ok()?,
-        })
-    }
-}
-
-/// `/proc/<pid>/stat`, if the process exists (and `/proc` is mounted).
-pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    ProcStat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
 /// Accepts local drivers until shutdown.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListener) {
-    let config = ws_config(shared.config.limits.max_frame_len);
-    let stopped = shared.stopped();
+pub(crate) async fn serve(registry: Arc<Registry>, listener: tokio::net::UnixListener) {
+    let config = ws_config(registry.config.limits.max_frame_len);
+    let stopped = registry.stopped();
     tokio::pin!(stopped);
     let mut accept_failing = false;
     loop {
@@ -170,7 +102,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListene
                 continue;
             }
         };
-        let ticket = shared.unauthenticated.admit(LOCAL_ADDR);
+        let ticket = registry.unauthenticated.admit(LOCAL_ADDR);
         // The kernel's word for who connected (for a fence that kills the driver's
         // processes): the driver cannot forge it.
         let process = stream.peer_cred().ok().and_then(|cred| {
@@ -181,8 +113,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListene
             let (tx, rx) = ws::server(Box::new(stream), config).await?;
             Ok((tx, rx, LOCAL_BINDING.to_vec()))
         };
-        shared.spawn(accept_flow(
-            shared.clone(),
+        registry.spawn(accept_flow(
+            registry.clone(),
             LOCAL_ADDR,
             Via::LocalSocket,
             ticket,
@@ -193,9 +125,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::UnixListene
 }
 
 /// Dials the daemon's local socket once and runs the session until it ends.
-pub(crate) async fn dial_once(shared: &Arc<Shared>, path: &Path) -> Result<(), TransportError> {
-    let config = ws_config(shared.config.limits.max_frame_len);
-    dial_flow(shared, None, Via::LocalSocket, async {
+pub(crate) async fn dial_once(registry: &Arc<Registry>, path: &Path) -> Result<(), TransportError> {
+    let config = ws_config(registry.config.limits.max_frame_len);
+    dial_flow(registry, None, Via::LocalSocket, async {
         let stream = tokio::net::UnixStream::connect(path).await?;
         let (tx, rx) = ws::client(Box::new(stream), "ws://localhost/clustd", config).await?;
         Ok((tx, rx, LOCAL_BINDING.to_vec()))

@@ -6,17 +6,18 @@ use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clustd_core::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use crate::endpoint::Shared;
 use crate::link::{
     Inbound, LinkRx, LinkTx, REFUSAL_CODE, REFUSAL_REASON, Via, accept_flow, dial_flow,
     max_link_msg, refused_by_remote,
 };
 use crate::net::Net;
+use crate::registry::Registry;
 use crate::{Limits, TransportError, tls};
 
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-clustd-noise-binding";
@@ -289,10 +290,10 @@ pub(crate) struct QuicBackend {
 impl QuicBackend {
     pub(crate) async fn start<N: Net>(
         net: &N,
-        shared: &Arc<Shared>,
+        registry: &Arc<Registry>,
         seed: [u8; 32],
     ) -> Result<(Self, Option<SocketAddr>), TransportError> {
-        let config = &shared.config;
+        let config = &registry.config;
         // A dialing-only endpoint still needs a UDP socket, in the peers' address family.
         let bind_addr = match (
             config.listen,
@@ -308,24 +309,31 @@ impl QuicBackend {
             None => None,
         };
         if config.listen.is_some() {
-            shared.spawn(serve(shared.clone(), endpoint.clone()));
+            registry.spawn(serve(registry.clone(), endpoint.clone()));
         }
         Ok((Self { endpoint }, local_addr))
     }
 
-    pub(crate) fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
+    /// Closes the QUIC endpoint: every connection is told at once (CONNECTION_CLOSE) and
+    /// nothing new is accepted.
+    pub(crate) fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Waits until the closes have gone out (the endpoint is idle), at most a second.
+    pub(crate) async fn closed(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     pub(crate) async fn dial_once(
         &self,
-        shared: &Arc<Shared>,
+        registry: &Arc<Registry>,
         addr: SocketAddr,
         expected: Option<&NodeId>,
     ) -> Result<(), TransportError> {
-        let max_frame_len = shared.config.limits.max_frame_len;
+        let max_frame_len = registry.config.limits.max_frame_len;
         dial_flow(
-            shared,
+            registry,
             expected,
             Via::Network,
             connect(&self.endpoint, addr, max_frame_len),
@@ -334,10 +342,10 @@ impl QuicBackend {
     }
 }
 
-async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    let stopped = shared.stopped();
+async fn serve(registry: Arc<Registry>, endpoint: quinn::Endpoint) {
+    let stopped = registry.stopped();
     tokio::pin!(stopped);
-    let max_frame_len = shared.config.limits.max_frame_len;
+    let max_frame_len = registry.config.limits.max_frame_len;
     loop {
         let incoming = tokio::select! {
             biased;
@@ -347,7 +355,7 @@ async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         let Some(mut incoming) = incoming else { return };
         // Under load, a source must first show that it receives at its address (a Retry
         // round trip): spoofed sources never take a slot, and an honest dialer pays one RTT.
-        if shared.unauthenticated.under_pressure() && !incoming.remote_address_validated() {
+        if registry.unauthenticated.under_pressure() && !incoming.remote_address_validated() {
             tracing::debug!(addr = %incoming.remote_address(), "busy: asking for address validation");
             match incoming.retry() {
                 Ok(()) => continue,
@@ -357,14 +365,14 @@ async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         }
         let addr = incoming.remote_address();
         // Never refuses: a full pool evicts an older unauthenticated connection.
-        let ticket = shared.unauthenticated.admit(addr);
+        let ticket = registry.unauthenticated.admit(addr);
         let establish = async move {
             let conn = incoming.await.map_err(quic_err)?;
             let (send, recv) = conn.accept_bi().await.map_err(quic_err)?;
             link(conn, send, recv, max_frame_len)
         };
-        shared.spawn(accept_flow(
-            shared.clone(),
+        registry.spawn(accept_flow(
+            registry.clone(),
             addr,
             Via::Network,
             ticket,

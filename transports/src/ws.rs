@@ -13,12 +13,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::endpoint::Shared;
 use crate::link::{
     Inbound, LinkRx, LinkTx, REFUSAL_CODE, REFUSAL_REASON, Via, accept_flow, dial_flow,
     max_link_msg, refused_by_remote,
 };
 use crate::net::Net;
+use crate::registry::Registry;
 use crate::{TransportError, tls};
 
 /// Any byte stream: plain TCP or TLS over it, from any [`Net`].
@@ -153,10 +153,10 @@ pub(crate) struct WsBackend<N: Net> {
 impl<N: Net> WsBackend<N> {
     pub(crate) async fn start(
         net: N,
-        shared: &Arc<Shared>,
+        registry: &Arc<Registry>,
     ) -> Result<(Self, Option<SocketAddr>), TransportError> {
-        let config = ws_config(shared.config.limits.max_frame_len);
-        let acceptor = match &shared.config.tls {
+        let config = ws_config(registry.config.limits.max_frame_len);
+        let acceptor = match &registry.config.tls {
             Some(files) => {
                 let (certs, key) = tls::load(files)?;
                 let server = tls::server_config(certs, key, false)?;
@@ -164,7 +164,7 @@ impl<N: Net> WsBackend<N> {
             }
             None => None,
         };
-        let connector = if shared.config.dial_tls {
+        let connector = if registry.config.dial_tls {
             Some(tokio_rustls::TlsConnector::from(Arc::new(
                 tls::client_config(false)?,
             )))
@@ -172,12 +172,12 @@ impl<N: Net> WsBackend<N> {
             None
         };
         let mut local_addr = None;
-        if let Some(listen) = shared.config.listen {
+        if let Some(listen) = registry.config.listen {
             let listener = net.tcp_bind(listen).await?;
             local_addr = Some(net.tcp_local_addr(&listener)?);
-            shared.spawn(serve(
+            registry.spawn(serve(
                 net.clone(),
-                shared.clone(),
+                registry.clone(),
                 listener,
                 acceptor,
                 config,
@@ -195,11 +195,11 @@ impl<N: Net> WsBackend<N> {
 
     pub(crate) async fn dial_once(
         &self,
-        shared: &Arc<Shared>,
+        registry: &Arc<Registry>,
         addr: SocketAddr,
         expected: Option<&NodeId>,
     ) -> Result<(), TransportError> {
-        dial_flow(shared, expected, Via::Network, async {
+        dial_flow(registry, expected, Via::Network, async {
             let (tx, rx) = connect(&self.net, addr, self.connector.as_ref(), self.config).await?;
             Ok((tx, rx, WS_BINDING.to_vec()))
         })
@@ -209,12 +209,12 @@ impl<N: Net> WsBackend<N> {
 
 async fn serve<N: Net>(
     net: N,
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     listener: N::Listener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     config: WebSocketConfig,
 ) {
-    let stopped = shared.stopped();
+    let stopped = registry.stopped();
     tokio::pin!(stopped);
     // Out of file descriptors can last (a flood): warn when it starts, not on every retry.
     let mut accept_failing = false;
@@ -241,7 +241,7 @@ async fn serve<N: Net>(
                 continue;
             }
         };
-        let ticket = shared.unauthenticated.admit(addr);
+        let ticket = registry.unauthenticated.admit(addr);
         let acceptor = acceptor.clone();
         let establish = async move {
             let io: Box<dyn Io> = match acceptor {
@@ -251,8 +251,8 @@ async fn serve<N: Net>(
             let (tx, rx) = server(io, config).await?;
             Ok((tx, rx, WS_BINDING.to_vec()))
         };
-        shared.spawn(accept_flow(
-            shared.clone(),
+        registry.spawn(accept_flow(
+            registry.clone(),
             addr,
             Via::Network,
             ticket,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use clustd_transport::Backoff;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -13,7 +14,6 @@ use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 
 use super::template::json_value;
-use crate::backoff::Backoff;
 
 /// One rendered notification.
 #[derive(Clone, Debug, PartialEq, Eq)]
