@@ -104,7 +104,8 @@ pub struct Options {
     pub clustd_bin: PathBuf,
     /// Path of the `clustd-shell-driver` binary to run.
     pub driver_bin: PathBuf,
-    /// Seconds to sample idle CPU and memory after the rounds (0: skip).
+    /// Seconds to sample idle CPU, memory and wakeups after the rounds, on a fresh cluster
+    /// at the production log level (0: skip; with `rounds` 0, only that).
     pub idle_secs: u64,
     /// Print a progress bar on stderr.
     pub progress: bool,
@@ -272,7 +273,30 @@ fn unix_now() -> f64 {
 pub async fn run(opts: &Options) -> Result<Vec<Report>, BenchError> {
     let mut reports = Vec::new();
     for &transport in &opts.transports {
-        reports.push(run_one(opts, transport).await?);
+        if opts.rounds == 0 {
+            // Idle only: one cluster at the production log level.
+            reports.push(run_one(opts, transport).await?);
+            continue;
+        }
+        let rounds = Options {
+            idle_secs: 0,
+            ..opts.clone()
+        };
+        let mut report = run_one(&rounds, transport).await?;
+        if opts.idle_secs > 0 {
+            // The rounds' daemons log every lease renewal (at debug, for the checker): the
+            // idle cost is measured on a fresh cluster at the production log level instead.
+            let idle = Options {
+                rounds: 0,
+                ..opts.clone()
+            };
+            let quiet = run_one(&idle, transport).await?;
+            report.idle_cpu_percent = quiet.idle_cpu_percent;
+            report.idle_rss_mib = quiet.idle_rss_mib;
+            report.idle_leader = quiet.idle_leader;
+            report.idle_follower = quiet.idle_follower;
+        }
+        reports.push(report);
     }
     Ok(reports)
 }
@@ -509,14 +533,18 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         let _ = node.driver.start_kill();
         let _ = node.driver.wait().await;
     }
-    for node in &nodes {
-        let text = std::fs::read_to_string(&node.daemon_log).unwrap_or_default();
-        service.add_log(&node.daemon_log.display().to_string(), &text);
+    // Without rounds the daemons logged no lease renewals (see `spawn_daemon`): there is
+    // nothing the checker could prove, so it does not run.
+    if opts.rounds > 0 {
+        for node in &nodes {
+            let text = std::fs::read_to_string(&node.daemon_log).unwrap_or_default();
+            service.add_log(&node.daemon_log.display().to_string(), &text);
+        }
+        let checker = service.check(&stop_budgets);
+        report.overlaps = checker.violations().iter().map(|v| v.0.clone()).collect();
+        report.service_intervals = checker.intervals().len();
+        report.failed_stops = checker.failed_stops();
     }
-    let checker = service.check(&stop_budgets);
-    report.overlaps = checker.violations().iter().map(|v| v.0.clone()).collect();
-    report.service_intervals = checker.intervals().len();
-    report.failed_stops = checker.failed_stops();
     if opts.keep {
         let kept = dir.keep();
         eprintln!("  logs and configs kept in {}", kept.display());
@@ -542,18 +570,22 @@ fn append(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 fn spawn_daemon(opts: &Options, config: &Path, log: &Path) -> std::io::Result<Child> {
+    // Lease renewals are logged at debug; the checker needs every one of them. A cluster
+    // without rounds only measures the idle cost: it logs as in production (info).
+    // `CLUSTD_BENCH_LOG` adds directives (e.g. `clustd::runtime=debug`) to look closer.
+    let base = if opts.rounds == 0 {
+        "info".to_string()
+    } else {
+        format!("info,{SERVICE_LOG_TARGET}=debug")
+    };
     Command::new(&opts.clustd_bin)
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
-        // Lease renewals are logged at debug; the checker needs every one of them.
-        // `CLUSTD_BENCH_LOG` adds directives (e.g. `clustd::runtime=debug`) to look closer.
         .env(
             "RUST_LOG",
             match std::env::var("CLUSTD_BENCH_LOG") {
-                Ok(extra) if !extra.is_empty() => {
-                    format!("info,{SERVICE_LOG_TARGET}=debug,{extra}")
-                }
-                _ => format!("info,{SERVICE_LOG_TARGET}=debug"),
+                Ok(extra) if !extra.is_empty() => format!("{base},{extra}"),
+                _ => base,
             },
         )
         .stdin(Stdio::null())

@@ -116,7 +116,9 @@ struct FailoverArgs {
     /// Also draw the failover-time distribution into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Seconds to sample the idle daemons' CPU and memory afterwards (0: skip).
+    /// Seconds to sample idle daemons' CPU, memory and wakeups (leader and followers),
+    /// after the rounds, on a fresh cluster that logs as in production (the rounds' daemons
+    /// log every lease renewal for the checker); 0: skip. `--rounds 0`: only that.
     #[arg(long, default_value_t = 20)]
     idle_secs: u64,
     /// The clustd binary (default: beside this binary).
