@@ -13,6 +13,8 @@ use clustd_core::{Config as CoreConfig, NodeId};
 use clustd_transport::{NodeKey, PublicKey, Secret, TransportKind};
 use serde::Deserialize;
 
+pub mod write;
+
 /// The shortest cluster secret accepted, in bytes (`clustd keygen` makes 64 hex characters).
 pub const MIN_SECRET_LEN: usize = 32;
 
