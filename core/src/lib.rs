@@ -98,6 +98,7 @@ pub mod driver;
 pub mod fault;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+pub mod hash;
 pub mod ids;
 pub mod message;
 pub mod node;

@@ -1910,10 +1910,7 @@ impl Settings {
             health.driver_timeout = Duration::from_millis(ms);
         }
         // Jitter seed: OS randomness, with the id mixed in so nodes differ even without it.
-        core.rng_seed = random_u64()
-            ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        core.rng_seed = random_u64() ^ clustd_core::hash::fnv1a(id.as_str().as_bytes());
         // Timings passed the daemon's own check, which includes the core's rule: an error
         // here is a bug in one of the two, still reported under the key it concerns.
         core.validate().map_err(|ce| {
