@@ -15,9 +15,6 @@ use serde::Deserialize;
 
 pub mod write;
 
-/// The shortest cluster secret accepted, in bytes (`clustd keygen` makes 64 hex characters).
-pub const MIN_SECRET_LEN: usize = 32;
-
 /// Where `clustd status` and the other admin commands look for the config when not given
 /// `--config`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/clustd/clustd.toml";
@@ -2163,12 +2160,13 @@ fn checked_secret(
         (_, true) => "cluster.driver_secret_file",
         (_, false) => "cluster.driver_secret",
     };
-    if bytes.len() < MIN_SECRET_LEN {
+    if bytes.len() < Secret::MIN_LEN {
         return Err(err(
             key,
             format!(
-                "the secret is {} bytes; at least {MIN_SECRET_LEN} are required (make one with `clustd keygen`)",
-                bytes.len()
+                "the secret is {} bytes; at least {} are required (make one with `clustd keygen`)",
+                bytes.len(),
+                Secret::MIN_LEN
             ),
         ));
     }
@@ -2378,7 +2376,7 @@ fn local_socket(
     Ok(clustd_transport::LocalSocket { path, mode, gid })
 }
 
-/// Reads a token file (`key` names it in errors): trimmed, at least [`MIN_SECRET_LEN`] bytes.
+/// Reads a token file (`key` names it in errors): trimmed, at least [`Secret::MIN_LEN`] bytes.
 fn read_token(file: &str, key: &str, path: &Path) -> Result<crate::admin::AdminToken, ConfigError> {
     let err = |message: String| ConfigError {
         file: file.to_owned(),
@@ -2392,11 +2390,12 @@ fn read_token(file: &str, key: &str, path: &Path) -> Result<crate::admin::AdminT
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| err(format!("{} is not text", path.display())))?
         .trim();
-    if text.len() < MIN_SECRET_LEN {
+    if text.len() < Secret::MIN_LEN {
         return Err(err(format!(
-            "the token in {} is {} bytes; at least {MIN_SECRET_LEN} (make one with `clustd keygen --out {}`)",
+            "the token in {} is {} bytes; at least {} (make one with `clustd keygen --out {}`)",
             path.display(),
             text.len(),
+            Secret::MIN_LEN,
             path.display()
         )));
     }

@@ -285,7 +285,7 @@ impl DaemonKeys {
                 secret
             }
             // Not used on the socket; any bytes of the minimum length will do.
-            (None, Some(_)) => "no secret on the local socket".to_owned(),
+            (None, Some(_)) => "no secret is used on the daemon's local socket".to_owned(),
             (None, None) => {
                 return Err(ConfigError::invalid(
                     file,

@@ -16,8 +16,8 @@ use clustd_transport::{
 };
 use tokio::sync::mpsc::Receiver;
 
-const SECRET: &str = "test-cluster-secret-0123456789";
-const WRONG_SECRET: &str = "wrong-cluster-secret-9876543210";
+const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+const WRONG_SECRET: &str = "wrong-cluster-secret-9876543210fedcba";
 /// Generous: the machine is busy; nothing here measures speed.
 const WAIT: Duration = Duration::from_secs(20);
 
