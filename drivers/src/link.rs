@@ -169,10 +169,15 @@ fn describe(
 
 /// Nothing answers `transport` at `addr`: most often the daemon speaks the other one.
 fn nothing_answers(transport: TransportKind, addr: SocketAddr, detail: &str) -> String {
-    let (ours, other) = match transport {
-        TransportKind::Quic => ("QUIC", "websocket"),
-        TransportKind::WebSocket => ("WebSocket", "quic"),
+    // The protocols' own spelling in prose; the config value (`as_str`) for the hint.
+    let ours = match transport {
+        TransportKind::Quic => "QUIC",
+        TransportKind::WebSocket => "WebSocket",
     };
+    let other = TransportKind::ALL
+        .into_iter()
+        .find(|kind| *kind != transport)
+        .map_or("", TransportKind::as_str);
     format!(
         "nothing answers {ours} at {addr}{detail}: \
          if the daemon's cluster.transport is {other}, set transport = \"{other}\" here"

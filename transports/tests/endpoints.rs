@@ -1,5 +1,5 @@
 //! End-to-end tests over real loopback sockets. Every test body is written once, as an
-//! `async fn(TransportKind)`, and run for both transports by `both_transports!`; the
+//! `async fn(TransportKind)`, and run for both transports by `clustd_core::both_transports!`; the
 //! `wss://` tests at the end are WebSocket-only.
 
 use std::collections::BTreeMap;
@@ -1531,28 +1531,7 @@ async fn stress_duplicate_connections(kind: TransportKind) {
     eprintln!("{kind}: {swapped} of {rounds} rounds replaced a duplicate connection mid-stream");
 }
 
-macro_rules! both_transports {
-    ($($test:ident),* $(,)?) => {
-        mod websocket {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(clustd_transport::TransportKind::WebSocket).await;
-                }
-            )*
-        }
-        mod quic {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(clustd_transport::TransportKind::Quic).await;
-                }
-            )*
-        }
-    };
-}
-
-both_transports!(
+clustd_core::both_transports!(
     two_endpoints_exchange_frames,
     three_endpoints_exchange_frames,
     driver_dials_by_address,
