@@ -89,6 +89,7 @@
 //! ```
 
 mod backoff;
+pub mod cli;
 mod clock;
 mod config;
 mod driver;
