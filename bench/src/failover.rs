@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clustd::Settings;
 use clustd::admin::Client;
 use clustd::clock::machine_monotonic_ns;
+use clustd::config::write::NodeToml;
 use clustd::local::{free_port, write_private};
 use clustd::runtime::SERVICE_LOG_TARGET;
 use clustd::status::{ElectionStep, ElectionStepKind, Status};
@@ -333,24 +334,28 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             work.join(format!("data-{name}"))
                 .join(clustd::config::ADMIN_SOCKET_FILE),
         );
-        let peers: Vec<String> = names
-            .iter()
-            .zip(&ports)
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(j, (n, p))| {
-                let addr = network
-                    .as_ref()
-                    .and_then(|net| net.addr(i, j))
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], *p)));
-                let key = public_keys[j];
-                format!("{{ id = \"{n}\", addr = \"{addr}\", key = \"{key}\" }}")
-            })
-            .collect();
-        let stop_budget = opts
-            .stop_budget_ms
-            .map(|ms| format!("stop_budget_ms = {ms}\n"))
-            .unwrap_or_default();
+        let mut config = NodeToml::new(
+            name,
+            transport,
+            SocketAddr::from(([127, 0, 0, 1], ports[i])),
+        )
+        .data_dir(format!("data-{name}"))
+        .key_file(format!("{name}.key"))
+        .secret_file("secret")
+        .driver_secret_file("driver-secret");
+        for (j, n) in names.iter().enumerate().filter(|(j, _)| *j != i) {
+            let addr = network
+                .as_ref()
+                .and_then(|net| net.addr(i, j))
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], ports[j])));
+            config = config.peer(n, addr, &public_keys[j]);
+        }
+        config = config
+            .heartbeat_ms(opts.heartbeat_ms)
+            .election_timeout_ms(opts.election_timeout_ms);
+        if let Some(ms) = opts.stop_budget_ms {
+            config = config.stop_budget_ms(ms);
+        }
         let health_file = (opts.mode == Mode::Unhealthy).then(|| work.join(format!("{name}.ok")));
         let health = match &health_file {
             Some(file) => {
@@ -367,15 +372,7 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             }
             None => String::new(),
         };
-        let config = format!(
-            "[node]\nid = \"{name}\"\ndata_dir = \"data-{name}\"\nkey_file = \"{name}.key\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"secret\"\ndriver_secret_file = \"driver-secret\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\n{stop_budget}\n{health}",
-            transport.as_str(),
-            ports[i],
-            peers.join(", "),
-            opts.heartbeat_ms,
-            opts.election_timeout_ms[0],
-            opts.election_timeout_ms[1],
-        );
+        let config = config.then_toml(&health).to_toml();
         let config_path = work.join(format!("{name}.toml"));
         std::fs::write(&config_path, config)?;
         let (settings, _) = Settings::load(&config_path)?;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use clustd::cli::Transports;
 use clustd_bench::failover::{self, HealthProfile, Mode, Options};
 use clustd_bench::vip;
-use clustd_transport::TransportKind;
 
 /// Benchmarks of clustd with real processes: the `clustd` daemons and their drivers run as
 /// child processes of this one, and are failed for real.
@@ -28,23 +28,6 @@ enum Cmd {
     /// checks the daemons' service records for overlapping masters with the strict service
     /// checker.
     Failover(FailoverArgs),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum TransportChoice {
-    Quic,
-    Websocket,
-    Both,
-}
-
-impl TransportChoice {
-    fn kinds(self) -> Vec<TransportKind> {
-        match self {
-            Self::Quic => vec![TransportKind::Quic],
-            Self::Websocket => vec![TransportKind::WebSocket],
-            Self::Both => vec![TransportKind::Quic, TransportKind::WebSocket],
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,8 +72,8 @@ struct FailoverArgs {
     #[arg(long, default_value_t = 30)]
     rounds: usize,
     /// Transport(s) to measure.
-    #[arg(long, value_enum, default_value_t = TransportChoice::Both)]
-    transport: TransportChoice,
+    #[arg(long, value_parser = clustd::cli::transports_parser(), default_value = "both")]
+    transport: Transports,
     /// Heartbeat interval.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -173,7 +156,7 @@ async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     let opts = Options {
         nodes: args.nodes,
         rounds: args.rounds,
-        transports: args.transport.kinds(),
+        transports: args.transport.0.clone(),
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_ms: args.election_timeout()?,
         stop_budget_ms: args.stop_budget_ms,
@@ -229,7 +212,7 @@ async fn bench_vip(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     }
     let opts = vip::VipOptions {
         rounds: args.rounds,
-        transports: args.transport.kinds(),
+        transports: args.transport.0.clone(),
         election,
         clustd_bin: binary(args.clustd_bin, "clustd")?,
         driver_bin: binary(args.driver_bin, "clustd-vip-driver")?,

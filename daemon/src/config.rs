@@ -13,8 +13,7 @@ use clustd_core::{Config as CoreConfig, NodeId};
 use clustd_transport::{NodeKey, PublicKey, Secret, TransportKind};
 use serde::Deserialize;
 
-/// The shortest cluster secret accepted, in bytes (`clustd keygen` makes 64 hex characters).
-pub const MIN_SECRET_LEN: usize = 32;
+pub mod write;
 
 /// Where `clustd status` and the other admin commands look for the config when not given
 /// `--config`.
@@ -1908,10 +1907,7 @@ impl Settings {
             health.driver_timeout = Duration::from_millis(ms);
         }
         // Jitter seed: OS randomness, with the id mixed in so nodes differ even without it.
-        core.rng_seed = random_u64()
-            ^ id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        core.rng_seed = random_u64() ^ clustd_core::hash::fnv1a(id.as_str().as_bytes());
         // Timings passed the daemon's own check, which includes the core's rule: an error
         // here is a bug in one of the two, still reported under the key it concerns.
         core.validate().map_err(|ce| {
@@ -2164,12 +2160,13 @@ fn checked_secret(
         (_, true) => "cluster.driver_secret_file",
         (_, false) => "cluster.driver_secret",
     };
-    if bytes.len() < MIN_SECRET_LEN {
+    if bytes.len() < Secret::MIN_LEN {
         return Err(err(
             key,
             format!(
-                "the secret is {} bytes; at least {MIN_SECRET_LEN} are required (make one with `clustd keygen`)",
-                bytes.len()
+                "the secret is {} bytes; at least {} are required (make one with `clustd keygen`)",
+                bytes.len(),
+                Secret::MIN_LEN
             ),
         ));
     }
@@ -2379,7 +2376,7 @@ fn local_socket(
     Ok(clustd_transport::LocalSocket { path, mode, gid })
 }
 
-/// Reads a token file (`key` names it in errors): trimmed, at least [`MIN_SECRET_LEN`] bytes.
+/// Reads a token file (`key` names it in errors): trimmed, at least [`Secret::MIN_LEN`] bytes.
 fn read_token(file: &str, key: &str, path: &Path) -> Result<crate::admin::AdminToken, ConfigError> {
     let err = |message: String| ConfigError {
         file: file.to_owned(),
@@ -2393,11 +2390,12 @@ fn read_token(file: &str, key: &str, path: &Path) -> Result<crate::admin::AdminT
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| err(format!("{} is not text", path.display())))?
         .trim();
-    if text.len() < MIN_SECRET_LEN {
+    if text.len() < Secret::MIN_LEN {
         return Err(err(format!(
-            "the token in {} is {} bytes; at least {MIN_SECRET_LEN} (make one with `clustd keygen --out {}`)",
+            "the token in {} is {} bytes; at least {} (make one with `clustd keygen --out {}`)",
             path.display(),
             text.len(),
+            Secret::MIN_LEN,
             path.display()
         )));
     }

@@ -6,6 +6,7 @@
 //! demo ([`demo`]). The `clustd` binary is a thin command-line layer over this library.
 
 pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::TokioClock;
+use crate::config::write::NodeToml;
 use crate::config::{ConfigError, Settings};
 use crate::runtime::{self, DriverRecord, Handle, RuntimeError, Shutdown};
 use crate::store::{FileStore, StateStore};
@@ -48,8 +49,8 @@ pub struct LocalFiles<'a> {
     pub node_key: &'a std::path::Path,
 }
 
-/// The TOML of a local node listening on `listen`; `election` is the body of the
-/// `[election]` table (and may be followed by more tables).
+/// The TOML of a local node listening on `listen` (written by [`NodeToml`]); `election` is
+/// the body of the `[election]` table (and may be followed by more tables).
 pub fn node_config(
     id: &str,
     listen: std::net::SocketAddr,
@@ -59,24 +60,15 @@ pub fn node_config(
     data_dir: &std::path::Path,
     election: &str,
 ) -> String {
-    let transport = transport.as_str();
-    let peers: Vec<String> = peers
-        .iter()
-        .map(|p| {
-            format!(
-                "{{ id = \"{}\", addr = \"{}\", key = \"{}\" }}",
-                p.id, p.addr, p.key
-            )
-        })
-        .collect();
-    format!(
-        "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n\n[cluster]\ntransport = \"{transport}\"\nlisten = \"{listen}\"\nsecret_file = \"{}\"\ndriver_secret_file = \"{}\"\npeers = [{}]\n\n[election]\n{election}\n",
-        data_dir.display(),
-        files.node_key.display(),
-        files.secret.display(),
-        files.driver_secret.display(),
-        peers.join(", ")
-    )
+    let mut config = NodeToml::new(id, transport, listen)
+        .data_dir(data_dir)
+        .key_file(files.node_key)
+        .secret_file(files.secret)
+        .driver_secret_file(files.driver_secret);
+    for peer in peers {
+        config = config.peer(&peer.id, peer.addr, &peer.key);
+    }
+    config.then_toml(election).to_toml()
 }
 
 /// The cluster secret's file name inside a local cluster's directory.

@@ -33,21 +33,6 @@ enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Transport {
-    Quic,
-    Websocket,
-}
-
-impl From<Transport> for TransportKind {
-    fn from(t: Transport) -> Self {
-        match t {
-            Transport::Quic => TransportKind::Quic,
-            Transport::Websocket => TransportKind::WebSocket,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 enum OnOff {
     On,
     Off,
@@ -137,8 +122,8 @@ enum Cmd {
     /// Run a 3-node cluster in this process on loopback and fail it over (about 15 s).
     Demo {
         /// Transport between the demo nodes.
-        #[arg(long, value_enum, default_value_t = Transport::Quic)]
-        transport: Transport,
+        #[arg(long, value_parser = clustd::cli::transport_parser(), default_value = "quic")]
+        transport: TransportKind,
     },
 }
 
@@ -542,7 +527,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
             );
         }
         Cmd::Demo { transport } => {
-            let report = clustd::demo::run(transport.into()).await?;
+            let report = clustd::demo::run(transport).await?;
             if !report.violations.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }

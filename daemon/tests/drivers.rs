@@ -32,7 +32,7 @@ use clustd_transport::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-both_transports!(
+clustd_core::both_transports!(
     shell_driver_follows_real_daemons,
     a_failed_stop_holds_the_hand_over_until_lease_end_plus_stop_budget,
     a_disconnected_driver_holds_a_hand_over_only_until_its_lease_end_plus_stop_budget,
@@ -52,11 +52,7 @@ fn attach(cluster: &LocalCluster, i: usize, kind: TransportKind) -> (DriverSessi
     let dir = cluster.dir.path();
     let name = cluster.settings[i].id.as_str();
     let log = dir.join(format!("actions-{name}.log"));
-    let transport = if kind == TransportKind::Quic {
-        "quic"
-    } else {
-        "websocket"
-    };
+    let transport = kind.as_str();
     let line = "$CLUSTD_ROLE|$CLUSTD_TERM|$CLUSTD_NODE_ID|$CLUSTD_LEADER_ID|$CLUSTD_PREV_ROLE|$CLUSTD_REASON|$(date +%s%N)";
     let text = format!(
         "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"{DRIVER_SECRET_FILE}\"\ndriver_id = \"shell-{name}\"\n\n[script]\ntimeout_ms = 20000\nstart = '''echo \"start|{line}\" >> {log}'''\nstop = '''echo \"stop|{line}\" >> {log}'''\n",

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-both_transports!(a_dead_peer_is_reported_by_webhook);
+clustd_core::both_transports!(a_dead_peer_is_reported_by_webhook);
 
 /// A minimal webhook receiver on 127.0.0.1: one request per connection, answered 200; the
 /// JSON bodies come out of the returned channel.
@@ -66,11 +66,7 @@ async fn webhook_server() -> (String, mpsc::UnboundedReceiver<serde_json::Value>
 /// A notify driver for node `i`, reporting peer events only (so no flap limit gets near).
 fn attach(cluster: &LocalCluster, i: usize, kind: TransportKind, url: &str) -> DriverSession {
     let name = cluster.settings[i].id.as_str();
-    let transport = if kind == TransportKind::Quic {
-        "quic"
-    } else {
-        "websocket"
-    };
+    let transport = kind.as_str();
     let text = format!(
         "daemon = \"{}\"\ntransport = \"{transport}\"\nsecret_file = \"{DRIVER_SECRET_FILE}\"\ndriver_id = \"notify-{name}\"\n\
          events = [\"peer-down\", \"peer-up\"]\n\

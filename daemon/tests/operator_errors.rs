@@ -24,7 +24,9 @@ fn a_cluster_port_in_use_is_named_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
     clustd::config::write_secret_file(&secret).expect("secret");
-    for transport in ["quic", "websocket"] {
+    for transport in
+        clustd_transport::TransportKind::ALL.map(clustd_transport::TransportKind::as_str)
+    {
         let config = dir.path().join(format!("{transport}.toml"));
         std::fs::write(
             &config,

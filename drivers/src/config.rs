@@ -1,12 +1,122 @@
-//! Loading driver configs (TOML) with errors that name the file, the key and what is wrong,
-//! and the settings every driver shares: how to reach the daemon.
+//! The settings every driver shares — how to reach the daemon ([`DriverConfig`]) — and
+//! loading driver configs (TOML) with errors that name the file, the key and what is wrong.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clustd_core::{InvalidNodeId, NodeId};
+use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
 
-use crate::session::{DriverConfig, TransportKind};
+/// Which transport the daemon's cluster endpoint speaks (`transport` in driver configs:
+/// `"quic"` or `"websocket"`).
+pub use clustd_transport::TransportKind;
+
+/// The transport when a config names none: QUIC, the daemon's default.
+pub(crate) fn default_transport() -> TransportKind {
+    TransportKind::Quic
+}
+
+/// How a driver reaches its daemon, and how patient it is.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// The daemon's cluster address (`cluster.listen` of the local daemon).
+    pub daemon: SocketAddr,
+    /// The daemon's transport.
+    pub transport: TransportKind,
+    /// This driver's id, unique among the daemon's drivers.
+    pub driver_id: NodeId,
+    /// How long to wait for the first role before settling into backup (default 5 s).
+    pub startup_wait: Duration,
+    /// First reconnect delay (default 100 ms); doubles per failure.
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay (default 5 s).
+    pub reconnect_max: Duration,
+    /// How long one connection attempt (dial + handshake) may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// Seeds the reconnect jitter (and the notify driver's retry jitter), for runs that must
+    /// repeat exactly (simulations, tests). `None` (the default): seeded from the [`Net`]'s
+    /// `random_seed()` — OS randomness in production.
+    pub rng_seed: Option<u64>,
+    /// The daemon's public key (its node key, `clustd keygen --public` on that node): the
+    /// daemon must prove it, so nobody else holding the drivers' credential can pose as the
+    /// daemon and tell this driver it is master. `None`: any holder who answers at `daemon`.
+    pub daemon_key: Option<clustd_transport::PublicKey>,
+    /// Reach the daemon on its local driver socket instead of `daemon` (`daemon =
+    /// "unix:PATH"` in a driver config): no secret is used, the socket's permissions decide.
+    pub daemon_socket: Option<std::path::PathBuf>,
+    secret: Vec<u8>,
+}
+
+impl fmt::Debug for DriverConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DriverConfig")
+            .field("daemon", &self.daemon)
+            .field("transport", &self.transport)
+            .field("driver_id", &self.driver_id)
+            .field("rng_seed", &self.rng_seed)
+            .field("daemon_key", &self.daemon_key)
+            .field("daemon_socket", &self.daemon_socket)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl DriverConfig {
+    /// A config with a generated driver id (`{kind}-{8 hex digits}`, from OS randomness;
+    /// replace it with [`DriverConfig::with_driver_id`] for a fixed one, as a simulation
+    /// does) and default timings.
+    pub fn new(
+        daemon: SocketAddr,
+        transport: TransportKind,
+        secret: impl Into<Vec<u8>>,
+        kind: &str,
+    ) -> Self {
+        Self {
+            daemon,
+            transport,
+            driver_id: generate_driver_id(kind),
+            startup_wait: Duration::from_secs(5),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            rng_seed: None,
+            daemon_key: None,
+            daemon_socket: None,
+            secret: secret.into(),
+        }
+    }
+
+    /// Uses `id` instead of a generated id.
+    pub fn with_driver_id(mut self, id: impl AsRef<str>) -> Result<Self, InvalidNodeId> {
+        self.driver_id = NodeId::new(id)?;
+        Ok(self)
+    }
+
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+}
+
+/// A fresh, unique-enough driver id: `kind` (reduced to valid id characters) and 32 random bits.
+pub fn generate_driver_id(kind: &str) -> NodeId {
+    let kind: String = kind
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(40)
+        .collect();
+    let kind = if kind.is_empty() {
+        "driver".to_owned()
+    } else {
+        kind
+    };
+    let suffix: u32 = rand::rngs::StdRng::from_os_rng().random();
+    // Valid by construction: filtered characters, at most 40 + 1 + 8 long.
+    NodeId::new(format!("{kind}-{suffix:08x}")).expect("generated ids are valid")
+}
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +285,7 @@ impl DaemonKeys {
                 secret
             }
             // Not used on the socket; any bytes of the minimum length will do.
-            (None, Some(_)) => "no secret on the local socket".to_owned(),
+            (None, Some(_)) => "no secret is used on the daemon's local socket".to_owned(),
             (None, None) => {
                 return Err(ConfigError::invalid(
                     file,

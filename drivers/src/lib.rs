@@ -88,6 +88,7 @@
 //! }
 //! ```
 
+pub mod cli;
 mod clock;
 mod config;
 mod driver;
@@ -106,14 +107,13 @@ pub mod vip;
 pub use clock::{MachineClock, MonotonicClock, TokioMachineClock};
 pub use clustd_core::driver::{ActionResult, DriverRole, HealthChange};
 pub use clustd_core::{NodeId, Term};
-pub use config::{ConfigError, secret_file_mode_warning};
+pub use config::{
+    ConfigError, DriverConfig, TransportKind, generate_driver_id, secret_file_mode_warning,
+};
 pub use driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleChange};
 pub use engine::{EngineError, SessionStatus};
 pub use health::{HealthError, HealthReporter, MAX_HEALTH_CHECKS, MAX_HEALTH_TEXT};
 pub use notify::{NotifyConfig, NotifyDriver};
-pub use session::{
-    DriverConfig, DriverSession, SessionError, TransportKind, connect, connect_with,
-    generate_driver_id, run,
-};
+pub use session::{DriverSession, SessionError, connect, connect_with, run};
 pub use shell::{ShellCheck, ShellConfig, ShellDriver};
 pub use vip::{VipConfig, VipDriver, VipError};

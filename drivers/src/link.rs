@@ -1,8 +1,12 @@
-//! The daemon connection over clustd-transport: one driver [`Endpoint`] per connection
-//! attempt, so that a failed or dropped connection is closed for good and the reconnect
-//! policy (backoff, jitter, log once per kind of failure) stays in one place, the session.
-//! Generic over the [`Net`] that makes the sockets, like the daemon's endpoint.
+//! The connection to the daemon: the seam the session's reconnect loop dials through
+//! ([`Dialer`], [`Link`], [`DialError`]) and its implementation over clustd-transport
+//! ([`TransportDialer`]): one driver [`Endpoint`] per connection attempt, so that a failed or
+//! dropped connection is closed for good and the reconnect policy (backoff, jitter, log once
+//! per kind of failure) stays in one place, the session. Generic over the [`Net`] that makes
+//! the sockets, like the daemon's endpoint.
 
+use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,7 +17,40 @@ use clustd_transport::{
 };
 use tokio::sync::mpsc;
 
-use crate::session::{DialError, Dialer, DriverConfig, Link, SessionError};
+use crate::config::DriverConfig;
+
+/// One failed connection attempt, with a class so the log says each kind of failure once.
+#[derive(Debug)]
+pub(crate) struct DialError {
+    /// `refused`, `timeout`, `handshake`, ... : attempts of the same class are logged once.
+    pub(crate) class: &'static str,
+    /// What the log says: the failure, and what to check when that is known.
+    pub(crate) message: String,
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Opens connections to the daemon.
+pub(crate) trait Dialer: Send + 'static {
+    /// An open connection.
+    type Link: Link;
+    /// Dials once (with its own timeout).
+    fn dial(&mut self) -> impl Future<Output = Result<Self::Link, DialError>> + Send;
+}
+
+/// One open connection to the daemon; closed when dropped.
+pub(crate) trait Link: Send {
+    /// The next frame; `None` once the connection is gone. Must be cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    /// Queues one frame without blocking.
+    fn send(&mut self, frame: Vec<u8>) -> Result<(), String>;
+    /// Closes the connection.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
 
 /// Dials the daemon over clustd-transport, with sockets from `net`.
 pub(crate) struct TransportDialer<N: Net> {
@@ -25,10 +62,13 @@ pub(crate) struct TransportDialer<N: Net> {
 }
 
 impl<N: Net> TransportDialer<N> {
-    /// Checks the secret and prepares the endpoint config.
-    pub(crate) fn new(config: &DriverConfig, net: N) -> Result<Self, SessionError> {
-        let secret = Secret::from_bytes(config.secret().to_vec())
-            .map_err(|e| SessionError::Transport(e.to_string()))?;
+    /// Checks the secret (the transport's error says why it is refused) and prepares the
+    /// endpoint config.
+    pub(crate) fn new(
+        config: &DriverConfig,
+        net: N,
+    ) -> Result<Self, clustd_transport::SessionError> {
+        let secret = Secret::from_bytes(config.secret().to_vec())?;
         let mut endpoint = EndpointConfig::new(
             config.transport,
             config.driver_id.clone(),
@@ -129,10 +169,15 @@ fn describe(
 
 /// Nothing answers `transport` at `addr`: most often the daemon speaks the other one.
 fn nothing_answers(transport: TransportKind, addr: SocketAddr, detail: &str) -> String {
-    let (ours, other) = match transport {
-        TransportKind::Quic => ("QUIC", "websocket"),
-        TransportKind::WebSocket => ("WebSocket", "quic"),
+    // The protocols' own spelling in prose; the config value (`as_str`) for the hint.
+    let ours = match transport {
+        TransportKind::Quic => "QUIC",
+        TransportKind::WebSocket => "WebSocket",
     };
+    let other = TransportKind::ALL
+        .into_iter()
+        .find(|kind| *kind != transport)
+        .map_or("", TransportKind::as_str);
     format!(
         "nothing answers {ours} at {addr}{detail}: \
          if the daemon's cluster.transport is {other}, set transport = \"{other}\" here"

@@ -12,133 +12,24 @@
 //! reconnect jitter, which comes from [`DriverConfig::rng_seed`] or else from the
 //! [`Net`]'s `random_seed()` (OS randomness for [`TokioNet`], the run's seed in a simulation).
 
-use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::time::Duration;
 
+use clustd_core::NodeId;
 use clustd_core::codec::{decode, encode};
 use clustd_core::driver::{FromDriver, ToDriver};
-use clustd_core::{InvalidNodeId, NodeId};
 use clustd_transport::{Backoff, Net, TokioNet};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::{MachineClock, MonotonicClock};
+use crate::config::DriverConfig;
 use crate::driver::Driver;
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
 use crate::health::HealthReporter;
-
-/// Which transport the daemon's cluster endpoint speaks (`transport` in driver configs:
-/// `"quic"` or `"websocket"`).
-pub use clustd_transport::TransportKind;
-
-/// The transport when a config names none: QUIC, the daemon's default.
-pub(crate) fn default_transport() -> TransportKind {
-    TransportKind::Quic
-}
-
-/// How a driver reaches its daemon, and how patient it is.
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct DriverConfig {
-    /// The daemon's cluster address (`cluster.listen` of the local daemon).
-    pub daemon: SocketAddr,
-    /// The daemon's transport.
-    pub transport: TransportKind,
-    /// This driver's id, unique among the daemon's drivers.
-    pub driver_id: NodeId,
-    /// How long to wait for the first role before settling into backup (default 5 s).
-    pub startup_wait: Duration,
-    /// First reconnect delay (default 100 ms); doubles per failure.
-    pub reconnect_initial: Duration,
-    /// Largest reconnect delay (default 5 s).
-    pub reconnect_max: Duration,
-    /// How long one connection attempt (dial + handshake) may take (default 5 s).
-    pub connect_timeout: Duration,
-    /// Seeds the reconnect jitter (and the notify driver's retry jitter), for runs that must
-    /// repeat exactly (simulations, tests). `None` (the default): seeded from the [`Net`]'s
-    /// `random_seed()` — OS randomness in production.
-    pub rng_seed: Option<u64>,
-    /// The daemon's public key (its node key, `clustd keygen --public` on that node): the
-    /// daemon must prove it, so nobody else holding the drivers' credential can pose as the
-    /// daemon and tell this driver it is master. `None`: any holder who answers at `daemon`.
-    pub daemon_key: Option<clustd_transport::PublicKey>,
-    /// Reach the daemon on its local driver socket instead of `daemon` (`daemon =
-    /// "unix:PATH"` in a driver config): no secret is used, the socket's permissions decide.
-    pub daemon_socket: Option<std::path::PathBuf>,
-    secret: Vec<u8>,
-}
-
-impl fmt::Debug for DriverConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DriverConfig")
-            .field("daemon", &self.daemon)
-            .field("transport", &self.transport)
-            .field("driver_id", &self.driver_id)
-            .field("rng_seed", &self.rng_seed)
-            .field("daemon_key", &self.daemon_key)
-            .field("daemon_socket", &self.daemon_socket)
-            .field("secret", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-impl DriverConfig {
-    /// A config with a generated driver id (`{kind}-{8 hex digits}`, from OS randomness;
-    /// replace it with [`DriverConfig::with_driver_id`] for a fixed one, as a simulation
-    /// does) and default timings.
-    pub fn new(
-        daemon: SocketAddr,
-        transport: TransportKind,
-        secret: impl Into<Vec<u8>>,
-        kind: &str,
-    ) -> Self {
-        Self {
-            daemon,
-            transport,
-            driver_id: generate_driver_id(kind),
-            startup_wait: Duration::from_secs(5),
-            reconnect_initial: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            rng_seed: None,
-            daemon_key: None,
-            daemon_socket: None,
-            secret: secret.into(),
-        }
-    }
-
-    /// Uses `id` instead of a generated id.
-    pub fn with_driver_id(mut self, id: impl AsRef<str>) -> Result<Self, InvalidNodeId> {
-        self.driver_id = NodeId::new(id)?;
-        Ok(self)
-    }
-
-    pub(crate) fn secret(&self) -> &[u8] {
-        &self.secret
-    }
-}
-
-/// A fresh, unique-enough driver id: `kind` (reduced to valid id characters) and 32 random bits.
-pub fn generate_driver_id(kind: &str) -> NodeId {
-    let kind: String = kind
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(40)
-        .collect();
-    let kind = if kind.is_empty() {
-        "driver".to_owned()
-    } else {
-        kind
-    };
-    let suffix: u32 = rand::rngs::StdRng::from_os_rng().random();
-    // Valid by construction: filtered characters, at most 40 + 1 + 8 long.
-    NodeId::new(format!("{kind}-{suffix:08x}")).expect("generated ids are valid")
-}
+use crate::link::{Dialer, Link, TransportDialer};
 
 /// Why a session could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -153,39 +44,6 @@ pub enum SessionError {
     /// A task of the session died unexpectedly.
     #[error("session task failed: {0}")]
     Task(String),
-}
-
-/// One failed connection attempt, with a class so the log says each kind of failure once.
-#[derive(Debug)]
-pub(crate) struct DialError {
-    /// `refused`, `timeout`, `handshake`, ... : attempts of the same class are logged once.
-    pub(crate) class: &'static str,
-    /// What the log says: the failure, and what to check when that is known.
-    pub(crate) message: String,
-}
-
-impl fmt::Display for DialError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Opens connections to the daemon.
-pub(crate) trait Dialer: Send + 'static {
-    /// An open connection.
-    type Link: Link;
-    /// Dials once (with its own timeout).
-    fn dial(&mut self) -> impl Future<Output = Result<Self::Link, DialError>> + Send;
-}
-
-/// One open connection to the daemon; closed when dropped.
-pub(crate) trait Link: Send {
-    /// The next frame; `None` once the connection is gone. Must be cancel-safe.
-    fn recv(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
-    /// Queues one frame without blocking.
-    fn send(&mut self, frame: Vec<u8>) -> Result<(), String>;
-    /// Closes the connection.
-    fn close(self) -> impl Future<Output = ()> + Send;
 }
 
 /// A running driver: connected (or reconnecting) to its daemon, acting on role changes.
@@ -268,7 +126,8 @@ pub fn connect_with<D: Driver, N: Net, C: MachineClock>(
         Some(seed) => StdRng::seed_from_u64(seed),
         None => StdRng::from_seed(net.random_seed()),
     };
-    let dialer = crate::link::TransportDialer::new(&config, net)?;
+    let dialer =
+        TransportDialer::new(&config, net).map_err(|e| SessionError::Transport(e.to_string()))?;
     Ok(spawn_session(&config, dialer, driver, clock, rng))
 }
 

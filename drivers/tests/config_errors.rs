@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clustd_drivers::{ConfigError, NotifyConfig, ShellConfig};
 
-const SECRET: &str = "test-cluster-secret-0123456789";
+const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
 fn dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");

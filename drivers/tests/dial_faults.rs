@@ -20,8 +20,8 @@ use tokio::sync::mpsc::Receiver;
 /// How long any wait may take before the test fails (QUIC's "no answer" alone takes the
 /// driver's 5 s connect timeout).
 const PATIENCE: Duration = Duration::from_secs(30);
-const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
-const DRIVER_SECRET: &str = "test-driver-secret-0123456789ab";
+const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
+const DRIVER_SECRET: &str = "test-driver-secret-0123456789abcdef";
 const WRONG_SECRET: &str = "wrong-driver-secret-9876543210zz";
 
 /// A daemon endpoint on a fresh loopback port, accepting drivers that prove

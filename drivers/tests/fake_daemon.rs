@@ -497,7 +497,11 @@ async fn a_wrong_secret_never_connects_and_never_panics() {
     init_tracing();
     let kind = TransportKind::WebSocket;
     let s = Setup::new();
-    std::fs::write(s.path("secret"), "another-cluster-secret-entirely").expect("write");
+    std::fs::write(
+        s.path("secret"),
+        "another-cluster-secret-entirely-different",
+    )
+    .expect("write");
     let mut daemon = FakeDaemon::start(kind, localhost()).await;
     let session = s.driver(daemon.addr, kind, "", "startup_wait_ms = 100");
     // Without a daemon it settles into backup, and keeps trying without connecting.

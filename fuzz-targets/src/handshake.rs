@@ -117,13 +117,11 @@ struct Keys {
 
 impl Keys {
     fn from_input(data: &[u8]) -> Self {
-        let mut h = 0xcbf2_9ce4_8422_2325_u64;
-        for &b in data {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        let mut h = clustd_core::hash::Fnv1a::default();
+        h.write(data);
         let mut seed = |tag: u8| {
-            h = (h ^ u64::from(tag)).wrapping_mul(0x0100_0000_01b3);
-            h
+            h.write(&[tag]);
+            h.value()
         };
         let (s1, s2, s3, s4) = (seed(1), seed(2), seed(3), seed(4));
         let mut initiator_seed = [0u8; 32];

@@ -724,7 +724,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn secret(s: &str) -> Secret {
-        Secret::from_bytes(format!("{s}-padding-to-sixteen").into_bytes()).expect("long enough")
+        Secret::from_bytes(format!("{s}-padded-to-the-32-byte-minimum-length").into_bytes())
+            .expect("long enough")
     }
 
     fn hello(id: &str, kind: PeerKind) -> Hello {

@@ -24,8 +24,10 @@ pub enum PeerKind {
 pub struct Secret(Zeroizing<Vec<u8>>);
 
 impl Secret {
-    /// The shortest secret accepted, in bytes.
-    pub const MIN_LEN: usize = 16;
+    /// The shortest secret accepted, in bytes: the one minimum of the workspace (the
+    /// daemon's secrets and admin tokens, the drivers' credential); `clustd keygen` makes 64
+    /// hex characters.
+    pub const MIN_LEN: usize = 32;
 
     /// Wraps secret bytes, refusing secrets shorter than [`Secret::MIN_LEN`].
     pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<Self, SessionError> {
@@ -171,7 +173,8 @@ mod tests {
 
     #[test]
     fn secret_is_redacted_and_checked() {
-        let secret = Secret::from_bytes(b"very secret cluster key".to_vec()).expect("long enough");
+        let secret = Secret::from_bytes(b"very secret cluster key, 32 bytes or more".to_vec())
+            .expect("long enough");
         assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
         assert!(Secret::from_bytes(b"short".to_vec()).is_err());
     }

@@ -16,7 +16,8 @@ fn id(s: &str) -> NodeId {
 }
 
 fn secret(s: &str) -> Secret {
-    Secret::from_bytes(format!("{s} padded to be long enough").into_bytes()).expect("long")
+    Secret::from_bytes(format!("{s} padded to be long enough for the 32-byte minimum").into_bytes())
+        .expect("long")
 }
 
 fn node(me: &str, all: &[&str], seed: u8, secret: &Secret) -> Datagrams {

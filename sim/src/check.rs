@@ -46,35 +46,9 @@ pub fn node_id(i: usize) -> NodeId {
     NodeId::new(format!("n{i}")).unwrap_or_else(|_| unreachable!("n<digits> is a valid id"))
 }
 
-/// FNV-1a, 64 bits: a stable hash for traces (std's hasher may change between releases).
-#[derive(Debug, Clone, Copy)]
-pub struct TraceHash(u64);
-
-impl Default for TraceHash {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl TraceHash {
-    /// Feeds bytes.
-    pub fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    /// Feeds a number.
-    pub fn write_u64(&mut self, v: u64) {
-        self.write(&v.to_le_bytes());
-    }
-
-    /// The hash so far.
-    pub fn value(&self) -> u64 {
-        self.0
-    }
-}
+/// The trace hash: FNV-1a, 64 bits, the workspace's one stable hash (std's hasher may
+/// change between releases).
+pub use clustd_core::hash::Fnv1a as TraceHash;
 
 /// What the daemon last announced for a node (role notices): for the harness's queries
 /// ("who is master now?"), never for the safety verdict.

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::{Arc, Mutex};
 
+use clustd::config::write::NodeToml;
 use clustd::runtime::{Command, DriverRecord, Handle, RoleNotice, RuntimeError, Shutdown};
 use clustd::store::StoreError;
 use clustd_core::Instant;
@@ -571,35 +572,30 @@ impl Cluster {
         let driver_pauses: Vec<Pause> = (0..config.nodes).map(|_| Pause::default()).collect();
         let mut slots = Vec::new();
         for i in 0..config.nodes {
-            let peers: Vec<String> = (0..config.nodes)
-                .filter(|j| *j != i)
-                .map(|j| {
-                    format!(
-                        "{{ id = \"{}\", addr = \"{}\", key = \"{}\" }}",
-                        names[j],
-                        SocketAddr::new(addrs[j], PORT),
-                        keys[j].public()
-                    )
-                })
-                .collect();
-            let toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"/sim/{}\"\nwitness = {}\nkey = \"{}\"\n\n[cluster]\ntransport = \"{}\"\nlisten = \"{}\"\nsecret = \"{secret}\"\ndriver_secret = \"{driver_secret}\"\ndriver_socket = \"\"\npeers = [{}]\n\n[election]\nheartbeat_ms = {}\nelection_timeout_ms = [{}, {}]\nmax_clock_drift = {}\npriority = {}\npreempt = {}\nstop_budget_ms = {}\n{}",
-                names[i],
-                names[i],
-                config.witnesses.contains(&i),
-                &*keys[i].private_hex(),
-                config.transport.as_str(),
-                SocketAddr::new(addrs[i], PORT),
-                peers.join(", "),
-                config.heartbeat_ms,
-                config.election_timeout_ms[0],
-                config.election_timeout_ms[1],
-                config.max_clock_drift,
-                config.priorities.get(i).copied().unwrap_or(0),
-                config.preempt.get(i).copied().unwrap_or(false),
-                config.stop_budget_ms,
-                health_section(&config),
-            );
+            let mut node =
+                NodeToml::new(&names[i], config.transport, SocketAddr::new(addrs[i], PORT))
+                    .data_dir(format!("/sim/{}", names[i]))
+                    .witness(config.witnesses.contains(&i))
+                    .key(&keys[i].private_hex())
+                    .secret(secret)
+                    .driver_secret(driver_secret)
+                    .driver_socket("");
+            for j in (0..config.nodes).filter(|j| *j != i) {
+                node = node.peer(
+                    &names[j],
+                    SocketAddr::new(addrs[j], PORT),
+                    &keys[j].public(),
+                );
+            }
+            let toml = node
+                .heartbeat_ms(config.heartbeat_ms)
+                .election_timeout_ms(config.election_timeout_ms)
+                .max_clock_drift(config.max_clock_drift)
+                .priority(config.priorities.get(i).copied().unwrap_or(0))
+                .preempt(config.preempt.get(i).copied().unwrap_or(false))
+                .stop_budget_ms(config.stop_budget_ms)
+                .then_toml(&health_section(&config))
+                .to_toml();
             let parse = |toml: &str| {
                 clustd::Settings::parse(toml, &format!("sim/{}.toml", names[i]), Path::new("/"))
                     .unwrap_or_else(|e| {

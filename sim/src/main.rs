@@ -24,12 +24,16 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// `--transport`: `both` (WebSocket first, the sweep's table order), `ws`, or a
+/// `cluster.transport` value.
 fn transports(name: &str) -> Vec<TransportKind> {
     match name {
         "both" => vec![TransportKind::WebSocket, TransportKind::Quic],
-        "websocket" | "ws" => vec![TransportKind::WebSocket],
-        "quic" => vec![TransportKind::Quic],
-        _ => usage(),
+        "ws" => vec![TransportKind::WebSocket],
+        _ => match TransportKind::ALL.into_iter().find(|k| k.as_str() == name) {
+            Some(kind) => vec![kind],
+            None => usage(),
+        },
     }
 }
 

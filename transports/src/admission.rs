@@ -264,7 +264,8 @@ mod tests {
     use clustd_core::NodeId;
 
     fn pool(capacity: usize, per_ip: usize, reserved: usize, peers: &[&str]) -> Arc<Admission> {
-        let secret = Secret::from_bytes(b"admission test secret".to_vec()).expect("long enough");
+        let secret = Secret::from_bytes(b"admission test secret, 32 bytes or more".to_vec())
+            .expect("long enough");
         let id = NodeId::new("n1").expect("valid id");
         let mut config = EndpointConfig::new(TransportKind::WebSocket, id, PeerKind::Peer, secret);
         config.limits.max_unauthenticated = capacity;

@@ -1,5 +1,5 @@
 //! End-to-end tests over real loopback sockets. Every test body is written once, as an
-//! `async fn(TransportKind)`, and run for both transports by `both_transports!`; the
+//! `async fn(TransportKind)`, and run for both transports by `clustd_core::both_transports!`; the
 //! `wss://` tests at the end are WebSocket-only.
 
 use std::collections::BTreeMap;
@@ -16,8 +16,8 @@ use clustd_transport::{
 };
 use tokio::sync::mpsc::Receiver;
 
-const SECRET: &str = "test-cluster-secret-0123456789";
-const WRONG_SECRET: &str = "wrong-cluster-secret-9876543210";
+const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+const WRONG_SECRET: &str = "wrong-cluster-secret-9876543210fedcba";
 /// Generous: the machine is busy; nothing here measures speed.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -1531,28 +1531,7 @@ async fn stress_duplicate_connections(kind: TransportKind) {
     eprintln!("{kind}: {swapped} of {rounds} rounds replaced a duplicate connection mid-stream");
 }
 
-macro_rules! both_transports {
-    ($($test:ident),* $(,)?) => {
-        mod websocket {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(clustd_transport::TransportKind::WebSocket).await;
-                }
-            )*
-        }
-        mod quic {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(clustd_transport::TransportKind::Quic).await;
-                }
-            )*
-        }
-    };
-}
-
-both_transports!(
+clustd_core::both_transports!(
     two_endpoints_exchange_frames,
     three_endpoints_exchange_frames,
     driver_dials_by_address,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use clustd_drivers::cli::{LogTo, init_logging, load_config, shutdown_signal};
 
 /// Runs `start` when this node becomes master and `stop` when it stops being master.
 ///
@@ -61,43 +62,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Colours only on a terminal: a log file or journald gets plain text.
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    // The message names the file, the key and what is wrong; that is all the user needs.
-    let config = match clustd_drivers::ShellConfig::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("clustd-shell-driver: {e}");
-            std::process::exit(2);
-        }
-    };
-    if args.check_config {
-        println!("{}: ok", args.config.display());
+    init_logging(LogTo::Stdout);
+    let load = clustd_drivers::ShellConfig::load;
+    let Some(config) = load_config("clustd-shell-driver", &args.config, args.check_config, load)
+    else {
         return Ok(());
-    }
+    };
     clustd_drivers::shell::run_shell_driver(config, shutdown_signal())
         .await
         .context("shell driver stopped")
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use clustd_drivers::cli::{LogTo, init_logging, load_config, or_exit, shutdown_signal};
 
 /// Holds the service addresses (VIPs) on the master, and only there.
 ///
@@ -65,50 +66,17 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    use std::io::IsTerminal as _;
-    // The log goes to stderr, beside the start-up errors (journald takes both).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let config = match clustd_drivers::VipConfig::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("clustd-vip-driver: {e}");
-            std::process::exit(2);
-        }
-    };
-    if args.check_config {
-        println!("{}: ok", args.config.display());
+    init_logging(LogTo::Stderr);
+    let load = clustd_drivers::VipConfig::load;
+    let Some(config) = load_config("clustd-vip-driver", &args.config, args.check_config, load)
+    else {
         return Ok(());
-    }
-    let driver = match clustd_drivers::VipDriver::start(&config).await {
-        Ok(driver) => driver,
-        Err(e) => {
-            eprintln!("clustd-vip-driver: {e}");
-            std::process::exit(2);
-        }
     };
+    let driver = or_exit(
+        "clustd-vip-driver",
+        clustd_drivers::VipDriver::start(&config).await,
+    );
     clustd_drivers::run(config.connection, driver, shutdown_signal())
         .await
         .context("VIP driver stopped")
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -33,8 +33,8 @@ pub use sinks::SmtpSecurity;
 pub use template::{FIELDS as TEMPLATE_FIELDS, Template};
 
 use crate::config::{ConfigError, DaemonKeys, load_toml, parse_toml, resolve};
+use crate::config::{DriverConfig, TransportKind};
 use crate::driver::{ChangeSource, ClusterEvent, Driver, RoleChange};
-use crate::session::{DriverConfig, TransportKind};
 use limit::{FlapLimiter, Verdict};
 use sinks::{Rendered, Retry, Sink, spawn_sink};
 
@@ -371,7 +371,7 @@ fn cluster_fields(
 #[serde(deny_unknown_fields)]
 struct NotifyFile {
     daemon: String,
-    #[serde(default = "crate::session::default_transport")]
+    #[serde(default = "crate::config::default_transport")]
     transport: TransportKind,
     secret_file: Option<PathBuf>,
     #[serde(default)]

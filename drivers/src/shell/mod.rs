@@ -32,18 +32,18 @@ use tokio::time::MissedTickBehavior;
 
 pub use script::{CAPTURE_GRACE, ScriptOutcome, ScriptRun, ScriptRunner};
 
+use crate::config::DriverConfig;
 use crate::config::{ConfigError, DaemonKeys, load_toml, parse_toml, resolve};
 use crate::driver::{Driver, RoleChange};
 use crate::health::HealthReporter;
-use crate::session::DriverConfig;
 
 /// `clustd-shell-driver`'s config file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShellFile {
     daemon: String,
-    #[serde(default = "crate::session::default_transport")]
-    transport: crate::session::TransportKind,
+    #[serde(default = "crate::config::default_transport")]
+    transport: crate::config::TransportKind,
     secret_file: Option<PathBuf>,
     #[serde(default)]
     driver_id: Option<String>,

@@ -8,13 +8,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, DaemonKeys, load_toml, parse_toml};
-use crate::session::{DriverConfig, TransportKind};
+use crate::config::{DriverConfig, TransportKind};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VipFile {
     daemon: String,
-    #[serde(default = "crate::session::default_transport")]
+    #[serde(default = "crate::config::default_transport")]
     transport: TransportKind,
     secret_file: Option<PathBuf>,
     #[serde(default)]

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 /// How long any wait in a test may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-pub const SECRET: &str = "test-cluster-secret-0123456789";
+pub const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
