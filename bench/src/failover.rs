@@ -7,11 +7,11 @@
 //! the new master's `start`, brings the old node back and waits for the cluster to settle.
 //! The start scripts' log lines time the failover. Whether two masters ever overlapped is
 //! decided by the one strict checker, [`clustd_core::check::ServiceChecker`], fed with the
-//! daemons' own service records ([`service_log`]) and the bench's SIGKILLs: a master's
+//! daemons' own service records ([`service_log`](crate::service_log)) and the bench's SIGKILLs: a master's
 //! interval ends at a confirmed stop or at its drivers' lease end plus the stop budget,
 //! never at a stop script's log line.
 //!
-//! In `partition` mode every peer link goes through the in-process [`proxy`], which cuts the
+//! In `partition` mode every peer link goes through the in-process [`proxy`](crate::proxy), which cuts the
 //! master off from its peers (its drivers stay connected to it) and heals it afterwards.
 
 use std::collections::BTreeMap;
@@ -49,7 +49,7 @@ pub enum Mode {
     Freeze,
     /// `POST /step-down` on the master.
     StepDown,
-    /// Cut every network link to and from the master (through the [`proxy`]; its local
+    /// Cut every network link to and from the master (through the [`proxy`](crate::proxy); its local
     /// drivers stay connected), heal after the failover: the old master rejoins as backup.
     Partition,
     /// Make the master unhealthy: every node has an exec `[[check]]` on a file of its own
@@ -97,6 +97,8 @@ pub struct Options {
     pub election_timeout_ms: [u64; 2],
     /// `election.stop_budget_ms` (None: the daemon's default).
     pub stop_budget_ms: Option<u64>,
+    /// `election.driver_lease_margin_ms` (None: the daemon's default).
+    pub driver_lease_margin_ms: Option<u64>,
     /// How the master is failed.
     pub mode: Mode,
     /// The check of [`Mode::Unhealthy`] (ignored by the other modes).
@@ -355,6 +357,9 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             .election_timeout_ms(opts.election_timeout_ms);
         if let Some(ms) = opts.stop_budget_ms {
             config = config.stop_budget_ms(ms);
+        }
+        if let Some(ms) = opts.driver_lease_margin_ms {
+            config = config.driver_lease_margin_ms(ms);
         }
         let health_file = (opts.mode == Mode::Unhealthy).then(|| work.join(format!("{name}.ok")));
         let health = match &health_file {
@@ -748,8 +753,24 @@ async fn wait_stable(
                     n.id
                 ));
             }
+            // One line a node that answers: what keeps it from a settled cluster.
+            let mut answering = String::new();
+            for s in statuses.iter().flatten() {
+                let changes = s.history.len();
+                let last = s.history.back().map_or("none".to_string(), |c| {
+                    format!("{} in term {} ({})", c.role, c.term, c.reason)
+                });
+                answering.push_str(&format!(
+                    "  {}: {} in term {}, leader {}, {}; {changes} recent role changes, the last {last}\n",
+                    s.node_id,
+                    s.role,
+                    s.term,
+                    s.leader.as_deref().unwrap_or("none"),
+                    s.ineligible_reason.as_deref().unwrap_or("eligible"),
+                ));
+            }
             return Err(BenchError::Stuck(format!(
-                "the cluster did not settle within {}: {silent}{statuses:?}",
+                "the cluster did not settle within {} (--keep keeps the logs):\n{silent}{answering}",
                 clustd::status::human_duration(timeout)
             )));
         }

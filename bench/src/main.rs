@@ -83,6 +83,10 @@ struct FailoverArgs {
     /// Stop budget (must fit the lease inequality; e.g. 20 for ET_min 100).
     #[arg(long)]
     stop_budget_ms: Option<u64>,
+    /// The margin taken off the lease drivers are given (must be below the lease; e.g. 8
+    /// for ET 25..50 ms and a 5 ms stop budget) [default: the daemon's, 20].
+    #[arg(long)]
+    driver_lease_margin_ms: Option<u64>,
     /// How the master is failed.
     #[arg(long, value_enum, default_value_t = ModeArg::Kill)]
     mode: ModeArg,
@@ -160,6 +164,7 @@ async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_ms: args.election_timeout()?,
         stop_budget_ms: args.stop_budget_ms,
+        driver_lease_margin_ms: args.driver_lease_margin_ms,
         mode: args.mode.into(),
         health: HealthProfile {
             interval_ms: args

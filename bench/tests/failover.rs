@@ -30,6 +30,7 @@ async fn bench_with(
         heartbeat_ms,
         election_timeout_ms,
         stop_budget_ms,
+        driver_lease_margin_ms: None,
         mode,
         health: HealthProfile::for_heartbeat(heartbeat_ms),
         clustd_bin: clustd_bin(),

@@ -165,6 +165,13 @@ impl NodeToml {
         self
     }
 
+    /// `election.driver_lease_margin_ms`.
+    pub fn driver_lease_margin_ms(mut self, ms: u64) -> Self {
+        self.election
+            .push(("driver_lease_margin_ms", ms.to_string()));
+        self
+    }
+
     /// Appends TOML text after the typed `[election]` keys: more `[election]` keys (as the
     /// local clusters' callers pass them), then any other tables. A newline is added if
     /// `text` does not end in one.
