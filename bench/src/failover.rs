@@ -242,6 +242,20 @@ pub struct Report {
     pub idle_leader: Option<IdleSample>,
     /// The busiest follower's daemon while idle (by CPU).
     pub idle_follower: Option<IdleSample>,
+    /// Over the idle sample: elections started (all nodes) and times the master lost its
+    /// lease or mastership: none should happen in a healthy idle cluster.
+    pub idle_disruptions: Option<IdleDisruptions>,
+    /// Length of the idle sample, s.
+    pub idle_secs: u64,
+}
+
+/// What happened in an idle cluster that should not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct IdleDisruptions {
+    /// Elections started across the cluster (spurious: no node failed).
+    pub elections: u64,
+    /// Leader changes seen across the cluster (a node counts each change it saw).
+    pub leader_changes: u64,
 }
 
 /// One daemon over the idle sample.
@@ -251,6 +265,10 @@ pub struct IdleSample {
     pub cpu_percent: f64,
     /// Resident memory at the end, MiB.
     pub rss_mib: f64,
+    /// Of that, its own (anonymous: heap, stacks), MiB; the rest is the executable's and
+    /// libraries' pages, shared with every process that maps them and dropped under memory
+    /// pressure.
+    pub anon_mib: f64,
     /// Context switches per second, all threads (voluntary and not): its wakeups.
     pub wakeups_per_sec: f64,
 }
@@ -298,6 +316,8 @@ pub async fn run(opts: &Options) -> Result<Vec<Report>, BenchError> {
             report.idle_rss_mib = quiet.idle_rss_mib;
             report.idle_leader = quiet.idle_leader;
             report.idle_follower = quiet.idle_follower;
+            report.idle_disruptions = quiet.idle_disruptions;
+            report.idle_secs = quiet.idle_secs;
         }
         reports.push(report);
     }
@@ -439,6 +459,8 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
         idle_rss_mib: None,
         idle_leader: None,
         idle_follower: None,
+        idle_disruptions: None,
+        idle_secs: 0,
     };
     let mut service = ServiceLog::new();
     let result = async {
@@ -519,6 +541,8 @@ async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, Ben
             report.idle_rss_mib = idle.rss;
             report.idle_leader = idle.leader;
             report.idle_follower = idle.follower;
+            report.idle_disruptions = idle.disruptions;
+            report.idle_secs = opts.idle_secs;
         }
         Ok::<(), BenchError>(())
     }
@@ -874,8 +898,13 @@ fn proc_ticks(pid: u32) -> Option<u64> {
 }
 
 fn proc_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`).
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -903,6 +932,19 @@ struct Idle {
     rss: Option<f64>,
     leader: Option<IdleSample>,
     follower: Option<IdleSample>,
+    disruptions: Option<IdleDisruptions>,
+}
+
+/// Elections started and leader changes, summed over the nodes that answer.
+async fn election_counters(nodes: &[NodeProc]) -> Option<IdleDisruptions> {
+    let mut sum = IdleDisruptions::default();
+    for n in nodes {
+        let body = n.admin.clone().status_json().await.ok()?;
+        let status = serde_json::from_str::<Status>(&body).ok()?;
+        sum.elections += status.elections_started;
+        sum.leader_changes += status.leader_changes;
+    }
+    Some(sum)
 }
 
 async fn sample_idle(nodes: &[NodeProc], secs: u64) -> Idle {
@@ -914,7 +956,15 @@ async fn sample_idle(nodes: &[NodeProc], secs: u64) -> Idle {
         .iter()
         .map(|p| Some((proc_ticks((*p)?)?, proc_switches((*p)?)?)))
         .collect();
+    let counters = election_counters(nodes).await;
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    let disruptions = match (counters, election_counters(nodes).await) {
+        (Some(a), Some(b)) => Some(IdleDisruptions {
+            elections: b.elections.saturating_sub(a.elections),
+            leader_changes: b.leader_changes.saturating_sub(a.leader_changes),
+        }),
+        _ => None,
+    };
     let mut samples = Vec::new();
     for ((node, pid), before) in nodes.iter().zip(&pids).zip(before) {
         let (Some(pid), Some((ticks, switches))) = (pid, before) else {
@@ -933,12 +983,14 @@ async fn sample_idle(nodes: &[NodeProc], secs: u64) -> Idle {
         let sample = IdleSample {
             cpu_percent: (ticks_now - ticks) as f64 / 100.0 / secs as f64 * 100.0,
             rss_mib: rss as f64 / 1024.0,
+            anon_mib: proc_status_kib(*pid, "RssAnon:").unwrap_or(0) as f64 / 1024.0,
             wakeups_per_sec: (switches_now - switches) as f64 / secs as f64,
         };
         samples.push((master, sample));
     }
     let max = |f: fn(&IdleSample) -> f64| samples.iter().map(|(_, s)| f(s)).reduce(f64::max);
     Idle {
+        disruptions,
         cpu: max(|s| s.cpu_percent),
         rss: max(|s| s.rss_mib),
         leader: samples.iter().find(|(m, _)| *m).map(|(_, s)| *s),
@@ -1033,10 +1085,22 @@ pub fn render(reports: &[Report]) -> String {
             if let Some(s) = sample {
                 let _ = writeln!(
                     out,
-                    "  idle {who}: {:.3} % CPU, {:.1} MiB, {:.0} wakeups/s",
-                    s.cpu_percent, s.rss_mib, s.wakeups_per_sec
+                    "  idle {who}: {:.3} % CPU, {:.1} MiB RSS ({:.1} MiB its own), {:.0} wakeups/s",
+                    s.cpu_percent, s.rss_mib, s.anon_mib, s.wakeups_per_sec
                 );
             }
+        }
+        if let Some(d) = r.idle_disruptions {
+            let per_hour = |n: u64| n as f64 * 3600.0 / r.idle_secs.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "  idle {} s: {} spurious elections ({:.0}/h), {} leader changes seen ({:.0}/h)",
+                r.idle_secs,
+                d.elections,
+                per_hour(d.elections),
+                d.leader_changes,
+                per_hour(d.leader_changes)
+            );
         }
         for o in &r.overlaps {
             let _ = writeln!(out, "  OVERLAP: {o}");
