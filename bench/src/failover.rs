@@ -256,6 +256,10 @@ pub struct IdleDisruptions {
     pub elections: u64,
     /// Leader changes seen across the cluster (a node counts each change it saw).
     pub leader_changes: u64,
+    /// Times a master lost its lease without losing leadership (acknowledgements came too
+    /// late: its drivers were told "backup", then "master" again once a round came back), from
+    /// the status history, which keeps the last 32 role changes a node.
+    pub lease_losses: u64,
 }
 
 /// One daemon over the idle sample.
@@ -935,6 +939,25 @@ struct Idle {
     disruptions: Option<IdleDisruptions>,
 }
 
+/// "lease-expired" role changes in the nodes' status histories after `since_ms` (Unix ms).
+async fn lease_losses_since(nodes: &[NodeProc], since_ms: f64) -> u64 {
+    let mut n = 0;
+    for node in nodes {
+        let Ok(body) = node.admin.clone().status_json().await else {
+            continue;
+        };
+        let Ok(status) = serde_json::from_str::<Status>(&body) else {
+            continue;
+        };
+        n += status
+            .history
+            .iter()
+            .filter(|c| c.reason == "lease-expired" && c.at_unix_ms as f64 >= since_ms)
+            .count() as u64;
+    }
+    n
+}
+
 /// Elections started and leader changes, summed over the nodes that answer.
 async fn election_counters(nodes: &[NodeProc]) -> Option<IdleDisruptions> {
     let mut sum = IdleDisruptions::default();
@@ -957,11 +980,13 @@ async fn sample_idle(nodes: &[NodeProc], secs: u64) -> Idle {
         .map(|p| Some((proc_ticks((*p)?)?, proc_switches((*p)?)?)))
         .collect();
     let counters = election_counters(nodes).await;
+    let started_ms = unix_now() * 1000.0;
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let disruptions = match (counters, election_counters(nodes).await) {
         (Some(a), Some(b)) => Some(IdleDisruptions {
             elections: b.elections.saturating_sub(a.elections),
             leader_changes: b.leader_changes.saturating_sub(a.leader_changes),
+            lease_losses: lease_losses_since(nodes, started_ms).await,
         }),
         _ => None,
     };
@@ -1094,12 +1119,14 @@ pub fn render(reports: &[Report]) -> String {
             let per_hour = |n: u64| n as f64 * 3600.0 / r.idle_secs.max(1) as f64;
             let _ = writeln!(
                 out,
-                "  idle {} s: {} spurious elections ({:.0}/h), {} leader changes seen ({:.0}/h)",
+                "  idle {} s: {} spurious elections ({:.0}/h), {} leader changes seen ({:.0}/h), {} lease losses ({:.0}/h)",
                 r.idle_secs,
                 d.elections,
                 per_hour(d.elections),
                 d.leader_changes,
-                per_hour(d.leader_changes)
+                per_hour(d.leader_changes),
+                d.lease_losses,
+                per_hour(d.lease_losses)
             );
         }
         for o in &r.overlaps {
