@@ -102,6 +102,26 @@ pub enum Op {
         /// Detail.
         detail: String,
     },
+    /// A peer's connection came up or went down (a cluster event; never acknowledged, never
+    /// part of the role or lease).
+    Peer {
+        /// The peer (index).
+        peer: u8,
+        /// Up rather than down.
+        up: bool,
+        /// Term.
+        term: u64,
+    },
+    /// The daemon ran its fence command for some drivers (a cluster event; never
+    /// acknowledged, never part of the role or lease).
+    Fenced {
+        /// How many drivers it names (mod 4; 0 is an empty list).
+        drivers: u8,
+        /// Term.
+        term: u64,
+        /// It succeeded rather than failed.
+        ok: bool,
+    },
     /// The driver reports one result of check `check % 20` (more names than are allowed).
     ReportHealth {
         /// The check's number.
@@ -433,6 +453,34 @@ pub fn driver_protocol(data: &[u8]) {
                     term: Term(*term),
                     change,
                     detail: detail.chars().take(64).collect(),
+                };
+                let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
+                model.frame(&frame);
+            }
+            Op::Peer { peer, up, term } => {
+                let msg = ToDriver::Peer {
+                    peer: NodeId::new(format!("node-{}", peer % 8))
+                        .unwrap_or_else(|_| unreachable!("valid id")),
+                    up: *up,
+                    term: Term(*term),
+                };
+                let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
+                model.frame(&frame);
+            }
+            Op::Fenced { drivers, term, ok } => {
+                let msg = ToDriver::Fenced {
+                    drivers: (0..drivers % 4)
+                        .map(|i| {
+                            NodeId::new(format!("shell-{i}"))
+                                .unwrap_or_else(|_| unreachable!("valid id"))
+                        })
+                        .collect(),
+                    term: Term(*term),
+                    result: if *ok {
+                        ActionResult::Ok
+                    } else {
+                        ActionResult::Failed("fence command exit status 1".into())
+                    },
                 };
                 let frame = codec::encode(&msg).unwrap_or_else(|e| panic!("encodes: {e}"));
                 model.frame(&frame);
