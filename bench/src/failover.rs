@@ -37,24 +37,28 @@ use crate::proxy::Network;
 use crate::service_log::ServiceLog;
 use crate::{BenchError, percentile};
 
-/// How the master is failed in each round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How the master is failed in each round (also `clustd-bench failover --mode`, whose help
+/// is these lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// SIGKILL the master daemon (its driver is left running: the fail-safe must stop it).
+    /// SIGKILL the master daemon (its driver is left running: the fail-safe lease must stop
+    /// the service).
     Kill,
-    /// SIGTERM the master daemon: graceful step-down, then exit.
+    /// SIGTERM the master daemon (graceful step-down).
     Term,
-    /// SIGSTOP the master daemon (a hung process: no heartbeats, sockets open), SIGCONT later.
+    /// SIGSTOP the master daemon (hung process: no heartbeats, sockets open), SIGCONT after
+    /// the failover.
     Freeze,
-    /// `POST /step-down` on the master.
+    /// POST /step-down to the master.
     StepDown,
-    /// Cut every network link to and from the master (through the [`proxy`](crate::proxy); its local
-    /// drivers stay connected), heal after the failover: the old master rejoins as backup.
+    /// Cut every network link to and from the master (an in-process fault proxy between the
+    /// daemons; its local drivers stay connected), heal it after the failover.
     Partition,
-    /// Make the master unhealthy: every node has an exec `[[check]]` on a file of its own
-    /// ([`HealthProfile`]); the master's file is removed, and put back after the failover
-    /// (the next round waits until the old master is eligible again).
+    /// Make the master unhealthy: every node gets an exec `[[check]]`, `test -f DIR/node-N.ok`
+    /// (--check-interval-ms, --check-fall, rise 2) and health.min_master_ms = 0, so rounds
+    /// are not paced; the master's file is removed, and put back after the failover (the
+    /// next round waits until the old master is eligible again). Measured from the removal.
     Unhealthy,
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use clustd::cli::Transports;
 use clustd_bench::failover::{self, HealthProfile, Mode, Options};
 use clustd_bench::vip;
@@ -28,39 +28,6 @@ enum Cmd {
     /// checks the daemons' service records for overlapping masters with the strict service
     /// checker.
     Failover(FailoverArgs),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ModeArg {
-    /// SIGKILL the master daemon.
-    Kill,
-    /// SIGTERM the master daemon (graceful step-down).
-    Term,
-    /// SIGSTOP the master daemon (hung process), SIGCONT after the failover.
-    Freeze,
-    /// POST /step-down to the master.
-    StepDown,
-    /// Cut every network link to and from the master (an in-process fault proxy between the
-    /// daemons), heal it after the failover.
-    Partition,
-    /// Make the master unhealthy: every node gets an exec [[check]] `test -f DIR/node-N.ok`
-    /// (--check-interval-ms, --check-fall, rise 2) and health.min_master_ms = 0, so rounds
-    /// are not paced; the master's file is removed, and put back after the failover (the
-    /// next round waits until the old master is eligible again). Measured from the removal.
-    Unhealthy,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Kill => Mode::Kill,
-            ModeArg::Term => Mode::Term,
-            ModeArg::Freeze => Mode::Freeze,
-            ModeArg::StepDown => Mode::StepDown,
-            ModeArg::Partition => Mode::Partition,
-            ModeArg::Unhealthy => Mode::Unhealthy,
-        }
-    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,8 +55,8 @@ struct FailoverArgs {
     #[arg(long)]
     driver_lease_margin_ms: Option<u64>,
     /// How the master is failed.
-    #[arg(long, value_enum, default_value_t = ModeArg::Kill)]
-    mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Kill)]
+    mode: Mode,
     /// `--mode unhealthy`: the check's interval_ms (and timeout_ms) [default: 10 heartbeats,
     /// 1000 at the defaults, 200 at --heartbeat-ms 20].
     #[arg(long)]
@@ -165,7 +132,7 @@ async fn bench_failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         election_timeout_ms: args.election_timeout()?,
         stop_budget_ms: args.stop_budget_ms,
         driver_lease_margin_ms: args.driver_lease_margin_ms,
-        mode: args.mode.into(),
+        mode: args.mode,
         health: HealthProfile {
             interval_ms: args
                 .check_interval_ms
@@ -204,7 +171,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 
 async fn bench_vip(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        matches!(args.mode, ModeArg::Kill) && args.nodes == 3,
+        matches!(args.mode, Mode::Kill) && args.nodes == 3,
         "--vip measures --mode kill with --nodes 3 only"
     );
     let [min, max] = args.election_timeout()?;
