@@ -25,7 +25,7 @@ use clustd::Settings;
 use clustd::admin::Client;
 use clustd::clock::machine_monotonic_ns;
 use clustd::config::write::NodeToml;
-use clustd::local::{free_port, write_private};
+use clustd::local::free_port;
 use clustd::runtime::SERVICE_LOG_TARGET;
 use clustd::status::{ElectionStep, ElectionStepKind, Status};
 use clustd_core::NodeId;
@@ -335,17 +335,8 @@ pub async fn run(opts: &Options) -> Result<Vec<Report>, BenchError> {
 async fn run_one(opts: &Options, transport: TransportKind) -> Result<Report, BenchError> {
     let dir = tempfile::Builder::new().prefix("clustd-bench-").tempdir()?;
     let work = dir.path().to_path_buf();
-    let secret = clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let secret_file = work.join("secret");
-    write_private(&secret_file, &secret)?;
-    let driver_secret =
-        clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
-    write_private(&work.join("driver-secret"), &driver_secret)?;
     let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
-    let public_keys: Vec<clustd_transport::PublicKey> = names
-        .iter()
-        .map(|name| clustd::config::write_node_key(&work.join(format!("{name}.key"))))
-        .collect::<Result<_, _>>()?;
+    let public_keys = clustd::local::write_credentials(&work, &names)?.keys;
     let ports: Vec<u16> = names
         .iter()
         .map(|_| free_port())

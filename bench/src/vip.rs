@@ -16,7 +16,7 @@ use clustd_transport::TransportKind;
 use serde::Serialize;
 use tokio::process::Child;
 
-use clustd::local::{LocalFiles, LocalPeer, node_config, write_private};
+use clustd::local::{LocalFiles, LocalPeer, node_config};
 
 use crate::BenchError;
 use crate::netns::Topology;
@@ -70,19 +70,12 @@ impl VipCluster {
     pub fn start(topology: &Topology, setup: &VipSetup) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("clustd-vip-").tempdir()?;
         let path = dir.path().to_path_buf();
-        let secret = path.join("secret");
-        let driver_secret = path.join("driver-secret");
-        let keygen = || clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()));
-        write_private(&secret, &keygen()?)?;
-        write_private(&driver_secret, &keygen()?)?;
-        let key_files: Vec<PathBuf> = NODES
-            .iter()
-            .map(|n| path.join(format!("{n}.key")))
-            .collect();
-        let keys = key_files
-            .iter()
-            .map(|f| clustd::config::write_node_key(f))
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let clustd::local::Credentials {
+            secret,
+            driver_secret,
+            key_files,
+            keys,
+        } = clustd::local::write_credentials(&path, &NODES)?;
         let at = |i: usize| SocketAddr::new(topology.host(NODES[i]).v4.into(), CLUSTER_PORT);
         let transport = setup.kind.as_str();
         let mut cluster = Self {

@@ -2583,22 +2583,7 @@ mod tests {
         Timings::from_raw(&raw.election, raw.fence.as_ref())
     }
 
-    /// Fails if `text` shows Rust's Debug output of an `Option` or a `Duration`.
-    fn assert_plain(text: &str) {
-        for debug in ["Some(", "None", "0ns"] {
-            assert!(!text.contains(debug), "{debug:?} in {text:?}");
-        }
-        let bytes = text.as_bytes();
-        for (i, pair) in bytes.windows(2).enumerate() {
-            // `714ms`, `1.2s`, `3µs` are a Duration's Debug; people read `714 ms`.
-            let unit_follows = matches!(pair[1], b'm' | b'n' | b's' | 0xc2);
-            let word_ends = bytes.get(i + 2).is_none_or(|b| !b.is_ascii_alphabetic());
-            assert!(
-                !(pair[0].is_ascii_digit() && unit_follows && word_ends),
-                "a Debug duration in {text:?}"
-            );
-        }
-    }
+    use clustd_core::harness::assert_plain;
 
     #[test]
     fn a_short_election_timeout_alone_is_blamed_for_leaving_no_lease() {

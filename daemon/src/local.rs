@@ -3,6 +3,7 @@
 //! such a cluster with the one service-interval checker.
 
 use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clustd_core::check::{ServiceChecker, ServiceInput};
@@ -189,6 +190,44 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
 }
 
+/// The credentials of a cluster on one machine, as [`write_credentials`] wrote them.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The cluster secret ([`SECRET_FILE`]).
+    pub secret: PathBuf,
+    /// The drivers' credential ([`DRIVER_SECRET_FILE`]).
+    pub driver_secret: PathBuf,
+    /// Each node's key file, `ID.key`, in the order of the ids.
+    pub key_files: Vec<PathBuf>,
+    /// Each node's public key, in the order of the ids.
+    pub keys: Vec<clustd_transport::PublicKey>,
+}
+
+/// Writes into `dir` a new cluster secret, a new drivers' credential and a new node key for
+/// each of `ids` (all mode 0600, never overwriting): what a local cluster, the benches and
+/// the process tests give their nodes.
+pub fn write_credentials(dir: &Path, ids: &[impl AsRef<str>]) -> std::io::Result<Credentials> {
+    let keygen = || crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()));
+    let secret = dir.join(SECRET_FILE);
+    write_private(&secret, &keygen()?)?;
+    let driver_secret = dir.join(DRIVER_SECRET_FILE);
+    write_private(&driver_secret, &keygen()?)?;
+    let key_files: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| dir.join(format!("{}.key", id.as_ref())))
+        .collect();
+    let keys = key_files
+        .iter()
+        .map(|path| crate::config::write_node_key(path))
+        .collect::<std::io::Result<_>>()?;
+    Ok(Credentials {
+        secret,
+        driver_secret,
+        key_files,
+        keys,
+    })
+}
+
 impl LocalCluster {
     /// Configures `n` nodes; `election` is TOML for the `[election]` table (may be empty).
     pub fn configure(
@@ -197,22 +236,13 @@ impl LocalCluster {
         election: &str,
     ) -> Result<(tempfile::TempDir, Vec<Settings>), LocalError> {
         let dir = tempfile::Builder::new().prefix("clustd-local-").tempdir()?;
-        let secret = crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let secret_file = dir.path().join(SECRET_FILE);
-        write_private(&secret_file, &secret)?;
-        let driver_secret =
-            crate::config::keygen().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let driver_secret_file = dir.path().join(DRIVER_SECRET_FILE);
-        write_private(&driver_secret_file, &driver_secret)?;
         let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
-        let key_files: Vec<std::path::PathBuf> = names
-            .iter()
-            .map(|name| dir.path().join(format!("{name}.key")))
-            .collect();
-        let public_keys: Vec<clustd_transport::PublicKey> = key_files
-            .iter()
-            .map(|path| crate::config::write_node_key(path))
-            .collect::<Result<_, _>>()?;
+        let Credentials {
+            secret: secret_file,
+            driver_secret: driver_secret_file,
+            key_files,
+            keys: public_keys,
+        } = write_credentials(dir.path(), &names)?;
         let ports: Vec<u16> = names
             .iter()
             .map(|_| free_port())

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use clustd::admin::Client;
-use clustd::local::{LocalFiles, LocalPeer, free_port, node_config, write_private};
+use clustd::local::{LocalFiles, LocalPeer, free_port, node_config};
 use clustd_bench::proxy::Network;
 use clustd_transport::TransportKind;
 use tokio::process::{Child, Command};
@@ -133,20 +133,13 @@ impl ProcCluster {
         daemon_env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
         let path = dir.path();
-        let secret = path.join(clustd::local::SECRET_FILE);
-        let driver_secret = path.join(clustd::local::DRIVER_SECRET_FILE);
-        let keygen = || clustd::config::keygen().map_err(|e| std::io::Error::other(e.to_string()));
-        write_private(&secret, &keygen()?)?;
-        write_private(&driver_secret, &keygen()?)?;
         let ids: Vec<String> = (1..=specs.len()).map(|i| format!("node-{i}")).collect();
-        let key_files: Vec<PathBuf> = ids
-            .iter()
-            .map(|id| path.join(format!("{id}.key")))
-            .collect();
-        let keys = key_files
-            .iter()
-            .map(|f| clustd::config::write_node_key(f))
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let clustd::local::Credentials {
+            secret,
+            driver_secret,
+            key_files,
+            keys,
+        } = clustd::local::write_credentials(path, &ids)?;
         let ports = ids
             .iter()
             .map(|_| free_port())
