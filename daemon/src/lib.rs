@@ -20,6 +20,7 @@ pub mod proctree;
 pub mod rejections;
 pub mod runtime;
 pub mod sdnotify;
+pub mod serve;
 pub mod status;
 pub mod store;
 pub mod watchdog;
