@@ -992,6 +992,24 @@ pub fn forged_message(n: u64, term: Term) -> Message {
     }
 }
 
+/// Asserts that an error message or log line reads as prose for people: no `Some(`, `None`
+/// or a `Duration`'s Debug (`714ms`, `1.2s`, `3µs`; people read `714 ms`). The config errors
+/// of the core and of the daemon are held to it.
+pub fn assert_plain(text: &str) {
+    for debug in ["Some(", "None", "0ns"] {
+        assert!(!text.contains(debug), "{debug:?} in {text:?}");
+    }
+    let bytes = text.as_bytes();
+    for (i, pair) in bytes.windows(2).enumerate() {
+        let unit_follows = matches!(pair[1], b'm' | b'n' | b's' | 0xc2);
+        let word_ends = bytes.get(i + 2).is_none_or(|b| !b.is_ascii_alphabetic());
+        assert!(
+            !(pair[0].is_ascii_digit() && unit_follows && word_ends),
+            "a Debug duration in {text:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1080,23 +1098,5 @@ mod tests {
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
-    }
-}
-
-/// Asserts that an error message or log line reads as prose for people: no `Some(`, `None`
-/// or a `Duration`'s Debug (`714ms`, `1.2s`, `3µs`; people read `714 ms`). The config errors
-/// of the core and of the daemon are held to it.
-pub fn assert_plain(text: &str) {
-    for debug in ["Some(", "None", "0ns"] {
-        assert!(!text.contains(debug), "{debug:?} in {text:?}");
-    }
-    let bytes = text.as_bytes();
-    for (i, pair) in bytes.windows(2).enumerate() {
-        let unit_follows = matches!(pair[1], b'm' | b'n' | b's' | 0xc2);
-        let word_ends = bytes.get(i + 2).is_none_or(|b| !b.is_ascii_alphabetic());
-        assert!(
-            !(pair[0].is_ascii_digit() && unit_follows && word_ends),
-            "a Debug duration in {text:?}"
-        );
     }
 }
