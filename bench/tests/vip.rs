@@ -471,7 +471,7 @@ async fn a_vip_follows_the_master(kind: TransportKind) {
 }
 
 // One test per transport, named `quic::…` and `websocket::…` as in the daemon's tests.
-clustd_core::both_transports!(a_vip_follows_the_master);
+clustd_transport::both_transports!(a_vip_follows_the_master);
 
 /// Runs the VIP driver alone in `host`'s namespace with `config`; waits for it to exit
 /// or for `until` to hold, then kills it. Its exit status (None: still running) and log.

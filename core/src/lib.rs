@@ -96,27 +96,6 @@ pub mod config;
 pub mod driver;
 #[cfg(any(test, feature = "harness"))]
 pub mod fault;
-/// Runs each `async fn name(kind: TransportKind)` of an integration test once per
-/// transport, as `quic::name` and `websocket::name` (the names CI and the README use): the
-/// same body, never a copy. The one such macro of the workspace, shared by the transport,
-/// daemon and bench tests; it lives here, in the test-support feature of the crate they all
-/// depend on, and names `tokio` and `clustd_transport` only in the caller's code, so this
-/// crate depends on neither.
-#[cfg(feature = "harness")]
-#[macro_export]
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod quic {
-            $(#[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(::clustd_transport::TransportKind::Quic).await })*
-        }
-        mod websocket {
-            $(#[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(::clustd_transport::TransportKind::WebSocket).await })*
-        }
-    };
-}
-
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod hash;

@@ -145,7 +145,7 @@ pub async fn serve(
     serve_with(listeners, handle, access, AdminLimits::default(), shutdown).await
 }
 
-/// A connection's mark that it serves an event stream (see [`serve_connection`]).
+/// A connection's mark that it serves an event stream (see `serve_connection`).
 #[derive(Debug, Clone, Default)]
 pub struct StreamGrant(Arc<std::sync::atomic::AtomicBool>);
 

@@ -16,7 +16,7 @@ use clustd_transport::TransportKind;
 const WAIT: Duration = Duration::from_secs(30);
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
 
-clustd_core::both_transports!(
+clustd_transport::both_transports!(
     failover_and_rejoin_without_disruption,
     step_down_and_maintenance_move_mastership,
     restart_keeps_term_and_vote

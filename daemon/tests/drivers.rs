@@ -32,7 +32,7 @@ use clustd_transport::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-clustd_core::both_transports!(
+clustd_transport::both_transports!(
     shell_driver_follows_real_daemons,
     a_failed_stop_holds_the_hand_over_until_lease_end_plus_stop_budget,
     a_disconnected_driver_holds_a_hand_over_only_until_its_lease_end_plus_stop_budget,

@@ -23,7 +23,7 @@ use common::procs::{NodeSpec, ProcCluster, script_lines};
 const WAIT: Duration = Duration::from_secs(60);
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
 
-clustd_core::both_transports!(
+clustd_transport::both_transports!(
     a_frozen_driver_on_a_cut_off_master_is_fenced_before_the_new_master_starts,
     a_failed_fence_is_reported_and_two_services_may_run,
     a_frozen_driver_makes_its_master_hand_over_after_the_fence,

@@ -22,7 +22,7 @@ const POOL: usize = 8;
 /// Silent connections per node: more than the pool.
 const FLOOD_PER_NODE: usize = 12;
 
-clustd_core::both_transports!(restarted_node_rejoins_through_a_flood_of_silent_connections);
+clustd_transport::both_transports!(restarted_node_rejoins_through_a_flood_of_silent_connections);
 
 /// Keeps `per_addr` silent connections open to each address from background tasks
 /// (a bare TCP socket for WebSocket; a QUIC connection whose stream never carries a byte),

@@ -25,7 +25,7 @@ const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 3;
 
-clustd_core::both_transports!(health_moves_mastership_between_real_processes);
+clustd_transport::both_transports!(health_moves_mastership_between_real_processes);
 
 fn unix_ns() -> u128 {
     SystemTime::now()

@@ -20,7 +20,7 @@ use clustd_transport::{NodeKey, PeerKind, RefuseReason, Secret, TransportError, 
 const WAIT: Duration = Duration::from_secs(30);
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [1000, 2000]";
 
-clustd_core::both_transports!(
+clustd_transport::both_transports!(
     a_connection_proving_one_nodes_key_cannot_be_another,
     a_compromised_nodes_absurd_term_is_dropped_and_the_master_stays,
     a_stop_acknowledged_under_a_taken_over_driver_id_ends_nothing

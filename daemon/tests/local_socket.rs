@@ -15,7 +15,7 @@ use clustd_transport::TransportKind;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-clustd_core::both_transports!(a_driver_on_the_local_socket_needs_no_secret);
+clustd_transport::both_transports!(a_driver_on_the_local_socket_needs_no_secret);
 
 async fn a_driver_on_the_local_socket_needs_no_secret(kind: TransportKind) {
     let mut cluster = LocalCluster::start(3, kind, "").expect("cluster");

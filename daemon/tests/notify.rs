@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-clustd_core::both_transports!(a_dead_peer_is_reported_by_webhook);
+clustd_transport::both_transports!(a_dead_peer_is_reported_by_webhook);
 
 /// A minimal webhook receiver on 127.0.0.1: one request per connection, answered 200; the
 /// JSON bodies come out of the returned channel.

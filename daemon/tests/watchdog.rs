@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const ELECTION: &str = "heartbeat_ms = 100\nelection_timeout_ms = [3000, 6000]";
 const WATCHDOG_MS: u128 = 2000;
 
-clustd_core::both_transports!(
+clustd_transport::both_transports!(
     the_watchdog_is_fed_only_while_master_and_fires_before_a_new_master_starts
 );
 

@@ -38,8 +38,8 @@ pub struct DriverConfig {
     /// How long one connection attempt (dial + handshake) may take (default 5 s).
     pub connect_timeout: Duration,
     /// Seeds the reconnect jitter (and the notify driver's retry jitter), for runs that must
-    /// repeat exactly (simulations, tests). `None` (the default): seeded from the [`Net`]'s
-    /// `random_seed()` — OS randomness in production.
+    /// repeat exactly (simulations, tests). `None` (the default): seeded from the
+    /// [`Net`](clustd_transport::Net)'s `random_seed()` — OS randomness in production.
     pub rng_seed: Option<u64>,
     /// The daemon's public key (its node key, `clustd keygen --public` on that node): the
     /// daemon must prove it, so nobody else holding the drivers' credential can pose as the

@@ -1,4 +1,4 @@
-//! Fuzzing hook (feature `fuzzing`, doc-hidden): the real engine ([`run_engine`]) on a
+//! Fuzzing hook (feature `fuzzing`, doc-hidden): the real engine (`engine::run_engine`) on a
 //! current-thread runtime with a paused clock, driven by hand one inbound event at a time,
 //! with a scripted driver and a machine clock on the same virtual time
 //! ([`TokioMachineClock`], reading [`EngineHarness::ORIGIN_NS`] at start), so the daemon's

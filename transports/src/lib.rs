@@ -85,3 +85,23 @@ pub use event::TransportEvent;
 pub use local::bind_socket;
 pub use net::{Net, TokioNet};
 pub use process::{PeerProcess, ProcStat, proc_stat};
+
+/// Runs each `async fn name(kind: TransportKind)` of an integration test once per
+/// transport, as `quic::name` and `websocket::name` (the names CI and the README use): the
+/// same body, never a copy. The one such macro of the workspace, shared by the transport,
+/// daemon and bench tests; it names `tokio` only in the caller's code, so callers need
+/// `tokio` (with `macros`) among their dev-dependencies.
+#[cfg(feature = "test-util")]
+#[macro_export]
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod quic {
+            $(#[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::TransportKind::Quic).await })*
+        }
+        mod websocket {
+            $(#[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::TransportKind::WebSocket).await })*
+        }
+    };
+}

@@ -1,6 +1,6 @@
 //! End-to-end tests over real loopback sockets. Every test body is written once, as an
-//! `async fn(TransportKind)`, and run for both transports by `clustd_core::both_transports!`; the
-//! `wss://` tests at the end are WebSocket-only.
+//! `async fn(TransportKind)`, and run for both transports by
+//! `clustd_transport::both_transports!`; the `wss://` tests at the end are WebSocket-only.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -1531,7 +1531,7 @@ async fn stress_duplicate_connections(kind: TransportKind) {
     eprintln!("{kind}: {swapped} of {rounds} rounds replaced a duplicate connection mid-stream");
 }
 
-clustd_core::both_transports!(
+clustd_transport::both_transports!(
     two_endpoints_exchange_frames,
     three_endpoints_exchange_frames,
     driver_dials_by_address,

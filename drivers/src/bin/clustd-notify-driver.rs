@@ -47,6 +47,9 @@ use clustd_drivers::cli::{LogTo, init_logging, load_config, shutdown_signal};
 /// Logging: RUST_LOG (default "info").
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
+// The doc comment above is the `--help` text, printed verbatim: its brackets are TOML
+// tables and its URLs are examples, not rustdoc links.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 struct Args {
     /// The driver's TOML config file.
     #[arg(long, value_name = "FILE")]
