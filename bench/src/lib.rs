@@ -15,10 +15,6 @@
 //!
 //! The `clustd-bench` binary is a thin command line over [`failover::run`] and [`vip::run`].
 
-// failover.rs is being changed elsewhere; its module doc links `service_log` and `proxy`
-// by bare name, which rustdoc cannot resolve there (they need `crate::`). Until that
-// lands, its broken links are allowed here rather than edited under its owner.
-#[allow(rustdoc::broken_intra_doc_links)]
 pub mod failover;
 pub mod netns;
 pub mod proxy;

@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-clustd_transport::both_transports!(a_transient_state_write_failure_withholds_votes_and_the_node_rejoins);
+clustd_transport::both_transports!(
+    a_transient_state_write_failure_withholds_votes_and_the_node_rejoins
+);
 
 /// One transport is enough for the volume: what is bounded lives above the transport.
 /// (Over QUIC the same flood passes but takes over a minute: a thousand endpoints, each
