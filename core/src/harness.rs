@@ -1,7 +1,7 @@
 //! A deterministic in-memory cluster for tests, fuzzing and benchmarks.
 //!
 //! Virtual global time, a network of in-flight messages with per-link cuts, delay and
-//! loss, per-node clock drift, crashes that keep the disk, restarts — and a [`Checker`]
+//! loss, per-node clock drift, crashes that keep the disk, restarts — and a [`ElectionChecker`]
 //! that watches every output for the safety invariants. Modelled on quinn-proto's test
 //! `Pair` (`step` jumps to the next deadline) and raft-rs's `Network` (`cut`, `isolate`,
 //! `recover`). Enabled in tests and with the `harness` feature.
@@ -35,7 +35,7 @@ fn harness_driver(node: &NodeId) -> NodeId {
 /// (across restarts), at most one vote per term (across restarts), and — through the one
 /// [`ServiceChecker`] — no two service intervals at once.
 #[derive(Debug, Default)]
-pub struct Checker {
+pub struct ElectionChecker {
     leaders: BTreeMap<Term, NodeId>,
     votes: BTreeMap<(NodeId, Term), NodeId>,
     cast: BTreeMap<(NodeId, Term), NodeId>,
@@ -48,7 +48,7 @@ pub struct Checker {
     pub rejected: u64,
 }
 
-impl Checker {
+impl ElectionChecker {
     /// Everything found so far.
     pub fn violations(&self) -> &[Violation] {
         self.service.violations()
@@ -236,7 +236,7 @@ pub struct Cluster {
     loss_per_million: u32,
     rng: StdRng,
     /// The invariant checker; read its `violations`.
-    pub checker: Checker,
+    pub checker: ElectionChecker,
     /// Messages delivered so far.
     pub delivered: u64,
     /// Forged messages sent so far ([`Fault::ForgedTerm`]); picks the next one's kind.
@@ -295,7 +295,7 @@ impl Cluster {
             delay: (Duration::from_millis(1), Duration::from_millis(5)),
             loss_per_million: 0,
             rng,
-            checker: Checker::default(),
+            checker: ElectionChecker::default(),
             delivered: 0,
             forged: 0,
             trace: false,
@@ -1033,7 +1033,7 @@ mod tests {
     #[test]
     fn checker_feeds_master_events_to_the_service_checker() {
         let budget = Duration::from_millis(200);
-        let mut checker = Checker::default();
+        let mut checker = ElectionChecker::default();
         let ms = Duration::from_millis;
         checker.on_event(&id("a"), &master(1, 700), ms(0), budget, exact);
         checker.service.crashed(ms(100), &id("a"));
@@ -1041,7 +1041,7 @@ mod tests {
         checker.on_event(&id("b"), &master(2, 1500), ms(850), budget, exact);
         assert_eq!(checker.violations().len(), 1, "{:?}", checker.violations());
         // After lease + stop budget it is fine.
-        let mut checker = Checker::default();
+        let mut checker = ElectionChecker::default();
         checker.on_event(&id("a"), &master(1, 700), ms(0), budget, exact);
         checker.service.crashed(ms(100), &id("a"));
         checker.on_event(&id("b"), &master(2, 1600), ms(900), budget, exact);
@@ -1050,7 +1050,7 @@ mod tests {
 
     #[test]
     fn checker_catches_double_votes_terms_going_back_and_two_leaders() {
-        let mut checker = Checker::default();
+        let mut checker = ElectionChecker::default();
         let vote = |term, who: &str| PersistentState {
             term: Term(term),
             voted_for: Some(id(who)),

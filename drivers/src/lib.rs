@@ -91,15 +91,15 @@
 pub mod cli;
 mod clock;
 mod config;
+mod dial;
 mod driver;
 mod engine;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
-mod link;
 pub mod notify;
-mod session;
+mod reconnect;
 pub mod shell;
 mod transition;
 pub mod vip;
@@ -114,6 +114,6 @@ pub use driver::{CLUSTER_EVENT_BUDGET, ChangeSource, ClusterEvent, Driver, RoleC
 pub use engine::{EngineError, SessionStatus};
 pub use health::{HealthError, HealthReporter, MAX_HEALTH_CHECKS, MAX_HEALTH_TEXT};
 pub use notify::{NotifyConfig, NotifyDriver};
-pub use session::{DriverSession, SessionError, connect, connect_with, run};
+pub use reconnect::{DriverSession, SessionError, connect, connect_with, run};
 pub use shell::{ShellCheck, ShellConfig, ShellDriver};
 pub use vip::{VipConfig, VipDriver, VipError};

@@ -1,6 +1,6 @@
 //! The checkers: what the simulation proves on every run.
 //!
-//! The [`Observer`] sees what each daemon told its drivers and heard back (the runtime's
+//! The [`Checker`] sees what each daemon told its drivers and heard back (the runtime's
 //! `DriverRecord`s, converted to global simulated time), the role notices, every durable
 //! write and the nodes' status, and records violations of:
 //! - **never two services at once**, judged by the one strict checker of the project,
@@ -60,7 +60,7 @@ struct Announced {
 
 /// Records what drivers were told and checks the invariants as it goes.
 #[derive(Debug, Default)]
-pub struct Observer {
+pub struct Checker {
     /// The one strict checker of service intervals.
     pub service: ServiceChecker,
     /// Stop budget per node, real time (what `election.stop_budget_ms` promises).
@@ -104,7 +104,7 @@ fn ms(t: Duration) -> String {
     format!("{:.3}s", t.as_secs_f64())
 }
 
-impl Observer {
+impl Checker {
     /// An observer for nodes with this stop budget.
     pub fn new(stop_budget: Duration) -> Self {
         Self {
@@ -130,7 +130,7 @@ impl Observer {
 
     /// A role notice from node `node` during the tick `[start, end]`: the trace, terms,
     /// leaders, failover timing and who is master now. Not the safety verdict: that comes
-    /// from the driver records ([`Observer::on_record`]).
+    /// from the driver records ([`Checker::on_record`]).
     pub fn on_notice(&mut self, notice: &Seen<'_>, (start, end): (Duration, Duration)) {
         let Seen {
             node,
@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn driver_records_reach_the_strict_checker() {
-        let mut o = Observer::new(T(200));
+        let mut o = Checker::new(T(200));
         let told = |d: &str, term, lease| ServiceInput::ToldMaster {
             driver: driver(d),
             term: clustd_core::Term(term),
@@ -416,7 +416,7 @@ mod tests {
             o.violations
         );
         // An Ok stop does end it.
-        let mut o = Observer::new(T(200));
+        let mut o = Checker::new(T(200));
         o.on_record(T(1000), 0, &told("d0", 1, 1700));
         o.on_record(
             T(1100),
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn double_votes_decreasing_terms_and_two_leaders_are_reported() {
-        let mut o = Observer::default();
+        let mut o = Checker::default();
         let id = |s: &str| clustd_core::NodeId::new(s).ok();
         let save = |at, term, vote: Option<clustd_core::NodeId>| Save {
             at: T(at),

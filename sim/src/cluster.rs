@@ -8,7 +8,7 @@
 //! leaves its driver running, which then demotes itself when its lease runs out.
 //! The harness steps the simulation by hand (one tick at a time), and after every tick
 //! drains each daemon's driver records, role notices, lease updates, status and durable
-//! writes into the [`Observer`].
+//! writes into the [`Checker`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ use clustd_transport::TransportKind;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use turmoil::{Protocol, Segment, Sim};
 
-use crate::check::{Observer, Seen};
+use crate::check::{Checker, Seen};
 use crate::clock::{DriftClock, DriverTime, MachineTime, Pause};
 use crate::insider::{Forge, Insider, Setup};
 use crate::machine::{SimFencer, SimWatchdog, WatchdogState};
@@ -486,7 +486,7 @@ pub struct Cluster {
     disk: SharedDisk,
     journal_seen: usize,
     /// What the checkers saw.
-    pub observer: Observer,
+    pub checker: Checker,
     /// Nodes crashed or stopped (not running).
     down: Vec<bool>,
     /// Nodes the harness partitioned off before a silent crash.
@@ -760,7 +760,7 @@ impl Cluster {
             slots,
             disk,
             journal_seen: 0,
-            observer: Observer::new(stop_budget),
+            checker: Checker::new(stop_budget),
             down: vec![false; nodes],
             cut_for_crash: vec![false; nodes],
             rates,
@@ -785,7 +785,7 @@ impl Cluster {
             .map(|r| format!("{r:.4}"))
             .collect::<Vec<_>>()
             .join(" ");
-        cluster.observer.event(
+        cluster.checker.event(
             Duration::ZERO,
             format!("start: {nodes} nodes, clock rates {rates}"),
         );
@@ -804,7 +804,7 @@ impl Cluster {
         let start = self.sim.elapsed();
         if let Err(e) = self.sim.step() {
             let now = self.sim.elapsed();
-            self.observer
+            self.checker
                 .violation(now, format!("a node's runtime failed: {e}"));
         }
         let end = self.sim.elapsed();
@@ -860,7 +860,7 @@ impl Cluster {
             }
         }
         for (i, k) in lost {
-            self.observer.violation(
+            self.checker.violation(
                 now,
                 format!("observer of n{i} lost {k} driver records (harness bug)"),
             );
@@ -871,10 +871,10 @@ impl Cluster {
         fed.extend(resets.iter().map(|(_, i, input)| (now, *i, input.clone())));
         fed.sort_by_key(|(at, i, _)| (*at, *i));
         for (at, i, item) in &fed {
-            self.observer.on_record(*at, *i, item);
+            self.checker.on_record(*at, *i, item);
         }
         for (at, i, _) in resets {
-            self.observer.watchdog_fired(at, i);
+            self.checker.watchdog_fired(at, i);
             self.reset_machine(at, i);
         }
         let mut running = Vec::new();
@@ -884,7 +884,7 @@ impl Cluster {
                 (std::mem::take(&mut s.log), s.running)
             };
             for (at, text) in log {
-                self.observer.event(at, text);
+                self.checker.event(at, text);
             }
             if on {
                 running.push(i);
@@ -894,7 +894,7 @@ impl Cluster {
         // driver that runs longer than the model allows (a lease that grew, a stop that
         // waited behind a start).
         if running.len() > 1 && running != self.running_services {
-            self.observer.violation(
+            self.checker.violation(
                 now,
                 format!("two simulated services running at once: {running:?}"),
             );
@@ -911,7 +911,7 @@ impl Cluster {
                         match live.notices.try_recv() {
                             Ok(n) => notices.push(n),
                             Err(broadcast::error::TryRecvError::Lagged(k)) => {
-                                self.observer.violation(
+                                self.checker.violation(
                                     now,
                                     format!("observer of n{i} lagged by {k} notices (harness bug)"),
                                 );
@@ -946,23 +946,23 @@ impl Cluster {
                                 reason: n.reason,
                                 lease_end,
                             };
-                            self.observer.on_notice(&seen, tick);
+                            self.checker.on_notice(&seen, tick);
                         }
                     }
                 }
             }
             if let Some(lease_end) = lease {
-                self.observer.on_lease(i, lease_end);
+                self.checker.on_lease(i, lease_end);
             }
             if let Some((term, leader)) = status {
-                self.observer.on_status(now, i, term, leader);
+                self.checker.on_status(now, i, term, leader);
             }
             if !self.down[i] && !self.sim.is_host_running(self.names[i].as_str()) {
                 // The node exited by itself (graceful shutdown, or a fatal error).
                 self.down[i] = true;
                 self.slots[i].borrow_mut().live = None;
-                self.observer.on_down(i, now);
-                self.observer.event(now, format!("n{i} exited"));
+                self.checker.on_down(i, now);
+                self.checker.event(now, format!("n{i} exited"));
             }
         }
         let saves: Vec<_> = {
@@ -972,14 +972,14 @@ impl Cluster {
             new
         };
         for save in &saves {
-            self.observer.on_save(save);
+            self.checker.on_save(save);
         }
         // Messages in flight are part of the trace, sampled every 100 ticks: endpoints,
         // kind, sequence number and length. Not the bytes: tungstenite masks client frames
         // and rustls draws TLS randoms from OS randomness, which changes bytes (never sizes
         // or timing) from run to run.
         if self.steps.is_multiple_of(100) {
-            let mut hash = self.observer.hash;
+            let mut hash = self.checker.hash;
             self.sim.links(|links| {
                 for link in links {
                     for sent in link {
@@ -1001,7 +1001,7 @@ impl Cluster {
                     }
                 }
             });
-            self.observer.hash = hash;
+            self.checker.hash = hash;
         }
     }
 
@@ -1009,7 +1009,7 @@ impl Cluster {
 
     /// The node whose drivers are master now.
     pub fn master(&self) -> Option<usize> {
-        self.observer.master_at(self.now())
+        self.checker.master_at(self.now())
     }
 
     /// Whether node `i` is running.
@@ -1046,7 +1046,7 @@ impl Cluster {
     pub fn partition(&mut self, a: &[usize], b: &[usize]) {
         let now = self.now();
         self.last_cut = Some(now);
-        self.observer
+        self.checker
             .event(now, format!("fault: partition {a:?} | {b:?}"));
         for x in self.hosts(a) {
             for y in self.hosts(b) {
@@ -1061,7 +1061,7 @@ impl Cluster {
     pub fn partition_oneway(&mut self, from: &[usize], to: &[usize]) {
         let now = self.now();
         self.last_cut = Some(now);
-        self.observer
+        self.checker
             .event(now, format!("fault: one-way partition {from:?} -> {to:?}"));
         for x in self.hosts(from) {
             for y in self.hosts(to) {
@@ -1080,7 +1080,7 @@ impl Cluster {
     /// Repairs the links between the two groups (both ways).
     pub fn repair(&mut self, a: &[usize], b: &[usize]) {
         let now = self.now();
-        self.observer.event(now, format!("heal: {a:?} | {b:?}"));
+        self.checker.event(now, format!("heal: {a:?} | {b:?}"));
         for x in self.hosts(a) {
             for y in self.hosts(b) {
                 self.sim.repair(x, y);
@@ -1096,7 +1096,7 @@ impl Cluster {
     /// Repairs every link between running nodes and removes loss and extra latency.
     pub fn heal_all(&mut self) {
         let now = self.now();
-        self.observer.event(now, "heal: all links".into());
+        self.checker.event(now, "heal: all links".into());
         let all: Vec<usize> = (0..self.config.nodes)
             .filter(|i| !self.cut_for_crash[*i])
             .collect();
@@ -1128,7 +1128,7 @@ impl Cluster {
     /// which drops it and everything in flight; the next message repairs it.
     pub fn set_loss(&mut self, rate: f64) {
         let now = self.now();
-        self.observer.event(now, format!("fault: loss {rate}"));
+        self.checker.event(now, format!("fault: loss {rate}"));
         // Between daemons only: a driver talks to its daemon on the same machine.
         let all = self.hosts(&(0..self.config.nodes).collect::<Vec<_>>());
         for (k, a) in all.iter().enumerate() {
@@ -1141,7 +1141,7 @@ impl Cluster {
     /// Latency range on every link (jitter is the spread).
     pub fn set_latency(&mut self, min: Duration, max: Duration) {
         let now = self.now();
-        self.observer
+        self.checker
             .event(now, format!("fault: latency {min:?}..{max:?}"));
         let all = self.hosts(&(0..self.config.nodes).collect::<Vec<_>>());
         for (k, a) in all.iter().enumerate() {
@@ -1176,14 +1176,14 @@ impl Cluster {
         self.sim.crash(self.names[i].as_str());
         self.down[i] = true;
         self.slots[i].borrow_mut().live = None;
-        self.observer.on_down(i, now);
-        self.observer.event(now, format!("fault: {what} n{i}"));
+        self.checker.on_down(i, now);
+        self.checker.event(now, format!("fault: {what} n{i}"));
     }
 
     fn note_master_loss(&mut self, i: usize) {
         if self.master() == Some(i) {
             let now = self.now();
-            self.observer.failover_started(now, i);
+            self.checker.failover_started(now, i);
         }
     }
 
@@ -1195,7 +1195,7 @@ impl Cluster {
 
     /// Abandons a pending failover measurement (another fault interfered).
     pub fn cancel_failover(&mut self) {
-        self.observer.cancel_failover();
+        self.checker.cancel_failover();
     }
 
     /// Restarts node `i` (its disk survived); reconnects it if a silent crash cut it off.
@@ -1223,7 +1223,7 @@ impl Cluster {
         let refused_before = self.slots[i].borrow().refused;
         self.sim.bounce(self.names[i].as_str());
         self.down[i] = false;
-        self.observer.event(now, format!("restart n{i}"));
+        self.checker.event(now, format!("restart n{i}"));
         if let Some(how) = damaged {
             // It must refuse to start rather than forget its vote.
             self.step();
@@ -1231,11 +1231,11 @@ impl Cluster {
             let running = self.sim.is_host_running(self.names[i].as_str());
             if refused && !running {
                 let now = self.now();
-                self.observer
+                self.checker
                     .event(now, format!("n{i} refused to start: {how} state file"));
             } else {
                 let now = self.now();
-                self.observer.violation(
+                self.checker.violation(
                     now,
                     format!("n{i} started with a {how} state file instead of refusing"),
                 );
@@ -1265,7 +1265,7 @@ impl Cluster {
             return;
         }
         let now = self.now();
-        self.observer
+        self.checker
             .event(now, format!("fault: {how} state file on n{i}"));
         lock(&self.disk).damage(i, how);
     }
@@ -1275,12 +1275,12 @@ impl Cluster {
         let now = self.now();
         let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
         if cut {
-            self.observer
+            self.checker
                 .event(now, format!("fault: driver d{i} disconnected"));
             self.sim.partition(n.as_str(), d.as_str());
             self.driver_cut[i] = true;
         } else {
-            self.observer
+            self.checker
                 .event(now, format!("heal: driver d{i} reconnects"));
             self.sim.repair(n.as_str(), d.as_str());
             self.driver_cut[i] = false;
@@ -1294,7 +1294,7 @@ impl Cluster {
         let now = self.now();
         let budget = Duration::from_millis(self.config.stop_budget_ms);
         let stop = stop.min(budget.saturating_sub(Duration::from_millis(10)));
-        self.observer.event(
+        self.checker.event(
             now,
             format!(
                 "fault: d{i} stops take {stop:?}{}",
@@ -1311,7 +1311,7 @@ impl Cluster {
     pub fn set_service_healthy(&mut self, i: usize, healthy: bool) {
         let now = self.now();
         let what = if healthy { "healthy" } else { "UNHEALTHY" };
-        self.observer
+        self.checker
             .event(now, format!("fault: d{i}'s service turns {what}"));
         lock_state(&self.services[i]).healthy = healthy;
     }
@@ -1325,7 +1325,7 @@ impl Cluster {
     pub fn set_start_fails(&mut self, i: usize, fail: bool) {
         let now = self.now();
         let what = if fail { "fail" } else { "work" };
-        self.observer
+        self.checker
             .event(now, format!("fault: d{i}'s starts {what}"));
         lock_state(&self.services[i]).start_fails = fail;
     }
@@ -1338,7 +1338,7 @@ impl Cluster {
     /// How long node `i`'s simulated service takes to start from now on.
     pub fn set_service_start(&mut self, i: usize, start: Duration) {
         let now = self.now();
-        self.observer
+        self.checker
             .event(now, format!("d{i} starts take {start:?}"));
         lock_state(&self.services[i]).start = start;
     }
@@ -1347,7 +1347,7 @@ impl Cluster {
     /// driver, a busy queue): renewals arrive late.
     pub fn delay_driver_link(&mut self, i: usize, delay: Duration) {
         let now = self.now();
-        self.observer
+        self.checker
             .event(now, format!("fault: driver link of n{i} delayed {delay:?}"));
         let (n, d) = (self.names[i].clone(), self.driver_names[i].clone());
         self.sim.set_link_latency(n.as_str(), d.as_str(), delay);
@@ -1361,7 +1361,7 @@ impl Cluster {
             return;
         }
         let now = self.now();
-        self.observer
+        self.checker
             .event(now, format!("fault: n{i} paused for {d:?}"));
         self.pauses[i].until(now + d);
         self.paused.push((now + d, Paused::Daemon(i)));
@@ -1374,9 +1374,9 @@ impl Cluster {
     /// lease ends nothing until it resumes, is fenced, or its machine is reset.
     pub fn pause_driver(&mut self, i: usize, d: Duration) {
         let now = self.now();
-        self.observer
+        self.checker
             .event(now, format!("fault: driver d{i} paused for {d:?}"));
-        self.observer.on_record(
+        self.checker.on_record(
             now,
             i,
             &ServiceInput::Frozen {
@@ -1409,7 +1409,7 @@ impl Cluster {
             }
             let i = match what {
                 Paused::Daemon(i) => {
-                    self.observer.event(now, format!("n{i} resumes"));
+                    self.checker.event(now, format!("n{i} resumes"));
                     let n = self.names[i].clone();
                     for j in self.others(&[i]) {
                         let m = self.names[j].clone();
@@ -1418,8 +1418,8 @@ impl Cluster {
                     i
                 }
                 Paused::Driver(i) => {
-                    self.observer.event(now, format!("driver d{i} resumes"));
-                    self.observer.on_record(
+                    self.checker.event(now, format!("driver d{i} resumes"));
+                    self.checker.on_record(
                         now,
                         i,
                         &ServiceInput::Thawed {
@@ -1509,7 +1509,7 @@ impl Cluster {
     /// caller).
     fn reset_machine(&mut self, at: Duration, i: usize) {
         let now = self.now();
-        self.observer.event(
+        self.checker.event(
             at,
             format!("WATCHDOG fired: machine n{i} reset (service, daemon and driver gone)"),
         );
@@ -1522,7 +1522,7 @@ impl Cluster {
             self.sim.crash(self.names[i].as_str());
             self.down[i] = true;
             self.slots[i].borrow_mut().live = None;
-            self.observer.on_down(i, now);
+            self.checker.on_down(i, now);
         }
         self.sim.crash(self.driver_names[i].as_str());
         self.pauses[i].clear();
@@ -1548,7 +1548,7 @@ impl Cluster {
             .collect();
         self.reboots.retain(|(at, _, _)| *at > now);
         for (i, daemon) in due {
-            self.observer
+            self.checker
                 .event(now, format!("machine n{i} booted after its watchdog reset"));
             self.sim.bounce(self.driver_names[i].as_str());
             if daemon && !self.is_up(i) {
@@ -1688,7 +1688,7 @@ impl Cluster {
                         term: clustd_core::Term((*above).max(clustd_core::MAX_TERM_JUMP + 1)),
                     });
                     let now = self.now();
-                    self.observer
+                    self.checker
                         .event(now, format!("insider: forging n{from} at n{to}"));
                     self.run_for(Duration::from_millis(1500));
                     self.take_insider_reports();
@@ -1705,7 +1705,7 @@ impl Cluster {
         let Some(insider) = &self.insider else { return };
         let now = self.now();
         for report in insider.take_reports() {
-            self.observer.violation(now, report);
+            self.checker.violation(now, report);
         }
     }
 
@@ -1713,7 +1713,7 @@ impl Cluster {
     /// the node has exited (at most `limit`); returns whether it did.
     pub fn stop_graceful(&mut self, i: usize, limit: Duration) -> bool {
         let now = self.now();
-        self.observer.event(now, format!("stop (graceful) n{i}"));
+        self.checker.event(now, format!("stop (graceful) n{i}"));
         if let Some(live) = self.slots[i].borrow_mut().live.as_mut()
             && let Some(stop) = live.stop.take()
         {
@@ -1742,7 +1742,7 @@ impl Cluster {
 
     fn command(&mut self, i: usize, command: Command) {
         let now = self.now();
-        self.observer
+        self.checker
             .event(now, format!("command n{i}: {command:?}"));
         if let Some(live) = self.slots[i].borrow().live.as_ref() {
             let _ = live.commands.send(command);
@@ -1759,7 +1759,7 @@ impl Cluster {
             let m = self.master()?;
             return Some((m, self.now() - since));
         }
-        self.observer.violation(
+        self.checker.violation(
             self.now(),
             format!("liveness: no master within {bound:?} after the faults stopped"),
         );
@@ -1777,7 +1777,7 @@ impl Cluster {
             let m = self.master()?;
             return Some((m, self.now() - since));
         }
-        self.observer.violation(
+        self.checker.violation(
             self.now(),
             format!("failover: no master other than n{old} within {bound:?}"),
         );
@@ -1789,17 +1789,17 @@ impl Cluster {
     pub fn expect_stable(&mut self, d: Duration) {
         let Some(master) = self.master() else {
             let now = self.now();
-            self.observer
+            self.checker
                 .violation(now, "stability: no master to keep".into());
             return;
         };
-        let term = self.observer.master_term(master);
+        let term = self.checker.master_term(master);
         let journal_start = lock(&self.disk).journal.len();
-        let intervals_start = self.observer.master_terms.len();
+        let intervals_start = self.checker.master_terms.len();
         self.run_for(d);
         let now = self.now();
-        if self.master() != Some(master) || self.observer.master_term(master) != term {
-            self.observer.violation(
+        if self.master() != Some(master) || self.checker.master_term(master) != term {
+            self.checker.violation(
                 now,
                 format!(
                     "stability: master n{master} (term {term:?}) was replaced while nothing failed"
@@ -1812,7 +1812,7 @@ impl Cluster {
             .map(|s| format!("n{} term {} at {:?}", s.node, s.state.term.0, s.at))
             .collect();
         if !bumped.is_empty() {
-            self.observer.violation(
+            self.checker.violation(
                 now,
                 format!(
                     "stability: needless election while nothing failed: {}",
@@ -1820,8 +1820,8 @@ impl Cluster {
                 ),
             );
         }
-        if self.observer.master_terms.len() > intervals_start + 1 {
-            self.observer.violation(
+        if self.checker.master_terms.len() > intervals_start + 1 {
+            self.checker.violation(
                 now,
                 "stability: mastership changed hands while nothing failed".into(),
             );
@@ -1837,9 +1837,9 @@ impl Cluster {
 
     fn outcome(&mut self) -> Outcome {
         let now = self.now();
-        if !self.observer.master_terms.is_empty() && self.observer.told_master == 0 {
+        if !self.checker.master_terms.is_empty() && self.checker.told_master == 0 {
             // A checker that saw nothing proves nothing.
-            self.observer.violation(
+            self.checker.violation(
                 now,
                 "a node became master but no driver was ever told: the service checker saw nothing"
                     .into(),
@@ -1850,15 +1850,15 @@ impl Cluster {
             seed: self.config.seed,
             name: self.config.name.clone(),
             sim_time: now,
-            violations: self.observer.violations.clone(),
-            tail: self.observer.tail(40),
-            hash: self.observer.hash.value(),
-            failovers: self.observer.failovers.clone(),
-            elections: self.observer.leaders.len() as u64,
-            events: self.observer.events.len(),
-            trace: self.observer.events.clone(),
+            violations: self.checker.violations.clone(),
+            tail: self.checker.tail(40),
+            hash: self.checker.hash.value(),
+            failovers: self.checker.failovers.clone(),
+            elections: self.checker.leaders.len() as u64,
+            events: self.checker.events.len(),
+            trace: self.checker.events.clone(),
             swarm: self.config.swarm.clone(),
-            told_master: self.observer.told_master,
+            told_master: self.checker.told_master,
         }
     }
 
@@ -1867,7 +1867,7 @@ impl Cluster {
     pub fn require(&mut self, ok: bool, what: &str) {
         if !ok {
             let now = self.now();
-            self.observer.violation(now, format!("scenario: {what}"));
+            self.checker.violation(now, format!("scenario: {what}"));
             let outcome = self.outcome();
             panic!("{}", outcome.report());
         }

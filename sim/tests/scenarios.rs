@@ -444,7 +444,7 @@ both!(frozen_driver_and_cut_master_is_fenced, |name, t| {
         "a new master on the majority side",
     );
     c.require(
-        c.observer.fences.iter().any(|(_, node)| *node == m),
+        c.checker.fences.iter().any(|(_, node)| *node == m),
         "the old master's daemon fenced its frozen driver",
     );
     c.require(!c.service_running(m), "the fenced service is dead");
@@ -497,7 +497,7 @@ both!(
         let new = c.expect_failover_within(m, FAILOVER).map(|(n, _)| n);
         c.require(new.is_some_and(|n| n != m), "a healthy node takes over");
         c.require(
-            c.observer.fences.iter().any(|(_, node)| *node == m),
+            c.checker.fences.iter().any(|(_, node)| *node == m),
             "the old master's daemon fenced its frozen driver",
         );
         c.run_for(secs(12));
@@ -522,9 +522,9 @@ both!(frozen_daemon_and_cut_master, |name, t| {
             !c.service_running(m),
             "the driver stopped the service itself",
         );
-        c.require(c.observer.fences.is_empty(), "no fence was needed");
+        c.require(c.checker.fences.is_empty(), "no fence was needed");
         c.require(
-            c.observer.resets.is_empty() != watchdog,
+            c.checker.resets.is_empty() != watchdog,
             "a watchdog (and only a watchdog) reset the frozen daemon's machine",
         );
         c.run_for(secs(8));
@@ -550,14 +550,14 @@ both!(frozen_machine_is_reset_by_its_watchdog, |name, t| {
     c.pause(m, secs(6));
     c.pause_driver(m, secs(6));
     c.isolate(m);
-    let lease_end = c.observer.announced_lease_end(m);
+    let lease_end = c.checker.announced_lease_end(m);
     let new = c.expect_failover_within(m, FAILOVER).map(|(n, _)| n);
     c.require(
         new.is_some_and(|n| n != m),
         "a new master on the majority side",
     );
     let reset = c
-        .observer
+        .checker
         .resets
         .iter()
         .find(|(_, node)| *node == m)
@@ -620,7 +620,7 @@ both!(graceful_stop_disarms_the_watchdog, |name, t| {
     );
     c.expect_failover_within(m, FAILOVER);
     c.run_for(secs(5));
-    c.require(c.observer.resets.is_empty(), "no machine was reset");
+    c.require(c.checker.resets.is_empty(), "no machine was reset");
     c.assert_ok();
 });
 

@@ -896,7 +896,7 @@ pub async fn run_notify_driver(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), crate::SessionError> {
     let driver = NotifyDriver::new(&config);
-    crate::session::run(config.connection, driver, shutdown).await
+    crate::reconnect::run(config.connection, driver, shutdown).await
 }
 
 #[cfg(test)]

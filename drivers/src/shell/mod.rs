@@ -531,7 +531,7 @@ pub async fn run_shell_driver(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), crate::SessionError> {
     let driver = ShellDriver::from_config(&config);
-    crate::session::run(config.connection, driver, shutdown).await
+    crate::reconnect::run(config.connection, driver, shutdown).await
 }
 
 #[cfg(test)]

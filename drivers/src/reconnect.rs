@@ -26,10 +26,10 @@ use tokio::time::Instant;
 
 use crate::clock::{MachineClock, MonotonicClock};
 use crate::config::DriverConfig;
+use crate::dial::{Dialer, Link, TransportDialer};
 use crate::driver::Driver;
 use crate::engine::{EngineError, EngineOptions, Inbound, Outbound, SessionStatus, run_engine};
 use crate::health::HealthReporter;
-use crate::link::{Dialer, Link, TransportDialer};
 
 /// Why a session could not start or stopped.
 #[derive(Debug, thiserror::Error)]
