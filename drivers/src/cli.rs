@@ -4,7 +4,7 @@
 //! shutdown signal. A binary parses its arguments, calls these, and runs its driver.
 
 use std::fmt::Display;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Where a driver binary's log goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,30 @@ pub fn or_exit<T, E: Display>(binary: &str, result: Result<T, E>) -> T {
         eprintln!("{binary}: {e}");
         std::process::exit(2)
     })
+}
+
+/// The arguments every driver binary takes: its config file and `--check-config`. A binary
+/// flattens them into its own `Args` (`#[command(flatten)]`), whose doc comment is its help.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// The driver's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Check the config (every key, and that the secret file can be read) and exit: 0 and
+    /// `FILE: ok` when it is valid, 2 and what is wrong otherwise. Starts nothing.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl ConfigArgs {
+    /// [`load_config`] with these arguments.
+    pub fn load<C, E: Display>(
+        &self,
+        binary: &str,
+        load: impl FnOnce(&Path) -> Result<C, E>,
+    ) -> Option<C> {
+        load_config(binary, &self.config, self.check_config, load)
+    }
 }
 
 /// Loads `file` with `load`, exiting with status 2 if it is invalid ([`or_exit`]). With

@@ -1,10 +1,8 @@
 //! `clustd-notify-driver`: tells people about role changes through webhooks, email and SMS.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::Parser;
-use clustd_drivers::cli::{LogTo, init_logging, load_config, shutdown_signal};
+use clustd_drivers::cli::{ConfigArgs, LogTo, init_logging, shutdown_signal};
 
 /// Sends a notification when this node becomes master or stops being master, when the
 /// cluster loses its master, when a new master is elected, when the daemon loses or regains
@@ -51,26 +49,18 @@ use clustd_drivers::cli::{LogTo, init_logging, load_config, shutdown_signal};
 // tables and its URLs are examples, not rustdoc links.
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 struct Args {
-    /// The driver's TOML config file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// Check the config (every key, and that the secret file can be read) and exit: 0 and
-    /// `FILE: ok` when it is valid, 2 and what is wrong otherwise. Starts nothing.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(LogTo::Stdout);
-    let load = clustd_drivers::NotifyConfig::load;
-    let Some(config) = load_config(
-        "clustd-notify-driver",
-        &args.config,
-        args.check_config,
-        load,
-    ) else {
+    let Some(config) = args
+        .config
+        .load("clustd-notify-driver", clustd_drivers::NotifyConfig::load)
+    else {
         return Ok(());
     };
     if config.sink_names().is_empty() {

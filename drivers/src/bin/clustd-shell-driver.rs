@@ -1,11 +1,9 @@
 //! `clustd-shell-driver`: runs a start script when this node becomes master and a stop
 //! script when it stops being master.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::Parser;
-use clustd_drivers::cli::{LogTo, init_logging, load_config, shutdown_signal};
+use clustd_drivers::cli::{ConfigArgs, LogTo, init_logging, shutdown_signal};
 
 /// Runs `start` when this node becomes master and `stop` when it stops being master.
 ///
@@ -53,21 +51,17 @@ use clustd_drivers::cli::{LogTo, init_logging, load_config, shutdown_signal};
 // tables and its `<...>` are placeholders, not rustdoc links or HTML.
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 struct Args {
-    /// The driver's TOML config file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// Check the config (every key, and that the secret file can be read) and exit: 0 and
-    /// `FILE: ok` when it is valid, 2 and what is wrong otherwise. Starts nothing.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(LogTo::Stdout);
-    let load = clustd_drivers::ShellConfig::load;
-    let Some(config) = load_config("clustd-shell-driver", &args.config, args.check_config, load)
+    let Some(config) = args
+        .config
+        .load("clustd-shell-driver", clustd_drivers::ShellConfig::load)
     else {
         return Ok(());
     };

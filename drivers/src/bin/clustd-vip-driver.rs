@@ -1,10 +1,8 @@
 //! `clustd-vip-driver`: service addresses (VIPs) that follow the master.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::Parser;
-use clustd_drivers::cli::{LogTo, init_logging, load_config, or_exit, shutdown_signal};
+use clustd_drivers::cli::{ConfigArgs, LogTo, init_logging, or_exit, shutdown_signal};
 
 /// Holds the service addresses (VIPs) on the master, and only there.
 ///
@@ -19,6 +17,8 @@ use clustd_drivers::cli::{LogTo, init_logging, load_config, or_exit, shutdown_si
 /// backup is removed (WARN). Another host answering for an address is an ERROR: it is not
 /// taken (the acknowledgement says so and the daemon counts a failed start), and on the
 /// master it is reported as the health check `conflict`.
+///
+/// --check-config checks the file, not the interfaces: they are checked when it starts.
 ///
 /// Needs CAP_NET_ADMIN and CAP_NET_RAW: run as root, or as in
 /// packaging/clustd-vip-driver.service. Needs Linux 6.3 or later to tell the addresses it
@@ -57,21 +57,17 @@ use clustd_drivers::cli::{LogTo, init_logging, load_config, or_exit, shutdown_si
 // tables, not rustdoc links.
 #[allow(rustdoc::broken_intra_doc_links)]
 struct Args {
-    /// The driver's TOML config file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// Check the config (every key, and that the secret file can be read) and exit: 0 and
-    /// `FILE: ok` when it is valid, 2 and what is wrong otherwise. Starts nothing. The interfaces are checked when it starts.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(LogTo::Stderr);
-    let load = clustd_drivers::VipConfig::load;
-    let Some(config) = load_config("clustd-vip-driver", &args.config, args.check_config, load)
+    let Some(config) = args
+        .config
+        .load("clustd-vip-driver", clustd_drivers::VipConfig::load)
     else {
         return Ok(());
     };
