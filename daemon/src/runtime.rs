@@ -157,7 +157,8 @@ pub struct RoleNotice {
     pub term: Term,
     /// The known leader.
     pub leader: Option<NodeId>,
-    /// Why.
+    /// What made the role change, for logs and notify messages (`elected`,
+    /// `lease-expired`, `stepped-down`, ...).
     pub reason: &'static str,
     /// While master: when the lease ends, on the node's clock.
     pub lease_until: Option<Instant>,

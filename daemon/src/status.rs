@@ -179,7 +179,7 @@ pub struct RoleChange {
     pub at_unix_ms: u64,
     /// `master` or `backup`.
     pub role: String,
-    /// Term.
+    /// The term of the role: the fencing token a service can compare.
     pub term: u64,
     /// Why (`elected`, `lease-expired`, `stepped-down`, ...).
     pub reason: String,

@@ -47,7 +47,7 @@ pub enum Op {
     Role {
         /// Master or backup.
         master: bool,
-        /// Term.
+        /// The term the daemon stamps on the message (stale and future ones included).
         term: u64,
         /// Leader (index; none past 3).
         leader: u8,
@@ -64,7 +64,7 @@ pub enum Op {
     },
     /// A lease renewal.
     Renewal {
-        /// Term.
+        /// The term the daemon stamps on the message (stale and future ones included).
         term: u64,
         /// Remaining lease.
         lease_remaining_ms: u32,
@@ -73,7 +73,7 @@ pub enum Op {
     },
     /// A driver of this node reported a failed stop (a cluster event; never acknowledged).
     StopFailed {
-        /// Term.
+        /// The term the daemon stamps on the message (stale and future ones included).
         term: u64,
         /// `TimedOut` rather than `Failed`.
         timed_out: bool,
@@ -97,7 +97,7 @@ pub enum Op {
     Health {
         /// Which change (mod 4).
         change: u8,
-        /// Term.
+        /// The term the daemon stamps on the message (stale and future ones included).
         term: u64,
         /// Detail.
         detail: String,
@@ -109,7 +109,7 @@ pub enum Op {
         peer: u8,
         /// Up rather than down.
         up: bool,
-        /// Term.
+        /// The term the daemon stamps on the message (stale and future ones included).
         term: u64,
     },
     /// The daemon ran its fence command for some drivers (a cluster event; never
@@ -117,7 +117,7 @@ pub enum Op {
     Fenced {
         /// How many drivers it names (mod 4; 0 is an empty list).
         drivers: u8,
-        /// Term.
+        /// The term the daemon stamps on the message (stale and future ones included).
         term: u64,
         /// It succeeded rather than failed.
         ok: bool,

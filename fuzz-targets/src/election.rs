@@ -329,9 +329,9 @@ pub enum LoneStep {
     Message {
         /// Sender index.
         from: u8,
-        /// Term.
+        /// The term the message carries: any, stale or far ahead.
         term: u64,
-        /// What.
+        /// The message kind, built around that term.
         msg: AnyMessage,
     },
     /// Time passes by this many ms, then the timeout handler runs.

@@ -97,7 +97,8 @@ impl Body {
 pub struct Hello {
     /// The sender's node id.
     pub id: NodeId,
-    /// Daemon or driver.
+    /// Whether the initiator is a daemon (node key, cluster secret) or a driver (the drivers'
+    /// credential): each kind is admitted under its own key and rules.
     pub kind: PeerKind,
 }
 

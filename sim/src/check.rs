@@ -31,11 +31,11 @@ pub struct Seen<'a> {
     pub node: usize,
     /// Master or backup.
     pub role: DriverRole,
-    /// Term.
+    /// The term of the role, as the driver was told it.
     pub term: u64,
     /// The leader the node named, as a node index.
     pub leader: Option<usize>,
-    /// Why.
+    /// What made the role change (`elected`, `lease-expired`, ...), for the trace.
     pub reason: &'a str,
     /// While master: the end of the lease, in global time.
     pub lease_end: Option<Duration>,

@@ -42,7 +42,7 @@ pub enum TransportError {
     RefusedRemote {
         /// The id the remote claimed.
         id: NodeId,
-        /// Why.
+        /// The admission rule it broke (unknown id, wrong secret, over a limit...).
         reason: RefuseReason,
     },
     /// We dialed a known node id and another one answered.

@@ -17,7 +17,8 @@ pub enum TransportEvent {
     Connected {
         /// Authenticated node id.
         id: NodeId,
-        /// Daemon or driver.
+        /// Whether `id` is a daemon (a peer node) or a driver: the daemon routes the frames
+        /// of each to a different handler.
         kind: PeerKind,
         /// The peer's process, from the kernel's credentials of the local driver socket
         /// (`SO_PEERCRED`: not something the peer says) at accept; `None` over the network.
@@ -29,14 +30,16 @@ pub enum TransportEvent {
     Disconnected {
         /// Authenticated node id.
         id: NodeId,
-        /// Daemon or driver.
+        /// Whether `id` is a daemon (a peer node) or a driver: the daemon routes the frames
+        /// of each to a different handler.
         kind: PeerKind,
     },
     /// A frame from an authenticated connection.
     Frame {
         /// Sender.
         from: NodeId,
-        /// Daemon or driver.
+        /// Whether `id` is a daemon (a peer node) or a driver: the daemon routes the frames
+        /// of each to a different handler.
         kind: PeerKind,
         /// The frame as the sender passed it to [`Endpoint::send`](crate::Endpoint::send).
         frame: Vec<u8>,
