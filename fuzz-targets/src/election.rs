@@ -183,7 +183,7 @@ pub enum Step {
         from: u8,
         /// How many terms older than the receiver's (at least one).
         back: u8,
-        /// What.
+        /// The message kind, built around that older term.
         msg: AnyMessage,
     },
 }
