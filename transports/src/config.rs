@@ -71,7 +71,9 @@ pub enum SendClass {
 pub struct Limits {
     /// Largest frame sent or accepted; a larger one closes the connection.
     pub max_frame_len: usize,
-    /// Time allowed from accepting a socket (or dialing) to an authenticated session.
+    /// Time allowed from accepting a socket (or dialing) to an authenticated session; also
+    /// the bound on a replaced duplicate connection's wind-down (its remote's goodbye, and
+    /// on QUIC the wait for the remote to close after ours).
     pub handshake_timeout: Duration,
     /// Connections still in the handshake at once (accepted side). When all are taken, a
     /// newcomer evicts the oldest that has not sent its first handshake message yet (or,

@@ -37,6 +37,9 @@ pub(crate) const REFUSAL_CODE: u16 = 4401;
 /// The reason text sent with [`REFUSAL_CODE`].
 pub(crate) const REFUSAL_REASON: &str = "authentication failed";
 
+/// How long a refused remote (it holds the secret) gets to read why before we close.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a receiving half returns when the remote closed with [`REFUSAL_CODE`]
 /// (`handshake_initiator` fills in which credential we had used).
 pub(crate) fn refused_by_remote() -> TransportError {
@@ -52,8 +55,8 @@ pub(crate) trait LinkTx: Send + 'static {
         None
     }
     /// Makes sure what was sent reaches the remote before the link is dropped
-    /// (QUIC discards unacknowledged stream data on close). Bounded in time.
-    fn linger(&mut self) -> impl Future<Output = ()> + Send {
+    /// (QUIC discards unacknowledged stream data on close), for at most `bound`.
+    fn linger(&mut self, _bound: std::time::Duration) -> impl Future<Output = ()> + Send {
         async {}
     }
     /// Closes the link with the transport's own close (code [`REFUSAL_CODE`]), so that a
@@ -225,7 +228,7 @@ pub(crate) async fn handshake_responder<T: LinkTx, R: LinkRx>(
         let (msg2, _) = responder.reply(&Reply::Refused(reason))?;
         // Best effort: the remote holds the secret, so it may learn why.
         if tx.send(msg2).await.is_ok() {
-            tx.linger().await;
+            tx.linger(REFUSAL_LINGER).await;
         }
         return Err(TransportError::RefusedRemote {
             id: remote.id,
@@ -411,6 +414,14 @@ pub(crate) async fn run_session<T: LinkTx, R: LinkRx>(
                 if result.is_err() {
                     break result;
                 }
+                // A replaced duplicate has delivered all the remote will send on it (its
+                // goodbye came last): its successor may say Ready now. Not only once our
+                // own goodbye's linger ends: in a crossing swap both ends linger, each
+                // waiting for the other to close, and the successor's reliable frames
+                // (votes) would wait that long too.
+                if queue.was_replaced() == Some(Replaced::Duplicate) {
+                    registry.deregister(&remote, generation, true).await;
+                }
             }
             () = async { bound.as_mut().expect("armed").await }, if bound.is_some() => {
                 cut = true;
@@ -531,7 +542,7 @@ async fn write_loop<T: LinkTx>(
             Step::Goodbye => {
                 let goodbye = sealer.seal(Body::Goodbye, &[])?;
                 tx.send(goodbye).await?;
-                tx.linger().await;
+                tx.linger(registry.config.limits.handshake_timeout).await;
                 return Ok(());
             }
             Step::Stop => return Ok(()),

@@ -80,13 +80,13 @@ impl LinkTx for QuicTx {
         self.send.write_all(&buf).await.map_err(quic_err)
     }
 
-    async fn linger(&mut self) {
+    async fn linger(&mut self, bound: std::time::Duration) {
         // Closing a QUIC connection discards stream data the remote has not read yet, so
         // finish the stream and let the remote close first (it does once it has read our
-        // last message), within a bound.
+        // last message), within `bound`. Nothing waits for this: the connection that
+        // replaced this one carries frames already.
         if self.send.finish().is_ok() {
-            let wait = std::time::Duration::from_secs(2);
-            let _ = tokio::time::timeout(wait, self.conn.closed()).await;
+            let _ = tokio::time::timeout(bound, self.conn.closed()).await;
         }
     }
 

@@ -1479,6 +1479,9 @@ fn stress_rounds() -> usize {
 /// (sent as soon as the first connection is up). Every frame must arrive exactly once and
 /// in order, in both directions, every round; no `Disconnected` may be a real break. Prints
 /// how many rounds swapped connections under load (the case that used to lose frames).
+///
+/// And a swap must not stall the stream: the handshake timeout (which bounds how long a
+/// replaced QUIC connection lingers for its remote to close) is set far beyond `WAIT`.
 async fn stress_duplicate_connections(kind: TransportKind) {
     const FRAMES: u32 = 300;
     let rounds = stress_rounds();
@@ -1489,6 +1492,7 @@ async fn stress_duplicate_connections(kind: TransportKind) {
         let mut c2 = config(kind, "n2", Some(a2), &[("n1", a1)]);
         for c in [&mut c1, &mut c2] {
             c.limits.backoff_min = Duration::from_millis(1);
+            c.limits.handshake_timeout = WAIT * 3;
         }
         let ((n1, mut e1), (n2, mut e2)) = tokio::join!(start(c1), start(c2));
         let stream = |from: Endpoint, to: &'static str| {
@@ -1529,6 +1533,81 @@ async fn stress_duplicate_connections(kind: TransportKind) {
         n2.shutdown().await;
     }
     eprintln!("{kind}: {swapped} of {rounds} rounds replaced a duplicate connection mid-stream");
+}
+
+/// Waits for the next `Connected` on `events`.
+async fn next_connected(events: &mut Receiver<TransportEvent>) {
+    loop {
+        if let TransportEvent::Connected { .. } = events.recv().await.expect("events") {
+            return;
+        }
+    }
+}
+
+/// A dial that reaches its remote late lands after the remote's own dial made the pair's
+/// connection, and replaces that connection at both ends at once. On QUIC this happens to
+/// every fresh cluster: a daemon's first Initial to a peer not listening yet is lost and
+/// quinn resends it about a second later. Reliable frames sent after the swap must flow
+/// although the handshake timeout (the bound on a replaced connection's wind-down, the
+/// linger for the remote's close) is set far beyond `WAIT`. (This pair of endpoints did
+/// not stall even before the successor stopped waiting for the old connection's linger;
+/// the daemons' fresh-cluster failover did: see README, ultra-fast profile.)
+#[tokio::test]
+async fn quic_a_late_duplicate_does_not_stall_reliable_frames() {
+    const FRAMES: u32 = 50;
+    let kind = TransportKind::Quic;
+    let mut swapped = None;
+    for _attempt in 0..5 {
+        let (a1, a2) = (free_addr(kind), free_addr(kind));
+        let mut c1 = config(kind, "n1", Some(a1), &[("n2", a2)]);
+        let mut c2 = config(kind, "n2", Some(a2), &[("n1", a1)]);
+        for c in [&mut c1, &mut c2] {
+            c.limits.handshake_timeout = WAIT * 3;
+        }
+        // n1 dials before n2 listens: its first Initial is lost, its resend comes late.
+        let (n1, e1) = start(c1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (n2, mut e2) = start(c2).await;
+        within("n2 connected to n1", next_connected(&mut e2)).await;
+        // The late dial replaces it (a second `Connected`), unless it was the first to land
+        // (a slow start of n2): then try again.
+        if tokio::time::timeout(Duration::from_secs(5), next_connected(&mut e2))
+            .await
+            .is_ok()
+        {
+            swapped = Some((n1, e1, n2, e2));
+            break;
+        }
+        n1.shutdown().await;
+        n2.shutdown().await;
+    }
+    let (n1, mut e1, n2, mut e2) =
+        swapped.expect("no late duplicate replaced a connection in 5 tries");
+    let stream = |from: Endpoint, to: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..FRAMES {
+                send_when_connected(&from, to, &i.to_be_bytes(), SendClass::Reliable).await;
+            }
+        })
+    };
+    let (s1, s2) = (stream(n1.clone(), "n2"), stream(n2.clone(), "n1"));
+    let ((got2, _), (got1, _)) = within(
+        "reliable frames on the connection that replaced the first",
+        async {
+            tokio::join!(
+                receive_numbered(&mut e2, "n1", FRAMES),
+                receive_numbered(&mut e1, "n2", FRAMES)
+            )
+        },
+    )
+    .await;
+    let expected: Vec<u32> = (0..FRAMES).collect();
+    assert_eq!(got2, expected, "n1 -> n2 lost or reordered frames");
+    assert_eq!(got1, expected, "n2 -> n1 lost or reordered frames");
+    s1.await.expect("sender n1");
+    s2.await.expect("sender n2");
+    n1.shutdown().await;
+    n2.shutdown().await;
 }
 
 clustd_transport::both_transports!(
