@@ -144,8 +144,12 @@ impl AdminArgs {
 }
 
 fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // An empty `RUST_LOG` counts as unset (as `log.level` sees it): otherwise it would
+    // silence everything but errors.
+    let filter = clustd::logging::env_decides()
+        .then(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .flatten()
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: a log file or journald gets plain text.
     use std::io::IsTerminal as _;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -16,12 +16,16 @@ pub enum LogTo {
     Stderr,
 }
 
-/// Installs the log: filtered by RUST_LOG (default `info`), colours only on a terminal and
-/// without NO_COLOR, so a log file or journald gets plain text.
+/// Installs the log: filtered by RUST_LOG (default `info`; an empty RUST_LOG counts as
+/// unset, where tracing would keep only errors), colours only on a terminal and without
+/// NO_COLOR, so a log file or journald gets plain text.
 pub fn init_logging(to: LogTo) {
     use std::io::IsTerminal as _;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = std::env::var_os("RUST_LOG")
+        .is_some_and(|v| !v.is_empty())
+        .then(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .flatten()
+        .unwrap_or_else(|| "info".into());
     let no_color = std::env::var_os("NO_COLOR").is_some();
     match to {
         LogTo::Stdout => tracing_subscriber::fmt()
