@@ -30,6 +30,8 @@ pub(crate) enum Pushed {
 pub(crate) struct Handover {
     reliable: VecDeque<Vec<u8>>,
     heartbeat: Option<Vec<u8>>,
+    /// The remote had said goodbye on it before it was replaced: it delivered all it will.
+    pub(crate) remote_left: bool,
 }
 
 #[derive(Default)]
@@ -41,6 +43,8 @@ struct State {
     replaced: Option<Replaced>,
     /// The remote sent `Ready` on this connection: reliable frames may go.
     remote_ready: bool,
+    /// The remote said goodbye on this connection: nothing more comes on it.
+    remote_left: bool,
 }
 
 /// How a connection was replaced.
@@ -135,6 +139,7 @@ impl SendQueue {
         let handover = Handover {
             reliable: std::mem::take(&mut state.reliable),
             heartbeat: state.heartbeat.take(),
+            remote_left: state.remote_left,
         };
         drop(state);
         self.wake_all();
@@ -147,6 +152,7 @@ impl SendQueue {
         let Handover {
             mut reliable,
             heartbeat,
+            remote_left: _,
         } = handover;
         if reliable.is_empty() && heartbeat.is_none() {
             return;
@@ -163,6 +169,13 @@ impl SendQueue {
 
     pub(crate) fn was_replaced(&self) -> Option<Replaced> {
         self.lock().replaced
+    }
+
+    /// The remote said goodbye on this connection. Under the queue's lock, as
+    /// [`SendQueue::replace`] reads it: a replacement either sees it, or was recorded
+    /// before it (and [`SendQueue::was_replaced`] says so afterwards).
+    pub(crate) fn remote_left(&self) {
+        self.lock().remote_left = true;
     }
 
     /// The remote uses this connection now (it sent `Ready`): release the reliable frames.

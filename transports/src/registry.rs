@@ -246,7 +246,18 @@ impl Registry {
             old.map(|old| (old, how))
         };
         if let Some((old, how)) = replaced {
-            queue.adopt(old.queue.replace(how));
+            let handover = old.queue.replace(how);
+            if how == Replaced::Duplicate && handover.remote_left {
+                // The remote said goodbye on the duplicate before we replaced it (it
+                // registered this one first): it delivered all it will, and its session's
+                // reader is done, so nothing else would end the wait (see `drained`).
+                if let Some(conn) = lock(&self.conns).get_mut(&remote.id)
+                    && conn.generation == generation
+                {
+                    conn.draining = None;
+                }
+            }
+            queue.adopt(handover);
             tracing::debug!(local = %self.config.local_id, peer = %remote.id, "connection replaced by a newer one");
             let _ = self
                 .events
