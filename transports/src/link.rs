@@ -779,14 +779,27 @@ mod tests {
         let (open, gate) = oneshot::channel();
         connect(&n1, &n2, link(Some(gate)));
         connected(&mut e1).await;
+        // n2 still sends on its connection, which n1 delivers from until n2's goodbye.
+        let old = n2.queue(&id("n1")).expect("connected");
+        send(&n2, "n1", b"during");
         // Paused clock: this runs every task until idle, so n2 has read the goodbye.
         tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            old.has_remote_left(),
+            "the goodbye came first: the order under test"
+        );
         open.send(()).expect("gate");
         connected(&mut e2).await;
+        assert!(
+            !Arc::ptr_eq(&old, &n2.queue(&id("n1")).expect("connected")),
+            "n2 replaced its connection"
+        );
 
-        // Reliable frames flow on the new connection both ways, long before the bound.
+        // Reliable frames flow on the new connection both ways, long before the bound, and
+        // what n2 sent on the old one arrived once, first.
         send(&n1, "n2", b"after");
         send(&n2, "n1", b"after");
+        assert_eq!(frame(&mut e1, step).await.as_deref(), Some(&b"during"[..]));
         assert_eq!(
             frame(&mut e2, step).await.as_deref(),
             Some(&b"after"[..]),
@@ -796,6 +809,11 @@ mod tests {
             frame(&mut e1, step).await.as_deref(),
             Some(&b"after"[..]),
             "n2 -> n1 reliable frame held on the connection that replaced the first"
+        );
+        assert_eq!(
+            frame(&mut e1, Duration::from_secs(1)).await,
+            None,
+            "a frame twice"
         );
     }
 }

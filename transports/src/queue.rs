@@ -189,6 +189,11 @@ impl SendQueue {
         self.lock().closed
     }
 
+    #[cfg(test)]
+    pub(crate) fn has_remote_left(&self) -> bool {
+        self.lock().remote_left
+    }
+
     fn wake_all(&self) {
         self.writer.notify_one();
     }
