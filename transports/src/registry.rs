@@ -238,25 +238,24 @@ impl Registry {
                 draining: None,
             };
             let old = conns.insert(remote.id.clone(), conn);
-            if let (Some(old), Replaced::Duplicate) = (&old, how)
-                && let Some(conn) = conns.get_mut(&remote.id)
-            {
-                conn.draining = Some(old.generation);
-            }
-            old.map(|old| (old, how))
-        };
-        if let Some((old, how)) = replaced {
-            let handover = old.queue.replace(how);
-            if how == Replaced::Duplicate && handover.remote_left {
-                // The remote said goodbye on the duplicate before we replaced it (it
-                // registered this one first): it delivered all it will, and its session's
-                // reader is done, so nothing else would end the wait (see `drained`).
-                if let Some(conn) = lock(&self.conns).get_mut(&remote.id)
-                    && conn.generation == generation
+            old.map(|old| {
+                // Replaced under the registry lock (conns, then queue: the order `deregister`
+                // and `stop` use), so `draining` is decided in one step; the queue's lock
+                // orders this with `read_loop` recording the remote's goodbye.
+                let handover = old.queue.replace(how);
+                // A duplicate delivers until the remote's goodbye, unless that came already
+                // (the remote registered this one first): then its reader is done, and
+                // nothing else would end the wait (see `drained`).
+                if how == Replaced::Duplicate
+                    && !handover.remote_left
+                    && let Some(conn) = conns.get_mut(&remote.id)
                 {
-                    conn.draining = None;
+                    conn.draining = Some(old.generation);
                 }
-            }
+                (old, handover)
+            })
+        };
+        if let Some((old, handover)) = replaced {
             queue.adopt(handover);
             tracing::debug!(local = %self.config.local_id, peer = %remote.id, "connection replaced by a newer one");
             let _ = self
